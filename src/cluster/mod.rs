@@ -1,0 +1,160 @@
+//! The Admin Node: the cluster's own database (default `tshs_admin`).
+//!
+//! It holds the Storage Nodes (id, phase, key range, connection options), the
+//! topology epoch, the access points, jobs, volumes and spaces. Every other
+//! database is reached through it. Its schema is a list of numbered
+//! migrations applied by `create-admin-node`; running that again changes
+//! nothing.
+
+mod access_points;
+mod jobs;
+mod nodes;
+mod volumes;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Result, bail};
+use mysql::prelude::Queryable;
+
+pub use access_points::{AccessPoint, AccessPointRow};
+pub use jobs::JobRow;
+pub use nodes::{NodeRow, NodeTotals, Phase};
+pub use volumes::{
+    SpaceRow, SpaceStatus, VolumeRow, VolumeStatus, check_volume_name, parse_space_id,
+};
+
+use crate::config::ConnOptions;
+use crate::db::{Db, migrate, table_names};
+use crate::shard::Shard;
+
+/// The Admin Node schema. Append new migrations; never edit an applied one.
+const MIGRATIONS: &[(u32, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE IF NOT EXISTS storage_nodes (
+            id INT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            phase VARCHAR(16) NOT NULL,
+            boundary BIGINT UNSIGNED NOT NULL,
+            size BIGINT UNSIGNED NOT NULL,
+            conn_options TEXT NOT NULL,
+            created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP
+        ) ENGINE=InnoDB",
+        "CREATE TABLE IF NOT EXISTS topology (
+            id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+            epoch BIGINT UNSIGNED NOT NULL
+        ) ENGINE=InnoDB",
+        "INSERT IGNORE INTO topology (id, epoch) VALUES (1, 1)",
+        "CREATE TABLE IF NOT EXISTS access_points (
+            id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            ack_epoch BIGINT UNSIGNED NOT NULL,
+            access_time DATETIME NOT NULL,
+            description VARCHAR(255) NOT NULL
+        ) ENGINE=InnoDB",
+        "CREATE TABLE IF NOT EXISTS jobs (
+            id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            job VARCHAR(16) NOT NULL,
+            parameters TEXT NOT NULL,
+            created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP
+        ) ENGINE=InnoDB",
+        "CREATE TABLE IF NOT EXISTS volumes (
+            id INT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            name VARCHAR(255) NOT NULL,
+            status VARCHAR(16) NOT NULL DEFAULT 'Operational',
+            created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP,
+            UNIQUE KEY (name)
+        ) ENGINE=InnoDB",
+        "CREATE TABLE IF NOT EXISTS spaces (
+            id INT UNSIGNED NOT NULL PRIMARY KEY,
+            volume_id INT UNSIGNED NOT NULL,
+            node_id INT UNSIGNED NOT NULL,
+            status VARCHAR(16) NOT NULL DEFAULT 'active',
+            restore_id INT UNSIGNED NOT NULL DEFAULT 0,
+            title VARCHAR(255) NULL,
+            resource_id VARCHAR(64) NULL,
+            created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP,
+            KEY (volume_id),
+            KEY (node_id)
+        ) ENGINE=InnoDB",
+    ],
+)];
+
+/// The tables migration 1 creates; their presence means the node exists.
+const ADMIN_TABLES: &[&str] = &[
+    "storage_nodes",
+    "topology",
+    "access_points",
+    "jobs",
+    "volumes",
+    "spaces",
+];
+
+/// A connection to the cluster through its Admin Node.
+#[derive(Clone)]
+pub struct Cluster {
+    admin: Db,
+    /// Storage Node pools, opened on first use. Bounded per node.
+    shards: Arc<Mutex<HashMap<u32, Shard>>>,
+    max_conns: usize,
+}
+
+impl Cluster {
+    /// Connects to the Admin Node. `max_conns` bounds every pool this handle opens.
+    pub fn connect(admin: &ConnOptions, max_conns: usize) -> Result<Cluster> {
+        admin.database()?;
+        let db = Db::connect(admin, max_conns)?;
+        Ok(Cluster {
+            admin: db,
+            shards: Arc::default(),
+            max_conns,
+        })
+    }
+
+    pub fn admin(&self) -> &Db {
+        &self.admin
+    }
+
+    /// Creates the Admin Node tables; returns the migrations it applied
+    /// (none when the node is up to date).
+    pub fn create_admin_node(&self) -> Result<Vec<u32>> {
+        Ok(migrate(&self.admin, MIGRATIONS)?)
+    }
+
+    /// Fails with a clear message unless `create-admin-node` has run.
+    pub fn require_admin_node(&self) -> Result<()> {
+        let tables = table_names(&mut self.admin.conn()?).map_err(|e| self.admin.err(e))?;
+        let missing: Vec<_> = ADMIN_TABLES
+            .iter()
+            .filter(|t| !tables.iter().any(|x| x == *t))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "database '{}' on {} is not a tshs Admin Node (run tshs create-admin-node)",
+                self.admin.opts().database.as_deref().unwrap_or(""),
+                self.admin.opts().server()
+            );
+        }
+        Ok(())
+    }
+
+    /// The current topology epoch, bumped by every change of placement.
+    pub fn epoch(&self) -> Result<u64> {
+        let e: Option<u64> = self
+            .admin
+            .conn()?
+            .query_first("SELECT epoch FROM topology WHERE id = 1")
+            .map_err(|e| self.admin.err(e))?;
+        Ok(e.unwrap_or(0))
+    }
+
+    /// The Storage Node `id`, connected on first use.
+    pub fn shard(&self, id: u32) -> Result<Shard> {
+        if let Some(s) = self.shards.lock().unwrap().get(&id) {
+            return Ok(s.clone());
+        }
+        let node = self.node(id)?;
+        let shard = Shard::connect(id, &node.conn, self.max_conns)?;
+        self.shards.lock().unwrap().insert(id, shard.clone());
+        Ok(shard)
+    }
+}

@@ -1,0 +1,277 @@
+//! Volumes and spaces in the Admin Node.
+//!
+//! A space is created on the Storage Node that owns `hash32(space id)` and
+//! its row records that node (`node_id`), so reads keep finding it while a
+//! split moves it. Removing a space marks it `deleted` and records a `DELETE`
+//! job; `remove-deleted` purges its rows later.
+
+use anyhow::{Result, anyhow, bail};
+use mysql::prelude::Queryable;
+
+use super::Cluster;
+use crate::placement;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeStatus {
+    Operational,
+    /// Read-only through the mount, so a final backup pass sees no change.
+    Standby,
+}
+
+impl VolumeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeStatus::Operational => "Operational",
+            VolumeStatus::Standby => "Standby",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "operational" => Ok(VolumeStatus::Operational),
+            "standby" => Ok(VolumeStatus::Standby),
+            _ => bail!("unknown volume status '{s}' (Operational or Standby)"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpaceStatus {
+    Active,
+    /// Being restored: only the administrator may use it.
+    Deactivated,
+    Deleted,
+}
+
+impl SpaceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpaceStatus::Active => "active",
+            SpaceStatus::Deactivated => "deactivated",
+            SpaceStatus::Deleted => "deleted",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "active" => Ok(SpaceStatus::Active),
+            "deactivated" => Ok(SpaceStatus::Deactivated),
+            "deleted" => Ok(SpaceStatus::Deleted),
+            _ => bail!("unknown space status '{s}' in the Admin Node"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct VolumeRow {
+    pub id: u32,
+    pub name: String,
+    pub status: VolumeStatus,
+}
+
+#[derive(Clone, Debug)]
+pub struct SpaceRow {
+    pub id: u32,
+    pub volume_id: u32,
+    pub node_id: u32,
+    pub status: SpaceStatus,
+    pub restore_id: u32,
+}
+
+/// Checks a volume name: one path component a shell user can type.
+pub fn check_volume_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 255 {
+        bail!("volume name must be 1 to 255 bytes long");
+    }
+    if name == "." || name == ".." || name.contains(['/', '\0']) {
+        bail!("volume name '{name}' is not a valid directory name");
+    }
+    if name.chars().all(|c| c.is_ascii_digit()) {
+        bail!("volume name '{name}' is numeric: numeric names are space IDs");
+    }
+    Ok(())
+}
+
+/// Parses a space directory name: its decimal ID, 1..2^32-1, no leading zero.
+pub fn parse_space_id(name: &str) -> Option<u32> {
+    if name.is_empty() || name.starts_with('0') || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok()
+}
+
+impl Cluster {
+    pub fn volumes(&self) -> Result<Vec<VolumeRow>> {
+        let rows: Vec<(u32, String, String)> = self
+            .admin
+            .conn()?
+            .query("SELECT id, name, status FROM volumes ORDER BY id")
+            .map_err(|e| self.admin.err(e))?;
+        rows.into_iter()
+            .map(|(id, name, status)| {
+                Ok(VolumeRow {
+                    id,
+                    name,
+                    status: VolumeStatus::parse(&status)?,
+                })
+            })
+            .collect()
+    }
+
+    pub fn volume_by_name(&self, name: &str) -> Result<Option<VolumeRow>> {
+        Ok(self.volumes()?.into_iter().find(|v| v.name == name))
+    }
+
+    pub fn create_volume(&self, name: &str) -> Result<u32> {
+        self.require_admin_node()?;
+        check_volume_name(name)?;
+        let mut conn = self.admin.conn()?;
+        match conn.exec_drop("INSERT INTO volumes (name) VALUES (?)", (name,)) {
+            Ok(()) => Ok(conn.last_insert_id() as u32),
+            Err(mysql::Error::MySqlError(e)) if e.code == crate::db::code::DUP_ENTRY => {
+                bail!("volume '{name}' already exists")
+            }
+            Err(e) => Err(self.admin.err(e).into()),
+        }
+    }
+
+    pub fn set_volume_status(&self, id: u32, status: VolumeStatus) -> Result<()> {
+        let mut conn = self.admin.conn()?;
+        conn.exec_drop(
+            "UPDATE volumes SET status = ? WHERE id = ?",
+            (status.as_str(), id),
+        )
+        .map_err(|e| self.admin.err(e))?;
+        if conn.affected_rows() == 0 && !self.volumes()?.iter().any(|v| v.id == id) {
+            bail!("there is no volume {id}");
+        }
+        Ok(())
+    }
+
+    /// Every space that is not deleted in a volume.
+    pub fn spaces_in_volume(&self, volume_id: u32) -> Result<Vec<SpaceRow>> {
+        self.query_spaces(
+            "WHERE volume_id = ? AND status <> 'deleted' ORDER BY id",
+            volume_id,
+        )
+    }
+
+    pub fn space(&self, id: u32) -> Result<Option<SpaceRow>> {
+        Ok(self.query_spaces("WHERE id = ?", id)?.pop())
+    }
+
+    fn query_spaces(&self, filter: &str, arg: u32) -> Result<Vec<SpaceRow>> {
+        let rows: Vec<(u32, u32, u32, String, u32)> = self
+            .admin
+            .conn()?
+            .exec(
+                format!("SELECT id, volume_id, node_id, status, restore_id FROM spaces {filter}"),
+                (arg,),
+            )
+            .map_err(|e| self.admin.err(e))?;
+        rows.into_iter()
+            .map(|(id, volume_id, node_id, status, restore_id)| {
+                Ok(SpaceRow {
+                    id,
+                    volume_id,
+                    node_id,
+                    status: SpaceStatus::parse(&status)?,
+                    restore_id,
+                })
+            })
+            .collect()
+    }
+
+    /// Creates space `id` in a volume on the node that owns it. Both the
+    /// Admin Node row and the space's root on the Storage Node exist, or
+    /// neither does.
+    pub fn create_space(
+        &self,
+        volume_id: u32,
+        id: u32,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    ) -> Result<SpaceRow> {
+        if let Some(s) = self.space(id)? {
+            bail!(
+                "space {id} already exists{}",
+                if s.status == SpaceStatus::Deleted {
+                    " (deleted, not yet purged)"
+                } else {
+                    ""
+                }
+            );
+        }
+        let node_id = placement::owner(&self.ranges()?, id).ok_or_else(|| {
+            anyhow!("no storage node owns space {id}: create a storage node first")
+        })?;
+        let shard = self.shard(node_id)?;
+        let mut conn = self.admin.conn()?;
+        let mut tx = conn
+            .start_transaction(Default::default())
+            .map_err(|e| self.admin.err(e))?;
+        tx.exec_drop(
+            "INSERT INTO spaces (id, volume_id, node_id) VALUES (?, ?, ?)",
+            (id, volume_id, node_id),
+        )
+        .map_err(|e| match e {
+            mysql::Error::MySqlError(m) if m.code == crate::db::code::DUP_ENTRY => {
+                anyhow!("space {id} already exists")
+            }
+            e => self.admin.err(e).into(),
+        })?;
+        shard.create_space(id, uid, gid, mode)?;
+        if let Err(e) = tx.commit() {
+            let _ = shard.purge_space(id);
+            return Err(self.admin.err(e).into());
+        }
+        Ok(SpaceRow {
+            id,
+            volume_id,
+            node_id,
+            status: SpaceStatus::Active,
+            restore_id: 0,
+        })
+    }
+
+    /// Marks a space deleted and records the `DELETE` job that purges it.
+    pub fn delete_space(&self, id: u32) -> Result<()> {
+        let mut conn = self.admin.conn()?;
+        let mut tx = conn
+            .start_transaction(Default::default())
+            .map_err(|e| self.admin.err(e))?;
+        tx.exec_drop(
+            "UPDATE spaces SET status = 'deleted' WHERE id = ? AND status <> 'deleted'",
+            (id,),
+        )
+        .map_err(|e| self.admin.err(e))?;
+        if tx.affected_rows() == 0 {
+            bail!("there is no space {id}");
+        }
+        self.add_job(&mut tx, "DELETE", &format!("space={id}"))?;
+        tx.commit().map_err(|e| self.admin.err(e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_names() {
+        assert_eq!(parse_space_id("3"), Some(3));
+        assert_eq!(parse_space_id("4294967295"), Some(u32::MAX));
+        for bad in ["0", "03", "4294967296", "", "x1", "1 ", "-1"] {
+            assert_eq!(parse_space_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn volume_names() {
+        assert!(check_volume_name("vol01").is_ok());
+        for bad in ["", ".", "..", "a/b", "123"] {
+            assert!(check_volume_name(bad).is_err(), "{bad}");
+        }
+        assert!(check_volume_name(&"v".repeat(256)).is_err());
+    }
+}

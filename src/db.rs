@@ -1,0 +1,238 @@
+//! Database access shared by the Admin Node and the Storage Nodes: a bounded
+//! connection pool per database, errors classified into what an administrator
+//! can act on, and transparent retry of deadlocks and lost connections.
+
+use std::time::Duration;
+
+use mysql::prelude::Queryable;
+use mysql::{Pool, PoolConstraints, PoolOpts, PooledConn, Transaction, TxOpts};
+
+use crate::config::ConnOptions;
+
+/// A database failure, classified. `node` names the database for log lines.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot reach MySQL server {server}: {detail}")]
+    Unreachable { server: String, detail: String },
+    #[error("access denied to {server} for the configured user (check user and password)")]
+    AccessDenied { server: String },
+    #[error("database '{db}' does not exist on {server} (the administrator creates it first)")]
+    NoDatabase { server: String, db: String },
+    #[error("the configured user may not create tables in '{db}' on {server}: {detail}")]
+    NoCreateRight {
+        server: String,
+        db: String,
+        detail: String,
+    },
+    #[error("database error on {server}: {detail}")]
+    Other { server: String, detail: String },
+}
+
+impl DbError {
+    /// True for failures that a retry on a fresh connection may fix.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DbError::Unreachable { .. })
+    }
+}
+
+/// MySQL error codes tshs reacts to.
+pub mod code {
+    pub const DB_ACCESS_DENIED: u16 = 1044;
+    pub const ACCESS_DENIED: u16 = 1045;
+    pub const BAD_DB: u16 = 1049;
+    pub const TABLE_ACCESS_DENIED: u16 = 1142;
+    pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
+    pub const DEADLOCK: u16 = 1213;
+    pub const DUP_ENTRY: u16 = 1062;
+}
+
+/// One database (Admin Node or a Storage Node shard) behind a bounded pool.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    opts: ConnOptions,
+}
+
+/// How long a caller waits for a free pooled connection before giving up.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retries of a transaction that hit a deadlock or a lost connection.
+const RETRIES: usize = 3;
+
+impl Db {
+    /// Connects (one connection at once, so a bad address fails here) with at
+    /// most `max_conns` connections.
+    pub fn connect(opts: &ConnOptions, max_conns: usize) -> Result<Db, DbError> {
+        let pool_opts = PoolOpts::new()
+            .with_constraints(PoolConstraints::new(1, max_conns.max(1)).expect("1 <= max"))
+            // A reset or a ping per checkout costs a round trip on every
+            // filesystem call; broken connections are retried instead.
+            .with_reset_connection(false)
+            .with_check_health(false);
+        let my: mysql::Opts = mysql::OptsBuilder::from_opts(opts.to_mysql())
+            .pool_opts(pool_opts)
+            .into();
+        let pool = Pool::new(my).map_err(|e| classify(opts, e))?;
+        Ok(Db {
+            pool,
+            opts: opts.clone(),
+        })
+    }
+
+    pub fn opts(&self) -> &ConnOptions {
+        &self.opts
+    }
+
+    /// Maps a driver error to a [`DbError`] naming this database's server.
+    pub fn err(&self, e: mysql::Error) -> DbError {
+        classify(&self.opts, e)
+    }
+
+    pub fn conn(&self) -> Result<PooledConn, DbError> {
+        self.pool
+            .try_get_conn(CHECKOUT_TIMEOUT)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Runs `f` in a transaction and commits; retries the whole transaction
+    /// on deadlock, lock-wait timeout or a lost connection.
+    pub fn tx<T>(
+        &self,
+        mut f: impl FnMut(&mut Transaction<'_>) -> Result<T, mysql::Error>,
+    ) -> Result<T, TxError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = (|| -> Result<T, TxError> {
+                let mut conn = self.conn().map_err(TxError::Db)?;
+                let mut tx = conn
+                    .start_transaction(TxOpts::default())
+                    .map_err(|e| TxError::Db(self.err(e)))?;
+                let v = f(&mut tx).map_err(|e| self.tx_err(e))?;
+                tx.commit().map_err(|e| TxError::Db(self.err(e)))?;
+                Ok(v)
+            })();
+            match r {
+                Err(TxError::Retry(_) | TxError::Db(DbError::Unreachable { .. }))
+                    if attempt < RETRIES =>
+                {
+                    std::thread::sleep(Duration::from_millis(20 * attempt as u64));
+                    continue;
+                }
+                Err(TxError::Retry(e)) => return Err(TxError::Db(e)),
+                other => return other,
+            }
+        }
+    }
+
+    fn tx_err(&self, e: mysql::Error) -> TxError {
+        match &e {
+            mysql::Error::MySqlError(m)
+                if m.code == code::DEADLOCK || m.code == code::LOCK_WAIT_TIMEOUT =>
+            {
+                TxError::Retry(self.err(e))
+            }
+            mysql::Error::MySqlError(m) => TxError::Sql(m.code, m.message.clone(), self.err(e)),
+            _ => TxError::Db(self.err(e)),
+        }
+    }
+
+    /// Runs one statement outside a transaction.
+    pub fn exec_drop(&self, sql: &str) -> Result<(), DbError> {
+        self.conn()?.query_drop(sql).map_err(|e| self.err(e))
+    }
+}
+
+/// A transaction's failure: a classified database error, or an SQL error the
+/// caller may want to look at (e.g. a duplicate key).
+#[derive(Debug, thiserror::Error)]
+pub enum TxError {
+    #[error(transparent)]
+    Db(DbError),
+    #[error("{2}")]
+    Sql(u16, String, DbError),
+    #[error("{0} (gave up after {RETRIES} attempts)")]
+    Retry(DbError),
+}
+
+impl TxError {
+    pub fn into_db(self) -> DbError {
+        match self {
+            TxError::Db(e) | TxError::Retry(e) | TxError::Sql(_, _, e) => e,
+        }
+    }
+}
+
+/// Classifies a driver error for one server.
+pub fn classify(opts: &ConnOptions, e: mysql::Error) -> DbError {
+    let server = opts.server();
+    let db = opts.database.clone().unwrap_or_default();
+    match e {
+        mysql::Error::MySqlError(m) => match m.code {
+            code::ACCESS_DENIED => DbError::AccessDenied { server },
+            code::BAD_DB => DbError::NoDatabase { server, db },
+            code::DB_ACCESS_DENIED if !db.is_empty() => DbError::AccessDenied { server },
+            code::TABLE_ACCESS_DENIED => DbError::NoCreateRight {
+                server,
+                db,
+                detail: m.message,
+            },
+            _ => DbError::Other {
+                server,
+                detail: format!("{} ({})", m.message, m.code),
+            },
+        },
+        mysql::Error::IoError(io) => DbError::Unreachable {
+            server,
+            detail: io.to_string(),
+        },
+        mysql::Error::DriverError(d) => DbError::Unreachable {
+            server,
+            detail: d.to_string(),
+        },
+        mysql::Error::CodecError(c) => DbError::Unreachable {
+            server,
+            detail: c.to_string(),
+        },
+        other => DbError::Other {
+            server,
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Names of the tables in the connection's current database.
+pub fn table_names(conn: &mut impl Queryable) -> Result<Vec<String>, mysql::Error> {
+    conn.query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
+}
+
+/// Applies numbered migrations once each, recording them in `schema_migrations`.
+/// Never edit an applied migration: add a new one.
+pub fn migrate(db: &Db, migrations: &[(u32, &[&str])]) -> Result<Vec<u32>, DbError> {
+    let mut conn = db.conn()?;
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INT UNSIGNED NOT NULL PRIMARY KEY,
+            applied_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP
+        ) ENGINE=InnoDB",
+    )
+    .map_err(|e| db.err(e))?;
+    let done: Vec<u32> = conn
+        .query("SELECT version FROM schema_migrations")
+        .map_err(|e| db.err(e))?;
+    let mut applied = Vec::new();
+    for (version, stmts) in migrations {
+        if done.contains(version) {
+            continue;
+        }
+        for s in *stmts {
+            conn.query_drop(*s).map_err(|e| db.err(e))?;
+        }
+        conn.exec_drop(
+            "INSERT INTO schema_migrations (version) VALUES (?)",
+            (version,),
+        )
+        .map_err(|e| db.err(e))?;
+        applied.push(*version);
+    }
+    Ok(applied)
+}

@@ -1,0 +1,150 @@
+//! A bounded LRU of file data extents, shared by every open file of a mount.
+//!
+//! Entries are keyed by a per-inode *generation*: when an open finds the file
+//! changed by someone else (close-to-open), the generation moves on and the
+//! stale entries simply age out. The byte total never exceeds the configured
+//! capacity.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+
+type Key = (u32, u64, u64, u64); // (space, ino, generation, extent offset)
+
+/// What identifies a version of a file's data: (mtime ns, size).
+pub type Stamp = (i64, u64);
+
+pub struct DataCache {
+    inner: Mutex<Inner>,
+    capacity: usize,
+}
+
+struct Inner {
+    lru: LruCache<Key, Arc<Vec<u8>>>,
+    bytes: usize,
+    /// Per inode: (generation, the stamp the cached data belongs to).
+    gens: HashMap<(u32, u64), (u64, Stamp)>,
+    next_gen: u64,
+    hits: u64,
+    misses: u64,
+}
+
+/// Most inodes whose generation the cache remembers.
+const MAX_GENS: usize = 1 << 20;
+
+impl DataCache {
+    pub fn new(capacity: usize) -> DataCache {
+        DataCache {
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                gens: HashMap::new(),
+                next_gen: 1,
+                hits: 0,
+                misses: 0,
+            }),
+            capacity,
+        }
+    }
+
+    /// The generation for an inode whose current stamp is `stamp`, and whether
+    /// cached data of it is still valid (the kernel may keep its page cache).
+    pub fn generation_for(&self, space: u32, ino: u64, stamp: Stamp) -> (u64, bool) {
+        let mut g = self.inner.lock().unwrap();
+        if let Some(&(generation, s)) = g.gens.get(&(space, ino))
+            && s == stamp
+        {
+            return (generation, true);
+        }
+        if g.gens.len() >= MAX_GENS {
+            g.gens.clear();
+        }
+        let generation = g.next_gen;
+        g.next_gen += 1;
+        g.gens.insert((space, ino), (generation, stamp));
+        (generation, false)
+    }
+
+    /// Records that our own writes moved the file to `stamp` (cache still valid).
+    pub fn restamp(&self, space: u32, ino: u64, generation: u64, stamp: Stamp) {
+        let mut g = self.inner.lock().unwrap();
+        g.gens.insert((space, ino), (generation, stamp));
+    }
+
+    /// A fresh generation: everything cached of the inode is stale.
+    pub fn invalidate(&self, space: u32, ino: u64) -> u64 {
+        let mut g = self.inner.lock().unwrap();
+        let generation = g.next_gen;
+        g.next_gen += 1;
+        g.gens.insert((space, ino), (generation, (i64::MIN, 0)));
+        generation
+    }
+
+    pub fn get(&self, space: u32, ino: u64, generation: u64, off: u64) -> Option<Arc<Vec<u8>>> {
+        let mut g = self.inner.lock().unwrap();
+        let v = g.lru.get(&(space, ino, generation, off)).cloned();
+        if v.is_some() {
+            g.hits += 1;
+        } else {
+            g.misses += 1;
+        }
+        v
+    }
+
+    pub fn put(&self, space: u32, ino: u64, generation: u64, off: u64, data: Arc<Vec<u8>>) {
+        if data.len() > self.capacity {
+            return;
+        }
+        let mut g = self.inner.lock().unwrap();
+        g.bytes += data.len();
+        if let Some(old) = g.lru.put((space, ino, generation, off), data) {
+            g.bytes -= old.len();
+        }
+        while g.bytes > self.capacity {
+            match g.lru.pop_lru() {
+                Some((_, v)) => g.bytes -= v.len(),
+                None => break,
+            }
+        }
+    }
+
+    pub fn remove(&self, space: u32, ino: u64, generation: u64, off: u64) {
+        let mut g = self.inner.lock().unwrap();
+        if let Some(v) = g.lru.pop(&(space, ino, generation, off)) {
+            g.bytes -= v.len();
+        }
+    }
+
+    /// (bytes held, hits, misses)
+    pub fn stats(&self) -> (usize, u64, u64) {
+        let g = self.inner.lock().unwrap();
+        (g.bytes, g.hits, g.misses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stays_within_capacity() {
+        let c = DataCache::new(1000);
+        for i in 0..100 {
+            c.put(1, 1, 1, i, Arc::new(vec![0; 300]));
+            assert!(c.stats().0 <= 1000);
+        }
+        assert!(c.get(1, 1, 1, 99).is_some());
+        assert!(c.get(1, 1, 1, 0).is_none());
+    }
+
+    #[test]
+    fn generation_moves_when_stamp_changes() {
+        let c = DataCache::new(1000);
+        let (g1, valid) = c.generation_for(1, 2, (5, 10));
+        assert!(!valid);
+        assert_eq!(c.generation_for(1, 2, (5, 10)), (g1, true));
+        let (g2, valid) = c.generation_for(1, 2, (6, 10));
+        assert!(!valid && g2 != g1);
+    }
+}

@@ -1,0 +1,408 @@
+//! File data: open inodes with their write buffers, reads through the cache
+//! with read-ahead, and the extent SQL.
+//!
+//! Every handle of one inode in this mount shares one [`OpenInode`], so a
+//! read sees what another handle of the same process wrote, as on a local
+//! disk. Writes collect in per-extent buffers and reach the database at
+//! flush (close), fsync, or when a file's buffers pass [`FLUSH_THRESHOLD`];
+//! one flush is one transaction. `O_APPEND` writes skip the buffer: each is
+//! a transaction that appends at the database's end of file, so appenders on
+//! different mounts never overwrite each other or interleave.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use mysql::Transaction;
+use mysql::prelude::Queryable;
+
+use super::cache::DataCache;
+use super::error::{Abort, Errno, FsResult, tx_errno};
+use super::now_ns;
+use crate::shard::{EXTENT_SIZE, Shard};
+
+const E: u64 = EXTENT_SIZE;
+/// Largest file: writes beyond fail with `EFBIG`.
+pub const MAX_FILE_SIZE: u64 = 1 << 44;
+/// A file's buffered bytes that trigger a flush.
+pub const FLUSH_THRESHOLD: usize = 8 << 20;
+/// Extents fetched by one query for a sequential reader.
+const READ_AHEAD_EXTENTS: u64 = 8;
+
+/// One extent being written: its full content from the extent start.
+struct ExtentBuf {
+    data: Vec<u8>,
+    /// Length of the extent in the database when loaded (0 if none).
+    base_len: usize,
+    /// Lowest byte changed since then.
+    dirty_from: usize,
+}
+
+/// What this mount knows of an open file.
+pub struct FileState {
+    /// The file size as this mount sees it (database size plus buffered writes).
+    pub size: u64,
+    /// The size the database had when we last synchronised.
+    db_size: u64,
+    dirty: BTreeMap<u64, ExtentBuf>,
+    dirty_bytes: usize,
+    /// Cache generation of this file's data.
+    pub generation: u64,
+    /// Set when the last name went away while open.
+    pub unlinked: bool,
+    /// End of the last read, for sequential detection.
+    last_read_end: u64,
+}
+
+/// An inode open in this mount.
+pub struct OpenInode {
+    pub space: u32,
+    pub ino: u64,
+    pub shard: Shard,
+    pub opens: Mutex<usize>,
+    state: Mutex<FileState>,
+}
+
+impl OpenInode {
+    pub fn new(space: u32, ino: u64, shard: Shard, size: u64, generation: u64) -> OpenInode {
+        OpenInode {
+            space,
+            ino,
+            shard,
+            opens: Mutex::new(0),
+            state: Mutex::new(FileState {
+                size,
+                db_size: size,
+                dirty: BTreeMap::new(),
+                dirty_bytes: 0,
+                generation,
+                unlinked: false,
+                last_read_end: u64::MAX,
+            }),
+        }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, FileState> {
+        self.state.lock().unwrap()
+    }
+
+    /// The size to report while this file has buffered writes.
+    pub fn local_size(&self) -> Option<u64> {
+        let st = self.state();
+        (!st.dirty.is_empty()).then_some(st.size)
+    }
+
+    /// Reads `[off, off+len)`; holes and bytes past the end of an extent read as zeros.
+    pub fn read(&self, cache: &DataCache, off: u64, len: u32) -> FsResult<Vec<u8>> {
+        let mut st = self.state();
+        let end = (off + u64::from(len)).min(st.size);
+        if off >= end {
+            return Ok(Vec::new());
+        }
+        let sequential = st.last_read_end == off;
+        st.last_read_end = end;
+        let mut out = vec![0u8; (end - off) as usize];
+        let mut ext = off - off % E;
+        while ext < end {
+            let piece_start = off.max(ext);
+            let piece_end = end.min(ext + E);
+            let data = match st.dirty.get(&ext) {
+                Some(b) => Some(Arc::new(b.data.clone())),
+                None => match cache.get(self.space, self.ino, st.generation, ext) {
+                    Some(d) => Some(d),
+                    None => {
+                        let ahead = if sequential { READ_AHEAD_EXTENTS } else { 1 };
+                        let last = (ext + ahead * E).min(st.size.div_ceil(E) * E);
+                        self.fetch(cache, &st, ext, last.max(ext + E))?
+                    }
+                },
+            };
+            if let Some(d) = data {
+                let from = (piece_start - ext) as usize;
+                let to = ((piece_end - ext) as usize).min(d.len());
+                if from < to {
+                    let o = (piece_start - off) as usize;
+                    out[o..o + (to - from)].copy_from_slice(&d[from..to]);
+                }
+            }
+            ext += E;
+        }
+        Ok(out)
+    }
+
+    /// Fetches extents `[first, last)` in one query into the cache; returns `first`'s.
+    fn fetch(
+        &self,
+        cache: &DataCache,
+        st: &FileState,
+        first: u64,
+        last: u64,
+    ) -> FsResult<Option<Arc<Vec<u8>>>> {
+        let db = self.shard.db();
+        let rows: Vec<(u64, Vec<u8>)> = db
+            .conn()?
+            .exec(
+                "SELECT off, data FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ? ORDER BY off",
+                (self.space, self.ino, first, last),
+            )
+            .map_err(|e| super::error::db_failed(self.shard.id(), "read", db.err(e)))?;
+        let mut found = None;
+        let mut next = first;
+        for (o, d) in rows {
+            // Remember holes as empty extents so a re-read does not query again.
+            while next < o {
+                if !st.dirty.contains_key(&next) {
+                    cache.put(
+                        self.space,
+                        self.ino,
+                        st.generation,
+                        next,
+                        Arc::new(Vec::new()),
+                    );
+                }
+                next += E;
+            }
+            let d = Arc::new(d);
+            if o == first {
+                found = Some(d.clone());
+            }
+            if !st.dirty.contains_key(&o) {
+                cache.put(self.space, self.ino, st.generation, o, d);
+            }
+            next = o + E;
+        }
+        Ok(found)
+    }
+
+    /// Buffers a write at `off`. Returns true when the buffers should be flushed.
+    pub fn write(&self, cache: &DataCache, off: u64, data: &[u8]) -> FsResult<bool> {
+        let end = off.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        if end > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let mut st = self.state();
+        let mut ext = off - off % E;
+        while ext < end {
+            let piece_start = off.max(ext);
+            let piece_end = end.min(ext + E);
+            if !st.dirty.contains_key(&ext) {
+                let existing = if ext < st.db_size {
+                    match cache.get(self.space, self.ino, st.generation, ext) {
+                        Some(d) => (*d).clone(),
+                        None => self
+                            .fetch(cache, &st, ext, ext + E)?
+                            .map(|d| (*d).clone())
+                            .unwrap_or_default(),
+                    }
+                } else {
+                    Vec::new()
+                };
+                let base_len = existing.len();
+                st.dirty_bytes += base_len;
+                st.dirty.insert(
+                    ext,
+                    ExtentBuf {
+                        data: existing,
+                        base_len,
+                        dirty_from: base_len,
+                    },
+                );
+            }
+            let b = st.dirty.get_mut(&ext).expect("inserted above");
+            let (from, to) = ((piece_start - ext) as usize, (piece_end - ext) as usize);
+            let grow = to.saturating_sub(b.data.len());
+            if b.data.len() < to {
+                b.data.resize(to, 0);
+            }
+            b.data[from..to]
+                .copy_from_slice(&data[(piece_start - off) as usize..(piece_end - off) as usize]);
+            b.dirty_from = b.dirty_from.min(from);
+            st.dirty_bytes += grow;
+            ext += E;
+        }
+        st.size = st.size.max(end);
+        Ok(st.dirty_bytes >= FLUSH_THRESHOLD)
+    }
+
+    /// Writes the buffers in one transaction.
+    pub fn flush(&self, cache: &DataCache) -> FsResult<()> {
+        let mut st = self.state();
+        self.flush_locked(cache, &mut st)
+    }
+
+    fn flush_locked(&self, cache: &DataCache, st: &mut FileState) -> FsResult<()> {
+        if st.dirty.is_empty() {
+            return Ok(());
+        }
+        let (space, ino) = (self.space, self.ino);
+        let (size, now) = (st.size, now_ns());
+        let (lo, hi) = (
+            *st.dirty.keys().next().expect("not empty"),
+            *st.dirty.keys().next_back().expect("not empty"),
+        );
+        let dirty = &st.dirty;
+        self.shard
+            .tx(|tx| {
+                let old: BTreeMap<u64, u64> = tx
+                    .exec::<(u64, u64), _, _>(
+                        "SELECT off, len FROM extents WHERE space_id = ? AND ino = ? AND off BETWEEN ? AND ? FOR UPDATE",
+                        (space, ino, lo, hi),
+                    )?
+                    .into_iter()
+                    .collect();
+                let mut delta: i64 = 0;
+                for (&off, b) in dirty {
+                    let old_len = old.get(&off).copied();
+                    let appending = b.base_len > 0
+                        && b.dirty_from >= b.base_len
+                        && old_len == Some(b.base_len as u64);
+                    if appending {
+                        tx.exec_drop(
+                            "UPDATE extents SET data = CONCAT(data, ?), len = ? WHERE space_id = ? AND ino = ? AND off = ?",
+                            (&b.data[b.base_len..], b.data.len(), space, ino, off),
+                        )?;
+                    } else {
+                        tx.exec_drop(
+                            "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)
+                             ON DUPLICATE KEY UPDATE len = VALUES(len), data = VALUES(data)",
+                            (space, ino, off, b.data.len(), &b.data),
+                        )?;
+                    }
+                    delta += b.data.len() as i64 - old_len.unwrap_or(0) as i64;
+                }
+                tx.exec_drop(
+                    "UPDATE inodes SET size = GREATEST(size, ?), stored = CAST(stored AS SIGNED) + ?, mtime = ?, ctime = ?
+                     WHERE space_id = ? AND ino = ?",
+                    (size, delta, now, now, space, ino),
+                )
+            })
+            .map_err(|e| tx_errno(self.shard.id(), "flush", e, &Abort::default()))?;
+        let generation = st.generation;
+        for (off, b) in std::mem::take(&mut st.dirty) {
+            cache.put(space, ino, generation, off, Arc::new(b.data));
+        }
+        st.dirty_bytes = 0;
+        st.db_size = st.db_size.max(size);
+        cache.restamp(space, ino, generation, (now, st.size));
+        Ok(())
+    }
+
+    /// Appends at the database's end of file in one transaction (`O_APPEND`).
+    /// Returns the offset the data landed at.
+    pub fn append(&self, cache: &DataCache, data: &[u8]) -> FsResult<u64> {
+        let mut st = self.state();
+        self.flush_locked(cache, &mut st)?;
+        let (space, ino, now) = (self.space, self.ino, now_ns());
+        let abort = Abort::default();
+        let eof = self
+            .shard
+            .tx(|tx| {
+                let eof: u64 = tx
+                    .exec_first(
+                        "SELECT size FROM inodes WHERE space_id = ? AND ino = ? FOR UPDATE",
+                        (space, ino),
+                    )?
+                    .ok_or_else(|| abort.fail(Errno::ENOENT))?;
+                let end = eof + data.len() as u64;
+                if end > MAX_FILE_SIZE {
+                    return Err(abort.fail(Errno::EFBIG));
+                }
+                let stored = write_at(tx, space, ino, eof, data)?;
+                tx.exec_drop(
+                    "UPDATE inodes SET size = ?, stored = stored + ?, mtime = ?, ctime = ? WHERE space_id = ? AND ino = ?",
+                    (end, stored, now, now, space, ino),
+                )?;
+                Ok(eof)
+            })
+            .map_err(|e| tx_errno(self.shard.id(), "append", e, &abort))?;
+        let end = eof + data.len() as u64;
+        let mut ext = eof - eof % E;
+        while ext < end {
+            cache.remove(space, ino, st.generation, ext);
+            ext += E;
+        }
+        st.size = st.size.max(end);
+        st.db_size = st.db_size.max(end);
+        Ok(eof)
+    }
+
+    /// After a truncate through setattr: the database holds the truth.
+    pub fn truncated(&self, cache: &DataCache, size: u64) {
+        let mut st = self.state();
+        st.size = size;
+        st.db_size = size;
+        st.generation = cache.invalidate(self.space, self.ino);
+    }
+
+    /// Flushes, for operations that must see the database up to date.
+    pub fn sync_for_metadata(&self, cache: &DataCache) -> FsResult<()> {
+        self.flush(cache)
+    }
+}
+
+/// Writes `data` at `pos` where `pos` is at or past every extent's end (an
+/// append): extends the last extent with `CONCAT`, starts new ones as needed.
+/// Returns the bytes added to `stored` (data plus zero fill of gaps).
+fn write_at(
+    tx: &mut Transaction<'_>,
+    space: u32,
+    ino: u64,
+    pos: u64,
+    data: &[u8],
+) -> Result<u64, mysql::Error> {
+    let mut added = 0u64;
+    let mut p = pos;
+    let mut rest = data;
+    while !rest.is_empty() {
+        let ext = p - p % E;
+        let n = rest.len().min((ext + E - p) as usize);
+        let len: Option<u64> = tx.exec_first(
+            "SELECT len FROM extents WHERE space_id = ? AND ino = ? AND off = ? FOR UPDATE",
+            (space, ino, ext),
+        )?;
+        let have = len.unwrap_or(0);
+        let gap = (p - ext).saturating_sub(have) as usize;
+        let mut piece = vec![0u8; gap];
+        piece.extend_from_slice(&rest[..n]);
+        if len.is_some() {
+            tx.exec_drop(
+                "UPDATE extents SET data = CONCAT(LEFT(data, ?), ?), len = ? WHERE space_id = ? AND ino = ? AND off = ?",
+                (p - ext - gap as u64, &piece, p - ext + n as u64, space, ino, ext),
+            )?;
+            added += (p - ext + n as u64).saturating_sub(have);
+        } else {
+            tx.exec_drop(
+                "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)",
+                (space, ino, ext, piece.len(), &piece),
+            )?;
+            added += piece.len() as u64;
+        }
+        p += n as u64;
+        rest = &rest[n..];
+    }
+    Ok(added)
+}
+
+/// Drops the data at and beyond `size`; returns the bytes still stored.
+pub fn truncate_extents(
+    tx: &mut Transaction<'_>,
+    space: u32,
+    ino: u64,
+    size: u64,
+) -> Result<u64, mysql::Error> {
+    let keep_from = size - size % E;
+    tx.exec_drop(
+        "DELETE FROM extents WHERE space_id = ? AND ino = ? AND off >= ?",
+        (space, ino, size.div_ceil(E) * E),
+    )?;
+    if !size.is_multiple_of(E) {
+        tx.exec_drop(
+            "UPDATE extents SET data = LEFT(data, ?), len = ? WHERE space_id = ? AND ino = ? AND off = ? AND len > ?",
+            (size - keep_from, size - keep_from, space, ino, keep_from, size - keep_from),
+        )?;
+    }
+    let stored: Option<Option<u64>> = tx.exec_first(
+        "SELECT CAST(SUM(len) AS UNSIGNED) FROM extents WHERE space_id = ? AND ino = ?",
+        (space, ino),
+    )?;
+    Ok(stored.flatten().unwrap_or(0))
+}

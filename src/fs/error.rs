@@ -1,0 +1,77 @@
+//! Filesystem errors: an errno for the kernel, and a log line when the cause
+//! is a failing database (naming the node) rather than the caller's input.
+
+use crate::db::{DbError, TxError};
+
+/// An errno for the caller. Database failures become `EIO` after being logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+pub type FsResult<T> = Result<T, Errno>;
+
+impl Errno {
+    pub const ENOENT: Errno = Errno(libc::ENOENT);
+    pub const EEXIST: Errno = Errno(libc::EEXIST);
+    pub const EIO: Errno = Errno(libc::EIO);
+    pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const EPERM: Errno = Errno(libc::EPERM);
+    pub const EACCES: Errno = Errno(libc::EACCES);
+    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
+    pub const EISDIR: Errno = Errno(libc::EISDIR);
+    pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
+    pub const EXDEV: Errno = Errno(libc::EXDEV);
+    pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
+    pub const ENODATA: Errno = Errno(libc::ENODATA);
+    pub const ERANGE: Errno = Errno(libc::ERANGE);
+    pub const EFBIG: Errno = Errno(libc::EFBIG);
+    pub const EBADF: Errno = Errno(libc::EBADF);
+    pub const EROFS: Errno = Errno(libc::EROFS);
+    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
+    pub const EMLINK: Errno = Errno(libc::EMLINK);
+    pub const E2BIG: Errno = Errno(libc::E2BIG);
+}
+
+/// Logs a database failure with the node it came from and returns `EIO`.
+pub fn db_failed(node: u32, what: &str, e: impl std::fmt::Display) -> Errno {
+    log::error!("storage node {node}: {what}: {e}");
+    Errno::EIO
+}
+
+/// Transactions signal an errno decided inside them with this SQL state.
+pub(crate) const ERRNO_SIGNAL: u16 = 0;
+
+impl From<DbError> for Errno {
+    fn from(e: DbError) -> Errno {
+        log::error!("{e}");
+        Errno::EIO
+    }
+}
+
+/// Turns a transaction's failure into an errno: an errno the transaction body
+/// decided (see [`Abort`]) passes through, anything else is logged as `EIO`.
+pub fn tx_errno(node: u32, what: &str, e: TxError, abort: &Abort) -> Errno {
+    if let Some(errno) = abort.take() {
+        return errno;
+    }
+    db_failed(node, what, e)
+}
+
+/// Carries an errno out of a transaction body, which can only return
+/// `mysql::Error`: set it, return [`Abort::error`], and the transaction rolls back.
+#[derive(Default)]
+pub struct Abort(std::cell::Cell<Option<Errno>>);
+
+impl Abort {
+    pub fn fail(&self, errno: Errno) -> mysql::Error {
+        self.0.set(Some(errno));
+        // Code 0 is no MySQL error, so the transaction is not retried.
+        mysql::Error::MySqlError(mysql::MySqlError {
+            state: "TSHS0".into(),
+            message: format!("aborted with errno {}", errno.0),
+            code: ERRNO_SIGNAL,
+        })
+    }
+    pub fn take(&self) -> Option<Errno> {
+        self.0.take()
+    }
+}

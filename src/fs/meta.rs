@@ -1,0 +1,722 @@
+//! Namespace operations inside one space: each is one transaction on the
+//! Storage Node that owns the space, so rename, link and unlink are atomic.
+//! Inode numbers here are per-space (`1` is the space's root).
+
+use mysql::prelude::Queryable;
+use mysql::{Row, Transaction};
+
+use super::attr::{self, Attr, COLUMNS, I_COLUMNS};
+use super::error::{Abort, Errno, FsResult, tx_errno};
+use super::now_ns;
+use crate::shard::Shard;
+
+/// Longest name of a directory entry, in bytes.
+pub const NAME_MAX: usize = 255;
+/// Longest symlink target, in bytes.
+pub const PATH_MAX: usize = 4096;
+
+pub fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if name.is_empty() || name.contains(&0) || name.contains(&b'/') || name == b"." || name == b".."
+    {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+/// What to create.
+pub struct NewInode<'a> {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub target: Option<&'a [u8]>,
+}
+
+/// What setattr changes; `None` leaves a field alone. Times: `Some(ns)`.
+#[derive(Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<i64>,
+    pub mtime: Option<i64>,
+    pub ctime: Option<i64>,
+}
+
+type Tx<'a> = Transaction<'a>;
+
+fn get_attr(
+    tx: &mut Tx<'_>,
+    space: u32,
+    ino: u64,
+    lock: bool,
+) -> Result<Option<Attr>, mysql::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM inodes WHERE space_id = ? AND ino = ? AND state < 2{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row: Option<Row> = tx.exec_first(sql, (space, ino))?;
+    Ok(row.map(|r| attr::from_row(space, &r)))
+}
+
+fn entry(
+    tx: &mut Tx<'_>,
+    space: u32,
+    parent: u64,
+    name: &[u8],
+) -> Result<Option<u64>, mysql::Error> {
+    tx.exec_first(
+        "SELECT ino FROM dentries WHERE space_id = ? AND parent = ? AND name = ? FOR UPDATE",
+        (space, parent, name),
+    )
+}
+
+fn local(ino: u64) -> u64 {
+    ino & 0xffff_ffff
+}
+
+fn touch_dir(
+    tx: &mut Tx<'_>,
+    space: u32,
+    dir: u64,
+    nlink_delta: i32,
+    now: i64,
+) -> Result<(), mysql::Error> {
+    tx.exec_drop(
+        "UPDATE inodes SET mtime = ?, ctime = ?, nlink = CAST(nlink AS SIGNED) + ? WHERE space_id = ? AND ino = ?",
+        (now, now, nlink_delta, space, dir),
+    )
+}
+
+/// Allocates (inode number, directory-entry sequence) for a space.
+fn allocate(tx: &mut Tx<'_>, space: u32) -> Result<(u64, u64), mysql::Error> {
+    tx.exec_drop(
+        "UPDATE spaces SET next_ino = next_ino + 1, next_seq = next_seq + 1 WHERE space_id = ?",
+        (space,),
+    )?;
+    let r: Option<(u64, u64)> = tx.exec_first(
+        "SELECT next_ino - 1, next_seq - 1 FROM spaces WHERE space_id = ?",
+        (space,),
+    )?;
+    Ok(r.unwrap_or((0, 0)))
+}
+
+fn next_seq(tx: &mut Tx<'_>, space: u32) -> Result<u64, mysql::Error> {
+    tx.exec_drop(
+        "UPDATE spaces SET next_seq = next_seq + 1 WHERE space_id = ?",
+        (space,),
+    )?;
+    Ok(tx
+        .exec_first(
+            "SELECT next_seq - 1 FROM spaces WHERE space_id = ?",
+            (space,),
+        )?
+        .unwrap_or(0))
+}
+
+/// Drops one link of `ino`; at zero links the inode is marked deleted (its
+/// rows wait for the reaper) or, if this mount still has it open, orphaned.
+fn drop_link(
+    tx: &mut Tx<'_>,
+    space: u32,
+    a: &Attr,
+    now: i64,
+    holder: Option<u64>,
+) -> Result<(), mysql::Error> {
+    let ino = local(a.ino);
+    let last = a.nlink <= 1 || a.is_dir();
+    if !last {
+        return tx.exec_drop(
+            "UPDATE inodes SET nlink = nlink - 1, ctime = ? WHERE space_id = ? AND ino = ?",
+            (now, space, ino),
+        );
+    }
+    match holder {
+        Some(ap) => tx.exec_drop(
+            "UPDATE inodes SET nlink = 0, ctime = ?, state = 1, holder = ? WHERE space_id = ? AND ino = ?",
+            (now, ap, space, ino),
+        ),
+        None => tx.exec_drop(
+            "UPDATE inodes SET nlink = 0, ctime = ?, state = 2, deleted_at = ? WHERE space_id = ? AND ino = ?",
+            (now, now, space, ino),
+        ),
+    }
+}
+
+pub fn getattr(shard: &Shard, space: u32, ino: u64) -> FsResult<Attr> {
+    let mut conn = shard.db().conn()?;
+    let row: Option<Row> = conn
+        .exec_first(
+            format!("SELECT {COLUMNS} FROM inodes WHERE space_id = ? AND ino = ? AND state < 2"),
+            (space, ino),
+        )
+        .map_err(|e| shard.db().err(e))?;
+    row.map(|r| attr::from_row(space, &r)).ok_or(Errno::ENOENT)
+}
+
+pub fn lookup(shard: &Shard, space: u32, parent: u64, name: &[u8]) -> FsResult<Attr> {
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    let mut conn = shard.db().conn()?;
+    let row: Option<Row> = conn
+        .exec_first(
+            format!(
+                "SELECT {I_COLUMNS} FROM dentries d JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
+                 WHERE d.space_id = ? AND d.parent = ? AND d.name = ?"
+            ),
+            (space, parent, name),
+        )
+        .map_err(|e| shard.db().err(e))?;
+    row.map(|r| attr::from_row(space, &r)).ok_or(Errno::ENOENT)
+}
+
+/// Creates a file, directory, FIFO, device or symlink. A directory with the
+/// set-group-ID bit passes its group (and, to directories, the bit) on.
+pub fn create(
+    shard: &Shard,
+    space: u32,
+    parent: u64,
+    name: &[u8],
+    new: &NewInode<'_>,
+) -> FsResult<Attr> {
+    check_name(name)?;
+    let abort = Abort::default();
+    let now = now_ns();
+    shard
+        .tx(|tx| {
+            let p = get_attr(tx, space, parent, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            if !p.is_dir() {
+                return Err(abort.fail(Errno::ENOTDIR));
+            }
+            if p.nlink == 0 {
+                return Err(abort.fail(Errno::ENOENT));
+            }
+            if entry(tx, space, parent, name)?.is_some() {
+                return Err(abort.fail(Errno::EEXIST));
+            }
+            let mut mode = new.mode;
+            let mut gid = new.gid;
+            if p.mode & libc::S_ISGID != 0 {
+                gid = p.gid;
+                if mode & libc::S_IFMT == libc::S_IFDIR {
+                    mode |= libc::S_ISGID;
+                }
+            }
+            let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
+            let (ino, seq) = allocate(tx, space)?;
+            let size = new.target.map_or(0, |t| t.len() as u64);
+            tx.exec_drop(
+                "INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+                mysql::Params::Positional(vec![
+                    space.into(),
+                    ino.into(),
+                    mode.into(),
+                    new.uid.into(),
+                    gid.into(),
+                    (if is_dir { 2u32 } else { 1 }).into(),
+                    size.into(),
+                    new.rdev.into(),
+                    now.into(),
+                    now.into(),
+                    now.into(),
+                    now.into(),
+                    new.target.into(),
+                ]),
+            )?;
+            tx.exec_drop(
+                "INSERT INTO dentries (space_id, parent, name, ino, seq) VALUES (?, ?, ?, ?, ?)",
+                (space, parent, name, ino, seq),
+            )?;
+            touch_dir(tx, space, parent, i32::from(is_dir), now)?;
+            Ok(Attr {
+                ino: super::attr::Node::Space(space, ino).ino(),
+                mode,
+                nlink: if is_dir { 2 } else { 1 },
+                uid: new.uid,
+                gid,
+                size,
+                stored: 0,
+                rdev: new.rdev,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                btime: now,
+            })
+        })
+        .map_err(|e| tx_errno(shard.id(), "create", e, &abort))
+}
+
+/// Removes a name. `holder` is set when this mount still has the inode open:
+/// the inode then survives, unlinked, until the last close.
+pub fn unlink(
+    shard: &Shard,
+    space: u32,
+    parent: u64,
+    name: &[u8],
+    rmdir: bool,
+    is_open: &dyn Fn(u64) -> Option<u64>,
+) -> FsResult<Attr> {
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    let abort = Abort::default();
+    let now = now_ns();
+    shard
+        .tx(|tx| {
+            let ino = entry(tx, space, parent, name)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            let a = get_attr(tx, space, ino, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            if rmdir {
+                if !a.is_dir() {
+                    return Err(abort.fail(Errno::ENOTDIR));
+                }
+                let child: Option<u64> = tx.exec_first(
+                    "SELECT ino FROM dentries WHERE space_id = ? AND parent = ? LIMIT 1",
+                    (space, ino),
+                )?;
+                if child.is_some() {
+                    return Err(abort.fail(Errno::ENOTEMPTY));
+                }
+            } else if a.is_dir() {
+                return Err(abort.fail(Errno::EISDIR));
+            }
+            tx.exec_drop(
+                "DELETE FROM dentries WHERE space_id = ? AND parent = ? AND name = ?",
+                (space, parent, name),
+            )?;
+            drop_link(tx, space, &a, now, is_open(a.ino))?;
+            touch_dir(tx, space, parent, if a.is_dir() { -1 } else { 0 }, now)?;
+            Ok(a)
+        })
+        .map_err(|e| tx_errno(shard.id(), "unlink", e, &abort))
+}
+
+/// True if `dir` is `ancestor` or lies below it.
+fn is_within(
+    tx: &mut Tx<'_>,
+    space: u32,
+    mut dir: u64,
+    ancestor: u64,
+) -> Result<bool, mysql::Error> {
+    for _ in 0..10_000 {
+        if dir == ancestor {
+            return Ok(true);
+        }
+        if dir == 1 {
+            return Ok(false);
+        }
+        match tx.exec_first::<u64, _, _>(
+            "SELECT parent FROM dentries WHERE space_id = ? AND ino = ? LIMIT 1",
+            (space, dir),
+        )? {
+            Some(p) => dir = p,
+            None => return Ok(false),
+        }
+    }
+    Ok(false)
+}
+
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+/// Renames within one space, atomically. Returns the inode a replaced name
+/// pointed to, if it lost its last link.
+#[allow(clippy::too_many_arguments)]
+pub fn rename(
+    shard: &Shard,
+    space: u32,
+    parent: u64,
+    name: &[u8],
+    newparent: u64,
+    newname: &[u8],
+    flags: u32,
+    is_open: &dyn Fn(u64) -> Option<u64>,
+) -> FsResult<()> {
+    check_name(newname)?;
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+        || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
+    {
+        return Err(Errno::EINVAL);
+    }
+    let abort = Abort::default();
+    let now = now_ns();
+    shard
+        .tx(|tx| {
+            // Lock both parents in a fixed order to avoid deadlocks.
+            for p in [parent.min(newparent), parent.max(newparent)] {
+                let a = get_attr(tx, space, p, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+                if !a.is_dir() {
+                    return Err(abort.fail(Errno::ENOTDIR));
+                }
+            }
+            let src = entry(tx, space, parent, name)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            let sa = get_attr(tx, space, src, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            let dst = entry(tx, space, newparent, newname)?;
+            let da = match dst {
+                Some(d) => Some(get_attr(tx, space, d, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?),
+                None => None,
+            };
+            if sa.is_dir() && parent != newparent && is_within(tx, space, newparent, src)? {
+                return Err(abort.fail(Errno::EINVAL));
+            }
+            if flags & RENAME_EXCHANGE != 0 {
+                let da = da.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+                if da.is_dir() && parent != newparent && is_within(tx, space, parent, local(da.ino))? {
+                    return Err(abort.fail(Errno::EINVAL));
+                }
+                tx.exec_drop(
+                    "UPDATE dentries SET ino = ? WHERE space_id = ? AND parent = ? AND name = ?",
+                    (local(da.ino), space, parent, name),
+                )?;
+                tx.exec_drop(
+                    "UPDATE dentries SET ino = ? WHERE space_id = ? AND parent = ? AND name = ?",
+                    (src, space, newparent, newname),
+                )?;
+                if parent != newparent {
+                    let delta = i32::from(sa.is_dir()) - i32::from(da.is_dir());
+                    touch_dir(tx, space, parent, -delta, now)?;
+                    touch_dir(tx, space, newparent, delta, now)?;
+                } else {
+                    touch_dir(tx, space, parent, 0, now)?;
+                }
+                for i in [src, local(da.ino)] {
+                    tx.exec_drop("UPDATE inodes SET ctime = ? WHERE space_id = ? AND ino = ?", (now, space, i))?;
+                }
+                return Ok(());
+            }
+            if let Some(da) = da {
+                if flags & RENAME_NOREPLACE != 0 {
+                    return Err(abort.fail(Errno::EEXIST));
+                }
+                if local(da.ino) == src {
+                    return Ok(()); // two names of one inode: nothing to do
+                }
+                if sa.is_dir() && !da.is_dir() {
+                    return Err(abort.fail(Errno::ENOTDIR));
+                }
+                if !sa.is_dir() && da.is_dir() {
+                    return Err(abort.fail(Errno::EISDIR));
+                }
+                if da.is_dir() {
+                    let child: Option<u64> = tx.exec_first(
+                        "SELECT ino FROM dentries WHERE space_id = ? AND parent = ? LIMIT 1",
+                        (space, local(da.ino)),
+                    )?;
+                    if child.is_some() {
+                        return Err(abort.fail(Errno::ENOTEMPTY));
+                    }
+                    touch_dir(tx, space, newparent, -1, now)?;
+                }
+                tx.exec_drop(
+                    "DELETE FROM dentries WHERE space_id = ? AND parent = ? AND name = ?",
+                    (space, newparent, newname),
+                )?;
+                drop_link(tx, space, &da, now, is_open(da.ino))?;
+            }
+            tx.exec_drop(
+                "UPDATE dentries SET parent = ?, name = ? WHERE space_id = ? AND parent = ? AND name = ?",
+                (newparent, newname, space, parent, name),
+            )?;
+            tx.exec_drop("UPDATE inodes SET ctime = ? WHERE space_id = ? AND ino = ?", (now, space, src))?;
+            if parent != newparent && sa.is_dir() {
+                touch_dir(tx, space, parent, -1, now)?;
+                touch_dir(tx, space, newparent, 1, now)?;
+            } else {
+                touch_dir(tx, space, parent, 0, now)?;
+                if parent != newparent {
+                    touch_dir(tx, space, newparent, 0, now)?;
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| tx_errno(shard.id(), "rename", e, &abort))
+}
+
+pub fn link(shard: &Shard, space: u32, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+    check_name(newname)?;
+    let abort = Abort::default();
+    let now = now_ns();
+    shard
+        .tx(|tx| {
+            let p =
+                get_attr(tx, space, newparent, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            if !p.is_dir() {
+                return Err(abort.fail(Errno::ENOTDIR));
+            }
+            let mut a = get_attr(tx, space, ino, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            if a.is_dir() {
+                return Err(abort.fail(Errno::EPERM));
+            }
+            if a.nlink == 0 {
+                return Err(abort.fail(Errno::ENOENT));
+            }
+            if a.nlink >= 65_000 {
+                return Err(abort.fail(Errno::EMLINK));
+            }
+            if entry(tx, space, newparent, newname)?.is_some() {
+                return Err(abort.fail(Errno::EEXIST));
+            }
+            let seq = next_seq(tx, space)?;
+            tx.exec_drop(
+                "INSERT INTO dentries (space_id, parent, name, ino, seq) VALUES (?, ?, ?, ?, ?)",
+                (space, newparent, newname, ino, seq),
+            )?;
+            tx.exec_drop(
+                "UPDATE inodes SET nlink = nlink + 1, ctime = ? WHERE space_id = ? AND ino = ?",
+                (now, space, ino),
+            )?;
+            touch_dir(tx, space, newparent, 0, now)?;
+            a.nlink += 1;
+            a.ctime = now;
+            Ok(a)
+        })
+        .map_err(|e| tx_errno(shard.id(), "link", e, &abort))
+}
+
+pub fn readlink(shard: &Shard, space: u32, ino: u64) -> FsResult<Vec<u8>> {
+    let mut conn = shard.db().conn()?;
+    let t: Option<Option<Vec<u8>>> = conn
+        .exec_first(
+            "SELECT target FROM inodes WHERE space_id = ? AND ino = ? AND state < 2",
+            (space, ino),
+        )
+        .map_err(|e| shard.db().err(e))?;
+    t.ok_or(Errno::ENOENT)?.ok_or(Errno::EINVAL)
+}
+
+/// Changes attributes; a size change truncates or extends (with a hole).
+pub fn setattr(shard: &Shard, space: u32, ino: u64, s: &SetAttr) -> FsResult<Attr> {
+    let abort = Abort::default();
+    let now = now_ns();
+    shard
+        .tx(|tx| {
+            let mut a = get_attr(tx, space, ino, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            if let Some(size) = s.size {
+                if a.is_dir() {
+                    return Err(abort.fail(Errno::EISDIR));
+                }
+                if size < a.size {
+                    a.stored = super::data::truncate_extents(tx, space, ino, size)?;
+                }
+                a.size = size;
+                a.mtime = now;
+                a.ctime = now;
+            }
+            if let Some(m) = s.mode {
+                a.mode = (a.mode & libc::S_IFMT) | (m & 0o7777);
+                a.ctime = now;
+            }
+            if let Some(u) = s.uid {
+                a.uid = u;
+                a.ctime = now;
+            }
+            if let Some(g) = s.gid {
+                a.gid = g;
+                a.ctime = now;
+            }
+            if let Some(t) = s.atime {
+                a.atime = t;
+                a.ctime = now;
+            }
+            if let Some(t) = s.mtime {
+                a.mtime = t;
+                a.ctime = now;
+            }
+            if let Some(t) = s.ctime {
+                a.ctime = t;
+            }
+            tx.exec_drop(
+                "UPDATE inodes SET mode = ?, uid = ?, gid = ?, size = ?, stored = ?, atime = ?, mtime = ?, ctime = ?
+                 WHERE space_id = ? AND ino = ?",
+                (a.mode, a.uid, a.gid, a.size, a.stored, a.atime, a.mtime, a.ctime, space, ino),
+            )?;
+            Ok(a)
+        })
+        .map_err(|e| tx_errno(shard.id(), "setattr", e, &abort))
+}
+
+/// One directory entry for readdir: (offset cookie, name, attributes).
+pub struct DirEntry {
+    pub seq: u64,
+    pub name: Vec<u8>,
+    pub attr: Attr,
+}
+
+/// Up to `limit` entries of `dir` after sequence `after`, in sequence order:
+/// offsets stay valid while entries are added and removed.
+pub fn readdir(
+    shard: &Shard,
+    space: u32,
+    dir: u64,
+    after: u64,
+    limit: usize,
+) -> FsResult<Vec<DirEntry>> {
+    let mut conn = shard.db().conn()?;
+    let rows: Vec<Row> = conn
+        .exec(
+            format!(
+                "SELECT {I_COLUMNS}, d.seq, d.name FROM dentries d
+                 JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
+                 WHERE d.space_id = ? AND d.parent = ? AND d.seq > ? ORDER BY d.seq LIMIT {limit}"
+            ),
+            (space, dir, after),
+        )
+        .map_err(|e| shard.db().err(e))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| DirEntry {
+            attr: attr::from_row(space, &r),
+            seq: r.get(12).unwrap_or(0),
+            name: r.get(13).unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// The parent of a directory (for `..`); the space root is its own parent here.
+pub fn parent_of(shard: &Shard, space: u32, dir: u64) -> FsResult<Option<u64>> {
+    let mut conn = shard.db().conn()?;
+    conn.exec_first(
+        "SELECT parent FROM dentries WHERE space_id = ? AND ino = ? LIMIT 1",
+        (space, dir),
+    )
+    .map_err(|e| shard.db().err(e).into())
+}
+
+/// True if the directory has no entries.
+pub fn is_empty_dir(shard: &Shard, space: u32, dir: u64) -> FsResult<bool> {
+    let mut conn = shard.db().conn()?;
+    let child: Option<u64> = conn
+        .exec_first(
+            "SELECT ino FROM dentries WHERE space_id = ? AND parent = ? LIMIT 1",
+            (space, dir),
+        )
+        .map_err(|e| shard.db().err(e))?;
+    Ok(child.is_none())
+}
+
+/// The last close of an unlinked inode: it becomes deleted, for the reaper.
+pub fn release_orphan(shard: &Shard, space: u32, ino: u64) -> FsResult<()> {
+    let now = now_ns();
+    let mut conn = shard.db().conn()?;
+    conn.exec_drop(
+        "UPDATE inodes SET state = 2, deleted_at = ?, holder = NULL WHERE space_id = ? AND ino = ? AND state = 1",
+        (now, space, ino),
+    )
+    .map_err(|e| shard.db().err(e))?;
+    Ok(())
+}
+
+// ---- xattrs ----
+
+pub const XATTR_CREATE: i32 = 1;
+pub const XATTR_REPLACE: i32 = 2;
+
+pub fn setxattr(
+    shard: &Shard,
+    space: u32,
+    ino: u64,
+    name: &[u8],
+    value: &[u8],
+    flags: i32,
+) -> FsResult<()> {
+    if name.is_empty() || name.len() > NAME_MAX {
+        return Err(if name.is_empty() {
+            Errno::EINVAL
+        } else {
+            Errno::ERANGE
+        });
+    }
+    if value.len() > 65536 {
+        return Err(Errno::E2BIG);
+    }
+    let abort = Abort::default();
+    let now = now_ns();
+    shard
+        .tx(|tx| {
+            get_attr(tx, space, ino, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            let exists: Option<u8> = tx.exec_first(
+                "SELECT 1 FROM xattrs WHERE space_id = ? AND ino = ? AND name = ?",
+                (space, ino, name),
+            )?;
+            if flags & XATTR_CREATE != 0 && exists.is_some() {
+                return Err(abort.fail(Errno::EEXIST));
+            }
+            if flags & XATTR_REPLACE != 0 && exists.is_none() {
+                return Err(abort.fail(Errno::ENODATA));
+            }
+            tx.exec_drop(
+                "REPLACE INTO xattrs (space_id, ino, name, value) VALUES (?, ?, ?, ?)",
+                (space, ino, name, value),
+            )?;
+            tx.exec_drop(
+                "UPDATE inodes SET ctime = ? WHERE space_id = ? AND ino = ?",
+                (now, space, ino),
+            )
+        })
+        .map_err(|e| tx_errno(shard.id(), "setxattr", e, &abort))
+}
+
+pub fn getxattr(shard: &Shard, space: u32, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+    let mut conn = shard.db().conn()?;
+    let v: Option<Vec<u8>> = conn
+        .exec_first(
+            "SELECT value FROM xattrs WHERE space_id = ? AND ino = ? AND name = ?",
+            (space, ino, name),
+        )
+        .map_err(|e| shard.db().err(e))?;
+    v.ok_or(Errno::ENODATA)
+}
+
+pub fn listxattr(shard: &Shard, space: u32, ino: u64) -> FsResult<Vec<u8>> {
+    let mut conn = shard.db().conn()?;
+    let names: Vec<Vec<u8>> = conn
+        .exec(
+            "SELECT name FROM xattrs WHERE space_id = ? AND ino = ? ORDER BY name",
+            (space, ino),
+        )
+        .map_err(|e| shard.db().err(e))?;
+    let mut out = Vec::new();
+    for n in names {
+        out.extend_from_slice(&n);
+        out.push(0);
+    }
+    Ok(out)
+}
+
+pub fn removexattr(shard: &Shard, space: u32, ino: u64, name: &[u8]) -> FsResult<()> {
+    let abort = Abort::default();
+    let now = now_ns();
+    shard
+        .tx(|tx| {
+            tx.exec_drop(
+                "DELETE FROM xattrs WHERE space_id = ? AND ino = ? AND name = ?",
+                (space, ino, name),
+            )?;
+            if tx.affected_rows() == 0 {
+                return Err(abort.fail(Errno::ENODATA));
+            }
+            tx.exec_drop(
+                "UPDATE inodes SET ctime = ? WHERE space_id = ? AND ino = ?",
+                (now, space, ino),
+            )
+        })
+        .map_err(|e| tx_errno(shard.id(), "removexattr", e, &abort))
+}
+
+/// Counts for statfs: (inodes in use, bytes stored) over the whole node.
+pub fn usage(shard: &Shard) -> FsResult<(u64, u64)> {
+    let mut conn = shard.db().conn()?;
+    let r: Option<(u64, Option<u64>)> = conn
+        .query_first("SELECT COUNT(*), SUM(stored) FROM inodes WHERE state < 2")
+        .map_err(|e| shard.db().err(e))?;
+    let (n, b) = r.unwrap_or((0, None));
+    Ok((n, b.unwrap_or(0)))
+}

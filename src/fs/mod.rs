@@ -1,0 +1,696 @@
+//! The filesystem core: POSIX semantics for the tree
+//! `/<volume>/<space>/…` on top of the Admin Node and the Storage Nodes.
+//!
+//! The root and the volumes exist only in the Admin Node; everything inside
+//! a space lives on the Storage Node that owns it ([`meta`] for names and
+//! attributes, [`data`] for contents). This layer knows nothing of FUSE: it
+//! takes plain arguments and returns plain values or an [`Errno`], so tests
+//! can drive it directly. Durability: every namespace change is committed
+//! before the call returns; file data at flush/fsync/close.
+
+pub mod attr;
+pub mod cache;
+pub mod data;
+pub mod error;
+pub mod meta;
+pub mod reaper;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+pub use attr::{Attr, Node};
+pub use error::{Errno, FsResult};
+
+use crate::cluster::{Cluster, SpaceRow, SpaceStatus, VolumeRow, VolumeStatus};
+use crate::shard::Shard;
+use cache::DataCache;
+use data::OpenInode;
+use meta::{NewInode, SetAttr};
+
+/// Nanoseconds since the epoch, now.
+pub fn now_ns() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    d.as_nanos() as i64
+}
+
+/// Tunables of a mount.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Bytes of file data kept in memory (the LRU).
+    pub cache_bytes: usize,
+    /// How long the Admin Node's lists of volumes and spaces are reused.
+    pub admin_ttl: Duration,
+    /// Deleted inodes older than this are purged by the reaper.
+    pub reap_grace: Duration,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            cache_bytes: 256 << 20,
+            admin_ttl: Duration::from_secs(1),
+            reap_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Who is calling.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// An open file handle.
+struct Handle {
+    node: Arc<OpenInode>,
+    append: bool,
+}
+
+/// Cached view of the Admin Node's volumes and spaces.
+#[derive(Default)]
+struct AdminView {
+    loaded: Option<Instant>,
+    volumes: Vec<VolumeRow>,
+    /// Spaces by id (not deleted).
+    spaces: HashMap<u32, SpaceRow>,
+}
+
+pub struct Fs {
+    cluster: Cluster,
+    cfg: FsConfig,
+    /// This mount's access point id: the holder of files unlinked while open.
+    holder: AtomicU64,
+    started: i64,
+    view: RwLock<AdminView>,
+    open: Mutex<HashMap<(u32, u64), Arc<OpenInode>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    pub cache: DataCache,
+}
+
+impl Fs {
+    pub fn new(cluster: Cluster, cfg: FsConfig) -> Fs {
+        Fs {
+            cluster,
+            cache: DataCache::new(cfg.cache_bytes),
+            cfg,
+            holder: AtomicU64::new(0),
+            started: now_ns(),
+            view: RwLock::default(),
+            open: Mutex::default(),
+            handles: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    pub fn set_holder(&self, access_point: u64) {
+        self.holder.store(access_point, Ordering::Release);
+    }
+
+    /// Forgets cached placement (after a topology change).
+    pub fn drop_admin_view(&self) {
+        self.view.write().unwrap().loaded = None;
+    }
+
+    fn view(&self) -> FsResult<std::sync::RwLockReadGuard<'_, AdminView>> {
+        {
+            let v = self.view.read().unwrap();
+            if v.loaded.is_some_and(|t| t.elapsed() < self.cfg.admin_ttl) {
+                return Ok(v);
+            }
+        }
+        let volumes = self.cluster.volumes().map_err(admin_failed)?;
+        let mut spaces = HashMap::new();
+        for v in &volumes {
+            for s in self.cluster.spaces_in_volume(v.id).map_err(admin_failed)? {
+                spaces.insert(s.id, s);
+            }
+        }
+        *self.view.write().unwrap() = AdminView {
+            loaded: Some(Instant::now()),
+            volumes,
+            spaces,
+        };
+        Ok(self.view.read().unwrap())
+    }
+
+    fn space(&self, space: u32) -> FsResult<(SpaceRow, VolumeRow)> {
+        let v = self.view()?;
+        let s = v.spaces.get(&space).cloned().ok_or(Errno::ENOENT)?;
+        let vol = v
+            .volumes
+            .iter()
+            .find(|x| x.id == s.volume_id)
+            .cloned()
+            .ok_or(Errno::ENOENT)?;
+        Ok((s, vol))
+    }
+
+    /// The Storage Node of a space that may be used by `caller`.
+    fn shard(&self, space: u32) -> FsResult<Shard> {
+        let (s, _) = self.space(space)?;
+        self.cluster.shard(s.node_id).map_err(|e| {
+            log::error!("storage node {} (space {space}): {e:#}", s.node_id);
+            Errno::EIO
+        })
+    }
+
+    /// Like [`Fs::shard`], and refuses changes to a space in a Standby volume.
+    fn shard_rw(&self, space: u32) -> FsResult<Shard> {
+        let (_, vol) = self.space(space)?;
+        if vol.status == VolumeStatus::Standby {
+            return Err(Errno::EROFS);
+        }
+        self.shard(space)
+    }
+
+    fn is_open(&self, space: u32) -> impl Fn(u64) -> Option<u64> + '_ {
+        move |ino| {
+            let open = self.open.lock().unwrap();
+            let oi = open.get(&(space, ino & 0xffff_ffff))?;
+            oi.state().unlinked = true;
+            Some(self.holder.load(Ordering::Acquire))
+        }
+    }
+
+    // ---- attributes ----
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        match Node::from_ino(ino) {
+            Node::Root => {
+                let n = self.view()?.volumes.len() as u32;
+                Ok(Attr::synthetic_dir(ino, 2 + n, self.started))
+            }
+            Node::Volume(v) => {
+                let view = self.view()?;
+                if !view.volumes.iter().any(|x| x.id == v) {
+                    return Err(Errno::ENOENT);
+                }
+                let n = view.spaces.values().filter(|s| s.volume_id == v).count() as u32;
+                Ok(Attr::synthetic_dir(ino, 2 + n, self.started))
+            }
+            Node::Space(space, i) => {
+                let mut a = meta::getattr(&self.shard(space)?, space, i)?;
+                if let Some(size) = self
+                    .open
+                    .lock()
+                    .unwrap()
+                    .get(&(space, i))
+                    .and_then(|o| o.local_size())
+                {
+                    a.size = size;
+                }
+                Ok(a)
+            }
+        }
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        if name.len() > meta::NAME_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        match Node::from_ino(parent) {
+            Node::Root => {
+                let v = self.view()?;
+                let vol = v
+                    .volumes
+                    .iter()
+                    .find(|x| x.name.as_bytes() == name)
+                    .ok_or(Errno::ENOENT)?;
+                let ino = Node::Volume(vol.id).ino();
+                drop(v);
+                self.getattr(ino)
+            }
+            Node::Volume(vol) => {
+                let id = std::str::from_utf8(name)
+                    .ok()
+                    .and_then(crate::cluster::parse_space_id)
+                    .ok_or(Errno::ENOENT)?;
+                let (s, _) = self.space(id)?;
+                if s.volume_id != vol {
+                    return Err(Errno::ENOENT);
+                }
+                self.getattr(Node::Space(id, 1).ino())
+            }
+            Node::Space(space, dir) => meta::lookup(&self.shard(space)?, space, dir, name),
+        }
+    }
+
+    pub fn setattr(&self, ino: u64, s: &SetAttr) -> FsResult<Attr> {
+        let Node::Space(space, i) = Node::from_ino(ino) else {
+            return Err(Errno::EPERM);
+        };
+        let shard = self.shard_rw(space)?;
+        let open = self.open.lock().unwrap().get(&(space, i)).cloned();
+        if let Some(o) = &open {
+            o.sync_for_metadata(&self.cache)?;
+        }
+        let a = meta::setattr(&shard, space, i, s)?;
+        if let (Some(o), Some(size)) = (&open, s.size) {
+            o.truncated(&self.cache, size);
+        } else if s.size.is_some() {
+            self.cache.invalidate(space, i);
+        }
+        Ok(a)
+    }
+
+    // ---- namespace ----
+
+    /// Creates a node of any kind. In a volume only `mkdir` of a space ID is allowed.
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        match Node::from_ino(parent) {
+            Node::Root => {
+                log::warn!(
+                    "refused to create {:?} in the root: volumes are made with tshs create-volume",
+                    String::from_utf8_lossy(name)
+                );
+                Err(Errno::EPERM)
+            }
+            Node::Volume(vol) => self.create_space(vol, name, mode, caller),
+            Node::Space(space, dir) => {
+                if let Some(t) = target
+                    && t.len() > meta::PATH_MAX
+                {
+                    return Err(Errno::ENAMETOOLONG);
+                }
+                let new = NewInode {
+                    mode,
+                    uid: caller.uid,
+                    gid: caller.gid,
+                    rdev,
+                    target,
+                };
+                meta::create(&self.shard_rw(space)?, space, dir, name, &new)
+            }
+        }
+    }
+
+    fn create_space(&self, vol: u32, name: &[u8], mode: u32, caller: Caller) -> FsResult<Attr> {
+        meta::check_name(name)?;
+        let text = String::from_utf8_lossy(name);
+        if mode & libc::S_IFMT != libc::S_IFDIR {
+            log::warn!(
+                "refused to create file {text:?} directly in volume {vol}: only space directories live there"
+            );
+            return Err(Errno::EPERM);
+        }
+        let Some(id) = crate::cluster::parse_space_id(&text) else {
+            log::warn!(
+                "refused mkdir {text:?} in volume {vol}: a space directory's name is its decimal space ID"
+            );
+            return Err(Errno::EINVAL);
+        };
+        let view = self.view()?;
+        let status = view
+            .volumes
+            .iter()
+            .find(|v| v.id == vol)
+            .map(|v| v.status)
+            .ok_or(Errno::ENOENT)?;
+        drop(view);
+        if status == VolumeStatus::Standby {
+            return Err(Errno::EROFS);
+        }
+        match self.cluster.space(id) {
+            Ok(Some(_)) => return Err(Errno::EEXIST),
+            Ok(None) => {}
+            Err(e) => return Err(admin_failed(e)),
+        }
+        self.cluster
+            .create_space(vol, id, caller.uid, caller.gid, mode & 0o7777)
+            .map_err(|e| {
+                log::error!("creating space {id} in volume {vol}: {e:#}");
+                if e.to_string().contains("already exists") {
+                    Errno::EEXIST
+                } else {
+                    Errno::EIO
+                }
+            })?;
+        self.drop_admin_view();
+        log::info!("space {id} created in volume {vol}");
+        self.getattr(Node::Space(id, 1).ino())
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8], rmdir: bool) -> FsResult<()> {
+        match Node::from_ino(parent) {
+            Node::Root => Err(Errno::EPERM),
+            Node::Volume(vol) => {
+                if !rmdir {
+                    return Err(Errno::EPERM);
+                }
+                let a = self.lookup(parent, name)?;
+                let Node::Space(space, _) = Node::from_ino(a.ino) else {
+                    return Err(Errno::ENOENT);
+                };
+                self.shard_rw(space)?;
+                if !meta::is_empty_dir(&self.shard(space)?, space, 1)? {
+                    return Err(Errno::ENOTEMPTY);
+                }
+                self.cluster.delete_space(space).map_err(admin_failed)?;
+                self.drop_admin_view();
+                log::info!("space {space} in volume {vol} deleted (DELETE job recorded)");
+                Ok(())
+            }
+            Node::Space(space, dir) => {
+                let shard = self.shard_rw(space)?;
+                meta::unlink(&shard, space, dir, name, rmdir, &self.is_open(space)).map(|_| ())
+            }
+        }
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        match (Node::from_ino(parent), Node::from_ino(newparent)) {
+            (Node::Space(s1, p1), Node::Space(s2, p2)) => {
+                if s1 != s2 {
+                    return Err(Errno::EXDEV);
+                }
+                let shard = self.shard_rw(s1)?;
+                meta::rename(&shard, s1, p1, name, p2, newname, flags, &self.is_open(s1))
+            }
+            (Node::Space(..), _) | (_, Node::Space(..)) => Err(Errno::EXDEV),
+            _ => Err(Errno::EPERM),
+        }
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+        match (Node::from_ino(ino), Node::from_ino(newparent)) {
+            (Node::Space(s1, i), Node::Space(s2, p)) => {
+                if s1 != s2 {
+                    return Err(Errno::EXDEV);
+                }
+                meta::link(&self.shard_rw(s1)?, s1, i, p, newname)
+            }
+            (Node::Space(..), _) => Err(Errno::EXDEV),
+            _ => Err(Errno::EPERM),
+        }
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        match Node::from_ino(ino) {
+            Node::Space(s, i) => meta::readlink(&self.shard(s)?, s, i),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Directory entries after `offset` (0 = from the start), each with the
+    /// offset of the entry after it. `.` and `..` come first.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        limit: usize,
+    ) -> FsResult<Vec<(u64, Vec<u8>, Attr)>> {
+        let mut out = Vec::new();
+        let dot = |o: u64, parent: u64| -> FsResult<Vec<(u64, Vec<u8>, Attr)>> {
+            let mut v = Vec::new();
+            if o < 1 {
+                v.push((1, b".".to_vec(), self.getattr(ino)?));
+            }
+            if o < 2 {
+                v.push((
+                    2,
+                    b"..".to_vec(),
+                    self.getattr(parent).or_else(|_| self.getattr(ino))?,
+                ));
+            }
+            Ok(v)
+        };
+        match Node::from_ino(ino) {
+            Node::Root => {
+                out.extend(dot(offset, ino)?);
+                let vols = self.view()?.volumes.clone();
+                for (i, v) in vols.iter().enumerate() {
+                    let o = i as u64 + 3;
+                    if o > offset {
+                        out.push((
+                            o,
+                            v.name.clone().into_bytes(),
+                            Attr::synthetic_dir(Node::Volume(v.id).ino(), 2, self.started),
+                        ));
+                    }
+                }
+            }
+            Node::Volume(vol) => {
+                out.extend(dot(offset, attr::ROOT_INO)?);
+                let mut ids: Vec<u32> = self
+                    .view()?
+                    .spaces
+                    .values()
+                    .filter(|s| s.volume_id == vol)
+                    .map(|s| s.id)
+                    .collect();
+                ids.sort_unstable();
+                // Offsets are the space IDs + 2: stable while spaces come and go.
+                for id in ids
+                    .into_iter()
+                    .filter(|id| u64::from(*id) + 2 > offset)
+                    .take(limit)
+                {
+                    match self.getattr(Node::Space(id, 1).ino()) {
+                        Ok(a) => out.push((u64::from(id) + 2, id.to_string().into_bytes(), a)),
+                        Err(e) => log::warn!("space {id} listed but not readable: errno {}", e.0),
+                    }
+                }
+            }
+            Node::Space(space, dir) => {
+                let shard = self.shard(space)?;
+                if offset < 2 {
+                    let parent = if dir == 1 {
+                        self.space(space)
+                            .map(|(s, _)| Node::Volume(s.volume_id).ino())?
+                    } else {
+                        meta::parent_of(&shard, space, dir)?
+                            .map_or(ino, |p| Node::Space(space, p).ino())
+                    };
+                    out.extend(dot(offset, parent)?);
+                }
+                let after = offset.saturating_sub(2);
+                for e in meta::readdir(&shard, space, dir, after, limit)? {
+                    out.push((e.seq + 2, e.name, e.attr));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- files ----
+
+    /// Opens a file; returns the handle and whether the kernel may keep its
+    /// cached pages (the file did not change since we last saw it).
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, bool)> {
+        let Node::Space(space, i) = Node::from_ino(ino) else {
+            return Err(Errno::EISDIR);
+        };
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let shard = if writing {
+            self.shard_rw(space)?
+        } else {
+            self.shard(space)?
+        };
+        let a = meta::getattr(&shard, space, i)?;
+        if a.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let mut keep = false;
+        let node = {
+            let mut open = self.open.lock().unwrap();
+            open.entry((space, i))
+                .or_insert_with(|| {
+                    let (generation, valid) =
+                        self.cache.generation_for(space, i, (a.mtime, a.size));
+                    keep = valid;
+                    Arc::new(OpenInode::new(space, i, shard.clone(), a.size, generation))
+                })
+                .clone()
+        };
+        *node.opens.lock().unwrap() += 1;
+        if flags & libc::O_TRUNC != 0 && a.size > 0 {
+            if let Err(e) = self.setattr(
+                ino,
+                &SetAttr {
+                    size: Some(0),
+                    ..Default::default()
+                },
+            ) {
+                self.release_node(&node);
+                return Err(e);
+            }
+            keep = false;
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(
+            fh,
+            Handle {
+                node,
+                append: flags & libc::O_APPEND != 0,
+            },
+        );
+        Ok((fh, keep))
+    }
+
+    /// Creates and opens a regular file.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<(Attr, u64)> {
+        let a = self.mknod(
+            parent,
+            name,
+            libc::S_IFREG | (mode & 0o7777),
+            0,
+            None,
+            caller,
+        )?;
+        let (fh, _) = self.open(a.ino, flags & !libc::O_TRUNC)?;
+        Ok((a, fh))
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<(Arc<OpenInode>, bool)> {
+        let h = self.handles.lock().unwrap();
+        let h = h.get(&fh).ok_or(Errno::EBADF)?;
+        Ok((h.node.clone(), h.append))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (node, _) = self.handle(fh)?;
+        node.read(&self.cache, offset, size)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (node, append) = self.handle(fh)?;
+        if let Ok((_, vol)) = self.space(node.space)
+            && vol.status == VolumeStatus::Standby
+        {
+            return Err(Errno::EROFS);
+        }
+        if append {
+            node.append(&self.cache, data)?;
+        } else if node.write(&self.cache, offset, data)? {
+            node.flush(&self.cache)?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Makes buffered writes durable and visible (close, fsync).
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let (node, _) = self.handle(fh)?;
+        node.flush(&self.cache)
+    }
+
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let h = self
+            .handles
+            .lock()
+            .unwrap()
+            .remove(&fh)
+            .ok_or(Errno::EBADF)?;
+        let r = h.node.flush(&self.cache);
+        self.release_node(&h.node);
+        r
+    }
+
+    fn release_node(&self, node: &Arc<OpenInode>) {
+        let mut opens = node.opens.lock().unwrap();
+        *opens -= 1;
+        if *opens > 0 {
+            return;
+        }
+        self.open.lock().unwrap().remove(&(node.space, node.ino));
+        if node.state().unlinked
+            && let Err(e) = meta::release_orphan(&node.shard, node.space, node.ino)
+        {
+            log::warn!(
+                "space {}: releasing unlinked inode {}: errno {}",
+                node.space,
+                node.ino,
+                e.0
+            );
+        }
+    }
+
+    // ---- xattrs ----
+
+    fn space_node(&self, ino: u64) -> FsResult<(u32, u64)> {
+        match Node::from_ino(ino) {
+            Node::Space(s, i) => Ok((s, i)),
+            _ => Err(Errno::ENOSYS),
+        }
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        let (s, i) = self.space_node(ino).map_err(|_| Errno::EPERM)?;
+        meta::setxattr(&self.shard_rw(s)?, s, i, name, value, flags)
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        let (s, i) = self.space_node(ino).map_err(|_| Errno::ENODATA)?;
+        meta::getxattr(&self.shard(s)?, s, i, name)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        match self.space_node(ino) {
+            Ok((s, i)) => meta::listxattr(&self.shard(s)?, s, i),
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        let (s, i) = self.space_node(ino).map_err(|_| Errno::EPERM)?;
+        meta::removexattr(&self.shard_rw(s)?, s, i, name)
+    }
+
+    /// (inodes used, bytes stored) over all reachable nodes.
+    pub fn statfs(&self) -> FsResult<(u64, u64)> {
+        let mut total = (0, 0);
+        for n in self.cluster.nodes().map_err(admin_failed)? {
+            if let Ok(shard) = self.cluster.shard(n.id)
+                && let Ok((files, bytes)) = meta::usage(&shard)
+            {
+                total.0 += files;
+                total.1 += bytes;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Whether the space of `ino` may be used (not deactivated or deleted).
+    pub fn space_status(&self, ino: u64) -> Option<SpaceStatus> {
+        match Node::from_ino(ino) {
+            Node::Space(s, _) => self.space(s).ok().map(|(row, _)| row.status),
+            _ => None,
+        }
+    }
+}
+
+fn admin_failed(e: anyhow::Error) -> Errno {
+    log::error!("admin node: {e:#}");
+    Errno::EIO
+}

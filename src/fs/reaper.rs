@@ -1,0 +1,70 @@
+//! The reaper: purges the rows of inodes that lost their last link — after a
+//! grace period (another mount may still read them), or at once when the
+//! mount that held them open is gone (it crashed). Cancellable; a failing
+//! node is logged and retried on the next round.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::{Fs, now_ns};
+
+const ROUND: Duration = Duration::from_secs(10);
+
+pub struct Reaper {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reaper {
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn spawn(fs: Arc<Fs>) -> Reaper {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("tshs-reaper".into())
+        .spawn(move || {
+            while !s.load(Ordering::Acquire) {
+                round(&fs);
+                std::thread::park_timeout(ROUND);
+            }
+        })
+        .expect("spawn reaper");
+    Reaper {
+        stop,
+        thread: Some(thread),
+    }
+}
+
+/// One pass over every node; returns the number of inodes purged.
+pub fn round(fs: &Fs) -> u64 {
+    let cluster = fs.cluster();
+    let live: Vec<u64> = match cluster.access_points() {
+        Ok(a) => a.into_iter().map(|a| a.id).collect(),
+        Err(e) => {
+            log::warn!("reaper: admin node: {e:#}");
+            return 0;
+        }
+    };
+    let before = now_ns() - fs.cfg.reap_grace.as_nanos() as i64;
+    let mut purged = 0;
+    for n in cluster.nodes().unwrap_or_default() {
+        match cluster
+            .shard(n.id)
+            .and_then(|s| s.purge_deleted(before, &live))
+        {
+            Ok(k) => purged += k,
+            Err(e) => log::warn!("reaper: storage node {}: {e:#}", n.id),
+        }
+    }
+    purged
+}

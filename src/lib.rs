@@ -1,0 +1,20 @@
+//! tshs keeps the data of TeamDrive-style spaces in a cluster of MySQL
+//! databases and shows it through FUSE as a POSIX tree
+//! `/spacedata/<volume>/<space>/…`.
+//!
+//! The Admin Node ([`cluster`]) knows the Storage Nodes, volumes and spaces;
+//! [`placement`] maps a space to the node that owns it; each Storage Node
+//! ([`shard`]) holds every row of its spaces, so an operation inside a space
+//! is one transaction; [`fs`] gives those rows POSIX semantics and [`fuse`]
+//! is the thin kernel adapter. [`cli`] is the `tshs` command over the same core.
+
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod db;
+pub mod fs;
+pub mod fuse;
+pub mod logging;
+pub mod mount;
+pub mod placement;
+pub mod shard;

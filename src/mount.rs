@@ -1,0 +1,354 @@
+//! `tshs mount`: the FUSE daemon. Parses `-o` options, cleans up a mountpoint
+//! left behind by a crashed mount, daemonises (unless `-f`) and reports
+//! success only once the tree is mounted, registers as an access point,
+//! runs the reaper, and unmounts cleanly on SIGINT/SIGTERM.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::cli::Cli;
+use crate::fs::{Fs, FsConfig};
+use crate::fuse::FuseFs;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct MountArgs {
+    /// Where to mount (e.g. /spacedata).
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground (log to stderr).
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// Comma-separated options: allow_other, ro, ttl=SECS, cache_size=BYTES[K|M|G],
+    /// threads=N, connections=N, log_file=PATH, mysql_cfg=PATH, and the
+    /// generic mount options (rw, defaults, nofail, _netdev, …), which are ignored.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+}
+
+/// Parsed `-o` options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountOptions {
+    pub allow_other: bool,
+    pub read_only: bool,
+    pub ttl: Duration,
+    pub cache_bytes: usize,
+    pub threads: usize,
+    pub connections: usize,
+    pub log_file: Option<PathBuf>,
+    pub mysql_cfg: Option<PathBuf>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            allow_other: false,
+            read_only: false,
+            ttl: Duration::from_secs(1),
+            cache_bytes: 256 << 20,
+            threads: 16,
+            connections: 16,
+            log_file: None,
+            mysql_cfg: None,
+        }
+    }
+}
+
+/// Parses a size with an optional K/M/G suffix.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let (num, mul) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1 << 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow!("'{s}' is not a size (e.g. 512M)"))?;
+    n.checked_mul(mul)
+        .ok_or_else(|| anyhow!("size '{s}' is too large"))
+}
+
+/// Options generic to mount(8) and fstab that mean nothing to tshs.
+const IGNORED: &[&str] = &[
+    "rw",
+    "defaults",
+    "auto",
+    "noauto",
+    "nofail",
+    "_netdev",
+    "user",
+    "nouser",
+    "users",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "relatime",
+    "default_permissions",
+];
+
+pub fn parse_options(list: &[String]) -> Result<MountOptions> {
+    let mut o = MountOptions::default();
+    for item in list
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (name, value) = match item.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (item, None),
+        };
+        let need =
+            || value.ok_or_else(|| anyhow!("mount option '{name}' needs a value ({name}=…)"));
+        let count = |v: &str, max: usize| -> Result<usize> {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    anyhow!("mount option '{name}': '{v}' is not a number from 1 to {max}")
+                })
+        };
+        match name {
+            "allow_other" => o.allow_other = true,
+            "ro" => o.read_only = true,
+            "ttl" | "entry_ttl" | "attr_ttl" => {
+                let v = need()?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && (0.0..=3600.0).contains(s))
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "mount option '{name}': '{v}' is not a number of seconds (0 to 3600)"
+                        )
+                    })?;
+                o.ttl = Duration::from_secs_f64(secs);
+            }
+            "cache_size" => {
+                let n = parse_size(need()?)?;
+                if n < 1 << 20 {
+                    bail!("mount option 'cache_size': at least 1M");
+                }
+                o.cache_bytes = n as usize;
+            }
+            "threads" => o.threads = count(need()?, 256)?,
+            "connections" => o.connections = count(need()?, 1000)?,
+            "log_file" => o.log_file = Some(PathBuf::from(need()?)),
+            "mysql_cfg" => o.mysql_cfg = Some(PathBuf::from(need()?)),
+            n if IGNORED.contains(&n) => {}
+            _ => bail!("unknown mount option '{item}'"),
+        }
+    }
+    Ok(o)
+}
+
+/// A mountpoint whose FUSE daemon died answers ENOTCONN: detach it.
+fn clean_stale_mount(mountpoint: &Path) -> Result<()> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            log::warn!(
+                "{}: left behind by a crashed mount; unmounting it",
+                mountpoint.display()
+            );
+            let status = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(mountpoint)
+                .status()
+                .context("running fusermount3 (install the fuse3 package)")?;
+            if !status.success() {
+                bail!(
+                    "cannot clean up the stale mount at {}",
+                    mountpoint.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(anyhow!("mountpoint {}: {e}", mountpoint.display())),
+        Ok(m) if !m.is_dir() => bail!("mountpoint {} is not a directory", mountpoint.display()),
+        Ok(_) => Ok(()),
+    }
+}
+
+pub fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
+    let opts = parse_options(&args.options)?;
+    clean_stale_mount(&args.mountpoint)?;
+    let mut admin_cli_cfg = cli.mysql_cfg_file.clone();
+    if let Some(p) = &opts.mysql_cfg {
+        admin_cli_cfg = Some(p.clone());
+    }
+    let admin = crate::config::read_mysql_cfg(
+        admin_cli_cfg
+            .as_deref()
+            .unwrap_or(Path::new(crate::config::DEFAULT_MYSQL_CFG)),
+    )?;
+    // Fail in the foreground when the cluster is unusable.
+    {
+        let c = crate::cluster::Cluster::connect(&admin, 1)?;
+        c.require_admin_node()?;
+    }
+    if args.foreground {
+        return serve(&admin, &args.mountpoint, &opts, None);
+    }
+    // Daemonise; the parent returns once the child reports the mount is up.
+    let (r, w) = nix::unistd::pipe()?;
+    match unsafe { nix::unistd::fork()? } {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(w);
+            let mut msg = String::new();
+            std::fs::File::from(r).read_to_string(&mut msg)?;
+            match msg.strip_prefix("ok") {
+                Some(_) => Ok(()),
+                None if msg.is_empty() => bail!("the mount daemon exited during startup"),
+                None => bail!("{msg}"),
+            }
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(r);
+            let _ = nix::unistd::setsid();
+            let log = opts
+                .log_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/var/log/tshs-mount.log"));
+            let _ = crate::logging::to_file(&log);
+            let devnull = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?;
+            let fd = devnull.into_raw_fd();
+            for target in 0..3 {
+                unsafe { libc::dup2(fd, target) };
+            }
+            let report = unsafe { std::fs::File::from_raw_fd(w.into_raw_fd()) };
+            let status = Arc::new(std::sync::Mutex::new(Some(report)));
+            let r = serve(&admin, &args.mountpoint, &opts, Some(status.clone()));
+            if let Err(e) = &r {
+                if let Some(mut f) = status.lock().unwrap().take() {
+                    let _ = write!(f, "{e:#}");
+                }
+                log::error!("mount: {e:#}");
+            }
+            std::process::exit(i32::from(r.is_err()));
+        }
+    }
+}
+
+/// Mounts and serves until unmounted or signalled.
+/// `ready` receives "ok" once mounted and is then closed, so the waiting
+/// parent sees end-of-file.
+fn serve(
+    admin: &crate::config::ConnOptions,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    ready: Option<Arc<std::sync::Mutex<Option<std::fs::File>>>>,
+) -> Result<()> {
+    // SIGINT/SIGTERM are handled by a dedicated thread; block them everywhere else.
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGINT);
+    set.add(nix::sys::signal::Signal::SIGTERM);
+    set.thread_block()?;
+
+    let cluster = crate::cluster::Cluster::connect(admin, opts.connections)?;
+    let fs = Fs::new(
+        cluster.clone(),
+        FsConfig {
+            cache_bytes: opts.cache_bytes,
+            ..FsConfig::default()
+        },
+    );
+    let fs = Arc::new(fs);
+    let ap = {
+        let fs = fs.clone();
+        cluster.register("tshs mount", move |_epoch| fs.drop_admin_view())?
+    };
+    fs.set_holder(ap.id());
+    let reaper = crate::fs::reaper::spawn(fs.clone());
+
+    let mut mount_options = vec![
+        MountOption::FSName("tshs".into()),
+        MountOption::Subtype("tshs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    if opts.read_only {
+        mount_options.push(MountOption::RO);
+    }
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads);
+    let mut session = fuser::Session::new(
+        FuseFs {
+            fs: fs.clone(),
+            ttl: opts.ttl,
+        },
+        mountpoint,
+        &config,
+    )
+    .with_context(|| format!("cannot mount {}", mountpoint.display()))?;
+    log::info!(
+        "mounted {} (access point {})",
+        mountpoint.display(),
+        ap.id()
+    );
+    let mut unmounter = session.unmount_callable();
+    std::thread::Builder::new()
+        .name("tshs-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                log::info!("{sig:?}: unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    log::error!("unmount failed: {e}");
+                }
+            }
+        })?;
+    if let Some(mut f) = ready.and_then(|r| r.lock().unwrap().take()) {
+        let _ = f.write_all(b"ok");
+    }
+    let result = session.run();
+    reaper.stop();
+    drop(ap);
+    log::info!("unmounted {}", mountpoint.display());
+    result.map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let o = parse_options(&[
+            "allow_other,ro,ttl=0.5".into(),
+            "cache_size=64M,defaults".into(),
+        ])
+        .unwrap();
+        assert!(o.allow_other && o.read_only);
+        assert_eq!(o.ttl, Duration::from_millis(500));
+        assert_eq!(o.cache_bytes, 64 << 20);
+        for bad in [
+            "bogus",
+            "ttl",
+            "ttl=-1",
+            "cache_size=12Q",
+            "threads=0",
+            "cache_size=1K",
+        ] {
+            assert!(parse_options(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The Storage Node store: one database per shard holding every row of the
+//! spaces it owns — per-space counters, inodes, directory entries, file data
+//! extents and xattrs. All keys start with `space_id`, so a space's rows can
+//! be copied, purged or moved as a unit, and every operation inside one space
+//! is a single-database transaction.
+//!
+//! File data lives in extents of at most [`EXTENT_SIZE`] bytes keyed by
+//! `(space, inode, offset)` with `offset` a multiple of `EXTENT_SIZE`. An
+//! extent holds the bytes `[off, off + len)`; bytes below the file size that
+//! no extent holds read as zeros (holes). `inodes.stored` is the sum of the
+//! extents' lengths, so `st_blocks` is honest for sparse files.
+
+mod schema;
+
+use anyhow::{Result, bail};
+use mysql::prelude::Queryable;
+use mysql::{Transaction, TxOpts};
+
+use crate::config::ConnOptions;
+use crate::db::{Db, DbError, TxError, migrate, table_names};
+
+pub use schema::MIGRATIONS;
+
+/// Largest extent, in bytes. Small enough to stay far below
+/// `max_allowed_packet` (16 MiB by default), large enough that a 512 MiB
+/// file is 2,048 rows. See BENCHMARKS.md.
+pub const EXTENT_SIZE: u64 = 256 * 1024;
+
+/// A Storage Node.
+#[derive(Clone)]
+pub struct Shard {
+    id: u32,
+    db: Db,
+}
+
+/// What a node holds, from its rows (for `list-storage-nodes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub spaces: u64,
+    /// Regular files whose data is in the database.
+    pub in_db: u64,
+    /// Regular files whose data is in the object store.
+    pub on_s3: u64,
+    /// Files in the database that stopped changing: closed, not `last.log`,
+    /// unmodified for [`SETTLE_SECS`] — the candidates for move-to-s3.
+    pub read_only: u64,
+    /// Bytes of file data held in the database.
+    pub bytes: u64,
+}
+
+/// A file unmodified this long counts as settled (R/O).
+pub const SETTLE_SECS: i64 = 60;
+
+/// Opens the database for a new Storage Node: it must exist, be reachable,
+/// be empty, and let the user create tables. Creates the shard tables; on
+/// failure drops whatever it created, so nothing is left half-made.
+pub fn create_tables(opts: &ConnOptions) -> Result<Db> {
+    let db = Db::connect(opts, 2)?;
+    let existing = table_names(&mut db.conn()?).map_err(|e| db.err(e))?;
+    if !existing.is_empty() {
+        bail!(
+            "database '{}' on {} is not empty ({} table(s), e.g. {}): a storage node needs an empty database",
+            opts.database()?,
+            opts.server(),
+            existing.len(),
+            existing[0]
+        );
+    }
+    if let Err(e) = migrate(&db, MIGRATIONS) {
+        let _ = drop_tables(&db);
+        return Err(e.into());
+    }
+    Ok(db)
+}
+
+/// Drops every tshs table of a shard database.
+pub fn drop_tables(db: &Db) -> Result<(), DbError> {
+    let mut conn = db.conn()?;
+    for t in table_names(&mut conn).map_err(|e| db.err(e))? {
+        if schema::TABLES.contains(&t.as_str()) {
+            conn.query_drop(format!("DROP TABLE IF EXISTS `{t}`"))
+                .map_err(|e| db.err(e))?;
+        }
+    }
+    Ok(())
+}
+
+impl Shard {
+    pub fn connect(id: u32, opts: &ConnOptions, max_conns: usize) -> Result<Shard> {
+        Ok(Shard {
+            id,
+            db: Db::connect(opts, max_conns)?,
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Runs `f` in a transaction (retried on deadlock / lost connection).
+    pub fn tx<T>(
+        &self,
+        f: impl FnMut(&mut Transaction<'_>) -> Result<T, mysql::Error>,
+    ) -> Result<T, TxError> {
+        self.db.tx(f)
+    }
+
+    /// Creates a space's counters and its root directory.
+    pub fn create_space(&self, space: u32, uid: u32, gid: u32, mode: u32) -> Result<()> {
+        let now = crate::fs::now_ns();
+        self.tx(|tx| {
+            tx.exec_drop(
+                "INSERT INTO spaces (space_id, next_ino, next_seq) VALUES (?, 2, 1)",
+                (space,),
+            )?;
+            tx.exec_drop(
+                "INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime)
+                 VALUES (?, 1, ?, ?, ?, 2, 0, 0, 0, ?, ?, ?, ?)",
+                (space, libc::S_IFDIR | (mode & 0o7777), uid, gid, now, now, now, now),
+            )
+        })
+        .map_err(TxError::into_db)?;
+        Ok(())
+    }
+
+    /// Deletes every row of a space.
+    pub fn purge_space(&self, space: u32) -> Result<()> {
+        self.tx(|tx| {
+            for t in ["extents", "xattrs", "dentries", "inodes", "spaces"] {
+                tx.exec_drop(format!("DELETE FROM {t} WHERE space_id = ?"), (space,))?;
+            }
+            Ok(())
+        })
+        .map_err(TxError::into_db)?;
+        Ok(())
+    }
+
+    pub fn totals(&self) -> Result<Totals> {
+        let mut conn = self.db.conn()?;
+        let settled_before = crate::fs::now_ns() - SETTLE_SECS * 1_000_000_000;
+        type Row = (u64, Option<u64>, Option<u64>, Option<u64>);
+        let row: Option<Row> = conn
+            .exec_first(
+                "SELECT (SELECT COUNT(*) FROM spaces),
+                        SUM(i.mode & 0o170000 = 0o100000),
+                        SUM(i.mode & 0o170000 = 0o100000 AND i.mtime < ? AND NOT EXISTS (
+                            SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log')),
+                        SUM(i.stored)
+                 FROM inodes i WHERE i.state = 0"
+                    .replace("0o170000", &libc::S_IFMT.to_string())
+                    .replace("0o100000", &libc::S_IFREG.to_string()),
+                (settled_before,),
+            )
+            .map_err(|e| self.db.err(e))?;
+        let (spaces, in_db, ro, bytes) = row.unwrap_or_default();
+        Ok(Totals {
+            spaces,
+            in_db: in_db.unwrap_or(0),
+            on_s3: 0,
+            read_only: ro.unwrap_or(0),
+            bytes: bytes.unwrap_or(0),
+        })
+    }
+
+    /// Begins a transaction on a connection the caller holds.
+    pub fn begin(conn: &mut mysql::PooledConn) -> Result<Transaction<'_>, mysql::Error> {
+        conn.start_transaction(TxOpts::default())
+    }
+}
+
+impl Shard {
+    /// Purges inodes deleted before `before_ns`, and inodes left unlinked-
+    /// but-open by access points that are no longer alive. Returns how many.
+    pub fn purge_deleted(&self, before_ns: i64, live_holders: &[u64]) -> Result<u64> {
+        let mut conn = self.db.conn()?;
+        let victims: Vec<(u32, u64, u8, Option<u64>)> = conn
+            .exec(
+                "SELECT space_id, ino, state, holder FROM inodes
+                 WHERE (state = 2 AND deleted_at < ?) OR state = 1 LIMIT 1000",
+                (before_ns,),
+            )
+            .map_err(|e| self.db.err(e))?;
+        let mut n = 0;
+        for (space, ino, state, holder) in victims {
+            if state == 1 && holder.is_some_and(|h| live_holders.contains(&h)) {
+                continue;
+            }
+            self.tx(|tx| {
+                tx.exec_drop(
+                    "DELETE FROM extents WHERE space_id = ? AND ino = ?",
+                    (space, ino),
+                )?;
+                tx.exec_drop(
+                    "DELETE FROM xattrs WHERE space_id = ? AND ino = ?",
+                    (space, ino),
+                )?;
+                tx.exec_drop(
+                    "DELETE FROM inodes WHERE space_id = ? AND ino = ? AND state > 0",
+                    (space, ino),
+                )
+            })
+            .map_err(TxError::into_db)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
