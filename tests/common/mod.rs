@@ -1,0 +1,243 @@
+//! Test support: a cluster of fresh databases on the two local MariaDB
+//! servers (dropped on Drop), the `tshs` binary, and real FUSE mounts that
+//! unmount on Drop. Tests need `scripts/services start` and its environment
+//! (`source .state/env`); without them they fail loudly, never skip.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mysql::prelude::Queryable;
+
+pub fn env(name: &str) -> String {
+    if let Ok(v) = std::env::var(name) {
+        return v;
+    }
+    // Fall back to the state file scripts/services writes.
+    let state = Path::new(env!("CARGO_MANIFEST_DIR")).join(".state/env");
+    let text = std::fs::read_to_string(&state).unwrap_or_default();
+    for line in text.lines() {
+        let line = line.trim_start_matches("export ");
+        if let Some(v) = line.strip_prefix(&format!("{name}=")) {
+            return v.trim_matches('"').trim_matches('\'').to_string();
+        }
+    }
+    panic!("{name} is not set: run scripts/services start (the tests need the local MariaDB and S3 servers)");
+}
+
+/// Connection options of local MariaDB server 1 or 2 (no database).
+pub fn server(n: u8) -> String {
+    env(&format!("TSHS_MYSQL{n}"))
+}
+
+pub fn root_conn(n: u8) -> mysql::Conn {
+    let opts = tshs::config::ConnOptions::parse(&server(n)).unwrap();
+    mysql::Conn::new(opts.to_mysql()).unwrap_or_else(|e| panic!("MariaDB server {n} is not reachable: {e}"))
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique database name for this test process.
+pub fn unique(tag: &str) -> String {
+    format!("t{}_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed), tag)
+}
+
+/// An Admin Node and its databases, created for one test and dropped after.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub mycnf: PathBuf,
+    pub admin_db: String,
+    /// (server number, database) of every database this cluster created.
+    pub dbs: std::sync::Mutex<Vec<(u8, String)>>,
+}
+
+impl TestCluster {
+    /// An Admin Node on server 1, without storage nodes.
+    pub fn empty() -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let admin_db = unique("admin");
+        root_conn(1).query_drop(format!("CREATE DATABASE {admin_db}")).unwrap();
+        let o = tshs::config::ConnOptions::parse(&server(1)).unwrap();
+        let mycnf = dir.path().join("my.cnf");
+        std::fs::write(
+            &mycnf,
+            format!(
+                "[client]\nport=1\n[tshs]\nhost={}\nport={}\nuser={}\npassword={}\ndatabase={admin_db}\n",
+                o.host.unwrap(),
+                o.port.unwrap(),
+                o.user.unwrap(),
+                o.password.unwrap()
+            ),
+        )
+        .unwrap();
+        let c = TestCluster {
+            dir,
+            mycnf,
+            admin_db: admin_db.clone(),
+            dbs: std::sync::Mutex::new(vec![(1, admin_db)]),
+        };
+        c.ok(&["create-admin-node"]);
+        c
+    }
+
+    /// An Admin Node with one storage node on each MariaDB server and volume `vol01`.
+    pub fn with_nodes() -> TestCluster {
+        let c = TestCluster::empty();
+        for n in [1, 2] {
+            let db = c.new_db(n, "st");
+            c.ok(&["create-storage-node", &format!("{};database={db}", server(n))]);
+        }
+        c.ok(&["create-volume", "vol01"]);
+        c
+    }
+
+    /// Creates an empty database on server `n`, dropped with the cluster.
+    pub fn new_db(&self, n: u8, tag: &str) -> String {
+        let db = unique(tag);
+        root_conn(n).query_drop(format!("CREATE DATABASE {db}")).unwrap();
+        self.dbs.lock().unwrap().push((n, db.clone()));
+        db
+    }
+
+    /// Runs `tshs` against this cluster.
+    pub fn tshs(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_tshs"))
+            .arg("--mysql-cfg-file")
+            .arg(&self.mycnf)
+            .args(args)
+            .env("TSHS_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `tshs`, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.tshs(args);
+        assert!(
+            o.status.success(),
+            "tshs {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Runs `tshs`, asserts failure with exit 1 and a one-line error; returns it.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.tshs(args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(1), "tshs {args:?} should fail: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line of error expected: {err}");
+        err
+    }
+
+    pub fn cluster(&self) -> tshs::cluster::Cluster {
+        let o = tshs::config::read_mysql_cfg(&self.mycnf).unwrap();
+        tshs::cluster::Cluster::connect(&o, 4).unwrap()
+    }
+
+    pub fn mount(&self) -> Mount {
+        Mount::new(self, &[])
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for (n, db) in self.dbs.lock().unwrap().drain(..) {
+            if let Ok(mut c) = std::panic::catch_unwind(|| root_conn(n)) {
+                let _ = c.query_drop(format!("DROP DATABASE IF EXISTS {db}"));
+            }
+        }
+    }
+}
+
+/// A real FUSE mount of a test cluster (`tshs mount -f` as a child process).
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mount {
+    pub fn new(c: &TestCluster, opts: &[&str]) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tshs"));
+        cmd.arg("--mysql-cfg-file").arg(&c.mycnf).arg("mount").arg(dir.path()).arg("-f");
+        for o in opts {
+            cmd.arg("-o").arg(o);
+        }
+        let child = cmd.env("TSHS_LOG", "warn").stdin(Stdio::null()).spawn().unwrap();
+        let m = Mount {
+            dir,
+            child: Some(child),
+        };
+        m.wait_mounted();
+        m
+    }
+
+    fn wait_mounted(&self) {
+        let t = Instant::now();
+        let p = self.dir.path().to_str().unwrap().to_string();
+        while t.elapsed() < Duration::from_secs(20) {
+            let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+            if mounts.lines().any(|l| l.split(' ').nth(1) == Some(p.as_str())) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mount at {p} did not come up");
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `<mount>/vol01/<space>`, creating the space if needed.
+    pub fn space(&self, id: u32) -> PathBuf {
+        let p = self.path().join("vol01").join(id.to_string());
+        if !p.exists() {
+            std::fs::create_dir(&p).unwrap();
+        }
+        p
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Unmounts and waits for the daemon to exit.
+    pub fn unmount(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(self.dir.path()).status();
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) {
+                if child.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// Runs a shell command, asserting success; returns stdout.
+pub fn sh(cmd: &str) -> String {
+    let o = Command::new("bash").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        o.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
