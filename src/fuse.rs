@@ -14,7 +14,7 @@ use fuser::{
 };
 
 use crate::fs::meta::SetAttr;
-use crate::fs::{Attr, Caller, Errno, Fs, FsResult, now_ns};
+use crate::fs::{Attr, Caller, Errno, Fs, FsResult, Opened, now_ns};
 
 pub struct FuseFs {
     pub fs: std::sync::Arc<Fs>,
@@ -71,6 +71,17 @@ fn file_attr(a: &Attr) -> FileAttr {
         blksize: 4096,
         flags: 0,
     }
+}
+
+fn fopen_flags(o: Opened) -> FopenFlags {
+    let mut f = FopenFlags::empty();
+    if o.keep_cache {
+        f |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    if o.direct {
+        f |= FopenFlags::FOPEN_DIRECT_IO;
+    }
+    f
 }
 
 fn caller(req: &Request) -> Caller {
@@ -274,14 +285,7 @@ impl Filesystem for FuseFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
-            Ok((fh, keep)) => reply.opened(
-                FileHandle(fh),
-                if keep {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                },
-            ),
+            Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(o)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -489,12 +493,12 @@ impl Filesystem for FuseFs {
             .fs
             .create(parent.0, name.as_bytes(), mode, flags, caller(req))
         {
-            Ok((a, fh)) => reply.created(
+            Ok((a, o)) => reply.created(
                 &self.ttl,
                 &file_attr(&a),
                 Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
+                FileHandle(o.fh),
+                fopen_flags(o),
             ),
             Err(e) => reply.error(errno(e)),
         }

@@ -24,7 +24,15 @@ fn create_admin_node_is_idempotent() {
     let before = tables(1, &c.admin_db);
     assert_eq!(
         before,
-        ["access_points", "jobs", "schema_migrations", "spaces", "storage_nodes", "topology", "volumes"]
+        [
+            "access_points",
+            "jobs",
+            "schema_migrations",
+            "spaces",
+            "storage_nodes",
+            "topology",
+            "volumes"
+        ]
     );
     assert_eq!(c.ok(&["create-admin-node"]), "Admin Node is up to date\n");
     assert_eq!(tables(1, &c.admin_db), before);
@@ -35,21 +43,42 @@ fn storage_nodes_spread_the_key_space_and_list_as_in_the_reference() {
     let c = TestCluster::empty();
     let db1 = c.new_db(1, "st");
     let db2 = c.new_db(2, "st");
-    c.ok(&["create-storage-node", &format!("{};database={db1}", server(1))]);
+    c.ok(&[
+        "create-storage-node",
+        &format!("{};database={db1}", server(1)),
+    ]);
     let out = c.ok(&["list-storage-nodes"]);
     assert!(out.contains("ACTIVE_SHARD 0 (4294967296)"), "{out}");
-    c.ok(&["create-storage-node", &format!("{};database={db2}", server(2))]);
+    c.ok(&[
+        "create-storage-node",
+        &format!("{};database={db2}", server(2)),
+    ]);
     assert_eq!(
         tables(2, &db2),
-        ["dentries", "extents", "inodes", "schema_migrations", "spaces", "xattrs"]
+        [
+            "dentries",
+            "extents",
+            "inodes",
+            "schema_migrations",
+            "spaces",
+            "xattrs"
+        ]
     );
     let out = c.ok(&["list-storage-nodes"]);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "ID Phase        Boundary (size)         Connection options (totals)");
-    assert_eq!(lines[1], "-- ------------ ----------------------- ---------------------------");
+    assert_eq!(
+        lines[0],
+        "ID Phase        Boundary (size)         Connection options (totals)"
+    );
+    assert_eq!(
+        lines[1],
+        "-- ------------ ----------------------- ---------------------------"
+    );
     assert!(lines[2].starts_with("1  ACTIVE_SHARD 0 (2147483648)          host=127.0.0.1;port=3307;user=tshs;password=****;database="));
     assert_eq!(lines[3], "(InDB=0 OnS3=0 R/O=0 Bytes=0)");
-    assert!(lines[4].starts_with("2  ACTIVE_SHARD 2147483648 (2147483648) host=127.0.0.1;port=3308;"));
+    assert!(
+        lines[4].starts_with("2  ACTIVE_SHARD 2147483648 (2147483648) host=127.0.0.1;port=3308;")
+    );
     assert!(!out.contains("tshs-test-pw"), "password printed: {out}");
 
     // Deleting a node while empty gives its range back.
@@ -88,10 +117,19 @@ fn totals_count_real_rows() {
 fn bad_connection_options_are_refused_with_one_line() {
     let c = TestCluster::empty();
     let cases: &[(&str, &str)] = &[
-        ("host=127.0.0.1;port=1;user=x;database=d", "cannot reach MySQL server 127.0.0.1:1"),
-        ("hots=127.0.0.1;database=d", "unknown connection option 'hots'"),
+        (
+            "host=127.0.0.1;port=1;user=x;database=d",
+            "cannot reach MySQL server 127.0.0.1:1",
+        ),
+        (
+            "hots=127.0.0.1;database=d",
+            "unknown connection option 'hots'",
+        ),
         ("host=127.0.0.1;port=70000;database=d", "not a port number"),
-        ("host=127.0.0.1;database", "malformed connection option 'database'"),
+        (
+            "host=127.0.0.1;database",
+            "malformed connection option 'database'",
+        ),
         ("", "empty connection options"),
         ("host=127.0.0.1;port=3307;user=tshs", "name no database"),
     ];
@@ -103,7 +141,10 @@ fn bad_connection_options_are_refused_with_one_line() {
     let err = c.fails(&["create-storage-node", &format!("{wrong_pw};database=x")]);
     assert!(err.contains("access denied"), "{err}");
     assert!(!err.contains("wrong"), "password printed: {err}");
-    let err = c.fails(&["create-storage-node", &format!("{};database={}", server(1), unique("missing"))]);
+    let err = c.fails(&[
+        "create-storage-node",
+        &format!("{};database={}", server(1), unique("missing")),
+    ]);
     assert!(err.contains("does not exist"), "{err}");
     assert_eq!(node_count(&c), 0);
 }
@@ -112,8 +153,13 @@ fn bad_connection_options_are_refused_with_one_line() {
 fn a_database_that_is_not_empty_is_refused_and_left_alone() {
     let c = TestCluster::empty();
     let db = c.new_db(2, "full");
-    root_conn(2).query_drop(format!("CREATE TABLE {db}.mine (x INT)")).unwrap();
-    let err = c.fails(&["create-storage-node", &format!("{};database={db}", server(2))]);
+    root_conn(2)
+        .query_drop(format!("CREATE TABLE {db}.mine (x INT)"))
+        .unwrap();
+    let err = c.fails(&[
+        "create-storage-node",
+        &format!("{};database={db}", server(2)),
+    ]);
     assert!(err.contains("is not empty"), "{err}");
     assert_eq!(tables(2, &db), ["mine"]);
     assert_eq!(node_count(&c), 0);
@@ -125,15 +171,25 @@ fn a_user_without_create_right_is_refused_and_nothing_is_made() {
     let db = c.new_db(1, "ro");
     let user = unique("u");
     let mut root = root_conn(1);
-    root.query_drop(format!("CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY 'pw'")).unwrap();
-    root.query_drop(format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {db}.* TO '{user}'@'127.0.0.1'"))
-        .unwrap();
-    let port = if server(1).contains("3307") { 3307 } else { 3306 };
+    root.query_drop(format!(
+        "CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY 'pw'"
+    ))
+    .unwrap();
+    root.query_drop(format!(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {db}.* TO '{user}'@'127.0.0.1'"
+    ))
+    .unwrap();
+    let port = if server(1).contains("3307") {
+        3307
+    } else {
+        3306
+    };
     let err = c.fails(&[
         "create-storage-node",
         &format!("host=127.0.0.1;port={port};user={user};password=pw;database={db}"),
     ]);
-    root.query_drop(format!("DROP USER '{user}'@'127.0.0.1'")).unwrap();
+    root.query_drop(format!("DROP USER '{user}'@'127.0.0.1'"))
+        .unwrap();
     assert!(err.contains("may not create tables"), "{err}");
     assert!(tables(1, &db).is_empty());
     assert_eq!(node_count(&c), 0);
@@ -145,13 +201,25 @@ fn storage_nodes_cannot_be_added_or_removed_once_the_cluster_holds_data() {
     let vol = c.cluster().volume_by_name("vol01").unwrap().unwrap();
     c.cluster().create_space(vol.id, 3, 0, 0, 0o755).unwrap();
     let db = c.new_db(1, "late");
-    let err = c.fails(&["create-storage-node", &format!("{};database={db}", server(1))]);
-    assert!(err.contains("only allowed while the cluster is empty"), "{err}");
+    let err = c.fails(&[
+        "create-storage-node",
+        &format!("{};database={db}", server(1)),
+    ]);
+    assert!(
+        err.contains("only allowed while the cluster is empty"),
+        "{err}"
+    );
     assert!(tables(1, &db).is_empty());
     let err = c.fails(&["delete-storage-node", "1"]);
-    assert!(err.contains("only allowed while the cluster is empty"), "{err}");
+    assert!(
+        err.contains("only allowed while the cluster is empty"),
+        "{err}"
+    );
     assert_eq!(node_count(&c), 2);
-    let err = c.fails(&["create-storage-node", &format!("{};database={db}", server(1))]);
+    let err = c.fails(&[
+        "create-storage-node",
+        &format!("{};database={db}", server(1)),
+    ]);
     assert!(err.contains("empty"), "{err}");
 }
 
@@ -159,7 +227,9 @@ fn storage_nodes_cannot_be_added_or_removed_once_the_cluster_holds_data() {
 fn commands_before_create_admin_node_and_bad_option_files() {
     let c = TestCluster::empty();
     let fresh = c.new_db(1, "notadmin");
-    let cfg = std::fs::read_to_string(&c.mycnf).unwrap().replace(&c.admin_db, &fresh);
+    let cfg = std::fs::read_to_string(&c.mycnf)
+        .unwrap()
+        .replace(&c.admin_db, &fresh);
     let path = c.dir.path().join("other.cnf");
     std::fs::write(&path, cfg).unwrap();
     let run = |args: &[&str]| {
@@ -169,16 +239,26 @@ fn commands_before_create_admin_node_and_bad_option_files() {
             .output()
             .unwrap()
     };
-    let o = run(&["--mysql-cfg-file", path.to_str().unwrap(), "list-storage-nodes"]);
+    let o = run(&[
+        "--mysql-cfg-file",
+        path.to_str().unwrap(),
+        "list-storage-nodes",
+    ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not a tshs Admin Node (run tshs create-admin-node)"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("not a tshs Admin Node (run tshs create-admin-node)")
+    );
 
     std::fs::write(&path, "[client]\nuser=x\n").unwrap();
     let o = run(&["--mysql-cfg-file", path.to_str().unwrap(), "list-jobs"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("has no [tshs] group"));
     let o = run(&["--mysql-cfg-file", "/nonexistent/my.cnf", "list-jobs"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read MySQL options file /nonexistent/my.cnf"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("cannot read MySQL options file /nonexistent/my.cnf")
+    );
 
     // Unknown commands and options are usage errors (exit 2).
     assert_eq!(run(&["no-such-command"]).status.code(), Some(2));
@@ -192,7 +272,11 @@ fn commands_before_create_admin_node_and_bad_option_files() {
 fn tshs_conf_supplies_long_options() {
     let c = TestCluster::with_nodes();
     let conf = c.dir.path().join("tshs.conf");
-    std::fs::write(&conf, format!("# admin node\nmysql-cfg-file={}\n", c.mycnf.display())).unwrap();
+    std::fs::write(
+        &conf,
+        format!("# admin node\nmysql-cfg-file={}\n", c.mycnf.display()),
+    )
+    .unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_tshs"))
         .args(["--config", conf.to_str().unwrap(), "list-volumes"])
         .output()
@@ -204,11 +288,20 @@ fn tshs_conf_supplies_long_options() {
 #[test]
 fn volumes_refuse_bad_and_duplicate_names() {
     let c = TestCluster::with_nodes();
-    assert!(c.fails(&["create-volume", "vol01"]).contains("already exists"));
+    assert!(
+        c.fails(&["create-volume", "vol01"])
+            .contains("already exists")
+    );
     assert!(c.fails(&["create-volume", "123"]).contains("numeric"));
-    assert!(c.fails(&["create-volume", "a/b"]).contains("not a valid directory name"));
+    assert!(
+        c.fails(&["create-volume", "a/b"])
+            .contains("not a valid directory name")
+    );
     let out = c.ok(&["list-volumes"]);
-    assert_eq!(out, "ID Status      Name\n-- ----------- ----\n1  Operational vol01\n");
+    assert_eq!(
+        out,
+        "ID Status      Name\n-- ----------- ----\n1  Operational vol01\n"
+    );
 }
 
 #[test]
@@ -216,15 +309,30 @@ fn access_points_jobs_and_the_shell() {
     let c = TestCluster::with_nodes();
     let mut m = c.mount();
     let out = c.ok(&["list-access-points"]);
-    assert!(out.starts_with("ID Ack Access time         Description\n-- --- ------------------- -----------\n"), "{out}");
-    let line = out.lines().find(|l| l.ends_with(&format!("tshs mount;;pid={}", m.pid()))).expect(&out);
-    assert_eq!(line.split_whitespace().nth(1), Some("1"), "acknowledged: {line}");
+    assert!(
+        out.starts_with(
+            "ID Ack Access time         Description\n-- --- ------------------- -----------\n"
+        ),
+        "{out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.ends_with(&format!("tshs mount;;pid={}", m.pid())))
+        .expect(&out);
+    assert_eq!(
+        line.split_whitespace().nth(1),
+        Some("1"),
+        "acknowledged: {line}"
+    );
 
     // rmdir of an empty space marks it deleted and records a DELETE job.
     let s = m.space(42);
     std::fs::remove_dir(&s).unwrap();
     let jobs = c.ok(&["list-jobs"]);
-    assert!(jobs.lines().nth(2).unwrap().ends_with("DELETE space=42"), "{jobs}");
+    assert!(
+        jobs.lines().nth(2).unwrap().ends_with("DELETE space=42"),
+        "{jobs}"
+    );
 
     m.unmount();
     let out = c.ok(&["list-access-points"]);

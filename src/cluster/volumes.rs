@@ -65,6 +65,8 @@ pub struct VolumeRow {
     pub id: u32,
     pub name: String,
     pub status: VolumeStatus,
+    /// Creation time, seconds since the epoch (the directory's times).
+    pub created: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -100,17 +102,18 @@ pub fn parse_space_id(name: &str) -> Option<u32> {
 
 impl Cluster {
     pub fn volumes(&self) -> Result<Vec<VolumeRow>> {
-        let rows: Vec<(u32, String, String)> = self
+        let rows: Vec<(u32, String, String, i64)> = self
             .admin
             .conn()?
-            .query("SELECT id, name, status FROM volumes ORDER BY id")
+            .query("SELECT id, name, status, CAST(UNIX_TIMESTAMP(created_at) AS SIGNED) FROM volumes ORDER BY id")
             .map_err(|e| self.admin.err(e))?;
         rows.into_iter()
-            .map(|(id, name, status)| {
+            .map(|(id, name, status, created)| {
                 Ok(VolumeRow {
                     id,
                     name,
                     status: VolumeStatus::parse(&status)?,
+                    created,
                 })
             })
             .collect()
@@ -152,6 +155,11 @@ impl Cluster {
             "WHERE volume_id = ? AND status <> 'deleted' ORDER BY id",
             volume_id,
         )
+    }
+
+    /// Every space that is not deleted.
+    pub fn live_spaces(&self) -> Result<Vec<SpaceRow>> {
+        self.query_spaces("WHERE status <> 'deleted' AND ? ORDER BY id", 1)
     }
 
     pub fn space(&self, id: u32) -> Result<Option<SpaceRow>> {

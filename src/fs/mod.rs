@@ -65,6 +65,17 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// What `open` hands back to the kernel adapter.
+#[derive(Clone, Copy, Debug)]
+pub struct Opened {
+    pub fh: u64,
+    /// The file is unchanged since this mount last cached it.
+    pub keep_cache: bool,
+    /// Direct I/O: each write(2) reaches us whole, not split at page
+    /// boundaries, so one append is one transaction and never interleaves.
+    pub direct: bool,
+}
+
 /// An open file handle.
 struct Handle {
     node: Arc<OpenInode>,
@@ -85,7 +96,6 @@ pub struct Fs {
     cfg: FsConfig,
     /// This mount's access point id: the holder of files unlinked while open.
     holder: AtomicU64,
-    started: i64,
     view: RwLock<AdminView>,
     open: Mutex<HashMap<(u32, u64), Arc<OpenInode>>>,
     handles: Mutex<HashMap<u64, Handle>>,
@@ -100,7 +110,6 @@ impl Fs {
             cache: DataCache::new(cfg.cache_bytes),
             cfg,
             holder: AtomicU64::new(0),
-            started: now_ns(),
             view: RwLock::default(),
             open: Mutex::default(),
             handles: Mutex::default(),
@@ -128,13 +137,19 @@ impl Fs {
                 return Ok(v);
             }
         }
+        self.reload_view()
+    }
+
+    /// Reads volumes and spaces afresh (one query each).
+    fn reload_view(&self) -> FsResult<std::sync::RwLockReadGuard<'_, AdminView>> {
         let volumes = self.cluster.volumes().map_err(admin_failed)?;
-        let mut spaces = HashMap::new();
-        for v in &volumes {
-            for s in self.cluster.spaces_in_volume(v.id).map_err(admin_failed)? {
-                spaces.insert(s.id, s);
-            }
-        }
+        let spaces = self
+            .cluster
+            .live_spaces()
+            .map_err(admin_failed)?
+            .into_iter()
+            .map(|s| (s.id, s))
+            .collect();
         *self.view.write().unwrap() = AdminView {
             loaded: Some(Instant::now()),
             volumes,
@@ -144,7 +159,12 @@ impl Fs {
     }
 
     fn space(&self, space: u32) -> FsResult<(SpaceRow, VolumeRow)> {
-        let v = self.view()?;
+        let mut v = self.view()?;
+        if !v.spaces.contains_key(&space) {
+            // Another process may have created it within the TTL.
+            drop(v);
+            v = self.reload_view()?;
+        }
         let s = v.spaces.get(&space).cloned().ok_or(Errno::ENOENT)?;
         let vol = v
             .volumes
@@ -187,16 +207,19 @@ impl Fs {
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         match Node::from_ino(ino) {
             Node::Root => {
-                let n = self.view()?.volumes.len() as u32;
-                Ok(Attr::synthetic_dir(ino, 2 + n, self.started))
+                let v = self.view()?;
+                let n = v.volumes.len() as u32;
+                let t = v.volumes.iter().map(|v| v.created).min().unwrap_or(0);
+                Ok(Attr::synthetic_dir(ino, 2 + n, t * 1_000_000_000))
             }
             Node::Volume(v) => {
                 let view = self.view()?;
-                if !view.volumes.iter().any(|x| x.id == v) {
+                let Some(vol) = view.volumes.iter().find(|x| x.id == v) else {
                     return Err(Errno::ENOENT);
-                }
+                };
+                let t = vol.created * 1_000_000_000;
                 let n = view.spaces.values().filter(|s| s.volume_id == v).count() as u32;
-                Ok(Attr::synthetic_dir(ino, 2 + n, self.started))
+                Ok(Attr::synthetic_dir(ino, 2 + n, t))
             }
             Node::Space(space, i) => {
                 let mut a = meta::getattr(&self.shard(space)?, space, i)?;
@@ -220,7 +243,11 @@ impl Fs {
         }
         match Node::from_ino(parent) {
             Node::Root => {
-                let v = self.view()?;
+                let mut v = self.view()?;
+                if !v.volumes.iter().any(|x| x.name.as_bytes() == name) {
+                    drop(v);
+                    v = self.reload_view()?;
+                }
                 let vol = v
                     .volumes
                     .iter()
@@ -449,7 +476,11 @@ impl Fs {
                         out.push((
                             o,
                             v.name.clone().into_bytes(),
-                            Attr::synthetic_dir(Node::Volume(v.id).ino(), 2, self.started),
+                            Attr::synthetic_dir(
+                                Node::Volume(v.id).ino(),
+                                2,
+                                v.created * 1_000_000_000,
+                            ),
                         ));
                     }
                 }
@@ -501,7 +532,9 @@ impl Fs {
 
     /// Opens a file; returns the handle and whether the kernel may keep its
     /// cached pages (the file did not change since we last saw it).
-    pub fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, bool)> {
+    /// `O_APPEND` handles must bypass the kernel's page cache (see
+    /// [`Opened::direct`]).
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
         let Node::Space(space, i) = Node::from_ino(ino) else {
             return Err(Errno::EISDIR);
         };
@@ -549,7 +582,11 @@ impl Fs {
                 append: flags & libc::O_APPEND != 0,
             },
         );
-        Ok((fh, keep))
+        Ok(Opened {
+            fh,
+            keep_cache: keep,
+            direct: flags & libc::O_APPEND != 0,
+        })
     }
 
     /// Creates and opens a regular file.
@@ -560,7 +597,7 @@ impl Fs {
         mode: u32,
         flags: i32,
         caller: Caller,
-    ) -> FsResult<(Attr, u64)> {
+    ) -> FsResult<(Attr, Opened)> {
         let a = self.mknod(
             parent,
             name,
@@ -569,8 +606,8 @@ impl Fs {
             None,
             caller,
         )?;
-        let (fh, _) = self.open(a.ino, flags & !libc::O_TRUNC)?;
-        Ok((a, fh))
+        let opened = self.open(a.ino, flags & !libc::O_TRUNC)?;
+        Ok((a, opened))
     }
 
     fn handle(&self, fh: u64) -> FsResult<(Arc<OpenInode>, bool)> {

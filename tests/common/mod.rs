@@ -24,7 +24,9 @@ pub fn env(name: &str) -> String {
             return v.trim_matches('"').trim_matches('\'').to_string();
         }
     }
-    panic!("{name} is not set: run scripts/services start (the tests need the local MariaDB and S3 servers)");
+    panic!(
+        "{name} is not set: run scripts/services start (the tests need the local MariaDB and S3 servers)"
+    );
 }
 
 /// Connection options of local MariaDB server 1 or 2 (no database).
@@ -34,14 +36,20 @@ pub fn server(n: u8) -> String {
 
 pub fn root_conn(n: u8) -> mysql::Conn {
     let opts = tshs::config::ConnOptions::parse(&server(n)).unwrap();
-    mysql::Conn::new(opts.to_mysql()).unwrap_or_else(|e| panic!("MariaDB server {n} is not reachable: {e}"))
+    mysql::Conn::new(opts.to_mysql())
+        .unwrap_or_else(|e| panic!("MariaDB server {n} is not reachable: {e}"))
 }
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// A unique database name for this test process.
 pub fn unique(tag: &str) -> String {
-    format!("t{}_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed), tag)
+    format!(
+        "t{}_{}_{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed),
+        tag
+    )
 }
 
 /// An Admin Node and its databases, created for one test and dropped after.
@@ -58,7 +66,9 @@ impl TestCluster {
     pub fn empty() -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let admin_db = unique("admin");
-        root_conn(1).query_drop(format!("CREATE DATABASE {admin_db}")).unwrap();
+        root_conn(1)
+            .query_drop(format!("CREATE DATABASE {admin_db}"))
+            .unwrap();
         let o = tshs::config::ConnOptions::parse(&server(1)).unwrap();
         let mycnf = dir.path().join("my.cnf");
         std::fs::write(
@@ -87,7 +97,10 @@ impl TestCluster {
         let c = TestCluster::empty();
         for n in [1, 2] {
             let db = c.new_db(n, "st");
-            c.ok(&["create-storage-node", &format!("{};database={db}", server(n))]);
+            c.ok(&[
+                "create-storage-node",
+                &format!("{};database={db}", server(n)),
+            ]);
         }
         c.ok(&["create-volume", "vol01"]);
         c
@@ -96,7 +109,9 @@ impl TestCluster {
     /// Creates an empty database on server `n`, dropped with the cluster.
     pub fn new_db(&self, n: u8, tag: &str) -> String {
         let db = unique(tag);
-        root_conn(n).query_drop(format!("CREATE DATABASE {db}")).unwrap();
+        root_conn(n)
+            .query_drop(format!("CREATE DATABASE {db}"))
+            .unwrap();
         self.dbs.lock().unwrap().push((n, db.clone()));
         db
     }
@@ -130,7 +145,11 @@ impl TestCluster {
         let o = self.tshs(args);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert_eq!(o.status.code(), Some(1), "tshs {args:?} should fail: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "one line of error expected: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "one line of error expected: {err}"
+        );
         err
     }
 
@@ -164,11 +183,19 @@ impl Mount {
     pub fn new(c: &TestCluster, opts: &[&str]) -> Mount {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tshs"));
-        cmd.arg("--mysql-cfg-file").arg(&c.mycnf).arg("mount").arg(dir.path()).arg("-f");
+        cmd.arg("--mysql-cfg-file")
+            .arg(&c.mycnf)
+            .arg("mount")
+            .arg(dir.path())
+            .arg("-f");
         for o in opts {
             cmd.arg("-o").arg(o);
         }
-        let child = cmd.env("TSHS_LOG", "warn").stdin(Stdio::null()).spawn().unwrap();
+        let child = cmd
+            .env("TSHS_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
         let m = Mount {
             dir,
             child: Some(child),
@@ -182,7 +209,10 @@ impl Mount {
         let p = self.dir.path().to_str().unwrap().to_string();
         while t.elapsed() < Duration::from_secs(20) {
             let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-            if mounts.lines().any(|l| l.split(' ').nth(1) == Some(p.as_str())) {
+            if mounts
+                .lines()
+                .any(|l| l.split(' ').nth(1) == Some(p.as_str()))
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -210,7 +240,11 @@ impl Mount {
     /// Unmounts and waits for the daemon to exit.
     pub fn unmount(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(self.dir.path()).status();
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(self.dir.path())
+                .status();
             let t = Instant::now();
             while t.elapsed() < Duration::from_secs(10) {
                 if child.try_wait().unwrap().is_some() {

@@ -1,0 +1,515 @@
+//! POSIX behaviour of a real mount over the real Storage Nodes: contents byte
+//! for byte, errno values, link counts, stable inode numbers, xattrs, and
+//! what survives a remount.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use common::{TestCluster, sh};
+
+fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn renameat2(a: &Path, b: &Path, flags: u32) -> i32 {
+    let (a, b) = (cpath(a), cpath(b));
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    }
+}
+
+#[test]
+fn files_directories_links_and_errnos() {
+    let c = TestCluster::with_nodes();
+    let m = c.mount();
+    let s = m.space(3);
+
+    // Contents at any offset, holes read as zeros.
+    let f = s.join("data");
+    let mut h = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(&f)
+        .unwrap();
+    h.write_all(b"hello").unwrap();
+    h.seek(SeekFrom::Start(1_000_000)).unwrap();
+    h.write_all(b"tail").unwrap();
+    h.seek(SeekFrom::Start(2)).unwrap();
+    h.write_all(b"LL").unwrap();
+    drop(h);
+    let data = fs::read(&f).unwrap();
+    assert_eq!(data.len(), 1_000_004);
+    assert_eq!(&data[..5], b"heLLo");
+    assert!(data[5..1_000_000].iter().all(|b| *b == 0));
+    assert_eq!(&data[1_000_000..], b"tail");
+    let md = fs::metadata(&f).unwrap();
+    assert!(
+        md.blocks() * 512 < 600_000,
+        "sparse file counts its holes: {} blocks",
+        md.blocks()
+    );
+
+    // Truncate smaller and larger.
+    let h = OpenOptions::new().write(true).open(&f).unwrap();
+    h.set_len(3).unwrap();
+    h.set_len(10).unwrap();
+    drop(h);
+    assert_eq!(fs::read(&f).unwrap(), b"heL\0\0\0\0\0\0\0");
+
+    // Modes, owners, times.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o640);
+    std::os::unix::fs::chown(&f, Some(1234), Some(5678)).unwrap();
+    let md = fs::metadata(&f).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    sh(&format!(
+        "touch -m -d '2001-02-03 04:05:06.123456789 UTC' {}",
+        f.display()
+    ));
+    let md = fs::metadata(&f).unwrap();
+    assert_eq!((md.mtime(), md.mtime_nsec()), (981173106, 123456789));
+
+    // Directories and errnos.
+    fs::create_dir(s.join("d")).unwrap();
+    assert_eq!(errno_of(fs::create_dir(s.join("d"))), libc::EEXIST);
+    fs::write(s.join("d/x"), b"x").unwrap();
+    assert_eq!(errno_of(fs::remove_dir(s.join("d"))), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::remove_file(s.join("d"))), libc::EISDIR);
+    assert_eq!(errno_of(fs::remove_dir(s.join("data"))), libc::ENOTDIR);
+    assert_eq!(errno_of(fs::read(s.join("nope"))), libc::ENOENT);
+    let long = "n".repeat(256);
+    assert_eq!(errno_of(fs::write(s.join(&long), b"")), libc::ENAMETOOLONG);
+    fs::write(s.join("n".repeat(255)), b"ok").unwrap();
+    assert_eq!(fs::metadata(s.join("d")).unwrap().nlink(), 2);
+    fs::create_dir(s.join("d/sub")).unwrap();
+    assert_eq!(fs::metadata(s.join("d")).unwrap().nlink(), 3);
+
+    // Hard links share the inode; symlinks read back.
+    let ino = fs::metadata(&f).unwrap().ino();
+    assert_eq!(ino >> 32, 3, "inode numbers carry the space id");
+    fs::hard_link(&f, s.join("d/link")).unwrap();
+    assert_eq!(fs::metadata(s.join("d/link")).unwrap().ino(), ino);
+    assert_eq!(fs::metadata(&f).unwrap().nlink(), 2);
+    std::os::unix::fs::symlink("../data", s.join("d/sym")).unwrap();
+    assert_eq!(
+        fs::read_link(s.join("d/sym")).unwrap(),
+        Path::new("../data")
+    );
+    assert_eq!(fs::read(s.join("d/sym")).unwrap(), fs::read(&f).unwrap());
+    assert_eq!(
+        errno_of(fs::hard_link(s.join("d"), s.join("dl"))),
+        libc::EPERM
+    );
+
+    // FIFOs.
+    let fifo = cpath(&s.join("fifo"));
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    assert!(
+        fs::symlink_metadata(s.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+
+    // Renames: replace, NOREPLACE, EXCHANGE, directory over empty directory, EXDEV.
+    fs::write(s.join("a"), b"A").unwrap();
+    fs::write(s.join("b"), b"B").unwrap();
+    assert_eq!(
+        renameat2(&s.join("a"), &s.join("b"), libc::RENAME_NOREPLACE),
+        libc::EEXIST
+    );
+    assert_eq!(
+        renameat2(&s.join("a"), &s.join("b"), libc::RENAME_EXCHANGE),
+        0
+    );
+    assert_eq!(fs::read(s.join("a")).unwrap(), b"B");
+    assert_eq!(fs::read(s.join("b")).unwrap(), b"A");
+    let a_ino = fs::metadata(s.join("a")).unwrap().ino();
+    fs::rename(s.join("a"), s.join("b")).unwrap();
+    assert_eq!(fs::read(s.join("b")).unwrap(), b"B");
+    assert_eq!(fs::metadata(s.join("b")).unwrap().ino(), a_ino);
+    assert_eq!(errno_of(fs::metadata(s.join("a"))), libc::ENOENT);
+    fs::create_dir(s.join("e1")).unwrap();
+    fs::create_dir(s.join("e2")).unwrap();
+    fs::rename(s.join("e1"), s.join("e2")).unwrap();
+    assert_eq!(
+        errno_of(fs::rename(s.join("e2"), s.join("d"))),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno_of(fs::rename(s.join("d"), s.join("d/sub/in"))),
+        libc::EINVAL
+    );
+    assert_eq!(errno_of(fs::rename(s.join("b"), s.join("d"))), libc::EISDIR);
+    let other = m.space(4);
+    assert_eq!(
+        errno_of(fs::rename(s.join("b"), other.join("b"))),
+        libc::EXDEV
+    );
+
+    // Xattrs.
+    sh(&format!("setfattr -n user.color -v blue {}", f.display()));
+    assert_eq!(
+        sh(&format!(
+            "getfattr --only-values -n user.color {}",
+            f.display()
+        )),
+        "blue"
+    );
+    assert!(sh(&format!("getfattr -d {}", f.display())).contains("user.color=\"blue\""));
+    sh(&format!("setfattr -x user.color {}", f.display()));
+    let o = std::process::Command::new("getfattr")
+        .args(["-n", "user.color"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("No such attribute"));
+
+    // statfs answers.
+    let st = nix::sys::statvfs::statvfs(&s).unwrap();
+    assert_eq!(st.name_max(), 255);
+
+    // Everything above survives a remount.
+    let listing = sh(&format!(
+        "cd {} && ls -lanR --time-style=+%s.%N .",
+        s.display()
+    ));
+    drop(m);
+    let m2 = c.mount();
+    let s2 = m2.space(3);
+    let again = sh(&format!(
+        "cd {} && ls -lanR --time-style=+%s.%N .",
+        s2.display()
+    ));
+    assert_eq!(listing, again);
+    assert_eq!(fs::metadata(s2.join("data")).unwrap().ino(), ino);
+}
+
+#[test]
+fn the_tree_above_spaces_is_administered() {
+    let c = TestCluster::with_nodes();
+    let m = c.mount();
+    let vol = m.path().join("vol01");
+    assert_eq!(
+        errno_of(fs::create_dir(vol.join("notanumber"))),
+        libc::EINVAL
+    );
+    assert_eq!(errno_of(fs::create_dir(vol.join("0"))), libc::EINVAL);
+    assert_eq!(errno_of(fs::write(vol.join("file"), b"")), libc::EPERM);
+    assert_eq!(
+        errno_of(fs::create_dir(m.path().join("newvol"))),
+        libc::EPERM
+    );
+    fs::create_dir(vol.join("17")).unwrap();
+    assert_eq!(errno_of(fs::create_dir(vol.join("17"))), libc::EEXIST);
+    fs::write(vol.join("17/x"), b"x").unwrap();
+    assert_eq!(errno_of(fs::remove_dir(vol.join("17"))), libc::ENOTEMPTY);
+    fs::remove_file(vol.join("17/x")).unwrap();
+    fs::remove_dir(vol.join("17")).unwrap();
+    assert_eq!(errno_of(fs::metadata(vol.join("17"))), libc::ENOENT);
+    // A removed space's number stays taken until it is purged.
+    assert_eq!(errno_of(fs::create_dir(vol.join("17"))), libc::EEXIST);
+    let names: Vec<String> = fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["vol01"]);
+}
+
+#[test]
+fn unlinked_open_files_stay_usable_until_closed() {
+    let c = TestCluster::with_nodes();
+    let m = c.mount();
+    let s = m.space(5);
+    let p = s.join("tmp");
+    let mut h = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    h.write_all(b"before").unwrap();
+    fs::remove_file(&p).unwrap();
+    assert_eq!(errno_of(fs::metadata(&p)), libc::ENOENT);
+    h.write_all(b" after").unwrap();
+    h.sync_all().unwrap();
+    h.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = String::new();
+    h.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "before after");
+    assert_eq!(h.metadata().unwrap().nlink(), 0);
+    drop(h);
+    // After the last close the inode is deleted (rows wait for the reaper).
+    let shard = c
+        .cluster()
+        .shard(c.cluster().space(5).unwrap().unwrap().node_id)
+        .unwrap();
+    use mysql::prelude::Queryable;
+    let states: Vec<u8> = shard
+        .db()
+        .conn()
+        .unwrap()
+        .query("SELECT state FROM inodes WHERE space_id = 5 AND ino > 1")
+        .unwrap();
+    assert_eq!(states, [2]);
+}
+
+#[test]
+fn directories_with_many_entries_list_completely_while_changing() {
+    let c = TestCluster::with_nodes();
+    let m = c.mount();
+    let d = m.space(6).join("big");
+    fs::create_dir(&d).unwrap();
+    let n: usize = 3000;
+    for i in 0..n {
+        fs::write(d.join(format!("f{i:05}")), b"").unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut it = fs::read_dir(&d).unwrap();
+    // Remove entries while iterating: every entry not removed is seen exactly once.
+    let mut removed = 0;
+    for i in 0..n {
+        if i % 7 == 0 {
+            fs::remove_file(d.join(format!("f{:05}", n - 1 - i))).unwrap();
+            removed += 1;
+        }
+        match it.next() {
+            Some(e) => assert!(seen.insert(e.unwrap().file_name()), "duplicate entry"),
+            None => break,
+        }
+    }
+    for e in it {
+        assert!(seen.insert(e.unwrap().file_name()), "duplicate entry");
+    }
+    let now: std::collections::BTreeSet<_> = fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        now.is_subset(&seen),
+        "an entry that was never removed went missing"
+    );
+    assert_eq!(now.len(), n - removed);
+}
+
+#[test]
+fn rsync_and_tar_round_trip_exactly() {
+    let c = TestCluster::with_nodes();
+    let m = c.mount();
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path();
+    sh(&format!(
+        "cd {} && mkdir -p a/b 'odd name' && printf 'hello' > a/f && ln a/f a/b/hard && ln -s ../f a/b/sym \
+         && head -c 300000 /dev/urandom > big && truncate -s 5000000 sparse && printf x >> sparse \
+         && printf 'ü' > 'odd name/ümlaut €' && setfattr -n user.k -v v a/f && chmod 0751 a && touch -d 2000-01-01 big \
+         && mkfifo a/fifo",
+        s.display()
+    ));
+    let dst = m.space(8);
+    sh(&format!(
+        "rsync -aHAX --sparse {}/ {}/",
+        s.display(),
+        dst.display()
+    ));
+    let diff = sh(&format!(
+        "rsync -aHAX --checksum --dry-run --itemize-changes {}/ {}/",
+        s.display(),
+        dst.display()
+    ));
+    assert_eq!(diff, "", "rsync sees differences after copying in");
+    let back = tempfile::tempdir().unwrap();
+    sh(&format!(
+        "rsync -aHAX {}/ {}/",
+        dst.display(),
+        back.path().display()
+    ));
+    let diff = sh(&format!(
+        "rsync -aHAX --checksum --dry-run --itemize-changes {}/ {}/",
+        s.display(),
+        back.path().display()
+    ));
+    assert_eq!(diff, "");
+    // tar out of the mount and into it again.
+    let tarball = back.path().join("t.tar");
+    sh(&format!(
+        "cd {} && tar --xattrs -cf {} .",
+        dst.display(),
+        tarball.display()
+    ));
+    let dst2 = m.space(9);
+    sh(&format!(
+        "cd {} && tar --xattrs -xpf {}",
+        dst2.display(),
+        tarball.display()
+    ));
+    let diff = sh(&format!(
+        "rsync -aHX --checksum --dry-run --itemize-changes {}/ {}/",
+        s.display(),
+        dst2.display()
+    ));
+    assert_eq!(diff, "");
+}
+
+#[test]
+fn appends_from_two_mounts_never_overwrite_or_interleave() {
+    let c = TestCluster::with_nodes();
+    let m1 = c.mount();
+    let m2 = c.mount();
+    let log1 = m1.space(10).join("last.log");
+    fs::write(&log1, b"").unwrap();
+    let log2 = m2.path().join("vol01/10/last.log");
+    let writers: Vec<_> = [
+        (log1.clone(), b'a'),
+        (log2.clone(), b'b'),
+        (log1.clone(), b'c'),
+        (log2.clone(), b'd'),
+    ]
+    .into_iter()
+    .map(|(p, tag)| {
+        std::thread::spawn(move || {
+            let mut h = OpenOptions::new().append(true).open(&p).unwrap();
+            for i in 0..200 {
+                let rec = format!(
+                    "{}{:04}{}\n",
+                    tag as char,
+                    i,
+                    (tag as char).to_string().repeat(40)
+                );
+                h.write_all(rec.as_bytes()).unwrap();
+            }
+        })
+    })
+    .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    // Close-to-open: a new open on either mount sees every record.
+    for p in [&log1, &log2] {
+        let text = fs::read_to_string(p).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 800);
+        for l in &lines {
+            let tag = &l[..1];
+            assert_eq!(l.len(), 45, "interleaved record: {l:?}");
+            assert_eq!(&l[5..], tag.repeat(40), "interleaved record: {l:?}");
+        }
+        for tag in ["a", "b", "c", "d"] {
+            let mut nums: Vec<&str> = lines
+                .iter()
+                .filter(|l| l.starts_with(tag))
+                .map(|l| &l[1..5])
+                .collect();
+            assert_eq!(nums.len(), 200);
+            nums.dedup();
+            assert_eq!(nums.len(), 200);
+        }
+    }
+}
+
+#[test]
+fn close_to_open_between_mounts_and_log_rotation() {
+    let c = TestCluster::with_nodes();
+    // Names are cached for the entry TTL (1 s by default); with ttl=0 a
+    // rename on one mount is seen by the next open on the other at once.
+    let m1 = common::Mount::new(&c, &["ttl=0"]);
+    let m2 = common::Mount::new(&c, &["ttl=0"]);
+    let d1 = m1.space(11).join("protolog");
+    fs::create_dir(&d1).unwrap();
+    let d2 = m2.path().join("vol01/11/protolog");
+    let mut expect = Vec::new();
+    for n in 0..20 {
+        let mut h = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d1.join("last.log"))
+            .unwrap();
+        let rec = format!("record {n}\n").repeat(100);
+        h.write_all(rec.as_bytes()).unwrap();
+        drop(h);
+        expect.push(rec);
+        // The other mount sees the closed file at its next open, and rotates it.
+        assert_eq!(
+            fs::read_to_string(d2.join("last.log")).unwrap(),
+            expect.last().unwrap().as_str()
+        );
+        fs::rename(d2.join("last.log"), d2.join(format!("{n}.log"))).unwrap();
+    }
+    for (n, rec) in expect.iter().enumerate() {
+        assert_eq!(
+            &fs::read_to_string(d1.join(format!("{n}.log"))).unwrap(),
+            rec
+        );
+    }
+    // O_TRUNC through the other mount is seen too.
+    let mut h = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(0)
+        .open(d2.join("0.log"))
+        .unwrap();
+    h.write_all(b"short").unwrap();
+    drop(h);
+    assert_eq!(fs::read(d1.join("0.log")).unwrap(), b"short");
+}
+
+#[test]
+fn bad_input_gets_the_right_errno() {
+    let c = TestCluster::with_nodes();
+    let m = c.mount();
+    let s = m.space(12);
+    // Writes past the largest file size.
+    let h = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .open(s.join("f"))
+        .unwrap();
+    let r = nix::sys::uio::pwrite(&h, b"x", (1i64 << 44) + 1);
+    assert_eq!(r.err(), Some(nix::errno::Errno::EFBIG));
+    // Xattr flags.
+    let p = cpath(&s.join("f"));
+    let name = CString::new("user.a").unwrap();
+    let set = |flags| unsafe {
+        libc::setxattr(p.as_ptr(), name.as_ptr(), b"v".as_ptr().cast(), 1, flags)
+    };
+    assert_eq!(set(libc::XATTR_REPLACE), -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENODATA)
+    );
+    assert_eq!(set(libc::XATTR_CREATE), 0);
+    assert_eq!(set(libc::XATTR_CREATE), -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EEXIST)
+    );
+    // Operations on a removed space.
+    let gone = m.space(13);
+    let keep = gone.clone();
+    fs::remove_dir(&gone).unwrap();
+    assert_eq!(errno_of(fs::write(keep.join("x"), b"")), libc::ENOENT);
+}
