@@ -52,6 +52,7 @@ fn files_directories_links_and_errnos() {
     let f = s.join("data");
     let mut h = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&f)
@@ -249,6 +250,7 @@ fn unlinked_open_files_stay_usable_until_closed() {
     let p = s.join("tmp");
     let mut h = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&p)
@@ -445,6 +447,7 @@ fn close_to_open_between_mounts_and_log_rotation() {
     for n in 0..20 {
         let mut h = OpenOptions::new()
             .create(true)
+            .truncate(true)
             .append(true)
             .open(d1.join("last.log"))
             .unwrap();
@@ -485,6 +488,7 @@ fn bad_input_gets_the_right_errno() {
     // Writes past the largest file size.
     let h = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .open(s.join("f"))
         .unwrap();
