@@ -445,9 +445,10 @@ fn close_to_open_between_mounts_and_log_rotation() {
     let d2 = m2.path().join("vol01/11/protolog");
     let mut expect = Vec::new();
     for n in 0..20 {
+        #[allow(clippy::suspicious_open_options)]
+        // O_CREAT|O_APPEND without O_TRUNC, as a log writer does
         let mut h = OpenOptions::new()
             .create(true)
-            .truncate(true)
             .append(true)
             .open(d1.join("last.log"))
             .unwrap();
