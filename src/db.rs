@@ -2,6 +2,8 @@
 //! connection pool per database, errors classified into what an administrator
 //! can act on, and transparent retry of deadlocks and lost connections.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
@@ -47,10 +49,16 @@ pub mod code {
 }
 
 /// One database (Admin Node or a Storage Node shard) behind a bounded pool.
+///
+/// When the server goes away every pooled connection is dead; the first
+/// failure marks the pool broken and the next checkout builds a new one, so
+/// the caller recovers by itself once the server is back.
 #[derive(Clone)]
 pub struct Db {
-    pool: Pool,
+    pool: Arc<RwLock<Pool>>,
+    broken: Arc<AtomicBool>,
     opts: ConnOptions,
+    max_conns: usize,
 }
 
 /// How long a caller waits for a free pooled connection before giving up.
@@ -62,19 +70,11 @@ impl Db {
     /// Connects (one connection at once, so a bad address fails here) with at
     /// most `max_conns` connections.
     pub fn connect(opts: &ConnOptions, max_conns: usize) -> Result<Db, DbError> {
-        let pool_opts = PoolOpts::new()
-            .with_constraints(PoolConstraints::new(1, max_conns.max(1)).expect("1 <= max"))
-            // A reset or a ping per checkout costs a round trip on every
-            // filesystem call; broken connections are retried instead.
-            .with_reset_connection(false)
-            .with_check_health(false);
-        let my: mysql::Opts = mysql::OptsBuilder::from_opts(opts.to_mysql())
-            .pool_opts(pool_opts)
-            .into();
-        let pool = Pool::new(my).map_err(|e| classify(opts, e))?;
         Ok(Db {
-            pool,
+            pool: Arc::new(RwLock::new(new_pool(opts, max_conns)?)),
+            broken: Arc::default(),
             opts: opts.clone(),
+            max_conns,
         })
     }
 
@@ -82,15 +82,24 @@ impl Db {
         &self.opts
     }
 
-    /// Maps a driver error to a [`DbError`] naming this database's server.
+    /// Maps a driver error to a [`DbError`] naming this database's server;
+    /// a lost server marks the pool for rebuilding.
     pub fn err(&self, e: mysql::Error) -> DbError {
-        classify(&self.opts, e)
+        let e = classify(&self.opts, e);
+        if e.is_transient() {
+            self.broken.store(true, Ordering::Release);
+        }
+        e
     }
 
     pub fn conn(&self) -> Result<PooledConn, DbError> {
-        self.pool
-            .try_get_conn(CHECKOUT_TIMEOUT)
-            .map_err(|e| self.err(e))
+        if self.broken.load(Ordering::Acquire) {
+            let fresh = new_pool(&self.opts, self.max_conns)?;
+            *self.pool.write().unwrap() = fresh;
+            self.broken.store(false, Ordering::Release);
+        }
+        let pool = self.pool.read().unwrap().clone();
+        pool.try_get_conn(CHECKOUT_TIMEOUT).map_err(|e| self.err(e))
     }
 
     /// Runs `f` in a transaction and commits; retries the whole transaction
@@ -140,6 +149,21 @@ impl Db {
     pub fn exec_drop(&self, sql: &str) -> Result<(), DbError> {
         self.conn()?.query_drop(sql).map_err(|e| self.err(e))
     }
+}
+
+/// A pool holding at most `max_conns` connections; connects one at once, so a
+/// bad address fails here.
+fn new_pool(opts: &ConnOptions, max_conns: usize) -> Result<Pool, DbError> {
+    let pool_opts = PoolOpts::new()
+        .with_constraints(PoolConstraints::new(1, max_conns.max(1)).expect("1 <= max"))
+        // A reset or a ping per checkout costs a round trip on every
+        // filesystem call; broken connections are retried instead.
+        .with_reset_connection(false)
+        .with_check_health(false);
+    let my: mysql::Opts = mysql::OptsBuilder::from_opts(opts.to_mysql())
+        .pool_opts(pool_opts)
+        .into();
+    Pool::new(my).map_err(|e| classify(opts, e))
 }
 
 /// A transaction's failure: a classified database error, or an SQL error the
