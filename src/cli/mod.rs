@@ -106,6 +106,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Mount(ref args)) => crate::mount::run(&cli, args),
         Some(ref cmd) => {
             let cluster = connect(&cli)?;
+            // Every process using the cluster is an access point while it runs.
+            let _ap = match cmd {
+                Command::CreateAdminNode => None,
+                _ => {
+                    cluster.require_admin_node()?;
+                    Some(cluster.register(&format!("tshs {}", command_name(cmd)), |_| {})?)
+                }
+            };
             let out = execute(&cluster, cmd)?;
             print!("{out}");
             Ok(())
@@ -180,6 +188,20 @@ pub fn execute(cluster: &Cluster, cmd: &Command) -> Result<String> {
         }
         Command::Mount(_) => anyhow::bail!("mount cannot run inside the shell"),
     })
+}
+
+/// The command's name as typed (`list-storage-nodes`).
+fn command_name(cmd: &Command) -> String {
+    let dbg = format!("{cmd:?}");
+    let name = dbg.split([' ', '(', '{']).next().unwrap_or_default();
+    let mut out = String::new();
+    for (i, ch) in name.chars().enumerate() {
+        if ch.is_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
 }
 
 fn list_storage_nodes(cluster: &Cluster) -> Result<String> {
