@@ -92,30 +92,16 @@ fn touch_dir(
     )
 }
 
-/// Allocates (inode number, directory-entry sequence) for a space.
-fn allocate(tx: &mut Tx<'_>, space: u32) -> Result<(u64, u64), mysql::Error> {
+/// Allocates a number from the space's counter, in one statement: it serves
+/// as a new inode's number and as a directory entry's sequence (readdir
+/// offset). Both counters move together so neither repeats.
+fn allocate(tx: &mut Tx<'_>, space: u32) -> Result<u64, mysql::Error> {
     tx.exec_drop(
-        "UPDATE spaces SET next_ino = next_ino + 1, next_seq = next_seq + 1 WHERE space_id = ?",
+        "UPDATE spaces SET next_ino = GREATEST(next_ino, next_seq) + 1, next_seq = LAST_INSERT_ID(next_ino)
+         WHERE space_id = ?",
         (space,),
     )?;
-    let r: Option<(u64, u64)> = tx.exec_first(
-        "SELECT next_ino - 1, next_seq - 1 FROM spaces WHERE space_id = ?",
-        (space,),
-    )?;
-    Ok(r.unwrap_or((0, 0)))
-}
-
-fn next_seq(tx: &mut Tx<'_>, space: u32) -> Result<u64, mysql::Error> {
-    tx.exec_drop(
-        "UPDATE spaces SET next_seq = next_seq + 1 WHERE space_id = ?",
-        (space,),
-    )?;
-    Ok(tx
-        .exec_first(
-            "SELECT next_seq - 1 FROM spaces WHERE space_id = ?",
-            (space,),
-        )?
-        .unwrap_or(0))
+    Ok(tx.last_insert_id().unwrap_or(1) - 1)
 }
 
 /// Drops one link of `ino`; at zero links the inode is marked deleted (its
@@ -196,9 +182,6 @@ pub fn create(
             if p.nlink == 0 {
                 return Err(abort.fail(Errno::ENOENT));
             }
-            if entry(tx, space, parent, name)?.is_some() {
-                return Err(abort.fail(Errno::EEXIST));
-            }
             let mut mode = new.mode;
             let mut gid = new.gid;
             if p.mode & libc::S_ISGID != 0 {
@@ -208,7 +191,7 @@ pub fn create(
                 }
             }
             let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
-            let (ino, seq) = allocate(tx, space)?;
+            let ino = allocate(tx, space)?;
             let size = new.target.map_or(0, |t| t.len() as u64);
             tx.exec_drop(
                 "INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target)
@@ -229,10 +212,15 @@ pub fn create(
                     new.target.into(),
                 ]),
             )?;
+            // The primary key refuses an existing name: no lookup first.
             tx.exec_drop(
                 "INSERT INTO dentries (space_id, parent, name, ino, seq) VALUES (?, ?, ?, ?, ?)",
-                (space, parent, name, ino, seq),
-            )?;
+                (space, parent, name, ino, ino),
+            )
+            .map_err(|e| match e {
+                mysql::Error::MySqlError(m) if m.code == crate::db::code::DUP_ENTRY => abort.fail(Errno::EEXIST),
+                e => e,
+            })?;
             touch_dir(tx, space, parent, i32::from(is_dir), now)?;
             Ok(Attr {
                 ino: super::attr::Node::Space(space, ino).ino(),
@@ -464,7 +452,7 @@ pub fn link(shard: &Shard, space: u32, ino: u64, newparent: u64, newname: &[u8])
             if entry(tx, space, newparent, newname)?.is_some() {
                 return Err(abort.fail(Errno::EEXIST));
             }
-            let seq = next_seq(tx, space)?;
+            let seq = allocate(tx, space)?;
             tx.exec_drop(
                 "INSERT INTO dentries (space_id, parent, name, ino, seq) VALUES (?, ?, ?, ?, ?)",
                 (space, newparent, newname, ino, seq),
