@@ -518,3 +518,48 @@ fn bad_input_gets_the_right_errno() {
     fs::remove_dir(&gone).unwrap();
     assert_eq!(errno_of(fs::write(keep.join("x"), b"")), libc::ENOENT);
 }
+
+#[test]
+fn large_files_stream_through_background_flushes() {
+    let c = TestCluster::with_nodes();
+    let m = c.mount();
+    let p = m.space(14).join("big");
+    let mut expect = Vec::with_capacity(40 << 20);
+    let mut x: u32 = 1;
+    let mut h = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    for _ in 0..40 {
+        let chunk: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        h.write_all(&chunk).unwrap();
+        expect.extend_from_slice(&chunk);
+    }
+    // Rewrite across extent and flush boundaries while earlier data may still be in flight.
+    for off in [5u64 << 20, (8 << 20) - 7, (16 << 20) + 3] {
+        h.seek(SeekFrom::Start(off)).unwrap();
+        h.write_all(&[0xab; 100_000]).unwrap();
+        expect[off as usize..off as usize + 100_000].fill(0xab);
+    }
+    h.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = Vec::new();
+    h.read_to_end(&mut back).unwrap();
+    assert!(back == expect, "read through the writing handle differs");
+    h.sync_all().unwrap();
+    drop(h);
+    let m2 = c.mount();
+    let back = fs::read(m2.path().join("vol01/14/big")).unwrap();
+    assert_eq!(back.len(), expect.len());
+    assert!(back == expect, "read through another mount differs");
+    assert_eq!(fs::metadata(&p).unwrap().blocks(), (40u64 << 20) / 512);
+}

@@ -5,12 +5,15 @@
 //! read sees what another handle of the same process wrote, as on a local
 //! disk. Writes collect in per-extent buffers and reach the database at
 //! flush (close), fsync, or when a file's buffers pass [`FLUSH_THRESHOLD`];
-//! one flush is one transaction. `O_APPEND` writes skip the buffer: each is
+//! one flush is one transaction. A threshold flush runs on a background
+//! worker while the writer goes on filling new buffers (at most one flush
+//! in flight per file, so a file holds at most twice the threshold); close
+//! and fsync wait for it and report its error. `O_APPEND` writes skip the buffer: each is
 //! a transaction that appends at the database's end of file, so appenders on
 //! different mounts never overwrite each other or interleave.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use mysql::Transaction;
 use mysql::prelude::Queryable;
@@ -45,6 +48,10 @@ pub struct FileState {
     db_size: u64,
     dirty: BTreeMap<u64, ExtentBuf>,
     dirty_bytes: usize,
+    /// Buffers a background flush is writing, with the size it will record.
+    inflight: Option<(Arc<BTreeMap<u64, ExtentBuf>>, u64)>,
+    /// The failure of a background flush, owed to the next flush/fsync/close.
+    flush_error: Option<Errno>,
     /// Cache generation of this file's data.
     pub generation: u64,
     /// Set when the last name went away while open.
@@ -60,6 +67,8 @@ pub struct OpenInode {
     pub shard: Shard,
     pub opens: Mutex<usize>,
     state: Mutex<FileState>,
+    /// Signalled when a background flush finishes.
+    idle: Condvar,
 }
 
 impl OpenInode {
@@ -74,10 +83,13 @@ impl OpenInode {
                 db_size: size,
                 dirty: BTreeMap::new(),
                 dirty_bytes: 0,
+                inflight: None,
+                flush_error: None,
                 generation,
                 unlinked: false,
                 last_read_end: u64::MAX,
             }),
+            idle: Condvar::new(),
         }
     }
 
@@ -88,7 +100,22 @@ impl OpenInode {
     /// The size to report while this file has buffered writes.
     pub fn local_size(&self) -> Option<u64> {
         let st = self.state();
-        (!st.dirty.is_empty()).then_some(st.size)
+        (!st.dirty.is_empty() || st.inflight.is_some()).then_some(st.size)
+    }
+
+    /// Waits until no background flush is running.
+    fn wait_idle<'a>(&'a self, mut st: MutexGuard<'a, FileState>) -> MutexGuard<'a, FileState> {
+        while st.inflight.is_some() {
+            st = self.idle.wait(st).unwrap();
+        }
+        st
+    }
+
+    /// A buffered extent: pending, or being flushed.
+    fn buffered(st: &FileState, ext: u64) -> Option<&ExtentBuf> {
+        st.dirty
+            .get(&ext)
+            .or_else(|| st.inflight.as_ref().and_then(|(m, _)| m.get(&ext)))
     }
 
     /// Reads `[off, off+len)`; holes and bytes past the end of an extent read as zeros.
@@ -105,7 +132,7 @@ impl OpenInode {
         while ext < end {
             let piece_start = off.max(ext);
             let piece_end = end.min(ext + E);
-            let data = match st.dirty.get(&ext) {
+            let data = match Self::buffered(&st, ext) {
                 Some(b) => Some(Arc::new(b.data.clone())),
                 None => match cache.get(self.space, self.ino, st.generation, ext) {
                     Some(d) => Some(d),
@@ -173,7 +200,8 @@ impl OpenInode {
         Ok(found)
     }
 
-    /// Buffers a write at `off`. Returns true when the buffers should be flushed.
+    /// Buffers a write at `off`. Returns true when a background flush was
+    /// started: the caller hands the inode to a flush worker.
     pub fn write(&self, cache: &DataCache, off: u64, data: &[u8]) -> FsResult<bool> {
         let end = off.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
         if end > MAX_FILE_SIZE {
@@ -185,7 +213,14 @@ impl OpenInode {
             let piece_start = off.max(ext);
             let piece_end = end.min(ext + E);
             if !st.dirty.contains_key(&ext) {
-                let existing = if ext < st.db_size {
+                let in_flight = st
+                    .inflight
+                    .as_ref()
+                    .and_then(|(m, _)| m.get(&ext))
+                    .map(|b| b.data.clone());
+                let existing = if let Some(d) = in_flight {
+                    d
+                } else if ext < st.db_size {
                     match cache.get(self.space, self.ino, st.generation, ext) {
                         Some(d) => (*d).clone(),
                         None => self
@@ -220,26 +255,88 @@ impl OpenInode {
             ext += E;
         }
         st.size = st.size.max(end);
-        Ok(st.dirty_bytes >= FLUSH_THRESHOLD)
+        if st.dirty_bytes < FLUSH_THRESHOLD {
+            return Ok(false);
+        }
+        // Back-pressure: one flush in flight per file.
+        let mut st = self.wait_idle(st);
+        let size = st.size;
+        st.inflight = Some((Arc::new(std::mem::take(&mut st.dirty)), size));
+        st.dirty_bytes = 0;
+        Ok(true)
+    }
+
+    /// Runs the background flush started by [`OpenInode::write`] (on a worker).
+    pub fn flush_inflight(&self, cache: &DataCache) {
+        let Some((bufs, size)) = self.state().inflight.clone() else {
+            return;
+        };
+        let now = now_ns();
+        let r = self.commit(&bufs, size, now);
+        let mut st = self.state();
+        match r {
+            Ok(()) => self.committed(cache, &mut st, &bufs, size, now),
+            Err(e) => {
+                // Keep the data: put back what was not written over since.
+                for (off, b) in bufs.iter() {
+                    if !st.dirty.contains_key(off) {
+                        st.dirty_bytes += b.data.len();
+                        st.dirty.insert(
+                            *off,
+                            ExtentBuf {
+                                data: b.data.clone(),
+                                base_len: b.base_len,
+                                dirty_from: b.dirty_from,
+                            },
+                        );
+                    }
+                }
+                st.flush_error = Some(e);
+            }
+        }
+        st.inflight = None;
+        self.idle.notify_all();
     }
 
     /// Writes the buffers in one transaction.
     pub fn flush(&self, cache: &DataCache) -> FsResult<()> {
-        let mut st = self.state();
-        self.flush_locked(cache, &mut st)
+        self.flush_locked(cache, self.state()).map(drop)
     }
 
-    fn flush_locked(&self, cache: &DataCache, st: &mut FileState) -> FsResult<()> {
-        if st.dirty.is_empty() {
-            return Ok(());
+    fn flush_locked<'a>(
+        &'a self,
+        cache: &DataCache,
+        st: MutexGuard<'a, FileState>,
+    ) -> FsResult<MutexGuard<'a, FileState>> {
+        let mut st = self.wait_idle(st);
+        if let Some(e) = st.flush_error.take() {
+            return Err(e);
         }
-        let (space, ino) = (self.space, self.ino);
+        if st.dirty.is_empty() {
+            return Ok(st);
+        }
         let (size, now) = (st.size, now_ns());
-        let (lo, hi) = (
-            *st.dirty.keys().next().expect("not empty"),
-            *st.dirty.keys().next_back().expect("not empty"),
-        );
-        let dirty = &st.dirty;
+        let bufs = std::mem::take(&mut st.dirty);
+        st.dirty_bytes = 0;
+        match self.commit(&bufs, size, now) {
+            Ok(()) => {
+                self.committed(cache, &mut st, &bufs, size, now);
+                Ok(st)
+            }
+            Err(e) => {
+                st.dirty_bytes = bufs.values().map(|b| b.data.len()).sum();
+                st.dirty = bufs;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes buffers and the new size in one transaction.
+    fn commit(&self, bufs: &BTreeMap<u64, ExtentBuf>, size: u64, now: i64) -> FsResult<()> {
+        let (space, ino) = (self.space, self.ino);
+        let (Some(&lo), Some(&hi)) = (bufs.keys().next(), bufs.keys().next_back()) else {
+            return Ok(());
+        };
         self.shard
             .tx(|tx| {
                 let old: BTreeMap<u64, u64> = tx
@@ -250,7 +347,7 @@ impl OpenInode {
                     .into_iter()
                     .collect();
                 let mut delta: i64 = 0;
-                for (&off, b) in dirty {
+                for (&off, b) in bufs {
                     let old_len = old.get(&off).copied();
                     let appending = b.base_len > 0
                         && b.dirty_from >= b.base_len
@@ -275,22 +372,38 @@ impl OpenInode {
                     (size, delta, now, now, space, ino),
                 )
             })
-            .map_err(|e| tx_errno(self.shard.id(), "flush", e, &Abort::default()))?;
+            .map_err(|e| tx_errno(self.shard.id(), "flush", e, &Abort::default()))
+    }
+
+    /// After a commit: the written extents become clean cached data.
+    fn committed(
+        &self,
+        cache: &DataCache,
+        st: &mut FileState,
+        bufs: &BTreeMap<u64, ExtentBuf>,
+        size: u64,
+        now: i64,
+    ) {
         let generation = st.generation;
-        for (off, b) in std::mem::take(&mut st.dirty) {
-            cache.put(space, ino, generation, off, Arc::new(b.data));
+        for (off, b) in bufs {
+            if !st.dirty.contains_key(off) {
+                cache.put(
+                    self.space,
+                    self.ino,
+                    generation,
+                    *off,
+                    Arc::new(b.data.clone()),
+                );
+            }
         }
-        st.dirty_bytes = 0;
         st.db_size = st.db_size.max(size);
-        cache.restamp(space, ino, generation, (now, st.size));
-        Ok(())
+        cache.restamp(self.space, self.ino, generation, (now, st.size));
     }
 
     /// Appends at the database's end of file in one transaction (`O_APPEND`).
     /// Returns the offset the data landed at.
     pub fn append(&self, cache: &DataCache, data: &[u8]) -> FsResult<u64> {
-        let mut st = self.state();
-        self.flush_locked(cache, &mut st)?;
+        let mut st = self.flush_locked(cache, self.state())?;
         let (space, ino, now) = (self.space, self.ino, now_ns());
         let abort = Abort::default();
         let eof = self

@@ -100,14 +100,37 @@ pub struct Fs {
     open: Mutex<HashMap<(u32, u64), Arc<OpenInode>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
-    pub cache: DataCache,
+    pub cache: Arc<DataCache>,
+    /// Hands files whose buffers passed the threshold to the flush workers.
+    flusher: crossbeam_channel::Sender<Arc<OpenInode>>,
+}
+
+/// Background flush workers: they write buffers while writers go on.
+const FLUSH_WORKERS: usize = 4;
+
+fn spawn_flushers(cache: Arc<DataCache>) -> crossbeam_channel::Sender<Arc<OpenInode>> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Arc<OpenInode>>();
+    for i in 0..FLUSH_WORKERS {
+        let (rx, cache) = (rx.clone(), cache.clone());
+        std::thread::Builder::new()
+            .name(format!("tshs-flush-{i}"))
+            .spawn(move || {
+                for node in rx {
+                    node.flush_inflight(&cache);
+                }
+            })
+            .expect("spawn flush worker");
+    }
+    tx
 }
 
 impl Fs {
     pub fn new(cluster: Cluster, cfg: FsConfig) -> Fs {
+        let cache = Arc::new(DataCache::new(cfg.cache_bytes));
         Fs {
             cluster,
-            cache: DataCache::new(cfg.cache_bytes),
+            flusher: spawn_flushers(cache.clone()),
+            cache,
             cfg,
             holder: AtomicU64::new(0),
             view: RwLock::default(),
@@ -631,7 +654,8 @@ impl Fs {
         if append {
             node.append(&self.cache, data)?;
         } else if node.write(&self.cache, offset, data)? {
-            node.flush(&self.cache)?;
+            // The workers live as long as the Fs: sending cannot fail.
+            let _ = self.flusher.send(node);
         }
         Ok(data.len() as u32)
     }
