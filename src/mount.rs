@@ -320,9 +320,9 @@ fn serve(
         let _ = f.write_all(b"ok");
     }
     let result = session.run();
+    log::info!("unmounted {}", mountpoint.display());
     reaper.stop();
     drop(ap);
-    log::info!("unmounted {}", mountpoint.display());
     result.map_err(Into::into)
 }
 
