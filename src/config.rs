@@ -367,7 +367,7 @@ mod tests {
             read_tshs_conf(&p).unwrap(),
             ["--max-threads=4", "--time-limit=30", "--retry=unlimited"]
         );
-        std::fs::write(&p, "max threads!=4\n").unwrap();
+        std::fs::write(&p, "max_threads!=4\n").unwrap();
         assert!(read_tshs_conf(&p).is_err());
     }
 }
