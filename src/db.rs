@@ -63,8 +63,11 @@ pub struct Db {
 
 /// How long a caller waits for a free pooled connection before giving up.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Retries of a transaction that hit a deadlock or a lost connection.
-const RETRIES: usize = 3;
+/// Pauses before the retries of a transaction that hit a deadlock or could
+/// not reach its server: about 1.6 s in all, so a server restart or a
+/// failover does not reach the caller, while a dead server still fails fast.
+const BACKOFF_MS: &[u64] = &[20, 50, 100, 200, 400, 800];
+const RETRIES: usize = BACKOFF_MS.len() + 1;
 
 impl Db {
     /// Connects (one connection at once, so a bad address fails here) with at
@@ -103,7 +106,9 @@ impl Db {
     }
 
     /// Runs `f` in a transaction and commits; retries the whole transaction
-    /// on deadlock, lock-wait timeout or a lost connection.
+    /// on deadlock, lock-wait timeout or a lost connection — but never after
+    /// the commit was sent, whose outcome is then unknown (an append must not
+    /// land twice).
     pub fn tx<T>(
         &self,
         mut f: impl FnMut(&mut Transaction<'_>) -> Result<T, mysql::Error>,
@@ -117,17 +122,38 @@ impl Db {
                     .start_transaction(TxOpts::default())
                     .map_err(|e| TxError::Db(self.err(e)))?;
                 let v = f(&mut tx).map_err(|e| self.tx_err(e))?;
-                tx.commit().map_err(|e| TxError::Db(self.err(e)))?;
+                tx.commit().map_err(|e| TxError::Commit(self.err(e)))?;
                 Ok(v)
             })();
             match r {
                 Err(TxError::Retry(_) | TxError::Db(DbError::Unreachable { .. }))
                     if attempt < RETRIES =>
                 {
-                    std::thread::sleep(Duration::from_millis(20 * attempt as u64));
+                    std::thread::sleep(Duration::from_millis(BACKOFF_MS[attempt - 1]));
                     continue;
                 }
                 Err(TxError::Retry(e)) => return Err(TxError::Db(e)),
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs a read (idempotent) on a pooled connection, retried like a
+    /// transaction when the server cannot be reached.
+    pub fn read<T>(
+        &self,
+        mut f: impl FnMut(&mut PooledConn) -> Result<T, mysql::Error>,
+    ) -> Result<T, DbError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self
+                .conn()
+                .and_then(|mut c| f(&mut c).map_err(|e| self.err(e)));
+            match r {
+                Err(DbError::Unreachable { .. }) if attempt < RETRIES => {
+                    std::thread::sleep(Duration::from_millis(BACKOFF_MS[attempt - 1]));
+                }
                 other => return other,
             }
         }
@@ -176,12 +202,14 @@ pub enum TxError {
     Sql(u16, String, DbError),
     #[error("{0} (gave up after {RETRIES} attempts)")]
     Retry(DbError),
+    #[error("{0} (during commit: the outcome is unknown)")]
+    Commit(DbError),
 }
 
 impl TxError {
     pub fn into_db(self) -> DbError {
         match self {
-            TxError::Db(e) | TxError::Retry(e) | TxError::Sql(_, _, e) => e,
+            TxError::Db(e) | TxError::Retry(e) | TxError::Sql(_, _, e) | TxError::Commit(e) => e,
         }
     }
 }

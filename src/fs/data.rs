@@ -166,12 +166,13 @@ impl OpenInode {
     ) -> FsResult<Option<Arc<Vec<u8>>>> {
         let db = self.shard.db();
         let rows: Vec<(u64, Vec<u8>)> = db
-            .conn()?
-            .exec(
-                "SELECT off, data FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ? ORDER BY off",
-                (self.space, self.ino, first, last),
-            )
-            .map_err(|e| super::error::db_failed(self.shard.id(), "read", db.err(e)))?;
+            .read(|c| {
+                c.exec(
+                    "SELECT off, data FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ? ORDER BY off",
+                    (self.space, self.ino, first, last),
+                )
+            })
+            .map_err(|e| super::error::db_failed(self.shard.id(), "read", e))?;
         let mut found = None;
         let mut next = first;
         for (o, d) in rows {

@@ -134,13 +134,12 @@ fn drop_link(
 }
 
 pub fn getattr(shard: &Shard, space: u32, ino: u64) -> FsResult<Attr> {
-    let mut conn = shard.db().conn()?;
-    let row: Option<Row> = conn
-        .exec_first(
+    let row: Option<Row> = shard.db().read(|conn| {
+        conn.exec_first(
             format!("SELECT {COLUMNS} FROM inodes WHERE space_id = ? AND ino = ? AND state < 2"),
             (space, ino),
         )
-        .map_err(|e| shard.db().err(e))?;
+    })?;
     row.map(|r| attr::from_row(space, &r)).ok_or(Errno::ENOENT)
 }
 
@@ -148,16 +147,15 @@ pub fn lookup(shard: &Shard, space: u32, parent: u64, name: &[u8]) -> FsResult<A
     if name.len() > NAME_MAX {
         return Err(Errno::ENAMETOOLONG);
     }
-    let mut conn = shard.db().conn()?;
-    let row: Option<Row> = conn
-        .exec_first(
+    let row: Option<Row> = shard
+        .db()
+        .read(|conn| conn.exec_first(
             format!(
                 "SELECT {I_COLUMNS} FROM dentries d JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
                  WHERE d.space_id = ? AND d.parent = ? AND d.name = ?"
             ),
             (space, parent, name),
-        )
-        .map_err(|e| shard.db().err(e))?;
+        ))?;
     row.map(|r| attr::from_row(space, &r)).ok_or(Errno::ENOENT)
 }
 
@@ -470,13 +468,12 @@ pub fn link(shard: &Shard, space: u32, ino: u64, newparent: u64, newname: &[u8])
 }
 
 pub fn readlink(shard: &Shard, space: u32, ino: u64) -> FsResult<Vec<u8>> {
-    let mut conn = shard.db().conn()?;
-    let t: Option<Option<Vec<u8>>> = conn
-        .exec_first(
+    let t: Option<Option<Vec<u8>>> = shard.db().read(|conn| {
+        conn.exec_first(
             "SELECT target FROM inodes WHERE space_id = ? AND ino = ? AND state < 2",
             (space, ino),
         )
-        .map_err(|e| shard.db().err(e))?;
+    })?;
     t.ok_or(Errno::ENOENT)?.ok_or(Errno::EINVAL)
 }
 
@@ -547,9 +544,8 @@ pub fn readdir(
     after: u64,
     limit: usize,
 ) -> FsResult<Vec<DirEntry>> {
-    let mut conn = shard.db().conn()?;
-    let rows: Vec<Row> = conn
-        .exec(
+    let rows: Vec<Row> = shard.db().read(|conn| {
+        conn.exec(
             format!(
                 "SELECT {I_COLUMNS}, d.seq, d.name FROM dentries d
                  JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
@@ -557,7 +553,7 @@ pub fn readdir(
             ),
             (space, dir, after),
         )
-        .map_err(|e| shard.db().err(e))?;
+    })?;
     Ok(rows
         .into_iter()
         .map(|r| DirEntry {
@@ -580,13 +576,12 @@ pub fn parent_of(shard: &Shard, space: u32, dir: u64) -> FsResult<Option<u64>> {
 
 /// True if the directory has no entries.
 pub fn is_empty_dir(shard: &Shard, space: u32, dir: u64) -> FsResult<bool> {
-    let mut conn = shard.db().conn()?;
-    let child: Option<u64> = conn
-        .exec_first(
+    let child: Option<u64> = shard.db().read(|conn| {
+        conn.exec_first(
             "SELECT ino FROM dentries WHERE space_id = ? AND parent = ? LIMIT 1",
             (space, dir),
         )
-        .map_err(|e| shard.db().err(e))?;
+    })?;
     Ok(child.is_none())
 }
 
@@ -653,24 +648,22 @@ pub fn setxattr(
 }
 
 pub fn getxattr(shard: &Shard, space: u32, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-    let mut conn = shard.db().conn()?;
-    let v: Option<Vec<u8>> = conn
-        .exec_first(
+    let v: Option<Vec<u8>> = shard.db().read(|conn| {
+        conn.exec_first(
             "SELECT value FROM xattrs WHERE space_id = ? AND ino = ? AND name = ?",
             (space, ino, name),
         )
-        .map_err(|e| shard.db().err(e))?;
+    })?;
     v.ok_or(Errno::ENODATA)
 }
 
 pub fn listxattr(shard: &Shard, space: u32, ino: u64) -> FsResult<Vec<u8>> {
-    let mut conn = shard.db().conn()?;
-    let names: Vec<Vec<u8>> = conn
-        .exec(
+    let names: Vec<Vec<u8>> = shard.db().read(|conn| {
+        conn.exec(
             "SELECT name FROM xattrs WHERE space_id = ? AND ino = ? ORDER BY name",
             (space, ino),
         )
-        .map_err(|e| shard.db().err(e))?;
+    })?;
     let mut out = Vec::new();
     for n in names {
         out.extend_from_slice(&n);
@@ -701,10 +694,9 @@ pub fn removexattr(shard: &Shard, space: u32, ino: u64, name: &[u8]) -> FsResult
 
 /// Counts for statfs: (inodes in use, bytes stored) over the whole node.
 pub fn usage(shard: &Shard) -> FsResult<(u64, u64)> {
-    let mut conn = shard.db().conn()?;
-    let r: Option<(u64, Option<u64>)> = conn
-        .query_first("SELECT COUNT(*), SUM(stored) FROM inodes WHERE state < 2")
-        .map_err(|e| shard.db().err(e))?;
+    let r: Option<(u64, Option<u64>)> = shard.db().read(|conn| {
+        conn.query_first("SELECT COUNT(*), SUM(stored) FROM inodes WHERE state < 2")
+    })?;
     let (n, b) = r.unwrap_or((0, None));
     Ok((n, b.unwrap_or(0)))
 }
