@@ -197,7 +197,9 @@ impl ConnOptions {
             .tcp_connect_timeout(secs(self.connect_timeout, DEFAULT_CONNECT_TIMEOUT))
             .read_timeout(secs(self.read_timeout, DEFAULT_RW_TIMEOUT))
             .write_timeout(secs(self.write_timeout, DEFAULT_RW_TIMEOUT))
-            .prefer_socket(false);
+            .prefer_socket(false)
+            // Every statement tshs runs stays prepared on its connection.
+            .stmt_cache_size(Some(256));
         match (&self.socket, &self.host) {
             (Some(sock), None) => b = b.socket(Some(sock.clone())),
             _ => {

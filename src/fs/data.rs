@@ -13,11 +13,13 @@
 //! different mounts never overwrite each other or interleave.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use mysql::Transaction;
 use mysql::prelude::Queryable;
 
+use super::attr::Attr;
 use super::cache::DataCache;
 use super::error::{Abort, Errno, FsResult, tx_errno};
 use super::now_ns;
@@ -30,6 +32,25 @@ pub const MAX_FILE_SIZE: u64 = 1 << 44;
 pub const FLUSH_THRESHOLD: usize = 8 << 20;
 /// Extents fetched by one query for a sequential reader.
 const READ_AHEAD_EXTENTS: u64 = 8;
+
+/// A file created in this mount whose rows are not in the database yet: its
+/// inode and name are written by its first flush, in the same transaction as
+/// its data (one commit per small file). Other mounts see it at close, as
+/// close-to-open promises; this mount commits it before any other namespace
+/// operation in the space (see `Fs::commit_pending`).
+pub struct PendingCreate {
+    pub parent: u64,
+    pub name: Vec<u8>,
+    pub attr: Attr,
+}
+
+/// Buffers a background flush is writing, the size it records, and the
+/// create it carries.
+type Inflight = (
+    Arc<BTreeMap<u64, ExtentBuf>>,
+    u64,
+    Option<Arc<PendingCreate>>,
+);
 
 /// One extent being written: its full content from the extent start.
 struct ExtentBuf {
@@ -48,8 +69,9 @@ pub struct FileState {
     db_size: u64,
     dirty: BTreeMap<u64, ExtentBuf>,
     dirty_bytes: usize,
-    /// Buffers a background flush is writing, with the size it will record.
-    inflight: Option<(Arc<BTreeMap<u64, ExtentBuf>>, u64)>,
+    inflight: Option<Inflight>,
+    /// Set until the file's rows are committed.
+    pending: Option<Arc<PendingCreate>>,
     /// The failure of a background flush, owed to the next flush/fsync/close.
     flush_error: Option<Errno>,
     /// Cache generation of this file's data.
@@ -69,10 +91,23 @@ pub struct OpenInode {
     state: Mutex<FileState>,
     /// Signalled when a background flush finishes.
     idle: Condvar,
+    /// The mount's count of pending creates.
+    pending_gauge: Arc<AtomicUsize>,
 }
 
 impl OpenInode {
-    pub fn new(space: u32, ino: u64, shard: Shard, size: u64, generation: u64) -> OpenInode {
+    pub fn new(
+        space: u32,
+        ino: u64,
+        shard: Shard,
+        size: u64,
+        generation: u64,
+        pending: Option<PendingCreate>,
+        pending_gauge: Arc<AtomicUsize>,
+    ) -> OpenInode {
+        if pending.is_some() {
+            pending_gauge.fetch_add(1, Ordering::AcqRel);
+        }
         OpenInode {
             space,
             ino,
@@ -84,13 +119,33 @@ impl OpenInode {
                 dirty: BTreeMap::new(),
                 dirty_bytes: 0,
                 inflight: None,
+                pending: pending.map(Arc::new),
                 flush_error: None,
                 generation,
                 unlinked: false,
                 last_read_end: u64::MAX,
             }),
             idle: Condvar::new(),
+            pending_gauge,
         }
+    }
+
+    /// The attributes of a file whose create is not committed yet.
+    pub fn pending_attr(&self) -> Option<Attr> {
+        let st = self.state();
+        let p = st
+            .pending
+            .as_ref()
+            .or_else(|| st.inflight.as_ref().and_then(|i| i.2.as_ref()))?;
+        Some(Attr {
+            size: st.size,
+            ..p.attr
+        })
+    }
+
+    pub fn is_pending(&self) -> bool {
+        let st = self.state();
+        st.pending.is_some() || st.inflight.as_ref().is_some_and(|i| i.2.is_some())
     }
 
     pub fn state(&self) -> MutexGuard<'_, FileState> {
@@ -115,7 +170,7 @@ impl OpenInode {
     fn buffered(st: &FileState, ext: u64) -> Option<&ExtentBuf> {
         st.dirty
             .get(&ext)
-            .or_else(|| st.inflight.as_ref().and_then(|(m, _)| m.get(&ext)))
+            .or_else(|| st.inflight.as_ref().and_then(|(m, _, _)| m.get(&ext)))
     }
 
     /// Reads `[off, off+len)`; holes and bytes past the end of an extent read as zeros.
@@ -217,7 +272,7 @@ impl OpenInode {
                 let in_flight = st
                     .inflight
                     .as_ref()
-                    .and_then(|(m, _)| m.get(&ext))
+                    .and_then(|(m, _, _)| m.get(&ext))
                     .map(|b| b.data.clone());
                 let existing = if let Some(d) = in_flight {
                     d
@@ -262,22 +317,31 @@ impl OpenInode {
         // Back-pressure: one flush in flight per file.
         let mut st = self.wait_idle(st);
         let size = st.size;
-        st.inflight = Some((Arc::new(std::mem::take(&mut st.dirty)), size));
+        let pending = st.pending.take();
+        st.inflight = Some((Arc::new(std::mem::take(&mut st.dirty)), size, pending));
         st.dirty_bytes = 0;
         Ok(true)
     }
 
     /// Runs the background flush started by [`OpenInode::write`] (on a worker).
     pub fn flush_inflight(&self, cache: &DataCache) {
-        let Some((bufs, size)) = self.state().inflight.clone() else {
+        let Some((bufs, size, pending)) = self.state().inflight.clone() else {
             return;
         };
         let now = now_ns();
-        let r = self.commit(&bufs, size, now);
+        let r = self.commit(&bufs, size, now, pending.as_deref());
         let mut st = self.state();
         match r {
-            Ok(()) => self.committed(cache, &mut st, &bufs, size, now),
+            Ok(()) => {
+                self.committed(cache, &mut st, &bufs, size, now);
+                if pending.is_some() {
+                    self.pending_gauge.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
             Err(e) => {
+                if pending.is_some() {
+                    st.pending = pending;
+                }
                 // Keep the data: put back what was not written over since.
                 for (off, b) in bufs.iter() {
                     if !st.dirty.contains_key(off) {
@@ -313,40 +377,58 @@ impl OpenInode {
         if let Some(e) = st.flush_error.take() {
             return Err(e);
         }
-        if st.dirty.is_empty() {
+        if st.dirty.is_empty() && st.pending.is_none() {
             return Ok(st);
         }
         let (size, now) = (st.size, now_ns());
         let bufs = std::mem::take(&mut st.dirty);
         st.dirty_bytes = 0;
-        match self.commit(&bufs, size, now) {
+        let pending = st.pending.take();
+        match self.commit(&bufs, size, now, pending.as_deref()) {
             Ok(()) => {
                 self.committed(cache, &mut st, &bufs, size, now);
+                if pending.is_some() {
+                    self.pending_gauge.fetch_sub(1, Ordering::AcqRel);
+                }
                 Ok(st)
             }
             Err(e) => {
                 st.dirty_bytes = bufs.values().map(|b| b.data.len()).sum();
                 st.dirty = bufs;
+                st.pending = pending;
                 Err(e)
             }
         }
     }
 
-    /// Writes buffers and the new size in one transaction.
-    fn commit(&self, bufs: &BTreeMap<u64, ExtentBuf>, size: u64, now: i64) -> FsResult<()> {
+    /// Writes a pending create, buffers and the new size in one transaction.
+    fn commit(
+        &self,
+        bufs: &BTreeMap<u64, ExtentBuf>,
+        size: u64,
+        now: i64,
+        pending: Option<&PendingCreate>,
+    ) -> FsResult<()> {
         let (space, ino) = (self.space, self.ino);
-        let (Some(&lo), Some(&hi)) = (bufs.keys().next(), bufs.keys().next_back()) else {
-            return Ok(());
-        };
+        let abort = Abort::default();
         self.shard
             .tx(|tx| {
-                let old: BTreeMap<u64, u64> = tx
-                    .exec::<(u64, u64), _, _>(
+                if let Some(p) = pending {
+                    super::meta::insert_new(tx, space, p.parent, &p.name, &p.attr, None, &abort)?;
+                }
+                let (Some(&lo), Some(&hi)) = (bufs.keys().next(), bufs.keys().next_back()) else {
+                    return Ok(());
+                };
+                let old: BTreeMap<u64, u64> = if pending.is_some() {
+                    BTreeMap::new() // a new file has no extents yet
+                } else {
+                    tx.exec::<(u64, u64), _, _>(
                         "SELECT off, len FROM extents WHERE space_id = ? AND ino = ? AND off BETWEEN ? AND ? FOR UPDATE",
                         (space, ino, lo, hi),
                     )?
                     .into_iter()
-                    .collect();
+                    .collect()
+                };
                 let mut delta: i64 = 0;
                 for (&off, b) in bufs {
                     let old_len = old.get(&off).copied();
@@ -373,7 +455,7 @@ impl OpenInode {
                     (size, delta, now, now, space, ino),
                 )
             })
-            .map_err(|e| tx_errno(self.shard.id(), "flush", e, &Abort::default()))
+            .map_err(|e| tx_errno(self.shard.id(), "flush", e, &abort))
     }
 
     /// After a commit: the written extents become clean cached data.

@@ -174,68 +174,127 @@ pub fn create(
     shard
         .tx(|tx| {
             let p = get_attr(tx, space, parent, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
-            if !p.is_dir() {
-                return Err(abort.fail(Errno::ENOTDIR));
-            }
-            if p.nlink == 0 {
-                return Err(abort.fail(Errno::ENOENT));
-            }
-            let mut mode = new.mode;
-            let mut gid = new.gid;
-            if p.mode & libc::S_ISGID != 0 {
-                gid = p.gid;
-                if mode & libc::S_IFMT == libc::S_IFDIR {
-                    mode |= libc::S_ISGID;
-                }
-            }
-            let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
             let ino = allocate(tx, space)?;
-            let size = new.target.map_or(0, |t| t.len() as u64);
-            tx.exec_drop(
-                "INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
-                mysql::Params::Positional(vec![
-                    space.into(),
-                    ino.into(),
-                    mode.into(),
-                    new.uid.into(),
-                    gid.into(),
-                    (if is_dir { 2u32 } else { 1 }).into(),
-                    size.into(),
-                    new.rdev.into(),
-                    now.into(),
-                    now.into(),
-                    now.into(),
-                    now.into(),
-                    new.target.into(),
-                ]),
-            )?;
-            // The primary key refuses an existing name: no lookup first.
-            tx.exec_drop(
-                "INSERT INTO dentries (space_id, parent, name, ino, seq) VALUES (?, ?, ?, ?, ?)",
-                (space, parent, name, ino, ino),
-            )
-            .map_err(|e| match e {
-                mysql::Error::MySqlError(m) if m.code == crate::db::code::DUP_ENTRY => abort.fail(Errno::EEXIST),
-                e => e,
-            })?;
-            touch_dir(tx, space, parent, i32::from(is_dir), now)?;
-            Ok(Attr {
-                ino: super::attr::Node::Space(space, ino).ino(),
-                mode,
-                nlink: if is_dir { 2 } else { 1 },
-                uid: new.uid,
-                gid,
-                size,
-                stored: 0,
-                rdev: new.rdev,
-                atime: now,
-                mtime: now,
-                ctime: now,
-                btime: now,
-            })
+            let a = new_attr(&p, space, ino, new, now).map_err(|e| abort.fail(e))?;
+            insert_new(tx, space, parent, name, &a, new.target, &abort)?;
+            Ok(a)
         })
         .map_err(|e| tx_errno(shard.id(), "create", e, &abort))
+}
+
+/// The attributes of a new inode in directory `p`: a set-group-ID directory
+/// passes its group (and, to directories, the bit) on.
+pub fn new_attr(p: &Attr, space: u32, ino: u64, new: &NewInode<'_>, now: i64) -> FsResult<Attr> {
+    if !p.is_dir() {
+        return Err(Errno::ENOTDIR);
+    }
+    if p.nlink == 0 {
+        return Err(Errno::ENOENT);
+    }
+    let mut mode = new.mode;
+    let mut gid = new.gid;
+    if p.mode & libc::S_ISGID != 0 {
+        gid = p.gid;
+        if mode & libc::S_IFMT == libc::S_IFDIR {
+            mode |= libc::S_ISGID;
+        }
+    }
+    let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
+    Ok(Attr {
+        ino: super::attr::Node::Space(space, ino).ino(),
+        mode,
+        nlink: if is_dir { 2 } else { 1 },
+        uid: new.uid,
+        gid,
+        size: new.target.map_or(0, |t| t.len() as u64),
+        stored: 0,
+        rdev: new.rdev,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        btime: now,
+    })
+}
+
+/// Inserts a new inode and its name, and updates the parent. The primary key
+/// refuses an existing name (`EEXIST`): no lookup first.
+pub(super) fn insert_new(
+    tx: &mut Tx<'_>,
+    space: u32,
+    parent: u64,
+    name: &[u8],
+    a: &Attr,
+    target: Option<&[u8]>,
+    abort: &Abort,
+) -> Result<(), mysql::Error> {
+    let ino = local(a.ino);
+    tx.exec_drop(
+        "INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target)
+         VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+        mysql::Params::Positional(vec![
+            space.into(),
+            ino.into(),
+            a.mode.into(),
+            a.uid.into(),
+            a.gid.into(),
+            a.nlink.into(),
+            a.size.into(),
+            a.rdev.into(),
+            a.atime.into(),
+            a.mtime.into(),
+            a.ctime.into(),
+            a.btime.into(),
+            target.into(),
+        ]),
+    )?;
+    tx.exec_drop(
+        "INSERT INTO dentries (space_id, parent, name, ino, seq) VALUES (?, ?, ?, ?, ?)",
+        (space, parent, name, ino, ino),
+    )
+    .map_err(|e| match e {
+        mysql::Error::MySqlError(m) if m.code == crate::db::code::DUP_ENTRY => {
+            abort.fail(Errno::EEXIST)
+        }
+        e => e,
+    })?;
+    touch_dir(tx, space, parent, i32::from(a.is_dir()), a.ctime)
+}
+
+/// Checks that `name` can be created in `parent` (a read, no locks): returns
+/// the parent's attributes.
+pub fn check_create(shard: &Shard, space: u32, parent: u64, name: &[u8]) -> FsResult<Attr> {
+    check_name(name)?;
+    let row: Option<Row> = shard.db().read(|conn| {
+        conn.exec_first(
+            format!(
+                "SELECT {I_COLUMNS}, d.ino FROM inodes i
+                 LEFT JOIN dentries d ON d.space_id = i.space_id AND d.parent = i.ino AND d.name = ?
+                 WHERE i.space_id = ? AND i.ino = ? AND i.state < 2"
+            ),
+            (name, space, parent),
+        )
+    })?;
+    let row = row.ok_or(Errno::ENOENT)?;
+    if row.get::<Option<u64>, _>(12).flatten().is_some() {
+        return Err(Errno::EEXIST);
+    }
+    Ok(attr::from_row(space, &row))
+}
+
+/// Reserves `n` numbers of a space's counter for this mount (one autocommit
+/// statement); returns the first.
+pub fn reserve_ids(shard: &Shard, space: u32, n: u64) -> FsResult<u64> {
+    let end = shard
+        .tx(|tx| {
+            tx.exec_drop(
+                "UPDATE spaces SET next_ino = GREATEST(next_ino, next_seq) + ?, next_seq = LAST_INSERT_ID(next_ino)
+                 WHERE space_id = ?",
+                (n, space),
+            )?;
+            Ok(tx.last_insert_id().unwrap_or(n))
+        })
+        .map_err(|e| tx_errno(shard.id(), "reserve inode numbers", e, &Abort::default()))?;
+    Ok(end - n)
 }
 
 /// Removes a name. `holder` is set when this mount still has the inode open:

@@ -16,7 +16,7 @@ pub mod meta;
 pub mod reaper;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -103,7 +103,14 @@ pub struct Fs {
     pub cache: Arc<DataCache>,
     /// Hands files whose buffers passed the threshold to the flush workers.
     flusher: crossbeam_channel::Sender<Arc<OpenInode>>,
+    /// How many open files have an uncommitted create (see [`data::PendingCreate`]).
+    pending: Arc<AtomicUsize>,
+    /// Inode numbers reserved for deferred creates, per space: [next, end).
+    reserved_ids: Mutex<HashMap<u32, (u64, u64)>>,
 }
+
+/// Inode numbers a mount reserves at once for deferred creates.
+const ID_BLOCK: u64 = 64;
 
 /// Background flush workers: they write buffers while writers go on.
 const FLUSH_WORKERS: usize = 4;
@@ -130,6 +137,8 @@ impl Fs {
         Fs {
             cluster,
             flusher: spawn_flushers(cache.clone()),
+            pending: Arc::default(),
+            reserved_ids: Mutex::default(),
             cache,
             cfg,
             holder: AtomicU64::new(0),
@@ -245,6 +254,10 @@ impl Fs {
                 Ok(Attr::synthetic_dir(ino, 2 + n, t))
             }
             Node::Space(space, i) => {
+                let open = self.open.lock().unwrap().get(&(space, i)).cloned();
+                if let Some(a) = open.as_ref().and_then(|o| o.pending_attr()) {
+                    return Ok(a);
+                }
                 let mut a = meta::getattr(&self.shard(space)?, space, i)?;
                 if let Some(size) = self
                     .open
@@ -291,7 +304,10 @@ impl Fs {
                 }
                 self.getattr(Node::Space(id, 1).ino())
             }
-            Node::Space(space, dir) => meta::lookup(&self.shard(space)?, space, dir, name),
+            Node::Space(space, dir) => {
+                self.commit_pending(space);
+                meta::lookup(&self.shard(space)?, space, dir, name)
+            }
         }
     }
 
@@ -300,6 +316,7 @@ impl Fs {
             return Err(Errno::EPERM);
         };
         let shard = self.shard_rw(space)?;
+        self.commit_pending(space);
         let open = self.open.lock().unwrap().get(&(space, i)).cloned();
         if let Some(o) = &open {
             o.sync_for_metadata(&self.cache)?;
@@ -335,6 +352,7 @@ impl Fs {
             }
             Node::Volume(vol) => self.create_space(vol, name, mode, caller),
             Node::Space(space, dir) => {
+                self.commit_pending(space);
                 if let Some(t) = target
                     && t.len() > meta::PATH_MAX
                 {
@@ -420,6 +438,7 @@ impl Fs {
             }
             Node::Space(space, dir) => {
                 let shard = self.shard_rw(space)?;
+                self.commit_pending(space);
                 meta::unlink(&shard, space, dir, name, rmdir, &self.is_open(space)).map(|_| ())
             }
         }
@@ -439,6 +458,7 @@ impl Fs {
                     return Err(Errno::EXDEV);
                 }
                 let shard = self.shard_rw(s1)?;
+                self.commit_pending(s1);
                 meta::rename(&shard, s1, p1, name, p2, newname, flags, &self.is_open(s1))
             }
             (Node::Space(..), _) | (_, Node::Space(..)) => Err(Errno::EXDEV),
@@ -452,6 +472,7 @@ impl Fs {
                 if s1 != s2 {
                     return Err(Errno::EXDEV);
                 }
+                self.commit_pending(s1);
                 meta::link(&self.shard_rw(s1)?, s1, i, p, newname)
             }
             (Node::Space(..), _) => Err(Errno::EXDEV),
@@ -532,6 +553,7 @@ impl Fs {
             }
             Node::Space(space, dir) => {
                 let shard = self.shard(space)?;
+                self.commit_pending(space);
                 if offset < 2 {
                     let parent = if dir == 1 {
                         self.space(space)
@@ -567,6 +589,7 @@ impl Fs {
         } else {
             self.shard(space)?
         };
+        self.commit_pending(space);
         let a = meta::getattr(&shard, space, i)?;
         if a.is_dir() {
             return Err(Errno::EISDIR);
@@ -579,7 +602,15 @@ impl Fs {
                     let (generation, valid) =
                         self.cache.generation_for(space, i, (a.mtime, a.size));
                     keep = valid;
-                    Arc::new(OpenInode::new(space, i, shard.clone(), a.size, generation))
+                    Arc::new(OpenInode::new(
+                        space,
+                        i,
+                        shard.clone(),
+                        a.size,
+                        generation,
+                        None,
+                        self.pending.clone(),
+                    ))
                 })
                 .clone()
         };
@@ -612,7 +643,9 @@ impl Fs {
         })
     }
 
-    /// Creates and opens a regular file.
+    /// Creates and opens a regular file. Inside a space the create is
+    /// deferred: the rows are written with the file's first flush, in one
+    /// transaction with its data.
     pub fn create(
         &self,
         parent: u64,
@@ -621,16 +654,90 @@ impl Fs {
         flags: i32,
         caller: Caller,
     ) -> FsResult<(Attr, Opened)> {
-        let a = self.mknod(
-            parent,
-            name,
-            libc::S_IFREG | (mode & 0o7777),
+        let mode = libc::S_IFREG | (mode & 0o7777);
+        let Node::Space(space, dir) = Node::from_ino(parent) else {
+            let a = self.mknod(parent, name, mode, 0, None, caller)?;
+            let opened = self.open(a.ino, flags & !libc::O_TRUNC)?;
+            return Ok((a, opened));
+        };
+        let shard = self.shard_rw(space)?;
+        // One pending create per space at a time keeps names unambiguous.
+        self.commit_pending(space);
+        let p = meta::check_create(&shard, space, dir, name)?;
+        let ino = self.next_id(&shard, space)?;
+        let new = NewInode {
+            mode,
+            uid: caller.uid,
+            gid: caller.gid,
+            rdev: 0,
+            target: None,
+        };
+        let a = meta::new_attr(&p, space, ino, &new, now_ns())?;
+        let generation = self.cache.invalidate(space, ino);
+        let pending = data::PendingCreate {
+            parent: dir,
+            name: name.to_vec(),
+            attr: a,
+        };
+        let node = Arc::new(OpenInode::new(
+            space,
+            ino,
+            shard,
             0,
-            None,
-            caller,
-        )?;
-        let opened = self.open(a.ino, flags & !libc::O_TRUNC)?;
-        Ok((a, opened))
+            generation,
+            Some(pending),
+            self.pending.clone(),
+        ));
+        *node.opens.lock().unwrap() += 1;
+        self.open.lock().unwrap().insert((space, ino), node.clone());
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let append = flags & libc::O_APPEND != 0;
+        self.handles
+            .lock()
+            .unwrap()
+            .insert(fh, Handle { node, append });
+        Ok((
+            a,
+            Opened {
+                fh,
+                keep_cache: false,
+                direct: append,
+            },
+        ))
+    }
+
+    /// A fresh inode number for a deferred create, from the mount's reserved block.
+    fn next_id(&self, shard: &Shard, space: u32) -> FsResult<u64> {
+        let mut ids = self.reserved_ids.lock().unwrap();
+        let (next, end) = ids.entry(space).or_insert((0, 0));
+        if *next >= *end {
+            let first = meta::reserve_ids(shard, space, ID_BLOCK)?;
+            (*next, *end) = (first, first + ID_BLOCK);
+        }
+        *next += 1;
+        Ok(*next - 1)
+    }
+
+    /// Commits every deferred create of `space` in this mount, so a namespace
+    /// operation sees them in the database. A failure stays with the file
+    /// (its close reports it).
+    pub fn commit_pending(&self, space: u32) {
+        if self.pending.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let nodes: Vec<Arc<OpenInode>> = self
+            .open
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|n| n.space == space && n.is_pending())
+            .cloned()
+            .collect();
+        for n in nodes {
+            if let Err(e) = n.flush(&self.cache) {
+                log::warn!("space {space}: committing a new file failed: errno {}", e.0);
+            }
+        }
     }
 
     fn handle(&self, fh: u64) -> FsResult<(Arc<OpenInode>, bool)> {
@@ -701,9 +808,21 @@ impl Fs {
 
     fn space_node(&self, ino: u64) -> FsResult<(u32, u64)> {
         match Node::from_ino(ino) {
-            Node::Space(s, i) => Ok((s, i)),
+            Node::Space(s, i) => {
+                self.commit_pending(s);
+                Ok((s, i))
+            }
             _ => Err(Errno::ENOSYS),
         }
+    }
+
+    /// `fsync` of a directory: its entries are durable once deferred creates
+    /// are committed (every other namespace change commits before it returns).
+    pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
+        if let Node::Space(space, _) = Node::from_ino(ino) {
+            self.commit_pending(space);
+        }
+        Ok(())
     }
 
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
