@@ -199,7 +199,10 @@ impl ConnOptions {
             .write_timeout(secs(self.write_timeout, DEFAULT_RW_TIMEOUT))
             .prefer_socket(false)
             // Every statement tshs runs stays prepared on its connection.
-            .stmt_cache_size(Some(256));
+            .stmt_cache_size(Some(256))
+            // File data and names are bytes: with a binary client character
+            // set the server does not scan every parameter for conversion.
+            .init(vec!["SET NAMES binary"]);
         match (&self.socket, &self.host) {
             (Some(sock), None) => b = b.socket(Some(sock.clone())),
             _ => {

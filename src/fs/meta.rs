@@ -592,6 +592,7 @@ pub struct DirEntry {
     pub seq: u64,
     pub name: Vec<u8>,
     pub attr: Attr,
+    pub has_xattrs: bool,
 }
 
 /// Up to `limit` entries of `dir` after sequence `after`, in sequence order:
@@ -606,7 +607,9 @@ pub fn readdir(
     let rows: Vec<Row> = shard.db().read(|conn| {
         conn.exec(
             format!(
-                "SELECT {I_COLUMNS}, d.seq, d.name FROM dentries d
+                "SELECT {I_COLUMNS}, d.seq, d.name,
+                        EXISTS (SELECT 1 FROM xattrs x WHERE x.space_id = d.space_id AND x.ino = d.ino)
+                 FROM dentries d
                  JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
                  WHERE d.space_id = ? AND d.parent = ? AND d.seq > ? ORDER BY d.seq LIMIT {limit}"
             ),
@@ -619,6 +622,7 @@ pub fn readdir(
             attr: attr::from_row(space, &r),
             seq: r.get(12).unwrap_or(0),
             name: r.get(13).unwrap_or_default(),
+            has_xattrs: r.get::<u8, _>(14).unwrap_or(1) != 0,
         })
         .collect())
 }
@@ -706,29 +710,14 @@ pub fn setxattr(
         .map_err(|e| tx_errno(shard.id(), "setxattr", e, &abort))
 }
 
-pub fn getxattr(shard: &Shard, space: u32, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-    let v: Option<Vec<u8>> = shard.db().read(|conn| {
-        conn.exec_first(
-            "SELECT value FROM xattrs WHERE space_id = ? AND ino = ? AND name = ?",
-            (space, ino, name),
-        )
-    })?;
-    v.ok_or(Errno::ENODATA)
-}
-
-pub fn listxattr(shard: &Shard, space: u32, ino: u64) -> FsResult<Vec<u8>> {
-    let names: Vec<Vec<u8>> = shard.db().read(|conn| {
+/// Every xattr of an inode, sorted by name.
+pub fn xattrs(shard: &Shard, space: u32, ino: u64) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    Ok(shard.db().read(|conn| {
         conn.exec(
-            "SELECT name FROM xattrs WHERE space_id = ? AND ino = ? ORDER BY name",
+            "SELECT name, value FROM xattrs WHERE space_id = ? AND ino = ? ORDER BY name",
             (space, ino),
         )
-    })?;
-    let mut out = Vec::new();
-    for n in names {
-        out.extend_from_slice(&n);
-        out.push(0);
-    }
-    Ok(out)
+    })?)
 }
 
 pub fn removexattr(shard: &Shard, space: u32, ino: u64, name: &[u8]) -> FsResult<()> {

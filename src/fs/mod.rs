@@ -14,6 +14,7 @@ pub mod data;
 pub mod error;
 pub mod meta;
 pub mod reaper;
+pub mod xattr_cache;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -46,6 +47,8 @@ pub struct FsConfig {
     pub admin_ttl: Duration,
     /// Deleted inodes older than this are purged by the reaper.
     pub reap_grace: Duration,
+    /// How long xattrs read from the database are reused (the attribute TTL).
+    pub xattr_ttl: Duration,
 }
 
 impl Default for FsConfig {
@@ -54,6 +57,7 @@ impl Default for FsConfig {
             cache_bytes: 256 << 20,
             admin_ttl: Duration::from_secs(1),
             reap_grace: Duration::from_secs(60),
+            xattr_ttl: Duration::from_secs(1),
         }
     }
 }
@@ -101,6 +105,7 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     pub cache: Arc<DataCache>,
+    xattrs: xattr_cache::XattrCache,
     /// Hands files whose buffers passed the threshold to the flush workers.
     flusher: crossbeam_channel::Sender<Arc<OpenInode>>,
     /// How many open files have an uncommitted create (see [`data::PendingCreate`]).
@@ -139,6 +144,7 @@ impl Fs {
             flusher: spawn_flushers(cache.clone()),
             pending: Arc::default(),
             reserved_ids: Mutex::default(),
+            xattrs: xattr_cache::XattrCache::new(100_000, cfg.xattr_ttl),
             cache,
             cfg,
             holder: AtomicU64::new(0),
@@ -566,6 +572,9 @@ impl Fs {
                 }
                 let after = offset.saturating_sub(2);
                 for e in meta::readdir(&shard, space, dir, after, limit)? {
+                    if !e.has_xattrs {
+                        self.xattrs.put_empty(e.attr.ino);
+                    }
                     out.push((e.seq + 2, e.name, e.attr));
                 }
             }
@@ -674,6 +683,7 @@ impl Fs {
         };
         let a = meta::new_attr(&p, space, ino, &new, now_ns())?;
         let generation = self.cache.invalidate(space, ino);
+        self.xattrs.put_empty(a.ino);
         let pending = data::PendingCreate {
             parent: dir,
             name: name.to_vec(),
@@ -808,10 +818,7 @@ impl Fs {
 
     fn space_node(&self, ino: u64) -> FsResult<(u32, u64)> {
         match Node::from_ino(ino) {
-            Node::Space(s, i) => {
-                self.commit_pending(s);
-                Ok((s, i))
-            }
+            Node::Space(s, i) => Ok((s, i)),
             _ => Err(Errno::ENOSYS),
         }
     }
@@ -827,24 +834,57 @@ impl Fs {
 
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
         let (s, i) = self.space_node(ino).map_err(|_| Errno::EPERM)?;
-        meta::setxattr(&self.shard_rw(s)?, s, i, name, value, flags)
+        self.commit_pending(s);
+        let r = meta::setxattr(&self.shard_rw(s)?, s, i, name, value, flags);
+        self.xattrs.forget(ino);
+        r
+    }
+
+    /// The inode's xattrs, from the cache or one query.
+    fn xattrs_of(&self, ino: u64) -> FsResult<xattr_cache::Xattrs> {
+        if let Some(x) = self.xattrs.get(ino) {
+            return Ok(x);
+        }
+        let (s, i) = self.space_node(ino)?;
+        let x = Arc::new(meta::xattrs(&self.shard(s)?, s, i)?);
+        self.xattrs.put(ino, x.clone());
+        Ok(x)
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        let (s, i) = self.space_node(ino).map_err(|_| Errno::ENODATA)?;
-        meta::getxattr(&self.shard(s)?, s, i, name)
+        let x = self.xattrs_of(ino).map_err(|e| {
+            if e == Errno::ENOSYS {
+                Errno::ENODATA
+            } else {
+                e
+            }
+        })?;
+        x.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .ok_or(Errno::ENODATA)
     }
 
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
-        match self.space_node(ino) {
-            Ok((s, i)) => meta::listxattr(&self.shard(s)?, s, i),
-            Err(_) => Ok(Vec::new()),
+        let x = match self.xattrs_of(ino) {
+            Ok(x) => x,
+            Err(Errno::ENOSYS) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for (n, _) in x.iter() {
+            out.extend_from_slice(n);
+            out.push(0);
         }
+        Ok(out)
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         let (s, i) = self.space_node(ino).map_err(|_| Errno::EPERM)?;
-        meta::removexattr(&self.shard_rw(s)?, s, i, name)
+        self.commit_pending(s);
+        let r = meta::removexattr(&self.shard_rw(s)?, s, i, name);
+        self.xattrs.forget(ino);
+        r
     }
 
     /// (inodes used, bytes stored) over all reachable nodes.
