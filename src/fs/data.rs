@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use crossbeam_channel::Sender;
 use mysql::Transaction;
 use mysql::prelude::Queryable;
 
@@ -30,8 +31,18 @@ const E: u64 = EXTENT_SIZE;
 pub const MAX_FILE_SIZE: u64 = 1 << 44;
 /// A file's buffered bytes that trigger a flush.
 pub const FLUSH_THRESHOLD: usize = 8 << 20;
-/// Extents fetched by one query for a sequential reader.
-const READ_AHEAD_EXTENTS: u64 = 8;
+/// How far ahead of a sequential reader extents are prefetched, in extents.
+const PREFETCH_WINDOW: u64 = 16;
+/// Extents per prefetch query.
+const PREFETCH_JOB: u64 = 2;
+
+/// A prefetch for a worker: extents `[first, last)` of `node`.
+pub struct Prefetch {
+    pub node: Arc<OpenInode>,
+    pub first: u64,
+    pub last: u64,
+    pub version: (u64, u64),
+}
 
 /// A file created in this mount whose rows are not in the database yet: its
 /// inode and name are written by its first flush, in the same transaction as
@@ -80,6 +91,11 @@ pub struct FileState {
     pub unlinked: bool,
     /// End of the last read, for sequential detection.
     last_read_end: u64,
+    /// Prefetches have been queued up to here.
+    prefetched_upto: u64,
+    /// Counts writes, appends and truncates: a fetch that raced with one
+    /// must not put what it read into the cache.
+    write_seq: u64,
 }
 
 /// An inode open in this mount.
@@ -124,6 +140,8 @@ impl OpenInode {
                 generation,
                 unlinked: false,
                 last_read_end: u64::MAX,
+                prefetched_upto: 0,
+                write_seq: 0,
             }),
             idle: Condvar::new(),
             pending_gauge,
@@ -173,52 +191,140 @@ impl OpenInode {
             .or_else(|| st.inflight.as_ref().and_then(|(m, _, _)| m.get(&ext)))
     }
 
-    /// Reads `[off, off+len)`; holes and bytes past the end of an extent read as zeros.
-    pub fn read(&self, cache: &DataCache, off: u64, len: u32) -> FsResult<Vec<u8>> {
-        let mut st = self.state();
-        let end = (off + u64::from(len)).min(st.size);
-        if off >= end {
-            return Ok(Vec::new());
-        }
-        let sequential = st.last_read_end == off;
-        st.last_read_end = end;
-        let mut out = vec![0u8; (end - off) as usize];
-        let mut ext = off - off % E;
-        while ext < end {
-            let piece_start = off.max(ext);
-            let piece_end = end.min(ext + E);
-            let data = match Self::buffered(&st, ext) {
-                Some(b) => Some(Arc::new(b.data.clone())),
-                None => match cache.get(self.space, self.ino, st.generation, ext) {
-                    Some(d) => Some(d),
-                    None => {
-                        let ahead = if sequential { READ_AHEAD_EXTENTS } else { 1 };
-                        let last = (ext + ahead * E).min(st.size.div_ceil(E) * E);
-                        self.fetch(cache, &st, ext, last.max(ext + E))?
-                    }
-                },
-            };
-            if let Some(d) = data {
-                let from = (piece_start - ext) as usize;
-                let to = ((piece_end - ext) as usize).min(d.len());
-                if from < to {
-                    let o = (piece_start - off) as usize;
-                    out[o..o + (to - from)].copy_from_slice(&d[from..to]);
-                }
+    /// Reads `[off, off+len)`; holes and bytes past the end of an extent read
+    /// as zeros. The database is queried without holding the file's lock, so
+    /// the kernel's parallel read-ahead requests overlap; a sequential reader
+    /// also gets the next extents prefetched by the prefetch workers.
+    pub fn read(
+        self: &Arc<Self>,
+        cache: &DataCache,
+        prefetch: &Sender<Prefetch>,
+        off: u64,
+        len: u32,
+    ) -> FsResult<Vec<u8>> {
+        let mut pieces: Vec<(u64, Option<Arc<Vec<u8>>>)> = Vec::new();
+        let mut missing = Vec::new();
+        let (end, file_end, version, sequential) = {
+            let mut st = self.state();
+            let end = (off + u64::from(len)).min(st.size);
+            if off >= end {
+                return Ok(Vec::new());
             }
-            ext += E;
+            let sequential = st.last_read_end == off;
+            st.last_read_end = end;
+            if !sequential {
+                st.prefetched_upto = 0;
+            }
+            let version = (st.generation, st.write_seq);
+            let mut ext = off - off % E;
+            while ext < end {
+                let d = match Self::buffered(&st, ext) {
+                    Some(b) => Some(Arc::new(b.data.clone())),
+                    None => cache.get(self.space, self.ino, st.generation, ext),
+                };
+                if d.is_none() {
+                    missing.push(ext);
+                }
+                pieces.push((ext, d));
+                ext += E;
+            }
+            (end, st.size.div_ceil(E) * E, version, sequential)
+        };
+        if let (Some(&first), Some(&last)) = (missing.first(), missing.last()) {
+            let upto = if sequential {
+                (last + 2 * E).min(file_end)
+            } else {
+                last + E
+            };
+            let rows = self.fetch(cache, first, upto.max(last + E), version)?;
+            for (ext, d) in pieces.iter_mut().filter(|(_, d)| d.is_none()) {
+                *d = rows.iter().find(|(o, _)| o == ext).map(|(_, d)| d.clone());
+            }
+            if sequential {
+                self.schedule_prefetch(prefetch, upto, file_end, version);
+            }
+        }
+        let mut out = vec![0u8; (end - off) as usize];
+        for (ext, d) in pieces {
+            let Some(d) = d else { continue };
+            let (piece_start, piece_end) = (off.max(ext), end.min(ext + E));
+            let from = (piece_start - ext) as usize;
+            let to = ((piece_end - ext) as usize).min(d.len());
+            if from < to {
+                let o = (piece_start - off) as usize;
+                out[o..o + (to - from)].copy_from_slice(&d[from..to]);
+            }
         }
         Ok(out)
     }
 
-    /// Fetches extents `[first, last)` in one query into the cache; returns `first`'s.
+    /// Queues prefetches of the extents from `from` up to the read-ahead window.
+    fn schedule_prefetch(
+        self: &Arc<Self>,
+        tx: &Sender<Prefetch>,
+        from: u64,
+        file_end: u64,
+        version: (u64, u64),
+    ) {
+        let mut st = self.state();
+        let start = st.prefetched_upto.max(from);
+        let stop = (from + PREFETCH_WINDOW * E).min(file_end);
+        let mut at = start;
+        while at < stop {
+            let until = (at + PREFETCH_JOB * E).min(stop);
+            let _ = tx.send(Prefetch {
+                node: self.clone(),
+                first: at,
+                last: until,
+                version,
+            });
+            at = until;
+        }
+        st.prefetched_upto = st.prefetched_upto.max(stop);
+    }
+
+    /// One extent as the database holds it (empty if none), for a partial
+    /// overwrite. Called with the file's lock held: nothing can change it.
+    fn load_extent(&self, ext: u64) -> FsResult<Vec<u8>> {
+        let db = self.shard.db();
+        let d: Option<Vec<u8>> = db
+            .read(|c| {
+                c.exec_first(
+                    "SELECT data FROM extents WHERE space_id = ? AND ino = ? AND off = ?",
+                    (self.space, self.ino, ext),
+                )
+            })
+            .map_err(|e| super::error::db_failed(self.shard.id(), "read", e))?;
+        Ok(d.unwrap_or_default())
+    }
+
+    /// Runs one prefetch (on a prefetch worker).
+    pub fn prefetch(&self, cache: &DataCache, first: u64, last: u64, version: (u64, u64)) {
+        let all_cached = (first..last)
+            .step_by(E as usize)
+            .all(|o| cache.get(self.space, self.ino, version.0, o).is_some());
+        if !all_cached {
+            if let Err(e) = self.fetch(cache, first, last, version) {
+                log::debug!(
+                    "prefetch of space {} inode {}: errno {}",
+                    self.space,
+                    self.ino,
+                    e.0
+                );
+            }
+        }
+    }
+
+    /// Fetches extents `[first, last)` in one query (no lock held) and caches
+    /// them, unless the file was written meanwhile (`version` = generation
+    /// and write count when the read was planned).
     fn fetch(
         &self,
         cache: &DataCache,
-        st: &FileState,
         first: u64,
         last: u64,
-    ) -> FsResult<Option<Arc<Vec<u8>>>> {
+        version: (u64, u64),
+    ) -> FsResult<Vec<(u64, Arc<Vec<u8>>)>> {
         let db = self.shard.db();
         let rows: Vec<(u64, Vec<u8>)> = db
             .read(|c| {
@@ -228,32 +334,27 @@ impl OpenInode {
                 )
             })
             .map_err(|e| super::error::db_failed(self.shard.id(), "read", e))?;
-        let mut found = None;
-        let mut next = first;
-        for (o, d) in rows {
-            // Remember holes as empty extents so a re-read does not query again.
-            while next < o {
-                if !st.dirty.contains_key(&next) {
-                    cache.put(
-                        self.space,
-                        self.ino,
-                        st.generation,
-                        next,
-                        Arc::new(Vec::new()),
-                    );
+        let rows: Vec<(u64, Arc<Vec<u8>>)> =
+            rows.into_iter().map(|(o, d)| (o, Arc::new(d))).collect();
+        let st = self.state();
+        if (st.generation, st.write_seq) == version {
+            // Holes are cached as empty extents so a re-read does not query again.
+            let mut found = rows.iter().peekable();
+            for o in (first..last).step_by(E as usize) {
+                let d = match found.peek() {
+                    Some((fo, d)) if *fo == o => {
+                        let d = d.clone();
+                        found.next();
+                        d
+                    }
+                    _ => Arc::new(Vec::new()),
+                };
+                if Self::buffered(&st, o).is_none() {
+                    cache.put(self.space, self.ino, st.generation, o, d);
                 }
-                next += E;
             }
-            let d = Arc::new(d);
-            if o == first {
-                found = Some(d.clone());
-            }
-            if !st.dirty.contains_key(&o) {
-                cache.put(self.space, self.ino, st.generation, o, d);
-            }
-            next = o + E;
         }
-        Ok(found)
+        Ok(rows)
     }
 
     /// Buffers a write at `off`. Returns true when a background flush was
@@ -264,6 +365,7 @@ impl OpenInode {
             return Err(Errno::EFBIG);
         }
         let mut st = self.state();
+        st.write_seq += 1;
         let mut ext = off - off % E;
         while ext < end {
             let piece_start = off.max(ext);
@@ -279,10 +381,7 @@ impl OpenInode {
                 } else if ext < st.db_size {
                     match cache.get(self.space, self.ino, st.generation, ext) {
                         Some(d) => (*d).clone(),
-                        None => self
-                            .fetch(cache, &st, ext, ext + E)?
-                            .map(|d| (*d).clone())
-                            .unwrap_or_default(),
+                        None => self.load_extent(ext)?,
                     }
                 } else {
                     Vec::new()
@@ -511,6 +610,7 @@ impl OpenInode {
             })
             .map_err(|e| tx_errno(self.shard.id(), "append", e, &abort))?;
         let end = eof + data.len() as u64;
+        st.write_seq += 1;
         let mut ext = eof - eof % E;
         while ext < end {
             cache.remove(space, ino, st.generation, ext);
@@ -524,6 +624,7 @@ impl OpenInode {
     /// After a truncate through setattr: the database holds the truth.
     pub fn truncated(&self, cache: &DataCache, size: u64) {
         let mut st = self.state();
+        st.write_seq += 1;
         st.size = size;
         st.db_size = size;
         st.generation = cache.invalidate(self.space, self.ino);

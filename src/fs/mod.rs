@@ -108,6 +108,8 @@ pub struct Fs {
     xattrs: xattr_cache::XattrCache,
     /// Hands files whose buffers passed the threshold to the flush workers.
     flusher: crossbeam_channel::Sender<Arc<OpenInode>>,
+    /// Hands read-ahead work to the prefetch workers.
+    prefetcher: crossbeam_channel::Sender<data::Prefetch>,
     /// How many open files have an uncommitted create (see [`data::PendingCreate`]).
     pending: Arc<AtomicUsize>,
     /// Inode numbers reserved for deferred creates, per space: [next, end).
@@ -119,6 +121,26 @@ const ID_BLOCK: u64 = 64;
 
 /// Background flush workers: they write buffers while writers go on.
 const FLUSH_WORKERS: usize = 4;
+
+/// Prefetch workers: each runs one extent query at a time, so a sequential
+/// reader has this many queries in flight.
+const PREFETCH_WORKERS: usize = 4;
+
+fn spawn_prefetchers(cache: Arc<DataCache>) -> crossbeam_channel::Sender<data::Prefetch> {
+    let (tx, rx) = crossbeam_channel::unbounded::<data::Prefetch>();
+    for i in 0..PREFETCH_WORKERS {
+        let (rx, cache) = (rx.clone(), cache.clone());
+        std::thread::Builder::new()
+            .name(format!("tshs-prefetch-{i}"))
+            .spawn(move || {
+                for p in rx {
+                    p.node.prefetch(&cache, p.first, p.last, p.version);
+                }
+            })
+            .expect("spawn prefetch worker");
+    }
+    tx
+}
 
 fn spawn_flushers(cache: Arc<DataCache>) -> crossbeam_channel::Sender<Arc<OpenInode>> {
     let (tx, rx) = crossbeam_channel::unbounded::<Arc<OpenInode>>();
@@ -142,6 +164,7 @@ impl Fs {
         Fs {
             cluster,
             flusher: spawn_flushers(cache.clone()),
+            prefetcher: spawn_prefetchers(cache.clone()),
             pending: Arc::default(),
             reserved_ids: Mutex::default(),
             xattrs: xattr_cache::XattrCache::new(100_000, cfg.xattr_ttl),
@@ -758,7 +781,7 @@ impl Fs {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let (node, _) = self.handle(fh)?;
-        node.read(&self.cache, offset, size)
+        node.read(&self.cache, &self.prefetcher, offset, size)
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
