@@ -303,15 +303,13 @@ impl OpenInode {
         let all_cached = (first..last)
             .step_by(E as usize)
             .all(|o| cache.get(self.space, self.ino, version.0, o).is_some());
-        if !all_cached {
-            if let Err(e) = self.fetch(cache, first, last, version) {
-                log::debug!(
-                    "prefetch of space {} inode {}: errno {}",
-                    self.space,
-                    self.ino,
-                    e.0
-                );
-            }
+        if !all_cached && let Err(e) = self.fetch(cache, first, last, version) {
+            log::debug!(
+                "prefetch of space {} inode {}: errno {}",
+                self.space,
+                self.ino,
+                e.0
+            );
         }
     }
 
