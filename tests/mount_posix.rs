@@ -564,3 +564,31 @@ fn large_files_stream_through_background_flushes() {
     let md = fs::metadata(m2.path().join("vol01/14/big")).unwrap();
     assert_eq!(md.blocks(), (40u64 << 20) / 512);
 }
+
+#[test]
+fn deferred_attribute_changes_reach_other_mounts() {
+    let c = TestCluster::with_nodes();
+    let m1 = common::Mount::new(&c, &["ttl=0"]);
+    let m2 = common::Mount::new(&c, &["ttl=0"]);
+    let a = m1.space(15).join("a");
+    fs::write(&a, b"x").unwrap();
+    let b = m2.path().join("vol01/15/a");
+    // chmod is visible at once here, and in the other mount within the
+    // background commit interval (1 s) ...
+    fs::set_permissions(&a, fs::Permissions::from_mode(0o604)).unwrap();
+    assert_eq!(fs::metadata(&a).unwrap().mode() & 0o7777, 0o604);
+    let t = std::time::Instant::now();
+    while fs::metadata(&b).unwrap().mode() & 0o7777 != 0o604 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "chmod never reached the other mount"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // ... and at once when a namespace operation follows (rsync's chmod + rename).
+    fs::set_permissions(&a, fs::Permissions::from_mode(0o640)).unwrap();
+    sh(&format!("touch -m -d @1000000000 {}", a.display()));
+    fs::rename(&a, m1.path().join("vol01/15/b")).unwrap();
+    let md = fs::metadata(m2.path().join("vol01/15/b")).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.mtime()), (0o640, 1_000_000_000));
+}

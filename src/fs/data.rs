@@ -30,7 +30,7 @@ const E: u64 = EXTENT_SIZE;
 /// Largest file: writes beyond fail with `EFBIG`.
 pub const MAX_FILE_SIZE: u64 = 1 << 44;
 /// A file's buffered bytes that trigger a flush.
-pub const FLUSH_THRESHOLD: usize = 8 << 20;
+pub const FLUSH_THRESHOLD: usize = 4 << 20;
 /// How far ahead of a sequential reader extents are prefetched, in extents.
 const PREFETCH_WINDOW: u64 = 16;
 /// Extents per prefetch query.
@@ -64,6 +64,7 @@ type Inflight = (
 );
 
 /// One extent being written: its full content from the extent start.
+#[derive(Clone)]
 struct ExtentBuf {
     data: Vec<u8>,
     /// Length of the extent in the database when loaded (0 if none).
@@ -430,7 +431,10 @@ impl OpenInode {
         let mut st = self.state();
         match r {
             Ok(()) => {
-                self.committed(cache, &mut st, &bufs, size, now);
+                st.inflight = None;
+                // The last reference now: move the buffers into the cache.
+                let bufs = Arc::try_unwrap(bufs).unwrap_or_else(|b| (*b).clone());
+                self.committed(cache, &mut st, bufs, size, now);
                 if pending.is_some() {
                     self.pending_gauge.fetch_sub(1, Ordering::AcqRel);
                 }
@@ -443,14 +447,7 @@ impl OpenInode {
                 for (off, b) in bufs.iter() {
                     if !st.dirty.contains_key(off) {
                         st.dirty_bytes += b.data.len();
-                        st.dirty.insert(
-                            *off,
-                            ExtentBuf {
-                                data: b.data.clone(),
-                                base_len: b.base_len,
-                                dirty_from: b.dirty_from,
-                            },
-                        );
+                        st.dirty.insert(*off, b.clone());
                     }
                 }
                 st.flush_error = Some(e);
@@ -483,7 +480,7 @@ impl OpenInode {
         let pending = st.pending.take();
         match self.commit(&bufs, size, now, pending.as_deref()) {
             Ok(()) => {
-                self.committed(cache, &mut st, &bufs, size, now);
+                self.committed(cache, &mut st, bufs, size, now);
                 if pending.is_some() {
                     self.pending_gauge.fetch_sub(1, Ordering::AcqRel);
                 }
@@ -560,20 +557,14 @@ impl OpenInode {
         &self,
         cache: &DataCache,
         st: &mut FileState,
-        bufs: &BTreeMap<u64, ExtentBuf>,
+        bufs: BTreeMap<u64, ExtentBuf>,
         size: u64,
         now: i64,
     ) {
         let generation = st.generation;
         for (off, b) in bufs {
-            if !st.dirty.contains_key(off) {
-                cache.put(
-                    self.space,
-                    self.ino,
-                    generation,
-                    *off,
-                    Arc::new(b.data.clone()),
-                );
+            if !st.dirty.contains_key(&off) {
+                cache.put(self.space, self.ino, generation, off, Arc::new(b.data));
             }
         }
         st.db_size = st.db_size.max(size);

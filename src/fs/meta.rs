@@ -35,6 +35,74 @@ pub struct NewInode<'a> {
     pub target: Option<&'a [u8]>,
 }
 
+/// A change of mode, owner or times not yet in the database (see
+/// `Fs::setattr`): `None` leaves a field alone; `ctime` is always set.
+#[derive(Clone, Copy, Debug)]
+pub struct AttrChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<i64>,
+    pub mtime: Option<i64>,
+    pub ctime: i64,
+}
+
+impl AttrChange {
+    /// This change followed by `later`.
+    pub fn then(self, later: AttrChange) -> AttrChange {
+        AttrChange {
+            mode: later.mode.or(self.mode),
+            uid: later.uid.or(self.uid),
+            gid: later.gid.or(self.gid),
+            atime: later.atime.or(self.atime),
+            mtime: later.mtime.or(self.mtime),
+            ctime: later.ctime,
+        }
+    }
+
+    pub fn apply(&self, a: &mut Attr) {
+        if let Some(m) = self.mode {
+            a.mode = (a.mode & libc::S_IFMT) | (m & 0o7777);
+        }
+        a.uid = self.uid.unwrap_or(a.uid);
+        a.gid = self.gid.unwrap_or(a.gid);
+        a.atime = self.atime.unwrap_or(a.atime);
+        a.mtime = self.mtime.unwrap_or(a.mtime);
+        a.ctime = self.ctime;
+    }
+}
+
+/// Writes deferred attribute changes of one space in one transaction.
+pub fn apply_changes(shard: &Shard, space: u32, changes: &[(u64, AttrChange)]) -> FsResult<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    shard
+        .tx(|tx| {
+            for (ino, c) in changes {
+                tx.exec_drop(
+                    "UPDATE inodes SET mode = IF(? IS NULL, mode, (mode & ?) | ?), uid = COALESCE(?, uid),
+                     gid = COALESCE(?, gid), atime = COALESCE(?, atime), mtime = COALESCE(?, mtime), ctime = ?
+                     WHERE space_id = ? AND ino = ?",
+                    mysql::Params::Positional(vec![
+                        c.mode.into(),
+                        libc::S_IFMT.into(),
+                        c.mode.unwrap_or(0).into(),
+                        c.uid.into(),
+                        c.gid.into(),
+                        c.atime.into(),
+                        c.mtime.into(),
+                        c.ctime.into(),
+                        space.into(),
+                        ino.into(),
+                    ]),
+                )?;
+            }
+            Ok(())
+        })
+        .map_err(|e| tx_errno(shard.id(), "setattr", e, &Abort::default()))
+}
+
 /// What setattr changes; `None` leaves a field alone. Times: `Some(ns)`.
 #[derive(Default, Clone, Copy)]
 pub struct SetAttr {

@@ -110,6 +110,8 @@ pub struct Fs {
     flusher: crossbeam_channel::Sender<Arc<OpenInode>>,
     /// Hands read-ahead work to the prefetch workers.
     prefetcher: crossbeam_channel::Sender<data::Prefetch>,
+    /// Attribute changes not yet committed (see [`Fs::setattr`]).
+    changes: Mutex<HashMap<(u32, u64), meta::AttrChange>>,
     /// How many open files have an uncommitted create (see [`data::PendingCreate`]).
     pending: Arc<AtomicUsize>,
     /// Inode numbers reserved for deferred creates, per space: [next, end).
@@ -166,6 +168,7 @@ impl Fs {
             flusher: spawn_flushers(cache.clone()),
             prefetcher: spawn_prefetchers(cache.clone()),
             pending: Arc::default(),
+            changes: Mutex::default(),
             reserved_ids: Mutex::default(),
             xattrs: xattr_cache::XattrCache::new(100_000, cfg.xattr_ttl),
             cache,
@@ -283,11 +286,18 @@ impl Fs {
                 Ok(Attr::synthetic_dir(ino, 2 + n, t))
             }
             Node::Space(space, i) => {
+                let change = self.changes.lock().unwrap().get(&(space, i)).copied();
                 let open = self.open.lock().unwrap().get(&(space, i)).cloned();
-                if let Some(a) = open.as_ref().and_then(|o| o.pending_attr()) {
+                if let Some(mut a) = open.as_ref().and_then(|o| o.pending_attr()) {
+                    if let Some(c) = change {
+                        c.apply(&mut a);
+                    }
                     return Ok(a);
                 }
                 let mut a = meta::getattr(&self.shard(space)?, space, i)?;
+                if let Some(c) = change {
+                    c.apply(&mut a);
+                }
                 if let Some(size) = self
                     .open
                     .lock()
@@ -340,11 +350,38 @@ impl Fs {
         }
     }
 
+    /// Changes attributes. A change of mode, owner or times only is deferred:
+    /// kept in this mount (its getattr shows it at once) and committed with
+    /// the next namespace operation in the space, the file's fsync, or within
+    /// a second — so `chown; chmod; utimes; rename` of a copied file (rsync,
+    /// tar, cp -a) is one transaction instead of four. A size change
+    /// commits at once.
     pub fn setattr(&self, ino: u64, s: &SetAttr) -> FsResult<Attr> {
         let Node::Space(space, i) = Node::from_ino(ino) else {
             return Err(Errno::EPERM);
         };
         let shard = self.shard_rw(space)?;
+        if s.size.is_none() {
+            // A change must not reach the database before the inode does.
+            self.commit_creates(space);
+            let mut a = self.getattr(ino)?;
+            let change = meta::AttrChange {
+                mode: s.mode,
+                uid: s.uid,
+                gid: s.gid,
+                atime: s.atime,
+                mtime: s.mtime,
+                ctime: s.ctime.unwrap_or_else(now_ns),
+            };
+            let mut changes = self.changes.lock().unwrap();
+            let merged = match changes.get(&(space, i)) {
+                Some(earlier) => earlier.then(change),
+                None => change,
+            };
+            changes.insert((space, i), merged);
+            change.apply(&mut a);
+            return Ok(a);
+        }
         self.commit_pending(space);
         let open = self.open.lock().unwrap().get(&(space, i)).cloned();
         if let Some(o) = &open {
@@ -755,6 +792,11 @@ impl Fs {
     /// operation sees them in the database. A failure stays with the file
     /// (its close reports it).
     pub fn commit_pending(&self, space: u32) {
+        self.commit_creates(space);
+        self.commit_changes(Some(space));
+    }
+
+    fn commit_creates(&self, space: u32) {
         if self.pending.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -769,6 +811,49 @@ impl Fs {
         for n in nodes {
             if let Err(e) = n.flush(&self.cache) {
                 log::warn!("space {space}: committing a new file failed: errno {}", e.0);
+            }
+        }
+    }
+
+    /// Commits deferred attribute changes, of one space or of all; one
+    /// transaction per space. A failure is logged and the changes kept for
+    /// the next attempt.
+    pub fn commit_changes(&self, space: Option<u32>) {
+        let taken: Vec<((u32, u64), meta::AttrChange)> = {
+            let mut changes = self.changes.lock().unwrap();
+            if changes.is_empty() {
+                return;
+            }
+            let keys: Vec<(u32, u64)> = changes
+                .keys()
+                .filter(|(s, _)| space.is_none_or(|x| x == *s))
+                .copied()
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| changes.remove(&k).map(|c| (k, c)))
+                .collect()
+        };
+        let mut by_space: HashMap<u32, Vec<(u64, meta::AttrChange)>> = HashMap::new();
+        for ((s, i), c) in taken {
+            by_space.entry(s).or_default().push((i, c));
+        }
+        for (s, list) in by_space {
+            let r = self
+                .shard(s)
+                .and_then(|shard| meta::apply_changes(&shard, s, &list));
+            if let Err(e) = r {
+                log::warn!(
+                    "space {s}: committing attribute changes failed: errno {}",
+                    e.0
+                );
+                let mut changes = self.changes.lock().unwrap();
+                for (i, c) in list {
+                    let merged = match changes.get(&(s, i)) {
+                        Some(later) => c.then(*later),
+                        None => c,
+                    };
+                    changes.insert((s, i), merged);
+                }
             }
         }
     }
@@ -803,7 +888,9 @@ impl Fs {
     /// Makes buffered writes durable and visible (close, fsync).
     pub fn flush(&self, fh: u64) -> FsResult<()> {
         let (node, _) = self.handle(fh)?;
-        node.flush(&self.cache)
+        node.flush(&self.cache)?;
+        self.commit_changes(Some(node.space));
+        Ok(())
     }
 
     pub fn release(&self, fh: u64) -> FsResult<()> {

@@ -1,7 +1,8 @@
-//! The reaper: purges the rows of inodes that lost their last link — after a
-//! grace period (another mount may still read them), or at once when the
-//! mount that held them open is gone (it crashed). Cancellable; a failing
-//! node is logged and retried on the next round.
+//! A mount's background work: each second it commits deferred attribute
+//! changes; every ten seconds the reaper purges the rows of inodes that lost
+//! their last link — after a grace period (another mount may still read
+//! them), or at once when the mount that held them open is gone (it
+//! crashed). Cancellable; a failing node is logged and retried next round.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +11,9 @@ use std::time::Duration;
 
 use super::{Fs, now_ns};
 
-const ROUND: Duration = Duration::from_secs(10);
+const TICK: Duration = Duration::from_secs(1);
+/// Ticks between reaper rounds.
+const REAP_EVERY: u32 = 10;
 
 pub struct Reaper {
     stop: Arc<AtomicBool>,
@@ -33,10 +36,16 @@ pub fn spawn(fs: Arc<Fs>) -> Reaper {
     let thread = std::thread::Builder::new()
         .name("tshs-reaper".into())
         .spawn(move || {
+            let mut tick = 0;
             while !s.load(Ordering::Acquire) {
-                round(&fs);
-                std::thread::park_timeout(ROUND);
+                fs.commit_changes(None);
+                if tick % REAP_EVERY == 0 {
+                    round(&fs);
+                }
+                tick += 1;
+                std::thread::park_timeout(TICK);
             }
+            fs.commit_changes(None);
         })
         .expect("spawn reaper");
     Reaper {
