@@ -344,8 +344,8 @@ impl Fs {
                 self.getattr(Node::Space(id, 1).ino())
             }
             Node::Space(space, dir) => {
-                self.commit_pending(space);
-                meta::lookup(&self.shard(space)?, space, dir, name)
+                self.commit_creates(space);
+                meta::lookup(&self.shard(space)?, space, dir, name).map(|a| self.with_changes(a))
             }
         }
     }
@@ -619,7 +619,7 @@ impl Fs {
             }
             Node::Space(space, dir) => {
                 let shard = self.shard(space)?;
-                self.commit_pending(space);
+                self.commit_creates(space);
                 if offset < 2 {
                     let parent = if dir == 1 {
                         self.space(space)
@@ -635,7 +635,7 @@ impl Fs {
                     if !e.has_xattrs {
                         self.xattrs.put_empty(e.attr.ino);
                     }
-                    out.push((e.seq + 2, e.name, e.attr));
+                    out.push((e.seq + 2, e.name, self.with_changes(e.attr)));
                 }
             }
         }
@@ -658,7 +658,7 @@ impl Fs {
         } else {
             self.shard(space)?
         };
-        self.commit_pending(space);
+        self.commit_creates(space);
         let a = meta::getattr(&shard, space, i)?;
         if a.is_dir() {
             return Err(Errno::EISDIR);
@@ -813,6 +813,16 @@ impl Fs {
                 log::warn!("space {space}: committing a new file failed: errno {}", e.0);
             }
         }
+    }
+
+    /// Attributes as this mount sees them: with its uncommitted changes.
+    fn with_changes(&self, mut a: Attr) -> Attr {
+        if let Node::Space(s, i) = Node::from_ino(a.ino)
+            && let Some(c) = self.changes.lock().unwrap().get(&(s, i))
+        {
+            c.apply(&mut a);
+        }
+        a
     }
 
     /// Commits deferred attribute changes, of one space or of all; one
