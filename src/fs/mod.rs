@@ -362,8 +362,6 @@ impl Fs {
         };
         let shard = self.shard_rw(space)?;
         if s.size.is_none() {
-            // A change must not reach the database before the inode does.
-            self.commit_creates(space);
             let mut a = self.getattr(ino)?;
             let change = meta::AttrChange {
                 mode: s.mode,
@@ -839,7 +837,10 @@ impl Fs {
                 .filter(|(s, _)| space.is_none_or(|x| x == *s))
                 .copied()
                 .collect();
+            // A file whose create is not committed keeps its changes until it is.
+            let open = self.open.lock().unwrap();
             keys.into_iter()
+                .filter(|k| !open.get(k).is_some_and(|n| n.is_pending()))
                 .filter_map(|k| changes.remove(&k).map(|c| (k, c)))
                 .collect()
         };
