@@ -618,11 +618,6 @@ impl OpenInode {
         st.db_size = size;
         st.generation = cache.invalidate(self.space, self.ino);
     }
-
-    /// Flushes, for operations that must see the database up to date.
-    pub fn sync_for_metadata(&self, cache: &DataCache) -> FsResult<()> {
-        self.flush(cache)
-    }
 }
 
 /// Writes `data` at `pos` where `pos` is at or past every extent's end (an

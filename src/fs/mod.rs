@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 pub use attr::{Attr, Node};
 pub use error::{Errno, FsResult};
 
-use crate::cluster::{Cluster, SpaceRow, SpaceStatus, VolumeRow, VolumeStatus};
+use crate::cluster::{Cluster, SpaceRow, VolumeRow, VolumeStatus};
 use crate::shard::Shard;
 use cache::DataCache;
 use data::OpenInode;
@@ -383,7 +383,7 @@ impl Fs {
         self.commit_pending(space);
         let open = self.open.lock().unwrap().get(&(space, i)).cloned();
         if let Some(o) = &open {
-            o.sync_for_metadata(&self.cache)?;
+            o.flush(&self.cache)?;
         }
         let a = meta::setattr(&shard, space, i, s)?;
         if let (Some(o), Some(size)) = (&open, s.size) {
@@ -1020,14 +1020,6 @@ impl Fs {
             }
         }
         Ok(total)
-    }
-
-    /// Whether the space of `ino` may be used (not deactivated or deleted).
-    pub fn space_status(&self, ino: u64) -> Option<SpaceStatus> {
-        match Node::from_ino(ino) {
-            Node::Space(s, _) => self.space(s).ok().map(|(row, _)| row.status),
-            _ => None,
-        }
     }
 }
 

@@ -13,8 +13,8 @@
 mod schema;
 
 use anyhow::{Result, bail};
+use mysql::Transaction;
 use mysql::prelude::Queryable;
-use mysql::{Transaction, TxOpts};
 
 use crate::config::ConnOptions;
 use crate::db::{Db, DbError, TxError, migrate, table_names};
@@ -164,11 +164,6 @@ impl Shard {
             read_only: ro.unwrap_or(0),
             bytes: bytes.unwrap_or(0),
         })
-    }
-
-    /// Begins a transaction on a connection the caller holds.
-    pub fn begin(conn: &mut mysql::PooledConn) -> Result<Transaction<'_>, mysql::Error> {
-        conn.start_transaction(TxOpts::default())
     }
 }
 
