@@ -78,29 +78,35 @@ pub fn apply_changes(shard: &Shard, space: u32, changes: &[(u64, AttrChange)]) -
         return Ok(());
     }
     shard
-        .tx(|tx| {
-            for (ino, c) in changes {
-                tx.exec_drop(
-                    "UPDATE inodes SET mode = IF(? IS NULL, mode, (mode & ?) | ?), uid = COALESCE(?, uid),
-                     gid = COALESCE(?, gid), atime = COALESCE(?, atime), mtime = COALESCE(?, mtime), ctime = ?
-                     WHERE space_id = ? AND ino = ?",
-                    mysql::Params::Positional(vec![
-                        c.mode.into(),
-                        libc::S_IFMT.into(),
-                        c.mode.unwrap_or(0).into(),
-                        c.uid.into(),
-                        c.gid.into(),
-                        c.atime.into(),
-                        c.mtime.into(),
-                        c.ctime.into(),
-                        space.into(),
-                        ino.into(),
-                    ]),
-                )?;
-            }
-            Ok(())
-        })
+        .tx(|tx| update_attrs(tx, space, changes))
         .map_err(|e| tx_errno(shard.id(), "setattr", e, &Abort::default()))
+}
+
+fn update_attrs(
+    tx: &mut Tx<'_>,
+    space: u32,
+    changes: &[(u64, AttrChange)],
+) -> Result<(), mysql::Error> {
+    for (ino, c) in changes {
+        tx.exec_drop(
+            "UPDATE inodes SET mode = IF(? IS NULL, mode, (mode & ?) | ?), uid = COALESCE(?, uid),
+             gid = COALESCE(?, gid), atime = COALESCE(?, atime), mtime = COALESCE(?, mtime), ctime = ?
+             WHERE space_id = ? AND ino = ?",
+            mysql::Params::Positional(vec![
+                c.mode.into(),
+                libc::S_IFMT.into(),
+                c.mode.unwrap_or(0).into(),
+                c.uid.into(),
+                c.gid.into(),
+                c.atime.into(),
+                c.mtime.into(),
+                c.ctime.into(),
+                space.into(),
+                ino.into(),
+            ]),
+        )?;
+    }
+    Ok(())
 }
 
 /// What setattr changes; `None` leaves a field alone. Times: `Some(ns)`.
@@ -448,6 +454,7 @@ pub fn rename(
     newparent: u64,
     newname: &[u8],
     flags: u32,
+    changes: &[(u64, AttrChange)],
     is_open: &dyn Fn(u64) -> Option<u64>,
 ) -> FsResult<()> {
     check_name(newname)?;
@@ -463,6 +470,7 @@ pub fn rename(
     let now = now_ns();
     shard
         .tx(|tx| {
+            update_attrs(tx, space, changes)?;
             // Lock both parents in a fixed order to avoid deadlocks.
             for p in [parent.min(newparent), parent.max(newparent)] {
                 let a = get_attr(tx, space, p, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;

@@ -522,8 +522,29 @@ impl Fs {
                     return Err(Errno::EXDEV);
                 }
                 let shard = self.shard_rw(s1)?;
-                self.commit_pending(s1);
-                meta::rename(&shard, s1, p1, name, p2, newname, flags, &self.is_open(s1))
+                self.commit_creates(s1);
+                // Deferred attribute changes ride in the rename's transaction
+                // (rsync: chmod, chown, utimes, then rename the temporary file).
+                let changes: Vec<(u64, meta::AttrChange)> = self
+                    .take_changes(Some(s1))
+                    .into_iter()
+                    .map(|((_, i), c)| (i, c))
+                    .collect();
+                let r = meta::rename(
+                    &shard,
+                    s1,
+                    p1,
+                    name,
+                    p2,
+                    newname,
+                    flags,
+                    &changes,
+                    &self.is_open(s1),
+                );
+                if r.is_err() {
+                    self.restore_changes(s1, changes);
+                }
+                r
             }
             (Node::Space(..), _) | (_, Node::Space(..)) => Err(Errno::EXDEV),
             _ => Err(Errno::EPERM),
@@ -827,25 +848,8 @@ impl Fs {
     /// transaction per space. A failure is logged and the changes kept for
     /// the next attempt.
     pub fn commit_changes(&self, space: Option<u32>) {
-        let taken: Vec<((u32, u64), meta::AttrChange)> = {
-            let mut changes = self.changes.lock().unwrap();
-            if changes.is_empty() {
-                return;
-            }
-            let keys: Vec<(u32, u64)> = changes
-                .keys()
-                .filter(|(s, _)| space.is_none_or(|x| x == *s))
-                .copied()
-                .collect();
-            // A file whose create is not committed keeps its changes until it is.
-            let open = self.open.lock().unwrap();
-            keys.into_iter()
-                .filter(|k| !open.get(k).is_some_and(|n| n.is_pending()))
-                .filter_map(|k| changes.remove(&k).map(|c| (k, c)))
-                .collect()
-        };
         let mut by_space: HashMap<u32, Vec<(u64, meta::AttrChange)>> = HashMap::new();
-        for ((s, i), c) in taken {
+        for ((s, i), c) in self.take_changes(space) {
             by_space.entry(s).or_default().push((i, c));
         }
         for (s, list) in by_space {
@@ -857,15 +861,39 @@ impl Fs {
                     "space {s}: committing attribute changes failed: errno {}",
                     e.0
                 );
-                let mut changes = self.changes.lock().unwrap();
-                for (i, c) in list {
-                    let merged = match changes.get(&(s, i)) {
-                        Some(later) => c.then(*later),
-                        None => c,
-                    };
-                    changes.insert((s, i), merged);
-                }
+                self.restore_changes(s, list);
             }
+        }
+    }
+
+    /// Removes the deferred changes (of one space or all) that may be
+    /// committed now: not those of a file whose create is still pending.
+    fn take_changes(&self, space: Option<u32>) -> Vec<((u32, u64), meta::AttrChange)> {
+        let mut changes = self.changes.lock().unwrap();
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<(u32, u64)> = changes
+            .keys()
+            .filter(|(s, _)| space.is_none_or(|x| x == *s))
+            .copied()
+            .collect();
+        let open = self.open.lock().unwrap();
+        keys.into_iter()
+            .filter(|k| !open.get(k).is_some_and(|n| n.is_pending()))
+            .filter_map(|k| changes.remove(&k).map(|c| (k, c)))
+            .collect()
+    }
+
+    /// Puts back changes whose commit failed, under any made since.
+    fn restore_changes(&self, space: u32, list: Vec<(u64, meta::AttrChange)>) {
+        let mut changes = self.changes.lock().unwrap();
+        for (i, c) in list {
+            let merged = match changes.get(&(space, i)) {
+                Some(later) => c.then(*later),
+                None => c,
+            };
+            changes.insert((space, i), merged);
         }
     }
 
