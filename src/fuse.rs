@@ -357,7 +357,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(self.fs.flush(fh.0), reply)
+        empty(self.fs.fsync(fh.0), reply)
     }
 
     fn readdir(

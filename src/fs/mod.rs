@@ -352,10 +352,10 @@ impl Fs {
 
     /// Changes attributes. A change of mode, owner or times only is deferred:
     /// kept in this mount (its getattr shows it at once) and committed with
-    /// the next namespace operation in the space, the file's fsync, or within
-    /// a second — so `chown; chmod; utimes; rename` of a copied file (rsync,
-    /// tar, cp -a) is one transaction instead of four. A size change
-    /// commits at once.
+    /// the next namespace operation in the space (inside a rename's own
+    /// transaction), an fsync, or within a second — so rsync's `chown; chmod;
+    /// utimes; rename` of a copied file is one transaction instead of four.
+    /// A size change commits at once.
     pub fn setattr(&self, ino: u64, s: &SetAttr) -> FsResult<Attr> {
         let Node::Space(space, i) = Node::from_ino(ino) else {
             return Err(Errno::EPERM);
@@ -926,6 +926,13 @@ impl Fs {
 
     /// Makes buffered writes durable and visible (close, fsync).
     pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let (node, _) = self.handle(fh)?;
+        node.flush(&self.cache)
+    }
+
+    /// `fsync`: the file's data, and the attribute changes of its space, are
+    /// committed when it returns.
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
         let (node, _) = self.handle(fh)?;
         node.flush(&self.cache)?;
         self.commit_changes(Some(node.space));
