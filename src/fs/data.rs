@@ -94,8 +94,10 @@ pub struct FileState {
     last_read_end: u64,
     /// Prefetches have been queued up to here.
     prefetched_upto: u64,
-    /// Counts writes, appends and truncates: a fetch that raced with one
-    /// must not put what it read into the cache.
+    /// Counts changes of the file's data here and in the database (writes,
+    /// appends, truncates, and every commit of buffers): a fetch that raced
+    /// with one must not put what it read into the cache — it may have read
+    /// an extent just before a flush replaced it.
     write_seq: u64,
 }
 
@@ -562,6 +564,7 @@ impl OpenInode {
         now: i64,
     ) {
         let generation = st.generation;
+        st.write_seq += 1;
         for (off, b) in bufs {
             if !st.dirty.contains_key(&off) {
                 cache.put(self.space, self.ino, generation, off, Arc::new(b.data));

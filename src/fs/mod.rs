@@ -751,7 +751,28 @@ impl Fs {
         let shard = self.shard_rw(space)?;
         // One pending create per space at a time keeps names unambiguous.
         self.commit_pending(space);
-        let p = meta::check_create(&shard, space, dir, name)?;
+        let excl = flags & libc::O_EXCL != 0;
+        if flags & libc::O_APPEND != 0 {
+            // Logs: several mounts may create `last.log` at the same moment
+            // (after a rotation). Create now, in one transaction, or open the
+            // file another process created first — never fail later.
+            let new = NewInode {
+                mode,
+                uid: caller.uid,
+                gid: caller.gid,
+                rdev: 0,
+                target: None,
+            };
+            return match meta::create(&shard, space, dir, name, &new) {
+                Ok(a) => Ok((a, self.open(a.ino, flags & !libc::O_TRUNC)?)),
+                Err(Errno::EEXIST) if !excl => self.open_existing(parent, name, flags),
+                Err(e) => Err(e),
+            };
+        }
+        let p = match meta::check_create(&shard, space, dir, name) {
+            Err(Errno::EEXIST) if !excl => return self.open_existing(parent, name, flags),
+            r => r?,
+        };
         let ino = self.next_id(&shard, space)?;
         let new = NewInode {
             mode,
@@ -793,6 +814,17 @@ impl Fs {
                 direct: append,
             },
         ))
+    }
+
+    /// `open(O_CREAT)` without `O_EXCL` of a name another process created
+    /// meanwhile opens that file, as a local filesystem does.
+    fn open_existing(&self, parent: u64, name: &[u8], flags: i32) -> FsResult<(Attr, Opened)> {
+        let a = self.lookup(parent, name)?;
+        if a.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let opened = self.open(a.ino, flags)?;
+        Ok((a, opened))
     }
 
     /// A fresh inode number for a deferred create, from the mount's reserved block.
