@@ -149,6 +149,23 @@ fn entry(
     )
 }
 
+/// The inode a name points to, both rows locked, in one round trip.
+fn entry_attr(
+    tx: &mut Tx<'_>,
+    space: u32,
+    parent: u64,
+    name: &[u8],
+) -> Result<Option<Attr>, mysql::Error> {
+    let row: Option<Row> = tx.exec_first(
+        format!(
+            "SELECT {I_COLUMNS} FROM dentries d JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
+             WHERE d.space_id = ? AND d.parent = ? AND d.name = ? AND i.state < 2 FOR UPDATE"
+        ),
+        (space, parent, name),
+    )?;
+    Ok(row.map(|r| attr::from_row(space, &r)))
+}
+
 fn local(ino: u64) -> u64 {
     ino & 0xffff_ffff
 }
@@ -388,8 +405,9 @@ pub fn unlink(
     let now = now_ns();
     shard
         .tx(|tx| {
-            let ino = entry(tx, space, parent, name)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
-            let a = get_attr(tx, space, ino, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            let a =
+                entry_attr(tx, space, parent, name)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            let ino = local(a.ino);
             if rmdir {
                 if !a.is_dir() {
                     return Err(abort.fail(Errno::ENOTDIR));
@@ -478,13 +496,9 @@ pub fn rename(
                     return Err(abort.fail(Errno::ENOTDIR));
                 }
             }
-            let src = entry(tx, space, parent, name)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
-            let sa = get_attr(tx, space, src, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
-            let dst = entry(tx, space, newparent, newname)?;
-            let da = match dst {
-                Some(d) => Some(get_attr(tx, space, d, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?),
-                None => None,
-            };
+            let sa = entry_attr(tx, space, parent, name)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            let src = local(sa.ino);
+            let da = entry_attr(tx, space, newparent, newname)?;
             if sa.is_dir() && parent != newparent && is_within(tx, space, newparent, src)? {
                 return Err(abort.fail(Errno::EINVAL));
             }
