@@ -234,6 +234,32 @@ pub fn getattr(shard: &Shard, space: u32, ino: u64) -> FsResult<Attr> {
     row.map(|r| attr::from_row(space, &r)).ok_or(Errno::ENOENT)
 }
 
+/// The attributes, and when `small` and the file fits in one extent, its
+/// data (empty for a hole or an empty file), from one query.
+pub fn getattr_with_head(
+    shard: &Shard,
+    space: u32,
+    ino: u64,
+    small: bool,
+) -> FsResult<(Attr, Option<Vec<u8>>)> {
+    if !small {
+        return Ok((getattr(shard, space, ino)?, None));
+    }
+    let row: Option<Row> = shard.db().read(|conn| {
+        conn.exec_first(
+            format!(
+                "SELECT {I_COLUMNS}, IF(i.size <= ? AND i.mode & ? = ?, COALESCE(e.data, ''), NULL)
+                 FROM inodes i LEFT JOIN extents e ON e.space_id = i.space_id AND e.ino = i.ino AND e.off = 0
+                 WHERE i.space_id = ? AND i.ino = ? AND i.state < 2"
+            ),
+            (crate::shard::EXTENT_SIZE, libc::S_IFMT, libc::S_IFREG, space, ino),
+        )
+    })?;
+    let row = row.ok_or(Errno::ENOENT)?;
+    let head: Option<Vec<u8>> = row.get::<Option<Vec<u8>>, _>(12).flatten();
+    Ok((attr::from_row(space, &row), head))
+}
+
 pub fn lookup(shard: &Shard, space: u32, parent: u64, name: &[u8]) -> FsResult<Attr> {
     if name.len() > NAME_MAX {
         return Err(Errno::ENAMETOOLONG);

@@ -678,7 +678,9 @@ impl Fs {
             self.shard(space)?
         };
         self.commit_creates(space);
-        let a = meta::getattr(&shard, space, i)?;
+        // The attributes (close-to-open: has the file changed?), and for a
+        // small file read-only its data too, in one round trip.
+        let (a, head) = meta::getattr_with_head(&shard, space, i, !writing)?;
         if a.is_dir() {
             return Err(Errno::EISDIR);
         }
@@ -690,6 +692,9 @@ impl Fs {
                     let (generation, valid) =
                         self.cache.generation_for(space, i, (a.mtime, a.size));
                     keep = valid;
+                    if let Some(data) = head {
+                        self.cache.put(space, i, generation, 0, Arc::new(data));
+                    }
                     Arc::new(OpenInode::new(
                         space,
                         i,
