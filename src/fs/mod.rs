@@ -118,6 +118,9 @@ pub struct Fs {
     reserved_ids: Mutex<HashMap<u32, (u64, u64)>>,
 }
 
+/// The part of the configured cache size kept for write buffers.
+const WRITE_BUFFER_BUDGET: usize = 32 << 20;
+
 /// Inode numbers a mount reserves at once for deferred creates.
 const ID_BLOCK: u64 = 64;
 
@@ -162,7 +165,14 @@ fn spawn_flushers(cache: Arc<DataCache>) -> crossbeam_channel::Sender<Arc<OpenIn
 
 impl Fs {
     pub fn new(cluster: Cluster, cfg: FsConfig) -> Fs {
-        let cache = Arc::new(DataCache::new(cfg.cache_bytes));
+        // `cache_bytes` bounds all file data in memory: write buffers (at
+        // most twice the flush threshold per file being written) take their
+        // share from it, the LRU gets the rest.
+        let cache = Arc::new(DataCache::new(
+            cfg.cache_bytes
+                .saturating_sub(WRITE_BUFFER_BUDGET)
+                .max(1 << 20),
+        ));
         Fs {
             cluster,
             flusher: spawn_flushers(cache.clone()),
