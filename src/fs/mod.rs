@@ -106,6 +106,8 @@ pub struct Fs {
     next_fh: AtomicU64,
     pub cache: Arc<DataCache>,
     xattrs: xattr_cache::XattrCache,
+    /// The last statfs count and when it was taken.
+    usage: Mutex<Option<(Instant, (u64, u64))>>,
     /// Hands files whose buffers passed the threshold to the flush workers.
     flusher: crossbeam_channel::Sender<Arc<OpenInode>>,
     /// Hands read-ahead work to the prefetch workers.
@@ -117,6 +119,9 @@ pub struct Fs {
     /// Inode numbers reserved for deferred creates, per space: [next, end).
     reserved_ids: Mutex<HashMap<u32, (u64, u64)>>,
 }
+
+/// How long a statfs answer is reused.
+const STATFS_TTL: Duration = Duration::from_secs(5);
 
 /// The part of the configured cache size kept for write buffers.
 const WRITE_BUFFER_BUDGET: usize = 32 << 20;
@@ -181,6 +186,7 @@ impl Fs {
             changes: Mutex::default(),
             reserved_ids: Mutex::default(),
             xattrs: xattr_cache::XattrCache::new(100_000, cfg.xattr_ttl),
+            usage: Mutex::default(),
             cache,
             cfg,
             holder: AtomicU64::new(0),
@@ -1090,8 +1096,20 @@ impl Fs {
         r
     }
 
-    /// (inodes used, bytes stored) over all reachable nodes.
+    /// (inodes used, bytes stored) over all reachable nodes. Counting is a
+    /// scan of every node, so the answer is reused for a few seconds.
     pub fn statfs(&self) -> FsResult<(u64, u64)> {
+        if let Some((at, v)) = *self.usage.lock().unwrap()
+            && at.elapsed() < STATFS_TTL
+        {
+            return Ok(v);
+        }
+        let v = self.count_usage()?;
+        *self.usage.lock().unwrap() = Some((Instant::now(), v));
+        Ok(v)
+    }
+
+    fn count_usage(&self) -> FsResult<(u64, u64)> {
         let mut total = (0, 0);
         for n in self.cluster.nodes().map_err(admin_failed)? {
             if let Ok(shard) = self.cluster.shard(n.id)
