@@ -49,7 +49,8 @@ pub struct ConnOptions {
 /// Default timeouts keep every operation on a dead server bounded (the mount
 /// turns them into `EIO`), without cutting off a long bulk statement.
 const DEFAULT_CONNECT_TIMEOUT: u64 = 5;
-const DEFAULT_RW_TIMEOUT: u64 = 30;
+/// Longer than InnoDB's lock wait (50 s), which then reports itself.
+const DEFAULT_RW_TIMEOUT: u64 = 60;
 
 impl ConnOptions {
     /// Parses `host=…;port=…;…`. Empty items (a trailing `;`) are allowed.

@@ -12,8 +12,10 @@ use lru::LruCache;
 
 type Key = (u32, u64, u64, u64); // (space, ino, generation, extent offset)
 
-/// What identifies a version of a file's data: (mtime ns, size).
-pub type Stamp = (i64, u64);
+/// What identifies a version of a file's data: (mtime, ctime, size). ctime
+/// is in it because tools restore mtime after rewriting a file (`cp -p`,
+/// tar, rsync), while ctime cannot be set.
+pub type Stamp = (i64, i64, u64);
 
 pub struct DataCache {
     inner: Mutex<Inner>,
@@ -77,7 +79,8 @@ impl DataCache {
         let mut g = self.inner.lock().unwrap();
         let generation = g.next_gen;
         g.next_gen += 1;
-        g.gens.insert((space, ino), (generation, (i64::MIN, 0)));
+        g.gens
+            .insert((space, ino), (generation, (i64::MIN, i64::MIN, 0)));
         generation
     }
 
@@ -141,10 +144,10 @@ mod tests {
     #[test]
     fn generation_moves_when_stamp_changes() {
         let c = DataCache::new(1000);
-        let (g1, valid) = c.generation_for(1, 2, (5, 10));
+        let (g1, valid) = c.generation_for(1, 2, (5, 5, 10));
         assert!(!valid);
-        assert_eq!(c.generation_for(1, 2, (5, 10)), (g1, true));
-        let (g2, valid) = c.generation_for(1, 2, (6, 10));
+        assert_eq!(c.generation_for(1, 2, (5, 5, 10)), (g1, true));
+        let (g2, valid) = c.generation_for(1, 2, (5, 6, 10));
         assert!(!valid && g2 != g1);
     }
 }

@@ -13,7 +13,7 @@
 //! different mounts never overwrite each other or interleave.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crossbeam_channel::Sender;
@@ -88,8 +88,6 @@ pub struct FileState {
     flush_error: Option<Errno>,
     /// Cache generation of this file's data.
     pub generation: u64,
-    /// Set when the last name went away while open.
-    pub unlinked: bool,
     /// End of the last read, for sequential detection.
     last_read_end: u64,
     /// Prefetches have been queued up to here.
@@ -112,6 +110,13 @@ pub struct OpenInode {
     idle: Condvar,
     /// The mount's count of pending creates.
     pending_gauge: Arc<AtomicUsize>,
+    /// The create is not committed yet. An atomic, not in `state`: it is
+    /// read under the mount's global locks, which must never wait for a
+    /// file's lock (that may be held across a transaction).
+    pending_flag: AtomicBool,
+    /// The last name went away while open (set inside an unlink
+    /// transaction, so also lock-free).
+    pub unlinked: AtomicBool,
 }
 
 impl OpenInode {
@@ -127,6 +132,7 @@ impl OpenInode {
         if pending.is_some() {
             pending_gauge.fetch_add(1, Ordering::AcqRel);
         }
+        let pending_flag = AtomicBool::new(pending.is_some());
         OpenInode {
             space,
             ino,
@@ -141,13 +147,14 @@ impl OpenInode {
                 pending: pending.map(Arc::new),
                 flush_error: None,
                 generation,
-                unlinked: false,
                 last_read_end: u64::MAX,
                 prefetched_upto: 0,
                 write_seq: 0,
             }),
             idle: Condvar::new(),
             pending_gauge,
+            pending_flag,
+            unlinked: AtomicBool::new(false),
         }
     }
 
@@ -165,8 +172,13 @@ impl OpenInode {
     }
 
     pub fn is_pending(&self) -> bool {
-        let st = self.state();
-        st.pending.is_some() || st.inflight.as_ref().is_some_and(|i| i.2.is_some())
+        self.pending_flag.load(Ordering::Acquire)
+    }
+
+    /// The create was committed.
+    fn created(&self) {
+        self.pending_flag.store(false, Ordering::Release);
+        self.pending_gauge.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub fn state(&self) -> MutexGuard<'_, FileState> {
@@ -337,6 +349,10 @@ impl OpenInode {
             .map_err(|e| super::error::db_failed(self.shard.id(), "read", e))?;
         let rows: Vec<(u64, Arc<Vec<u8>>)> =
             rows.into_iter().map(|(o, d)| (o, Arc::new(d))).collect();
+        if *self.opens.lock().unwrap() == 0 {
+            // Closed meanwhile: a new open may already use a newer version.
+            return Ok(rows);
+        }
         let st = self.state();
         if (st.generation, st.write_seq) == version {
             // Holes are cached as empty extents so a re-read does not query again.
@@ -438,18 +454,26 @@ impl OpenInode {
                 let bufs = Arc::try_unwrap(bufs).unwrap_or_else(|b| (*b).clone());
                 self.committed(cache, &mut st, bufs, size, now);
                 if pending.is_some() {
-                    self.pending_gauge.fetch_sub(1, Ordering::AcqRel);
+                    self.created();
                 }
             }
             Err(e) => {
                 if pending.is_some() {
                     st.pending = pending;
                 }
-                // Keep the data: put back what was not written over since.
+                // Keep the data: put back what was not written over since. A
+                // buffer written over since was copied from this one, so it
+                // holds these changes too, but must not count as based on them.
                 for (off, b) in bufs.iter() {
-                    if !st.dirty.contains_key(off) {
-                        st.dirty_bytes += b.data.len();
-                        st.dirty.insert(*off, b.clone());
+                    match st.dirty.get_mut(off) {
+                        Some(newer) => {
+                            newer.base_len = newer.base_len.min(b.base_len);
+                            newer.dirty_from = newer.dirty_from.min(b.dirty_from);
+                        }
+                        None => {
+                            st.dirty_bytes += b.data.len();
+                            st.dirty.insert(*off, b.clone());
+                        }
                     }
                 }
                 st.flush_error = Some(e);
@@ -484,7 +508,7 @@ impl OpenInode {
             Ok(()) => {
                 self.committed(cache, &mut st, bufs, size, now);
                 if pending.is_some() {
-                    self.pending_gauge.fetch_sub(1, Ordering::AcqRel);
+                    self.created();
                 }
                 Ok(st)
             }
@@ -509,13 +533,31 @@ impl OpenInode {
         let abort = Abort::default();
         self.shard
             .tx(|tx| {
+                let mut fresh = false;
                 if let Some(p) = pending {
-                    super::meta::insert_new(tx, space, p.parent, &p.name, &p.attr, None, &abort)?;
+                    // The parent must still exist (another mount may have
+                    // removed it), and a commit whose outcome was unknown may
+                    // already have created the file.
+                    let row: Option<(u32, Option<u64>)> = tx.exec_first(
+                        "SELECT p.nlink, (SELECT d.ino FROM dentries d
+                                          WHERE d.space_id = p.space_id AND d.parent = p.ino AND d.name = ?)
+                         FROM inodes p WHERE p.space_id = ? AND p.ino = ? AND p.state < 2 FOR UPDATE",
+                        (&p.name, space, p.parent),
+                    )?;
+                    match row {
+                        None | Some((0, _)) => return Err(abort.fail(Errno::ENOENT)),
+                        Some((_, Some(existing))) if existing == ino => {}
+                        Some((_, Some(_))) => return Err(abort.fail(Errno::EEXIST)),
+                        Some((_, None)) => {
+                            super::meta::insert_new(tx, space, p.parent, &p.name, &p.attr, None, &abort)?;
+                            fresh = true;
+                        }
+                    }
                 }
                 let (Some(&lo), Some(&hi)) = (bufs.keys().next(), bufs.keys().next_back()) else {
                     return Ok(());
                 };
-                let old: BTreeMap<u64, u64> = if pending.is_some() {
+                let old: BTreeMap<u64, u64> = if fresh {
                     BTreeMap::new() // a new file has no extents yet
                 } else {
                     tx.exec::<(u64, u64), _, _>(
@@ -571,7 +613,7 @@ impl OpenInode {
             }
         }
         st.db_size = st.db_size.max(size);
-        cache.restamp(self.space, self.ino, generation, (now, st.size));
+        cache.restamp(self.space, self.ino, generation, (now, now, st.size));
     }
 
     /// Appends at the database's end of file in one transaction (`O_APPEND`).
@@ -603,6 +645,12 @@ impl OpenInode {
             .map_err(|e| tx_errno(self.shard.id(), "append", e, &abort))?;
         let end = eof + data.len() as u64;
         st.write_seq += 1;
+        if eof != st.db_size {
+            // Another mount appended meanwhile: what we cached is stale.
+            st.generation = cache.invalidate(space, ino);
+        } else {
+            cache.restamp(space, ino, st.generation, (now, now, end));
+        }
         let mut ext = eof - eof % E;
         while ext < end {
             cache.remove(space, ino, st.generation, ext);
@@ -611,6 +659,23 @@ impl OpenInode {
         st.size = st.size.max(end);
         st.db_size = st.db_size.max(end);
         Ok(eof)
+    }
+
+    /// At a new open of an already open file: if the database moved on
+    /// (another mount wrote it) and nothing is buffered here, take its size
+    /// and start a new cache generation (close-to-open).
+    pub fn refresh(&self, cache: &DataCache, stamp: super::cache::Stamp) {
+        let mut st = self.state();
+        if !st.dirty.is_empty() || st.inflight.is_some() || self.is_pending() {
+            return;
+        }
+        let (generation, valid) = cache.generation_for(self.space, self.ino, stamp);
+        if !valid || generation != st.generation {
+            st.generation = generation;
+            st.size = stamp.2;
+            st.db_size = stamp.2;
+            st.write_seq += 1;
+        }
     }
 
     /// After a truncate through setattr: the database holds the truth.

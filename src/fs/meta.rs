@@ -37,7 +37,7 @@ pub struct NewInode<'a> {
 
 /// A change of mode, owner or times not yet in the database (see
 /// `Fs::setattr`): `None` leaves a field alone; `ctime` is always set.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttrChange {
     pub mode: Option<u32>,
     pub uid: Option<u32>,
@@ -90,7 +90,7 @@ fn update_attrs(
     for (ino, c) in changes {
         tx.exec_drop(
             "UPDATE inodes SET mode = IF(? IS NULL, mode, (mode & ?) | ?), uid = COALESCE(?, uid),
-             gid = COALESCE(?, gid), atime = COALESCE(?, atime), mtime = COALESCE(?, mtime), ctime = ?
+             gid = COALESCE(?, gid), atime = COALESCE(?, atime), mtime = COALESCE(?, mtime), ctime = GREATEST(ctime, ?)
              WHERE space_id = ? AND ino = ?",
             mysql::Params::Positional(vec![
                 c.mode.into(),

@@ -114,6 +114,8 @@ pub struct Fs {
     prefetcher: crossbeam_channel::Sender<data::Prefetch>,
     /// Attribute changes not yet committed (see [`Fs::setattr`]).
     changes: Mutex<HashMap<(u32, u64), meta::AttrChange>>,
+    /// Held while deferred changes are committed (ordering).
+    change_commit: Mutex<()>,
     /// How many open files have an uncommitted create (see [`data::PendingCreate`]).
     pending: Arc<AtomicUsize>,
     /// Inode numbers reserved for deferred creates, per space: [next, end).
@@ -184,6 +186,7 @@ impl Fs {
             prefetcher: spawn_prefetchers(cache.clone()),
             pending: Arc::default(),
             changes: Mutex::default(),
+            change_commit: Mutex::default(),
             reserved_ids: Mutex::default(),
             xattrs: xattr_cache::XattrCache::new(100_000, cfg.xattr_ttl),
             usage: Mutex::default(),
@@ -277,7 +280,7 @@ impl Fs {
         move |ino| {
             let open = self.open.lock().unwrap();
             let oi = open.get(&(space, ino & 0xffff_ffff))?;
-            oi.state().unlinked = true;
+            oi.unlinked.store(true, Ordering::Release);
             Some(self.holder.load(Ordering::Acquire))
         }
     }
@@ -314,13 +317,7 @@ impl Fs {
                 if let Some(c) = change {
                     c.apply(&mut a);
                 }
-                if let Some(size) = self
-                    .open
-                    .lock()
-                    .unwrap()
-                    .get(&(space, i))
-                    .and_then(|o| o.local_size())
-                {
+                if let Some(size) = open.as_ref().and_then(|o| o.local_size()) {
                     a.size = size;
                 }
                 Ok(a)
@@ -508,6 +505,7 @@ impl Fs {
                     return Err(Errno::ENOENT);
                 };
                 self.shard_rw(space)?;
+                self.commit_creates(space);
                 if !meta::is_empty_dir(&self.shard(space)?, space, 1)? {
                     return Err(Errno::ENOTEMPTY);
                 }
@@ -541,11 +539,18 @@ impl Fs {
                 self.commit_creates(s1);
                 // Deferred attribute changes ride in the rename's transaction
                 // (rsync: chmod, chown, utimes, then rename the temporary file).
+                let order = self.change_commit.lock().unwrap();
                 let changes: Vec<(u64, meta::AttrChange)> = self
-                    .take_changes(Some(s1))
+                    .snapshot_changes(Some(s1))
                     .into_iter()
                     .map(|((_, i), c)| (i, c))
                     .collect();
+                let _order = if changes.is_empty() {
+                    drop(order);
+                    None
+                } else {
+                    Some(order)
+                };
                 let r = meta::rename(
                     &shard,
                     s1,
@@ -557,8 +562,8 @@ impl Fs {
                     &changes,
                     &self.is_open(s1),
                 );
-                if r.is_err() {
-                    self.restore_changes(s1, changes);
+                if r.is_ok() {
+                    self.forget_changes(s1, &changes);
                 }
                 r
             }
@@ -703,10 +708,12 @@ impl Fs {
         let mut keep = false;
         let node = {
             let mut open = self.open.lock().unwrap();
-            open.entry((space, i))
+            let node = open
+                .entry((space, i))
                 .or_insert_with(|| {
                     let (generation, valid) =
-                        self.cache.generation_for(space, i, (a.mtime, a.size));
+                        self.cache
+                            .generation_for(space, i, (a.mtime, a.ctime, a.size));
                     keep = valid;
                     if let Some(data) = head {
                         self.cache.put(space, i, generation, 0, Arc::new(data));
@@ -721,10 +728,15 @@ impl Fs {
                         self.pending.clone(),
                     ))
                 })
-                .clone()
+                .clone();
+            *node.opens.lock().unwrap() += 1;
+            node
         };
-        *node.opens.lock().unwrap() += 1;
-        if flags & libc::O_TRUNC != 0 && a.size > 0 {
+        if *node.opens.lock().unwrap() > 1 {
+            node.refresh(&self.cache, (a.mtime, a.ctime, a.size));
+        }
+        // Truncate by the size this mount sees: it may have buffered data.
+        if flags & libc::O_TRUNC != 0 && (a.size > 0 || node.state().size > 0) {
             if let Err(e) = self.setattr(
                 ino,
                 &SetAttr {
@@ -850,14 +862,23 @@ impl Fs {
 
     /// A fresh inode number for a deferred create, from the mount's reserved block.
     fn next_id(&self, shard: &Shard, space: u32) -> FsResult<u64> {
-        let mut ids = self.reserved_ids.lock().unwrap();
-        let (next, end) = ids.entry(space).or_insert((0, 0));
-        if *next >= *end {
+        loop {
+            {
+                let mut ids = self.reserved_ids.lock().unwrap();
+                let (next, end) = ids.entry(space).or_insert((0, 0));
+                if *next < *end {
+                    *next += 1;
+                    return Ok(*next - 1);
+                }
+            }
+            // Reserve outside the lock: a slow node must not stall other spaces.
             let first = meta::reserve_ids(shard, space, ID_BLOCK)?;
-            (*next, *end) = (first, first + ID_BLOCK);
+            let mut ids = self.reserved_ids.lock().unwrap();
+            let (next, end) = ids.entry(space).or_insert((0, 0));
+            if *next >= *end {
+                (*next, *end) = (first, first + ID_BLOCK);
+            }
         }
-        *next += 1;
-        Ok(*next - 1)
     }
 
     /// Commits every deferred create of `space` in this mount, so a namespace
@@ -889,10 +910,15 @@ impl Fs {
 
     /// Attributes as this mount sees them: with its uncommitted changes.
     fn with_changes(&self, mut a: Attr) -> Attr {
-        if let Node::Space(s, i) = Node::from_ino(a.ino)
-            && let Some(c) = self.changes.lock().unwrap().get(&(s, i))
-        {
-            c.apply(&mut a);
+        if let Node::Space(s, i) = Node::from_ino(a.ino) {
+            if let Some(c) = self.changes.lock().unwrap().get(&(s, i)) {
+                c.apply(&mut a);
+            }
+            // And with the size of data this mount has buffered.
+            let open = self.open.lock().unwrap().get(&(s, i)).cloned();
+            if let Some(size) = open.and_then(|o| o.local_size()) {
+                a.size = size;
+            }
         }
         a
     }
@@ -901,52 +927,51 @@ impl Fs {
     /// transaction per space. A failure is logged and the changes kept for
     /// the next attempt.
     pub fn commit_changes(&self, space: Option<u32>) {
+        // One committer at a time, so an older snapshot never lands after a
+        // newer one.
+        let _order = self.change_commit.lock().unwrap();
         let mut by_space: HashMap<u32, Vec<(u64, meta::AttrChange)>> = HashMap::new();
-        for ((s, i), c) in self.take_changes(space) {
+        for ((s, i), c) in self.snapshot_changes(space) {
             by_space.entry(s).or_default().push((i, c));
         }
         for (s, list) in by_space {
             let r = self
                 .shard(s)
                 .and_then(|shard| meta::apply_changes(&shard, s, &list));
-            if let Err(e) = r {
-                log::warn!(
+            match r {
+                Ok(()) => self.forget_changes(s, &list),
+                Err(e) => log::warn!(
                     "space {s}: committing attribute changes failed: errno {}",
                     e.0
-                );
-                self.restore_changes(s, list);
+                ),
             }
         }
     }
 
-    /// Removes the deferred changes (of one space or all) that may be
-    /// committed now: not those of a file whose create is still pending.
-    fn take_changes(&self, space: Option<u32>) -> Vec<((u32, u64), meta::AttrChange)> {
-        let mut changes = self.changes.lock().unwrap();
+    /// The deferred changes (of one space or all) that may be committed now:
+    /// not those of a file whose create is still pending. They stay in the
+    /// map — and visible to getattr — until their commit succeeded.
+    fn snapshot_changes(&self, space: Option<u32>) -> Vec<((u32, u64), meta::AttrChange)> {
+        let changes = self.changes.lock().unwrap();
         if changes.is_empty() {
             return Vec::new();
         }
-        let keys: Vec<(u32, u64)> = changes
-            .keys()
-            .filter(|(s, _)| space.is_none_or(|x| x == *s))
-            .copied()
-            .collect();
         let open = self.open.lock().unwrap();
-        keys.into_iter()
-            .filter(|k| !open.get(k).is_some_and(|n| n.is_pending()))
-            .filter_map(|k| changes.remove(&k).map(|c| (k, c)))
+        changes
+            .iter()
+            .filter(|((s, _), _)| space.is_none_or(|x| x == *s))
+            .filter(|(k, _)| !open.get(k).is_some_and(|n| n.is_pending()))
+            .map(|(k, c)| (*k, *c))
             .collect()
     }
 
-    /// Puts back changes whose commit failed, under any made since.
-    fn restore_changes(&self, space: u32, list: Vec<(u64, meta::AttrChange)>) {
+    /// Drops committed changes, unless a newer change replaced them meanwhile.
+    fn forget_changes(&self, space: u32, committed: &[(u64, meta::AttrChange)]) {
         let mut changes = self.changes.lock().unwrap();
-        for (i, c) in list {
-            let merged = match changes.get(&(space, i)) {
-                Some(later) => c.then(*later),
-                None => c,
-            };
-            changes.insert((space, i), merged);
+        for (i, c) in committed {
+            if changes.get(&(space, *i)) == Some(c) {
+                changes.remove(&(space, *i));
+            }
         }
     }
 
@@ -963,6 +988,15 @@ impl Fs {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let (node, append) = self.handle(fh)?;
+        // A write after a deferred utimes sets mtime anew, as it would on disk.
+        if let Some(c) = self
+            .changes
+            .lock()
+            .unwrap()
+            .get_mut(&(node.space, node.ino))
+        {
+            c.mtime = None;
+        }
         if let Ok((_, vol)) = self.space(node.space)
             && vol.status == VolumeStatus::Standby
         {
@@ -1005,13 +1039,18 @@ impl Fs {
     }
 
     fn release_node(&self, node: &Arc<OpenInode>) {
-        let mut opens = node.opens.lock().unwrap();
-        *opens -= 1;
-        if *opens > 0 {
-            return;
+        // The map lock is taken first, as in `open`, so a concurrent open
+        // either finds the node still counted or not in the map at all.
+        {
+            let mut map = self.open.lock().unwrap();
+            let mut opens = node.opens.lock().unwrap();
+            *opens -= 1;
+            if *opens > 0 {
+                return;
+            }
+            map.remove(&(node.space, node.ino));
         }
-        self.open.lock().unwrap().remove(&(node.space, node.ino));
-        if node.state().unlinked
+        if node.unlinked.load(Ordering::Acquire)
             && let Err(e) = meta::release_orphan(&node.shard, node.space, node.ino)
         {
             log::warn!(
