@@ -678,13 +678,21 @@ impl OpenInode {
         }
     }
 
-    /// After a truncate through setattr: the database holds the truth.
-    pub fn truncated(&self, cache: &DataCache, size: u64) {
-        let mut st = self.state();
+    /// A truncate (setattr with a size): buffers are committed, then `apply`
+    /// changes the database, all under the file's lock.
+    pub fn truncate(
+        &self,
+        cache: &DataCache,
+        size: u64,
+        apply: impl FnOnce() -> FsResult<Attr>,
+    ) -> FsResult<Attr> {
+        let mut st = self.flush_locked(cache, self.state())?;
+        let a = apply()?;
         st.write_seq += 1;
         st.size = size;
         st.db_size = size;
         st.generation = cache.invalidate(self.space, self.ino);
+        Ok(a)
     }
 }
 

@@ -395,16 +395,17 @@ impl Fs {
         }
         self.commit_pending(space);
         let open = self.open.lock().unwrap().get(&(space, i)).cloned();
-        if let Some(o) = &open {
-            o.flush(&self.cache)?;
+        match (open, s.size) {
+            // An open file: flush, truncate and reset its buffers under its
+            // lock, so no write or flush slips in between.
+            (Some(o), Some(size)) => {
+                o.truncate(&self.cache, size, || meta::setattr(&shard, space, i, s))
+            }
+            _ => {
+                self.cache.invalidate(space, i);
+                meta::setattr(&shard, space, i, s)
+            }
         }
-        let a = meta::setattr(&shard, space, i, s)?;
-        if let (Some(o), Some(size)) = (&open, s.size) {
-            o.truncated(&self.cache, size);
-        } else if s.size.is_some() {
-            self.cache.invalidate(space, i);
-        }
-        Ok(a)
     }
 
     // ---- namespace ----
