@@ -126,7 +126,7 @@ pub struct Fs {
 const STATFS_TTL: Duration = Duration::from_secs(5);
 
 /// The part of the configured cache size kept for write buffers.
-const WRITE_BUFFER_BUDGET: usize = 32 << 20;
+const WRITE_BUFFER_BUDGET: usize = 48 << 20;
 
 /// Inode numbers a mount reserves at once for deferred creates.
 const ID_BLOCK: u64 = 64;
@@ -173,8 +173,8 @@ fn spawn_flushers(cache: Arc<DataCache>) -> crossbeam_channel::Sender<Arc<OpenIn
 impl Fs {
     pub fn new(cluster: Cluster, cfg: FsConfig) -> Fs {
         // `cache_bytes` bounds all file data in memory: write buffers (at
-        // most twice the flush threshold per file being written) take their
-        // share from it, the LRU gets the rest.
+        // most twice the flush threshold per file being written) and the
+        // allocator's slack take their share from it, the LRU gets the rest.
         let cache = Arc::new(DataCache::new(
             cfg.cache_bytes
                 .saturating_sub(WRITE_BUFFER_BUDGET)

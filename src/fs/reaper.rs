@@ -39,6 +39,8 @@ pub fn spawn(fs: Arc<Fs>) -> Reaper {
             let mut tick = 0;
             while !s.load(Ordering::Acquire) {
                 fs.commit_changes(None);
+                // Give freed extent buffers back to the system.
+                unsafe { libc::malloc_trim(0) };
                 if tick % REAP_EVERY == 0 {
                     round(&fs);
                 }
