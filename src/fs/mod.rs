@@ -138,34 +138,25 @@ const FLUSH_WORKERS: usize = 4;
 /// reader has this many queries in flight.
 const PREFETCH_WORKERS: usize = 4;
 
-fn spawn_prefetchers(cache: Arc<DataCache>) -> crossbeam_channel::Sender<data::Prefetch> {
-    let (tx, rx) = crossbeam_channel::unbounded::<data::Prefetch>();
-    for i in 0..PREFETCH_WORKERS {
+/// Starts `n` threads named `name-<i>` that run `work` on each job sent to
+/// the returned channel, with the shared data cache.
+fn spawn_workers<T: Send + 'static>(
+    name: &str,
+    n: usize,
+    cache: &Arc<DataCache>,
+    work: fn(T, &DataCache),
+) -> crossbeam_channel::Sender<T> {
+    let (tx, rx) = crossbeam_channel::unbounded::<T>();
+    for i in 0..n {
         let (rx, cache) = (rx.clone(), cache.clone());
         std::thread::Builder::new()
-            .name(format!("tshs-prefetch-{i}"))
+            .name(format!("{name}-{i}"))
             .spawn(move || {
-                for p in rx {
-                    p.node.prefetch(&cache, p.first, p.last, p.version);
+                for job in rx {
+                    work(job, &cache);
                 }
             })
-            .expect("spawn prefetch worker");
-    }
-    tx
-}
-
-fn spawn_flushers(cache: Arc<DataCache>) -> crossbeam_channel::Sender<Arc<OpenInode>> {
-    let (tx, rx) = crossbeam_channel::unbounded::<Arc<OpenInode>>();
-    for i in 0..FLUSH_WORKERS {
-        let (rx, cache) = (rx.clone(), cache.clone());
-        std::thread::Builder::new()
-            .name(format!("tshs-flush-{i}"))
-            .spawn(move || {
-                for node in rx {
-                    node.flush_inflight(&cache);
-                }
-            })
-            .expect("spawn flush worker");
+            .expect("spawn worker thread");
     }
     tx
 }
@@ -182,8 +173,18 @@ impl Fs {
         ));
         Fs {
             cluster,
-            flusher: spawn_flushers(cache.clone()),
-            prefetcher: spawn_prefetchers(cache.clone()),
+            flusher: spawn_workers(
+                "tshs-flush",
+                FLUSH_WORKERS,
+                &cache,
+                |node: Arc<OpenInode>, c| node.flush_inflight(c),
+            ),
+            prefetcher: spawn_workers(
+                "tshs-prefetch",
+                PREFETCH_WORKERS,
+                &cache,
+                |p: data::Prefetch, c| p.node.prefetch(c, p.first, p.last, p.version),
+            ),
             pending: Arc::default(),
             changes: Mutex::default(),
             change_commit: Mutex::default(),
