@@ -18,3 +18,4 @@ pub mod logging;
 pub mod mount;
 pub mod placement;
 pub mod shard;
+pub mod tasks;

@@ -182,6 +182,15 @@ impl Cluster {
         Ok(())
     }
 
+    /// `split-storage-node`: halves the range of ACTIVE_SHARD node `id`; a new
+    /// node in the empty database `conn` takes the upper half in
+    /// MIRROR_SHARD phase until copy-shards has moved its spaces. Returns
+    /// the new node's id.
+    pub fn split_storage_node(&self, id: u32, conn: &ConnOptions) -> Result<u32> {
+        let _ = (id, conn);
+        bail!("split-storage-node: not built yet")
+    }
+
     /// Each node with its totals; a node that cannot be reached gets the error text.
     pub fn nodes_with_totals(&self) -> Result<Vec<(NodeRow, Result<NodeTotals>)>> {
         Ok(self

@@ -1,0 +1,120 @@
+//! Maintenance tasks run by `tshs <task>`, `tshs do-tasks …` and the daemon:
+//! copy-shards (finish a split), remove-deleted (purge what was marked
+//! deleted), and list-files (what a space holds). Each task does a bounded
+//! step at a time, checks `stop` and the deadline between steps, and can be
+//! stopped and restarted at any point without losing anything.
+
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+
+use crate::cluster::Cluster;
+
+/// How a task runs (from the command line or `/etc/tshs.conf`).
+#[derive(Clone, Debug, Default)]
+pub struct TaskOptions {
+    /// Most worker threads the task starts.
+    pub max_threads: usize,
+    /// `--time-limit`: stop (between steps) once this passes.
+    pub deadline: Option<Instant>,
+    /// `--storage-node`: only move data away from this node.
+    pub storage_node: Option<u32>,
+    /// `--dry-run`: report what would be done, change nothing.
+    pub dry_run: bool,
+}
+
+impl TaskOptions {
+    /// True once the deadline passed or `stop` was raised.
+    pub fn should_stop(&self, stop: &AtomicBool) -> bool {
+        stop.load(std::sync::atomic::Ordering::Acquire)
+            || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// Where a long task is, for a progress display.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    pub task: &'static str,
+    /// Units done and known in total (spaces for copy-shards, inodes for remove-deleted).
+    pub done: u64,
+    pub total: u64,
+    /// Bytes moved or freed so far.
+    pub bytes: u64,
+    /// What is being worked on now (`space 12: 3.1 MB`).
+    pub item: String,
+}
+
+/// Receives progress updates (from any thread).
+pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Sync);
+
+/// What a task run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Units finished in this run.
+    pub done: u64,
+    /// Units still waiting (0 when the task has nothing more to do).
+    pub remaining: u64,
+    pub bytes: u64,
+    /// Human-readable result lines, printed by the command.
+    pub lines: Vec<String>,
+}
+
+/// `tshs copy-shards`: moves the spaces of every MIRROR_SHARD node's range
+/// from the node that holds them, one space at a time.
+pub fn copy_shards(
+    _cluster: &Cluster,
+    _opts: &TaskOptions,
+    _stop: &AtomicBool,
+    _progress: ProgressFn,
+) -> Result<Outcome> {
+    bail!("copy-shards: not built yet")
+}
+
+/// `tshs remove-deleted`: purges inodes and spaces marked deleted once no
+/// open handle or upload can still use them.
+pub fn remove_deleted(
+    _cluster: &Cluster,
+    _opts: &TaskOptions,
+    _stop: &AtomicBool,
+    _progress: ProgressFn,
+) -> Result<Outcome> {
+    bail!("remove-deleted: not built yet")
+}
+
+/// A file's state, as `list-files` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileState {
+    InDb,
+    OnS3,
+    ReadOnly,
+    Deleted,
+}
+
+impl FileState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileState::InDb => "InDB",
+            FileState::OnS3 => "OnS3",
+            FileState::ReadOnly => "R/O",
+            FileState::Deleted => "deleted",
+        }
+    }
+}
+
+/// One row of `tshs list-files`.
+#[derive(Clone, Debug)]
+pub struct FileRow {
+    /// Inode number as the mount shows it.
+    pub ino: u64,
+    pub size: u64,
+    pub state: FileState,
+    /// Path inside the space (`protolog/last.log`); deleted files show their last name or `(inode N)`.
+    pub path: String,
+}
+
+/// `tshs list-files <space> [path]`: the regular files of a space (under
+/// `path`, a directory or a file inside it), sorted by path.
+pub fn list_files(_cluster: &Cluster, _space: u32, _path: Option<&str>) -> Result<Vec<FileRow>> {
+    bail!("list-files: not built yet")
+}
