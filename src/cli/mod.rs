@@ -1,16 +1,26 @@
 //! The `tshs` command line: clap definitions, dispatch to the core, and table
-//! printing. Nothing here touches a database directly.
+//! printing; the maintenance tasks' runner, `repeat` and the daemon. Nothing
+//! here touches a database directly.
 
+mod daemon;
+mod progress;
+mod repeat;
+mod runner;
 mod shell;
+mod stop;
 pub mod table;
 
+use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::cluster::Cluster;
 use crate::config::{self, ConnOptions};
+use progress::Display;
+use runner::{Retry, Runner, Task, parse_retry, parse_seconds, parse_tasks};
+use stop::Stop;
 use table::{Line, render};
 
 /// Scalable hosting storage for TeamDrive-style spaces.
@@ -26,6 +36,53 @@ pub struct Cli {
     /// Most database connections per node this process opens.
     #[arg(long, global = true, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_threads: u32,
+    /// Seconds to pause after a maintenance task failed, before a retry.
+    #[arg(
+        long,
+        global = true,
+        default_value = "120",
+        value_name = "SECS",
+        value_parser = parse_seconds,
+        allow_negative_numbers = true
+    )]
+    pub pause_on_error: u64,
+    /// Retries of a failed maintenance task: a number or `unlimited` (not
+    /// under repeat: its next round is the retry).
+    #[arg(
+        long,
+        global = true,
+        default_value = "0",
+        value_name = "N|unlimited",
+        value_parser = parse_retry,
+        allow_negative_numbers = true
+    )]
+    pub retry: Retry,
+    /// Stop maintenance tasks (between steps) this many seconds after start; 0: no limit.
+    #[arg(
+        long,
+        global = true,
+        default_value = "0",
+        value_name = "SECS",
+        value_parser = parse_seconds,
+        allow_negative_numbers = true
+    )]
+    pub time_limit: u64,
+    /// Only move data away from this Storage Node.
+    #[arg(long, global = true, value_name = "ID")]
+    pub storage_node: Option<u32>,
+    /// The daemon's log file.
+    #[arg(long, default_value = "/var/log/tshs.log", value_name = "PATH")]
+    pub log_file: PathBuf,
+    /// The daemon's pid file.
+    #[arg(long, default_value = "/run/tshs.pid", value_name = "PATH")]
+    pub pid_file: PathBuf,
+    /// Run the repeat command as a daemon (default: repeat 60 do-tasks
+    /// all-not-s3-copy repeat 14400 do-tasks all).
+    #[arg(long, conflicts_with = "stop")]
+    pub start: bool,
+    /// Stop the daemon of the pid file; wait until it has exited.
+    #[arg(long)]
+    pub stop: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -51,8 +108,65 @@ pub enum Command {
     CreateVolume { name: String },
     /// List the volumes.
     ListVolumes,
+    /// Split a Storage Node: a new node takes half of its range.
+    ///
+    /// The new node, in an existing empty database, takes the upper half of
+    /// the ACTIVE_SHARD node's range and stays MIRROR_SHARD until
+    /// copy-shards has moved its spaces.
+    SplitStorageNode {
+        storage_id: u32,
+        /// host=…;port=…;user=…;password=…;database=…
+        connection_options: String,
+    },
+    /// Maintenance task: move the spaces of split nodes to their new node.
+    CopyShards,
+    /// Maintenance task: purge the files and spaces marked deleted.
+    RemoveDeleted {
+        /// Report what would be purged; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the files of a space (or of a path in it) with their state.
+    ListFiles { space_id: u32, path: Option<String> },
+    /// Run maintenance tasks one after the other (e.g. do-tasks all).
+    DoTasks {
+        /// all, copy-shards, remove-deleted, perform-import, move-to-s3,
+        /// copy-to-s3, all-not-s3-copy (all but copy-to-s3). They run in
+        /// that order, each once.
+        #[arg(value_name = "TASK")]
+        tasks: Vec<String>,
+    },
+    /// Run commands every few seconds (e.g. repeat 60 do-tasks all).
+    Repeat {
+        /// <SECONDS> <COMMAND> [and <COMMAND>]… [repeat <SECONDS> <COMMAND>…]…:
+        /// each repeat has its own interval; `and` chains commands.
+        #[arg(
+            value_name = "SECONDS COMMAND",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        words: Vec<String>,
+    },
     /// Mount the cluster as a POSIX tree.
     Mount(crate::mount::MountArgs),
+}
+
+impl Command {
+    /// Checks what clap cannot, before anything connects.
+    fn check(&self) -> Result<()> {
+        match self {
+            Command::DoTasks { tasks } => parse_tasks(tasks).map(drop),
+            Command::Repeat { words } => repeat::parse(words).map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    fn is_task(&self) -> bool {
+        matches!(
+            self,
+            Command::CopyShards | Command::RemoveDeleted { .. } | Command::DoTasks { .. }
+        )
+    }
 }
 
 /// Parses `argv` with the options of the tshs options file in front, so the
@@ -71,6 +185,16 @@ pub fn parse(argv: Vec<String>) -> Result<Cli, clap::Error> {
     let mut words = vec![argv.first().cloned().unwrap_or_else(|| "tshs".into())];
     if explicit || conf.exists() {
         match config::read_tshs_conf(&conf) {
+            // Every command would otherwise start or stop the daemon.
+            Ok(w) if w.iter().any(|w| w == "--start" || w == "--stop") => {
+                return Err(clap::Error::raw(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "{}: start and stop belong on the command line, not in the options file\n",
+                        conf.display()
+                    ),
+                ));
+            }
             Ok(w) => words.extend(w),
             Err(e) => {
                 return Err(clap::Error::raw(
@@ -94,39 +218,80 @@ pub fn admin_options(cli: &Cli) -> Result<ConnOptions> {
 }
 
 pub fn connect(cli: &Cli) -> Result<Cluster> {
-    let opts = admin_options(cli)?;
-    Cluster::connect(&opts, cli.max_threads as usize)
+    connect_admin(&admin_options(cli)?, cli.max_threads)
+}
+
+fn connect_admin(opts: &ConnOptions, max_threads: u32) -> Result<Cluster> {
+    Cluster::connect(opts, max_threads as usize)
         .with_context(|| format!("cannot connect to the Admin Node ({})", opts.masked()))
 }
 
-/// Runs the command line: one command, or the interactive shell.
+/// A clap error as one line: the message and any tip, without the usage.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let parts: Vec<String> = text
+        .split("\n\n")
+        .filter(|p| !p.starts_with("Usage:") && !p.starts_with("For more information"))
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|p| !p.is_empty())
+        .collect();
+    let line = parts.join("; ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
+/// Runs the command line: one command, the interactive shell, `repeat`, or
+/// the daemon's `--start`/`--stop`.
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        None => shell::run(&cli),
-        Some(Command::Mount(ref args)) => crate::mount::run(&cli, args),
-        Some(ref cmd) => {
-            let cluster = connect(&cli)?;
-            // Every process using the cluster is an access point while it runs.
-            let _ap = match cmd {
-                Command::CreateAdminNode => None,
-                _ => {
-                    cluster.require_admin_node()?;
-                    Some(cluster.register(&format!("tshs {}", command_name(cmd)), |_| {})?)
-                }
-            };
-            let out = execute(&cluster, cmd)?;
-            print!("{out}");
-            Ok(())
+    if cli.stop {
+        if cli.command.is_some() {
+            bail!("--stop takes no command");
         }
+        return daemon::stop(&cli.pid_file);
+    }
+    if cli.start {
+        return daemon::start(&cli);
+    }
+    match &cli.command {
+        None => shell::run(&cli),
+        Some(Command::Mount(args)) => crate::mount::run(&cli, args),
+        Some(Command::Repeat { words }) => repeat::foreground(&cli, words),
+        Some(cmd) => one_off(&cli, cmd),
     }
 }
 
-/// Executes one command against the cluster and returns what it prints.
-pub fn execute(cluster: &Cluster, cmd: &Command) -> Result<String> {
+fn one_off(cli: &Cli, cmd: &Command) -> Result<()> {
+    cmd.check()?;
+    let stop = Stop::new();
+    if cmd.is_task() {
+        // Ctrl-C or SIGTERM: finish the current step, report, unregister.
+        stop::on_signals(stop.clone())?;
+    }
+    let cluster = connect(cli)?;
+    // Every process using the cluster is an access point while it runs.
+    let _ap = match cmd {
+        Command::CreateAdminNode => None,
+        _ => {
+            cluster.require_admin_node()?;
+            Some(cluster.register(&format!("tshs {}", command_name(cmd)), |_| {})?)
+        }
+    };
+    let runner = Runner::new(cli, stop, false, Display::detect());
+    runner.check(&cluster)?;
+    execute(&cluster, &runner, cmd, &mut std::io::stdout())
+}
+
+/// Executes one command against the cluster, writing what it prints to
+/// `out` as it goes (a task's result as soon as that task is done).
+pub fn execute(
+    cluster: &Cluster,
+    runner: &Runner,
+    cmd: &Command,
+    out: &mut dyn Write,
+) -> Result<()> {
     if !matches!(cmd, Command::CreateAdminNode) {
         cluster.require_admin_node()?;
     }
-    Ok(match cmd {
+    let text = match cmd {
         Command::CreateAdminNode => {
             let applied = cluster.create_admin_node()?;
             if applied.is_empty() {
@@ -186,8 +351,43 @@ pub fn execute(cluster: &Cluster, cmd: &Command) -> Result<String> {
                 .collect::<Vec<_>>();
             render(&["ID", "Status", "Name"], &rows)
         }
-        Command::Mount(_) => anyhow::bail!("mount cannot run inside the shell"),
-    })
+        Command::SplitStorageNode {
+            storage_id,
+            connection_options,
+        } => {
+            let opts = ConnOptions::parse(connection_options)?;
+            let id = cluster.split_storage_node(*storage_id, &opts)?;
+            format!(
+                "Storage node {id} created (MIRROR_SHARD; run tshs copy-shards)\n{}",
+                list_storage_nodes(cluster)?
+            )
+        }
+        Command::CopyShards => return runner.run_task(cluster, Task::CopyShards, false, out),
+        Command::RemoveDeleted { dry_run } => {
+            return runner.run_task(cluster, Task::RemoveDeleted, *dry_run, out);
+        }
+        Command::DoTasks { tasks } => return runner.do_tasks(cluster, &parse_tasks(tasks)?, out),
+        Command::ListFiles { space_id, path } => {
+            let rows = crate::tasks::list_files(cluster, *space_id, path.as_deref())?
+                .into_iter()
+                .map(|f| {
+                    Line::Row(vec![
+                        f.ino.to_string(),
+                        f.size.to_string(),
+                        f.state.as_str().into(),
+                        f.path,
+                    ])
+                })
+                .collect::<Vec<_>>();
+            render(&["Inode", "Size", "State", "Path"], &rows)
+        }
+        Command::Repeat { .. } => {
+            bail!("repeat cannot run inside the shell (run tshs repeat … or tshs --start repeat …)")
+        }
+        Command::Mount(_) => bail!("mount cannot run inside the shell"),
+    };
+    out.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// The command's name as typed (`list-storage-nodes`).

@@ -5,6 +5,9 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser};
 use rustyline::error::ReadlineError;
 
+use super::progress::Display;
+use super::runner::Runner;
+use super::stop::Stop;
 use super::{Cli, Command, connect, execute};
 
 pub fn run(cli: &Cli) -> Result<()> {
@@ -50,10 +53,18 @@ pub fn run(cli: &Cli) -> Result<()> {
             }
             Ok(Cli {
                 command: Some(cmd), ..
-            }) => match execute(&cluster, &cmd) {
-                Ok(out) => print!("{out}"),
-                Err(e) => eprintln!("error: {e:#}"),
-            },
+            }) => {
+                // Maintenance tasks run with the shell's options; the time
+                // limit counts from this command.
+                let runner = Runner::new(cli, Stop::new(), false, Display::detect());
+                let result = cmd
+                    .check()
+                    .and_then(|()| runner.check(&cluster))
+                    .and_then(|()| execute(&cluster, &runner, &cmd, &mut std::io::stdout()));
+                if let Err(e) = result {
+                    eprintln!("error: {e:#}");
+                }
+            }
             Ok(_) => {}
             Err(e) => {
                 let _ = e.print();
