@@ -89,6 +89,27 @@ fn bad_input_fails_with_one_clear_line() {
         &["--stop", "--pid-file", pid_file.to_str().unwrap()],
         "not running",
     );
+    let nowhere = "/nonexistent/dir/tshs";
+    fails(
+        &["--log-file", nowhere, "--start", "repeat", "1", "list-jobs"],
+        "cannot open the log file /nonexistent/dir/tshs",
+    );
+    let log = c.dir.path().join("tshs.log");
+    fails(
+        &[
+            "--log-file",
+            log.to_str().unwrap(),
+            "--pid-file",
+            nowhere,
+            "--start",
+        ],
+        "cannot open the pid file /nonexistent/dir/tshs",
+    );
+    let conf = c.dir.path().join("tshs.conf");
+    std::fs::write(&conf, "max-threads=2\nstart\n").unwrap();
+    let o = c.tshs(&["--config", conf.to_str().unwrap(), "list-jobs"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(text(&o.stderr).contains("start and stop belong on the command line"));
     // The core names the reason; the runner keeps it to one line.
     c.fails(&["list-files", "999"]);
     let db = c.new_db(2, "split");

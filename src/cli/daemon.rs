@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
@@ -210,7 +210,13 @@ pub fn stop(path: &Path) -> Result<()> {
     kill(Pid::from_raw(pid), Signal::SIGTERM)
         .with_context(|| format!("cannot signal tshs (pid {pid})"))?;
     // The lock goes when the daemon exits, after its current step.
+    let t = Instant::now();
+    let mut told = false;
     while locked(&file, path)? {
+        if !told && t.elapsed() > Duration::from_secs(10) {
+            eprintln!("tshs: waiting for tshs (pid {pid}) to finish its current step");
+            told = true;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     println!("tshs (pid {pid}) stopped");

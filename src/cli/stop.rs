@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
 use nix::sys::signal::{SigSet, Signal};
@@ -52,10 +52,6 @@ impl Stop {
             g = self.wake.wait_timeout(g, until - now).unwrap().0;
         }
     }
-
-    pub fn sleep(&self, d: Duration) -> bool {
-        self.sleep_until(Instant::now() + d)
-    }
 }
 
 /// The first SIGINT or SIGTERM raises `stop` (finish the current step, then
@@ -84,15 +80,16 @@ pub fn on_signals(stop: Arc<Stop>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn raise_ends_a_sleep() {
         let stop = Stop::new();
         let s = stop.clone();
-        let t = std::thread::spawn(move || s.sleep(Duration::from_secs(60)));
+        let t = std::thread::spawn(move || s.sleep_until(Instant::now() + Duration::from_secs(60)));
         std::thread::sleep(Duration::from_millis(50));
         stop.raise();
         assert!(t.join().unwrap());
-        assert!(!Stop::new().sleep(Duration::from_millis(10)));
+        assert!(!Stop::new().sleep_until(Instant::now() + Duration::from_millis(10)));
     }
 }
