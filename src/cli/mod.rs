@@ -53,6 +53,16 @@ pub enum Command {
     ListVolumes,
     /// Mount the cluster as a POSIX tree.
     Mount(crate::mount::MountArgs),
+    /// TEMP
+    SplitStorageNode {
+        storage_id: u32,
+        connection_options: String,
+    },
+    /// TEMP
+    CopyShards {
+        #[arg(long)]
+        time_limit: Option<u64>,
+    },
 }
 
 /// Parses `argv` with the options of the tshs options file in front, so the
@@ -187,6 +197,33 @@ pub fn execute(cluster: &Cluster, cmd: &Command) -> Result<String> {
             render(&["ID", "Status", "Name"], &rows)
         }
         Command::Mount(_) => anyhow::bail!("mount cannot run inside the shell"),
+        Command::SplitStorageNode {
+            storage_id,
+            connection_options,
+        } => {
+            let id = cluster
+                .split_storage_node(*storage_id, &ConnOptions::parse(connection_options)?)?;
+            format!(
+                "Storage node {id} created (MIRROR_SHARD)\n{}",
+                list_storage_nodes(cluster)?
+            )
+        }
+        Command::CopyShards { time_limit } => {
+            let opts = crate::tasks::TaskOptions {
+                max_threads: 1,
+                deadline: time_limit
+                    .map(|t| std::time::Instant::now() + std::time::Duration::from_secs(t)),
+                ..Default::default()
+            };
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let o = crate::tasks::copy_shards(cluster, &opts, &stop, &|_| {})?;
+            format!(
+                "{}\ndone {} remaining {}\n",
+                o.lines.join("\n"),
+                o.done,
+                o.remaining
+            )
+        }
     })
 }
 

@@ -10,7 +10,10 @@
 //! no extent holds read as zeros (holes). `inodes.stored` is the sum of the
 //! extents' lengths, so `st_blocks` is honest for sparse files.
 
+mod copy;
 mod schema;
+
+pub use copy::{RoundStats, SpaceCopy, open_space, purge_moved};
 
 use anyhow::{Result, bail};
 use mysql::Transaction;
@@ -19,7 +22,7 @@ use mysql::prelude::Queryable;
 use crate::config::ConnOptions;
 use crate::db::{Db, DbError, TxError, migrate, table_names};
 
-pub use schema::MIGRATIONS;
+pub use schema::{FENCE_MESSAGE, MIGRATIONS};
 
 /// Largest extent, in bytes. Small enough to stay far below
 /// `max_allowed_packet` (16 MiB by default), large enough that a 512 MiB
@@ -82,6 +85,10 @@ pub fn drop_tables(db: &Db) -> Result<(), DbError> {
                 .map_err(|e| db.err(e))?;
         }
     }
+    for r in schema::ROUTINES {
+        conn.query_drop(format!("DROP PROCEDURE IF EXISTS `{r}`"))
+            .map_err(|e| db.err(e))?;
+    }
     Ok(())
 }
 
@@ -93,8 +100,22 @@ impl Shard {
         })
     }
 
+    /// A connection to the node for copy-shards: its sessions pass the
+    /// fence of a space being moved (see the schema's `space_fence`).
+    pub fn copier(id: u32, opts: &ConnOptions, max_conns: usize) -> Result<Shard> {
+        Ok(Shard {
+            id,
+            db: Db::connect_with_init(opts, max_conns, vec!["SET @tshs_copier = 1".into()])?,
+        })
+    }
+
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// Brings the node's schema up to date; returns the migrations applied.
+    pub fn upgrade(&self) -> Result<Vec<u32>, DbError> {
+        migrate(&self.db, MIGRATIONS)
     }
 
     pub fn db(&self) -> &Db {
@@ -118,6 +139,10 @@ impl Shard {
                 (space,),
             )?;
             tx.exec_drop(
+                "INSERT IGNORE INTO space_fence (space_id) VALUES (?)",
+                (space,),
+            )?;
+            tx.exec_drop(
                 "INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime)
                  VALUES (?, 1, ?, ?, ?, 2, 0, 0, 0, ?, ?, ?, ?)",
                 (space, libc::S_IFDIR | (mode & 0o7777), uid, gid, now, now, now, now),
@@ -130,7 +155,14 @@ impl Shard {
     /// Deletes every row of a space.
     pub fn purge_space(&self, space: u32) -> Result<()> {
         self.tx(|tx| {
-            for t in ["extents", "xattrs", "dentries", "inodes", "spaces"] {
+            for t in [
+                "extents",
+                "xattrs",
+                "dentries",
+                "inodes",
+                "spaces",
+                "space_fence",
+            ] {
                 tx.exec_drop(format!("DELETE FROM {t} WHERE space_id = ?"), (space,))?;
             }
             Ok(())

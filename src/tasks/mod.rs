@@ -7,6 +7,10 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+mod copy_shards;
+
+pub use copy_shards::mirror_progress;
+
 use anyhow::{Result, bail};
 
 use crate::cluster::Cluster;
@@ -63,12 +67,12 @@ pub struct Outcome {
 /// `tshs copy-shards`: moves the spaces of every MIRROR_SHARD node's range
 /// from the node that holds them, one space at a time.
 pub fn copy_shards(
-    _cluster: &Cluster,
-    _opts: &TaskOptions,
-    _stop: &AtomicBool,
-    _progress: ProgressFn,
+    cluster: &Cluster,
+    opts: &TaskOptions,
+    stop: &AtomicBool,
+    progress: ProgressFn,
 ) -> Result<Outcome> {
-    bail!("copy-shards: not built yet")
+    copy_shards::run(cluster, opts, stop, progress)
 }
 
 /// `tshs remove-deleted`: purges inodes and spaces marked deleted once no
