@@ -552,35 +552,9 @@ pub fn open_space(shard: &Shard, space: u32) -> Result<()> {
         .with_context(|| format!("storage node {}: cannot open space {space}", shard.id))
 }
 
-/// Drops a moved-away space's rows from its old node, a batch per
-/// transaction; its sealed fence row stays, so a writer that still thinks
+/// Drops a moved-away space's rows from its old node (`shard` is a copier
+/// connection); its sealed fence row stays, so a writer that still thinks
 /// the space is here keeps being refused. Returns the rows deleted.
 pub fn purge_moved(shard: &Shard, space: u32) -> Result<u64> {
-    let mut total = 0;
-    for (t, batch) in [
-        ("extents", 64),
-        ("xattrs", 1000),
-        ("dentries", 5000),
-        ("inodes", 5000),
-        ("spaces", 1),
-    ] {
-        loop {
-            let n = shard
-                .tx(|tx| {
-                    tx.exec_drop(
-                        format!("DELETE FROM {t} WHERE space_id = ? LIMIT {batch}"),
-                        (space,),
-                    )?;
-                    Ok(tx.affected_rows())
-                })
-                .with_context(|| {
-                    format!("storage node {}: purging moved space {space}", shard.id)
-                })?;
-            total += n;
-            if n < batch {
-                break;
-            }
-        }
-    }
-    Ok(total)
+    shard.purge_rows(space, &[])
 }

@@ -15,7 +15,7 @@ mod schema;
 
 pub use copy::{RoundStats, SpaceCopy, open_space, purge_moved};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use mysql::Transaction;
 use mysql::prelude::Queryable;
 
@@ -152,23 +152,43 @@ impl Shard {
         Ok(())
     }
 
-    /// Deletes every row of a space.
+    /// Deletes every row of a space, a batch per transaction.
     pub fn purge_space(&self, space: u32) -> Result<()> {
-        self.tx(|tx| {
-            for t in [
-                "extents",
-                "xattrs",
-                "dentries",
-                "inodes",
-                "spaces",
-                "space_fence",
-            ] {
-                tx.exec_drop(format!("DELETE FROM {t} WHERE space_id = ?"), (space,))?;
-            }
-            Ok(())
-        })
-        .map_err(TxError::into_db)?;
+        self.purge_rows(space, &["space_fence"])?;
         Ok(())
+    }
+
+    /// Deletes a space's rows from its tables, then from `extra` (a batch
+    /// per transaction, so a big space does not make one huge transaction).
+    /// Returns the rows deleted.
+    pub fn purge_rows(&self, space: u32, extra: &[&str]) -> Result<u64> {
+        let mut total = 0;
+        let tables = [
+            ("extents", 64),
+            ("xattrs", 1000),
+            ("dentries", 5000),
+            ("inodes", 5000),
+            ("spaces", 1),
+        ];
+        for (t, batch) in tables.into_iter().chain(extra.iter().map(|t| (*t, 1))) {
+            loop {
+                let n = self
+                    .tx(|tx| {
+                        tx.exec_drop(
+                            format!("DELETE FROM {t} WHERE space_id = ? LIMIT {batch}"),
+                            (space,),
+                        )?;
+                        Ok(tx.affected_rows())
+                    })
+                    .map_err(TxError::into_db)
+                    .with_context(|| format!("storage node {}: purging space {space}", self.id))?;
+                total += n;
+                if n < batch {
+                    break;
+                }
+            }
+        }
+        Ok(total)
     }
 
     pub fn totals(&self) -> Result<Totals> {
@@ -200,6 +220,24 @@ impl Shard {
 }
 
 impl Shard {
+    /// How many inodes [`Shard::purge_deleted`] would purge.
+    pub fn count_deleted(&self, before_ns: i64, live_holders: &[u64]) -> Result<u64> {
+        let rows: Vec<(u8, Option<u64>)> = self
+            .db
+            .read(|c| {
+                c.exec(
+                    "SELECT state, holder FROM inodes WHERE (state = 2 AND deleted_at < ?) OR state = 1",
+                    (before_ns,),
+                )
+            })?;
+        Ok(rows
+            .iter()
+            .filter(|(state, holder)| {
+                *state == 2 || !holder.is_some_and(|h| live_holders.contains(&h))
+            })
+            .count() as u64)
+    }
+
     /// Purges inodes deleted before `before_ns`, and inodes left unlinked-
     /// but-open by access points that are no longer alive. Returns how many.
     pub fn purge_deleted(&self, before_ns: i64, live_holders: &[u64]) -> Result<u64> {
@@ -216,7 +254,7 @@ impl Shard {
             if state == 1 && holder.is_some_and(|h| live_holders.contains(&h)) {
                 continue;
             }
-            self.tx(|tx| {
+            let r = self.tx(|tx| {
                 tx.exec_drop(
                     "DELETE FROM extents WHERE space_id = ? AND ino = ?",
                     (space, ino),
@@ -229,8 +267,12 @@ impl Shard {
                     "DELETE FROM inodes WHERE space_id = ? AND ino = ? AND state > 0",
                     (space, ino),
                 )
-            })
-            .map_err(TxError::into_db)?;
+            });
+            match r {
+                // Its space is being moved: the new node purges it later.
+                Err(TxError::Sql(_, ref m, _)) if m.contains(FENCE_MESSAGE) => continue,
+                r => r.map_err(TxError::into_db)?,
+            };
             n += 1;
         }
         Ok(n)

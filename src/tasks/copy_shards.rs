@@ -270,10 +270,17 @@ fn claim(cluster: &Cluster, c: &Candidate, owner: &str) -> Result<Option<Claim>>
             Ok(match existing {
                 Some((_, 0, _, _)) => None, // someone holds it
                 Some((state, _, from, to)) => {
+                    // A lapsed purge (remove-deleted died) becomes a move.
+                    let (state, from, to) = if state == "purging" {
+                        ("copying".to_string(), c.from, c.to)
+                    } else {
+                        (state, from, to)
+                    };
                     tx.exec_drop(
-                        "UPDATE space_moves SET token = ?, owner = ?, lease_until = NOW() + INTERVAL ? SECOND
+                        "UPDATE space_moves SET token = ?, owner = ?, lease_until = NOW() + INTERVAL ? SECOND,
+                                state = ?, from_node = ?, to_node = ?
                          WHERE space_id = ?",
-                        (token, owner, LEASE_SECS, c.space),
+                        (token, owner, LEASE_SECS, &state, from, to, c.space),
                     )?;
                     log::info!("space {}: taking over its move ({state})", c.space);
                     Some(Claim {
