@@ -59,6 +59,8 @@ pub struct Db {
     broken: Arc<AtomicBool>,
     opts: ConnOptions,
     max_conns: usize,
+    /// Statements every new connection runs first.
+    init: Vec<String>,
 }
 
 /// How long a caller waits for a free pooled connection before giving up.
@@ -73,11 +75,21 @@ impl Db {
     /// Connects (one connection at once, so a bad address fails here) with at
     /// most `max_conns` connections.
     pub fn connect(opts: &ConnOptions, max_conns: usize) -> Result<Db, DbError> {
+        Db::connect_with_init(opts, max_conns, Vec::new())
+    }
+
+    /// Like [`Db::connect`]; every connection first runs `init`.
+    pub fn connect_with_init(
+        opts: &ConnOptions,
+        max_conns: usize,
+        init: Vec<String>,
+    ) -> Result<Db, DbError> {
         Ok(Db {
-            pool: Arc::new(RwLock::new(new_pool(opts, max_conns)?)),
+            pool: Arc::new(RwLock::new(new_pool(opts, max_conns, &init)?)),
             broken: Arc::default(),
             opts: opts.clone(),
             max_conns,
+            init,
         })
     }
 
@@ -97,7 +109,7 @@ impl Db {
 
     pub fn conn(&self) -> Result<PooledConn, DbError> {
         if self.broken.load(Ordering::Acquire) {
-            let fresh = new_pool(&self.opts, self.max_conns)?;
+            let fresh = new_pool(&self.opts, self.max_conns, &self.init)?;
             *self.pool.write().unwrap() = fresh;
             self.broken.store(false, Ordering::Release);
         }
@@ -179,16 +191,21 @@ impl Db {
 
 /// A pool holding at most `max_conns` connections; connects one at once, so a
 /// bad address fails here.
-fn new_pool(opts: &ConnOptions, max_conns: usize) -> Result<Pool, DbError> {
+fn new_pool(opts: &ConnOptions, max_conns: usize, init: &[String]) -> Result<Pool, DbError> {
     let pool_opts = PoolOpts::new()
         .with_constraints(PoolConstraints::new(1, max_conns.max(1)).expect("1 <= max"))
         // A reset or a ping per checkout costs a round trip on every
         // filesystem call; broken connections are retried instead.
         .with_reset_connection(false)
         .with_check_health(false);
-    let my: mysql::Opts = mysql::OptsBuilder::from_opts(opts.to_mysql())
-        .pool_opts(pool_opts)
-        .into();
+    let mut builder = mysql::OptsBuilder::from_opts(opts.to_mysql()).pool_opts(pool_opts);
+    if !init.is_empty() {
+        // Keep the connection's own init statements (SET NAMES …) first.
+        let mut all = opts.to_mysql().get_init().to_vec();
+        all.extend(init.iter().cloned());
+        builder = builder.init(all);
+    }
+    let my: mysql::Opts = builder.into();
     Pool::new(my).map_err(|e| classify(opts, e))
 }
 

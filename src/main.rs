@@ -7,8 +7,9 @@ fn main() {
     tshs::logging::init();
     let cli = match tshs::cli::parse(std::env::args().collect()) {
         Ok(cli) => cli,
-        // A bad option value is one line, like every other error; other
-        // usage errors keep clap's usage text.
+        // A bad value is bad input like any other: one line, exit 1. Other
+        // usage errors (unknown command or option) keep clap's usage text
+        // and exit 2.
         Err(e)
             if matches!(
                 e.kind(),
@@ -16,7 +17,7 @@ fn main() {
             ) =>
         {
             eprintln!("tshs: error: {}", tshs::cli::one_line(&e));
-            std::process::exit(2);
+            std::process::exit(1);
         }
         Err(e) => e.exit(),
     };

@@ -275,7 +275,7 @@ fn serve(
     let fs = Arc::new(fs);
     let ap = {
         let fs = fs.clone();
-        cluster.register("tshs mount", move |_epoch| fs.drop_admin_view())?
+        cluster.register("tshs mount", move |_epoch| fs.topology_changed())?
     };
     fs.set_holder(ap.id());
     let reaper = crate::fs::reaper::spawn(fs.clone());

@@ -110,32 +110,37 @@ fn bad_input_fails_with_one_clear_line() {
     let o = c.tshs(&["--config", conf.to_str().unwrap(), "list-jobs"]);
     assert_ne!(o.status.code(), Some(0));
     assert!(text(&o.stderr).contains("start and stop belong on the command line"));
-    // The core names the reason; the runner keeps it to one line.
-    c.fails(&["list-files", "999"]);
+    fails(&["list-files", "999"], "there is no space 999");
     let db = c.new_db(2, "split");
-    c.fails(&[
-        "split-storage-node",
-        "99",
-        &format!("{};database={db}", server(2)),
-    ]);
+    fails(
+        &[
+            "split-storage-node",
+            "99",
+            &format!("{};database={db}", server(2)),
+        ],
+        "there is no storage node 99",
+    );
     fails(
         &["split-storage-node", "1", "bogus=1"],
         "unknown connection option",
     );
 
-    // Bad option values are usage errors (exit 2), on one line too.
-    for (args, want) in [
-        (["--retry", "banana"], "'banana' for '--retry"),
-        (["--retry", "-1"], "'-1' for '--retry"),
-        (["--time-limit", "-5"], "'-5' for '--time-limit"),
-        (["--pause-on-error", "2m"], "'2m' for '--pause-on-error"),
-    ] {
-        let o = c.tshs(&[args[0], args[1], "do-tasks", "all"]);
-        let err = text(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-        assert!(err.contains(want), "{err}");
-    }
+    // Bad option values too.
+    fails(
+        &["--retry", "banana", "do-tasks", "all"],
+        "'banana' for '--retry",
+    );
+    fails(&["--retry", "-1", "do-tasks", "all"], "'-1' for '--retry");
+    fails(
+        &["--time-limit", "-5", "copy-shards"],
+        "'-5' for '--time-limit",
+    );
+    fails(
+        &["--pause-on-error", "2m", "copy-shards"],
+        "'2m' for '--pause-on-error",
+    );
+    fails(&["remove-deleted", "--grace", "-1"], "'-1' for '--grace");
+    fails(&["list-files", "x"], "'x' for '<SPACE_ID>'");
 }
 
 #[test]
@@ -352,10 +357,8 @@ fn the_daemon_starts_logs_its_rounds_and_stops() {
     assert!(!alive(pid2));
 }
 
-/// The reference's default service command with the core's tasks (needs
-/// the core: split-storage-node, copy-shards, remove-deleted, list-files).
+/// The commands of the core's tasks, through the runner.
 #[test]
-#[ignore = "needs the core's tasks (src/tasks); run with --ignored once they are built"]
 fn split_then_copy_shards_and_list_files() {
     let c = TestCluster::with_nodes();
     let out = c.ok(&["do-tasks", "all"]);

@@ -12,12 +12,14 @@ pub mod table;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::cluster::Cluster;
 use crate::config::{self, ConnOptions};
+use crate::tasks::TaskOptions;
 use progress::Display;
 use runner::{Retry, Runner, Task, parse_retry, parse_seconds, parse_tasks};
 use stop::Stop;
@@ -125,6 +127,9 @@ pub enum Command {
         /// Report what would be purged; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Seconds a file or space stays after it was deleted (default 60).
+        #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
+        grace: Option<u64>,
     },
     /// List the files of a space (or of a path in it) with their state.
     ListFiles { space_id: u32, path: Option<String> },
@@ -362,9 +367,16 @@ pub fn execute(
                 list_storage_nodes(cluster)?
             )
         }
-        Command::CopyShards => return runner.run_task(cluster, Task::CopyShards, false, out),
-        Command::RemoveDeleted { dry_run } => {
-            return runner.run_task(cluster, Task::RemoveDeleted, *dry_run, out);
+        Command::CopyShards => {
+            return runner.run_task(cluster, Task::CopyShards, &runner.options(), out);
+        }
+        Command::RemoveDeleted { dry_run, grace } => {
+            let opts = TaskOptions {
+                dry_run: *dry_run,
+                grace: grace.map(Duration::from_secs),
+                ..runner.options()
+            };
+            return runner.run_task(cluster, Task::RemoveDeleted, &opts, out);
         }
         Command::DoTasks { tasks } => return runner.do_tasks(cluster, &parse_tasks(tasks)?, out),
         Command::ListFiles { space_id, path } => {

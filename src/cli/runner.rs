@@ -133,7 +133,7 @@ impl Runner {
                 deadline: (cli.time_limit > 0)
                     .then(|| Instant::now() + Duration::from_secs(cli.time_limit)),
                 storage_node: cli.storage_node,
-                dry_run: false,
+                ..TaskOptions::default()
             },
             retry: if repeating {
                 Retry::Times(0)
@@ -164,6 +164,11 @@ impl Runner {
         &self.stop
     }
 
+    /// The options every task gets; a command adds its own (`--dry-run`).
+    pub fn options(&self) -> TaskOptions {
+        self.opts.clone()
+    }
+
     pub fn deadline(&self) -> Option<Instant> {
         self.opts.deadline
     }
@@ -182,7 +187,7 @@ impl Runner {
                 writeln!(out, "{}: not started ({why})", task.name())?;
                 continue;
             }
-            if let Err(e) = self.run_task(cluster, task, false, out) {
+            if let Err(e) = self.run_task(cluster, task, &self.opts, out) {
                 failed.push(format!("{e:#}"));
             }
         }
@@ -198,7 +203,7 @@ impl Runner {
         &self,
         cluster: &Cluster,
         task: Task,
-        dry_run: bool,
+        opts: &TaskOptions,
         out: &mut dyn Write,
     ) -> Result<()> {
         type TaskFn = fn(&Cluster, &TaskOptions, &AtomicBool, ProgressFn) -> Result<Outcome>;
@@ -213,17 +218,13 @@ impl Runner {
                 return self.say(out, &line, true);
             }
         };
-        let opts = TaskOptions {
-            dry_run,
-            ..self.opts.clone()
-        };
         let mut failures = 0;
         loop {
             let reporter = Reporter::new(self.display);
-            let result = run(cluster, &opts, self.stop.flag(), &|p| reporter.update(p));
+            let result = run(cluster, opts, self.stop.flag(), &|p| reporter.update(p));
             reporter.finish();
             let e = match result {
-                Ok(o) => return self.report(task, &o, dry_run, out),
+                Ok(o) => return self.report(task, &o, opts.dry_run, out),
                 Err(e) => e.context(task.name()),
             };
             if !self.retry.allows(failures) || self.should_stop() {

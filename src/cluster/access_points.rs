@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use mysql::prelude::Queryable;
@@ -15,6 +15,9 @@ use super::Cluster;
 
 /// Seconds between heartbeats.
 pub const HEARTBEAT_SECS: u64 = 5;
+/// How often a process looks for a new topology epoch, so a move's
+/// cut-over is acknowledged within about a second.
+const EPOCH_POLL: Duration = Duration::from_secs(1);
 /// A process silent this long is considered gone.
 pub const EXPIRE_SECS: u64 = 30;
 
@@ -86,13 +89,17 @@ impl Cluster {
             std::thread::Builder::new()
                 .name("tshs-heartbeat".into())
                 .spawn(move || {
+                    let mut last = Instant::now();
                     while !stop.load(Ordering::Acquire) {
-                        std::thread::park_timeout(Duration::from_secs(HEARTBEAT_SECS));
+                        std::thread::park_timeout(EPOCH_POLL);
                         if stop.load(Ordering::Acquire) {
                             break;
                         }
-                        if let Err(e) = cluster.heartbeat(id, &epoch, &on_epoch) {
-                            log::warn!("access point {id}: heartbeat failed: {e:#}");
+                        let due = last.elapsed() >= Duration::from_secs(HEARTBEAT_SECS);
+                        match cluster.heartbeat(id, &epoch, &on_epoch, due) {
+                            Ok(true) => last = Instant::now(),
+                            Ok(false) => {}
+                            Err(e) => log::warn!("access point {id}: heartbeat failed: {e:#}"),
                         }
                     }
                 })?
@@ -106,11 +113,22 @@ impl Cluster {
         })
     }
 
-    fn heartbeat(&self, id: u64, acked: &AtomicU64, on_epoch: &dyn Fn(u64)) -> Result<()> {
+    /// Acknowledges a new epoch at once and heartbeats when `due`; true if
+    /// it wrote the row.
+    fn heartbeat(
+        &self,
+        id: u64,
+        acked: &AtomicU64,
+        on_epoch: &dyn Fn(u64),
+        due: bool,
+    ) -> Result<bool> {
         let current = self.epoch()?;
-        if current != acked.load(Ordering::Acquire) {
+        let changed = current != acked.load(Ordering::Acquire);
+        if changed {
             on_epoch(current);
             acked.store(current, Ordering::Release);
+        } else if !due {
+            return Ok(false);
         }
         let mut conn = self.admin.conn()?;
         conn.exec_drop(
@@ -119,8 +137,10 @@ impl Cluster {
         )
         .map_err(|e| self.admin.err(e))?;
         if conn.affected_rows() == 0 {
-            // Expired while we could not reach the Admin Node: register again
-            // under the same id so acknowledgements keep counting.
+            // Expired while we could not reach the Admin Node: a move may
+            // have finished without us, so forget all placement, then
+            // register again under the same id.
+            on_epoch(current);
             conn.exec_drop(
                 "INSERT IGNORE INTO access_points (id, ack_epoch, access_time, description)
                  VALUES (?, ?, NOW(), CONCAT('re-registered;;pid=', ?))",
@@ -128,7 +148,21 @@ impl Cluster {
             )
             .map_err(|e| self.admin.err(e))?;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// How many live access points have not acknowledged `epoch` yet.
+    pub fn unacknowledged(&self, epoch: u64) -> Result<u64> {
+        let n: Option<u64> = self
+            .admin
+            .conn()?
+            .exec_first(
+                "SELECT COUNT(*) FROM access_points
+                 WHERE ack_epoch < ? AND access_time >= NOW() - INTERVAL ? SECOND",
+                (epoch, EXPIRE_SECS),
+            )
+            .map_err(|e| self.admin.err(e))?;
+        Ok(n.unwrap_or(0))
     }
 
     /// Removes access points that stopped heartbeating.

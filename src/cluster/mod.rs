@@ -9,17 +9,19 @@
 mod access_points;
 mod jobs;
 mod nodes;
+mod route;
 mod volumes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use mysql::prelude::Queryable;
 
 pub use access_points::{AccessPoint, AccessPointRow};
 pub use jobs::JobRow;
 pub use nodes::{NodeRow, NodeTotals, Phase};
+pub use route::{Route, Router, is_fenced};
 pub use volumes::{
     SpaceRow, SpaceStatus, VolumeRow, VolumeStatus, check_volume_name, parse_space_id,
 };
@@ -29,10 +31,11 @@ use crate::db::{Db, migrate, table_names};
 use crate::shard::Shard;
 
 /// The Admin Node schema. Append new migrations; never edit an applied one.
-const MIGRATIONS: &[(u32, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE IF NOT EXISTS storage_nodes (
+const MIGRATIONS: &[(u32, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE IF NOT EXISTS storage_nodes (
             id INT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
             phase VARCHAR(16) NOT NULL,
             boundary BIGINT UNSIGNED NOT NULL,
@@ -40,31 +43,31 @@ const MIGRATIONS: &[(u32, &[&str])] = &[(
             conn_options TEXT NOT NULL,
             created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP
         ) ENGINE=InnoDB",
-        "CREATE TABLE IF NOT EXISTS topology (
+            "CREATE TABLE IF NOT EXISTS topology (
             id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
             epoch BIGINT UNSIGNED NOT NULL
         ) ENGINE=InnoDB",
-        "INSERT IGNORE INTO topology (id, epoch) VALUES (1, 1)",
-        "CREATE TABLE IF NOT EXISTS access_points (
+            "INSERT IGNORE INTO topology (id, epoch) VALUES (1, 1)",
+            "CREATE TABLE IF NOT EXISTS access_points (
             id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
             ack_epoch BIGINT UNSIGNED NOT NULL,
             access_time DATETIME NOT NULL,
             description VARCHAR(255) NOT NULL
         ) ENGINE=InnoDB",
-        "CREATE TABLE IF NOT EXISTS jobs (
+            "CREATE TABLE IF NOT EXISTS jobs (
             id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
             job VARCHAR(16) NOT NULL,
             parameters TEXT NOT NULL,
             created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP
         ) ENGINE=InnoDB",
-        "CREATE TABLE IF NOT EXISTS volumes (
+            "CREATE TABLE IF NOT EXISTS volumes (
             id INT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
             name VARCHAR(255) NOT NULL,
             status VARCHAR(16) NOT NULL DEFAULT 'Operational',
             created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP,
             UNIQUE KEY (name)
         ) ENGINE=InnoDB",
-        "CREATE TABLE IF NOT EXISTS spaces (
+            "CREATE TABLE IF NOT EXISTS spaces (
             id INT UNSIGNED NOT NULL PRIMARY KEY,
             volume_id INT UNSIGNED NOT NULL,
             node_id INT UNSIGNED NOT NULL,
@@ -76,8 +79,31 @@ const MIGRATIONS: &[(u32, &[&str])] = &[(
             KEY (volume_id),
             KEY (node_id)
         ) ENGINE=InnoDB",
-    ],
-)];
+        ],
+    ),
+    (
+        2,
+        &[
+            // The node a MIRROR_SHARD node receives its spaces from.
+            "ALTER TABLE storage_nodes ADD COLUMN IF NOT EXISTS source_id INT UNSIGNED NULL",
+            // Spaces being moved by copy-shards: who holds the move (a lease
+            // renewed while it works, taken over once it lapses) and how far
+            // it got ('copying', then 'switched' once the space's row names
+            // the new node and only the old rows remain to be dropped).
+            "CREATE TABLE IF NOT EXISTS space_moves (
+                space_id INT UNSIGNED NOT NULL PRIMARY KEY,
+                from_node INT UNSIGNED NOT NULL,
+                to_node INT UNSIGNED NOT NULL,
+                state VARCHAR(16) NOT NULL,
+                token BIGINT UNSIGNED NOT NULL,
+                owner VARCHAR(255) NOT NULL,
+                lease_until DATETIME NOT NULL,
+                bytes BIGINT UNSIGNED NOT NULL DEFAULT 0,
+                started_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP
+            ) ENGINE=InnoDB",
+        ],
+    ),
+];
 
 /// The tables migration 1 creates; their presence means the node exists.
 const ADMIN_TABLES: &[&str] = &[
@@ -87,6 +113,7 @@ const ADMIN_TABLES: &[&str] = &[
     "jobs",
     "volumes",
     "spaces",
+    "space_moves",
 ];
 
 /// A connection to the cluster through its Admin Node.
@@ -114,10 +141,21 @@ impl Cluster {
         &self.admin
     }
 
-    /// Creates the Admin Node tables; returns the migrations it applied
-    /// (none when the node is up to date).
+    /// Creates the Admin Node tables, or brings them and every Storage
+    /// Node's up to date (the upgrade step); returns the Admin Node
+    /// migrations it applied (none when it was up to date).
     pub fn create_admin_node(&self) -> Result<Vec<u32>> {
-        Ok(migrate(&self.admin, MIGRATIONS)?)
+        let applied = migrate(&self.admin, MIGRATIONS)?;
+        for n in self.nodes()? {
+            let done = self
+                .shard(n.id)
+                .and_then(|s| Ok(s.upgrade()?))
+                .with_context(|| format!("cannot upgrade storage node {}", n.id))?;
+            if !done.is_empty() {
+                log::info!("storage node {}: applied migrations {done:?}", n.id);
+            }
+        }
+        Ok(applied)
     }
 
     /// Fails with a clear message unless `create-admin-node` has run.

@@ -42,6 +42,8 @@ pub struct NodeRow {
     pub phase: Phase,
     pub range: Range,
     pub conn: ConnOptions,
+    /// For a MIRROR_SHARD node: the node its spaces are copied from.
+    pub source: Option<u32>,
 }
 
 /// What a Storage Node holds, computed from its rows (see [`Shard::totals`]).
@@ -49,19 +51,21 @@ pub use crate::shard::Totals as NodeTotals;
 
 impl Cluster {
     pub fn nodes(&self) -> Result<Vec<NodeRow>> {
-        let rows: Vec<(u32, String, u64, u64, String)> = self
+        type Row = (u32, String, u64, u64, String, Option<u32>);
+        let rows: Vec<Row> = self
             .admin
             .conn()?
-            .query("SELECT id, phase, boundary, size, conn_options FROM storage_nodes ORDER BY boundary, id")
+            .query("SELECT id, phase, boundary, size, conn_options, source_id FROM storage_nodes ORDER BY boundary, id")
             .map_err(|e| self.admin.err(e))?;
         rows.into_iter()
-            .map(|(id, phase, boundary, size, conn)| {
+            .map(|(id, phase, boundary, size, conn, source)| {
                 Ok(NodeRow {
                     id,
                     phase: Phase::parse(&phase)?,
                     range: Range { boundary, size },
                     conn: ConnOptions::parse(&conn)
                         .with_context(|| format!("connection options of storage node {id}"))?,
+                    source,
                 })
             })
             .collect()
@@ -187,8 +191,73 @@ impl Cluster {
     /// MIRROR_SHARD phase until copy-shards has moved its spaces. Returns
     /// the new node's id.
     pub fn split_storage_node(&self, id: u32, conn: &ConnOptions) -> Result<u32> {
-        let _ = (id, conn);
-        bail!("split-storage-node: not built yet")
+        self.require_admin_node()?;
+        conn.database()?;
+        let nodes = self.nodes()?;
+        let node = nodes.iter().find(|n| n.id == id).ok_or_else(|| {
+            anyhow!("there is no storage node {id} (see tshs list-storage-nodes)")
+        })?;
+        if node.phase != Phase::ActiveShard {
+            bail!(
+                "storage node {id} is in {} phase: run tshs copy-shards until it is ACTIVE_SHARD, then split it",
+                node.phase.as_str()
+            );
+        }
+        if let Some(m) = nodes.iter().find(|n| n.source == Some(id)) {
+            bail!(
+                "storage node {id} is still being split (node {} is {}): run tshs copy-shards first",
+                m.id,
+                m.phase.as_str()
+            );
+        }
+        if node.range.size < 2 {
+            bail!("storage node {id} owns a single key and cannot be split");
+        }
+        if let Some(n) = nodes.iter().find(|n| same_database(&n.conn, conn)) {
+            bail!(
+                "database '{}' on {} is already storage node {}",
+                conn.database()?,
+                conn.server(),
+                n.id
+            );
+        }
+        let db = shard::create_tables(conn)?;
+        let lower = node.range.size / 2;
+        let created = (|| -> Result<u32> {
+            let mut c = self.admin.conn()?;
+            let mut tx = c
+                .start_transaction(Default::default())
+                .map_err(|e| self.admin.err(e))?;
+            // Only if nobody changed the node meanwhile (two splits at once).
+            tx.exec_drop(
+                "UPDATE storage_nodes SET size = ? WHERE id = ? AND size = ? AND phase = ?",
+                (lower, id, node.range.size, Phase::ActiveShard.as_str()),
+            )
+            .map_err(|e| self.admin.err(e))?;
+            if tx.affected_rows() != 1 {
+                bail!("storage node {id} changed while it was being split; try again");
+            }
+            tx.exec_drop(
+                "INSERT INTO storage_nodes (phase, boundary, size, conn_options, source_id) VALUES (?, ?, ?, ?, ?)",
+                (
+                    Phase::MirrorShard.as_str(),
+                    node.range.boundary + lower,
+                    node.range.size - lower,
+                    conn.to_stored(),
+                    id,
+                ),
+            )
+            .map_err(|e| self.admin.err(e))?;
+            let new_id = tx.last_insert_id().unwrap_or(0) as u32;
+            tx.query_drop("UPDATE topology SET epoch = epoch + 1 WHERE id = 1")
+                .map_err(|e| self.admin.err(e))?;
+            tx.commit().map_err(|e| self.admin.err(e))?;
+            Ok(new_id)
+        })();
+        if created.is_err() {
+            let _ = shard::drop_tables(&db);
+        }
+        created
     }
 
     /// Each node with its totals; a node that cannot be reached gets the error text.

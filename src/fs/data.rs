@@ -24,7 +24,8 @@ use super::attr::Attr;
 use super::cache::DataCache;
 use super::error::{Abort, Errno, FsResult, tx_errno};
 use super::now_ns;
-use crate::shard::{EXTENT_SIZE, Shard};
+use crate::cluster::Route;
+use crate::shard::EXTENT_SIZE;
 
 const E: u64 = EXTENT_SIZE;
 /// Largest file: writes beyond fail with `EFBIG`.
@@ -103,7 +104,7 @@ pub struct FileState {
 pub struct OpenInode {
     pub space: u32,
     pub ino: u64,
-    pub shard: Shard,
+    pub shard: Route,
     pub opens: Mutex<usize>,
     state: Mutex<FileState>,
     /// Signalled when a background flush finishes.
@@ -123,7 +124,7 @@ impl OpenInode {
     pub fn new(
         space: u32,
         ino: u64,
-        shard: Shard,
+        shard: Route,
         size: u64,
         generation: u64,
         pending: Option<PendingCreate>,
@@ -301,7 +302,7 @@ impl OpenInode {
     /// One extent as the database holds it (empty if none), for a partial
     /// overwrite. Called with the file's lock held: nothing can change it.
     fn load_extent(&self, ext: u64) -> FsResult<Vec<u8>> {
-        let db = self.shard.db();
+        let db = &self.shard;
         let d: Option<Vec<u8>> = db
             .read(|c| {
                 c.exec_first(
@@ -338,7 +339,7 @@ impl OpenInode {
         last: u64,
         version: (u64, u64),
     ) -> FsResult<Vec<(u64, Arc<Vec<u8>>)>> {
-        let db = self.shard.db();
+        let db = &self.shard;
         let rows: Vec<(u64, Vec<u8>)> = db
             .read(|c| {
                 c.exec(

@@ -8,7 +8,7 @@ use mysql::{Row, Transaction};
 use super::attr::{self, Attr, COLUMNS, I_COLUMNS};
 use super::error::{Abort, Errno, FsResult, tx_errno};
 use super::now_ns;
-use crate::shard::Shard;
+use crate::cluster::Route;
 
 /// Longest name of a directory entry, in bytes.
 pub const NAME_MAX: usize = 255;
@@ -73,7 +73,7 @@ impl AttrChange {
 }
 
 /// Writes deferred attribute changes of one space in one transaction.
-pub fn apply_changes(shard: &Shard, space: u32, changes: &[(u64, AttrChange)]) -> FsResult<()> {
+pub fn apply_changes(shard: &Route, space: u32, changes: &[(u64, AttrChange)]) -> FsResult<()> {
     if changes.is_empty() {
         return Ok(());
     }
@@ -185,7 +185,8 @@ fn touch_dir(
 
 /// Allocates a number from the space's counter, in one statement: it serves
 /// as a new inode's number and as a directory entry's sequence (readdir
-/// offset). Both counters move together so neither repeats.
+/// offset). Both counters move together so neither repeats. Callers insert
+/// a directory entry in the same transaction, which checks the move fence.
 fn allocate(tx: &mut Tx<'_>, space: u32) -> Result<u64, mysql::Error> {
     tx.exec_drop(
         "UPDATE spaces SET next_ino = GREATEST(next_ino, next_seq) + 1, next_seq = LAST_INSERT_ID(next_ino)
@@ -224,8 +225,8 @@ fn drop_link(
     }
 }
 
-pub fn getattr(shard: &Shard, space: u32, ino: u64) -> FsResult<Attr> {
-    let row: Option<Row> = shard.db().read(|conn| {
+pub fn getattr(shard: &Route, space: u32, ino: u64) -> FsResult<Attr> {
+    let row: Option<Row> = shard.read(|conn| {
         conn.exec_first(
             format!("SELECT {COLUMNS} FROM inodes WHERE space_id = ? AND ino = ? AND state < 2"),
             (space, ino),
@@ -237,7 +238,7 @@ pub fn getattr(shard: &Shard, space: u32, ino: u64) -> FsResult<Attr> {
 /// The attributes, and when `small` and the file fits in one extent, its
 /// data (empty for a hole or an empty file), from one query.
 pub fn getattr_with_head(
-    shard: &Shard,
+    shard: &Route,
     space: u32,
     ino: u64,
     small: bool,
@@ -245,7 +246,7 @@ pub fn getattr_with_head(
     if !small {
         return Ok((getattr(shard, space, ino)?, None));
     }
-    let row: Option<Row> = shard.db().read(|conn| {
+    let row: Option<Row> = shard.read(|conn| {
         conn.exec_first(
             format!(
                 "SELECT {I_COLUMNS}, IF(i.size <= ? AND i.mode & ? = ?, COALESCE(e.data, ''), NULL)
@@ -260,26 +261,26 @@ pub fn getattr_with_head(
     Ok((attr::from_row(space, &row), head))
 }
 
-pub fn lookup(shard: &Shard, space: u32, parent: u64, name: &[u8]) -> FsResult<Attr> {
+pub fn lookup(shard: &Route, space: u32, parent: u64, name: &[u8]) -> FsResult<Attr> {
     if name.len() > NAME_MAX {
         return Err(Errno::ENAMETOOLONG);
     }
-    let row: Option<Row> = shard
-        .db()
-        .read(|conn| conn.exec_first(
+    let row: Option<Row> = shard.read(|conn| {
+        conn.exec_first(
             format!(
                 "SELECT {I_COLUMNS} FROM dentries d JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
                  WHERE d.space_id = ? AND d.parent = ? AND d.name = ?"
             ),
             (space, parent, name),
-        ))?;
+        )
+    })?;
     row.map(|r| attr::from_row(space, &r)).ok_or(Errno::ENOENT)
 }
 
 /// Creates a file, directory, FIFO, device or symlink. A directory with the
 /// set-group-ID bit passes its group (and, to directories, the bit) on.
 pub fn create(
-    shard: &Shard,
+    shard: &Route,
     space: u32,
     parent: u64,
     name: &[u8],
@@ -379,9 +380,9 @@ pub(super) fn insert_new(
 
 /// Checks that `name` can be created in `parent` (a read, no locks): returns
 /// the parent's attributes.
-pub fn check_create(shard: &Shard, space: u32, parent: u64, name: &[u8]) -> FsResult<Attr> {
+pub fn check_create(shard: &Route, space: u32, parent: u64, name: &[u8]) -> FsResult<Attr> {
     check_name(name)?;
-    let row: Option<Row> = shard.db().read(|conn| {
+    let row: Option<Row> = shard.read(|conn| {
         conn.exec_first(
             format!(
                 "SELECT {I_COLUMNS}, d.ino FROM inodes i
@@ -398,11 +399,14 @@ pub fn check_create(shard: &Shard, space: u32, parent: u64, name: &[u8]) -> FsRe
     Ok(attr::from_row(space, &row))
 }
 
-/// Reserves `n` numbers of a space's counter for this mount (one autocommit
-/// statement); returns the first.
-pub fn reserve_ids(shard: &Shard, space: u32, n: u64) -> FsResult<u64> {
+/// Reserves `n` numbers of a space's counter for this mount; returns the
+/// first. `spaces` has no update trigger (it would hide LAST_INSERT_ID), and
+/// this is the one transaction that writes nothing else, so it checks the
+/// move fence itself.
+pub fn reserve_ids(shard: &Route, space: u32, n: u64) -> FsResult<u64> {
     let end = shard
         .tx(|tx| {
+            tx.exec_drop("CALL tshs_check_fence(?)", (space,))?;
             tx.exec_drop(
                 "UPDATE spaces SET next_ino = GREATEST(next_ino, next_seq) + ?, next_seq = LAST_INSERT_ID(next_ino)
                  WHERE space_id = ?",
@@ -417,7 +421,7 @@ pub fn reserve_ids(shard: &Shard, space: u32, n: u64) -> FsResult<u64> {
 /// Removes a name. `holder` is set when this mount still has the inode open:
 /// the inode then survives, unlinked, until the last close.
 pub fn unlink(
-    shard: &Shard,
+    shard: &Route,
     space: u32,
     parent: u64,
     name: &[u8],
@@ -491,7 +495,7 @@ pub const RENAME_EXCHANGE: u32 = 2;
 /// pointed to, if it lost its last link.
 #[allow(clippy::too_many_arguments)]
 pub fn rename(
-    shard: &Shard,
+    shard: &Route,
     space: u32,
     parent: u64,
     name: &[u8],
@@ -601,7 +605,7 @@ pub fn rename(
         .map_err(|e| tx_errno(shard.id(), "rename", e, &abort))
 }
 
-pub fn link(shard: &Shard, space: u32, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+pub fn link(shard: &Route, space: u32, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
     check_name(newname)?;
     let abort = Abort::default();
     let now = now_ns();
@@ -642,8 +646,8 @@ pub fn link(shard: &Shard, space: u32, ino: u64, newparent: u64, newname: &[u8])
         .map_err(|e| tx_errno(shard.id(), "link", e, &abort))
 }
 
-pub fn readlink(shard: &Shard, space: u32, ino: u64) -> FsResult<Vec<u8>> {
-    let t: Option<Option<Vec<u8>>> = shard.db().read(|conn| {
+pub fn readlink(shard: &Route, space: u32, ino: u64) -> FsResult<Vec<u8>> {
+    let t: Option<Option<Vec<u8>>> = shard.read(|conn| {
         conn.exec_first(
             "SELECT target FROM inodes WHERE space_id = ? AND ino = ? AND state < 2",
             (space, ino),
@@ -653,7 +657,7 @@ pub fn readlink(shard: &Shard, space: u32, ino: u64) -> FsResult<Vec<u8>> {
 }
 
 /// Changes attributes; a size change truncates or extends (with a hole).
-pub fn setattr(shard: &Shard, space: u32, ino: u64, s: &SetAttr) -> FsResult<Attr> {
+pub fn setattr(shard: &Route, space: u32, ino: u64, s: &SetAttr) -> FsResult<Attr> {
     let abort = Abort::default();
     let now = now_ns();
     shard
@@ -714,13 +718,13 @@ pub struct DirEntry {
 /// Up to `limit` entries of `dir` after sequence `after`, in sequence order:
 /// offsets stay valid while entries are added and removed.
 pub fn readdir(
-    shard: &Shard,
+    shard: &Route,
     space: u32,
     dir: u64,
     after: u64,
     limit: usize,
 ) -> FsResult<Vec<DirEntry>> {
-    let rows: Vec<Row> = shard.db().read(|conn| {
+    let rows: Vec<Row> = shard.read(|conn| {
         conn.exec(
             format!(
                 "SELECT {I_COLUMNS}, d.seq, d.name,
@@ -744,18 +748,18 @@ pub fn readdir(
 }
 
 /// The parent of a directory (for `..`); the space root is its own parent here.
-pub fn parent_of(shard: &Shard, space: u32, dir: u64) -> FsResult<Option<u64>> {
-    let mut conn = shard.db().conn()?;
-    conn.exec_first(
-        "SELECT parent FROM dentries WHERE space_id = ? AND ino = ? LIMIT 1",
-        (space, dir),
-    )
-    .map_err(|e| shard.db().err(e).into())
+pub fn parent_of(shard: &Route, space: u32, dir: u64) -> FsResult<Option<u64>> {
+    Ok(shard.read(|conn| {
+        conn.exec_first(
+            "SELECT parent FROM dentries WHERE space_id = ? AND ino = ? LIMIT 1",
+            (space, dir),
+        )
+    })?)
 }
 
 /// True if the directory has no entries.
-pub fn is_empty_dir(shard: &Shard, space: u32, dir: u64) -> FsResult<bool> {
-    let child: Option<u64> = shard.db().read(|conn| {
+pub fn is_empty_dir(shard: &Route, space: u32, dir: u64) -> FsResult<bool> {
+    let child: Option<u64> = shard.read(|conn| {
         conn.exec_first(
             "SELECT ino FROM dentries WHERE space_id = ? AND parent = ? LIMIT 1",
             (space, dir),
@@ -765,15 +769,16 @@ pub fn is_empty_dir(shard: &Shard, space: u32, dir: u64) -> FsResult<bool> {
 }
 
 /// The last close of an unlinked inode: it becomes deleted, for the reaper.
-pub fn release_orphan(shard: &Shard, space: u32, ino: u64) -> FsResult<()> {
+pub fn release_orphan(shard: &Route, space: u32, ino: u64) -> FsResult<()> {
     let now = now_ns();
-    let mut conn = shard.db().conn()?;
-    conn.exec_drop(
-        "UPDATE inodes SET state = 2, deleted_at = ?, holder = NULL WHERE space_id = ? AND ino = ? AND state = 1",
-        (now, space, ino),
-    )
-    .map_err(|e| shard.db().err(e))?;
-    Ok(())
+    shard
+        .tx(|tx| {
+            tx.exec_drop(
+                "UPDATE inodes SET state = 2, deleted_at = ?, holder = NULL WHERE space_id = ? AND ino = ? AND state = 1",
+                (now, space, ino),
+            )
+        })
+        .map_err(|e| tx_errno(shard.id(), "release", e, &Abort::default()))
 }
 
 // ---- xattrs ----
@@ -782,7 +787,7 @@ pub const XATTR_CREATE: i32 = 1;
 pub const XATTR_REPLACE: i32 = 2;
 
 pub fn setxattr(
-    shard: &Shard,
+    shard: &Route,
     space: u32,
     ino: u64,
     name: &[u8],
@@ -827,8 +832,8 @@ pub fn setxattr(
 }
 
 /// Every xattr of an inode, sorted by name.
-pub fn xattrs(shard: &Shard, space: u32, ino: u64) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
-    Ok(shard.db().read(|conn| {
+pub fn xattrs(shard: &Route, space: u32, ino: u64) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    Ok(shard.read(|conn| {
         conn.exec(
             "SELECT name, value FROM xattrs WHERE space_id = ? AND ino = ? ORDER BY name",
             (space, ino),
@@ -836,7 +841,7 @@ pub fn xattrs(shard: &Shard, space: u32, ino: u64) -> FsResult<Vec<(Vec<u8>, Vec
     })?)
 }
 
-pub fn removexattr(shard: &Shard, space: u32, ino: u64, name: &[u8]) -> FsResult<()> {
+pub fn removexattr(shard: &Route, space: u32, ino: u64, name: &[u8]) -> FsResult<()> {
     let abort = Abort::default();
     let now = now_ns();
     shard
@@ -857,7 +862,7 @@ pub fn removexattr(shard: &Shard, space: u32, ino: u64, name: &[u8]) -> FsResult
 }
 
 /// Counts for statfs: (inodes in use, bytes stored) over the whole node.
-pub fn usage(shard: &Shard) -> FsResult<(u64, u64)> {
+pub fn usage(shard: &crate::shard::Shard) -> FsResult<(u64, u64)> {
     let r: Option<(u64, Option<u64>)> = shard.db().read(|conn| {
         conn.query_first("SELECT COUNT(*), SUM(stored) FROM inodes WHERE state < 2")
     })?;

@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 pub use attr::{Attr, Node};
 pub use error::{Errno, FsResult};
 
-use crate::cluster::{Cluster, SpaceRow, VolumeRow, VolumeStatus};
-use crate::shard::Shard;
+use crate::cluster::{Cluster, Route, Router, SpaceRow, VolumeRow, VolumeStatus};
 use cache::DataCache;
 use data::OpenInode;
 use meta::{NewInode, SetAttr};
@@ -97,6 +96,8 @@ struct AdminView {
 
 pub struct Fs {
     cluster: Cluster,
+    /// Where each space's rows are, across moves.
+    router: Arc<Router>,
     cfg: FsConfig,
     /// This mount's access point id: the holder of files unlinked while open.
     holder: AtomicU64,
@@ -172,6 +173,7 @@ impl Fs {
                 .max(1 << 20),
         ));
         Fs {
+            router: Router::new(cluster.clone()),
             cluster,
             flusher: spawn_workers(
                 "tshs-flush",
@@ -209,9 +211,16 @@ impl Fs {
         self.holder.store(access_point, Ordering::Release);
     }
 
-    /// Forgets cached placement (after a topology change).
+    /// Forgets cached volumes and spaces (after a change by this mount).
     pub fn drop_admin_view(&self) {
         self.view.write().unwrap().loaded = None;
+    }
+
+    /// A new topology epoch: forgets all placement and waits until nothing
+    /// still uses the old one, so the epoch can be acknowledged.
+    pub fn topology_changed(&self) {
+        self.drop_admin_view();
+        self.router.topology_changed();
     }
 
     fn view(&self) -> FsResult<std::sync::RwLockReadGuard<'_, AdminView>> {
@@ -260,16 +269,13 @@ impl Fs {
     }
 
     /// The Storage Node of a space that may be used by `caller`.
-    fn shard(&self, space: u32) -> FsResult<Shard> {
-        let (s, _) = self.space(space)?;
-        self.cluster.shard(s.node_id).map_err(|e| {
-            log::error!("storage node {} (space {space}): {e:#}", s.node_id);
-            Errno::EIO
-        })
+    fn shard(&self, space: u32) -> FsResult<Route> {
+        self.space(space)?;
+        Ok(self.router.route(space))
     }
 
     /// Like [`Fs::shard`], and refuses changes to a space in a Standby volume.
-    fn shard_rw(&self, space: u32) -> FsResult<Shard> {
+    fn shard_rw(&self, space: u32) -> FsResult<Route> {
         let (_, vol) = self.space(space)?;
         if vol.status == VolumeStatus::Standby {
             return Err(Errno::EROFS);
@@ -863,7 +869,7 @@ impl Fs {
     }
 
     /// A fresh inode number for a deferred create, from the mount's reserved block.
-    fn next_id(&self, shard: &Shard, space: u32) -> FsResult<u64> {
+    fn next_id(&self, shard: &Route, space: u32) -> FsResult<u64> {
         loop {
             {
                 let mut ids = self.reserved_ids.lock().unwrap();

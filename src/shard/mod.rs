@@ -10,16 +10,19 @@
 //! no extent holds read as zeros (holes). `inodes.stored` is the sum of the
 //! extents' lengths, so `st_blocks` is honest for sparse files.
 
+mod copy;
 mod schema;
 
-use anyhow::{Result, bail};
+pub use copy::{RoundStats, SpaceCopy, open_space, purge_moved};
+
+use anyhow::{Context, Result, bail};
 use mysql::Transaction;
 use mysql::prelude::Queryable;
 
 use crate::config::ConnOptions;
 use crate::db::{Db, DbError, TxError, migrate, table_names};
 
-pub use schema::MIGRATIONS;
+pub use schema::{FENCE_MESSAGE, MIGRATIONS};
 
 /// Largest extent, in bytes. Small enough to stay far below
 /// `max_allowed_packet` (16 MiB by default), large enough that a 512 MiB
@@ -82,6 +85,10 @@ pub fn drop_tables(db: &Db) -> Result<(), DbError> {
                 .map_err(|e| db.err(e))?;
         }
     }
+    for r in schema::ROUTINES {
+        conn.query_drop(format!("DROP PROCEDURE IF EXISTS `{r}`"))
+            .map_err(|e| db.err(e))?;
+    }
     Ok(())
 }
 
@@ -93,8 +100,22 @@ impl Shard {
         })
     }
 
+    /// A connection to the node for copy-shards: its sessions pass the
+    /// fence of a space being moved (see the schema's `space_fence`).
+    pub fn copier(id: u32, opts: &ConnOptions, max_conns: usize) -> Result<Shard> {
+        Ok(Shard {
+            id,
+            db: Db::connect_with_init(opts, max_conns, vec!["SET @tshs_copier = 1".into()])?,
+        })
+    }
+
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// Brings the node's schema up to date; returns the migrations applied.
+    pub fn upgrade(&self) -> Result<Vec<u32>, DbError> {
+        migrate(&self.db, MIGRATIONS)
     }
 
     pub fn db(&self) -> &Db {
@@ -118,6 +139,10 @@ impl Shard {
                 (space,),
             )?;
             tx.exec_drop(
+                "INSERT IGNORE INTO space_fence (space_id) VALUES (?)",
+                (space,),
+            )?;
+            tx.exec_drop(
                 "INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime)
                  VALUES (?, 1, ?, ?, ?, 2, 0, 0, 0, ?, ?, ?, ?)",
                 (space, libc::S_IFDIR | (mode & 0o7777), uid, gid, now, now, now, now),
@@ -127,16 +152,43 @@ impl Shard {
         Ok(())
     }
 
-    /// Deletes every row of a space.
+    /// Deletes every row of a space, a batch per transaction.
     pub fn purge_space(&self, space: u32) -> Result<()> {
-        self.tx(|tx| {
-            for t in ["extents", "xattrs", "dentries", "inodes", "spaces"] {
-                tx.exec_drop(format!("DELETE FROM {t} WHERE space_id = ?"), (space,))?;
-            }
-            Ok(())
-        })
-        .map_err(TxError::into_db)?;
+        self.purge_rows(space, &["space_fence"])?;
         Ok(())
+    }
+
+    /// Deletes a space's rows from its tables, then from `extra` (a batch
+    /// per transaction, so a big space does not make one huge transaction).
+    /// Returns the rows deleted.
+    pub fn purge_rows(&self, space: u32, extra: &[&str]) -> Result<u64> {
+        let mut total = 0;
+        let tables = [
+            ("extents", 64),
+            ("xattrs", 1000),
+            ("dentries", 5000),
+            ("inodes", 5000),
+            ("spaces", 1),
+        ];
+        for (t, batch) in tables.into_iter().chain(extra.iter().map(|t| (*t, 1))) {
+            loop {
+                let n = self
+                    .tx(|tx| {
+                        tx.exec_drop(
+                            format!("DELETE FROM {t} WHERE space_id = ? LIMIT {batch}"),
+                            (space,),
+                        )?;
+                        Ok(tx.affected_rows())
+                    })
+                    .map_err(TxError::into_db)
+                    .with_context(|| format!("storage node {}: purging space {space}", self.id))?;
+                total += n;
+                if n < batch {
+                    break;
+                }
+            }
+        }
+        Ok(total)
     }
 
     pub fn totals(&self) -> Result<Totals> {
@@ -168,6 +220,24 @@ impl Shard {
 }
 
 impl Shard {
+    /// How many inodes [`Shard::purge_deleted`] would purge.
+    pub fn count_deleted(&self, before_ns: i64, live_holders: &[u64]) -> Result<u64> {
+        let rows: Vec<(u8, Option<u64>)> = self
+            .db
+            .read(|c| {
+                c.exec(
+                    "SELECT state, holder FROM inodes WHERE (state = 2 AND deleted_at < ?) OR state = 1",
+                    (before_ns,),
+                )
+            })?;
+        Ok(rows
+            .iter()
+            .filter(|(state, holder)| {
+                *state == 2 || !holder.is_some_and(|h| live_holders.contains(&h))
+            })
+            .count() as u64)
+    }
+
     /// Purges inodes deleted before `before_ns`, and inodes left unlinked-
     /// but-open by access points that are no longer alive. Returns how many.
     pub fn purge_deleted(&self, before_ns: i64, live_holders: &[u64]) -> Result<u64> {
@@ -184,7 +254,7 @@ impl Shard {
             if state == 1 && holder.is_some_and(|h| live_holders.contains(&h)) {
                 continue;
             }
-            self.tx(|tx| {
+            let r = self.tx(|tx| {
                 tx.exec_drop(
                     "DELETE FROM extents WHERE space_id = ? AND ino = ?",
                     (space, ino),
@@ -197,8 +267,12 @@ impl Shard {
                     "DELETE FROM inodes WHERE space_id = ? AND ino = ? AND state > 0",
                     (space, ino),
                 )
-            })
-            .map_err(TxError::into_db)?;
+            });
+            match r {
+                // Its space is being moved: the new node purges it later.
+                Err(TxError::Sql(_, ref m, _)) if m.contains(FENCE_MESSAGE) => continue,
+                r => r.map_err(TxError::into_db)?,
+            };
             n += 1;
         }
         Ok(n)

@@ -4,6 +4,14 @@
 //! Times are nanoseconds since the epoch (signed: times before 1970 are
 //! legal). `inodes.state`: 0 live, 1 unlinked but still open on the access
 //! point `holder`, 2 deleted (rows wait for remove-deleted / the reaper).
+//!
+//! `space_fence` fences a space during a move (migration 2): while
+//! `fenced_until` lies in the future, every write to the space's rows fails
+//! inside the database with error 1644 and [`FENCE_MESSAGE`], whatever
+//! process sends it — the triggers check it, so no writer can slip past a
+//! stale placement. Sessions that set `@tshs_copier` (copy-shards itself)
+//! are let through. `copy_token` on the receiving node names the copy-shards
+//! run that may still write there.
 
 pub const TABLES: &[&str] = &[
     "schema_migrations",
@@ -12,17 +20,25 @@ pub const TABLES: &[&str] = &[
     "dentries",
     "extents",
     "xattrs",
+    "space_fence",
 ];
 
-pub const MIGRATIONS: &[(u32, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE IF NOT EXISTS spaces (
+/// The stored procedure migration 2 creates (dropped with the tables).
+pub const ROUTINES: &[&str] = &["tshs_check_fence"];
+
+/// The message of the error a write to a fenced space gets.
+pub const FENCE_MESSAGE: &str = "tshs: the space is being moved to another storage node";
+
+pub const MIGRATIONS: &[(u32, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE IF NOT EXISTS spaces (
             space_id INT UNSIGNED NOT NULL PRIMARY KEY,
             next_ino BIGINT UNSIGNED NOT NULL,
             next_seq BIGINT UNSIGNED NOT NULL
         ) ENGINE=InnoDB",
-        "CREATE TABLE IF NOT EXISTS inodes (
+            "CREATE TABLE IF NOT EXISTS inodes (
             space_id INT UNSIGNED NOT NULL,
             ino BIGINT UNSIGNED NOT NULL,
             mode INT UNSIGNED NOT NULL,
@@ -43,7 +59,7 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[(
             PRIMARY KEY (space_id, ino),
             KEY (state)
         ) ENGINE=InnoDB",
-        "CREATE TABLE IF NOT EXISTS dentries (
+            "CREATE TABLE IF NOT EXISTS dentries (
             space_id INT UNSIGNED NOT NULL,
             parent BIGINT UNSIGNED NOT NULL,
             name VARBINARY(255) NOT NULL,
@@ -53,7 +69,7 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[(
             UNIQUE KEY readdir (space_id, parent, seq),
             KEY by_ino (space_id, ino)
         ) ENGINE=InnoDB",
-        "CREATE TABLE IF NOT EXISTS extents (
+            "CREATE TABLE IF NOT EXISTS extents (
             space_id INT UNSIGNED NOT NULL,
             ino BIGINT UNSIGNED NOT NULL,
             off BIGINT UNSIGNED NOT NULL,
@@ -61,12 +77,55 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[(
             data MEDIUMBLOB NOT NULL,
             PRIMARY KEY (space_id, ino, off)
         ) ENGINE=InnoDB",
-        "CREATE TABLE IF NOT EXISTS xattrs (
+            "CREATE TABLE IF NOT EXISTS xattrs (
             space_id INT UNSIGNED NOT NULL,
             ino BIGINT UNSIGNED NOT NULL,
             name VARBINARY(255) NOT NULL,
             value MEDIUMBLOB NOT NULL,
             PRIMARY KEY (space_id, ino, name)
         ) ENGINE=InnoDB",
-    ],
-)];
+        ],
+    ),
+    (
+        2,
+        &[
+            "CREATE TABLE IF NOT EXISTS space_fence (
+                space_id INT UNSIGNED NOT NULL PRIMARY KEY,
+                fenced_until DATETIME(3) NULL,
+                copy_token BIGINT UNSIGNED NULL
+            ) ENGINE=InnoDB",
+            "INSERT IGNORE INTO space_fence (space_id) SELECT space_id FROM spaces",
+            // The share lock makes a writer and the fence exclude each other:
+            // fencing waits for writers in flight, later writers see it.
+            // `spaces` gets no update trigger: a trigger hides the
+            // LAST_INSERT_ID(…) the counters are read with (see reserve_ids).
+            "CREATE OR REPLACE PROCEDURE tshs_check_fence(IN s INT UNSIGNED)
+             BEGIN
+               DECLARE f DATETIME(3) DEFAULT NULL;
+               DECLARE CONTINUE HANDLER FOR NOT FOUND SET f = NULL;
+               IF @tshs_copier IS NULL THEN
+                 SELECT fenced_until INTO f FROM space_fence WHERE space_id = s LOCK IN SHARE MODE;
+                 IF f > NOW(3) THEN
+                   SIGNAL SQLSTATE '45000'
+                     SET MESSAGE_TEXT = 'tshs: the space is being moved to another storage node',
+                         MYSQL_ERRNO = 1644;
+                 END IF;
+               END IF;
+             END",
+            "CREATE OR REPLACE TRIGGER spaces_fence_i BEFORE INSERT ON spaces FOR EACH ROW CALL tshs_check_fence(NEW.space_id)",
+            "CREATE OR REPLACE TRIGGER spaces_fence_d BEFORE DELETE ON spaces FOR EACH ROW CALL tshs_check_fence(OLD.space_id)",
+            "CREATE OR REPLACE TRIGGER inodes_fence_i BEFORE INSERT ON inodes FOR EACH ROW CALL tshs_check_fence(NEW.space_id)",
+            "CREATE OR REPLACE TRIGGER inodes_fence_u BEFORE UPDATE ON inodes FOR EACH ROW CALL tshs_check_fence(NEW.space_id)",
+            "CREATE OR REPLACE TRIGGER inodes_fence_d BEFORE DELETE ON inodes FOR EACH ROW CALL tshs_check_fence(OLD.space_id)",
+            "CREATE OR REPLACE TRIGGER dentries_fence_i BEFORE INSERT ON dentries FOR EACH ROW CALL tshs_check_fence(NEW.space_id)",
+            "CREATE OR REPLACE TRIGGER dentries_fence_u BEFORE UPDATE ON dentries FOR EACH ROW CALL tshs_check_fence(NEW.space_id)",
+            "CREATE OR REPLACE TRIGGER dentries_fence_d BEFORE DELETE ON dentries FOR EACH ROW CALL tshs_check_fence(OLD.space_id)",
+            "CREATE OR REPLACE TRIGGER extents_fence_i BEFORE INSERT ON extents FOR EACH ROW CALL tshs_check_fence(NEW.space_id)",
+            "CREATE OR REPLACE TRIGGER extents_fence_u BEFORE UPDATE ON extents FOR EACH ROW CALL tshs_check_fence(NEW.space_id)",
+            "CREATE OR REPLACE TRIGGER extents_fence_d BEFORE DELETE ON extents FOR EACH ROW CALL tshs_check_fence(OLD.space_id)",
+            "CREATE OR REPLACE TRIGGER xattrs_fence_i BEFORE INSERT ON xattrs FOR EACH ROW CALL tshs_check_fence(NEW.space_id)",
+            "CREATE OR REPLACE TRIGGER xattrs_fence_u BEFORE UPDATE ON xattrs FOR EACH ROW CALL tshs_check_fence(NEW.space_id)",
+            "CREATE OR REPLACE TRIGGER xattrs_fence_d BEFORE DELETE ON xattrs FOR EACH ROW CALL tshs_check_fence(OLD.space_id)",
+        ],
+    ),
+];

@@ -7,7 +7,13 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+mod copy_shards;
+mod list_files;
+mod remove_deleted;
+
+pub use copy_shards::mirror_progress;
+
+use anyhow::Result;
 
 use crate::cluster::Cluster;
 
@@ -22,6 +28,8 @@ pub struct TaskOptions {
     pub storage_node: Option<u32>,
     /// `--dry-run`: report what would be done, change nothing.
     pub dry_run: bool,
+    /// remove-deleted's grace period (default [`remove_deleted::GRACE`]).
+    pub grace: Option<std::time::Duration>,
 }
 
 impl TaskOptions {
@@ -63,23 +71,23 @@ pub struct Outcome {
 /// `tshs copy-shards`: moves the spaces of every MIRROR_SHARD node's range
 /// from the node that holds them, one space at a time.
 pub fn copy_shards(
-    _cluster: &Cluster,
-    _opts: &TaskOptions,
-    _stop: &AtomicBool,
-    _progress: ProgressFn,
+    cluster: &Cluster,
+    opts: &TaskOptions,
+    stop: &AtomicBool,
+    progress: ProgressFn,
 ) -> Result<Outcome> {
-    bail!("copy-shards: not built yet")
+    copy_shards::run(cluster, opts, stop, progress)
 }
 
 /// `tshs remove-deleted`: purges inodes and spaces marked deleted once no
 /// open handle or upload can still use them.
 pub fn remove_deleted(
-    _cluster: &Cluster,
-    _opts: &TaskOptions,
-    _stop: &AtomicBool,
-    _progress: ProgressFn,
+    cluster: &Cluster,
+    opts: &TaskOptions,
+    stop: &AtomicBool,
+    progress: ProgressFn,
 ) -> Result<Outcome> {
-    bail!("remove-deleted: not built yet")
+    remove_deleted::run(cluster, opts, stop, progress)
 }
 
 /// A file's state, as `list-files` shows it.
@@ -115,6 +123,6 @@ pub struct FileRow {
 
 /// `tshs list-files <space> [path]`: the regular files of a space (under
 /// `path`, a directory or a file inside it), sorted by path.
-pub fn list_files(_cluster: &Cluster, _space: u32, _path: Option<&str>) -> Result<Vec<FileRow>> {
-    bail!("list-files: not built yet")
+pub fn list_files(cluster: &Cluster, space: u32, path: Option<&str>) -> Result<Vec<FileRow>> {
+    list_files::run(cluster, space, path)
 }

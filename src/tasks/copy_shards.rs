@@ -1,0 +1,526 @@
+//! copy-shards: after a split, moves each space of the new (MIRROR_SHARD)
+//! node's range from the node that holds it, while the space is in use.
+//!
+//! A move is claimed in the Admin Node's `space_moves` under a lease that the
+//! worker renews; a lapsed lease is taken over (a new token), so a killed
+//! process delays a move but never blocks or duplicates it. The phases:
+//! 1. `copying`: online rounds copy the space (see [`SpaceCopy`]); then the
+//!    source is fenced for a few seconds, a last round makes the copy exact,
+//!    and the fence is sealed if it held (else fence again);
+//! 2. one Admin Node transaction names the new node for the space, marks
+//!    the move `switched` and bumps the topology epoch; the new node opens;
+//! 3. once every live access point acknowledged that epoch (none still
+//!    reads the old placement), the old rows are dropped and the move ends.
+//!
+//! A run stopped by `--time-limit` or SIGTERM releases its lease; the next
+//! run compares instead of copying again, so nothing is redone or lost.
+
+use std::cell::Cell;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use mysql::prelude::Queryable;
+
+use super::{Outcome, Progress, ProgressFn, TaskOptions};
+use crate::cluster::{Cluster, NodeRow, Phase};
+use crate::placement::hash32;
+use crate::shard::{RoundStats, Shard, SpaceCopy, open_space, purge_moved};
+
+/// A claimed move's lease; renewed every [`RENEW`] while the worker works.
+const LEASE_SECS: u64 = 30;
+const RENEW: Duration = Duration::from_secs(5);
+/// How long the source stays fenced for the last round before it must be
+/// sealed; a write waits at most about this long.
+const FENCE_SECS: u32 = 10;
+const FENCE_ATTEMPTS: usize = 3;
+/// Online rounds before fencing (the first copies, the second catches up).
+const ONLINE_ROUNDS: usize = 2;
+/// How long to wait for access points to acknowledge a cut-over.
+const ACK_WAIT: Duration = Duration::from_secs(60);
+
+/// A space that has to move from `from` to `to`.
+#[derive(Clone, Debug)]
+struct Candidate {
+    space: u32,
+    from: u32,
+    to: u32,
+}
+
+/// A move this process holds.
+struct Claim {
+    space: u32,
+    from: u32,
+    to: u32,
+    token: u64,
+    switched: bool,
+}
+
+pub fn run(
+    cluster: &Cluster,
+    opts: &TaskOptions,
+    stop: &AtomicBool,
+    progress: ProgressFn,
+) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let owner = format!(
+        "{}:{}",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+        std::process::id()
+    );
+    // Spaces this run could not claim (someone else holds them) or failed.
+    let mut skipped: Vec<u32> = Vec::new();
+    loop {
+        let candidates = candidates(cluster, opts)?;
+        activate_finished(cluster, &candidates, &mut out)?;
+        let todo: Vec<&Candidate> = candidates
+            .iter()
+            .filter(|c| !skipped.contains(&c.space))
+            .collect();
+        out.remaining = candidates.len() as u64;
+        if todo.is_empty() || opts.should_stop(stop) {
+            break;
+        }
+        // Start at a different place in each process, so parallel runs
+        // rarely contend for the same space.
+        let start = (std::process::id() as usize) % todo.len();
+        let mut claimed = None;
+        for c in todo.iter().cycle().skip(start).take(todo.len()) {
+            if let Some(claim) = claim(cluster, c, &owner)? {
+                claimed = Some(claim);
+                break;
+            }
+            skipped.push(c.space);
+        }
+        let Some(claim) = claimed else { break };
+        progress(&Progress {
+            task: "copy-shards",
+            done: out.done,
+            total: out.done + candidates.len() as u64,
+            bytes: out.bytes,
+            item: format!("space {}: node {} -> {}", claim.space, claim.from, claim.to),
+        });
+        match move_space(cluster, &claim, opts, stop, &mut |bytes| {
+            progress(&Progress {
+                task: "copy-shards",
+                done: out.done,
+                total: out.done + candidates.len() as u64,
+                bytes: out.bytes + bytes,
+                item: format!("space {}: {} copied", claim.space, human(bytes)),
+            })
+        }) {
+            Ok(Some(bytes)) => {
+                out.done += 1;
+                out.bytes += bytes;
+                out.lines.push(format!(
+                    "Space {}: moved from storage node {} to {} ({})",
+                    claim.space,
+                    claim.from,
+                    claim.to,
+                    human(bytes)
+                ));
+            }
+            Ok(None) => {
+                release(cluster, &claim);
+                break; // stopped: time limit or signal
+            }
+            Err(e) => {
+                release(cluster, &claim);
+                return Err(e.context(format!("space {}", claim.space)));
+            }
+        }
+    }
+    let left = candidates(cluster, opts)?;
+    activate_finished(cluster, &left, &mut out)?;
+    out.remaining = left.len() as u64;
+    Ok(out)
+}
+
+/// Every space that still has to move (or whose old rows still have to be
+/// dropped), for every MIRROR_SHARD node.
+fn candidates(cluster: &Cluster, opts: &TaskOptions) -> Result<Vec<Candidate>> {
+    let nodes = cluster.nodes()?;
+    let mut out = Vec::new();
+    let mut conn = cluster.admin().conn()?;
+    for m in nodes.iter().filter(|n| n.phase == Phase::MirrorShard) {
+        let Some(src) = m.source else { continue };
+        if opts.storage_node.is_some_and(|s| s != src) {
+            continue;
+        }
+        let ids: Vec<u32> = conn
+            .exec("SELECT id FROM spaces WHERE node_id = ?", (src,))
+            .map_err(|e| cluster.admin().err(e))?;
+        out.extend(
+            ids.into_iter()
+                .filter(|&s| m.range.contains(hash32(s)))
+                .map(|space| Candidate {
+                    space,
+                    from: src,
+                    to: m.id,
+                }),
+        );
+        let switched: Vec<u32> = conn
+            .exec(
+                "SELECT space_id FROM space_moves WHERE to_node = ? AND state = 'switched'",
+                (m.id,),
+            )
+            .map_err(|e| cluster.admin().err(e))?;
+        out.extend(switched.into_iter().map(|space| Candidate {
+            space,
+            from: src,
+            to: m.id,
+        }));
+    }
+    Ok(out)
+}
+
+/// Turns MIRROR_SHARD nodes with nothing left to receive ACTIVE_SHARD.
+fn activate_finished(cluster: &Cluster, left: &[Candidate], out: &mut Outcome) -> Result<()> {
+    for m in cluster.nodes()? {
+        if m.phase != Phase::MirrorShard || left.iter().any(|c| c.to == m.id) {
+            continue;
+        }
+        if !mirror_done(cluster, &m)? {
+            continue;
+        }
+        let changed = cluster
+            .admin()
+            .tx(|tx| {
+                tx.exec_drop(
+                    "UPDATE storage_nodes SET phase = ?, source_id = NULL WHERE id = ? AND phase = ?",
+                    (
+                        Phase::ActiveShard.as_str(),
+                        m.id,
+                        Phase::MirrorShard.as_str(),
+                    ),
+                )?;
+                let changed = tx.affected_rows() == 1;
+                tx.query_drop("UPDATE topology SET epoch = epoch + 1 WHERE id = 1")?;
+                Ok(changed)
+            })
+            .map_err(|e| anyhow::anyhow!("admin node: {e}"))?;
+        if changed {
+            out.lines.push(format!(
+                "Storage node {} is ACTIVE_SHARD: all of its spaces have moved",
+                m.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// True when no space of the node's range is left on its source and no move
+/// to it is unfinished (checked without the task's filters).
+fn mirror_done(cluster: &Cluster, m: &NodeRow) -> Result<bool> {
+    let Some(src) = m.source else {
+        return Ok(true);
+    };
+    let mut conn = cluster.admin().conn()?;
+    let ids: Vec<u32> = conn
+        .exec("SELECT id FROM spaces WHERE node_id = ?", (src,))
+        .map_err(|e| cluster.admin().err(e))?;
+    if ids.iter().any(|&s| m.range.contains(hash32(s))) {
+        return Ok(false);
+    }
+    let moves: Option<u64> = conn
+        .exec_first(
+            "SELECT COUNT(*) FROM space_moves WHERE to_node = ?",
+            (m.id,),
+        )
+        .map_err(|e| cluster.admin().err(e))?;
+    Ok(moves.unwrap_or(0) == 0)
+}
+
+/// (moved, total) spaces of a MIRROR_SHARD node's range, for list-storage-nodes.
+pub fn mirror_progress(cluster: &Cluster, m: &NodeRow) -> Result<(u64, u64)> {
+    let Some(src) = m.source else {
+        return Ok((0, 0));
+    };
+    let mut conn = cluster.admin().conn()?;
+    let rows: Vec<(u32, u32)> = conn
+        .exec(
+            "SELECT id, node_id FROM spaces WHERE node_id IN (?, ?)",
+            (src, m.id),
+        )
+        .map_err(|e| cluster.admin().err(e))?;
+    let mine: Vec<_> = rows
+        .into_iter()
+        .filter(|(s, _)| m.range.contains(hash32(*s)))
+        .collect();
+    let moved = mine.iter().filter(|(_, n)| *n == m.id).count() as u64;
+    Ok((moved, mine.len() as u64))
+}
+
+/// Claims a move: a new one, or one whose holder's lease lapsed. Locks the
+/// space's row before its move's row, like [`switch`], so the two never
+/// deadlock.
+fn claim(cluster: &Cluster, c: &Candidate, owner: &str) -> Result<Option<Claim>> {
+    let token = new_token();
+    let admin = cluster.admin();
+    admin
+        .tx(|tx| {
+            let node: Option<u32> =
+                tx.exec_first("SELECT node_id FROM spaces WHERE id = ? FOR UPDATE", (c.space,))?;
+            let existing: Option<(String, u8, u32, u32)> = tx.exec_first(
+                "SELECT state, lease_until < NOW(), from_node, to_node FROM space_moves WHERE space_id = ? FOR UPDATE",
+                (c.space,),
+            )?;
+            Ok(match existing {
+                Some((_, 0, _, _)) => None, // someone holds it
+                Some((state, _, from, to)) => {
+                    // A lapsed purge (remove-deleted died) becomes a move.
+                    let (state, from, to) = if state == "purging" {
+                        ("copying".to_string(), c.from, c.to)
+                    } else {
+                        (state, from, to)
+                    };
+                    tx.exec_drop(
+                        "UPDATE space_moves SET token = ?, owner = ?, lease_until = NOW() + INTERVAL ? SECOND,
+                                state = ?, from_node = ?, to_node = ?
+                         WHERE space_id = ?",
+                        (token, owner, LEASE_SECS, &state, from, to, c.space),
+                    )?;
+                    log::info!("space {}: taking over its move ({state})", c.space);
+                    Some(Claim {
+                        space: c.space,
+                        from,
+                        to,
+                        token,
+                        switched: state == "switched",
+                    })
+                }
+                None if node == Some(c.from) => {
+                    tx.exec_drop(
+                        "INSERT INTO space_moves (space_id, from_node, to_node, state, token, owner, lease_until)
+                         VALUES (?, ?, ?, 'copying', ?, ?, NOW() + INTERVAL ? SECOND)",
+                        (c.space, c.from, c.to, token, owner, LEASE_SECS),
+                    )?;
+                    Some(Claim {
+                        space: c.space,
+                        from: c.from,
+                        to: c.to,
+                        token,
+                        switched: false,
+                    })
+                }
+                None => None, // moved meanwhile
+            })
+        })
+        .map_err(|e| anyhow::anyhow!("admin node: {e}"))
+}
+
+/// Gives a claim up so another run can take it at once.
+fn release(cluster: &Cluster, claim: &Claim) {
+    if let Ok(mut c) = cluster.admin().conn() {
+        let _ = c.exec_drop(
+            "UPDATE space_moves SET lease_until = NOW() - INTERVAL 1 SECOND WHERE space_id = ? AND token = ?",
+            (claim.space, claim.token),
+        );
+    }
+}
+
+/// Renews the lease; fails if the move was taken over.
+fn renew(cluster: &Cluster, claim: &Claim, bytes: u64) -> Result<()> {
+    let mut c = cluster.admin().conn()?;
+    c.exec_drop(
+        "UPDATE space_moves SET lease_until = NOW() + INTERVAL ? SECOND, bytes = ?
+         WHERE space_id = ? AND token = ?",
+        (LEASE_SECS, bytes, claim.space, claim.token),
+    )
+    .map_err(|e| cluster.admin().err(e))?;
+    if c.affected_rows() == 0 {
+        // affected_rows is 0 also when nothing changed within the second.
+        let held: Option<u64> = c
+            .exec_first(
+                "SELECT token FROM space_moves WHERE space_id = ?",
+                (claim.space,),
+            )
+            .map_err(|e| cluster.admin().err(e))?;
+        if held != Some(claim.token) {
+            bail!("the move was taken over by another copy-shards process");
+        }
+    }
+    Ok(())
+}
+
+/// Moves one claimed space. `Ok(None)`: stopped before the cut-over.
+fn move_space(
+    cluster: &Cluster,
+    claim: &Claim,
+    opts: &TaskOptions,
+    stop: &AtomicBool,
+    report: &mut dyn FnMut(u64),
+) -> Result<Option<u64>> {
+    let src_node = cluster.node(claim.from)?;
+    let dst_node = cluster.node(claim.to)?;
+    let src = Shard::copier(claim.from, &src_node.conn, 2)
+        .with_context(|| format!("storage node {}", claim.from))?;
+    let dst = Shard::copier(claim.to, &dst_node.conn, 2)
+        .with_context(|| format!("storage node {}", claim.to))?;
+    let bytes = Cell::new(0u64);
+    if !claim.switched {
+        let copy = SpaceCopy::new(&src, &dst, claim.space, claim.token)?;
+        copy.claim_destination()?;
+        let last_renew = Cell::new(Instant::now());
+        let stopped = Cell::new(false);
+        let mut keep_going = |s: &RoundStats, online: bool| -> Result<()> {
+            if last_renew.get().elapsed() >= RENEW {
+                renew(cluster, claim, bytes.get() + s.bytes)?;
+                last_renew.set(Instant::now());
+            }
+            report(bytes.get() + s.bytes);
+            if online && opts.should_stop(stop) {
+                stopped.set(true);
+                bail!("stopped");
+            }
+            Ok(())
+        };
+        let mut changed: Option<Vec<u64>> = None;
+        for _ in 0..ONLINE_ROUNDS {
+            match copy.round(changed.as_deref(), &mut |s| keep_going(s, true)) {
+                Ok(s) => {
+                    bytes.set(bytes.get() + s.bytes);
+                    changed = Some(s.changed_inodes);
+                }
+                Err(_) if stopped.get() => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut sealed = false;
+        for attempt in 1..=FENCE_ATTEMPTS {
+            copy.fence_source(FENCE_SECS)?;
+            let t = Instant::now();
+            let s = match copy.round(changed.as_deref(), &mut |s| keep_going(s, false)) {
+                Ok(s) => s,
+                Err(e) => {
+                    copy.unfence_source();
+                    return Err(e);
+                }
+            };
+            bytes.set(bytes.get() + s.bytes);
+            if copy.seal_source()? {
+                log::info!(
+                    "space {}: cut-over round copied {} rows in {:?}",
+                    claim.space,
+                    s.rows,
+                    t.elapsed()
+                );
+                sealed = true;
+                break;
+            }
+            log::warn!(
+                "space {}: the last round took {:?}, longer than the fence (attempt {attempt})",
+                claim.space,
+                t.elapsed()
+            );
+            changed = Some(s.changed_inodes);
+        }
+        if !sealed {
+            copy.unfence_source();
+            bail!(
+                "could not copy the last changes within {FENCE_SECS} s; the space stays on node {} for now",
+                claim.from
+            );
+        }
+        switch(cluster, claim)?;
+        copy.open_destination()?;
+    } else {
+        open_space(&dst, claim.space)?;
+    }
+    wait_for_acks(cluster, claim)?;
+    purge_moved(&src, claim.space)?;
+    let admin = cluster.admin();
+    admin
+        .conn()?
+        .exec_drop(
+            "DELETE FROM space_moves WHERE space_id = ? AND token = ?",
+            (claim.space, claim.token),
+        )
+        .map_err(|e| admin.err(e))?;
+    Ok(Some(bytes.get()))
+}
+
+/// Names the new node for the space and bumps the epoch, if the move is still ours.
+fn switch(cluster: &Cluster, claim: &Claim) -> Result<()> {
+    let ours = cluster
+        .admin()
+        .tx(|tx| {
+            let node: Option<u32> = tx.exec_first(
+                "SELECT node_id FROM spaces WHERE id = ? FOR UPDATE",
+                (claim.space,),
+            )?;
+            let token: Option<u64> = tx.exec_first(
+                "SELECT token FROM space_moves WHERE space_id = ? FOR UPDATE",
+                (claim.space,),
+            )?;
+            if token != Some(claim.token) || node != Some(claim.from) {
+                return Ok(false);
+            }
+            tx.exec_drop(
+                "UPDATE spaces SET node_id = ? WHERE id = ?",
+                (claim.to, claim.space),
+            )?;
+            tx.exec_drop(
+                "UPDATE space_moves SET state = 'switched', lease_until = NOW() + INTERVAL ? SECOND WHERE space_id = ?",
+                (LEASE_SECS, claim.space),
+            )?;
+            tx.query_drop("UPDATE topology SET epoch = epoch + 1 WHERE id = 1")?;
+            Ok(true)
+        })
+        .map_err(|e| anyhow::anyhow!("admin node: {e}"))?;
+    if !ours {
+        bail!("the move was taken over by another copy-shards process");
+    }
+    Ok(())
+}
+
+/// Waits until every live access point acknowledged the current epoch.
+fn wait_for_acks(cluster: &Cluster, claim: &Claim) -> Result<()> {
+    let epoch = cluster.epoch()?;
+    let start = Instant::now();
+    let mut last_renew = Instant::now();
+    loop {
+        let n = cluster.unacknowledged(epoch)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if start.elapsed() > ACK_WAIT {
+            bail!(
+                "{n} access point(s) did not acknowledge the cut-over within {ACK_WAIT:?} (see tshs list-access-points); the old rows stay until a later run"
+            );
+        }
+        if last_renew.elapsed() >= RENEW {
+            renew(cluster, claim, 0)?;
+            last_renew = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A token no other claim has: time and process mixed, never zero.
+fn new_token() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    let x = t ^ ((std::process::id() as u64) << 40) ^ SEQ.fetch_add(1, Ordering::Relaxed);
+    // splitmix64 finaliser: spreads the bits.
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) | 1
+}
+
+pub(super) fn human(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MB", bytes as f64 / (1 << 20) as f64)
+    } else if bytes >= 1 << 10 {
+        format!("{:.1} KB", bytes as f64 / 1024.0)
+    } else {
+        format!("{bytes} bytes")
+    }
+}

@@ -1,0 +1,189 @@
+//! remove-deleted: purges what was marked deleted, once nothing can use it.
+//!
+//! - A space removed with `rmdir` left a `DELETE` job: after the grace
+//!   period its rows are dropped from its node, then its Admin Node row and
+//!   the job. The space is claimed in `space_moves` (state `purging`) first,
+//!   so copy-shards never moves a space while it is being purged.
+//! - Inodes whose last link went: purged after the grace period (another
+//!   mount may still read them within its attribute TTL); inodes unlinked
+//!   while open stay while the access point holding them is alive.
+//!
+//! The grace period also covers an upload in flight: move-to-s3 records the
+//! object on the inode only after it is complete, and a file deleted
+//! meanwhile keeps its rows for the grace period.
+
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use mysql::prelude::Queryable;
+
+use super::{Outcome, Progress, ProgressFn, TaskOptions};
+use crate::cluster::{Cluster, is_fenced};
+use crate::fs::now_ns;
+
+/// Default grace period before anything marked deleted is purged.
+pub const GRACE: Duration = Duration::from_secs(60);
+const LEASE_SECS: u64 = 60;
+
+pub fn run(
+    cluster: &Cluster,
+    opts: &TaskOptions,
+    stop: &AtomicBool,
+    progress: ProgressFn,
+) -> Result<Outcome> {
+    let grace = opts.grace.unwrap_or(GRACE);
+    let mut out = Outcome::default();
+    let verb = if opts.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+
+    // Deleted spaces (DELETE jobs).
+    let jobs: Vec<(u64, String, u64)> = cluster
+        .admin()
+        .conn()?
+        .query(
+            "SELECT id, parameters, TIMESTAMPDIFF(SECOND, created_at, NOW()) FROM jobs
+             WHERE job = 'DELETE' ORDER BY id",
+        )
+        .map_err(|e| cluster.admin().err(e))?;
+    for (job, params, age) in jobs {
+        if opts.should_stop(stop) {
+            break;
+        }
+        let Some(space) = params
+            .strip_prefix("space=")
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        else {
+            log::warn!("remove-deleted: DELETE job {job} has unknown parameters '{params}'");
+            continue;
+        };
+        if age < grace.as_secs() {
+            out.remaining += 1;
+            continue;
+        }
+        let row = cluster.space(space)?;
+        if let (Some(r), Some(only)) = (&row, opts.storage_node)
+            && r.node_id != only
+        {
+            continue;
+        }
+        if opts.dry_run {
+            out.lines.push(match &row {
+                Some(r) => format!(
+                    "{verb} space {space} (storage node {}, DELETE job {job})",
+                    r.node_id
+                ),
+                None => format!("{verb} DELETE job {job} (space {space} is already gone)"),
+            });
+            out.done += 1;
+            continue;
+        }
+        match purge_space(cluster, job, space)? {
+            true => {
+                out.done += 1;
+                out.lines
+                    .push(format!("{verb} space {space} (DELETE job {job})"));
+            }
+            false => out.remaining += 1,
+        }
+        progress(&Progress {
+            task: "remove-deleted",
+            done: out.done,
+            total: out.done + out.remaining,
+            bytes: 0,
+            item: format!("space {space}"),
+        });
+    }
+
+    // Deleted inodes, node by node.
+    let live: Vec<u64> = cluster.access_points()?.into_iter().map(|a| a.id).collect();
+    let before = now_ns() - grace.as_nanos() as i64;
+    for n in cluster.nodes()? {
+        if opts.should_stop(stop) || opts.storage_node.is_some_and(|s| s != n.id) {
+            continue;
+        }
+        let shard = cluster.shard(n.id)?;
+        let k = if opts.dry_run {
+            shard.count_deleted(before, &live)?
+        } else {
+            shard.purge_deleted(before, &live)?
+        };
+        if k > 0 {
+            out.done += k;
+            out.lines.push(format!(
+                "{verb} {k} deleted inode(s) on storage node {}",
+                n.id
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Purges one deleted space under a `purging` claim; false when it is busy
+/// (being moved or purged by another process) and must wait for a later run.
+fn purge_space(cluster: &Cluster, job: u64, space: u32) -> Result<bool> {
+    let admin = cluster.admin();
+    let claimed: Option<Option<u32>> = admin
+        .tx(|tx| {
+            let node: Option<(u32, String)> = tx.exec_first(
+                "SELECT node_id, status FROM spaces WHERE id = ? FOR UPDATE",
+                (space,),
+            )?;
+            let node = match node {
+                None => return Ok(Some(None)), // already gone
+                Some((_, status)) if status != "deleted" => return Ok(None), // reactivated
+                Some((n, _)) => n,
+            };
+            tx.exec_drop(
+                "DELETE FROM space_moves WHERE space_id = ? AND state = 'purging' AND lease_until < NOW()",
+                (space,),
+            )?;
+            tx.exec_drop(
+                "INSERT IGNORE INTO space_moves (space_id, from_node, to_node, state, token, owner, lease_until)
+                 VALUES (?, ?, ?, 'purging', 0, 'remove-deleted', NOW() + INTERVAL ? SECOND)",
+                (space, node, node, LEASE_SECS),
+            )?;
+            Ok((tx.affected_rows() == 1).then_some(Some(node)))
+        })
+        .map_err(|e| anyhow!("admin node: {e}"))?;
+    let node = match claimed {
+        None => return Ok(false),
+        Some(n) => n,
+    };
+    if let Some(node) = node {
+        match cluster.shard(node).and_then(|s| s.purge_space(space)) {
+            Ok(()) => {}
+            Err(e) if is_fenced(&format!("{e:#}")) => {
+                release(cluster, space);
+                return Ok(false);
+            }
+            Err(e) => {
+                release(cluster, space);
+                return Err(e.context(format!("purging space {space}")));
+            }
+        }
+    }
+    admin
+        .tx(|tx| {
+            tx.exec_drop(
+                "DELETE FROM spaces WHERE id = ? AND status = 'deleted'",
+                (space,),
+            )?;
+            tx.exec_drop("DELETE FROM space_moves WHERE space_id = ?", (space,))?;
+            tx.exec_drop("DELETE FROM jobs WHERE id = ?", (job,))
+        })
+        .map_err(|e| anyhow!("admin node: {e}"))?;
+    Ok(true)
+}
+
+fn release(cluster: &Cluster, space: u32) {
+    if let Ok(mut c) = cluster.admin().conn() {
+        let _ = c.exec_drop(
+            "DELETE FROM space_moves WHERE space_id = ? AND state = 'purging'",
+            (space,),
+        );
+    }
+}

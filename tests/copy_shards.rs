@@ -1,0 +1,273 @@
+//! Scale-out: split-storage-node onto the other MariaDB server and
+//! copy-shards while two mounts append and create files in 20 spaces.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Mount, TestCluster, root_conn, server};
+use mysql::prelude::Queryable;
+
+const SPACES: std::ops::Range<u32> = 101..121;
+
+/// A file a writer created: its path under the mount and its contents.
+type Created = (PathBuf, Vec<u8>);
+
+/// A cluster with one storage node on server 1 and vol01.
+fn one_node() -> (TestCluster, String) {
+    let c = TestCluster::empty();
+    let db = c.new_db(1, "st");
+    c.ok(&[
+        "create-storage-node",
+        &format!("{};database={db}", server(1)),
+    ]);
+    c.ok(&["create-volume", "vol01"]);
+    (c, db)
+}
+
+fn rows_on(server_no: u8, db: &str, space: u32) -> u64 {
+    root_conn(server_no)
+        .query_first(format!(
+            "SELECT (SELECT COUNT(*) FROM {db}.inodes WHERE space_id = {space})
+                  + (SELECT COUNT(*) FROM {db}.extents WHERE space_id = {space})"
+        ))
+        .unwrap()
+        .unwrap()
+}
+
+fn copy_shards(c: &TestCluster, extra: &[&str]) -> Child {
+    let mut args = vec![
+        "--mysql-cfg-file".to_string(),
+        c.mycnf.to_str().unwrap().to_string(),
+    ];
+    args.push("copy-shards".into());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Command::new(env!("CARGO_BIN_EXE_tshs"))
+        .args(&args)
+        .env("TSHS_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn phase_of(c: &TestCluster, node: u32) -> String {
+    let cl = c.cluster();
+    cl.node(node).unwrap().phase.as_str().to_string()
+}
+
+/// Every regular file under `dir` with its inode number and contents.
+fn snapshot(dir: &Path) -> HashMap<PathBuf, (u64, Vec<u8>)> {
+    let mut out = HashMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                out.insert(rel, (m.ino(), std::fs::read(e.path()).unwrap()));
+            } else {
+                let t = std::fs::read_link(e.path()).unwrap();
+                out.insert(rel, (m.ino(), t.into_os_string().into_encoded_bytes()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn split_and_copy_shards_under_load() {
+    let (c, _db1) = one_node();
+    let m1 = Mount::new(&c, &[]);
+    let m2 = Mount::new(&c, &[]);
+    // 20 spaces with logs, data, a hard link and a symlink each.
+    for s in SPACES {
+        let d = m1.space(s);
+        std::fs::create_dir(d.join("protolog")).unwrap();
+        std::fs::write(d.join("protolog/last.log"), format!("space {s} start\n")).unwrap();
+        std::fs::write(d.join("protolog/0.log"), vec![s as u8; 300_000]).unwrap();
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i * 7 + s) as u8).collect();
+        std::fs::write(d.join("data.bin"), &data).unwrap();
+        std::fs::hard_link(d.join("data.bin"), d.join("data.link")).unwrap();
+        std::os::unix::fs::symlink("data.bin", d.join("sym")).unwrap();
+    }
+    let before: HashMap<u32, _> = SPACES
+        .map(|s| (s, snapshot(&m1.path().join(format!("vol01/{s}")))))
+        .collect();
+
+    // Writers on both mounts: appends to last.log, new files; a reader.
+    let stop = Arc::new(AtomicBool::new(false));
+    let appended: Arc<Mutex<HashMap<u32, Vec<String>>>> = Arc::default();
+    let created: Arc<Mutex<Vec<Created>>> = Arc::default();
+    let read_errors = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for (w, root) in [
+        m1.path().to_path_buf(),
+        m2.path().to_path_buf(),
+        m1.path().to_path_buf(),
+        m2.path().to_path_buf(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (stop, appended, created) = (stop.clone(), appended.clone(), created.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(Ordering::Acquire) {
+                let s = SPACES.start + (i * 7 + w as u32) % 20;
+                let line = format!("writer {w} record {i}\n");
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(root.join(format!("vol01/{s}/protolog/last.log")))
+                    .unwrap();
+                f.write_all(line.as_bytes()).unwrap();
+                drop(f);
+                appended.lock().unwrap().entry(s).or_default().push(line);
+                if i.is_multiple_of(5) {
+                    let rel = PathBuf::from(format!("vol01/{s}/new-{w}-{i}"));
+                    let body = format!("file {w} {i}")
+                        .repeat(100 + i as usize % 300)
+                        .into_bytes();
+                    std::fs::write(root.join(&rel), &body).unwrap();
+                    created.lock().unwrap().push((rel, body));
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }));
+    }
+    {
+        let (stop, errors, root) = (stop.clone(), read_errors.clone(), m2.path().to_path_buf());
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(Ordering::Acquire) {
+                let s = SPACES.start + i % 20;
+                match std::fs::read(root.join(format!("vol01/{s}/data.bin"))) {
+                    Ok(d) if d.len() == 700_000 && d[1] == (7 + s) as u8 => {}
+                    other => {
+                        eprintln!("read of space {s} failed: {:?}", other.map(|d| d.len()));
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Split onto the other server, then copy with three processes at once,
+    // each with a short time limit, restarted until the node is active; the
+    // first one is killed mid-way.
+    let db2 = c.new_db(2, "st");
+    let out = c.ok(&[
+        "split-storage-node",
+        "1",
+        &format!("{};database={db2}", server(2)),
+    ]);
+    assert!(out.contains("MIRROR_SHARD"), "{out}");
+    let mut victim = copy_shards(&c, &[]);
+    std::thread::sleep(Duration::from_millis(700));
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let t = Instant::now();
+    let mut rounds = 0;
+    while phase_of(&c, 2) != "ACTIVE_SHARD" {
+        assert!(
+            t.elapsed() < Duration::from_secs(240),
+            "copy-shards did not finish"
+        );
+        let kids: Vec<Child> = (0..3)
+            .map(|_| copy_shards(&c, &["--time-limit", "3"]))
+            .collect();
+        for k in kids {
+            let o = k.wait_with_output().unwrap();
+            assert!(
+                o.status.success(),
+                "copy-shards failed: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        rounds += 1;
+    }
+    eprintln!(
+        "copy-shards finished after {rounds} rounds in {:?}",
+        t.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Release);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        read_errors.load(Ordering::Relaxed),
+        0,
+        "reads failed during the move"
+    );
+
+    // Placement: every space of the upper half is on node 2, its rows gone from node 1.
+    let cl = c.cluster();
+    let n2 = cl.node(2).unwrap();
+    let mut moved = 0;
+    for s in SPACES {
+        let row = cl.space(s).unwrap().unwrap();
+        let upper = n2.range.contains(tshs::placement::hash32(s));
+        assert_eq!(row.node_id, if upper { 2 } else { 1 }, "space {s}");
+        if upper {
+            moved += 1;
+            assert_eq!(rows_on(1, &_db1, s), 0, "space {s} left rows on node 1");
+        }
+    }
+    assert!(
+        moved >= 3,
+        "too few spaces moved ({moved}) for a meaningful test"
+    );
+
+    // Contents, through a fresh mount (nothing cached): the old files with
+    // their inode numbers, every appended record once, every created file.
+    let m3 = Mount::new(&c, &[]);
+    let appended = appended.lock().unwrap();
+    for s in SPACES {
+        let now = snapshot(&m3.path().join(format!("vol01/{s}")));
+        for (path, (ino, data)) in &before[&s] {
+            let (ino2, data2) = &now[path];
+            assert_eq!(ino, ino2, "space {s} {path:?}: inode number changed");
+            if !path.ends_with("last.log") {
+                assert!(data == data2, "space {s} {path:?}: contents differ");
+            }
+        }
+        let log = String::from_utf8(now[Path::new("protolog/last.log")].1.clone()).unwrap();
+        let lines: Vec<&str> = log.lines().skip(1).collect();
+        let want = appended.get(&s).map(Vec::len).unwrap_or(0);
+        assert_eq!(
+            lines.len(),
+            want,
+            "space {s}: last.log has {} records, {want} were appended",
+            lines.len()
+        );
+        for rec in appended.get(&s).into_iter().flatten() {
+            assert_eq!(
+                lines.iter().filter(|l| **l == rec.trim_end()).count(),
+                1,
+                "space {s}: record {rec:?} not exactly once"
+            );
+        }
+    }
+    for (rel, body) in created.lock().unwrap().iter() {
+        let got = std::fs::read(m3.path().join(rel)).unwrap();
+        assert!(got == *body, "{rel:?} differs after the move");
+    }
+    let list = c.ok(&["list-storage-nodes"]);
+    assert!(!list.contains("MIRROR_SHARD"), "{list}");
+}
