@@ -32,7 +32,8 @@ impl Display {
 
 /// Receives one task run's [`Progress`] from any thread.
 pub enum Reporter {
-    Bar(ProgressBar),
+    /// The bar and the log level to restore when it goes.
+    Bar(ProgressBar, log::LevelFilter),
     Log(Mutex<Instant>),
 }
 
@@ -47,7 +48,14 @@ impl Reporter {
                 let bar = ProgressBar::new(0).with_style(style);
                 // Redraw now and then even when a step is long.
                 bar.enable_steady_tick(Duration::from_secs(1));
-                Reporter::Bar(bar)
+                // The bar says what the tasks' info lines would, and lines
+                // written under it garble it: only warnings meanwhile,
+                // unless TSHS_LOG asked for debug.
+                let level = log::max_level();
+                if level == log::LevelFilter::Info {
+                    log::set_max_level(log::LevelFilter::Warn);
+                }
+                Reporter::Bar(bar, level)
             }
             // The first line comes after LOG_EVERY: quick runs stay quiet.
             Display::Log => Reporter::Log(Mutex::new(Instant::now())),
@@ -56,7 +64,7 @@ impl Reporter {
 
     pub fn update(&self, p: &Progress) {
         match self {
-            Reporter::Bar(bar) => {
+            Reporter::Bar(bar, _) => {
                 bar.set_prefix(p.task);
                 bar.set_length(p.total.max(p.done));
                 bar.set_position(p.done);
@@ -73,18 +81,19 @@ impl Reporter {
     }
 
     /// Removes the bar, so the task's result prints on a clean line.
-    pub fn finish(&self) {
-        if let Reporter::Bar(bar) = self {
+    pub fn finish(self) {
+        if let Reporter::Bar(bar, level) = self {
             bar.finish_and_clear();
+            log::set_max_level(level);
         }
     }
 }
 
-/// What a task counts: spaces moved, inodes purged.
+/// What a task counts: spaces moved; spaces and inodes purged.
 pub fn unit(task: &str) -> &'static str {
     match task {
         "copy-shards" => "spaces",
-        "remove-deleted" => "inodes",
+        "remove-deleted" => "spaces and inodes",
         _ => "items",
     }
 }

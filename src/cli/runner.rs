@@ -244,7 +244,9 @@ impl Runner {
         for line in &o.lines {
             writeln!(out, "{line}")?;
         }
-        let idle = o.done == 0 && o.remaining == 0 && o.lines.is_empty();
+        // Under repeat, a round that did nothing (perhaps because what
+        // remains must wait) is not worth a log line.
+        let idle = o.done == 0 && o.lines.is_empty();
         self.say(out, &summary(task, o, dry_run), idle)
     }
 
@@ -263,13 +265,10 @@ fn summary(task: Task, o: &Outcome, dry_run: bool) -> String {
     if o.done == 0 && o.remaining == 0 {
         return format!("{}: nothing to do", task.name());
     }
-    let mut s = format!(
-        "{}: {} {}, {}",
-        task.name(),
-        o.done,
-        unit(task.name()),
-        DecimalBytes(o.bytes)
-    );
+    let mut s = format!("{}: {} {}", task.name(), o.done, unit(task.name()));
+    if o.bytes > 0 {
+        s += &format!(", {}", DecimalBytes(o.bytes));
+    }
     if o.remaining > 0 {
         s += &format!("; {} remaining", o.remaining);
     }
@@ -342,9 +341,10 @@ mod tests {
             "copy-shards: 3 spaces, 12.50 MB; 17 remaining"
         );
         o.remaining = 0;
+        o.bytes = 0;
         assert_eq!(
             summary(Task::RemoveDeleted, &o, true),
-            "remove-deleted: 3 inodes, 12.50 MB (dry run: nothing changed)"
+            "remove-deleted: 3 spaces and inodes (dry run: nothing changed)"
         );
     }
 }
