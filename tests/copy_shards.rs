@@ -177,9 +177,24 @@ fn split_and_copy_shards_under_load() {
     ]);
     assert!(out.contains("MIRROR_SHARD"), "{out}");
     let mut victim = copy_shards(&c, &[]);
-    std::thread::sleep(Duration::from_millis(700));
+    let t = Instant::now();
+    let claimed = || -> u64 {
+        root_conn(1)
+            .query_first(format!("SELECT COUNT(*) FROM {}.space_moves", c.admin_db))
+            .unwrap()
+            .unwrap()
+    };
+    while claimed() == 0 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
     victim.kill().unwrap();
     victim.wait().unwrap();
+    assert_eq!(
+        claimed(),
+        1,
+        "the killed copy-shards should leave its move claimed"
+    );
     let t = Instant::now();
     let mut rounds = 0;
     while phase_of(&c, 2) != "ACTIVE_SHARD" {
@@ -266,8 +281,81 @@ fn split_and_copy_shards_under_load() {
     }
     for (rel, body) in created.lock().unwrap().iter() {
         let got = std::fs::read(m3.path().join(rel)).unwrap();
-        assert!(got == *body, "{rel:?} differs after the move");
+        if got != *body {
+            let at = got.iter().zip(body.iter()).position(|(a, b)| a != b);
+            let via_m1 = std::fs::read(m1.path().join(rel)).map(|d| d == *body);
+            panic!(
+                "{rel:?} differs after the move: {} bytes, expected {}, first difference at {at:?}; m1 reads it right: {via_m1:?}; got {:?}",
+                got.len(),
+                body.len(),
+                String::from_utf8_lossy(&got[..got.len().min(60)])
+            );
+        }
     }
     let list = c.ok(&["list-storage-nodes"]);
     assert!(!list.contains("MIRROR_SHARD"), "{list}");
+}
+
+#[test]
+fn split_refuses_bad_input_and_leaves_nothing_behind() {
+    let (c, db1) = one_node();
+    let tables = |n: u8, db: &str| -> u64 {
+        root_conn(n)
+            .query_first(format!(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = '{db}'"
+            ))
+            .unwrap()
+            .unwrap()
+    };
+    let listing = c.ok(&["list-storage-nodes"]);
+    let db2 = c.new_db(2, "st");
+    let target = format!("{};database={db2}", server(2));
+    let e = c.fails(&["split-storage-node", "9", &target]);
+    assert!(e.contains("there is no storage node 9"), "{e}");
+    let e = c.fails(&[
+        "split-storage-node",
+        "1",
+        &format!("{};database={db1}", server(1)),
+    ]);
+    assert!(e.contains("is already storage node 1"), "{e}");
+    let e = c.fails(&[
+        "split-storage-node",
+        "1",
+        &format!("host=127.0.0.1;port=1;user=x;password=y;database={db2}"),
+    ]);
+    assert!(e.contains("cannot reach"), "{e}");
+    assert!(!e.contains("password=y"), "a password was printed: {e}");
+    root_conn(2)
+        .query_drop(format!("CREATE TABLE {db2}.mine (x INT)"))
+        .unwrap();
+    let e = c.fails(&["split-storage-node", "1", &target]);
+    assert!(e.contains("is not empty"), "{e}");
+    root_conn(2)
+        .query_drop(format!("DROP TABLE {db2}.mine"))
+        .unwrap();
+    let e = c.fails(&["split-storage-node", "1", "host=127.0.0.1;bogus=1"]);
+    assert!(e.contains("bogus"), "{e}");
+    assert_eq!(
+        c.ok(&["list-storage-nodes"]),
+        listing,
+        "a failed split changed the nodes"
+    );
+    assert_eq!(tables(2, &db2), 0, "a failed split left tables behind");
+
+    // A node being split cannot be split again, nor can the new node.
+    c.ok(&["split-storage-node", "1", &target]);
+    let db3 = c.new_db(2, "st");
+    let target3 = format!("{};database={db3}", server(2));
+    let e = c.fails(&["split-storage-node", "2", &target3]);
+    assert!(e.contains("MIRROR_SHARD"), "{e}");
+    let e = c.fails(&["split-storage-node", "1", &target3]);
+    assert!(e.contains("still being split"), "{e}");
+    assert_eq!(tables(2, &db3), 0);
+    // With no space to move, one copy-shards run finishes the split.
+    let out = c.ok(&["copy-shards"]);
+    assert!(out.contains("Storage node 2 is ACTIVE_SHARD"), "{out}");
+    assert_eq!(phase_of(&c, 2), "ACTIVE_SHARD");
+    c.ok(&["split-storage-node", "2", &target3]);
+    let list = c.ok(&["list-storage-nodes"]);
+    assert!(list.contains("3221225472 (1073741824)"), "{list}");
 }

@@ -68,7 +68,10 @@ fn remove_deleted_purges_spaces_and_inodes_but_not_open_files() {
     // With no grace: the dry run lists, and changes nothing.
     let out = c.ok(&["remove-deleted", "--dry-run", "--grace", "0"]);
     assert!(out.contains("would remove space 7"), "{out}");
-    assert!(out.contains("would remove 2 deleted inode(s) on storage node 1"), "{out}");
+    assert!(
+        out.contains("would remove 2 deleted inode(s) on storage node 1"),
+        "{out}"
+    );
     assert_eq!(node_rows(&c, 7), before_space);
     assert!(c.ok(&["list-jobs"]).contains("space=7"));
 
@@ -78,7 +81,11 @@ fn remove_deleted_purges_spaces_and_inodes_but_not_open_files() {
     assert!(!c.ok(&["list-jobs"]).contains("space=7"));
     assert!(c.cluster().space(7).unwrap().is_none());
     // The open one survives: its data is still readable through the handle.
-    assert_eq!(purged_inodes(&c), 1, "only the open file's inode may remain");
+    assert_eq!(
+        purged_inodes(&c),
+        1,
+        "only the open file's inode may remain"
+    );
     drop(open);
     std::thread::sleep(Duration::from_millis(300));
     c.ok(&["remove-deleted", "--grace", "0"]);
@@ -113,7 +120,10 @@ fn list_files_shows_sizes_states_and_paths() {
     assert_eq!(row("data")[1..3], ["70000", "InDB"]);
     assert_eq!(row("protolog/last.log")[1..3], ["6", "InDB"]);
     assert_eq!(row("protolog/0.log")[1..3], ["1000", "InDB"]);
-    assert!(out.contains("deleted"), "the unlinked file shows as deleted: {out}");
+    assert!(
+        out.contains("deleted"),
+        "the unlinked file shows as deleted: {out}"
+    );
     // Inode numbers are the mount's.
     use std::os::unix::fs::MetadataExt;
     let ino = std::fs::metadata(s.join("data")).unwrap().ino();
@@ -124,7 +134,10 @@ fn list_files_shows_sizes_states_and_paths() {
     let out = c.ok(&["list-files", "9", "/data"]);
     assert_eq!(out.lines().count(), 3, "{out}");
     let e = c.fails(&["list-files", "9", "nope"]);
-    assert!(e.contains("no such file or directory in space 9: nope"), "{e}");
+    assert!(
+        e.contains("no such file or directory in space 9: nope"),
+        "{e}"
+    );
     let e = c.fails(&["list-files", "4711"]);
     assert!(e.contains("there is no space 4711"), "{e}");
     let e = c.fails(&["list-files", "x"]);

@@ -211,23 +211,24 @@ impl<'a> SpaceCopy<'a> {
             .map_err(|e| self.dst_err(e))
     }
 
-    /// One comparison round. `inodes`: compare per-inode tables only for
-    /// these (None: all). `keep_going` is asked between batches.
+    /// One comparison round. Unless `full`, extents and xattrs are compared
+    /// only for inodes whose row differed in this round. `keep_going` is
+    /// asked between batches.
     pub fn round(
         &self,
-        inodes: Option<&[u64]>,
+        full: bool,
         keep_going: &mut dyn FnMut(&RoundStats) -> Result<()>,
     ) -> Result<RoundStats> {
         let mut stats = RoundStats::default();
         for t in &self.tables {
-            if PER_INODE.contains(&t.name) {
-                match inodes {
-                    None => self.sync(t, None, &mut stats, keep_going)?,
-                    Some(list) => {
-                        for chunk in list.chunks(INO_BATCH) {
-                            self.sync(t, Some(chunk), &mut stats, keep_going)?;
-                        }
-                    }
+            if PER_INODE.contains(&t.name) && !full {
+                // The inodes whose rows differed in this round's pass over
+                // `inodes` (which comes first).
+                let mut list = stats.changed_inodes.clone();
+                list.sort_unstable();
+                list.dedup();
+                for chunk in list.chunks(INO_BATCH) {
+                    self.sync(t, Some(chunk), &mut stats, keep_going)?;
                 }
             } else {
                 self.sync(t, None, &mut stats, keep_going)?;

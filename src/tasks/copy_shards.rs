@@ -377,13 +377,9 @@ fn move_space(
             }
             Ok(())
         };
-        let mut changed: Option<Vec<u64>> = None;
-        for _ in 0..ONLINE_ROUNDS {
-            match copy.round(changed.as_deref(), &mut |s| keep_going(s, true)) {
-                Ok(s) => {
-                    bytes.set(bytes.get() + s.bytes);
-                    changed = Some(s.changed_inodes);
-                }
+        for round in 0..ONLINE_ROUNDS {
+            match copy.round(round == 0, &mut |s| keep_going(s, true)) {
+                Ok(s) => bytes.set(bytes.get() + s.bytes),
                 Err(_) if stopped.get() => return Ok(None),
                 Err(e) => return Err(e),
             }
@@ -392,7 +388,7 @@ fn move_space(
         for attempt in 1..=FENCE_ATTEMPTS {
             copy.fence_source(FENCE_SECS)?;
             let t = Instant::now();
-            let s = match copy.round(changed.as_deref(), &mut |s| keep_going(s, false)) {
+            let s = match copy.round(false, &mut |s| keep_going(s, false)) {
                 Ok(s) => s,
                 Err(e) => {
                     copy.unfence_source();
@@ -415,7 +411,6 @@ fn move_space(
                 claim.space,
                 t.elapsed()
             );
-            changed = Some(s.changed_inodes);
         }
         if !sealed {
             copy.unfence_source();
