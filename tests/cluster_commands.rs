@@ -29,6 +29,7 @@ fn create_admin_node_is_idempotent() {
             "jobs",
             "schema_migrations",
             "spaces",
+            "space_moves",
             "storage_nodes",
             "topology",
             "volumes"
@@ -61,6 +62,7 @@ fn storage_nodes_spread_the_key_space_and_list_as_in_the_reference() {
             "inodes",
             "schema_migrations",
             "spaces",
+            "space_fence",
             "xattrs"
         ]
     );

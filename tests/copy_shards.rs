@@ -176,6 +176,11 @@ fn split_and_copy_shards_under_load() {
         &format!("{};database={db2}", server(2)),
     ]);
     assert!(out.contains("MIRROR_SHARD"), "{out}");
+    let progress = c.ok(&["list-storage-nodes"]);
+    assert!(
+        progress.contains(" spaces moved from node 1"),
+        "list-storage-nodes shows the copy's progress: {progress}"
+    );
     let mut victim = copy_shards(&c, &[]);
     let t = Instant::now();
     let claimed = || -> u64 {

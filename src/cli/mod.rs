@@ -425,13 +425,21 @@ fn list_storage_nodes(cluster: &Cluster) -> Result<String> {
             format!("{} ({})", n.range.boundary, n.range.size),
             n.conn.masked(),
         ]));
-        lines.push(Line::Text(match totals {
+        let mut text = match totals {
             Ok(t) => format!(
                 "(InDB={} OnS3={} R/O={} Bytes={})",
                 t.in_db, t.on_s3, t.read_only, t.bytes
             ),
             Err(e) => format!("(unreachable: {e:#})"),
-        }));
+        };
+        if n.phase == crate::cluster::Phase::MirrorShard {
+            let (moved, total) = crate::tasks::mirror_progress(cluster, &n)?;
+            text.push_str(&format!(
+                " copy-shards: {moved} of {total} spaces moved from node {}",
+                n.source.unwrap_or(0)
+            ));
+        }
+        lines.push(Line::Text(text));
     }
     Ok(render(
         &[

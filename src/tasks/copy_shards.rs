@@ -397,7 +397,7 @@ fn move_space(
             };
             bytes.set(bytes.get() + s.bytes);
             if copy.seal_source()? {
-                log::info!(
+                log::debug!(
                     "space {}: cut-over round copied {} rows in {:?}",
                     claim.space,
                     s.rows,
