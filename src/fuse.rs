@@ -99,6 +99,13 @@ fn tn(t: Option<TimeOrNow>) -> Option<i64> {
 }
 
 impl FuseFs {
+    /// A deactivated space is the administrator's alone (restore).
+    fn guard(&self, req: &Request, ino: u64) -> Result<(), FErrno> {
+        self.fs
+            .check_caller(ino, req.uid(), req.gid())
+            .map_err(errno)
+    }
+
     fn entry(&self, r: FsResult<Attr>, reply: ReplyEntry) {
         match r {
             Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
@@ -137,11 +144,17 @@ impl Filesystem for FuseFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
         self.entry(self.fs.lookup(parent.0, name.as_bytes()), reply)
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
@@ -150,7 +163,7 @@ impl Filesystem for FuseFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -166,6 +179,9 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         let s = SetAttr {
             mode,
             uid,
@@ -181,7 +197,10 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
@@ -198,6 +217,9 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
         let mode = mode & !umask | (mode & libc::S_IFMT);
         self.entry(
             self.fs
@@ -215,6 +237,9 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
         let mode = libc::S_IFDIR | (mode & !umask & 0o7777);
         self.entry(
             self.fs
@@ -223,11 +248,17 @@ impl Filesystem for FuseFs {
         )
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
         empty(self.fs.unlink(parent.0, name.as_bytes(), false), reply)
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
         empty(self.fs.unlink(parent.0, name.as_bytes(), true), reply)
     }
 
@@ -239,6 +270,9 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
         let r = self.fs.mknod(
             parent.0,
             link_name.as_bytes(),
@@ -252,7 +286,7 @@ impl Filesystem for FuseFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -260,6 +294,12 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
+        if let Err(e) = self.guard(req, newparent.0) {
+            return reply.error(e);
+        }
         empty(
             self.fs.rename(
                 parent.0,
@@ -274,16 +314,25 @@ impl Filesystem for FuseFs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
+        if let Err(e) = self.guard(req, newparent.0) {
+            return reply.error(e);
+        }
         self.entry(self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply)
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         match self.fs.open(ino.0, flags.0) {
             Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(o)),
             Err(e) => reply.error(errno(e)),
@@ -362,12 +411,15 @@ impl Filesystem for FuseFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         match self.fs.readdir(ino.0, offset, 512) {
             Ok(entries) => {
                 for (off, name, a) in entries {
@@ -383,12 +435,15 @@ impl Filesystem for FuseFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         match self.fs.readdir(ino.0, offset, 256) {
             Ok(entries) => {
                 for (off, name, a) in entries {
@@ -446,7 +501,7 @@ impl Filesystem for FuseFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -454,21 +509,33 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         empty(
             self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
             reply,
         )
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         xattr(self.fs.getxattr(ino.0, name.as_bytes()), size, reply)
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         xattr(self.fs.listxattr(ino.0), size, reply)
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         empty(self.fs.removexattr(ino.0, name.as_bytes()), reply)
     }
 
@@ -487,6 +554,9 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
         let mode = mode & !umask;
         match self
             .fs

@@ -10,6 +10,7 @@ use std::time::Instant;
 mod copy_shards;
 mod list_files;
 mod remove_deleted;
+pub mod restore;
 
 pub use copy_shards::mirror_progress;
 
