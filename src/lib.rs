@@ -16,6 +16,7 @@ pub mod fs;
 pub mod fuse;
 pub mod logging;
 pub mod mount;
+pub mod object_store;
 pub mod placement;
 pub mod shard;
 pub mod tasks;

@@ -27,6 +27,7 @@ fn create_admin_node_is_idempotent() {
         [
             "access_points",
             "jobs",
+            "s3_hosts",
             "schema_migrations",
             "spaces",
             "space_moves",
@@ -60,6 +61,7 @@ fn storage_nodes_spread_the_key_space_and_list_as_in_the_reference() {
             "dentries",
             "extents",
             "inodes",
+            "s3_uploads",
             "schema_migrations",
             "spaces",
             "space_fence",

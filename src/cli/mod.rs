@@ -6,6 +6,7 @@ mod daemon;
 mod progress;
 mod repeat;
 mod runner;
+mod s3;
 mod shell;
 mod stop;
 pub mod table;
@@ -183,6 +184,33 @@ pub enum Command {
     },
     /// Mount the cluster as a POSIX tree.
     Mount(crate::mount::MountArgs),
+    /// Add an S3 object store (after a test request); it becomes the current S3 host.
+    AddS3Host {
+        /// AMAZON, OPENSTACK, or GENERIC (any S3-compatible store; server = http(s)://host:port)
+        brand: String,
+        server: String,
+        bucket: String,
+        #[arg(allow_hyphen_values = true)]
+        access_key: String,
+        #[arg(allow_hyphen_values = true)]
+        secret_key: s3::Secret,
+        /// MinSize=…;RedirectTimeout=…;MinBlockSize=…;MaxParts=…;MaxSize=…;MaxUploadThreads=…
+        options: Option<String>,
+    },
+    /// List the S3 hosts (secret keys masked).
+    ListS3Hosts,
+    /// Make an S3 host the one move-to-s3 uploads to.
+    SetCurrentS3Host { host_id: u32 },
+    /// Change options of an S3 host (the others keep their values).
+    UpdateS3Host { host_id: u32, options: String },
+    /// How many files and bytes wait for move-to-s3.
+    TransferToS3Info,
+    /// Maintenance task: move settled files to the current S3 host.
+    MoveToS3 {
+        /// Seconds a file must be unchanged (default 60).
+        #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
+        settle: Option<u64>,
+    },
 }
 
 impl Command {
@@ -198,7 +226,10 @@ impl Command {
     fn is_task(&self) -> bool {
         matches!(
             self,
-            Command::CopyShards | Command::RemoveDeleted { .. } | Command::DoTasks { .. }
+            Command::CopyShards
+                | Command::RemoveDeleted { .. }
+                | Command::DoTasks { .. }
+                | Command::MoveToS3 { .. }
         )
     }
 }
@@ -460,6 +491,33 @@ pub fn execute(
             bail!("repeat cannot run inside the shell (run tshs repeat … or tshs --start repeat …)")
         }
         Command::Mount(_) => bail!("mount cannot run inside the shell"),
+        Command::AddS3Host {
+            brand,
+            server,
+            bucket,
+            access_key,
+            secret_key,
+            options,
+        } => s3::add_host(
+            cluster,
+            brand,
+            server,
+            bucket,
+            access_key,
+            secret_key,
+            options.as_deref(),
+        )?,
+        Command::ListS3Hosts => s3::list_hosts(cluster)?,
+        Command::SetCurrentS3Host { host_id } => s3::set_current(cluster, *host_id)?,
+        Command::UpdateS3Host { host_id, options } => s3::update_host(cluster, *host_id, options)?,
+        Command::TransferToS3Info => s3::transfer_info(cluster)?,
+        Command::MoveToS3 { settle } => {
+            let opts = TaskOptions {
+                settle: settle.map(Duration::from_secs),
+                ..runner.options()
+            };
+            return runner.run_task(cluster, Task::MoveToS3, &opts, out);
+        }
     };
     out.write_all(text.as_bytes())?;
     Ok(())

@@ -94,6 +94,7 @@ pub fn unit(task: &str) -> &'static str {
     match task {
         "copy-shards" => "spaces",
         "remove-deleted" => "spaces and inodes",
+        "move-to-s3" => "files",
         _ => "items",
     }
 }

@@ -210,7 +210,8 @@ impl Runner {
         let run: TaskFn = match task {
             Task::CopyShards => tasks::copy_shards,
             Task::RemoveDeleted => tasks::remove_deleted,
-            Task::PerformImport | Task::MoveToS3 | Task::CopyToS3 => {
+            Task::MoveToS3 => tasks::move_to_s3,
+            Task::PerformImport | Task::CopyToS3 => {
                 let line = format!(
                     "{}: nothing to do (not available in this version)",
                     task.name()

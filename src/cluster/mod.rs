@@ -1,7 +1,7 @@
 //! The Admin Node: the cluster's own database (default `tshs_admin`).
 //!
 //! It holds the Storage Nodes (id, phase, key range, connection options), the
-//! topology epoch, the access points, jobs, volumes and spaces. Every other
+//! topology epoch, the access points, jobs, S3 hosts, volumes and spaces. Every other
 //! database is reached through it. Its schema is a list of numbered
 //! migrations applied by `create-admin-node`; running that again changes
 //! nothing.
@@ -10,6 +10,7 @@ mod access_points;
 mod jobs;
 mod nodes;
 mod route;
+mod s3_hosts;
 mod volumes;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ pub use volumes::{
 
 use crate::config::ConnOptions;
 use crate::db::{Db, migrate, table_names};
+use crate::object_store::S3Store;
 use crate::shard::Shard;
 
 /// The Admin Node schema. Append new migrations; never edit an applied one.
@@ -103,6 +105,24 @@ const MIGRATIONS: &[(u32, &[&str])] = &[
             ) ENGINE=InnoDB",
         ],
     ),
+    (
+        3,
+        &[
+            // Object stores (add-s3-host). `is_current`: where move-to-s3
+            // uploads; exactly one row has it once any host exists.
+            "CREATE TABLE IF NOT EXISTS s3_hosts (
+                id INT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                brand VARCHAR(16) NOT NULL,
+                server VARCHAR(255) NOT NULL,
+                bucket VARCHAR(255) NOT NULL,
+                access_key VARCHAR(255) NOT NULL,
+                secret_key VARCHAR(255) NOT NULL,
+                options TEXT NOT NULL,
+                is_current TINYINT UNSIGNED NOT NULL DEFAULT 0,
+                created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP
+            ) ENGINE=InnoDB",
+        ],
+    ),
 ];
 
 /// The tables migration 1 creates; their presence means the node exists.
@@ -122,6 +142,8 @@ pub struct Cluster {
     admin: Db,
     /// Storage Node pools, opened on first use. Bounded per node.
     shards: Arc<Mutex<HashMap<u32, Shard>>>,
+    /// Object store clients, by S3 host id, made on first use.
+    stores: Arc<Mutex<HashMap<u32, Arc<S3Store>>>>,
     max_conns: usize,
 }
 
@@ -133,6 +155,7 @@ impl Cluster {
         Ok(Cluster {
             admin: db,
             shards: Arc::default(),
+            stores: Arc::default(),
             max_conns,
         })
     }

@@ -96,6 +96,11 @@ pub struct Route {
 }
 
 impl Route {
+    /// The cluster (for the object stores a space's files may live in).
+    pub fn cluster(&self) -> &Cluster {
+        &self.router.cluster
+    }
+
     /// The node the space is on, as far as this process knows (for messages).
     pub fn id(&self) -> u32 {
         self.router.node_of(self.space).unwrap_or(0)

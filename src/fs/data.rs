@@ -11,6 +11,13 @@
 //! and fsync wait for it and report its error. `O_APPEND` writes skip the buffer: each is
 //! a transaction that appends at the database's end of file, so appenders on
 //! different mounts never overwrite each other or interleave.
+//!
+//! A file that move-to-s3 moved to the object store has no extents: its
+//! inode names the object. Reads find that out in the same query that looks
+//! for extents (so a move between two reads is seen at once) and fetch the
+//! span with a ranged GET instead, cached and read ahead like extents. The
+//! first write, append or truncate brings the file back into the database
+//! inside its own transaction ([`recall`]): POSIX semantics do not change.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -299,19 +306,91 @@ impl OpenInode {
         st.prefetched_upto = st.prefetched_upto.max(stop);
     }
 
-    /// One extent as the database holds it (empty if none), for a partial
-    /// overwrite. Called with the file's lock held: nothing can change it.
+    /// One extent as the file holds it (empty if none), for a partial
+    /// overwrite. Called with the file's lock held: nothing here can change it.
     fn load_extent(&self, ext: u64) -> FsResult<Vec<u8>> {
-        let db = &self.shard;
-        let d: Option<Vec<u8>> = db
-            .read(|c| {
-                c.exec_first(
-                    "SELECT data FROM extents WHERE space_id = ? AND ino = ? AND off = ?",
-                    (self.space, self.ino, ext),
-                )
-            })
-            .map_err(|e| super::error::db_failed(self.shard.id(), "read", e))?;
-        Ok(d.unwrap_or_default())
+        let rows = self.load_span(ext, ext + E)?;
+        Ok(rows
+            .into_iter()
+            .find(|(o, _)| *o == ext)
+            .map(|(_, d)| d)
+            .unwrap_or_default())
+    }
+
+    /// The extents in `[first, last)` (holes missing), from the database
+    /// or, for a file in the object store, from its object.
+    fn load_span(&self, first: u64, last: u64) -> FsResult<Vec<(u64, Vec<u8>)>> {
+        // One query: the extents, or the object if the file has moved.
+        type Row = (Option<u64>, Vec<u8>, Option<u32>, Option<u64>);
+        let query = || -> FsResult<Vec<Row>> {
+            self.shard
+                .read(|c| {
+                    c.exec(
+                        "SELECT off, data, NULL, NULL FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ?
+                         UNION ALL
+                         SELECT NULL, s3_key, s3_host, size FROM inodes WHERE space_id = ? AND ino = ? AND s3_key IS NOT NULL",
+                        (self.space, self.ino, first, last, self.space, self.ino),
+                    )
+                })
+                .map_err(|e| super::error::db_failed(self.shard.id(), "read", e))
+        };
+        let mut rows = query()?;
+        let mut attempt = 0;
+        loop {
+            let object = rows.iter().find_map(|r| match r {
+                (None, key, Some(host), Some(size)) => Some((*host, key.clone(), *size)),
+                _ => None,
+            });
+            let Some((host, key, size)) = object else {
+                let mut out: Vec<(u64, Vec<u8>)> = rows
+                    .into_iter()
+                    .filter_map(|(o, d, _, _)| o.map(|o| (o, d)))
+                    .collect();
+                out.sort_unstable_by_key(|(o, _)| *o);
+                return Ok(out);
+            };
+            let key = String::from_utf8_lossy(&key).into_owned();
+            match self.get_object_span(host, &key, size, first, last) {
+                Ok(out) => return Ok(out),
+                // Brought back into the database (and the object deleted)
+                // since the query: look again, once.
+                Err(Some(crate::object_store::ErrorKind::NotFound)) if attempt == 0 => {
+                    attempt += 1;
+                    rows = query()?;
+                }
+                Err(_) => return Err(Errno::EIO),
+            }
+        }
+    }
+
+    /// `[first, last)` of the file's object, cut into extents. The error is
+    /// logged; it carries the kind of store failure, if it was one.
+    fn get_object_span(
+        &self,
+        host: u32,
+        key: &str,
+        size: u64,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, Option<crate::object_store::ErrorKind>> {
+        let end = last.min(size);
+        if first >= end {
+            return Ok(Vec::new());
+        }
+        let store = self.shard.cluster().object_store(host).map_err(|e| {
+            super::error::store_failed(self.space, self.ino, format!("S3 host {host}: {e:#}"));
+            None
+        })?;
+        let data = store.get_range(key, first, end - first).map_err(|e| {
+            let kind = e.kind;
+            super::error::store_failed(self.space, self.ino, e);
+            Some(kind)
+        })?;
+        Ok(data
+            .chunks(E as usize)
+            .enumerate()
+            .map(|(i, d)| (first + i as u64 * E, d.to_vec()))
+            .collect())
     }
 
     /// Runs one prefetch (on a prefetch worker).
@@ -339,15 +418,7 @@ impl OpenInode {
         last: u64,
         version: (u64, u64),
     ) -> FsResult<Vec<(u64, Arc<Vec<u8>>)>> {
-        let db = &self.shard;
-        let rows: Vec<(u64, Vec<u8>)> = db
-            .read(|c| {
-                c.exec(
-                    "SELECT off, data FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ? ORDER BY off",
-                    (self.space, self.ino, first, last),
-                )
-            })
-            .map_err(|e| super::error::db_failed(self.shard.id(), "read", e))?;
+        let rows = self.load_span(first, last)?;
         let rows: Vec<(u64, Arc<Vec<u8>>)> =
             rows.into_iter().map(|(o, d)| (o, Arc::new(d))).collect();
         if *self.opens.lock().unwrap() == 0 {
@@ -558,6 +629,12 @@ impl OpenInode {
                 let (Some(&lo), Some(&hi)) = (bufs.keys().next(), bufs.keys().next_back()) else {
                     return Ok(());
                 };
+                if !fresh {
+                    // Moved to the object store since we loaded our buffers:
+                    // back into the database first (same bytes: a move
+                    // needs the file unchanged).
+                    recall(tx, &self.shard, space, ino, true, &abort)?;
+                }
                 let old: BTreeMap<u64, u64> = if fresh {
                     BTreeMap::new() // a new file has no extents yet
                 } else {
@@ -626,11 +703,7 @@ impl OpenInode {
         let eof = self
             .shard
             .tx(|tx| {
-                let eof: u64 = tx
-                    .exec_first(
-                        "SELECT size FROM inodes WHERE space_id = ? AND ino = ? FOR UPDATE",
-                        (space, ino),
-                    )?
+                let (eof, _) = recall(tx, &self.shard, space, ino, true, &abort)?
                     .ok_or_else(|| abort.fail(Errno::ENOENT))?;
                 let end = eof + data.len() as u64;
                 if end > MAX_FILE_SIZE {
@@ -695,6 +768,78 @@ impl OpenInode {
         st.generation = cache.invalidate(self.space, self.ino);
         Ok(a)
     }
+}
+
+/// Bytes of an object fetched per ranged GET while a file comes back.
+const RECALL_CHUNK: u64 = 32 * E;
+
+/// Locks the inode's row and, if its data is in the object store, brings
+/// it back into extents (`need_data`; otherwise the file is being emptied
+/// and the object is simply let go), in the caller's transaction. The
+/// object is recorded as garbage: remove-deleted deletes it after the grace
+/// period (other mounts may still be reading it). Returns the inode's size
+/// and, if it was in the store, its new `stored`; `None` if there is no
+/// such inode. A store failure aborts the transaction with `EIO`.
+pub(super) fn recall(
+    tx: &mut Transaction<'_>,
+    route: &Route,
+    space: u32,
+    ino: u64,
+    need_data: bool,
+    abort: &Abort,
+) -> Result<Option<(u64, Option<u64>)>, mysql::Error> {
+    let row: Option<(u64, Option<u32>, Option<Vec<u8>>)> = tx.exec_first(
+        "SELECT size, s3_host, s3_key FROM inodes WHERE space_id = ? AND ino = ? FOR UPDATE",
+        (space, ino),
+    )?;
+    let (size, host, key) = match row {
+        None => return Ok(None),
+        Some((size, Some(host), Some(key))) => (size, host, key),
+        Some((size, _, _)) => return Ok(Some((size, None))),
+    };
+    let mut stored = 0u64;
+    if need_data {
+        let text = String::from_utf8_lossy(&key).into_owned();
+        let store = route.cluster().object_store(host).map_err(|e| {
+            abort.fail(super::error::store_failed(
+                space,
+                ino,
+                format!("S3 host {host}: {e:#}"),
+            ))
+        })?;
+        tx.exec_drop(
+            "DELETE FROM extents WHERE space_id = ? AND ino = ?",
+            (space, ino),
+        )?;
+        let mut off = 0;
+        while off < size {
+            let n = RECALL_CHUNK.min(size - off);
+            let data = store
+                .get_range(&text, off, n)
+                .map_err(|e| abort.fail(super::error::store_failed(space, ino, e)))?;
+            for (i, piece) in data.chunks(E as usize).enumerate() {
+                // All-zero extents stay holes.
+                if piece.iter().any(|b| *b != 0) {
+                    tx.exec_drop(
+                        "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)",
+                        (space, ino, off + i as u64 * E, piece.len(), piece),
+                    )?;
+                    stored += piece.len() as u64;
+                }
+            }
+            off += n;
+        }
+    }
+    tx.exec_drop(
+        "UPDATE inodes SET s3_host = NULL, s3_key = NULL, stored = ? WHERE space_id = ? AND ino = ?",
+        (stored, space, ino),
+    )?;
+    tx.exec_drop(
+        "INSERT INTO s3_uploads (s3_host, s3_key, space_id, ino, state, touched_at) VALUES (?, ?, ?, ?, 'garbage', ?)",
+        (host, &key, space, ino, now_ns()),
+    )?;
+    log::debug!("space {space} inode {ino}: back from S3 host {host} for a change");
+    Ok(Some((size, Some(stored))))
 }
 
 /// Writes `data` at `pos` where `pos` is at or past every extent's end (an

@@ -37,6 +37,12 @@ pub fn db_failed(node: u32, what: &str, e: impl std::fmt::Display) -> Errno {
     Errno::EIO
 }
 
+/// Logs an object store failure (the error names the host) and returns `EIO`.
+pub fn store_failed(space: u32, ino: u64, e: impl std::fmt::Display) -> Errno {
+    log::error!("space {space} inode {ino}: {e}");
+    Errno::EIO
+}
+
 /// Transactions signal an errno decided inside them with this SQL state.
 pub(crate) const ERRNO_SIGNAL: u16 = 0;
 

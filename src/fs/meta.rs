@@ -249,7 +249,7 @@ pub fn getattr_with_head(
     let row: Option<Row> = shard.read(|conn| {
         conn.exec_first(
             format!(
-                "SELECT {I_COLUMNS}, IF(i.size <= ? AND i.mode & ? = ?, COALESCE(e.data, ''), NULL)
+                "SELECT {I_COLUMNS}, IF(i.size <= ? AND i.mode & ? = ? AND i.s3_key IS NULL, COALESCE(e.data, ''), NULL)
                  FROM inodes i LEFT JOIN extents e ON e.space_id = i.space_id AND e.ino = i.ino AND e.off = 0
                  WHERE i.space_id = ? AND i.ino = ? AND i.state < 2"
             ),
@@ -666,6 +666,13 @@ pub fn setattr(shard: &Route, space: u32, ino: u64, s: &SetAttr) -> FsResult<Att
             if let Some(size) = s.size {
                 if a.is_dir() {
                     return Err(abort.fail(Errno::EISDIR));
+                }
+                // A file in the object store comes back first (all of it
+                // goes when it is truncated to nothing).
+                if let Some((_, Some(stored))) =
+                    super::data::recall(tx, shard, space, ino, size > 0, &abort)?
+                {
+                    a.stored = stored;
                 }
                 if size < a.size {
                     a.stored = super::data::truncate_extents(tx, space, ino, size)?;

@@ -11,9 +11,11 @@
 //! extents' lengths, so `st_blocks` is honest for sparse files.
 
 mod copy;
+mod s3;
 mod schema;
 
 pub use copy::{RoundStats, SpaceCopy, open_space, purge_moved};
+pub use s3::{Candidate, Orphan, garbage_objects_of};
 
 use anyhow::{Context, Result, bail};
 use mysql::Transaction;
@@ -152,8 +154,13 @@ impl Shard {
         Ok(())
     }
 
-    /// Deletes every row of a space, a batch per transaction.
+    /// Deletes every row of a space, a batch per transaction; its objects
+    /// in the store are recorded as garbage first (remove-deleted deletes
+    /// them; a rerun after a crash records them again, which is harmless).
     pub fn purge_space(&self, space: u32) -> Result<()> {
+        self.tx(|tx| garbage_objects_of(tx, "space_id = ?", (space,).into()))
+            .map_err(TxError::into_db)
+            .with_context(|| format!("storage node {}: purging space {space}", self.id))?;
         self.purge_rows(space, &["space_fence"])?;
         Ok(())
     }
@@ -194,25 +201,26 @@ impl Shard {
     pub fn totals(&self) -> Result<Totals> {
         let mut conn = self.db.conn()?;
         let settled_before = crate::fs::now_ns() - SETTLE_SECS * 1_000_000_000;
-        type Row = (u64, Option<u64>, Option<u64>, Option<u64>);
+        type Row = (u64, Option<u64>, Option<u64>, Option<u64>, Option<u64>);
         let row: Option<Row> = conn
             .exec_first(
                 "SELECT (SELECT COUNT(*) FROM spaces),
-                        SUM(i.mode & 0o170000 = 0o100000),
-                        SUM(i.mode & 0o170000 = 0o100000 AND i.mtime < ? AND NOT EXISTS (
+                        SUM(i.mode & 0o170000 = 0o100000 AND i.s3_key IS NULL),
+                        SUM(i.mode & 0o170000 = 0o100000 AND i.s3_key IS NULL AND i.mtime < ? AND NOT EXISTS (
                             SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log')),
-                        SUM(i.stored)
+                        CAST(SUM(IF(i.s3_key IS NULL, i.stored, 0)) AS UNSIGNED),
+                        SUM(i.mode & 0o170000 = 0o100000 AND i.s3_key IS NOT NULL)
                  FROM inodes i WHERE i.state = 0"
                     .replace("0o170000", &libc::S_IFMT.to_string())
                     .replace("0o100000", &libc::S_IFREG.to_string()),
                 (settled_before,),
             )
             .map_err(|e| self.db.err(e))?;
-        let (spaces, in_db, ro, bytes) = row.unwrap_or_default();
+        let (spaces, in_db, ro, bytes, on_s3) = row.unwrap_or_default();
         Ok(Totals {
             spaces,
             in_db: in_db.unwrap_or(0),
-            on_s3: 0,
+            on_s3: on_s3.unwrap_or(0),
             read_only: ro.unwrap_or(0),
             bytes: bytes.unwrap_or(0),
         })
@@ -292,6 +300,11 @@ impl Shard {
                 tx.exec_drop(
                     "DELETE FROM xattrs WHERE space_id = ? AND ino = ?",
                     (space, ino),
+                )?;
+                garbage_objects_of(
+                    tx,
+                    "space_id = ? AND ino = ? AND state > 0",
+                    (space, ino).into(),
                 )?;
                 tx.exec_drop(
                     "DELETE FROM inodes WHERE space_id = ? AND ino = ? AND state > 0",

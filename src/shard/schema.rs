@@ -12,6 +12,17 @@
 //! stale placement. Sessions that set `@tshs_copier` (copy-shards itself)
 //! are let through. `copy_token` on the receiving node names the copy-shards
 //! run that may still write there.
+//!
+//! Migration 3 (object store): `inodes.s3_host`/`s3_key` name the object
+//! holding a regular file's data once move-to-s3 moved it; such a file has
+//! no extents (`stored` keeps the bytes the file occupies, for `st_blocks`).
+//! `s3_uploads` records every object that no inode names (yet): an upload
+//! in flight (`uploading`, `touched_at` renewed while it runs, `upload_id`
+//! of a multipart upload), or an object to delete (`garbage`: replaced,
+//! brought back into the database, or its inode purged). remove-deleted
+//! deletes the objects of garbage rows older than the grace period and of
+//! uploads whose process stopped renewing them. Not keyed by space: the
+//! rows stay with the node that made them, also when a space moves.
 
 pub const TABLES: &[&str] = &[
     "schema_migrations",
@@ -21,6 +32,7 @@ pub const TABLES: &[&str] = &[
     "extents",
     "xattrs",
     "space_fence",
+    "s3_uploads",
 ];
 
 /// The stored procedure migration 2 creates (dropped with the tables).
@@ -126,6 +138,24 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
             "CREATE OR REPLACE TRIGGER xattrs_fence_i BEFORE INSERT ON xattrs FOR EACH ROW CALL tshs_check_fence(NEW.space_id)",
             "CREATE OR REPLACE TRIGGER xattrs_fence_u BEFORE UPDATE ON xattrs FOR EACH ROW CALL tshs_check_fence(NEW.space_id)",
             "CREATE OR REPLACE TRIGGER xattrs_fence_d BEFORE DELETE ON xattrs FOR EACH ROW CALL tshs_check_fence(OLD.space_id)",
+        ],
+    ),
+    (
+        3,
+        &[
+            "ALTER TABLE inodes ADD COLUMN IF NOT EXISTS s3_host INT UNSIGNED NULL,
+                               ADD COLUMN IF NOT EXISTS s3_key VARBINARY(512) NULL",
+            "CREATE TABLE IF NOT EXISTS s3_uploads (
+                id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                s3_host INT UNSIGNED NOT NULL,
+                s3_key VARBINARY(512) NOT NULL,
+                space_id INT UNSIGNED NOT NULL,
+                ino BIGINT UNSIGNED NOT NULL,
+                state VARCHAR(16) NOT NULL,
+                upload_id VARBINARY(1024) NULL,
+                touched_at BIGINT NOT NULL,
+                KEY (state, touched_at)
+            ) ENGINE=InnoDB",
         ],
     ),
 ];

@@ -1,6 +1,7 @@
 //! Maintenance tasks run by `tshs <task>`, `tshs do-tasks …` and the daemon:
 //! copy-shards (finish a split), remove-deleted (purge what was marked
-//! deleted), and list-files (what a space holds). Each task does a bounded
+//! deleted), move-to-s3 (tier settled files to the object store), and
+//! list-files (what a space holds). Each task does a bounded
 //! step at a time, checks `stop` and the deadline between steps, and can be
 //! stopped and restarted at any point without losing anything.
 
@@ -9,6 +10,7 @@ use std::time::Instant;
 
 mod copy_shards;
 mod list_files;
+mod move_to_s3;
 mod remove_deleted;
 pub mod restore;
 
@@ -31,6 +33,9 @@ pub struct TaskOptions {
     pub dry_run: bool,
     /// remove-deleted's grace period (default [`remove_deleted::GRACE`]).
     pub grace: Option<std::time::Duration>,
+    /// move-to-s3: how long a file must be unchanged (default
+    /// [`crate::shard::SETTLE_SECS`]).
+    pub settle: Option<std::time::Duration>,
 }
 
 impl TaskOptions {
@@ -89,6 +94,28 @@ pub fn remove_deleted(
     progress: ProgressFn,
 ) -> Result<Outcome> {
     remove_deleted::run(cluster, opts, stop, progress)
+}
+
+/// `tshs move-to-s3`: moves settled files to the current S3 host.
+pub fn move_to_s3(
+    cluster: &Cluster,
+    opts: &TaskOptions,
+    stop: &AtomicBool,
+    progress: ProgressFn,
+) -> Result<Outcome> {
+    move_to_s3::run(cluster, opts, stop, progress)
+}
+
+/// Per Storage Node: the files and bytes waiting for move-to-s3, or why
+/// the node could not be asked.
+pub type Waiting = Vec<(u32, Result<(u64, u64)>)>;
+
+/// [`Waiting`] for `transfer-to-s3-info`.
+pub fn waiting_for_s3(
+    cluster: &Cluster,
+    host: Option<&crate::object_store::S3Host>,
+) -> Result<Waiting> {
+    move_to_s3::waiting_per_node(cluster, host)
 }
 
 /// A file's state, as `list-files` shows it.

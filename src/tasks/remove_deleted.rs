@@ -11,6 +11,11 @@
 //! The grace period also covers an upload in flight: move-to-s3 records the
 //! object on the inode only after it is complete, and a file deleted
 //! meanwhile keeps its rows for the grace period.
+//! - Objects in the store that no inode names (see `s3_uploads` in the
+//!   shard schema): those of purged inodes and spaces, those replaced when
+//!   a file came back into the database (after the grace period: another
+//!   mount may still be reading them), and uploads whose process stopped
+//!   renewing them (interrupted move-to-s3 runs).
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -18,6 +23,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use mysql::prelude::Queryable;
 
+use super::move_to_s3::UPLOAD_STALE;
 use super::{Outcome, Progress, ProgressFn, TaskOptions};
 use crate::cluster::{Cluster, is_fenced};
 use crate::fs::now_ns;
@@ -119,7 +125,64 @@ pub fn run(
             ));
         }
     }
+
+    // Objects no inode names any more, node by node (after the inodes, so
+    // the objects of the inodes just purged go in the same run).
+    let stale_before = now_ns() - grace.max(UPLOAD_STALE).as_nanos() as i64;
+    for n in cluster.nodes()? {
+        if opts.should_stop(stop) || opts.storage_node.is_some_and(|s| s != n.id) {
+            continue;
+        }
+        let shard = cluster.shard(n.id)?;
+        let k = if opts.dry_run {
+            shard.count_orphans(before, stale_before)?
+        } else {
+            delete_orphans(cluster, &shard, before, stale_before, opts, stop)?
+        };
+        if k > 0 {
+            out.done += k;
+            out.lines.push(format!(
+                "{verb} {k} object(s) from the object store (recorded on storage node {})",
+                n.id
+            ));
+        }
+    }
     Ok(out)
+}
+
+/// Deletes the orphaned objects recorded on one node; returns how many.
+fn delete_orphans(
+    cluster: &Cluster,
+    shard: &crate::shard::Shard,
+    before: i64,
+    stale_before: i64,
+    opts: &TaskOptions,
+    stop: &AtomicBool,
+) -> Result<u64> {
+    let mut n = 0;
+    loop {
+        let batch = shard.s3_orphans(before, stale_before, 500)?;
+        if batch.is_empty() || opts.should_stop(stop) {
+            return Ok(n);
+        }
+        let mut progressed = false;
+        for o in batch {
+            if !shard.claim_orphan(&o, stale_before)? {
+                continue; // its upload finished meanwhile
+            }
+            let store = cluster.object_store(o.host)?;
+            if let Some(u) = &o.upload_id {
+                store.abort_upload(&o.key, u);
+            }
+            store.delete(&o.key)?;
+            shard.forget_orphan(o.id)?;
+            n += 1;
+            progressed = true;
+        }
+        if !progressed {
+            return Ok(n);
+        }
+    }
 }
 
 /// Purges one deleted space under a `purging` claim; false when it is busy

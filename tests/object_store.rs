@@ -1,0 +1,700 @@
+//! The object store tier against the local S3 server (moto) and real mounts:
+//! the S3 host commands and their bad input, move-to-s3 and reads of moved
+//! files (warm and cold, random offsets), writes that bring a file back,
+//! remove-deleted deleting objects, a move-to-s3 killed mid-upload, and the
+//! store going away and coming back (through a proxy this test owns, so the
+//! shared S3 server is never stopped).
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{Mount, TestCluster, env, root_conn, sh};
+use mysql::prelude::Queryable;
+use tshs::object_store::{Brand, S3Host, S3Options, S3Store};
+
+const AK: &str = "AKIDTSHSTEST0001";
+const SK: &str = "tshsSecretKeyValue/0123456789+abcdef";
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A new empty bucket on the shared S3 server.
+fn new_bucket(tag: &str) -> String {
+    let b = format!(
+        "tshs-{}-{}-{tag}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    sh(&format!(
+        "curl -sf -o /dev/null -X PUT {}/{b}",
+        env("TSHS_S3_ENDPOINT")
+    ));
+    b
+}
+
+/// A client of a bucket, to look at what the store holds.
+fn store(endpoint: &str, bucket: &str) -> S3Store {
+    S3Store::new(&S3Host {
+        id: 0,
+        brand: Brand::Generic,
+        server: endpoint.into(),
+        bucket: bucket.into(),
+        access_key: AK.into(),
+        secret_key: SK.into(),
+        options: S3Options::default(),
+        is_current: false,
+    })
+}
+
+fn objects(endpoint: &str, bucket: &str) -> Vec<(String, u64)> {
+    store(endpoint, bucket).list("").unwrap()
+}
+
+/// Bytes that differ from file to file and from offset to offset.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect()
+}
+
+fn no_secret(text: &str) {
+    assert!(!text.contains(SK), "the secret key leaked: {text}");
+    assert!(
+        !text.contains("tshsSecretKey"),
+        "part of the secret key leaked: {text}"
+    );
+}
+
+/// State of each file of `list-files <space>`: path -> state.
+fn states(c: &TestCluster, space: u32) -> std::collections::HashMap<String, String> {
+    c.ok(&["list-files", &space.to_string()])
+        .lines()
+        .skip(2)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[3].to_string(), f[2].to_string())
+        })
+        .collect()
+}
+
+/// Rows of a Storage Node table over both nodes of a `with_nodes` cluster.
+fn count_rows(c: &TestCluster, sql_from_where: &str) -> u64 {
+    let dbs = c.dbs.lock().unwrap().clone();
+    dbs.iter()
+        .skip(1)
+        .map(|(n, db)| {
+            root_conn(*n)
+                .query_first::<u64, _>(format!("SELECT COUNT(*) FROM {db}.{sql_from_where}"))
+                .unwrap()
+                .unwrap()
+        })
+        .sum()
+}
+
+fn add_host(c: &TestCluster, endpoint: &str, bucket: &str, options: &str) -> String {
+    let out = c.ok(&["add-s3-host", "GENERIC", endpoint, bucket, AK, SK, options]);
+    no_secret(&out);
+    out
+}
+
+fn check_file(path: &Path, want: &[u8]) {
+    let got = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        got == want,
+        "{}: {} bytes read, {} expected (first difference at {:?})",
+        path.display(),
+        got.len(),
+        want.len(),
+        got.iter().zip(want).position(|(a, b)| a != b)
+    );
+}
+
+/// Reads at pseudo-random offsets and lengths, compared with the model.
+fn random_reads(path: &Path, want: &[u8], seed: u64) {
+    let f = std::fs::File::open(path).unwrap();
+    let r = pattern(seed, 800);
+    for i in 0..200 {
+        let pick =
+            |k: usize| u64::from_le_bytes(r[k * 8 % 792..k * 8 % 792 + 8].try_into().unwrap());
+        let off = (pick(i) % (want.len() as u64 + 10)) as usize;
+        let len = (pick(i + 1) % 700_000) as usize;
+        let mut buf = vec![0u8; len];
+        let n = f.read_at(&mut buf, off as u64).unwrap();
+        let end = (off + len).min(want.len());
+        let expect = if off < want.len() {
+            &want[off..end]
+        } else {
+            &[][..]
+        };
+        // read_at may return less than asked: compare what came.
+        assert!(n <= expect.len(), "{}: read past the end", path.display());
+        assert_eq!(
+            &buf[..n],
+            &expect[..n],
+            "{}: at {off} (+{len})",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn s3_host_commands_and_their_bad_input() {
+    let c = TestCluster::with_nodes();
+    let ep = env("TSHS_S3_ENDPOINT");
+    let b = new_bucket("cmd");
+    let header = "ID Cur Server Bucket Public Key Private Key";
+    let empty = c.ok(&["list-s3-hosts"]);
+    assert_eq!(empty.lines().count(), 2, "{empty}");
+    let bad: &[(&[&str], &str)] = &[
+        (&["ACME", &ep, &b, AK, SK], "unknown S3 brand 'ACME'"),
+        (&["GENERIC", "127.0.0.1:9000", &b, AK, SK], "endpoint URL"),
+        (
+            &["GENERIC", "http://127.0.0.1:99999", &b, AK, SK],
+            "not a port number",
+        ),
+        (
+            &["GENERIC", &ep, "Bad_Bucket", AK, SK],
+            "not an S3 bucket name",
+        ),
+        (
+            &["GENERIC", &ep, "tshs-no-such-bucket-x", AK, SK],
+            "bucket 'tshs-no-such-bucket-x' does not exist",
+        ),
+        (
+            &["GENERIC", "http://127.0.0.1:1", &b, AK, SK],
+            "cannot reach the store",
+        ),
+        (
+            &["GENERIC", &ep, &b, AK, SK, "Bogus=1"],
+            "unknown S3 option 'Bogus'",
+        ),
+        (&["GENERIC", &ep, &b, AK, SK, "MinSize=abc"], "not a size"),
+        (
+            &["GENERIC", &ep, &b, AK, SK, "MaxUploadThreads=100"],
+            "not a number from 0 to 64",
+        ),
+        (
+            &["GENERIC", &ep, &b, AK, SK, "MinBlockSize=1M"],
+            "out of range",
+        ),
+        (
+            &["GENERIC", &ep, &b, AK, SK, "MinSize=2M;MaxSize=1M"],
+            "below MinSize",
+        ),
+        (&["GENERIC", &ep, &b, AK, SK, "MinSize"], "malformed"),
+    ];
+    for (args, msg) in bad {
+        let mut all = vec!["add-s3-host"];
+        all.extend_from_slice(args);
+        let err = c.fails(&all);
+        assert!(err.contains(msg), "{all:?}: {err}");
+        no_secret(&err);
+    }
+    assert_eq!(c.ok(&["list-s3-hosts"]), empty, "nothing was added");
+    for (args, msg) in [
+        (vec!["set-current-s3-host", "1"], "there is no S3 host 1"),
+        (
+            vec!["update-s3-host", "1", "MinSize=1"],
+            "there is no S3 host 1",
+        ),
+        (vec!["set-current-s3-host", "x"], "'x'"),
+    ] {
+        let err = c.fails(&args);
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
+
+    let out = add_host(&c, &ep, &b, "MinSize=1K;MaxUploadThreads=2");
+    assert!(out.starts_with("S3 host 1 added (GENERIC"), "{out}");
+    let list = c.ok(&["list-s3-hosts"]);
+    no_secret(&list);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>().join(" "),
+        header
+    );
+    assert!(lines[1].starts_with("-- --- "), "{list}");
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        ["1", "yes", ep.as_str(), b.as_str(), AK, "****"]
+    );
+    assert_eq!(
+        lines[3],
+        "(GENERIC MinSize=1K;RedirectTimeout=10;MinBlockSize=5M;MaxParts=1000;MaxSize=0;MaxUploadThreads=2)"
+    );
+
+    // A second host becomes current; set-current-s3-host switches back.
+    add_host(&c, &ep, &b, "");
+    let cur = |c: &TestCluster| -> Vec<String> {
+        c.ok(&["list-s3-hosts"])
+            .lines()
+            .skip(2)
+            .step_by(2)
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    assert_eq!(cur(&c), ["1 no", "2 yes"]);
+    assert_eq!(
+        c.ok(&["set-current-s3-host", "1"]),
+        "S3 host 1 is the current S3 host\n"
+    );
+    assert_eq!(cur(&c), ["1 yes", "2 no"]);
+
+    // update-s3-host changes only what it names; bad options change nothing.
+    let out = c.ok(&["update-s3-host", "1", "MaxSize=1G;MaxParts=500"]);
+    assert_eq!(
+        out,
+        "S3 host 1: MinSize=1K;RedirectTimeout=10;MinBlockSize=5M;MaxParts=500;MaxSize=1G;MaxUploadThreads=2\n"
+    );
+    let before = c.ok(&["list-s3-hosts"]);
+    for bad in ["MaxParts=0", "Nope=1", "MinSize=2G", ""] {
+        let err = c.fails(&["update-s3-host", "1", bad]);
+        assert!(!err.is_empty());
+    }
+    assert_eq!(c.ok(&["list-s3-hosts"]), before);
+
+    let info = c.ok(&["transfer-to-s3-info"]);
+    assert!(
+        info.contains("Ready for transfer to S3: 0 file(s)") && info.contains("Current S3 host: 1"),
+        "{info}"
+    );
+    // The shell's and the table's outputs never show the secret; the Admin
+    // Node holds it.
+    no_secret(&c.ok(&["list-access-points"]));
+}
+
+#[test]
+fn moved_files_read_back_and_come_back_on_write() {
+    let c = TestCluster::with_nodes();
+    let ep = env("TSHS_S3_ENDPOINT");
+    let b = new_bucket("tree");
+    let mut m = Mount::new(&c, &[]);
+    let s3 = m.space(3);
+    let s4 = m.space(4);
+    std::fs::create_dir(s3.join("protolog")).unwrap();
+    std::fs::create_dir(s3.join("dir")).unwrap();
+    let mut model: Vec<(String, Vec<u8>)> = vec![
+        ("3/a.bin".into(), pattern(1, 2000)),
+        ("3/b.bin".into(), pattern(2, 300_000)),
+        ("3/dir/c.bin".into(), pattern(3, (6 << 20) + 123)),
+        ("3/e.bin".into(), pattern(5, 2 << 20)),
+        ("3/tiny".into(), pattern(6, 100)),
+        ("3/empty".into(), Vec::new()),
+        ("3/protolog/last.log".into(), pattern(7, 5000)),
+        ("4/x.bin".into(), pattern(8, 700_000)),
+    ];
+    // A sparse file: two short runs of data in a 3 MiB hole.
+    let mut sparse = vec![0u8; (3 << 20) + 10];
+    sparse[1 << 20..(1 << 20) + 10].copy_from_slice(b"0123456789");
+    sparse[3 << 20..].copy_from_slice(b"abcdefghij");
+    {
+        let f = std::fs::File::create(s3.join("d.sparse")).unwrap();
+        f.write_all_at(b"0123456789", 1 << 20).unwrap();
+        f.write_all_at(b"abcdefghij", 3 << 20).unwrap();
+    }
+    model.push(("3/d.sparse".into(), sparse));
+    let vol = m.path().join("vol01");
+    for (p, d) in &model {
+        if p != "3/d.sparse" {
+            std::fs::write(vol.join(p), d).unwrap();
+        }
+    }
+    let _ = &s4;
+
+    add_host(&c, &ep, &b, "MinSize=1K;MinBlockSize=5M;MaxUploadThreads=2");
+    // Nothing has settled for 60 s yet.
+    let out = c.ok(&["move-to-s3"]);
+    assert_eq!(out, "move-to-s3: nothing to do\n");
+    let info = c.ok(&["transfer-to-s3-info"]);
+    assert!(
+        info.contains("Ready for transfer to S3: 0 file(s)"),
+        "{info}"
+    );
+
+    let out = c.ok(&["move-to-s3", "--settle", "0"]);
+    assert!(out.contains("move-to-s3: 6 files, 12."), "{out}");
+    let moved = ["a.bin", "b.bin", "dir/c.bin", "e.bin", "d.sparse"];
+    let st = states(&c, 3);
+    for f in moved {
+        assert_eq!(st[f], "OnS3", "{f}: {st:?}");
+    }
+    for f in ["tiny", "empty", "protolog/last.log"] {
+        assert_ne!(st[f], "OnS3", "{f}: {st:?}");
+    }
+    assert_eq!(states(&c, 4)["x.bin"], "OnS3");
+    let nodes = c.ok(&["list-storage-nodes"]);
+    let on_s3: u64 = nodes
+        .split("OnS3=")
+        .skip(1)
+        .map(|s| s.split(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(on_s3, 6, "{nodes}");
+    // The moved files' data left the databases; the store holds one object each.
+    assert_eq!(
+        count_rows(&c, "extents"),
+        2, // tiny and last.log
+    );
+    let objs = objects(&ep, &b);
+    assert_eq!(objs.len(), 6, "{objs:?}");
+    assert!(
+        objs.iter()
+            .all(|(k, _)| k.starts_with("3/") || k.starts_with("4/"))
+    );
+    assert_eq!(count_rows(&c, "s3_uploads"), 0);
+    // A second run finds nothing more to move.
+    assert_eq!(
+        c.ok(&["move-to-s3", "--settle", "0"]),
+        "move-to-s3: nothing to do\n"
+    );
+
+    // Through the same mount, then cold through a new one.
+    for (p, d) in &model {
+        check_file(&vol.join(p), d);
+    }
+    m.unmount();
+    let mut m = Mount::new(&c, &[]);
+    let vol = m.path().join("vol01");
+    for (i, (p, d)) in model.iter().enumerate() {
+        random_reads(&vol.join(p), d, i as u64 + 100);
+        check_file(&vol.join(p), d);
+    }
+    let md = std::fs::metadata(vol.join("3/dir/c.bin")).unwrap();
+    assert_eq!(md.len(), (6 << 20) + 123);
+    assert!(md.blocks() * 512 >= md.len(), "st_blocks stays honest");
+
+    // Writes bring files back, with POSIX semantics: append, overwrite in
+    // the middle, truncate, truncate to nothing.
+    let get = |model: &mut Vec<(String, Vec<u8>)>, p: &str| -> usize {
+        model.iter().position(|(q, _)| q == p).unwrap()
+    };
+    {
+        let i = get(&mut model, "3/b.bin");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(vol.join("3/b.bin"))
+            .unwrap();
+        f.write_all(b"appended").unwrap();
+        model[i].1.extend_from_slice(b"appended");
+    }
+    {
+        let i = get(&mut model, "3/dir/c.bin");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(vol.join("3/dir/c.bin"))
+            .unwrap();
+        f.write_all_at(b"overwritten", 5_000_000).unwrap();
+        f.sync_all().unwrap();
+        model[i].1[5_000_000..5_000_011].copy_from_slice(b"overwritten");
+    }
+    {
+        let i = get(&mut model, "3/e.bin");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(vol.join("3/e.bin"))
+            .unwrap();
+        f.set_len(1_500_000).unwrap();
+        model[i].1.truncate(1_500_000);
+    }
+    {
+        let i = get(&mut model, "3/a.bin");
+        std::fs::File::create(vol.join("3/a.bin")).unwrap();
+        model[i].1.clear();
+    }
+    let st = states(&c, 3);
+    for f in ["a.bin", "b.bin", "dir/c.bin", "e.bin"] {
+        assert_ne!(st[f], "OnS3", "{f}: {st:?}");
+    }
+    assert_eq!(st["d.sparse"], "OnS3");
+    for (p, d) in &model {
+        check_file(&vol.join(p), d);
+    }
+    m.unmount();
+    let m = Mount::new(&c, &[]);
+    let vol = m.path().join("vol01");
+    for (p, d) in &model {
+        check_file(&vol.join(p), d);
+    }
+    // The replaced objects wait for the grace period.
+    assert_eq!(count_rows(&c, "s3_uploads WHERE state = 'garbage'"), 4);
+    let out = c.ok(&["remove-deleted"]);
+    assert!(!out.contains("object"), "{out}");
+    assert_eq!(objects(&ep, &b).len(), 6);
+
+    // Deleting moved files: their objects go with their inodes.
+    std::fs::remove_file(vol.join("3/d.sparse")).unwrap();
+    std::fs::remove_file(vol.join("4/x.bin")).unwrap();
+    let out = c.ok(&["remove-deleted", "--dry-run", "--grace", "0"]);
+    assert!(out.contains("would remove 4 object(s)"), "{out}");
+    let out = c.ok(&["remove-deleted", "--grace", "0"]);
+    assert!(
+        out.contains("removed 2 deleted inode(s)") || out.contains("removed 1 deleted inode(s)"),
+        "{out}"
+    );
+    assert!(objects(&ep, &b).is_empty(), "{:?}", objects(&ep, &b));
+    assert_eq!(count_rows(&c, "s3_uploads"), 0);
+    // The files that came back can move again.
+    let out = c.ok(&["move-to-s3", "--settle", "0"]);
+    assert!(out.contains("move-to-s3: 3 files"), "{out}");
+    for (p, d) in model
+        .iter()
+        .filter(|(p, _)| p != "3/d.sparse" && p != "4/x.bin")
+    {
+        check_file(&vol.join(p), d);
+    }
+}
+
+/// The node databases' `s3_uploads` rows: (state, has a multipart upload id).
+fn uploads(c: &TestCluster) -> Vec<(String, bool)> {
+    let dbs = c.dbs.lock().unwrap().clone();
+    let mut out = Vec::new();
+    for (n, db) in dbs.iter().skip(1) {
+        let rows: Vec<(String, u8)> = root_conn(*n)
+            .query(format!(
+                "SELECT state, upload_id IS NOT NULL FROM {db}.s3_uploads"
+            ))
+            .unwrap();
+        out.extend(rows.into_iter().map(|(s, u)| (s, u != 0)));
+    }
+    out
+}
+
+#[test]
+fn move_to_s3_killed_mid_upload_loses_nothing() {
+    let c = TestCluster::with_nodes();
+    let ep = env("TSHS_S3_ENDPOINT");
+    let b = new_bucket("kill");
+    let m = Mount::new(&c, &[]);
+    let space = m.space(5);
+    let data = pattern(9, 16 << 20);
+    std::fs::write(space.join("big"), &data).unwrap();
+    add_host(&c, &ep, &b, "MinBlockSize=5M;MaxUploadThreads=1");
+
+    // Four parts, a second before each: kill it while the parts go up.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tshs"))
+        .arg("--mysql-cfg-file")
+        .arg(&c.mycnf)
+        .args(["move-to-s3", "--settle", "0"])
+        .env("TSHS_TEST_S3_PART_DELAY_MS", "1000")
+        .env("TSHS_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !uploads(&c).iter().any(|(_, multipart)| *multipart) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the upload did not start"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "move-to-s3 ended early"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed_at = Instant::now();
+
+    assert_eq!(states(&c, 5)["big"], "InDB");
+    assert_eq!(uploads(&c), [("uploading".to_string(), true)]);
+    check_file(&space.join("big"), &data);
+    // A fresh upload record is left alone: its process may be alive.
+    let out = c.ok(&["remove-deleted", "--grace", "0"]);
+    assert!(!out.contains("object"), "{out}");
+
+    // The next run moves it.
+    let out = c.ok(&["move-to-s3", "--settle", "0"]);
+    assert!(out.contains("move-to-s3: 1 files"), "{out}");
+    assert_eq!(states(&c, 5)["big"], "OnS3");
+    let live: Vec<(String, u64)> = objects(&ep, &b);
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].1, 16 << 20);
+    drop(m);
+    let m = Mount::new(&c, &[]);
+    check_file(&m.space(5).join("big"), &data);
+
+    // Once the killed run's record is stale, remove-deleted aborts its
+    // multipart upload and forgets it; the live object stays.
+    let stale = Duration::from_secs(11);
+    if let Some(rest) = stale.checked_sub(killed_at.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    let out = c.ok(&["remove-deleted", "--grace", "0"]);
+    assert!(out.contains("removed 1 object(s)"), "{out}");
+    assert!(uploads(&c).is_empty());
+    assert_eq!(objects(&ep, &b), live);
+    check_file(&m.space(5).join("big"), &data);
+}
+
+/// A running proxy: its stop flag, accept thread and open connections.
+type Running = (Arc<AtomicBool>, JoinHandle<()>, Arc<Mutex<Vec<TcpStream>>>);
+
+/// A TCP proxy in front of the shared S3 server that the test can take
+/// down (connections refused, open ones cut) and bring back on the same port.
+struct Proxy {
+    port: u16,
+    upstream: SocketAddr,
+    run: Mutex<Option<Running>>,
+}
+
+impl Proxy {
+    fn new(upstream: &str) -> Proxy {
+        let upstream: SocketAddr = upstream.trim_start_matches("http://").parse().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = Proxy {
+            port,
+            upstream,
+            run: Mutex::new(None),
+        };
+        p.up();
+        p
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (s, cs, upstream) = (stop.clone(), conns.clone(), self.upstream);
+        let t = std::thread::spawn(move || {
+            while !s.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((down, _)) => {
+                        down.set_nonblocking(false).unwrap();
+                        let Ok(up) = TcpStream::connect(upstream) else {
+                            continue;
+                        };
+                        let mut list = cs.lock().unwrap();
+                        list.push(down.try_clone().unwrap());
+                        list.push(up.try_clone().unwrap());
+                        for (mut a, mut b) in [
+                            (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                            (up, down),
+                        ] {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut a, &mut b);
+                                let _ = b.shutdown(std::net::Shutdown::Write);
+                            });
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        *self.run.lock().unwrap() = Some((stop, t, conns));
+    }
+
+    fn down(&self) {
+        if let Some((stop, t, conns)) = self.run.lock().unwrap().take() {
+            stop.store(true, Ordering::Release);
+            t.join().unwrap();
+            for c in conns.lock().unwrap().iter() {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+#[test]
+fn store_down_gives_eio_and_clear_errors_then_recovers() {
+    let c = TestCluster::with_nodes();
+    let b = new_bucket("down");
+    let proxy = Proxy::new(&env("TSHS_S3_ENDPOINT"));
+    let ep = proxy.endpoint();
+    let m = Mount::new(&c, &[]);
+    let space = m.space(6);
+    let (d1, d2, d3) = (
+        pattern(11, 400_000),
+        pattern(12, 400_000),
+        pattern(13, 400_000),
+    );
+    std::fs::write(space.join("f1"), &d1).unwrap();
+    std::fs::write(space.join("f2"), &d2).unwrap();
+    add_host(&c, &ep, &b, "");
+    c.ok(&["move-to-s3", "--settle", "0"]);
+    assert_eq!(states(&c, 6)["f2"], "OnS3");
+    drop(m);
+
+    proxy.down();
+    let m = Mount::new(&c, &[]);
+    let space = m.space(6);
+    // Names and attributes live in the database: still there.
+    assert_eq!(std::fs::metadata(space.join("f2")).unwrap().len(), 400_000);
+    let e = std::fs::read(space.join("f2")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    // A write that would bring a file back fails too, and changes nothing.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(space.join("f1"))
+        .unwrap();
+    let e = f.write_all(b"more").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    drop(f);
+    // move-to-s3 fails with one clear line naming the host; nothing moves.
+    std::fs::write(space.join("f3"), &d3).unwrap();
+    let err = c.fails(&["move-to-s3", "--settle", "0"]);
+    assert!(
+        err.contains("move-to-s3") && err.contains("S3 host 1") && err.contains("cannot reach"),
+        "{err}"
+    );
+    no_secret(&err);
+    assert_eq!(states(&c, 6)["f3"], "InDB");
+    check_file(&space.join("f3"), &d3);
+    // Its object could not be deleted either: recorded for remove-deleted.
+    assert_eq!(count_rows(&c, "s3_uploads WHERE state = 'garbage'"), 1);
+
+    proxy.up();
+    check_file(&space.join("f2"), &d2);
+    check_file(&space.join("f1"), &d1);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(space.join("f1"))
+        .unwrap();
+    f.write_all(b"more").unwrap();
+    drop(f);
+    let mut want = d1.clone();
+    want.extend_from_slice(b"more");
+    check_file(&space.join("f1"), &want);
+    let out = c.ok(&["move-to-s3", "--settle", "0"]);
+    assert!(out.contains("move-to-s3: 2 files"), "{out}");
+    let mut f = std::fs::File::open(space.join("f3")).unwrap();
+    f.seek(SeekFrom::Start(1000)).unwrap();
+    let mut buf = vec![0u8; 5000];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, d3[1000..6000]);
+    let out = c.ok(&["remove-deleted", "--grace", "0"]);
+    assert!(out.contains("object(s)"), "{out}");
+    assert_eq!(count_rows(&c, "s3_uploads"), 0);
+}
