@@ -698,3 +698,116 @@ fn store_down_gives_eio_and_clear_errors_then_recovers() {
     assert!(out.contains("object(s)"), "{out}");
     assert_eq!(count_rows(&c, "s3_uploads"), 0);
 }
+
+/// A moto server of this test's own, on a free loopback port, that checks
+/// signatures: its first four requests (bucket, IAM user, access key,
+/// policy) are let through, every later one needs the user's keys. Killed
+/// by PID on drop; the shared S3 server is not touched.
+struct AuthMoto {
+    child: std::process::Child,
+    endpoint: String,
+    key: (String, String),
+}
+
+impl AuthMoto {
+    fn start(bucket: &str) -> AuthMoto {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "4")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (scripts/services installs it)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let mut m = AuthMoto {
+            child,
+            endpoint,
+            key: Default::default(),
+        };
+        let t = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(30), "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let ep = &m.endpoint;
+        sh(&format!("curl -sf -o /dev/null -X PUT {ep}/{bucket}"));
+        // IAM requests are told apart by the service in the credential scope.
+        let iam = format!(
+            "curl -sf -X POST {ep}/ -H 'Authorization: AWS4-HMAC-SHA256 Credential=AKIDSETUP/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0'"
+        );
+        sh(&format!(
+            "{iam} -d 'Action=CreateUser&UserName=tshs&Version=2010-05-08'"
+        ));
+        let xml = sh(&format!(
+            "{iam} -d 'Action=CreateAccessKey&UserName=tshs&Version=2010-05-08'"
+        ));
+        let field = |name: &str| -> String {
+            xml.split(&format!("<{name}>"))
+                .nth(1)
+                .unwrap()
+                .split('<')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        m.key = (field("AccessKeyId"), field("SecretAccessKey"));
+        sh(&format!(
+            "{iam} --data-urlencode Action=PutUserPolicy --data-urlencode UserName=tshs \
+             --data-urlencode PolicyName=all --data-urlencode Version=2010-05-08 \
+             --data-urlencode 'PolicyDocument={{\"Version\":\"2012-10-17\",\"Statement\":[{{\"Effect\":\"Allow\",\"Action\":\"s3:*\",\"Resource\":\"*\"}}]}}'"
+        ));
+        m
+    }
+}
+
+impl Drop for AuthMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn wrong_keys_are_refused_before_a_host_is_added() {
+    let c = TestCluster::with_nodes();
+    let b = "tshs-auth";
+    let moto = AuthMoto::start(b);
+    let (ak, sk) = moto.key.clone();
+    let ep = moto.endpoint.clone();
+    let wrong_secret = format!("{sk}x");
+    for (key, secret, msg) in [
+        (
+            ak.as_str(),
+            wrong_secret.as_str(),
+            "check the access key and the secret key",
+        ),
+        (
+            "AKIDUNKNOWN00000",
+            sk.as_str(),
+            "check the access key and the secret key",
+        ),
+    ] {
+        let err = c.fails(&["add-s3-host", "GENERIC", &ep, b, key, secret]);
+        assert!(err.contains(msg) && err.contains("S3 host"), "{err}");
+        assert!(!err.contains(&sk) && !err.contains(&wrong_secret), "{err}");
+    }
+    assert_eq!(c.ok(&["list-s3-hosts"]).lines().count(), 2, "nothing added");
+    let out = c.ok(&["add-s3-host", "GENERIC", &ep, b, &ak, &sk]);
+    assert!(out.starts_with("S3 host 1 added"), "{out}");
+    assert!(!out.contains(&sk));
+    // The keys work for the real thing too.
+    let m = Mount::new(&c, &[]);
+    let data = pattern(21, 100_000);
+    std::fs::write(m.space(9).join("f"), &data).unwrap();
+    let out = c.ok(&["move-to-s3", "--settle", "0"]);
+    assert!(out.contains("move-to-s3: 1 files"), "{out}");
+    drop(m);
+    let m = Mount::new(&c, &[]);
+    check_file(&m.space(9).join("f"), &data);
+}

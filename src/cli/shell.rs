@@ -32,7 +32,10 @@ pub fn run(cli: &Cli) -> Result<()> {
         if line.is_empty() {
             continue;
         }
-        let _ = editor.add_history_entry(line);
+        // A secret key typed here must not land in the history file.
+        if !line.contains("add-s3-host") {
+            let _ = editor.add_history_entry(line);
+        }
         if matches!(line, "quit" | "exit" | "q") {
             break;
         }

@@ -250,8 +250,12 @@ impl S3Host {
         Ok(())
     }
 
-    /// `host 3 (http://127.0.0.1:9000, bucket tshs)`: what messages name.
+    /// `S3 host 3 (http://127.0.0.1:9000, bucket tshs)`: what messages name.
     pub fn describe(&self) -> String {
+        if self.id == 0 {
+            // Not added yet (add-s3-host's check).
+            return format!("new S3 host ({}, bucket {})", self.server, self.bucket);
+        }
         format!(
             "S3 host {} ({}, bucket {})",
             self.id, self.server, self.bucket

@@ -138,7 +138,13 @@ impl S3Store {
                 };
                 let msg = e.message().unwrap_or("");
                 if code.is_empty() && msg.is_empty() {
-                    (kind, format!("HTTP {status}: {}", chain(&e)))
+                    // A HEAD's error has no body to name it.
+                    let what = match kind {
+                        ErrorKind::Denied => "access denied".to_string(),
+                        ErrorKind::NotFound => "not found".to_string(),
+                        _ => chain(&e),
+                    };
+                    (kind, format!("{what} (HTTP {status})"))
                 } else {
                     let code = if code.is_empty() { "error" } else { code };
                     (
@@ -158,6 +164,9 @@ impl S3Store {
 
     fn error(&self, what: &'static str, kind: ErrorKind, detail: String) -> StoreError {
         let mut detail = detail;
+        if kind == ErrorKind::Denied {
+            detail += " (check the access key and the secret key)";
+        }
         for secret in [&self.host.secret_key, &self.host.access_key] {
             if secret.len() >= 4 {
                 detail = detail.replace(secret.as_str(), "****");

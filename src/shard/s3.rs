@@ -176,18 +176,36 @@ impl Shard {
         }
     }
 
-    /// Objects to delete: garbage recorded before `before`, and uploads
-    /// not renewed since `stale_before` (their process is gone).
-    pub fn s3_orphans(&self, before: i64, stale_before: i64, limit: usize) -> Result<Vec<Orphan>> {
+    /// The S3 hosts that have orphans (see [`Shard::s3_orphans`]).
+    pub fn s3_orphan_hosts(&self, before: i64, stale_before: i64) -> Result<Vec<u32>> {
+        Ok(self.db.read(|c| {
+            c.exec(
+                "SELECT DISTINCT s3_host FROM s3_uploads
+                 WHERE (state = 'garbage' AND touched_at < ?) OR (state = 'uploading' AND touched_at < ?)
+                 ORDER BY s3_host",
+                (before, stale_before),
+            )
+        })?)
+    }
+
+    /// Objects of `host` to delete: garbage recorded before `before`, and
+    /// uploads not renewed since `stale_before` (their process is gone).
+    pub fn s3_orphans(
+        &self,
+        host: u32,
+        before: i64,
+        stale_before: i64,
+        limit: usize,
+    ) -> Result<Vec<Orphan>> {
         type Row = (u64, u32, Vec<u8>, Option<Vec<u8>>, String);
         let rows: Vec<Row> = self.db.read(|c| {
             c.exec(
                 format!(
                     "SELECT id, s3_host, s3_key, upload_id, state FROM s3_uploads
-                     WHERE (state = 'garbage' AND touched_at < ?) OR (state = 'uploading' AND touched_at < ?)
+                     WHERE s3_host = ? AND ((state = 'garbage' AND touched_at < ?) OR (state = 'uploading' AND touched_at < ?))
                      ORDER BY id LIMIT {limit}"
                 ),
-                (before, stale_before),
+                (host, before, stale_before),
             )
         })?;
         Ok(rows

@@ -73,6 +73,7 @@ pub fn run(
         .map(|s| (s.id, s.node_id))
         .collect();
     let (done, bytes, changed) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let total = waiting(cluster, &host, settle, opts)?;
     for n in cluster.nodes()? {
         if opts.should_stop(stop) {
             break;
@@ -122,7 +123,7 @@ pub fn run(
                                     progress(&Progress {
                                         task: "move-to-s3",
                                         done: d,
-                                        total: 0,
+                                        total: total.max(d),
                                         bytes: b,
                                         item: format!("space {} inode {}", c.space, c.ino),
                                     });

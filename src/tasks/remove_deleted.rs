@@ -150,7 +150,9 @@ pub fn run(
     Ok(out)
 }
 
-/// Deletes the orphaned objects recorded on one node; returns how many.
+/// Deletes the orphaned objects recorded on one node; returns how many. A
+/// host that fails is skipped for the rest of the run (the others go on);
+/// the first failure is the result.
 fn delete_orphans(
     cluster: &Cluster,
     shard: &crate::shard::Shard,
@@ -160,27 +162,53 @@ fn delete_orphans(
     stop: &AtomicBool,
 ) -> Result<u64> {
     let mut n = 0;
+    let mut failed = None;
+    for host in shard.s3_orphan_hosts(before, stale_before)? {
+        match delete_orphans_of(cluster, shard, host, before, stale_before, opts, stop) {
+            Ok(k) => n += k,
+            Err((k, e)) => {
+                n += k;
+                log::warn!("remove-deleted: {e:#}");
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e.context(format!(
+            "{n} object(s) deleted, the others stay for the next run"
+        ))),
+        None => Ok(n),
+    }
+}
+
+fn delete_orphans_of(
+    cluster: &Cluster,
+    shard: &crate::shard::Shard,
+    host: u32,
+    before: i64,
+    stale_before: i64,
+    opts: &TaskOptions,
+    stop: &AtomicBool,
+) -> Result<u64, (u64, anyhow::Error)> {
+    let mut n = 0;
+    let store = cluster.object_store(host).map_err(|e| (0, e))?;
     loop {
-        let batch = shard.s3_orphans(before, stale_before, 500)?;
+        let batch = shard
+            .s3_orphans(host, before, stale_before, 500)
+            .map_err(|e| (n, e))?;
         if batch.is_empty() || opts.should_stop(stop) {
             return Ok(n);
         }
-        let mut progressed = false;
         for o in batch {
-            if !shard.claim_orphan(&o, stale_before)? {
+            if !shard.claim_orphan(&o, stale_before).map_err(|e| (n, e))? {
                 continue; // its upload finished meanwhile
             }
-            let store = cluster.object_store(o.host)?;
             if let Some(u) = &o.upload_id {
                 store.abort_upload(&o.key, u);
             }
-            store.delete(&o.key)?;
-            shard.forget_orphan(o.id)?;
+            store.delete(&o.key).map_err(|e| (n, e.into()))?;
+            shard.forget_orphan(o.id).map_err(|e| (n, e))?;
             n += 1;
-            progressed = true;
-        }
-        if !progressed {
-            return Ok(n);
         }
     }
 }
