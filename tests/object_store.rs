@@ -811,3 +811,53 @@ fn wrong_keys_are_refused_before_a_host_is_added() {
     let m = Mount::new(&c, &[]);
     check_file(&m.space(9).join("f"), &data);
 }
+
+#[test]
+fn a_file_changed_during_its_upload_stays_in_the_database() {
+    let c = TestCluster::with_nodes();
+    let ep = env("TSHS_S3_ENDPOINT");
+    let b = new_bucket("changed");
+    let m = Mount::new(&c, &[]);
+    let space = m.space(10);
+    let mut data = pattern(31, 12 << 20);
+    std::fs::write(space.join("f"), &data).unwrap();
+    add_host(&c, &ep, &b, "MinBlockSize=5M");
+    // Three slow parts; the file is appended to while they go up.
+    let child = Command::new(env!("CARGO_BIN_EXE_tshs"))
+        .arg("--mysql-cfg-file")
+        .arg(&c.mycnf)
+        .args(["move-to-s3", "--settle", "0"])
+        .env("TSHS_TEST_S3_PART_DELAY_MS", "700")
+        .env("TSHS_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !uploads(&c).iter().any(|(_, multipart)| *multipart) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the upload did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(space.join("f"))
+        .unwrap();
+    f.write_all(b"late").unwrap();
+    drop(f);
+    data.extend_from_slice(b"late");
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("1 file(s) changed during their upload and stay in the database"),
+        "{out}"
+    );
+    assert_eq!(states(&c, 10)["f"], "InDB");
+    assert!(objects(&ep, &b).is_empty(), "its object was deleted");
+    assert!(uploads(&c).is_empty());
+    check_file(&space.join("f"), &data);
+}
