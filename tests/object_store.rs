@@ -861,3 +861,54 @@ fn a_file_changed_during_its_upload_stays_in_the_database() {
     assert!(uploads(&c).is_empty());
     check_file(&space.join("f"), &data);
 }
+
+#[test]
+fn moved_files_follow_their_space_to_a_new_node() {
+    // One node on server 1, split onto server 2 after files moved to S3.
+    let c = TestCluster::empty();
+    let db1 = c.new_db(1, "st");
+    c.ok(&[
+        "create-storage-node",
+        &format!("{};database={db1}", common::server(1)),
+    ]);
+    c.ok(&["create-volume", "vol01"]);
+    let ep = env("TSHS_S3_ENDPOINT");
+    let b = new_bucket("split");
+    let m = Mount::new(&c, &[]);
+    let files: Vec<(u32, Vec<u8>)> = (1..=8)
+        .map(|s| (s, pattern(40 + s as u64, 300_000)))
+        .collect();
+    for (s, d) in &files {
+        std::fs::write(m.space(*s).join("f"), d).unwrap();
+    }
+    add_host(&c, &ep, &b, "");
+    let out = c.ok(&["move-to-s3", "--settle", "0"]);
+    assert!(out.contains("move-to-s3: 8 files"), "{out}");
+    let db2 = c.new_db(2, "st");
+    c.ok(&[
+        "split-storage-node",
+        "1",
+        &format!("{};database={db2}", common::server(2)),
+    ]);
+    c.ok(&["copy-shards"]);
+    let moved: u64 = root_conn(2)
+        .query_first(format!(
+            "SELECT COUNT(*) FROM {db2}.inodes WHERE s3_key IS NOT NULL"
+        ))
+        .unwrap()
+        .unwrap();
+    assert!(moved > 0 && moved < 8, "{moved} of 8 spaces moved");
+    // The old node's copies are gone, the objects are not.
+    let out = c.ok(&["remove-deleted", "--grace", "0"]);
+    assert!(!out.contains("object"), "{out}");
+    assert_eq!(objects(&ep, &b).len(), 8);
+    drop(m);
+    let m = Mount::new(&c, &[]);
+    for (s, d) in &files {
+        check_file(&m.space(*s).join("f"), d);
+        assert_eq!(states(&c, *s)["f"], "OnS3");
+    }
+    let nodes = c.ok(&["list-storage-nodes"]);
+    assert!(nodes.contains(&format!("OnS3={}", 8 - moved)), "{nodes}");
+    assert!(nodes.contains(&format!("OnS3={moved}")), "{nodes}");
+}
