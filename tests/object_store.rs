@@ -912,3 +912,111 @@ fn moved_files_follow_their_space_to_a_new_node() {
     assert!(nodes.contains(&format!("OnS3={}", 8 - moved)), "{nodes}");
     assert!(nodes.contains(&format!("OnS3={moved}")), "{nodes}");
 }
+
+#[test]
+fn a_lost_storage_node_is_rebuilt_from_the_object_store() {
+    let c = TestCluster::with_nodes();
+    let ep = env("TSHS_S3_ENDPOINT");
+    let b = new_bucket("restore");
+    let mut m = Mount::new(&c, &[]);
+    let space = m.space(3);
+    let other = (4..40)
+        .find(|s| {
+            m.space(*s);
+            let c2 = c.cluster();
+            c2.space(*s).unwrap().unwrap().node_id != c2.space(3).unwrap().unwrap().node_id
+        })
+        .unwrap();
+    let node = c.cluster().space(3).unwrap().unwrap().node_id;
+    std::fs::create_dir_all(space.join("docs")).unwrap();
+    std::fs::create_dir(space.join("protolog")).unwrap();
+    let big = pattern(51, 300_000);
+    std::fs::write(space.join("docs/big.bin"), &big).unwrap();
+    sh(&format!(
+        "chmod 640 {0} && setfattr -n user.tag -v blue {0}",
+        space.join("docs/big.bin").display()
+    ));
+    std::fs::write(space.join("small"), b"ten bytes!").unwrap();
+    std::os::unix::fs::symlink("docs/big.bin", space.join("link")).unwrap();
+    let mut log = pattern(52, 5000);
+    std::fs::write(space.join("protolog/last.log"), &log).unwrap();
+    let elsewhere = pattern(53, 200_000);
+    std::fs::write(m.space(other).join("keep"), &elsewhere).unwrap();
+
+    add_host(&c, &ep, &b, "MinSize=1K");
+    c.ok(&["move-to-s3", "--settle", "0"]);
+    let out = c.ok(&["copy-to-s3"]);
+    assert!(out.contains("copy-to-s3: "), "{out}");
+    assert_eq!(c.ok(&["copy-to-s3"]), "copy-to-s3: nothing to do\n");
+    // The log grows: the next run backs it up again; what comes after that
+    // is not in the store.
+    let append = |data: &[u8]| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(space.join("protolog/last.log"))
+            .unwrap();
+        f.write_all(data).unwrap();
+    };
+    append(b"second backup");
+    log.extend_from_slice(b"second backup");
+    let out = c.ok(&["do-tasks", "copy-to-s3"]);
+    assert!(out.contains("copy-to-s3: 1 spaces"), "{out}");
+    append(b"never backed up");
+    m.unmount();
+
+    // The node's database is lost.
+    let (n, db) = c.dbs.lock().unwrap()[node as usize].clone();
+    root_conn(n)
+        .query_drop(format!("DROP DATABASE {db}"))
+        .unwrap();
+    let new = c.new_db(n, "restored");
+    let conn = format!("{};database={new}", common::server(n));
+    let err = c.fails(&["restore-from-s3", "99", &conn]);
+    assert!(err.contains("no storage node 99"), "{err}");
+    let out = c.ok(&["restore-from-s3", &node.to_string(), &conn]);
+    assert!(
+        out.contains(&format!(
+            "Storage node {node} restored from the object store"
+        )) && out.contains("1 file(s) had no copy in the object store"),
+        "{out}"
+    );
+    assert!(!out.contains("tshs-test-pw"), "{out}");
+    let err = c.fails(&["restore-from-s3", &node.to_string(), &conn]);
+    assert!(err.contains("not empty"), "{err}");
+
+    let m = Mount::new(&c, &[]);
+    let space = m.space(3);
+    check_file(&space.join("docs/big.bin"), &big);
+    let md = std::fs::metadata(space.join("docs/big.bin")).unwrap();
+    assert_eq!(md.mode() & 0o777, 0o640);
+    assert!(
+        sh(&format!(
+            "getfattr -n user.tag {}",
+            space.join("docs/big.bin").display()
+        ))
+        .contains("blue")
+    );
+    assert_eq!(
+        std::fs::read_link(space.join("link")).unwrap(),
+        Path::new("docs/big.bin")
+    );
+    check_file(&space.join("link"), &big);
+    check_file(&space.join("protolog/last.log"), &log);
+    assert!(
+        !space.join("small").exists(),
+        "its data was only in the lost database"
+    );
+    check_file(&m.space(other).join("keep"), &elsewhere);
+    assert_eq!(states(&c, 3)["docs/big.bin"], "OnS3");
+    // The restored space works as before.
+    std::fs::write(space.join("new"), b"after the restore").unwrap();
+    check_file(&space.join("new"), b"after the restore");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(space.join("protolog/last.log"))
+        .unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    log.push(b'!');
+    check_file(&space.join("protolog/last.log"), &log);
+}

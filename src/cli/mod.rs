@@ -205,6 +205,14 @@ pub enum Command {
     UpdateS3Host { host_id: u32, options: String },
     /// How many files and bytes wait for move-to-s3.
     TransferToS3Info,
+    /// Maintenance task: back up each changed space's manifest and last.log files to S3.
+    CopyToS3,
+    /// Rebuild a lost Storage Node's spaces in a new empty database from the object store.
+    RestoreFromS3 {
+        storage_id: u32,
+        /// host=…;port=…;user=…;password=…;database=… of the new database
+        connection_options: String,
+    },
     /// Maintenance task: move settled files to the current S3 host.
     MoveToS3 {
         /// Seconds a file must be unchanged (default 60).
@@ -230,6 +238,7 @@ impl Command {
                 | Command::RemoveDeleted { .. }
                 | Command::DoTasks { .. }
                 | Command::MoveToS3 { .. }
+                | Command::CopyToS3
         )
     }
 }
@@ -511,6 +520,13 @@ pub fn execute(
         Command::SetCurrentS3Host { host_id } => s3::set_current(cluster, *host_id)?,
         Command::UpdateS3Host { host_id, options } => s3::update_host(cluster, *host_id, options)?,
         Command::TransferToS3Info => s3::transfer_info(cluster)?,
+        Command::CopyToS3 => {
+            return runner.run_task(cluster, Task::CopyToS3, &runner.options(), out);
+        }
+        Command::RestoreFromS3 {
+            storage_id,
+            connection_options,
+        } => s3::restore(cluster, *storage_id, connection_options)?,
         Command::MoveToS3 { settle } => {
             let opts = TaskOptions {
                 settle: settle.map(Duration::from_secs),

@@ -95,6 +95,7 @@ pub fn unit(task: &str) -> &'static str {
         "copy-shards" => "spaces",
         "remove-deleted" => "spaces and inodes",
         "move-to-s3" => "files",
+        "copy-to-s3" => "spaces",
         _ => "items",
     }
 }

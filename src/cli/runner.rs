@@ -211,7 +211,8 @@ impl Runner {
             Task::CopyShards => tasks::copy_shards,
             Task::RemoveDeleted => tasks::remove_deleted,
             Task::MoveToS3 => tasks::move_to_s3,
-            Task::PerformImport | Task::CopyToS3 => {
+            Task::CopyToS3 => tasks::copy_to_s3,
+            Task::PerformImport => {
                 let line = format!(
                     "{}: nothing to do (not available in this version)",
                     task.name()

@@ -119,3 +119,30 @@ pub fn transfer_info(cluster: &Cluster) -> Result<String> {
     }
     Ok(out)
 }
+
+/// `restore-from-s3`: what was restored, and what could not be.
+pub fn restore(cluster: &Cluster, node: u32, connection_options: &str) -> Result<String> {
+    let opts = crate::config::ConnOptions::parse(connection_options)?;
+    let r = crate::tasks::restore_from_s3(cluster, node, &opts)?;
+    let mut out = format!(
+        "Storage node {node} restored from the object store into {}: {} space(s), {} file(s) ({} in S3, {} last.log backup(s) copied back)\n",
+        opts.masked(),
+        r.spaces,
+        r.files - r.lost,
+        r.from_objects,
+        r.from_backups
+    );
+    if r.lost > 0 {
+        out += &format!(
+            "{} file(s) had no copy in the object store and were left out\n",
+            r.lost
+        );
+    }
+    if !r.without_manifest.is_empty() {
+        out += &format!(
+            "No manifest for space(s) {:?}: restored empty (run copy-to-s3 regularly)\n",
+            r.without_manifest
+        );
+    }
+    Ok(out)
+}

@@ -57,6 +57,8 @@ impl Router {
     /// new topology epoch.
     pub fn topology_changed(&self) {
         self.nodes.write().unwrap().clear();
+        // A node may have a new database (restore-from-s3): reconnect.
+        self.cluster.shards.lock().unwrap().clear();
         drop(self.gate.write().unwrap());
     }
 

@@ -151,6 +151,26 @@ impl Cluster {
         Ok(host)
     }
 
+    /// Points Storage Node `id` at another database (restore-from-s3) and
+    /// bumps the topology epoch, so every access point reconnects.
+    pub fn replace_node_connection(
+        &self,
+        id: u32,
+        conn: &crate::config::ConnOptions,
+    ) -> Result<()> {
+        self.admin
+            .tx(|tx| {
+                tx.exec_drop(
+                    "UPDATE storage_nodes SET conn_options = ? WHERE id = ?",
+                    (conn.to_stored(), id),
+                )?;
+                tx.query_drop("UPDATE topology SET epoch = epoch + 1 WHERE id = 1")
+            })
+            .map_err(|e| anyhow!("admin node: {e}"))?;
+        self.shards.lock().unwrap().remove(&id);
+        Ok(())
+    }
+
     /// The client of S3 host `id`, made on first use.
     pub fn object_store(&self, id: u32) -> Result<Arc<S3Store>> {
         if let Some(s) = self.stores.lock().unwrap().get(&id) {

@@ -474,6 +474,33 @@ impl S3Store {
         Ok(data)
     }
 
+    /// A whole (small) object, or `None` if there is none.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.head(key)? {
+            None => Ok(None),
+            Some((size, _)) => match self.get_range(key, 0, size) {
+                Ok(d) => Ok(Some(d)),
+                Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Stores an object held in memory (verified; in parts if large).
+    pub fn put_bytes_whole(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        let size = data.len() as u64;
+        self.put(
+            key,
+            size,
+            &Upload {
+                read: &|off, len| Ok(data[off as usize..off as usize + len].to_vec()),
+                started: &|_| Ok(()),
+                progress: &|_| Ok(()),
+            },
+        )?;
+        Ok(())
+    }
+
     /// (size, ETag) of an object, or `None` if there is none.
     pub fn head(&self, key: &str) -> Result<Option<(u64, String)>, StoreError> {
         let r = runtime().block_on(

@@ -1,7 +1,8 @@
 //! Maintenance tasks run by `tshs <task>`, `tshs do-tasks …` and the daemon:
 //! copy-shards (finish a split), remove-deleted (purge what was marked
-//! deleted), move-to-s3 (tier settled files to the object store), and
-//! list-files (what a space holds). Each task does a bounded
+//! deleted), move-to-s3 (tier settled files to the object store),
+//! copy-to-s3 and restore-from-s3 (back up to the store, rebuild a lost
+//! node from it), and list-files (what a space holds). Each task does a bounded
 //! step at a time, checks `stop` and the deadline between steps, and can be
 //! stopped and restarted at any point without losing anything.
 
@@ -9,10 +10,15 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 mod copy_shards;
+mod copy_to_s3;
 mod list_files;
+mod manifest;
 mod move_to_s3;
 mod remove_deleted;
 pub mod restore;
+mod restore_s3;
+
+pub use restore_s3::Restored;
 
 pub use copy_shards::mirror_progress;
 
@@ -116,6 +122,26 @@ pub fn waiting_for_s3(
     host: Option<&crate::object_store::S3Host>,
 ) -> Result<Waiting> {
     move_to_s3::waiting_per_node(cluster, host)
+}
+
+/// `tshs copy-to-s3`: writes each changed space's manifest and backs up
+/// every changed `last.log` to the current S3 host.
+pub fn copy_to_s3(
+    cluster: &Cluster,
+    opts: &TaskOptions,
+    stop: &AtomicBool,
+    progress: ProgressFn,
+) -> Result<Outcome> {
+    copy_to_s3::run(cluster, opts, stop, progress)
+}
+
+/// `tshs restore-from-s3 <storage-id> <connection-options>`.
+pub fn restore_from_s3(
+    cluster: &Cluster,
+    node: u32,
+    conn: &crate::config::ConnOptions,
+) -> Result<Restored> {
+    restore_s3::run(cluster, node, conn)
 }
 
 /// A file's state, as `list-files` shows it.

@@ -207,7 +207,7 @@ fn move_one(
             }
         })
     };
-    let read = |off: u64, len: usize| read_range(shard, c, off, len);
+    let read = |off: u64, len: usize| read_range(shard, c.space, c.ino, off, len);
     let started = |upload_id: &str| shard.touch_upload(record, Some(upload_id));
     let check = |_sent: u64| -> Result<()> {
         if opts.should_stop(stop) {
@@ -262,7 +262,13 @@ fn discard(shard: &Shard, store: &S3Store, key: &str, record: u64) {
 
 /// `len` bytes of the file from `off`, from its extents (holes and bytes
 /// past an extent's end read as zeros).
-fn read_range(shard: &Shard, c: &Candidate, off: u64, len: usize) -> Result<Vec<u8>> {
+pub(super) fn read_range(
+    shard: &Shard,
+    space: u32,
+    ino: u64,
+    off: u64,
+    len: usize,
+) -> Result<Vec<u8>> {
     let e = EXTENT_SIZE;
     let end = off + len as u64;
     let mut out = vec![0u8; len];
@@ -274,7 +280,7 @@ fn read_range(shard: &Shard, c: &Candidate, off: u64, len: usize) -> Result<Vec<
             .read(|conn| {
                 conn.exec(
                     "SELECT off, data FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ? ORDER BY off",
-                    (c.space, c.ino, at, until),
+                    (space, ino, at, until),
                 )
             })
             .map_err(|e| anyhow!("storage node {}: reading a file to upload: {e}", shard.id()))?;

@@ -1,0 +1,221 @@
+//! restore-from-s3: rebuilds a lost Storage Node's spaces in a new empty
+//! database from the object store alone (the manifests and backups of
+//! copy-to-s3, the objects of move-to-s3), then points the Admin Node at
+//! the new database.
+//!
+//! For every space the Admin Node places on the node, the newest manifest
+//! found on any S3 host is loaded in one transaction: counters, inodes,
+//! directory entries, xattrs. A moved file points at its object again (it
+//! must still exist); a `last.log` is copied back from its backup into the
+//! database. Files whose data was only in the lost database are left out,
+//! and counted. A space without a manifest gets an empty root directory.
+
+use anyhow::{Context, Result, anyhow, bail};
+use mysql::prelude::Queryable;
+
+use super::manifest::{self, Data, Manifest};
+use crate::cluster::Cluster;
+use crate::config::ConnOptions;
+use crate::object_store::S3Store;
+use crate::shard::{self, EXTENT_SIZE, Shard};
+
+/// What a restore did, for the command's output.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub spaces: u64,
+    pub without_manifest: Vec<u32>,
+    pub files: u64,
+    pub from_objects: u64,
+    pub from_backups: u64,
+    /// Regular files the manifests list but the store has no data of.
+    pub lost: u64,
+}
+
+pub fn run(cluster: &Cluster, node: u32, conn: &ConnOptions) -> Result<Restored> {
+    cluster.node(node)?;
+    let hosts = cluster.s3_hosts()?;
+    if hosts.is_empty() {
+        bail!("there is no S3 host to restore from (see tshs list-s3-hosts)");
+    }
+    let stores: Vec<std::sync::Arc<S3Store>> = hosts
+        .iter()
+        .map(|h| cluster.object_store(h.id))
+        .collect::<Result<_>>()?;
+    let spaces: Vec<u32> = cluster
+        .live_spaces()?
+        .into_iter()
+        .filter(|s| s.node_id == node)
+        .map(|s| s.id)
+        .collect();
+    // Read every manifest before touching anything.
+    let mut manifests = Vec::new();
+    for &space in &spaces {
+        let mut best: Option<Manifest> = None;
+        for s in &stores {
+            if let Some(text) = s.get(&manifest::key(space))? {
+                let m = Manifest::parse(&String::from_utf8_lossy(&text)).with_context(|| {
+                    format!("the manifest of space {space} on {}", s.host().describe())
+                })?;
+                if best.as_ref().is_none_or(|b| m.written > b.written) {
+                    best = Some(m);
+                }
+            }
+        }
+        manifests.push((space, best));
+    }
+    let db = shard::create_tables(conn)?;
+    drop(db);
+    let target = Shard::connect(node, conn, 4)?;
+    let mut r = Restored::default();
+    for (space, m) in manifests {
+        match m {
+            Some(m) => load(cluster, &target, &m, &mut r)
+                .with_context(|| format!("restoring space {space}"))?,
+            None => {
+                target.create_space(space, 0, 0, 0o755)?;
+                r.without_manifest.push(space);
+            }
+        }
+        r.spaces += 1;
+    }
+    cluster.replace_node_connection(node, conn)?;
+    Ok(r)
+}
+
+/// Loads one manifest into the new database, in one transaction.
+fn load(cluster: &Cluster, target: &Shard, m: &Manifest, r: &mut Restored) -> Result<()> {
+    let space = m.space;
+    // Which files can get their data back (checked before the transaction).
+    let mut skip = std::collections::HashSet::new();
+    for i in &m.inodes {
+        if i.mode & libc::S_IFMT != libc::S_IFREG {
+            continue;
+        }
+        r.files += 1;
+        let ok = match &i.data {
+            Data::None => false,
+            Data::Object { host, key } | Data::Backup { host, key } => cluster
+                .object_store(*host)
+                .ok()
+                .and_then(|s| s.head(key).ok().flatten())
+                .is_some_and(|(size, _)| size == i.size),
+        };
+        if !ok {
+            skip.insert(i.ino);
+            r.lost += 1;
+            log::warn!(
+                "restore-from-s3: space {space}: inode {} has no copy in the object store; left out",
+                i.ino
+            );
+        }
+    }
+    let mut stats = (0u64, 0u64);
+    target
+        .tx(|tx| {
+            stats = (0, 0);
+            tx.exec_drop("INSERT INTO space_fence (space_id) VALUES (?)", (space,))?;
+            tx.exec_drop(
+                "INSERT INTO spaces (space_id, next_ino, next_seq) VALUES (?, ?, ?)",
+                (space, m.next_ino, m.next_seq),
+            )?;
+            for i in m.inodes.iter().filter(|i| !skip.contains(&i.ino)) {
+                let (host, key, stored) = match &i.data {
+                    Data::Object { host, key } => {
+                        stats.0 += 1;
+                        (Some(*host), Some(key.clone()), i.stored)
+                    }
+                    Data::Backup { host, key } => {
+                        stats.1 += 1;
+                        let store = cluster
+                            .object_store(*host)
+                            .map_err(|e| fail(format!("S3 host {host}: {e:#}")))?;
+                        let stored = copy_back(tx, &store, space, i.ino, key, i.size)?;
+                        (None, None, stored)
+                    }
+                    Data::None => (None, None, 0),
+                };
+                tx.exec_drop(
+                    "INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev,
+                                         atime, mtime, ctime, btime, target, s3_host, s3_key)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    mysql::Params::Positional(vec![
+                        space.into(),
+                        i.ino.into(),
+                        i.mode.into(),
+                        i.uid.into(),
+                        i.gid.into(),
+                        i.nlink.into(),
+                        i.size.into(),
+                        stored.into(),
+                        i.rdev.into(),
+                        i.times[0].into(),
+                        i.times[1].into(),
+                        i.times[2].into(),
+                        i.times[3].into(),
+                        i.target.clone().into(),
+                        host.into(),
+                        key.into(),
+                    ]),
+                )?;
+            }
+            for d in m.dentries.iter().filter(|d| !skip.contains(&d.ino)) {
+                tx.exec_drop(
+                    "INSERT INTO dentries (space_id, parent, name, ino, seq) VALUES (?, ?, ?, ?, ?)",
+                    (space, d.parent, &d.name, d.ino, d.seq),
+                )?;
+            }
+            for (ino, name, value) in m.xattrs.iter().filter(|x| !skip.contains(&x.0)) {
+                tx.exec_drop(
+                    "INSERT INTO xattrs (space_id, ino, name, value) VALUES (?, ?, ?, ?)",
+                    (space, ino, name, value),
+                )?;
+            }
+            Ok(())
+        })
+        .map_err(|e| anyhow!("storage node {}: {e}", target.id()))?;
+    r.from_objects += stats.0;
+    r.from_backups += stats.1;
+    Ok(())
+}
+
+/// Copies a backup object into extents (zero extents stay holes); returns
+/// the bytes stored.
+fn copy_back(
+    tx: &mut mysql::Transaction<'_>,
+    store: &S3Store,
+    space: u32,
+    ino: u64,
+    key: &str,
+    size: u64,
+) -> Result<u64, mysql::Error> {
+    let e = EXTENT_SIZE;
+    let mut stored = 0;
+    let mut off = 0;
+    while off < size {
+        let n = (32 * e).min(size - off);
+        let data = store
+            .get_range(key, off, n)
+            .map_err(|err| fail(err.to_string()))?;
+        for (k, piece) in data.chunks(e as usize).enumerate() {
+            if piece.iter().any(|b| *b != 0) {
+                tx.exec_drop(
+                    "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)",
+                    (space, ino, off + k as u64 * e, piece.len(), piece),
+                )?;
+                stored += piece.len() as u64;
+            }
+        }
+        off += n;
+    }
+    Ok(stored)
+}
+
+/// A failure outside the database, carried out of a transaction body (which
+/// can only return `mysql::Error`); code 0 is not retried.
+fn fail(message: String) -> mysql::Error {
+    mysql::Error::MySqlError(mysql::MySqlError {
+        state: "TSHS0".into(),
+        message,
+        code: 0,
+    })
+}
