@@ -963,6 +963,15 @@ fn a_lost_storage_node_is_rebuilt_from_the_object_store() {
     assert!(out.contains("copy-to-s3: 1 spaces"), "{out}");
     append(b"never backed up");
     m.unmount();
+    // A mount that stays up through the restore reconnects by itself.
+    let live = Mount::new(&c, &[]);
+    check_file(&live.space(other).join("keep"), &elsewhere);
+    assert_eq!(
+        std::fs::metadata(live.space(3).join("docs/big.bin"))
+            .unwrap()
+            .len(),
+        300_000
+    );
 
     // The node's database is lost.
     let (n, db) = c.dbs.lock().unwrap()[node as usize].clone();
@@ -983,6 +992,10 @@ fn a_lost_storage_node_is_rebuilt_from_the_object_store() {
     assert!(!out.contains("tshs-test-pw"), "{out}");
     let err = c.fails(&["restore-from-s3", &node.to_string(), &conn]);
     assert!(err.contains("not empty"), "{err}");
+    std::thread::sleep(Duration::from_millis(1500));
+    check_file(&live.space(3).join("docs/big.bin"), &big);
+    check_file(&live.space(3).join("protolog/last.log"), &log);
+    drop(live);
 
     let m = Mount::new(&c, &[]);
     let space = m.space(3);

@@ -58,7 +58,7 @@ impl Router {
     pub fn topology_changed(&self) {
         self.nodes.write().unwrap().clear();
         // A node may have a new database (restore-from-s3): reconnect.
-        self.cluster.shards.lock().unwrap().clear();
+        self.cluster.forget_changed_shards();
         drop(self.gate.write().unwrap());
     }
 

@@ -171,6 +171,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// Forgets the connection pools of nodes whose connection options
+    /// changed in the Admin Node (after a restore-from-s3 elsewhere); the
+    /// others stay. A failing Admin Node changes nothing.
+    pub(super) fn forget_changed_shards(&self) {
+        let Ok(nodes) = self.nodes() else { return };
+        self.shards.lock().unwrap().retain(|id, shard| {
+            nodes
+                .iter()
+                .any(|n| n.id == *id && n.conn == *shard.db().opts())
+        });
+    }
+
     /// The client of S3 host `id`, made on first use.
     pub fn object_store(&self, id: u32) -> Result<Arc<S3Store>> {
         if let Some(s) = self.stores.lock().unwrap().get(&id) {

@@ -63,11 +63,12 @@ impl Shard {
             c.exec(
                 format!(
                     "SELECT i.space_id, i.ino, i.size, i.mtime, i.ctime, i.stored FROM inodes i
-                     WHERE (i.space_id, i.ino) > (?, ?) AND {}
+                     WHERE (i.space_id > ? OR (i.space_id = ? AND i.ino > ?)) AND {}
                      ORDER BY i.space_id, i.ino LIMIT {limit}",
                     eligible()
                 ),
                 (
+                    after.0,
                     after.0,
                     after.1,
                     settled_before,

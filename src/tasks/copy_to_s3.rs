@@ -98,6 +98,19 @@ fn previous(store: &S3Store, space: u32) -> Result<Option<Manifest>> {
 /// when there was nothing to do.
 fn back_up_space(shard: &Shard, store: &S3Store, host: &S3Host, space: u32) -> Result<Option<u64>> {
     let prev = previous(store, space)?;
+    // Nothing changed (every change of data, attributes or names moves a
+    // ctime): no need to read the space.
+    let newest: Option<Option<i64>> = shard.db().read(|c| {
+        c.exec_first(
+            "SELECT MAX(ctime) FROM inodes WHERE space_id = ? AND state = 0",
+            (space,),
+        )
+    })?;
+    if let (Some(p), Some(Some(newest))) = (&prev, newest)
+        && p.changed == newest
+    {
+        return Ok(None);
+    }
     // One consistent snapshot of the space's rows.
     type IRow = (
         u64,

@@ -73,7 +73,7 @@ pub fn run(
         .map(|s| (s.id, s.node_id))
         .collect();
     let (done, bytes, changed) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
-    let total = waiting(cluster, &host, settle, opts)?;
+
     for n in cluster.nodes()? {
         if opts.should_stop(stop) {
             break;
@@ -123,7 +123,7 @@ pub fn run(
                                     progress(&Progress {
                                         task: "move-to-s3",
                                         done: d,
-                                        total: total.max(d),
+                                        total: 0,
                                         bytes: b,
                                         item: format!("space {} inode {}", c.space, c.ino),
                                     });
@@ -162,7 +162,10 @@ pub fn run(
         out.lines
             .push(format!("move-to-s3: moved to {}", host.describe()));
     }
-    out.remaining = waiting(cluster, &host, settle, opts)?;
+    // Counting is a scan of every node: only when the run stopped early.
+    if opts.should_stop(stop) {
+        out.remaining = waiting(cluster, &host, settle, opts)?;
+    }
     Ok(out)
 }
 
