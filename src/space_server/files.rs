@@ -48,6 +48,11 @@ use super::range::{self, Want};
 /// mount's append.
 pub const MAX_APPEND: u64 = 1 << 20;
 
+/// Pauses before a GET opens again a file that changed under it (see
+/// [`Tree::get`]): a rename on the mount can leave the name unopenable for
+/// some 25 ms.
+const REOPEN_MS: &[u64] = &[0, 2, 5, 10, 20, 40, 80];
+
 /// A failed file operation. The HTTP layer maps each variant to a status.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -218,21 +223,66 @@ impl Tree {
 
     /// GET / HEAD: a file with the part the `Range` header asks for, or a
     /// directory's listing.
+    ///
+    /// Two habits of the mount are met here by opening again (after the
+    /// pauses of [`REOPEN_MS`]): a file that a rename replaced between the
+    /// lookup and the open, or the stat, answers `ENOENT` where a local file
+    /// system would serve the old file; and an open file reads only up to
+    /// its size when it was opened (close-to-open), while the fresh size
+    /// may already be larger (another mount appended): the last byte to be
+    /// sent is read first, and a new open sees it.
     pub fn get(&self, rel: &RelPath, range: Option<&str>) -> Result<Got, Error> {
         // O_NONBLOCK: opening a FIFO must not wait for a writer.
-        let fd = self.open_at(rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty())?;
-        let st = fresh_fstat(fd.as_fd()).map_err(sys("stat"))?;
-        if st.is_dir() {
-            return Ok(Got::Dir(listing(fd, rel)?));
+        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK;
+        let mut pauses = REOPEN_MS.iter();
+        loop {
+            let again = match pauses.next() {
+                Some(ms) => {
+                    std::thread::sleep(std::time::Duration::from_millis(*ms));
+                    true
+                }
+                None => false,
+            };
+            let fd = match self.open_at(rel, flags, Mode::empty()) {
+                // Only a name that is there (a lookup, no open) is worth
+                // another try: a missing file is a 404 at once.
+                Err(Error::Sys {
+                    errno: Errno::ENOENT,
+                    ..
+                }) if again && self.open_at(rel, OFlag::O_PATH, Mode::empty()).is_ok() => {
+                    continue;
+                }
+                fd => fd?,
+            };
+            let st = match fresh_fstat(fd.as_fd()) {
+                Err(Errno::ENOENT) if again => continue,
+                st => st.map_err(sys("stat"))?,
+            };
+            if st.is_dir() {
+                return Ok(Got::Dir(listing(fd, rel)?));
+            }
+            if !st.is_file() {
+                return Err(Error::Conflict("not a regular file"));
+            }
+            let want = range::parse(range, st.size);
+            let last = match want {
+                Want::All if st.size > 0 => Some(st.size - 1),
+                Want::Part { end, .. } => Some(end - 1),
+                _ => None,
+            };
+            let file = File::from(fd);
+            if let Some(b) = last
+                && again
+                && matches!(file.read_at(&mut [0], b), Ok(0) | Err(_))
+            {
+                continue;
+            }
+            return Ok(Got::File {
+                file: Arc::new(file),
+                size: st.size,
+                want,
+            });
         }
-        if !st.is_file() {
-            return Err(Error::Conflict("not a regular file"));
-        }
-        Ok(Got::File {
-            file: Arc::new(File::from(fd)),
-            size: st.size,
-            want: range::parse(range, st.size),
-        })
     }
 
     /// PUT: replaces (or creates) a file atomically; true if it was new.

@@ -376,15 +376,21 @@ impl hyper::body::Body for FileBody {
         let r = ready!(Pin::new(this.pending.as_mut().expect("set above")).poll(cx));
         this.pending = None;
         Poll::Ready(Some(match r {
-            Ok(Ok(buf)) if buf.is_empty() => Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the file shrank while it was sent",
-            )),
+            Ok(Ok(buf)) if buf.is_empty() => {
+                log::warn!("a file shrank while it was sent (at byte {})", this.pos);
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file shrank while it was sent",
+                ))
+            }
+            Ok(Err(e)) => {
+                log::warn!("reading a file to send it: {e}");
+                Err(e)
+            }
             Ok(Ok(buf)) => {
                 this.pos += buf.len() as u64;
                 Ok(Frame::data(Bytes::from(buf)))
             }
-            Ok(Err(e)) => Err(e),
             Err(e) => Err(std::io::Error::other(e)),
         }))
     }
