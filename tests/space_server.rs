@@ -31,9 +31,23 @@ struct Server {
 
 impl Server {
     fn start(root: &Path, args: &[&str]) -> Server {
+        Server::start_as(root, args, None)
+    }
+
+    /// The server, run as user `uid` when given.
+    fn start_as(root: &Path, args: &[&str], uid: Option<u32>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tshs-space-server"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tshs-space-server"));
+        if let Some(uid) = uid {
+            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::process::CommandExt;
+            let perms = |mode| std::fs::Permissions::from_mode(mode);
+            std::fs::set_permissions(dir.path(), perms(0o777)).unwrap();
+            std::fs::set_permissions(dir.path().join("token"), perms(0o644)).unwrap();
+            cmd.uid(uid).gid(uid);
+        }
+        let mut child = cmd
             .arg("--root")
             .arg(root)
             .args(["--listen", "127.0.0.1:0", "--token-file"])
@@ -609,6 +623,39 @@ fn a_standby_volume_answers_503_to_writes() {
         b"a",
         "reads still work"
     );
+}
+
+#[test]
+fn access_refused_by_the_mount_is_403() {
+    // The server as an unprivileged user on a mount others may use: the
+    // kernel checks permissions (default_permissions) and says EACCES.
+    let c = TestCluster::with_nodes();
+    let m = Mount::new(&c, &["allow_other"]);
+    let space = m.space(3);
+    std::fs::write(space.join("secret"), b"s").unwrap();
+    std::fs::set_permissions(
+        space.join("secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(space.join("open"), b"o").unwrap();
+    let s = Server::start_as(m.path(), &[], Some(65534));
+    assert_eq!(s.req("GET", "/vol01/3/open", &[], b"").body, b"o");
+    let r = s.req("GET", "/vol01/3/secret", &[], b"");
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("refuses access")
+    );
+    assert_eq!(s.req("PUT", "/vol01/3/new", &[], b"n").status, 403);
+    assert_eq!(
+        s.req("POST", "/vol01/3/protolog/last.log", &[], b"n")
+            .status,
+        403
+    );
+    assert!(!space.join("new").exists() && !space.join("protolog").exists());
 }
 
 #[test]
