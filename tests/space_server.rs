@@ -597,6 +597,40 @@ fn appends_return_their_offsets_and_logs_rotate() {
     }
 }
 
+/// After server A rotated last.log, server B's mount still shows the old
+/// file under that name for its entry TTL: B's append must not go there.
+#[test]
+fn a_rotated_log_does_not_grow_through_another_mounts_stale_name() {
+    let c = TestCluster::with_nodes();
+    let (m1, a) = start(&c, &["--rotate-size", "100"]);
+    let m2 = Mount::new(&c, &[]);
+    let b = Server::start(m2.path(), &["--rotate-size", "100"]);
+    m1.space(3);
+    let post = |s: &Server, body: &[u8]| {
+        let r = s.req("POST", "/vol01/3/protolog/last.log", &[], body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
+    };
+    let b1 = format!("{}\n", "b".repeat(69));
+    let first = post(&b, b1.as_bytes());
+    let a1 = format!("{}\n", "a".repeat(39));
+    let rotated = post(&a, a1.as_bytes());
+    assert_eq!(rotated["file"], "0.log");
+    assert_eq!(rotated["ino"], first["ino"]);
+    let r = post(&b, b"b2\n");
+    assert_eq!(
+        (r["file"].as_str(), r["offset"].as_u64()),
+        (Some("last.log"), Some(0))
+    );
+    assert_ne!(r["ino"], first["ino"]);
+    let dir = m1.path().join("vol01/3/protolog");
+    assert_eq!(
+        std::fs::read(dir.join("0.log")).unwrap(),
+        format!("{b1}{a1}").into_bytes()
+    );
+    assert_eq!(std::fs::read(dir.join("last.log")).unwrap(), b"b2\n");
+}
+
 #[test]
 fn a_standby_volume_answers_503_to_writes() {
     let c = TestCluster::with_nodes();
@@ -776,11 +810,25 @@ fn load_two_servers_on_two_mounts() {
 
     let acks = acks.lock().unwrap();
     let mut rotated = 0;
+    let mut biggest = 0;
     for (space, list) in acks.iter() {
-        let (by_ino, names) = logs(&m1.path().join(format!("vol01/{space}/protolog")));
+        let dir = m1.path().join(format!("vol01/{space}/protolog"));
+        let (by_ino, names) = logs(&dir);
         verify(list, &by_ino);
-        rotated += names.iter().filter(|n| *n != "last.log").count();
+        for n in names.iter().filter(|n| *n != "last.log") {
+            rotated += 1;
+            // Rotated once full: only appends racing the rotation itself
+            // (at most one per client) may land after that.
+            let size = std::fs::metadata(dir.join(n)).unwrap().len();
+            assert!(size >= 256 << 10, "{space}/{n} rotated at {size} bytes");
+            biggest = biggest.max(size);
+        }
     }
+    println!("biggest rotated log: {biggest} bytes");
+    assert!(
+        biggest < (256 << 10) + 32 * 1100,
+        "a rotated log grew to {biggest} bytes"
+    );
     let lat = lat.lock().unwrap();
     let p = |append: bool, q: f64| -> f64 {
         let mut v: Vec<f64> = lat

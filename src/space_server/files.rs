@@ -23,6 +23,13 @@
 //! - Rotation renames a full `last.log` to the next free `<n>.log` without
 //!   ever overwriting a rotated log or rotating one file twice, also with
 //!   several servers on several mounts (see [`Tree::rotate`]).
+//! - A rotated log does not grow: a rotated log is full, so an append that
+//!   opens a full file checks (reading the directory) that it is still
+//!   named `last.log` before writing. Another mount's kernel keeps the old
+//!   name for up to its entry TTL after a rotation; the append waits until
+//!   it sees the new `last.log`. Only an append that opened `last.log` in
+//!   the milliseconds before its rotation lands in the rotated log, and
+//!   its answer names that file.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
@@ -34,6 +41,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2, renameat};
@@ -47,6 +55,10 @@ use super::range::{self, Want};
 /// 1 MiB in one transaction; a larger one could interleave with another
 /// mount's append.
 pub const MAX_APPEND: u64 = 1 << 20;
+
+/// How long an append waits for this mount to stop showing a log another
+/// mount rotated under the name `last.log` (the entry TTL, 1 s by default).
+const STALE_NAME_WAIT: Duration = Duration::from_secs(3);
 
 /// Pauses before a GET opens again a file that changed under it (see
 /// [`Tree::get`]): a rename on the mount can leave the name unopenable for
@@ -70,6 +82,9 @@ pub enum Error {
     /// (another process appended the same bytes at the same moment).
     #[error("appended, but the offset is ambiguous: {0}")]
     OffsetUnknown(String),
+    /// Try again soon (a rotation by another server is still settling).
+    #[error("{0}")]
+    Busy(&'static str),
     /// A bug (a panic in a file operation).
     #[error("internal error: {0}")]
     Internal(String),
@@ -359,26 +374,52 @@ impl Tree {
             .or_default()
             .clone();
         let _serial = lock.lock().unwrap();
-        let flags = OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT;
-        let mode = Mode::from_bits_truncate(0o644);
-        let fd = match self.open_at(rel, flags, mode) {
-            Err(Error::Sys {
-                errno: Errno::ENOENT,
-                ..
-            }) => {
-                let (protolog, _) = rel.split_last().expect("depth 4");
-                let (space, dirname) = protolog.split_last().expect("depth 3");
-                let space =
-                    self.open_at(&space, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())?;
-                match mkdirat(space.as_fd(), dirname, Mode::from_bits_truncate(0o755)) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(errno) => return Err(Error::Sys { op: "mkdir", errno }),
-                }
-                self.open_at(rel, flags, mode)?
+        let protolog = rel.split_last().expect("depth 4").0;
+        let deadline = Instant::now() + STALE_NAME_WAIT;
+        let (fd, before, dir) = loop {
+            let fd = self.open_log(rel)?;
+            let before = fresh_fstat(fd.as_fd()).map_err(sys("stat"))?;
+            let dir = self.open_at(
+                &protolog,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            )?;
+            if self.rotate_size == 0 || before.size < self.rotate_size {
+                break (fd, before, dir);
             }
-            other => other?,
+            // A full log: a last.log whose rotation is due (or under way,
+            // or was interrupted), or a log another mount rotated, reached
+            // through the name this mount's kernel still caches (for the
+            // entry TTL). A rotated log must not grow.
+            let late = Instant::now() >= deadline;
+            if names_of(dir.as_fd(), before.ino)?
+                .iter()
+                .any(|n| n == "last.log")
+            {
+                match self.rotate(dir.as_fd(), before.ino) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) if late => {
+                        log::warn!(
+                            "{}: last.log is full but cannot be rotated (it has {} names: if ls -i shows it also as the highest <n>.log, a rotation was interrupted: remove last.log)",
+                            rel.display(),
+                            before.nlink
+                        );
+                        break (fd, before, dir);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        log::warn!("{}: rotation failed: {e}", rel.display());
+                        break (fd, before, dir);
+                    }
+                }
+            } else if late {
+                return Err(Error::Busy(
+                    "last.log was just rotated and this mount still shows the old file under its name: try again",
+                ));
+            }
+            drop((fd, dir));
+            std::thread::sleep(Duration::from_millis(50));
         };
-        let before = fresh_fstat(fd.as_fd()).map_err(sys("stat"))?;
         let n = nix::unistd::write(&fd, data).map_err(sys("write"))?;
         if n != data.len() {
             // The mount takes a write of up to 1 MiB whole; this is a bug.
@@ -395,11 +436,6 @@ impl Tree {
         } else {
             find_once(&fd, before.size, after.size, data)?
         };
-        let dir = self.open_at(
-            &rel.split_last().expect("depth 4").0,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-            Mode::empty(),
-        )?;
         let mut file = "last.log".to_string();
         if self.rotate_size > 0 && after.size >= self.rotate_size {
             match self.rotate(dir.as_fd(), after.ino) {
@@ -424,6 +460,29 @@ impl Tree {
             ino: after.ino,
             file,
         })
+    }
+
+    /// Opens `last.log` for appending, creating it (and `protolog/`) if missing.
+    fn open_log(&self, rel: &RelPath) -> Result<OwnedFd, Error> {
+        let flags = OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT;
+        let mode = Mode::from_bits_truncate(0o644);
+        match self.open_at(rel, flags, mode) {
+            Err(Error::Sys {
+                errno: Errno::ENOENT,
+                ..
+            }) => {
+                let (protolog, _) = rel.split_last().expect("depth 4");
+                let (space, dirname) = protolog.split_last().expect("depth 3");
+                let space =
+                    self.open_at(&space, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())?;
+                match mkdirat(space.as_fd(), dirname, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(errno) => return Err(Error::Sys { op: "mkdir", errno }),
+                }
+                self.open_at(rel, flags, mode)
+            }
+            other => other,
+        }
     }
 
     /// Renames `last.log` (inode `ino`, which this server just appended to)
@@ -465,10 +524,6 @@ impl Tree {
                 return Ok(None);
             }
             if st.nlink != 1 {
-                log::warn!(
-                    "last.log (inode {ino}) has {} names: a rotation is under way, or one was interrupted (if ls -i shows it also as the highest <n>.log for more than a minute, remove last.log)",
-                    st.nlink
-                );
                 return Ok(None);
             }
             let next = rotated_numbers(dir)?.into_iter().max().map_or(0, |n| n + 1);

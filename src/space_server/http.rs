@@ -277,6 +277,7 @@ fn fail(e: &Error) -> Response<Body> {
         }
         Error::Refused(r) => (StatusCode::FORBIDDEN, r.to_string()),
         Error::Conflict(r) => (StatusCode::CONFLICT, r.to_string()),
+        Error::Busy(r) => (StatusCode::SERVICE_UNAVAILABLE, r.to_string()),
         Error::OffsetUnknown(_) | Error::Internal(_) => {
             log::error!("{e}");
             (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
