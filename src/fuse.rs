@@ -15,6 +15,7 @@ use fuser::{
 
 use crate::fs::meta::SetAttr;
 use crate::fs::{Attr, Caller, Errno, Fs, FsResult, Opened, now_ns};
+use crate::metrics;
 
 pub struct FuseFs {
     pub fs: std::sync::Arc<Fs>,
@@ -23,6 +24,7 @@ pub struct FuseFs {
 }
 
 fn errno(e: Errno) -> FErrno {
+    metrics::global().error(metrics::current_op(), e.0);
     FErrno::from_i32(e.0)
 }
 
@@ -99,6 +101,13 @@ fn tn(t: Option<TimeOrNow>) -> Option<i64> {
 }
 
 impl FuseFs {
+    /// A deactivated space is the administrator's alone (restore).
+    fn guard(&self, req: &Request, ino: u64) -> Result<(), FErrno> {
+        self.fs
+            .check_caller(ino, req.uid(), req.gid())
+            .map_err(errno)
+    }
+
     fn entry(&self, r: FsResult<Attr>, reply: ReplyEntry) {
         match r {
             Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
@@ -137,11 +146,19 @@ impl Filesystem for FuseFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _op = metrics::global().op("lookup");
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
         self.entry(self.fs.lookup(parent.0, name.as_bytes()), reply)
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _op = metrics::global().op("getattr");
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
@@ -150,7 +167,7 @@ impl Filesystem for FuseFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -166,6 +183,10 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _op = metrics::global().op("setattr");
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         let s = SetAttr {
             mode,
             uid,
@@ -181,7 +202,11 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _op = metrics::global().op("readlink");
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
@@ -198,6 +223,10 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _op = metrics::global().op("mknod");
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
         let mode = mode & !umask | (mode & libc::S_IFMT);
         self.entry(
             self.fs
@@ -215,6 +244,10 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _op = metrics::global().op("mkdir");
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
         let mode = libc::S_IFDIR | (mode & !umask & 0o7777);
         self.entry(
             self.fs
@@ -223,11 +256,19 @@ impl Filesystem for FuseFs {
         )
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = metrics::global().op("unlink");
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
         empty(self.fs.unlink(parent.0, name.as_bytes(), false), reply)
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = metrics::global().op("rmdir");
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
         empty(self.fs.unlink(parent.0, name.as_bytes(), true), reply)
     }
 
@@ -239,6 +280,10 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _op = metrics::global().op("symlink");
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
         let r = self.fs.mknod(
             parent.0,
             link_name.as_bytes(),
@@ -252,7 +297,7 @@ impl Filesystem for FuseFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -260,6 +305,13 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::global().op("rename");
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
+        if let Err(e) = self.guard(req, newparent.0) {
+            return reply.error(e);
+        }
         empty(
             self.fs.rename(
                 parent.0,
@@ -274,16 +326,27 @@ impl Filesystem for FuseFs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _op = metrics::global().op("link");
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
+        if let Err(e) = self.guard(req, newparent.0) {
+            return reply.error(e);
+        }
         self.entry(self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply)
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _op = metrics::global().op("open");
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         match self.fs.open(ino.0, flags.0) {
             Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(o)),
             Err(e) => reply.error(errno(e)),
@@ -301,8 +364,12 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _op = metrics::global().op("read");
         match self.fs.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
+            Ok(d) => {
+                metrics::global().bytes_read.inc_by(d.len() as u64);
+                reply.data(&d)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -319,8 +386,12 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _op = metrics::global().op("write");
         match self.fs.write(fh.0, offset, data) {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                metrics::global().bytes_written.inc_by(u64::from(n));
+                reply.written(n)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -333,6 +404,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::global().op("flush");
         empty(self.fs.flush(fh.0), reply)
     }
 
@@ -346,6 +418,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::global().op("release");
         empty(self.fs.release(fh.0), reply)
     }
 
@@ -357,17 +430,22 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::global().op("fsync");
         empty(self.fs.fsync(fh.0), reply)
     }
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _op = metrics::global().op("readdir");
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         match self.fs.readdir(ino.0, offset, 512) {
             Ok(entries) => {
                 for (off, name, a) in entries {
@@ -383,12 +461,16 @@ impl Filesystem for FuseFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _op = metrics::global().op("readdirplus");
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         match self.fs.readdir(ino.0, offset, 256) {
             Ok(entries) => {
                 for (off, name, a) in entries {
@@ -417,10 +499,12 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::global().op("fsyncdir");
         empty(self.fs.fsyncdir(ino.0), reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _op = metrics::global().op("statfs");
         match self.fs.statfs() {
             Ok((files, bytes)) => {
                 // Capacity is the databases' disks: report a large, honest-to-usage total.
@@ -446,7 +530,7 @@ impl Filesystem for FuseFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -454,25 +538,42 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::global().op("setxattr");
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         empty(
             self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
             reply,
         )
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _op = metrics::global().op("getxattr");
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         xattr(self.fs.getxattr(ino.0, name.as_bytes()), size, reply)
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _op = metrics::global().op("listxattr");
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         xattr(self.fs.listxattr(ino.0), size, reply)
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = metrics::global().op("removexattr");
+        if let Err(e) = self.guard(req, ino.0) {
+            return reply.error(e);
+        }
         empty(self.fs.removexattr(ino.0, name.as_bytes()), reply)
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _op = metrics::global().op("access");
         // The kernel checks permissions itself (default_permissions).
         reply.ok()
     }
@@ -487,6 +588,10 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _op = metrics::global().op("create");
+        if let Err(e) = self.guard(req, parent.0) {
+            return reply.error(e);
+        }
         let mode = mode & !umask;
         match self
             .fs

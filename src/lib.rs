@@ -16,6 +16,7 @@ pub mod db;
 pub mod fs;
 pub mod fuse;
 pub mod logging;
+pub mod metrics;
 pub mod mount;
 pub mod placement;
 pub mod shard;

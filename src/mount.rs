@@ -24,7 +24,7 @@ pub struct MountArgs {
     #[arg(short = 'f', long)]
     pub foreground: bool,
     /// Comma-separated options: allow_other, ro, ttl=SECS, cache_size=BYTES[K|M|G],
-    /// threads=N, connections=N, log_file=PATH, mysql_cfg=PATH, and the
+    /// threads=N, connections=N, log_file=PATH, mysql_cfg=PATH, admin_gid=GID, and the
     /// generic mount options (rw, defaults, nofail, _netdev, …), which are ignored.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -41,6 +41,8 @@ pub struct MountOptions {
     pub connections: usize,
     pub log_file: Option<PathBuf>,
     pub mysql_cfg: Option<PathBuf>,
+    /// Group (besides root) allowed into deactivated spaces.
+    pub admin_gid: Option<u32>,
 }
 
 impl Default for MountOptions {
@@ -54,6 +56,7 @@ impl Default for MountOptions {
             connections: 16,
             log_file: None,
             mysql_cfg: None,
+            admin_gid: None,
         }
     }
 }
@@ -145,6 +148,12 @@ pub fn parse_options(list: &[String]) -> Result<MountOptions> {
             "connections" => o.connections = count(need()?, 1000)?,
             "log_file" => o.log_file = Some(PathBuf::from(need()?)),
             "mysql_cfg" => o.mysql_cfg = Some(PathBuf::from(need()?)),
+            "admin_gid" => {
+                let v = need()?;
+                o.admin_gid = Some(v.parse().map_err(|_| {
+                    anyhow!("mount option 'admin_gid': '{v}' is not a numeric group id")
+                })?);
+            }
             n if IGNORED.contains(&n) => {}
             _ => bail!("unknown mount option '{item}'"),
         }
@@ -269,6 +278,7 @@ fn serve(
         FsConfig {
             cache_bytes: opts.cache_bytes,
             xattr_ttl: opts.ttl,
+            admin_gid: opts.admin_gid,
             ..FsConfig::default()
         },
     );

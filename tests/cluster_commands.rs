@@ -284,7 +284,7 @@ fn tshs_conf_supplies_long_options() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("Operational vol01"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("| 1  | vol01 | Operational |"));
 }
 
 #[test]
@@ -302,7 +302,7 @@ fn volumes_refuse_bad_and_duplicate_names() {
     let out = c.ok(&["list-volumes"]);
     assert_eq!(
         out,
-        "ID Status      Name\n-- ----------- ----\n1  Operational vol01\n"
+        "| Volumes                  |\n| ID | Name  | Status      |\n| 1  | vol01 | Operational |\n"
     );
 }
 

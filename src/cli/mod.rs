@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 use crate::cluster::Cluster;
 use crate::config::{self, ConnOptions};
 use crate::tasks::TaskOptions;
+use crate::tasks::restore;
 use progress::Display;
 use runner::{Retry, Runner, Task, parse_retry, parse_seconds, parse_tasks};
 use stop::Stop;
@@ -109,8 +110,36 @@ pub enum Command {
     ListJobs,
     /// Create a volume: a directory under the mount's root that holds spaces.
     CreateVolume { name: String },
-    /// List the volumes.
+    /// List the volumes (list_volumes).
     ListVolumes,
+    /// Set a volume's status: Operational, or Standby (read-only through the mount).
+    SetVolumeStatus {
+        volume_id: u32,
+        /// Operational or Standby
+        status: String,
+    },
+    /// List the spaces with volume, title, resource id and status (list_spaces; 0 active, 1 deactivated, 2 deleted).
+    ListSpaces,
+    /// Deactivate a space for a restore (deactivate_space).
+    DeactivateSpace { space_id: u32 },
+    /// Reactivate a deactivated or deleted space after a restore (reactivate_space).
+    ReactivateSpace {
+        space_id: u32,
+        /// Where the tree is mounted, for the log line.
+        #[arg(long, default_value = "/spacedata")]
+        root: String,
+    },
+    /// Deactivate every active space of a volume (deactivate_volume).
+    DeactivateVolume { volume_id: u32 },
+    /// Reactivate every deactivated space of a volume (reactivate_volume).
+    ReactivateVolume {
+        volume_id: u32,
+        /// Where the tree is mounted, for the log lines.
+        #[arg(long, default_value = "/spacedata")]
+        root: String,
+    },
+    /// How to restore a space or volume (restore_help).
+    RestoreHelp,
     /// Split a Storage Node: a new node takes half of its range.
     ///
     /// The new node, in an existing empty database, takes the upper half of
@@ -367,10 +396,44 @@ pub fn execute(
             let rows = cluster
                 .volumes()?
                 .into_iter()
-                .map(|v| Line::Row(vec![v.id.to_string(), v.status.as_str().into(), v.name]))
+                .map(|v| vec![v.id.to_string(), v.name, v.status.as_str().into()])
                 .collect::<Vec<_>>();
-            render(&["ID", "Status", "Name"], &rows)
+            table::render_pipes("Volumes", &["ID", "Name", "Status"], &rows)
         }
+        Command::SetVolumeStatus { volume_id, status } => {
+            let status = crate::cluster::VolumeStatus::parse(status)?;
+            cluster.set_volume_status(*volume_id, status)?;
+            format!("Volume {volume_id}: {}\n", status.as_str())
+        }
+        Command::ListSpaces => {
+            let rows = cluster
+                .space_listing()?
+                .into_iter()
+                .map(|s| {
+                    vec![
+                        s.volume,
+                        s.id.to_string(),
+                        s.title,
+                        s.resource_id,
+                        s.status.code().to_string(),
+                    ]
+                })
+                .collect::<Vec<_>>();
+            table::render_pipes(
+                "Spaces",
+                &["Volume", "ID", "Title", "ResID", "Status"],
+                &rows,
+            )
+        }
+        Command::DeactivateSpace { space_id } => restore::deactivate_space(cluster, *space_id)?,
+        Command::ReactivateSpace { space_id, root } => {
+            restore::reactivate_space(cluster, *space_id, root)?
+        }
+        Command::DeactivateVolume { volume_id } => restore::deactivate_volume(cluster, *volume_id)?,
+        Command::ReactivateVolume { volume_id, root } => {
+            restore::reactivate_volume(cluster, *volume_id, root)?
+        }
+        Command::RestoreHelp => restore::HELP.to_string(),
         Command::SplitStorageNode {
             storage_id,
             connection_options,

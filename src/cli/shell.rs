@@ -36,7 +36,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         if matches!(line, "quit" | "exit" | "q") {
             break;
         }
-        let Some(words) = shlex::split(line) else {
+        let Some(words) = reference_call(line).or_else(|| shlex::split(line)) else {
             eprintln!("error: unbalanced quotes");
             continue;
         };
@@ -75,4 +75,48 @@ pub fn run(cli: &Cli) -> Result<()> {
         let _ = editor.save_history(h);
     }
     Ok(())
+}
+
+/// The restore commands as the reference writes them, `deactivate_space(3)`
+/// or `list_spaces`, become the command line's words
+/// (`deactivate-space 3`). None for anything else.
+fn reference_call(line: &str) -> Option<Vec<String>> {
+    let (name, args) = match line.split_once('(') {
+        Some((name, rest)) => (name.trim(), rest.trim().strip_suffix(')')?),
+        None => (line, ""),
+    };
+    if !name.contains('_') || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return None;
+    }
+    let mut words = vec![name.replace('_', "-")];
+    words.extend(
+        args.split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(String::from),
+    );
+    Some(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reference_call;
+
+    #[test]
+    fn reference_syntax() {
+        assert_eq!(
+            reference_call("deactivate_space(3)"),
+            Some(vec!["deactivate-space".into(), "3".into()])
+        );
+        assert_eq!(
+            reference_call("list_spaces"),
+            Some(vec!["list-spaces".into()])
+        );
+        assert_eq!(
+            reference_call("reactivate_volume( 1 )"),
+            Some(vec!["reactivate-volume".into(), "1".into()])
+        );
+        assert_eq!(reference_call("list-volumes"), None);
+        assert_eq!(reference_call("deactivate_space(3"), None);
+    }
 }

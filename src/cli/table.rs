@@ -59,9 +59,54 @@ pub fn render(headers: &[&str], lines: &[Line]) -> String {
     out
 }
 
+/// A table as the reference's restore commands print it: a title row, then
+/// `| cell | cell |` rows padded to the widest cell, the last column at
+/// least as wide as the title needs.
+pub fn render_pipes(title: &str, headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    // "| a | b |": cells plus " | " between them and "| " / " |" around.
+    let inner = |w: &[usize]| w.iter().sum::<usize>() + 3 * (w.len() - 1);
+    if inner(&widths) < title.chars().count() {
+        let last = widths.len() - 1;
+        widths[last] += title.chars().count() - inner(&widths);
+    }
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("| {} |\n", parts.join(" | "))
+    };
+    let mut out = format!("| {title:<w$} |\n", w = inner(&widths));
+    out += &line(&headers.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    for r in rows {
+        out += &line(r);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pipes_match_reference() {
+        let t = render_pipes(
+            "Volumes",
+            &["ID", "Name", "Status"],
+            &[vec!["1".into(), "vol01".into(), "Operational".into()]],
+        );
+        assert_eq!(
+            t,
+            "| Volumes                  |\n| ID | Name  | Status      |\n| 1  | vol01 | Operational |\n"
+        );
+    }
 
     #[test]
     fn layout_matches_reference() {

@@ -23,7 +23,7 @@ pub use jobs::JobRow;
 pub use nodes::{NodeRow, NodeTotals, Phase};
 pub use route::{Route, Router, is_fenced};
 pub use volumes::{
-    SpaceRow, SpaceStatus, VolumeRow, VolumeStatus, check_volume_name, parse_space_id,
+    SpaceListing, SpaceRow, SpaceStatus, VolumeRow, VolumeStatus, check_volume_name, parse_space_id,
 };
 
 use crate::config::ConnOptions;

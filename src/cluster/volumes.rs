@@ -50,6 +50,14 @@ impl SpaceStatus {
             SpaceStatus::Deleted => "deleted",
         }
     }
+    /// The number `list_spaces` shows, as in the reference (0 = active).
+    pub fn code(self) -> u8 {
+        match self {
+            SpaceStatus::Active => 0,
+            SpaceStatus::Deactivated => 1,
+            SpaceStatus::Deleted => 2,
+        }
+    }
     fn parse(s: &str) -> Result<Self> {
         match s {
             "active" => Ok(SpaceStatus::Active),
@@ -76,6 +84,16 @@ pub struct SpaceRow {
     pub node_id: u32,
     pub status: SpaceStatus,
     pub restore_id: u32,
+}
+
+/// A space as `list_spaces` shows it.
+#[derive(Clone, Debug)]
+pub struct SpaceListing {
+    pub volume: String,
+    pub id: u32,
+    pub title: String,
+    pub resource_id: String,
+    pub status: SpaceStatus,
 }
 
 /// Checks a volume name: one path component a shell user can type.
@@ -146,6 +164,97 @@ impl Cluster {
         if conn.affected_rows() == 0 && !self.volumes()?.iter().any(|v| v.id == id) {
             bail!("there is no volume {id}");
         }
+        Ok(())
+    }
+
+    /// Every space, with its volume's name, for `list_spaces`.
+    pub fn space_listing(&self) -> Result<Vec<SpaceListing>> {
+        type Row = (String, u32, Option<String>, Option<String>, String);
+        let rows: Vec<Row> = self
+            .admin
+            .conn()?
+            .query(
+                "SELECT v.name, s.id, s.title, s.resource_id, s.status FROM spaces s
+                 JOIN volumes v ON v.id = s.volume_id ORDER BY v.name, s.id",
+            )
+            .map_err(|e| self.admin.err(e))?;
+        rows.into_iter()
+            .map(|(volume, id, title, resource_id, status)| {
+                Ok(SpaceListing {
+                    volume,
+                    id,
+                    title: title.unwrap_or_default(),
+                    resource_id: resource_id.unwrap_or_default(),
+                    status: SpaceStatus::parse(&status)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deactivates a space for a restore: only the administrator may use it.
+    pub fn deactivate_space(&self, id: u32) -> Result<()> {
+        self.change_space_status(id, |status| match status {
+            SpaceStatus::Active => Ok(SpaceStatus::Deactivated),
+            SpaceStatus::Deactivated => bail!("space {id} is already deactivated"),
+            SpaceStatus::Deleted => {
+                bail!("space {id} is deleted (reactivate_space({id}) brings it back)")
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Reactivates a deactivated (or deleted, not yet purged) space; its
+    /// restore id goes up by one. Returns the space as it is now.
+    pub fn reactivate_space(&self, id: u32) -> Result<SpaceRow> {
+        self.change_space_status(id, |status| match status {
+            SpaceStatus::Active => bail!("space {id} is not deactivated"),
+            _ => Ok(SpaceStatus::Active),
+        })?;
+        self.space(id)?
+            .ok_or_else(|| anyhow!("there is no space {id}"))
+    }
+
+    /// Changes a space's status under a row lock. Reactivating a deleted
+    /// space also drops its DELETE job (refused while it is being purged).
+    fn change_space_status(
+        &self,
+        id: u32,
+        next: impl Fn(SpaceStatus) -> Result<SpaceStatus>,
+    ) -> Result<()> {
+        let mut conn = self.admin.conn()?;
+        let mut tx = conn
+            .start_transaction(Default::default())
+            .map_err(|e| self.admin.err(e))?;
+        let status: Option<String> = tx
+            .exec_first("SELECT status FROM spaces WHERE id = ? FOR UPDATE", (id,))
+            .map_err(|e| self.admin.err(e))?;
+        let status = SpaceStatus::parse(
+            &status.ok_or_else(|| anyhow!("there is no space {id} (see tshs list-spaces)"))?,
+        )?;
+        let to = next(status)?;
+        if status == SpaceStatus::Deleted {
+            let purging: Option<u32> = tx
+                .exec_first(
+                    "SELECT space_id FROM space_moves WHERE space_id = ? AND state = 'purging'",
+                    (id,),
+                )
+                .map_err(|e| self.admin.err(e))?;
+            if purging.is_some() {
+                bail!("space {id} is being purged by remove-deleted");
+            }
+            tx.exec_drop(
+                "DELETE FROM jobs WHERE job = 'DELETE' AND parameters = ?",
+                (format!("space={id}"),),
+            )
+            .map_err(|e| self.admin.err(e))?;
+        }
+        let restore = u32::from(to == SpaceStatus::Active);
+        tx.exec_drop(
+            "UPDATE spaces SET status = ?, restore_id = restore_id + ? WHERE id = ?",
+            (to.as_str(), restore, id),
+        )
+        .map_err(|e| self.admin.err(e))?;
+        tx.commit().map_err(|e| self.admin.err(e))?;
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 pub use attr::{Attr, Node};
 pub use error::{Errno, FsResult};
 
-use crate::cluster::{Cluster, Route, Router, SpaceRow, VolumeRow, VolumeStatus};
+use crate::cluster::{Cluster, Route, Router, SpaceRow, SpaceStatus, VolumeRow, VolumeStatus};
 use cache::DataCache;
 use data::OpenInode;
 use meta::{NewInode, SetAttr};
@@ -46,6 +46,9 @@ pub struct FsConfig {
     pub admin_ttl: Duration,
     /// Deleted inodes older than this are purged by the reaper.
     pub reap_grace: Duration,
+    /// Besides root, members of this group (primary gid) may use a
+    /// deactivated space.
+    pub admin_gid: Option<u32>,
     /// How long xattrs read from the database are reused (the attribute TTL).
     pub xattr_ttl: Duration,
 }
@@ -56,6 +59,7 @@ impl Default for FsConfig {
             cache_bytes: 256 << 20,
             admin_ttl: Duration::from_secs(1),
             reap_grace: Duration::from_secs(60),
+            admin_gid: None,
             xattr_ttl: Duration::from_secs(1),
         }
     }
@@ -272,6 +276,24 @@ impl Fs {
     fn shard(&self, space: u32) -> FsResult<Route> {
         self.space(space)?;
         Ok(self.router.route(space))
+    }
+
+    /// Refuses a deactivated space (being restored) to everyone but root
+    /// and the configured admin group.
+    pub fn check_caller(&self, ino: u64, uid: u32, gid: u32) -> FsResult<()> {
+        let Node::Space(space, _) = Node::from_ino(ino) else {
+            return Ok(());
+        };
+        if uid == 0 || self.cfg.admin_gid == Some(gid) {
+            return Ok(());
+        }
+        match self.space(space) {
+            Ok((s, _)) if s.status == SpaceStatus::Deactivated => {
+                log::debug!("space {space} is deactivated for a restore: refused to uid {uid}");
+                Err(Errno::EACCES)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Like [`Fs::shard`], and refuses changes to a space in a Standby volume.

@@ -220,6 +220,36 @@ impl Shard {
 }
 
 impl Shard {
+    /// Where a space's log stands: the number the next rotated log will
+    /// take (one more than the highest `<n>.log` in `protolog`, 0 if none)
+    /// and the size of `protolog/last.log` (0 if there is none).
+    pub fn log_position(&self, space: u32) -> Result<(u64, u64)> {
+        let entries: Vec<(Vec<u8>, u64)> = self.db.read(|c| {
+            c.exec(
+                "SELECT d.name, i.size FROM dentries p
+                 JOIN dentries d ON d.space_id = p.space_id AND d.parent = p.ino
+                 JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
+                 WHERE p.space_id = ? AND p.parent = 1 AND p.name = 'protolog'",
+                (space,),
+            )
+        })?;
+        let mut next = 0;
+        let mut offset = 0;
+        for (name, size) in entries {
+            if name == b"last.log" {
+                offset = size;
+            } else if let Some(n) = name
+                .strip_suffix(b".log")
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                next = next.max(n + 1);
+            }
+        }
+        Ok((next, offset))
+    }
+
     /// How many inodes [`Shard::purge_deleted`] would purge.
     pub fn count_deleted(&self, before_ns: i64, live_holders: &[u64]) -> Result<u64> {
         let rows: Vec<(u8, Option<u64>)> = self

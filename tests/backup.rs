@@ -1,0 +1,120 @@
+//! scripts/backup and scripts/restore-backup: the databases of a running
+//! cluster dumped, changed, restored: the tree is as it was at the backup.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Mount, TestCluster, sh};
+
+fn script(name: &str, args: &[&str]) -> std::process::Output {
+    Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts")
+            .join(name),
+    )
+    .args(args)
+    .output()
+    .unwrap()
+}
+
+#[test]
+fn backup_and_restore_of_the_databases() {
+    let c = TestCluster::with_nodes();
+    let cfg = c.mycnf.to_str().unwrap().to_string();
+    let mut m = Mount::new(&c, &[]);
+    for id in [3u32, 4, 5] {
+        let s = m.space(id);
+        std::fs::create_dir(s.join("protolog")).unwrap();
+        std::fs::write(s.join("protolog/last.log"), format!("log of {id}\n")).unwrap();
+        std::fs::write(s.join("data"), vec![id as u8; 300_000]).unwrap();
+        std::os::unix::fs::symlink("data", s.join("link")).unwrap();
+    }
+    let before = sh(&format!(
+        "cd {} && find . -type f -exec md5sum {{}} + | sort",
+        m.path().display()
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let o = script(
+        "backup",
+        &[
+            "--mysql-cfg-file",
+            &cfg,
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !out.contains("tshs-test-pw"),
+        "a password was printed: {out}"
+    );
+    let backup = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        backup
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("tshs-20")
+    );
+    let manifest = std::fs::read_to_string(backup.join("MANIFEST")).unwrap();
+    assert_eq!(manifest.lines().count(), 3, "{manifest}");
+    for f in ["admin.sql.gz", "node-1.sql.gz", "node-2.sql.gz"] {
+        sh(&format!("gzip -t {}", backup.join(f).display()));
+    }
+
+    // Changes after the backup: gone after the restore.
+    std::fs::remove_file(m.space(3).join("data")).unwrap();
+    std::fs::write(m.space(4).join("new"), b"after the backup").unwrap();
+    std::fs::create_dir(m.path().join("vol01/6")).unwrap();
+    m.unmount();
+
+    let o = script(
+        "restore-backup",
+        &["--mysql-cfg-file", &cfg, backup.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = Mount::new(&c, &[]);
+    let after = sh(&format!(
+        "cd {} && find . -type f -exec md5sum {{}} + | sort",
+        m.path().display()
+    ));
+    assert_eq!(before, after);
+    assert!(!m.path().join("vol01/6").exists());
+    assert_eq!(
+        std::fs::read_link(m.path().join("vol01/5/link")).unwrap(),
+        Path::new("data")
+    );
+
+    // Bad input: one line, non-zero, nothing touched.
+    for args in [
+        vec!["--mysql-cfg-file", cfg.as_str(), "/nonexistent"],
+        vec![
+            "--mysql-cfg-file",
+            "/nonexistent.cnf",
+            backup.to_str().unwrap(),
+        ],
+        vec!["--bogus"],
+    ] {
+        let o = script("restore-backup", &args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+    let o = script("backup", &["--mysql-cfg-file", "/nonexistent.cnf"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read MySQL options file"));
+}
