@@ -660,7 +660,7 @@ fn a_standby_volume_answers_503_to_writes() {
 }
 
 #[test]
-fn access_refused_by_the_mount_is_403() {
+fn access_refused_by_the_mount_and_deactivated_spaces_are_403() {
     // The server as an unprivileged user on a mount others may use: the
     // kernel checks permissions (default_permissions) and says EACCES.
     let c = TestCluster::with_nodes();
@@ -690,6 +690,25 @@ fn access_refused_by_the_mount_is_403() {
         403
     );
     assert!(!space.join("new").exists() && !space.join("protolog").exists());
+
+    // A space deactivated for a restore is refused to all but root.
+    c.ok(&["deactivate-space", "3"]);
+    let t = Instant::now();
+    let r = loop {
+        let r = s.req("GET", "/vol01/3/open", &[], b"");
+        if r.status != 200 || t.elapsed() > Duration::from_secs(10) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("deactivated space")
+    );
+    assert_eq!(s.req("GET", "/vol01/3/", &[], b"").status, 403);
 }
 
 #[test]
