@@ -15,6 +15,7 @@ use fuser::{
 
 use crate::fs::meta::SetAttr;
 use crate::fs::{Attr, Caller, Errno, Fs, FsResult, Opened, now_ns};
+use crate::metrics;
 
 pub struct FuseFs {
     pub fs: std::sync::Arc<Fs>,
@@ -23,6 +24,7 @@ pub struct FuseFs {
 }
 
 fn errno(e: Errno) -> FErrno {
+    metrics::global().error(metrics::current_op(), e.0);
     FErrno::from_i32(e.0)
 }
 
@@ -145,6 +147,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _op = metrics::global().op("lookup");
         if let Err(e) = self.guard(req, parent.0) {
             return reply.error(e);
         }
@@ -152,6 +155,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _op = metrics::global().op("getattr");
         if let Err(e) = self.guard(req, ino.0) {
             return reply.error(e);
         }
@@ -179,6 +183,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _op = metrics::global().op("setattr");
         if let Err(e) = self.guard(req, ino.0) {
             return reply.error(e);
         }
@@ -198,6 +203,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _op = metrics::global().op("readlink");
         if let Err(e) = self.guard(req, ino.0) {
             return reply.error(e);
         }
@@ -217,6 +223,7 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _op = metrics::global().op("mknod");
         if let Err(e) = self.guard(req, parent.0) {
             return reply.error(e);
         }
@@ -237,6 +244,7 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _op = metrics::global().op("mkdir");
         if let Err(e) = self.guard(req, parent.0) {
             return reply.error(e);
         }
@@ -249,6 +257,7 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = metrics::global().op("unlink");
         if let Err(e) = self.guard(req, parent.0) {
             return reply.error(e);
         }
@@ -256,6 +265,7 @@ impl Filesystem for FuseFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = metrics::global().op("rmdir");
         if let Err(e) = self.guard(req, parent.0) {
             return reply.error(e);
         }
@@ -270,6 +280,7 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _op = metrics::global().op("symlink");
         if let Err(e) = self.guard(req, parent.0) {
             return reply.error(e);
         }
@@ -294,6 +305,7 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::global().op("rename");
         if let Err(e) = self.guard(req, parent.0) {
             return reply.error(e);
         }
@@ -320,6 +332,7 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _op = metrics::global().op("link");
         if let Err(e) = self.guard(req, ino.0) {
             return reply.error(e);
         }
@@ -330,6 +343,7 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _op = metrics::global().op("open");
         if let Err(e) = self.guard(req, ino.0) {
             return reply.error(e);
         }
@@ -350,8 +364,12 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _op = metrics::global().op("read");
         match self.fs.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
+            Ok(d) => {
+                metrics::global().bytes_read.inc_by(d.len() as u64);
+                reply.data(&d)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -368,8 +386,12 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _op = metrics::global().op("write");
         match self.fs.write(fh.0, offset, data) {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                metrics::global().bytes_written.inc_by(u64::from(n));
+                reply.written(n)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -382,6 +404,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::global().op("flush");
         empty(self.fs.flush(fh.0), reply)
     }
 
@@ -395,6 +418,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::global().op("release");
         empty(self.fs.release(fh.0), reply)
     }
 
@@ -406,6 +430,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::global().op("fsync");
         empty(self.fs.fsync(fh.0), reply)
     }
 
@@ -417,6 +442,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _op = metrics::global().op("readdir");
         if let Err(e) = self.guard(req, ino.0) {
             return reply.error(e);
         }
@@ -441,6 +467,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _op = metrics::global().op("readdirplus");
         if let Err(e) = self.guard(req, ino.0) {
             return reply.error(e);
         }
@@ -472,10 +499,12 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::global().op("fsyncdir");
         empty(self.fs.fsyncdir(ino.0), reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _op = metrics::global().op("statfs");
         match self.fs.statfs() {
             Ok((files, bytes)) => {
                 // Capacity is the databases' disks: report a large, honest-to-usage total.
@@ -509,6 +538,7 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _op = metrics::global().op("setxattr");
         if let Err(e) = self.guard(req, ino.0) {
             return reply.error(e);
         }
@@ -519,6 +549,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _op = metrics::global().op("getxattr");
         if let Err(e) = self.guard(req, ino.0) {
             return reply.error(e);
         }
@@ -526,6 +557,7 @@ impl Filesystem for FuseFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _op = metrics::global().op("listxattr");
         if let Err(e) = self.guard(req, ino.0) {
             return reply.error(e);
         }
@@ -533,6 +565,7 @@ impl Filesystem for FuseFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = metrics::global().op("removexattr");
         if let Err(e) = self.guard(req, ino.0) {
             return reply.error(e);
         }
@@ -540,6 +573,7 @@ impl Filesystem for FuseFs {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _op = metrics::global().op("access");
         // The kernel checks permissions itself (default_permissions).
         reply.ok()
     }
@@ -554,6 +588,7 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _op = metrics::global().op("create");
         if let Err(e) = self.guard(req, parent.0) {
             return reply.error(e);
         }

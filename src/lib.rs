@@ -6,7 +6,8 @@
 //! [`placement`] maps a space to the node that owns it; each Storage Node
 //! ([`shard`]) holds every row of its spaces, so an operation inside a space
 //! is one transaction; [`fs`] gives those rows POSIX semantics and [`fuse`]
-//! is the thin kernel adapter. [`cli`] is the `tshs` command over the same core.
+//! is the thin kernel adapter. [`cli`] is the `tshs` command over the same core;
+//! [`space_server`] serves the mounted tree over HTTP as plain files.
 
 pub mod cli;
 pub mod cluster;
@@ -15,8 +16,10 @@ pub mod db;
 pub mod fs;
 pub mod fuse;
 pub mod logging;
+pub mod metrics;
 pub mod mount;
 pub mod object_store;
 pub mod placement;
 pub mod shard;
+pub mod space_server;
 pub mod tasks;

@@ -202,7 +202,7 @@ fn repeat_runs_each_entry_on_its_own_schedule_until_the_time_limit() {
     // Entry 1 ran at 0, 1, 2 s; entry 2 at 0, 2 s (a loaded machine may
     // miss a round).
     let jobs = out.matches("ID Job Parameters").count();
-    let volumes = out.matches("Operational vol01").count();
+    let volumes = out.matches("| vol01 | Operational |").count();
     assert!((2..=4).contains(&jobs), "{out}");
     assert!(volumes > jobs && volumes <= 2 * jobs, "{out}");
 }
@@ -231,7 +231,7 @@ fn repeat_stops_cleanly_on_sigterm_and_keeps_going_after_errors() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     // Rounds at 0, 1, 2 s (a loaded machine may miss one): each listed the
     // volumes, and each list-files failed.
-    assert!(text(&o.stdout).matches("Operational vol01").count() >= 2);
+    assert!(text(&o.stdout).matches("| vol01 | Operational |").count() >= 2);
     let errors = text(&o.stderr).matches("ERROR list-files 999: ").count();
     assert!(errors >= 2, "{}", text(&o.stderr));
     assert!(!c.ok(&["list-access-points"]).contains("tshs repeat"));
@@ -334,7 +334,7 @@ fn the_daemon_starts_logs_its_rounds_and_stops() {
         "INFO tshs daemon started (pid {pid}): repeat 1 list-volumes"
     )));
     assert!(
-        log.matches("INFO 1  Operational vol01").count() >= 2,
+        log.matches("INFO | 1  | vol01 | Operational |").count() >= 2,
         "{log}"
     );
     assert!(log.contains("INFO SIGTERM: stopping after the current step"));

@@ -2,6 +2,7 @@
 //! printing; the maintenance tasks' runner, `repeat` and the daemon. Nothing
 //! here touches a database directly.
 
+mod check;
 mod daemon;
 mod progress;
 mod repeat;
@@ -184,6 +185,19 @@ pub enum Command {
     },
     /// Mount the cluster as a POSIX tree.
     Mount(crate::mount::MountArgs),
+    /// Nagios/Icinga plugin: [--warning MS] [--critical MS] [--mountpoint PATH] [--timeout SECS].
+    ///
+    /// One status line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3
+    /// UNKNOWN (see tshs check --help).
+    #[command(disable_help_flag = true)]
+    Check {
+        #[arg(
+            value_name = "OPTIONS",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        args: Vec<String>,
+    },
     /// Add an S3 object store (after a test request); it becomes the current S3 host.
     AddS3Host {
         /// AMAZON, OPENSTACK, or GENERIC (any S3-compatible store; server = http(s)://host:port)
@@ -328,6 +342,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         None => shell::run(&cli),
         Some(Command::Mount(args)) => crate::mount::run(&cli, args),
+        Some(Command::Check { args }) => check::run(&cli, args),
         Some(Command::Repeat { words }) => repeat::foreground(&cli, words),
         Some(cmd) => one_off(&cli, cmd),
     }
@@ -500,6 +515,7 @@ pub fn execute(
             bail!("repeat cannot run inside the shell (run tshs repeat … or tshs --start repeat …)")
         }
         Command::Mount(_) => bail!("mount cannot run inside the shell"),
+        Command::Check { .. } => bail!("check cannot run inside the shell"),
         Command::AddS3Host {
             brand,
             server,

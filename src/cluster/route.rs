@@ -115,7 +115,10 @@ impl Route {
     ) -> Result<T, DbError> {
         let _gate = self.router.gate.read().unwrap();
         let node = self.router.node_of(self.space)?;
-        self.router.shard(node)?.db().read(f)
+        let start = Instant::now();
+        let r = self.router.shard(node)?.db().read(f);
+        crate::metrics::global().db(node, start, r.is_ok());
+        r
     }
 
     /// Runs a transaction on the space's node; a transaction refused because
@@ -132,7 +135,10 @@ impl Route {
                 let _gate = self.router.gate.read().unwrap();
                 let node = self.router.node_of(self.space).map_err(TxError::Db)?;
                 let shard = self.router.shard(node).map_err(TxError::Db)?;
-                shard.tx(&mut f)
+                let start = Instant::now();
+                let r = shard.tx(&mut f);
+                crate::metrics::global().db(node, start, r.is_ok());
+                r
             };
             match r {
                 Err(TxError::Sql(_, ref msg, _)) if is_fenced(msg) => {

@@ -89,8 +89,10 @@ impl DataCache {
         let v = g.lru.get(&(space, ino, generation, off)).cloned();
         if v.is_some() {
             g.hits += 1;
+            crate::metrics::global().cache_hits.inc();
         } else {
             g.misses += 1;
+            crate::metrics::global().cache_misses.inc();
         }
         v
     }

@@ -88,7 +88,27 @@ pub fn copy_shards(
     stop: &AtomicBool,
     progress: ProgressFn,
 ) -> Result<Outcome> {
-    copy_shards::run(cluster, opts, stop, progress)
+    counted(
+        "copy-shards",
+        copy_shards::run(cluster, opts, stop, progress),
+    )
+}
+
+/// Records a task run in the metrics.
+fn counted(task: &'static str, r: Result<Outcome>) -> Result<Outcome> {
+    let m = crate::metrics::global();
+    let l = crate::metrics::TaskLabel { task };
+    m.task_runs.get_or_create(&l).inc();
+    match &r {
+        Ok(o) => {
+            m.task_units.get_or_create(&l).inc_by(o.done);
+            m.task_bytes.get_or_create(&l).inc_by(o.bytes);
+        }
+        Err(_) => {
+            m.task_errors.get_or_create(&l).inc();
+        }
+    }
+    r
 }
 
 /// `tshs remove-deleted`: purges inodes and spaces marked deleted once no
@@ -99,7 +119,10 @@ pub fn remove_deleted(
     stop: &AtomicBool,
     progress: ProgressFn,
 ) -> Result<Outcome> {
-    remove_deleted::run(cluster, opts, stop, progress)
+    counted(
+        "remove-deleted",
+        remove_deleted::run(cluster, opts, stop, progress),
+    )
 }
 
 /// `tshs move-to-s3`: moves settled files to the current S3 host.

@@ -1,0 +1,166 @@
+//! `tshs check`, the Nagios/Icinga plugin, against real clusters: OK with
+//! its line and perfdata, WARNING from a threshold and from a stale access
+//! point, CRITICAL from an unreachable Storage Node and from a missing or
+//! hung mount, UNKNOWN from bad options.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Mount, TestCluster, root_conn, server};
+use mysql::prelude::Queryable;
+
+/// Runs `tshs check …`: (exit code, the one line it printed).
+fn check(c: &TestCluster, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["check"];
+    all.extend_from_slice(args);
+    let o = c.tshs(&all);
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(out.lines().count(), 1, "one line expected: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).trim().is_empty(),
+        "nothing on stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let password = tshs::config::ConnOptions::parse(&server(1))
+        .unwrap()
+        .password
+        .unwrap();
+    assert!(!out.contains(&password), "the password was printed");
+    (o.status.code().unwrap(), out.trim_end().to_string())
+}
+
+/// `name=value;…` of the perfdata.
+fn perf<'a>(line: &'a str, name: &str) -> &'a str {
+    let (_, perf) = line.split_once(" | ").expect("perfdata");
+    perf.split(' ')
+        .find_map(|p| p.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
+#[test]
+fn ok_on_a_healthy_cluster() {
+    let c = TestCluster::with_nodes();
+    let (code, line) = check(&c, &[]);
+    assert_eq!(code, 0, "{line}");
+    assert!(line.starts_with("TSHS OK - admin "), "{line}");
+    assert!(line.contains("2 of 2 storage nodes ok"), "{line}");
+    assert!(line.contains("copy-shards backlog 0 spaces"), "{line}");
+    assert!(line.contains("0 stale access points"), "{line}");
+    for name in ["admin_ms", "node1_ms", "node2_ms"] {
+        let v: Vec<&str> = perf(&line, name).split(';').collect();
+        assert!(v[0].parse::<f64>().unwrap() >= 0.0, "{line}");
+        assert_eq!(&v[1..], ["500", "2000", "0"], "{line}");
+    }
+    assert_eq!(perf(&line, "backlog_copy_shards"), "0;;;0");
+    assert_eq!(perf(&line, "stale_access_points"), "0;0;;0");
+}
+
+#[test]
+fn warning_from_a_threshold_or_a_stale_access_point() {
+    let c = TestCluster::with_nodes();
+    let (code, line) = check(&c, &["--warning", "0"]);
+    assert_eq!(code, 1, "{line}");
+    assert!(line.starts_with("TSHS WARNING - admin slow ("), "{line}");
+    assert!(line.contains("storage node 2 slow ("), "{line}");
+
+    root_conn(1)
+        .query_drop(format!(
+            "INSERT INTO {}.access_points (ack_epoch, access_time, description)
+             VALUES (1, NOW() - INTERVAL 60 SECOND, 'tshs mount (died)')",
+            c.admin_db
+        ))
+        .unwrap();
+    let (code, line) = check(&c, &[]);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.starts_with("TSHS WARNING - 1 stale access points"),
+        "{line}"
+    );
+    assert_eq!(perf(&line, "stale_access_points"), "1;0;;0");
+}
+
+#[test]
+fn critical_with_an_unreachable_storage_node() {
+    let c = TestCluster::with_nodes();
+    let mut admin = root_conn(1);
+    let stored: String = admin
+        .query_first(format!(
+            "SELECT conn_options FROM {}.storage_nodes WHERE id = 2",
+            c.admin_db
+        ))
+        .unwrap()
+        .unwrap();
+    let mut o = tshs::config::ConnOptions::parse(&stored).unwrap();
+    o.port = Some(1);
+    admin
+        .exec_drop(
+            format!(
+                "UPDATE {}.storage_nodes SET conn_options = ? WHERE id = 2",
+                c.admin_db
+            ),
+            (o.to_stored(),),
+        )
+        .unwrap();
+    let (code, line) = check(&c, &[]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.starts_with("TSHS CRITICAL - storage node 2: cannot reach MySQL server"),
+        "{line}"
+    );
+    assert!(line.contains("1 of 2 storage nodes ok"), "{line}");
+    assert!(perf(&line, "node2_ms").starts_with("U;"), "{line}");
+    assert!(!perf(&line, "node1_ms").starts_with('U'), "{line}");
+}
+
+#[test]
+fn unknown_on_bad_options_and_config() {
+    let c = TestCluster::with_nodes();
+    for args in [
+        &["--warning", "x"][..],
+        &["--critical", "-1"],
+        &["--warning", "10", "--critical", "5"],
+        &["--bogus"],
+        &["--timeout", "0"],
+        &["extra"],
+    ] {
+        let (code, line) = check(&c, args);
+        assert_eq!(code, 3, "{args:?}: {line}");
+        assert!(line.starts_with("TSHS UNKNOWN - "), "{line}");
+    }
+    let (code, line) = check(&c, &["--mysql-cfg-file", "/nonexistent/my.cnf"]);
+    assert_eq!(code, 3, "{line}");
+    assert!(line.contains("/nonexistent/my.cnf"), "{line}");
+    let o = c.tshs(&["check", "--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--mountpoint"));
+}
+
+#[test]
+fn mountpoint_ok_missing_and_hung() {
+    let c = TestCluster::with_nodes();
+    let m = Mount::new(&c, &[]);
+    let mp = m.path().to_str().unwrap().to_string();
+    let (code, line) = check(&c, &["--mountpoint", &mp]);
+    assert_eq!(code, 0, "{line}");
+    assert!(line.contains(&format!("mount {mp} ")), "{line}");
+    assert!(!perf(&line, "mount_ms").starts_with('U'), "{line}");
+
+    let plain = tempfile::tempdir().unwrap();
+    let (code, line) = check(&c, &["--mountpoint", plain.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{line}");
+    assert!(line.contains("not mounted"), "{line}");
+    assert!(perf(&line, "mount_ms").starts_with("U;"), "{line}");
+
+    // A mount daemon that stops answering (SIGSTOP) is CRITICAL in time.
+    let pid = nix::unistd::Pid::from_raw(m.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = Instant::now();
+    let r = std::panic::catch_unwind(|| check(&c, &["--mountpoint", &mp, "--timeout", "2"]));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let (code, line) = r.unwrap();
+    assert_eq!(code, 2, "{line}");
+    assert!(line.contains("no answer within 2 s"), "{line}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}

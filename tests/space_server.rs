@@ -1,0 +1,878 @@
+//! The space server (`tshs-space-server`) against real mounts of a real
+//! cluster: authentication, path confinement, body limits, GET/HEAD/Range,
+//! atomic PUT, POST offsets and rotation, DELETE, listings, a Standby
+//! volume, graceful shutdown, and a load test with two servers on two
+//! mounts (`TSHS_HTTP_LOAD_SECS`, default 8; `scripts/bench-http` runs it
+//! longer and prints the numbers).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Mount, TestCluster};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A running `tshs-space-server` on a free loopback port.
+struct Server {
+    child: Option<Child>,
+    addr: String,
+    dir: tempfile::TempDir,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(root: &Path, args: &[&str]) -> Server {
+        Server::start_as(root, args, None)
+    }
+
+    /// The server, run as user `uid` when given.
+    fn start_as(root: &Path, args: &[&str], uid: Option<u32>) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tshs-space-server"));
+        if let Some(uid) = uid {
+            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::process::CommandExt;
+            let perms = |mode| std::fs::Permissions::from_mode(mode);
+            std::fs::set_permissions(dir.path(), perms(0o777)).unwrap();
+            std::fs::set_permissions(dir.path().join("token"), perms(0o644)).unwrap();
+            cmd.uid(uid).gid(uid);
+        }
+        let mut child = cmd
+            .arg("--root")
+            .arg(root)
+            .args(["--listen", "127.0.0.1:0", "--token-file"])
+            .arg(dir.path().join("token"))
+            .arg("--access-log")
+            .arg(dir.path().join("access.log"))
+            .args(args)
+            .env("TSHS_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        err.read_line(&mut first).unwrap();
+        let addr = first
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_string();
+        let stderr = Arc::new(Mutex::new(first));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Server {
+            child: Some(child),
+            addr,
+            dir,
+            stderr,
+        }
+    }
+
+    fn conn(&self) -> Conn {
+        Conn::new(&self.addr)
+    }
+
+    /// One request with the token, on a fresh connection.
+    fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        self.conn().req(method, path, headers, body, true)
+    }
+
+    fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM; waits for the exit and returns its status code.
+    fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        panic!("the server did not stop on SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "server {} stderr:\n{}",
+                self.addr,
+                self.stderr.lock().unwrap()
+            );
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// A minimal HTTP/1.1 client with keep-alive: enough for these tests, and
+/// it sends paths exactly as given (no normalisation of `..` or `%2F`).
+struct Conn {
+    r: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn new(addr: &str) -> Conn {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        Conn {
+            r: BufReader::new(s),
+        }
+    }
+
+    fn send_head(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        len: usize,
+        auth: bool,
+    ) {
+        let mut head =
+            format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {len}\r\n");
+        if auth {
+            head.push_str(&format!("Authorization: Bearer {TOKEN}\r\n"));
+        }
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        self.r.get_mut().write_all(head.as_bytes()).unwrap();
+    }
+
+    fn req(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        auth: bool,
+    ) -> Resp {
+        self.send_head(method, path, headers, body.len(), auth);
+        self.r.get_mut().write_all(body).unwrap();
+        self.read(method == "HEAD")
+    }
+
+    fn read(&mut self, head_only: bool) -> Resp {
+        let mut line = String::new();
+        self.r.read_line(&mut line).unwrap();
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            self.r.read_line(&mut h).unwrap();
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').unwrap();
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+        let mut body = Vec::new();
+        // 204 and 304 have no body (and no Content-Length).
+        if !head_only && status != 204 && status != 304 {
+            let len: usize = headers
+                .get("content-length")
+                .map(|v| v.parse().unwrap())
+                .expect("the server always sends Content-Length");
+            body.resize(len, 0);
+            self.r.read_exact(&mut body).unwrap();
+        }
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+fn start(c: &TestCluster, args: &[&str]) -> (Mount, Server) {
+    let m = Mount::new(c, &[]);
+    let s = Server::start(m.path(), args);
+    (m, s)
+}
+
+#[test]
+fn without_the_token_nothing_is_touched() {
+    let c = TestCluster::with_nodes();
+    let (m, s) = start(&c, &[]);
+    let space = m.space(3);
+    for (method, path) in [
+        ("PUT", "/vol01/3/a.txt"),
+        ("POST", "/vol01/3/protolog/last.log"),
+        ("GET", "/vol01/3/"),
+        ("DELETE", "/vol01/3/keep"),
+    ] {
+        std::fs::write(space.join("keep"), b"k").unwrap();
+        let r = s.conn().req(method, path, &[], b"data", false);
+        assert_eq!(r.status, 401, "{method} {path}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        // A wrong token, and a right one with another scheme, are no better.
+        let basic = format!("Basic {TOKEN}");
+        for auth in ["Bearer wrong-token-0123456789abcdef", basic.as_str()] {
+            let r = s
+                .conn()
+                .req(method, path, &[("Authorization", auth)], b"data", false);
+            assert_eq!(r.status, 401, "{method} {path} with {auth}");
+        }
+    }
+    assert!(!space.join("a.txt").exists());
+    assert!(!space.join("protolog").exists());
+    assert!(space.join("keep").exists());
+    let log = s.access_log();
+    assert!(log.contains("PUT /vol01/3/a.txt 401"), "{log}");
+    assert!(!log.contains(TOKEN) && !s.stderr.lock().unwrap().contains(TOKEN));
+}
+
+#[test]
+fn paths_cannot_leave_the_root_and_bodies_are_limited() {
+    let c = TestCluster::with_nodes();
+    let (m, s) = start(&c, &["--max-body", "64K"]);
+    let space = m.space(3);
+    std::fs::write(space.join("a.txt"), b"inside").unwrap();
+    std::os::unix::fs::symlink("/etc", space.join("etc")).unwrap();
+    std::os::unix::fs::symlink("../../..", space.join("up")).unwrap();
+    std::os::unix::fs::symlink("a.txt", space.join("link")).unwrap();
+    for path in [
+        "/vol01/3/../../../etc/passwd",
+        "/vol01/3/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/vol01/3/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/vol01/3/a%2Fb",
+        "/vol01/3/a%00b",
+        "/vol01/3/etc/passwd",
+        "/vol01/3/up/",
+    ] {
+        let r = s.req("GET", path, &[], b"");
+        assert_eq!(
+            r.status,
+            403,
+            "GET {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(r.json()["error"].is_string());
+    }
+    // A symlink that stays inside is followed.
+    assert_eq!(s.req("GET", "/vol01/3/link", &[], b"").body, b"inside");
+    // Writes through a symlink out of the root, or outside a space, are refused.
+    assert_eq!(s.req("PUT", "/vol01/3/etc/x", &[], b"x").status, 403);
+    assert_eq!(s.req("PUT", "/vol01/x", &[], b"x").status, 403);
+    assert_eq!(s.req("DELETE", "/vol01/3", &[], b"").status, 403);
+    assert_eq!(s.req("POST", "/vol01/3/other.log", &[], b"x").status, 405);
+    assert_eq!(s.req("PATCH", "/vol01/3/a.txt", &[], b"x").status, 405);
+
+    // Too large: refused on the declared length, before a byte is read…
+    let mut conn = s.conn();
+    conn.send_head("PUT", "/vol01/3/big", &[], 1 << 30, true);
+    assert_eq!(conn.read(false).status, 413);
+    // …and on the real one.
+    let big = vec![b'x'; 64 * 1024 + 1];
+    assert_eq!(s.req("PUT", "/vol01/3/big", &[], &big).status, 413);
+    assert_eq!(
+        s.req("POST", "/vol01/3/protolog/last.log", &[], &big)
+            .status,
+        413
+    );
+    assert!(!space.join("big").exists());
+    assert_eq!(s.req("PUT", "/vol01/3/big", &[], &big[1..]).status, 201);
+    assert_eq!(std::fs::read(space.join("big")).unwrap(), &big[1..]);
+}
+
+#[test]
+fn get_head_range_put_delete_and_listing() {
+    let c = TestCluster::with_nodes();
+    let (m, s) = start(&c, &[]);
+    let space = m.space(3);
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let r = s.req("PUT", "/vol01/3/dir/f.bin", &[], &data);
+    assert_eq!(r.status, 404, "no parent directory");
+    std::fs::create_dir(space.join("dir")).unwrap();
+    let r = s.req("PUT", "/vol01/3/dir/f.bin", &[], &data);
+    assert_eq!(r.status, 201);
+    assert_eq!(r.json()["size"], data.len());
+    assert_eq!(std::fs::read(space.join("dir/f.bin")).unwrap(), data);
+    assert_eq!(s.req("PUT", "/vol01/3/dir/f.bin", &[], &data).status, 200);
+
+    let r = s.req("GET", "/vol01/3/dir/f.bin", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    assert!(r.body == data, "whole file differs");
+    let r = s.req("HEAD", "/vol01/3/dir/f.bin", &[], b"");
+    assert_eq!(
+        (r.status, r.header("content-length")),
+        (200, Some("3000000"))
+    );
+    let n = data.len();
+    for (range, start, end) in [
+        ("bytes=0-0", 0, 1),
+        ("bytes=1000-2000999", 1000, 2_001_000),
+        ("bytes=2999990-", 2_999_990, n),
+        ("bytes=-10", n - 10, n),
+        ("bytes=100-99999999", 100, n),
+    ] {
+        let r = s.req("GET", "/vol01/3/dir/f.bin", &[("Range", range)], b"");
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(
+            r.header("content-range").unwrap(),
+            format!("bytes {start}-{}/{n}", end - 1)
+        );
+        assert!(r.body == data[start..end], "{range}: bytes differ");
+    }
+    for range in ["bytes=3000000-", "bytes=-0"] {
+        let r = s.req("GET", "/vol01/3/dir/f.bin", &[("Range", range)], b"");
+        assert_eq!(r.status, 416, "{range}");
+        assert_eq!(r.header("content-range"), Some("bytes */3000000"));
+    }
+    // Several ranges are ignored: the whole file.
+    let r = s.req(
+        "GET",
+        "/vol01/3/dir/f.bin",
+        &[("Range", "bytes=0-1,5-6")],
+        b"",
+    );
+    assert_eq!((r.status, r.body.len()), (200, n));
+    // Keep-alive: several requests on one connection.
+    let mut conn = s.conn();
+    for _ in 0..3 {
+        let r = conn.req(
+            "GET",
+            "/vol01/3/dir/f.bin",
+            &[("Range", "bytes=5-9")],
+            b"",
+            true,
+        );
+        assert_eq!(r.body, &data[5..10]);
+    }
+
+    std::fs::write(space.join("dir/b.txt"), b"bee").unwrap();
+    let l = s.req("GET", "/vol01/3/dir", &[], b"").json();
+    assert_eq!(l["path"], "/vol01/3/dir");
+    let entries = l["entries"].as_array().unwrap();
+    let names: Vec<_> = entries
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b.txt", "f.bin"], "no temporary file is left");
+    assert_eq!(entries[0]["type"], "file");
+    assert_eq!(entries[0]["size"], 3);
+    let l = s.req("GET", "/vol01/3/", &[], b"").json();
+    assert_eq!(l["entries"][0]["name"], "dir");
+    assert_eq!(l["entries"][0]["type"], "dir");
+    let l = s.req("GET", "/vol01", &[], b"").json();
+    assert!(
+        l["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "3")
+    );
+    assert_eq!(s.req("GET", "/vol01/3/nope", &[], b"").status, 404);
+    assert_eq!(s.req("GET", "/vol01/999999", &[], b"").status, 404);
+
+    assert_eq!(
+        s.req("DELETE", "/vol01/3/dir", &[], b"").status,
+        409,
+        "not empty"
+    );
+    assert_eq!(s.req("DELETE", "/vol01/3/dir/f.bin", &[], b"").status, 204);
+    assert_eq!(s.req("DELETE", "/vol01/3/dir/b.txt", &[], b"").status, 204);
+    assert_eq!(s.req("GET", "/vol01/3/dir/f.bin", &[], b"").status, 404);
+    assert_eq!(s.req("DELETE", "/vol01/3/dir", &[], b"").status, 204);
+    assert!(!space.join("dir").exists());
+    assert_eq!(s.req("DELETE", "/vol01/3/dir", &[], b"").status, 404);
+
+    let log = s.access_log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("HEAD /vol01/3/dir/f.bin"))
+        .unwrap();
+    let f: Vec<_> = line.split(' ').collect();
+    assert_eq!(
+        (f[2], f[3], f[4]),
+        ("HEAD", "/vol01/3/dir/f.bin", "200"),
+        "{line}"
+    );
+    assert!(f[6].ends_with("ms"), "{line}");
+}
+
+#[test]
+fn put_is_atomic_for_readers() {
+    let c = TestCluster::with_nodes();
+    let (m, s) = start(&c, &[]);
+    m.space(3);
+    let a = vec![b'a'; 1 << 20];
+    let b = vec![b'b'; 3 << 19];
+    assert_eq!(s.req("PUT", "/vol01/3/f", &[], &a).status, 201);
+    let done = Arc::new(AtomicBool::new(false));
+    let s = Arc::new(s);
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (s, done) = (s.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !done.load(Ordering::Acquire) {
+                    let r = s.req("GET", "/vol01/3/f", &[], b"");
+                    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                    let got = r.body;
+                    let ok = (got.len() == 1 << 20 && got.iter().all(|&x| x == b'a'))
+                        || (got.len() == 3 << 19 && got.iter().all(|&x| x == b'b'));
+                    assert!(ok, "a reader saw a partial file of {} bytes", got.len());
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        let data = if i % 2 == 0 { &b } else { &a };
+        assert_eq!(s.req("PUT", "/vol01/3/f", &[], data).status, 200);
+    }
+    done.store(true, Ordering::Release);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+}
+
+/// Reads every log of a space's protolog through a mount: inode → bytes,
+/// and the names seen.
+fn logs(protolog: &Path) -> (HashMap<u64, Vec<u8>>, Vec<String>) {
+    let mut by_ino = HashMap::new();
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(protolog).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let p = e.path();
+        by_ino.insert(
+            std::fs::metadata(&p).unwrap().ino(),
+            std::fs::read(&p).unwrap(),
+        );
+        names.push(name);
+    }
+    names.sort();
+    (by_ino, names)
+}
+
+/// Every acknowledged append is at its offset in the file of its inode, its
+/// record occurs exactly once in the space's logs, and the logs hold
+/// nothing else (records are single lines).
+fn verify(acks: &[(u64, u64, u64, Vec<u8>)], by_ino: &HashMap<u64, Vec<u8>>) {
+    let mut count: HashMap<&[u8], usize> = HashMap::new();
+    for f in by_ino.values() {
+        for rec in f.split_inclusive(|&b| b == b'\n') {
+            *count.entry(rec).or_default() += 1;
+        }
+    }
+    for (ino, offset, end, body) in acks {
+        let file = by_ino
+            .get(ino)
+            .unwrap_or_else(|| panic!("inode {ino} of an acknowledged append is gone"));
+        assert_eq!(*end - *offset, body.len() as u64);
+        assert!(
+            file.len() as u64 >= *end && &file[*offset as usize..*end as usize] == body.as_slice(),
+            "{} not at its offset {offset} in inode {ino}",
+            String::from_utf8_lossy(body)
+        );
+        let n = count.get(body.as_slice()).copied().unwrap_or(0);
+        assert_eq!(
+            n,
+            1,
+            "{} is in the logs {n} times",
+            String::from_utf8_lossy(body)
+        );
+    }
+    let stored: usize = by_ino.values().map(Vec::len).sum();
+    let acked: usize = acks.iter().map(|a| a.3.len()).sum();
+    assert_eq!(stored, acked, "the logs hold bytes no append acknowledged");
+}
+
+#[test]
+fn appends_return_their_offsets_and_logs_rotate() {
+    let c = TestCluster::with_nodes();
+    let (m, s) = start(&c, &["--rotate-size", "1000"]);
+    m.space(3);
+    let s = Arc::new(s);
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (s, acks) = (s.clone(), acks.clone());
+            std::thread::spawn(move || {
+                let mut conn = s.conn();
+                for i in 0..40 {
+                    let body = format!("<record {t}/{i} {}>\n", "x".repeat(40 + i)).into_bytes();
+                    let r = conn.req("POST", "/vol01/3/protolog/last.log", &[], &body, true);
+                    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                    let j = r.json();
+                    let (off, end) = (j["offset"].as_u64().unwrap(), j["end"].as_u64().unwrap());
+                    let file = j["file"].as_str().unwrap();
+                    assert!(file == "last.log" || file.ends_with(".log"), "{file}");
+                    acks.lock()
+                        .unwrap()
+                        .push((j["ino"].as_u64().unwrap(), off, end, body));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (by_ino, names) = logs(&m.path().join("vol01/3/protolog"));
+    let acks = acks.lock().unwrap();
+    verify(&acks, &by_ino);
+    // About 10 kB in 1000-byte logs: 0.log … n.log without gaps.
+    let mut rotated: Vec<u64> = names
+        .iter()
+        .filter_map(|n| n.strip_suffix(".log")?.parse().ok())
+        .collect();
+    rotated.sort();
+    assert!(rotated.len() >= 5, "{names:?}");
+    assert_eq!(
+        rotated,
+        (0..rotated.len() as u64).collect::<Vec<_>>(),
+        "{names:?}"
+    );
+    for (ino, data) in &by_ino {
+        let name = names
+            .iter()
+            .find(|n| {
+                std::fs::metadata(m.path().join("vol01/3/protolog").join(n))
+                    .unwrap()
+                    .ino()
+                    == *ino
+            })
+            .unwrap();
+        if name != "last.log" {
+            assert!(data.len() >= 1000, "{name} rotated at {} bytes", data.len());
+        }
+    }
+}
+
+/// After server A rotated last.log, server B's mount still shows the old
+/// file under that name for its entry TTL: B's append must not go there.
+#[test]
+fn a_rotated_log_does_not_grow_through_another_mounts_stale_name() {
+    let c = TestCluster::with_nodes();
+    let (m1, a) = start(&c, &["--rotate-size", "100"]);
+    let m2 = Mount::new(&c, &[]);
+    let b = Server::start(m2.path(), &["--rotate-size", "100"]);
+    m1.space(3);
+    let post = |s: &Server, body: &[u8]| {
+        let r = s.req("POST", "/vol01/3/protolog/last.log", &[], body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
+    };
+    let b1 = format!("{}\n", "b".repeat(69));
+    let first = post(&b, b1.as_bytes());
+    let a1 = format!("{}\n", "a".repeat(39));
+    let rotated = post(&a, a1.as_bytes());
+    assert_eq!(rotated["file"], "0.log");
+    assert_eq!(rotated["ino"], first["ino"]);
+    let r = post(&b, b"b2\n");
+    assert_eq!(
+        (r["file"].as_str(), r["offset"].as_u64()),
+        (Some("last.log"), Some(0))
+    );
+    assert_ne!(r["ino"], first["ino"]);
+    let dir = m1.path().join("vol01/3/protolog");
+    assert_eq!(
+        std::fs::read(dir.join("0.log")).unwrap(),
+        format!("{b1}{a1}").into_bytes()
+    );
+    assert_eq!(std::fs::read(dir.join("last.log")).unwrap(), b"b2\n");
+}
+
+#[test]
+fn a_standby_volume_answers_503_to_writes() {
+    let c = TestCluster::with_nodes();
+    let (m, s) = start(&c, &[]);
+    let space = m.space(3);
+    std::fs::write(space.join("a"), b"a").unwrap();
+    let cl = c.cluster();
+    let vol = cl.volume_by_name("vol01").unwrap().unwrap();
+    cl.set_volume_status(vol.id, tshs::cluster::VolumeStatus::Standby)
+        .unwrap();
+    let t = Instant::now();
+    let r = loop {
+        let r = s.req("POST", "/vol01/3/protolog/last.log", &[], b"x");
+        if r.status != 200 || t.elapsed() > Duration::from_secs(15) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["error"].as_str().unwrap().contains("read-only"));
+    assert_eq!(s.req("PUT", "/vol01/3/b", &[], b"b").status, 503);
+    assert_eq!(
+        s.req("GET", "/vol01/3/a", &[], b"").body,
+        b"a",
+        "reads still work"
+    );
+}
+
+#[test]
+fn access_refused_by_the_mount_and_deactivated_spaces_are_403() {
+    // The server as an unprivileged user on a mount others may use: the
+    // kernel checks permissions (default_permissions) and says EACCES.
+    let c = TestCluster::with_nodes();
+    let m = Mount::new(&c, &["allow_other"]);
+    let space = m.space(3);
+    std::fs::write(space.join("secret"), b"s").unwrap();
+    std::fs::set_permissions(
+        space.join("secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(space.join("open"), b"o").unwrap();
+    let s = Server::start_as(m.path(), &[], Some(65534));
+    assert_eq!(s.req("GET", "/vol01/3/open", &[], b"").body, b"o");
+    let r = s.req("GET", "/vol01/3/secret", &[], b"");
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("refuses access")
+    );
+    assert_eq!(s.req("PUT", "/vol01/3/new", &[], b"n").status, 403);
+    assert_eq!(
+        s.req("POST", "/vol01/3/protolog/last.log", &[], b"n")
+            .status,
+        403
+    );
+    assert!(!space.join("new").exists() && !space.join("protolog").exists());
+
+    // A space deactivated for a restore is refused to all but root.
+    c.ok(&["deactivate-space", "3"]);
+    let t = Instant::now();
+    let r = loop {
+        let r = s.req("GET", "/vol01/3/open", &[], b"");
+        if r.status != 200 || t.elapsed() > Duration::from_secs(10) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("deactivated space")
+    );
+    assert_eq!(s.req("GET", "/vol01/3/", &[], b"").status, 403);
+}
+
+#[test]
+fn sigterm_finishes_the_request_in_flight() {
+    let c = TestCluster::with_nodes();
+    let (m, mut s) = start(&c, &[]);
+    let space = m.space(3);
+    let body = vec![b'z'; 100_000];
+    let mut conn = s.conn();
+    conn.send_head("PUT", "/vol01/3/late", &[], body.len(), true);
+    conn.r.get_mut().write_all(&body[..50_000]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = s.child.as_ref().unwrap().id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // New connections are refused once it stopped listening…
+    assert!(TcpStream::connect(&s.addr).is_err());
+    // …while the request in flight completes.
+    conn.r.get_mut().write_all(&body[50_000..]).unwrap();
+    assert_eq!(conn.read(false).status, 201);
+    assert_eq!(s.stop(), Some(0));
+    assert_eq!(std::fs::read(space.join("late")).unwrap(), body);
+}
+
+/// 32 clients append to 8 spaces' last.log through two servers on two
+/// mounts (logs rotating at 256 KiB), while 4 readers read ranges; then
+/// every acknowledged append must be in its log exactly once at its offset.
+#[test]
+fn load_two_servers_on_two_mounts() {
+    let secs: u64 = std::env::var("TSHS_HTTP_LOAD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let c = TestCluster::with_nodes();
+    let m1 = Mount::new(&c, &[]);
+    let m2 = Mount::new(&c, &[]);
+    let spaces: Vec<u32> = (11..19).collect();
+    for id in &spaces {
+        m1.space(*id);
+    }
+    let servers = [
+        Arc::new(Server::start(m1.path(), &["--rotate-size", "256K"])),
+        Arc::new(Server::start(m2.path(), &["--rotate-size", "256K"])),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(Mutex::new(
+        BTreeMap::<u32, Vec<(u64, u64, u64, Vec<u8>)>>::new(),
+    ));
+    let lat = Arc::new(Mutex::new(Vec::<(bool, Duration)>::new()));
+    let mut threads = Vec::new();
+    for client in 0..32usize {
+        let (s, stop, acks, lat) = (
+            servers[client % 2].clone(),
+            stop.clone(),
+            acks.clone(),
+            lat.clone(),
+        );
+        let space = spaces[client % spaces.len()];
+        threads.push(std::thread::spawn(move || {
+            let mut conn = s.conn();
+            let path = format!("/vol01/{space}/protolog/last.log");
+            let mut i = 0usize;
+            while !stop.load(Ordering::Acquire) {
+                let body = format!("<c{client} n{i} {}>\n", "p".repeat(100 + i % 900)).into_bytes();
+                let t = Instant::now();
+                let r = conn.req("POST", &path, &[], &body, true);
+                lat.lock().unwrap().push((true, t.elapsed()));
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                let j = r.json();
+                acks.lock().unwrap().entry(space).or_default().push((
+                    j["ino"].as_u64().unwrap(),
+                    j["offset"].as_u64().unwrap(),
+                    j["end"].as_u64().unwrap(),
+                    body,
+                ));
+                i += 1;
+            }
+        }));
+    }
+    for reader in 0..4usize {
+        let (s, stop, lat) = (servers[reader % 2].clone(), stop.clone(), lat.clone());
+        let spaces = spaces.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut conn = s.conn();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Acquire) {
+                let path = format!("/vol01/{}/protolog/last.log", spaces[i % spaces.len()]);
+                let t = Instant::now();
+                let r = conn.req("GET", &path, &[("Range", "bytes=0-4095")], b"", true);
+                lat.lock().unwrap().push((false, t.elapsed()));
+                // 404: rotated away and not yet created again.
+                assert!(
+                    [200, 206, 404, 416].contains(&r.status),
+                    "GET {path}: {}",
+                    r.status
+                );
+                if r.status == 206 {
+                    assert!(
+                        r.body.starts_with(b"<c"),
+                        "a range read does not start at a record"
+                    );
+                }
+                i += 1;
+            }
+        }));
+    }
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Release);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+
+    let acks = acks.lock().unwrap();
+    let mut rotated = 0;
+    let mut biggest = 0;
+    for (space, list) in acks.iter() {
+        let dir = m1.path().join(format!("vol01/{space}/protolog"));
+        let (by_ino, names) = logs(&dir);
+        verify(list, &by_ino);
+        for n in names.iter().filter(|n| *n != "last.log") {
+            rotated += 1;
+            // Rotated once full: only appends racing the rotation itself
+            // (at most one per client) may land after that.
+            let size = std::fs::metadata(dir.join(n)).unwrap().len();
+            assert!(size >= 256 << 10, "{space}/{n} rotated at {size} bytes");
+            biggest = biggest.max(size);
+        }
+    }
+    println!("biggest rotated log: {biggest} bytes");
+    assert!(
+        biggest < (256 << 10) + 32 * 1100,
+        "a rotated log grew to {biggest} bytes"
+    );
+    let lat = lat.lock().unwrap();
+    let p = |append: bool, q: f64| -> f64 {
+        let mut v: Vec<f64> = lat
+            .iter()
+            .filter(|(a, _)| *a == append)
+            .map(|(_, d)| d.as_secs_f64() * 1000.0)
+            .collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let appends = lat.iter().filter(|(a, _)| *a).count();
+    let reads = lat.len() - appends;
+    println!(
+        "space-server load: {secs} s, 2 servers on 2 mounts, 32 appenders on 8 spaces + 4 range readers: \
+         {:.0} appends/s (p50 {:.1} ms, p99 {:.1} ms), {:.0} range GETs/s (p50 {:.1} ms, p99 {:.1} ms), \
+         {} rotated logs, every acknowledged append found once at its offset",
+        appends as f64 / elapsed,
+        p(true, 0.5),
+        p(true, 0.99),
+        reads as f64 / elapsed,
+        p(false, 0.5),
+        p(false, 0.99),
+        rotated
+    );
+    assert!(appends > 0 && reads > 0);
+}
