@@ -625,6 +625,33 @@ mod tests {
     }
 
     #[test]
+    fn errors_never_carry_the_keys() {
+        let host = super::S3Host {
+            id: 7,
+            brand: super::Brand::Generic,
+            server: "http://127.0.0.1:1".into(),
+            bucket: "b-1".into(),
+            access_key: "AKIDEXAMPLE".into(),
+            secret_key: "wJalrXUtnFEMI/K7MDENG".into(),
+            options: Default::default(),
+            is_current: true,
+        };
+        let store = super::S3Store::new(&host);
+        let e = store.error(
+            "read",
+            super::ErrorKind::Denied,
+            "echo wJalrXUtnFEMI/K7MDENG by AKIDEXAMPLE".into(),
+        );
+        let text = e.to_string();
+        assert!(
+            !text.contains("wJalr") && !text.contains("AKIDEXAMPLE"),
+            "{text}"
+        );
+        assert!(text.starts_with("S3 host 7 (http://127.0.0.1:1, bucket b-1): read failed"));
+        assert!(text.contains("check the access key and the secret key"));
+    }
+
+    #[test]
     fn md5_is_base64() {
         // RFC 1321 test vector "abc".
         assert_eq!(super::content_md5(b"abc"), "kAFQmDzST7DWlj99KOF/cg==");
