@@ -287,7 +287,7 @@ fn serve(
         let fs = fs.clone();
         cluster.register("tshs mount", move |_epoch| fs.topology_changed())?
     };
-    fs.set_holder(ap.id());
+    fs.set_access_point(&ap);
     let reaper = crate::fs::reaper::spawn(fs.clone());
 
     let mut mount_options = vec![
