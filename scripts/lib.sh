@@ -7,7 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE="$ROOT/.state"
 
 # shellcheck disable=SC2034
-APT_PKGS=(mariadb-server mariadb-client fuse3 rsync attr acl procps curl)
+APT_PKGS=(mariadb-server mariadb-client fuse3 rsync attr acl procps curl iproute2)
 # shellcheck disable=SC2034
 PIP_PKGS=("moto[server]==5.2.1")
 

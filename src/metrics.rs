@@ -199,6 +199,74 @@ impl Drop for OpTimer<'_> {
     }
 }
 
+/// Parses the endpoint option: `PORT` (loopback) or `ADDR:PORT`.
+pub fn parse_addr(v: &str) -> anyhow::Result<std::net::SocketAddr> {
+    if let Ok(port) = v.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    v.parse()
+        .map_err(|_| anyhow::anyhow!("metrics address '{v}' is not PORT or ADDR:PORT"))
+}
+
+/// Serves `GET /metrics` on `addr` from a thread of its own; fails at once
+/// if the address cannot be bound.
+pub fn serve(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("tshs-metrics".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return log::error!("metrics endpoint: {e}"),
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return log::error!("metrics endpoint: {e}"),
+                };
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(|req| async move {
+                            Ok::<_, std::convert::Infallible>(respond(&req))
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            })
+        })?;
+    log::info!("metrics on http://{addr}/metrics");
+    Ok(())
+}
+
+fn respond<B>(
+    req: &hyper::Request<B>,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    let (status, body) = if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
+        (hyper::StatusCode::OK, global().encode())
+    } else {
+        (hyper::StatusCode::NOT_FOUND, "GET /metrics\n".to_string())
+    };
+    hyper::Response::builder()
+        .status(status)
+        .header(
+            hyper::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+        .body(http_body_util::Full::new(body.into()))
+        .expect("a valid response")
+}
+
 /// The process's metrics.
 pub fn global() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();

@@ -24,7 +24,7 @@ pub struct MountArgs {
     #[arg(short = 'f', long)]
     pub foreground: bool,
     /// Comma-separated options: allow_other, ro, ttl=SECS, cache_size=BYTES[K|M|G],
-    /// threads=N, connections=N, log_file=PATH, mysql_cfg=PATH, admin_gid=GID, and the
+    /// threads=N, connections=N, log_file=PATH, mysql_cfg=PATH, admin_gid=GID, metrics=[ADDR:]PORT, and the
     /// generic mount options (rw, defaults, nofail, _netdev, …), which are ignored.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -43,6 +43,8 @@ pub struct MountOptions {
     pub mysql_cfg: Option<PathBuf>,
     /// Group (besides root) allowed into deactivated spaces.
     pub admin_gid: Option<u32>,
+    /// Where to serve Prometheus metrics (off unless given).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for MountOptions {
@@ -57,6 +59,7 @@ impl Default for MountOptions {
             log_file: None,
             mysql_cfg: None,
             admin_gid: None,
+            metrics: None,
         }
     }
 }
@@ -148,6 +151,7 @@ pub fn parse_options(list: &[String]) -> Result<MountOptions> {
             "connections" => o.connections = count(need()?, 1000)?,
             "log_file" => o.log_file = Some(PathBuf::from(need()?)),
             "mysql_cfg" => o.mysql_cfg = Some(PathBuf::from(need()?)),
+            "metrics" => o.metrics = Some(crate::metrics::parse_addr(need()?)?),
             "admin_gid" => {
                 let v = need()?;
                 o.admin_gid = Some(v.parse().map_err(|_| {
@@ -287,7 +291,10 @@ fn serve(
         let fs = fs.clone();
         cluster.register("tshs mount", move |_epoch| fs.topology_changed())?
     };
-    fs.set_holder(ap.id());
+    fs.set_access_point(&ap);
+    if let Some(addr) = opts.metrics {
+        crate::metrics::serve(addr)?;
+    }
     let reaper = crate::fs::reaper::spawn(fs.clone());
 
     let mut mount_options = vec![

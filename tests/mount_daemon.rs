@@ -162,7 +162,8 @@ fn a_crashed_mount_is_cleaned_up_and_its_open_files_reclaimed() {
         .exec_drop("UPDATE access_points SET access_time = NOW() - INTERVAL 1 HOUR WHERE description LIKE ?", (format!("%pid={pid}"),))
         .unwrap();
     let fs_core = tshs::fs::Fs::new(c.cluster(), tshs::fs::FsConfig::default());
-    assert!(tshs::fs::reaper::round(&fs_core) >= 1);
+    // (The new mount's own reaper may get there first.)
+    tshs::fs::reaper::round(&fs_core);
     assert_eq!(orphans(), 0);
     let extents: u64 = shard
         .db()

@@ -737,26 +737,30 @@ fn sigterm_finishes_the_request_in_flight() {
     assert_eq!(std::fs::read(space.join("late")).unwrap(), body);
 }
 
-/// 32 clients append to 8 spaces' last.log through two servers on two
-/// mounts (logs rotating at 256 KiB), while 4 readers read ranges; then
-/// every acknowledged append must be in its log exactly once at its offset.
-#[test]
-fn load_two_servers_on_two_mounts() {
-    let secs: u64 = std::env::var("TSHS_HTTP_LOAD_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
-    let c = TestCluster::with_nodes();
-    let m1 = Mount::new(&c, &[]);
-    let m2 = Mount::new(&c, &[]);
-    let spaces: Vec<u32> = (11..19).collect();
-    for id in &spaces {
-        m1.space(*id);
-    }
-    let servers = [
-        Arc::new(Server::start(m1.path(), &["--rotate-size", "256K"])),
-        Arc::new(Server::start(m2.path(), &["--rotate-size", "256K"])),
-    ];
+/// What one run of the load measured: rates per second, latencies in ms.
+struct LoadFigures {
+    appends_s: f64,
+    append_p50: f64,
+    append_p99: f64,
+    gets_s: f64,
+    get_p50: f64,
+    get_p99: f64,
+    appends: usize,
+    rotated: usize,
+}
+
+/// 32 clients append to `spaces`' last.log through `servers` (alternately),
+/// while 4 readers read ranges, for `secs` seconds; then every acknowledged
+/// append must be in its log (read from `tree`) exactly once at its offset,
+/// and rotated logs must be full and not much more. `what` names the setup
+/// in the printed line.
+fn run_load(
+    what: &str,
+    servers: &[Arc<Server>; 2],
+    tree: &Path,
+    spaces: &[u32],
+    secs: u64,
+) -> LoadFigures {
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(Mutex::new(
         BTreeMap::<u32, Vec<(u64, u64, u64, Vec<u8>)>>::new(),
@@ -794,7 +798,7 @@ fn load_two_servers_on_two_mounts() {
     }
     for reader in 0..4usize {
         let (s, stop, lat) = (servers[reader % 2].clone(), stop.clone(), lat.clone());
-        let spaces = spaces.clone();
+        let spaces = spaces.to_vec();
         threads.push(std::thread::spawn(move || {
             let mut conn = s.conn();
             let mut i = 0usize;
@@ -831,7 +835,7 @@ fn load_two_servers_on_two_mounts() {
     let mut rotated = 0;
     let mut biggest = 0;
     for (space, list) in acks.iter() {
-        let dir = m1.path().join(format!("vol01/{space}/protolog"));
+        let dir = tree.join(format!("vol01/{space}/protolog"));
         let (by_ino, names) = logs(&dir);
         verify(list, &by_ino);
         for n in names.iter().filter(|n| *n != "last.log") {
@@ -843,7 +847,7 @@ fn load_two_servers_on_two_mounts() {
             biggest = biggest.max(size);
         }
     }
-    println!("biggest rotated log: {biggest} bytes");
+    println!("biggest rotated log ({what}): {biggest} bytes");
     assert!(
         biggest < (256 << 10) + 32 * 1100,
         "a rotated log grew to {biggest} bytes"
@@ -862,17 +866,87 @@ fn load_two_servers_on_two_mounts() {
     };
     let appends = lat.iter().filter(|(a, _)| *a).count();
     let reads = lat.len() - appends;
+    let f = LoadFigures {
+        appends_s: appends as f64 / elapsed,
+        append_p50: p(true, 0.5),
+        append_p99: p(true, 0.99),
+        gets_s: reads as f64 / elapsed,
+        get_p50: p(false, 0.5),
+        get_p99: p(false, 0.99),
+        appends,
+        rotated,
+    };
     println!(
-        "space-server load: {secs} s, 2 servers on 2 mounts, 32 appenders on 8 spaces + 4 range readers: \
+        "space-server load: {secs} s, {what}, 32 appenders on 8 spaces + 4 range readers: \
          {:.0} appends/s (p50 {:.1} ms, p99 {:.1} ms), {:.0} range GETs/s (p50 {:.1} ms, p99 {:.1} ms), \
          {} rotated logs, every acknowledged append found once at its offset",
-        appends as f64 / elapsed,
-        p(true, 0.5),
-        p(true, 0.99),
-        reads as f64 / elapsed,
-        p(false, 0.5),
-        p(false, 0.99),
-        rotated
+        f.appends_s, f.append_p50, f.append_p99, f.gets_s, f.get_p50, f.get_p99, f.rotated
     );
     assert!(appends > 0 && reads > 0);
+    f
+}
+
+/// 32 clients append to 8 spaces' last.log through two servers on two
+/// mounts (logs rotating at 256 KiB), while 4 readers read ranges; then
+/// every acknowledged append must be in its log exactly once at its offset.
+///
+/// With `TSHS_HTTP_LOAD_LOCAL=DIR` (`scripts/bench-http`) the same load
+/// first runs on the local disk, two servers on one temporary directory in
+/// DIR, as the baseline, and one `space-server figures:` line per side is
+/// printed for the ratio table.
+#[test]
+fn load_two_servers_on_two_mounts() {
+    let secs: u64 = std::env::var("TSHS_HTTP_LOAD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let spaces: Vec<u32> = (11..19).collect();
+    let mut sides = Vec::new();
+    if let Some(parent) = std::env::var_os("TSHS_HTTP_LOAD_LOCAL") {
+        let dir = tempfile::Builder::new()
+            .prefix("tshs-bench-http-")
+            .tempdir_in(parent)
+            .unwrap();
+        for id in &spaces {
+            // Like Mount::space: the space's directory; the servers create
+            // protolog/ and last.log at the first append, as on the mounts.
+            std::fs::create_dir_all(dir.path().join(format!("vol01/{id}"))).unwrap();
+        }
+        let servers = [
+            Arc::new(Server::start(dir.path(), &["--rotate-size", "256K"])),
+            Arc::new(Server::start(dir.path(), &["--rotate-size", "256K"])),
+        ];
+        let what = format!("2 servers on one local directory {}", dir.path().display());
+        sides.push((
+            "local",
+            run_load(&what, &servers, dir.path(), &spaces, secs),
+        ));
+    }
+    let c = TestCluster::with_nodes();
+    let m1 = Mount::new(&c, &[]);
+    let m2 = Mount::new(&c, &[]);
+    for id in &spaces {
+        m1.space(*id);
+    }
+    let servers = [
+        Arc::new(Server::start(m1.path(), &["--rotate-size", "256K"])),
+        Arc::new(Server::start(m2.path(), &["--rotate-size", "256K"])),
+    ];
+    let mount = run_load("2 servers on 2 mounts", &servers, m1.path(), &spaces, secs);
+    sides.push(("mount", mount));
+    if sides.len() > 1 {
+        for (side, f) in &sides {
+            println!(
+                "space-server figures: {side} {:.1} {:.3} {:.3} {:.1} {:.3} {:.3} {} {}",
+                f.appends_s,
+                f.append_p50,
+                f.append_p99,
+                f.gets_s,
+                f.get_p50,
+                f.get_p99,
+                f.appends,
+                f.rotated
+            );
+        }
+    }
 }

@@ -78,6 +78,10 @@ pub struct Cli {
     /// The daemon's log file.
     #[arg(long, default_value = "/var/log/tshs.log", value_name = "PATH")]
     pub log_file: PathBuf,
+    /// Serve Prometheus metrics while `repeat` or the daemon runs: PORT
+    /// (on 127.0.0.1) or ADDR:PORT. Off unless given.
+    #[arg(long, global = true, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// The daemon's pid file.
     #[arg(long, default_value = "/run/tshs.pid", value_name = "PATH")]
     pub pid_file: PathBuf,
@@ -255,6 +259,10 @@ impl Command {
                 | Command::CopyToS3
         )
     }
+}
+
+fn parse_metrics_addr(v: &str) -> Result<std::net::SocketAddr, String> {
+    crate::metrics::parse_addr(v).map_err(|e| e.to_string())
 }
 
 /// Parses `argv` with the options of the tshs options file in front, so the

@@ -148,6 +148,9 @@ pub fn attach(cli: &Cli, admin: &ConnOptions, stop: Arc<Stop>) -> Result<Attache
     let runner = Runner::new(cli, stop, true, Display::Log);
     runner.check(&cluster)?;
     let ap = cluster.register("tshs repeat", |_| {})?;
+    if let Some(addr) = cli.metrics {
+        crate::metrics::serve(addr)?;
+    }
     Ok(Attached {
         cluster,
         runner,

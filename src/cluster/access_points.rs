@@ -3,8 +3,8 @@
 //! [`EXPIRE_SECS`] belongs to a dead process and is removed by the next
 //! registration or listing.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,11 +38,47 @@ pub struct AccessPoint {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     cluster: Cluster,
+    liveness: Liveness,
+}
+
+/// When this process last heartbeated successfully.
+#[derive(Clone)]
+pub struct Liveness(Arc<Mutex<Instant>>);
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness(Arc::new(Mutex::new(Instant::now())))
+    }
+}
+
+impl Liveness {
+    fn ok(&self) {
+        *self.0.lock().unwrap() = Instant::now();
+    }
+
+    /// True if the last successful heartbeat is younger than `max`.
+    pub fn fresh(&self, max: Duration) -> bool {
+        self.0.lock().unwrap().elapsed() < max
+    }
+}
+
+/// The heartbeat thread's state.
+struct Heartbeat {
+    id: u64,
+    /// The newest epoch handed to the acknowledging thread.
+    requested: u64,
+    /// The acknowledgement the row holds.
+    written: u64,
+    last: Instant,
 }
 
 impl AccessPoint {
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    pub fn liveness(&self) -> Liveness {
+        self.liveness.clone()
     }
 
     /// The topology epoch this process has acknowledged.
@@ -66,8 +102,9 @@ impl Drop for AccessPoint {
 
 impl Cluster {
     /// Registers this process as `<kind>;;pid=<pid>` and starts heartbeating.
-    /// `on_epoch` runs (on the heartbeat thread) when the epoch changes, before
-    /// the new epoch is acknowledged: that is where caches are dropped.
+    /// `on_epoch` runs when the epoch changes, before the new epoch is
+    /// acknowledged: that is where caches are dropped. It runs on a thread
+    /// of its own, so a slow acknowledgement never delays the heartbeat.
     pub fn register(
         &self,
         kind: &str,
@@ -83,72 +120,100 @@ impl Cluster {
         )
         .map_err(|e| self.admin.err(e))?;
         let id = conn.last_insert_id();
-        let epoch = Arc::new(AtomicU64::new(epoch));
+        let acked = Arc::new(AtomicU64::new(epoch));
         let stop = Arc::new(AtomicBool::new(false));
+        let liveness = Liveness::default();
+        let (to_ack, requests) = crossbeam_channel::unbounded::<u64>();
+        let acker = {
+            let acked = acked.clone();
+            std::thread::Builder::new()
+                .name("tshs-ack".into())
+                .spawn(move || {
+                    while let Ok(e) = requests.recv() {
+                        let e = requests.try_iter().last().unwrap_or(e);
+                        on_epoch(e);
+                        acked.store(e, Ordering::Release);
+                    }
+                })?
+        };
         let thread = {
-            let (cluster, epoch, stop) = (self.clone(), epoch.clone(), stop.clone());
+            let (cluster, acked, stop, liveness) =
+                (self.clone(), acked.clone(), stop.clone(), liveness.clone());
             std::thread::Builder::new()
                 .name("tshs-heartbeat".into())
                 .spawn(move || {
-                    let mut last = Instant::now();
+                    let mut hb = Heartbeat {
+                        id,
+                        requested: epoch,
+                        written: epoch,
+                        last: Instant::now(),
+                    };
                     while !stop.load(Ordering::Acquire) {
                         std::thread::park_timeout(EPOCH_POLL);
                         if stop.load(Ordering::Acquire) {
                             break;
                         }
-                        let due = last.elapsed() >= Duration::from_secs(HEARTBEAT_SECS);
-                        match cluster.heartbeat(id, &epoch, &on_epoch, due) {
-                            Ok(true) => last = Instant::now(),
+                        match cluster.heartbeat(&mut hb, &acked, &to_ack) {
+                            Ok(true) => liveness.ok(),
                             Ok(false) => {}
                             Err(e) => log::warn!("access point {id}: heartbeat failed: {e:#}"),
                         }
                     }
+                    drop(to_ack);
+                    let _ = acker.join();
                 })?
         };
         Ok(AccessPoint {
             id,
-            epoch,
+            epoch: acked,
             stop,
             thread: Some(thread),
             cluster: self.clone(),
+            liveness,
         })
     }
 
-    /// Acknowledges a new epoch at once and heartbeats when `due`; true if
+    /// Passes a new epoch to the acknowledging thread, and writes the row
+    /// when there is a new acknowledgement or a heartbeat is due; true if
     /// it wrote the row.
     fn heartbeat(
         &self,
-        id: u64,
+        hb: &mut Heartbeat,
         acked: &AtomicU64,
-        on_epoch: &dyn Fn(u64),
-        due: bool,
+        to_ack: &crossbeam_channel::Sender<u64>,
     ) -> Result<bool> {
         let current = self.epoch()?;
-        let changed = current != acked.load(Ordering::Acquire);
-        if changed {
-            on_epoch(current);
-            acked.store(current, Ordering::Release);
-        } else if !due {
+        if current != hb.requested {
+            hb.requested = current;
+            let _ = to_ack.send(current);
+        }
+        let ack = acked.load(Ordering::Acquire);
+        if ack == hb.written && hb.last.elapsed() < Duration::from_secs(HEARTBEAT_SECS) {
             return Ok(false);
         }
         let mut conn = self.admin.conn()?;
         conn.exec_drop(
             "UPDATE access_points SET access_time = NOW(), ack_epoch = ? WHERE id = ?",
-            (current, id),
+            (ack, hb.id),
         )
         .map_err(|e| self.admin.err(e))?;
         if conn.affected_rows() == 0 {
             // Expired while we could not reach the Admin Node: a move may
-            // have finished without us, so forget all placement, then
-            // register again under the same id.
-            on_epoch(current);
+            // have finished without us. Register again under the same id,
+            // acknowledging nothing until placement is forgotten.
+            acked.store(0, Ordering::Release);
+            let _ = to_ack.send(current);
             conn.exec_drop(
                 "INSERT IGNORE INTO access_points (id, ack_epoch, access_time, description)
-                 VALUES (?, ?, NOW(), CONCAT('re-registered;;pid=', ?))",
-                (id, current, std::process::id()),
+                 VALUES (?, 0, NOW(), CONCAT('re-registered;;pid=', ?))",
+                (hb.id, std::process::id()),
             )
             .map_err(|e| self.admin.err(e))?;
+            hb.written = 0;
+        } else {
+            hb.written = ack;
         }
+        hb.last = Instant::now();
         Ok(true)
     }
 

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, bail};
 use mysql::prelude::Queryable;
 
-pub use access_points::{AccessPoint, AccessPointRow};
+pub use access_points::{AccessPoint, AccessPointRow, Liveness};
 pub use jobs::JobRow;
 pub use nodes::{NodeRow, NodeTotals, Phase};
 pub use route::{Route, Router, is_fenced};
@@ -86,6 +86,9 @@ const MIGRATIONS: &[(u32, &[&str])] = &[
     (
         2,
         &[
+            // Tokens of copy-shards claims: every claim takes the next one,
+            // so a later claim always outranks an earlier one.
+            "ALTER TABLE topology ADD COLUMN IF NOT EXISTS move_token BIGINT UNSIGNED NOT NULL DEFAULT 0",
             // The node a MIRROR_SHARD node receives its spaces from.
             "ALTER TABLE storage_nodes ADD COLUMN IF NOT EXISTS source_id INT UNSIGNED NULL",
             // Spaces being moved by copy-shards: who holds the move (a lease

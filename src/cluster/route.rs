@@ -8,17 +8,22 @@
 //!   the Admin Node to name the new node and runs the transaction again there;
 //! - the old node's rows are dropped only after every live access point
 //!   acknowledged the topology epoch of the move, and a process acknowledges
-//!   only after [`Router::topology_changed`], which forgets the cache and waits
-//!   for the reads and transactions still using the old placement.
+//!   only after [`Router::topology_changed`]: it starts a new generation (new
+//!   operations look placement up afresh and are never held up) and waits
+//!   until the operations of older generations have finished;
+//! - a process that could not heartbeat for [`STALE_AFTER`] may have missed a
+//!   move (it no longer counts as live): it stops trusting its cache.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
 use mysql::{PooledConn, Transaction};
 
 use super::Cluster;
+use super::access_points::Liveness;
 use crate::db::{DbError, TxError};
 use crate::shard::{FENCE_MESSAGE, Shard};
 
@@ -26,14 +31,20 @@ use crate::shard::{FENCE_MESSAGE, Shard};
 /// takes well under a second; this covers a copy-shards process that died
 /// mid-cut-over until another one (or its restart) takes the move over.
 const MOVE_WAIT: Duration = Duration::from_secs(120);
+/// Without a successful heartbeat for this long, cached placement is not used
+/// (copy-shards stops waiting for a process silent for 30 s).
+pub const STALE_AFTER: Duration = Duration::from_secs(20);
 
 /// The placement cache of one process.
 pub struct Router {
     cluster: Cluster,
-    nodes: RwLock<HashMap<u32, u32>>,
-    /// Held shared by every read and transaction attempt, exclusively by a
-    /// topology change: taking it exclusively waits for them all.
-    gate: RwLock<()>,
+    /// Space → node, each entry tagged with the generation it was read in.
+    nodes: RwLock<HashMap<u32, (u32, u64)>>,
+    generation: AtomicU64,
+    /// Operations running, by the generation they started in.
+    running: Mutex<BTreeMap<u64, usize>>,
+    drained: Condvar,
+    liveness: Mutex<Option<Liveness>>,
 }
 
 impl Router {
@@ -41,7 +52,10 @@ impl Router {
         Arc::new(Router {
             cluster,
             nodes: RwLock::default(),
-            gate: RwLock::default(),
+            generation: AtomicU64::new(1),
+            running: Mutex::default(),
+            drained: Condvar::new(),
+            liveness: Mutex::default(),
         })
     }
 
@@ -52,25 +66,54 @@ impl Router {
         }
     }
 
+    /// From now on, cached placement is trusted only while this process's
+    /// heartbeats succeed.
+    pub fn set_liveness(&self, l: Liveness) {
+        *self.liveness.lock().unwrap() = Some(l);
+    }
+
     /// Forgets all placement and returns once no read or transaction planned
-    /// with the old placement is still running. Call before acknowledging a
-    /// new topology epoch.
+    /// with the old placement is still running; new ones go on meanwhile.
+    /// Call before acknowledging a new topology epoch.
     pub fn topology_changed(&self) {
+        let new = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.nodes.write().unwrap().clear();
         // A node may have a new database (restore-from-s3): reconnect.
         self.cluster.forget_changed_shards();
-        drop(self.gate.write().unwrap());
+        let mut running = self.running.lock().unwrap();
+        while running.range(..new).next().is_some() {
+            running = self.drained.wait(running).unwrap();
+        }
+    }
+
+    fn enter(&self) -> Running<'_> {
+        let mut running = self.running.lock().unwrap();
+        let g = self.generation.load(Ordering::Acquire);
+        *running.entry(g).or_default() += 1;
+        Running { router: self, g }
+    }
+
+    fn fresh(&self) -> bool {
+        self.liveness
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_none_or(|l| l.fresh(STALE_AFTER))
     }
 
     fn node_of(&self, space: u32) -> Result<u32, DbError> {
-        if let Some(n) = self.nodes.read().unwrap().get(&space) {
+        if self.fresh()
+            && let Some((n, _)) = self.nodes.read().unwrap().get(&space)
+        {
             return Ok(*n);
         }
         self.lookup(space)
     }
 
-    /// Asks the Admin Node where the space lives now.
+    /// Asks the Admin Node where the space lives now. The answer is cached
+    /// only if no topology change began meanwhile (it may predate it).
     fn lookup(&self, space: u32) -> Result<u32, DbError> {
+        let g = self.generation.load(Ordering::Acquire);
         let admin = self.cluster.admin();
         let node: Option<u32> =
             admin.read(|c| c.exec_first("SELECT node_id FROM spaces WHERE id = ?", (space,)))?;
@@ -78,7 +121,10 @@ impl Router {
             server: admin.opts().server(),
             detail: format!("space {space} is not in the Admin Node"),
         })?;
-        self.nodes.write().unwrap().insert(space, node);
+        let mut nodes = self.nodes.write().unwrap();
+        if self.generation.load(Ordering::Acquire) == g {
+            nodes.insert(space, (node, g));
+        }
         Ok(node)
     }
 
@@ -87,6 +133,25 @@ impl Router {
             server: format!("storage node {node}"),
             detail: format!("{e:#}"),
         })
+    }
+}
+
+/// An operation in flight, counted against its generation until dropped.
+struct Running<'a> {
+    router: &'a Router,
+    g: u64,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut running = self.router.running.lock().unwrap();
+        if let Some(n) = running.get_mut(&self.g) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.g);
+                self.router.drained.notify_all();
+            }
+        }
     }
 }
 
@@ -105,7 +170,12 @@ impl Route {
 
     /// The node the space is on, as far as this process knows (for messages).
     pub fn id(&self) -> u32 {
-        self.router.node_of(self.space).unwrap_or(0)
+        self.router
+            .nodes
+            .read()
+            .unwrap()
+            .get(&self.space)
+            .map_or(0, |e| e.0)
     }
 
     /// Runs a read on the space's node.
@@ -113,7 +183,7 @@ impl Route {
         &self,
         f: impl FnMut(&mut PooledConn) -> Result<T, mysql::Error>,
     ) -> Result<T, DbError> {
-        let _gate = self.router.gate.read().unwrap();
+        let _running = self.router.enter();
         let node = self.router.node_of(self.space)?;
         let start = Instant::now();
         let r = self.router.shard(node)?.db().read(f);
@@ -132,12 +202,12 @@ impl Route {
         let mut pause = Duration::from_millis(10);
         loop {
             let r = {
-                let _gate = self.router.gate.read().unwrap();
+                let _running = self.router.enter();
                 let node = self.router.node_of(self.space).map_err(TxError::Db)?;
                 let shard = self.router.shard(node).map_err(TxError::Db)?;
-                let start = Instant::now();
+                let t = Instant::now();
                 let r = shard.tx(&mut f);
-                crate::metrics::global().db(node, start, r.is_ok());
+                crate::metrics::global().db(node, t, r.is_ok());
                 r
             };
             match r {

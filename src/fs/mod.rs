@@ -211,8 +211,11 @@ impl Fs {
         &self.cluster
     }
 
-    pub fn set_holder(&self, access_point: u64) {
-        self.holder.store(access_point, Ordering::Release);
+    /// This mount's access point: the holder of its open unlinked files,
+    /// and the heartbeat its cached placement depends on.
+    pub fn set_access_point(&self, ap: &crate::cluster::AccessPoint) {
+        self.holder.store(ap.id(), Ordering::Release);
+        self.router.set_liveness(ap.liveness());
     }
 
     /// Forgets cached volumes and spaces (after a change by this mount).

@@ -59,12 +59,13 @@ pub fn spawn(fs: Arc<Fs>) -> Reaper {
 /// One pass over every node; returns the number of inodes purged.
 pub fn round(fs: &Fs) -> u64 {
     let cluster = fs.cluster();
-    let live: Vec<u64> = match cluster.access_points() {
-        Ok(a) => a.into_iter().map(|a| a.id).collect(),
-        Err(e) => {
-            log::warn!("reaper: admin node: {e:#}");
-            return 0;
-        }
+    // This mount is alive whatever the Admin Node says (it may have missed
+    // heartbeats): its own open unlinked files stay.
+    let own = fs.holder.load(std::sync::atomic::Ordering::Acquire);
+    let live = || -> anyhow::Result<Vec<u64>> {
+        let mut ids: Vec<u64> = cluster.access_points()?.into_iter().map(|a| a.id).collect();
+        ids.push(own);
+        Ok(ids)
     };
     let before = now_ns() - fs.cfg.reap_grace.as_nanos() as i64;
     let mut purged = 0;

@@ -196,19 +196,40 @@ impl<'a> SpaceCopy<'a> {
         })
     }
 
-    /// Claims the space on the receiving node for this copy: fenced for
-    /// everyone else, writable only under `token`. Waits for a previous
-    /// holder's write in flight; its later writes fail.
-    pub fn claim_destination(&self) -> Result<()> {
-        self.dst
-            .tx(|tx| {
-                tx.exec_drop(
-                    "INSERT INTO space_fence (space_id, fenced_until, copy_token) VALUES (?, ?, ?)
-                     ON DUPLICATE KEY UPDATE fenced_until = VALUES(fenced_until), copy_token = VALUES(copy_token)",
-                    (self.space, SEALED, self.token),
-                )
-            })
-            .map_err(|e| self.dst_err(e))
+    /// Claims the space on both nodes for this copy: `token` becomes the
+    /// high-water mark of each fence row, so whoever claimed before (a
+    /// stalled process whose move was taken over) can no longer fence,
+    /// seal, open or write there. The receiving node is fenced for everyone
+    /// else. A fence an earlier holder left on the source (it died between
+    /// sealing and switching) is lifted: the Admin Node still names the
+    /// source, so writes belong there until our own cut-over.
+    pub fn claim(&self) -> Result<()> {
+        for (shard, fence) in [(self.src, None), (self.dst, Some(SEALED))] {
+            let ours = shard
+                .tx(|tx| {
+                    let held: Option<Option<u64>> = tx.exec_first(
+                        "SELECT copy_token FROM space_fence WHERE space_id = ? FOR UPDATE",
+                        (self.space,),
+                    )?;
+                    if held.flatten().is_some_and(|t| t >= self.token) {
+                        return Ok(false);
+                    }
+                    tx.exec_drop(
+                        "INSERT INTO space_fence (space_id, fenced_until, copy_token) VALUES (?, ?, ?)
+                         ON DUPLICATE KEY UPDATE fenced_until = VALUES(fenced_until), copy_token = VALUES(copy_token)",
+                        (self.space, fence, self.token),
+                    )?;
+                    Ok(true)
+                })
+                .map_err(|e| anyhow::anyhow!("storage node {}: {e}", shard.id))?;
+            if !ours {
+                bail!(
+                    "the move of space {} was taken over by another copy-shards process",
+                    self.space
+                );
+            }
+        }
+        Ok(())
     }
 
     /// One comparison round. Unless `full`, extents and xattrs are compared
@@ -219,6 +240,23 @@ impl<'a> SpaceCopy<'a> {
         full: bool,
         keep_going: &mut dyn FnMut(&RoundStats) -> Result<()>,
     ) -> Result<RoundStats> {
+        let present: Option<u32> = self
+            .src
+            .db
+            .read(|c| {
+                c.exec_first(
+                    "SELECT space_id FROM spaces WHERE space_id = ?",
+                    (self.space,),
+                )
+            })
+            .map_err(|e| self.src_msg(e))?;
+        if present.is_none() {
+            bail!(
+                "space {} has no rows on storage node {}: nothing to copy",
+                self.space,
+                self.src.id
+            );
+        }
         let mut stats = RoundStats::default();
         for t in &self.tables {
             if PER_INODE.contains(&t.name) && !full {
@@ -468,52 +506,96 @@ impl<'a> SpaceCopy<'a> {
     /// Fences the space on the source for `secs` seconds (waits for the
     /// writes in flight); from now on writers wait for the cut-over.
     pub fn fence_source(&self, secs: u32) -> Result<()> {
-        self.src
+        let n = self
+            .src
             .tx(|tx| {
                 tx.exec_drop(
-                    "INSERT INTO space_fence (space_id, fenced_until) VALUES (?, NOW(3) + INTERVAL ? SECOND)
-                     ON DUPLICATE KEY UPDATE fenced_until = VALUES(fenced_until)",
-                    (self.space, secs),
-                )
+                    "UPDATE space_fence SET fenced_until = UTC_TIMESTAMP(3) + INTERVAL ? SECOND
+                     WHERE space_id = ? AND copy_token = ?",
+                    (secs, self.space, self.token),
+                )?;
+                Ok(tx.affected_rows())
             })
-            .map_err(|e| self.src_err(e))
+            .map_err(|e| self.src_err(e))?;
+        self.still_ours(n)
     }
 
     /// Makes the fence permanent if it has not lapsed (so no write slipped in
     /// since it was set). False: it lapsed, fence and copy again.
     pub fn seal_source(&self) -> Result<bool> {
-        self.src
+        let live = self
+            .src
             .tx(|tx| {
                 let live: Option<Option<u8>> = tx.exec_first(
-                    "SELECT fenced_until > NOW(3) + INTERVAL 1 SECOND FROM space_fence WHERE space_id = ? FOR UPDATE",
-                    (self.space,),
+                    "SELECT fenced_until > UTC_TIMESTAMP(3) + INTERVAL 1 SECOND FROM space_fence
+                     WHERE space_id = ? AND copy_token = ? FOR UPDATE",
+                    (self.space, self.token),
                 )?;
-                let live = live.flatten() == Some(1);
-                if live {
+                if live.flatten() == Some(1) {
                     tx.exec_drop(
                         "UPDATE space_fence SET fenced_until = ? WHERE space_id = ?",
                         (SEALED, self.space),
                     )?;
                 }
-                Ok(live)
+                Ok(live.map(|l| l == Some(1)))
             })
-            .map_err(|e| self.src_err(e))
+            .map_err(|e| self.src_err(e))?;
+        match live {
+            None => self.still_ours(0).map(|_| false),
+            Some(l) => Ok(l),
+        }
     }
 
-    /// Lifts a temporary fence after a failed attempt (best effort: it lapses anyway).
+    /// Lifts our temporary fence after a failed attempt (best effort: it lapses anyway).
     pub fn unfence_source(&self) {
         let _ = self.src.tx(|tx| {
             tx.exec_drop(
-                "UPDATE space_fence SET fenced_until = NULL WHERE space_id = ? AND fenced_until < ?",
-                (self.space, SEALED),
+                "UPDATE space_fence SET fenced_until = NULL
+                 WHERE space_id = ? AND copy_token = ? AND fenced_until < ?",
+                (self.space, self.token, SEALED),
             )
         });
     }
 
-    /// Opens the space on the receiving node to everyone (after the Admin
-    /// Node names it as the space's node).
+    /// Opens the space on the receiving node to everyone. Done before the
+    /// Admin Node names it (nobody routes there yet), so a copier dying
+    /// right after the switch leaves nothing fenced.
     pub fn open_destination(&self) -> Result<()> {
-        open_space(self.dst, self.space)
+        let n = self
+            .dst
+            .tx(|tx| {
+                tx.exec_drop(
+                    "UPDATE space_fence SET fenced_until = NULL WHERE space_id = ? AND copy_token = ?",
+                    (self.space, self.token),
+                )?;
+                Ok(tx.affected_rows())
+            })
+            .map_err(|e| self.dst_err(e))?;
+        // affected_rows is 0 also when it was open already: check the token.
+        if n == 0 {
+            let t: Option<Option<u64>> = self
+                .dst
+                .db
+                .read(|c| {
+                    c.exec_first(
+                        "SELECT copy_token FROM space_fence WHERE space_id = ?",
+                        (self.space,),
+                    )
+                })
+                .map_err(|e| self.dst_msg(e))?;
+            return self.still_ours(u64::from(t.flatten() == Some(self.token)));
+        }
+        Ok(())
+    }
+
+    fn still_ours(&self, rows: u64) -> Result<()> {
+        if rows == 0 {
+            bail!(
+                "the move of space {} was taken over by another copy-shards process",
+                self.space
+            );
+        }
+        Ok(())
     }
 }
 
@@ -540,14 +622,15 @@ impl SpaceCopy<'_> {
     }
 }
 
-/// Lifts every fence of `space` on `shard`.
-pub fn open_space(shard: &Shard, space: u32) -> Result<()> {
+/// Opens `space` on `shard` for a move that already switched (a takeover
+/// finishing it), unless a later claim holds it.
+pub fn open_space(shard: &Shard, space: u32, token: u64) -> Result<()> {
     shard
         .tx(|tx| {
             tx.exec_drop(
-                "INSERT INTO space_fence (space_id) VALUES (?)
-                 ON DUPLICATE KEY UPDATE fenced_until = NULL, copy_token = NULL",
-                (space,),
+                "UPDATE space_fence SET fenced_until = NULL, copy_token = ?
+                 WHERE space_id = ? AND IFNULL(copy_token, 0) <= ?",
+                (token, space, token),
             )
         })
         .with_context(|| format!("storage node {}: cannot open space {space}", shard.id))

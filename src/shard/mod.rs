@@ -53,6 +53,9 @@ pub struct Totals {
     pub bytes: u64,
 }
 
+/// Reads the ids of the live access points (see [`Shard::purge_deleted`]).
+pub type LiveHolders<'a> = &'a dyn Fn() -> Result<Vec<u64>>;
+
 /// A file unmodified this long counts as settled (R/O).
 pub const SETTLE_SECS: i64 = 60;
 
@@ -259,39 +262,37 @@ impl Shard {
     }
 
     /// How many inodes [`Shard::purge_deleted`] would purge.
-    pub fn count_deleted(&self, before_ns: i64, live_holders: &[u64]) -> Result<u64> {
-        let rows: Vec<(u8, Option<u64>)> = self
-            .db
-            .read(|c| {
-                c.exec(
-                    "SELECT state, holder FROM inodes WHERE (state = 2 AND deleted_at < ?) OR state = 1",
-                    (before_ns,),
-                )
-            })?;
-        Ok(rows
-            .iter()
-            .filter(|(state, holder)| {
-                *state == 2 || !holder.is_some_and(|h| live_holders.contains(&h))
-            })
-            .count() as u64)
+    pub fn count_deleted(&self, before_ns: i64, live_holders: LiveHolders) -> Result<u64> {
+        Ok(self.deleted_inodes(before_ns, live_holders)?.len() as u64)
     }
 
-    /// Purges inodes deleted before `before_ns`, and inodes left unlinked-
-    /// but-open by access points that are no longer alive. Returns how many.
-    pub fn purge_deleted(&self, before_ns: i64, live_holders: &[u64]) -> Result<u64> {
-        let mut conn = self.db.conn()?;
-        let victims: Vec<(u32, u64, u8, Option<u64>)> = conn
-            .exec(
+    /// Inodes deleted before `before_ns`, and inodes left unlinked-but-open
+    /// by access points that are no longer alive. The live holders are read
+    /// after the candidates: a holder must have registered before its inode
+    /// became a candidate, so one that registered meanwhile is not missed.
+    fn deleted_inodes(&self, before_ns: i64, live_holders: LiveHolders) -> Result<Vec<(u32, u64)>> {
+        let candidates: Vec<(u32, u64, u8, Option<u64>)> = self.db.read(|c| {
+            c.exec(
                 "SELECT space_id, ino, state, holder FROM inodes
                  WHERE (state = 2 AND deleted_at < ?) OR state = 1 LIMIT 1000",
                 (before_ns,),
             )
-            .map_err(|e| self.db.err(e))?;
+        })?;
+        let live = live_holders()?;
+        Ok(candidates
+            .into_iter()
+            .filter(|(_, _, state, holder)| {
+                *state == 2 || !holder.is_some_and(|h| live.contains(&h))
+            })
+            .map(|(space, ino, _, _)| (space, ino))
+            .collect())
+    }
+
+    /// Purges what [`Shard::count_deleted`] counts. Returns how many.
+    pub fn purge_deleted(&self, before_ns: i64, live_holders: LiveHolders) -> Result<u64> {
+        let victims = self.deleted_inodes(before_ns, live_holders)?;
         let mut n = 0;
-        for (space, ino, state, holder) in victims {
-            if state == 1 && holder.is_some_and(|h| live_holders.contains(&h)) {
-                continue;
-            }
+        for (space, ino) in victims {
             let r = self.tx(|tx| {
                 tx.exec_drop(
                     "DELETE FROM extents WHERE space_id = ? AND ino = ?",

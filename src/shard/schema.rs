@@ -117,7 +117,7 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
                DECLARE CONTINUE HANDLER FOR NOT FOUND SET f = NULL;
                IF @tshs_copier IS NULL THEN
                  SELECT fenced_until INTO f FROM space_fence WHERE space_id = s LOCK IN SHARE MODE;
-                 IF f > NOW(3) THEN
+                 IF f > UTC_TIMESTAMP(3) THEN
                    SIGNAL SQLSTATE '45000'
                      SET MESSAGE_TEXT = 'tshs: the space is being moved to another storage node',
                          MYSQL_ERRNO = 1644;

@@ -59,6 +59,13 @@ pub struct Config {
     /// Append the access log (one line per request) to this file instead of stderr.
     #[arg(long, value_name = "PATH")]
     pub access_log: Option<PathBuf>,
+    /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT. Off unless given.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics: Option<SocketAddr>,
+}
+
+fn parse_metrics_addr(v: &str) -> Result<SocketAddr, String> {
+    crate::metrics::parse_addr(v).map_err(|e| e.to_string())
 }
 
 /// `8M` → 8 MiB; suffixes K, M, G (powers of 1024), or plain bytes.
@@ -99,6 +106,9 @@ pub fn read_token(path: &Path) -> Result<Vec<u8>> {
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(cfg: Config) -> Result<()> {
     let token = read_token(&cfg.token_file)?;
+    if let Some(addr) = cfg.metrics {
+        crate::metrics::serve(addr)?;
+    }
     let tree = files::Tree::open(&cfg.root, cfg.rotate_size)
         .with_context(|| format!("cannot serve {}", cfg.root.display()))?;
     let access_log: Box<dyn Write + Send> = match &cfg.access_log {

@@ -33,6 +33,8 @@ const RENEW: Duration = Duration::from_secs(5);
 /// How long the source stays fenced for the last round before it must be
 /// sealed; a write waits at most about this long.
 const FENCE_SECS: u32 = 10;
+/// The longest fence, for the biggest spaces (see `move_space`).
+const MAX_FENCE_SECS: u32 = 60;
 const FENCE_ATTEMPTS: usize = 3;
 /// Online rounds before fencing (the first copies, the second catches up).
 const ONLINE_ROUNDS: usize = 2;
@@ -72,6 +74,7 @@ pub fn run(
     );
     // Spaces this run could not claim (someone else holds them) or failed.
     let mut skipped: Vec<u32> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
     loop {
         let candidates = candidates(cluster, opts)?;
         activate_finished(cluster, &candidates, &mut out)?;
@@ -127,14 +130,25 @@ pub fn run(
                 break; // stopped: time limit or signal
             }
             Err(e) => {
+                // One space failing does not stop the others; the run
+                // fails at the end (a later run retries the space).
                 release(cluster, &claim);
-                return Err(e.context(format!("space {}", claim.space)));
+                log::warn!("copy-shards: space {}: {e:#}", claim.space);
+                skipped.push(claim.space);
+                failures.push(format!("space {}: {e:#}", claim.space));
             }
         }
     }
     let left = candidates(cluster, opts)?;
     activate_finished(cluster, &left, &mut out)?;
     out.remaining = left.len() as u64;
+    if let Some(first) = failures.first() {
+        bail!(
+            "{} space(s) could not be moved ({} moved); first: {first}",
+            failures.len(),
+            out.done
+        );
+    }
     Ok(out)
 }
 
@@ -149,8 +163,13 @@ fn candidates(cluster: &Cluster, opts: &TaskOptions) -> Result<Vec<Candidate>> {
         if opts.storage_node.is_some_and(|s| s != src) {
             continue;
         }
+        // Deleted spaces are not copied: remove-deleted purges them where
+        // they are (the node becomes active once they are gone).
         let ids: Vec<u32> = conn
-            .exec("SELECT id FROM spaces WHERE node_id = ?", (src,))
+            .exec(
+                "SELECT id FROM spaces WHERE node_id = ? AND status <> 'deleted'",
+                (src,),
+            )
             .map_err(|e| cluster.admin().err(e))?;
         out.extend(
             ids.into_iter()
@@ -257,30 +276,26 @@ pub fn mirror_progress(cluster: &Cluster, m: &NodeRow) -> Result<(u64, u64)> {
 /// space's row before its move's row, like [`switch`], so the two never
 /// deadlock.
 fn claim(cluster: &Cluster, c: &Candidate, owner: &str) -> Result<Option<Claim>> {
-    let token = new_token();
     let admin = cluster.admin();
     admin
         .tx(|tx| {
+            tx.query_drop("UPDATE topology SET move_token = LAST_INSERT_ID(move_token + 1) WHERE id = 1")?;
+            let token = tx.last_insert_id().unwrap_or(0);
             let node: Option<u32> =
                 tx.exec_first("SELECT node_id FROM spaces WHERE id = ? FOR UPDATE", (c.space,))?;
             let existing: Option<(String, u8, u32, u32)> = tx.exec_first(
-                "SELECT state, lease_until < NOW(), from_node, to_node FROM space_moves WHERE space_id = ? FOR UPDATE",
+                "SELECT state, lease_until < UTC_TIMESTAMP(), from_node, to_node FROM space_moves WHERE space_id = ? FOR UPDATE",
                 (c.space,),
             )?;
             Ok(match existing {
                 Some((_, 0, _, _)) => None, // someone holds it
+                // remove-deleted's claim: it takes lapsed ones back itself.
+                Some((state, _, _, _)) if state == "purging" => None,
                 Some((state, _, from, to)) => {
-                    // A lapsed purge (remove-deleted died) becomes a move.
-                    let (state, from, to) = if state == "purging" {
-                        ("copying".to_string(), c.from, c.to)
-                    } else {
-                        (state, from, to)
-                    };
                     tx.exec_drop(
-                        "UPDATE space_moves SET token = ?, owner = ?, lease_until = NOW() + INTERVAL ? SECOND,
-                                state = ?, from_node = ?, to_node = ?
+                        "UPDATE space_moves SET token = ?, owner = ?, lease_until = UTC_TIMESTAMP() + INTERVAL ? SECOND
                          WHERE space_id = ?",
-                        (token, owner, LEASE_SECS, &state, from, to, c.space),
+                        (token, owner, LEASE_SECS, c.space),
                     )?;
                     log::info!("space {}: taking over its move ({state})", c.space);
                     Some(Claim {
@@ -294,7 +309,7 @@ fn claim(cluster: &Cluster, c: &Candidate, owner: &str) -> Result<Option<Claim>>
                 None if node == Some(c.from) => {
                     tx.exec_drop(
                         "INSERT INTO space_moves (space_id, from_node, to_node, state, token, owner, lease_until)
-                         VALUES (?, ?, ?, 'copying', ?, ?, NOW() + INTERVAL ? SECOND)",
+                         VALUES (?, ?, ?, 'copying', ?, ?, UTC_TIMESTAMP() + INTERVAL ? SECOND)",
                         (c.space, c.from, c.to, token, owner, LEASE_SECS),
                     )?;
                     Some(Claim {
@@ -315,7 +330,7 @@ fn claim(cluster: &Cluster, c: &Candidate, owner: &str) -> Result<Option<Claim>>
 fn release(cluster: &Cluster, claim: &Claim) {
     if let Ok(mut c) = cluster.admin().conn() {
         let _ = c.exec_drop(
-            "UPDATE space_moves SET lease_until = NOW() - INTERVAL 1 SECOND WHERE space_id = ? AND token = ?",
+            "UPDATE space_moves SET lease_until = UTC_TIMESTAMP() - INTERVAL 1 SECOND WHERE space_id = ? AND token = ?",
             (claim.space, claim.token),
         );
     }
@@ -325,7 +340,7 @@ fn release(cluster: &Cluster, claim: &Claim) {
 fn renew(cluster: &Cluster, claim: &Claim, bytes: u64) -> Result<()> {
     let mut c = cluster.admin().conn()?;
     c.exec_drop(
-        "UPDATE space_moves SET lease_until = NOW() + INTERVAL ? SECOND, bytes = ?
+        "UPDATE space_moves SET lease_until = UTC_TIMESTAMP() + INTERVAL ? SECOND, bytes = ?
          WHERE space_id = ? AND token = ?",
         (LEASE_SECS, bytes, claim.space, claim.token),
     )
@@ -362,7 +377,8 @@ fn move_space(
     let bytes = Cell::new(0u64);
     if !claim.switched {
         let copy = SpaceCopy::new(&src, &dst, claim.space, claim.token)?;
-        copy.claim_destination()?;
+        copy.claim()?;
+        renew(cluster, claim, 0)?;
         let last_renew = Cell::new(Instant::now());
         let stopped = Cell::new(false);
         let mut keep_going = |s: &RoundStats, online: bool| -> Result<()> {
@@ -377,16 +393,25 @@ fn move_space(
             }
             Ok(())
         };
+        let mut last_round = Duration::ZERO;
         for round in 0..ONLINE_ROUNDS {
+            let t = Instant::now();
             match copy.round(round == 0, &mut |s| keep_going(s, true)) {
-                Ok(s) => bytes.set(bytes.get() + s.bytes),
+                Ok(s) => {
+                    bytes.set(bytes.get() + s.bytes);
+                    last_round = t.elapsed();
+                }
                 Err(_) if stopped.get() => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
+        // The last round compares what the online one did; a big space
+        // needs a longer fence (writers wait at most this long).
+        let fence_secs = (FENCE_SECS as f64).max(3.0 * last_round.as_secs_f64() + 2.0);
+        let fence_secs = fence_secs.min(MAX_FENCE_SECS as f64).ceil() as u32;
         let mut sealed = false;
         for attempt in 1..=FENCE_ATTEMPTS {
-            copy.fence_source(FENCE_SECS)?;
+            copy.fence_source(fence_secs)?;
             let t = Instant::now();
             let s = match copy.round(false, &mut |s| keep_going(s, false)) {
                 Ok(s) => s,
@@ -415,14 +440,14 @@ fn move_space(
         if !sealed {
             copy.unfence_source();
             bail!(
-                "could not copy the last changes within {FENCE_SECS} s; the space stays on node {} for now",
+                "could not copy the last changes within {fence_secs} s; the space stays on node {} for now",
                 claim.from
             );
         }
-        switch(cluster, claim)?;
         copy.open_destination()?;
+        switch(cluster, claim)?;
     } else {
-        open_space(&dst, claim.space)?;
+        open_space(&dst, claim.space, claim.token)?;
     }
     wait_for_acks(cluster, claim)?;
     purge_moved(&src, claim.space)?;
@@ -458,7 +483,7 @@ fn switch(cluster: &Cluster, claim: &Claim) -> Result<()> {
                 (claim.to, claim.space),
             )?;
             tx.exec_drop(
-                "UPDATE space_moves SET state = 'switched', lease_until = NOW() + INTERVAL ? SECOND WHERE space_id = ?",
+                "UPDATE space_moves SET state = 'switched', lease_until = UTC_TIMESTAMP() + INTERVAL ? SECOND WHERE space_id = ?",
                 (LEASE_SECS, claim.space),
             )?;
             tx.query_drop("UPDATE topology SET epoch = epoch + 1 WHERE id = 1")?;
@@ -492,22 +517,6 @@ fn wait_for_acks(cluster: &Cluster, claim: &Claim) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// A token no other claim has: time and process mixed, never zero.
-fn new_token() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
-    let x = t ^ ((std::process::id() as u64) << 40) ^ SEQ.fetch_add(1, Ordering::Relaxed);
-    // splitmix64 finaliser: spreads the bits.
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (z ^ (z >> 31)) | 1
 }
 
 pub(super) fn human(bytes: u64) -> String {

@@ -105,7 +105,8 @@ pub fn run(
     }
 
     // Deleted inodes, node by node.
-    let live: Vec<u64> = cluster.access_points()?.into_iter().map(|a| a.id).collect();
+    let live =
+        || -> Result<Vec<u64>> { Ok(cluster.access_points()?.into_iter().map(|a| a.id).collect()) };
     let before = now_ns() - grace.as_nanos() as i64;
     for n in cluster.nodes()? {
         if opts.should_stop(stop) || opts.storage_node.is_some_and(|s| s != n.id) {
@@ -229,12 +230,12 @@ fn purge_space(cluster: &Cluster, job: u64, space: u32) -> Result<bool> {
                 Some((n, _)) => n,
             };
             tx.exec_drop(
-                "DELETE FROM space_moves WHERE space_id = ? AND state = 'purging' AND lease_until < NOW()",
+                "DELETE FROM space_moves WHERE space_id = ? AND state = 'purging' AND lease_until < UTC_TIMESTAMP()",
                 (space,),
             )?;
             tx.exec_drop(
                 "INSERT IGNORE INTO space_moves (space_id, from_node, to_node, state, token, owner, lease_until)
-                 VALUES (?, ?, ?, 'purging', 0, 'remove-deleted', NOW() + INTERVAL ? SECOND)",
+                 VALUES (?, ?, ?, 'purging', 0, 'remove-deleted', UTC_TIMESTAMP() + INTERVAL ? SECOND)",
                 (space, node, node, LEASE_SECS),
             )?;
             Ok((tx.affected_rows() == 1).then_some(Some(node)))
@@ -263,7 +264,10 @@ fn purge_space(cluster: &Cluster, job: u64, space: u32) -> Result<bool> {
                 "DELETE FROM spaces WHERE id = ? AND status = 'deleted'",
                 (space,),
             )?;
-            tx.exec_drop("DELETE FROM space_moves WHERE space_id = ?", (space,))?;
+            tx.exec_drop(
+                "DELETE FROM space_moves WHERE space_id = ? AND state = 'purging'",
+                (space,),
+            )?;
             tx.exec_drop("DELETE FROM jobs WHERE id = ?", (job,))
         })
         .map_err(|e| anyhow!("admin node: {e}"))?;
