@@ -272,13 +272,21 @@ fn unlinked_open_files_stay_usable_until_closed() {
         .shard(c.cluster().space(5).unwrap().unwrap().node_id)
         .unwrap();
     use mysql::prelude::Queryable;
-    let states: Vec<u8> = shard
-        .db()
-        .conn()
-        .unwrap()
-        .query("SELECT state FROM inodes WHERE space_id = 5 AND ino > 1")
-        .unwrap();
-    assert_eq!(states, [2]);
+    // The kernel sends RELEASE after close(2) has returned: wait for it.
+    let t = std::time::Instant::now();
+    loop {
+        let states: Vec<u8> = shard
+            .db()
+            .conn()
+            .unwrap()
+            .query("SELECT state FROM inodes WHERE space_id = 5 AND ino > 1")
+            .unwrap();
+        if states == [2] || t.elapsed() > std::time::Duration::from_secs(5) {
+            assert_eq!(states, [2]);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
