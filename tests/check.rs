@@ -164,3 +164,44 @@ fn mountpoint_ok_missing_and_hung() {
     assert!(line.contains("no answer within 2 s"), "{line}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
+
+#[test]
+fn the_s3_host_and_the_move_to_s3_backlog() {
+    let c = TestCluster::with_nodes();
+    let (_, line) = check(&c, &[]);
+    assert!(line.contains("no S3 host"), "{line}");
+    let endpoint = common::env("TSHS_S3_ENDPOINT");
+    let bucket = format!("tshs-check-{}", std::process::id());
+    common::sh(&format!("curl -sf -o /dev/null -X PUT {endpoint}/{bucket}"));
+    c.ok(&[
+        "add-s3-host",
+        "GENERIC",
+        &endpoint,
+        &bucket,
+        "AKIDTSHSCHECK001",
+        "tshsCheckSecret/0123456789",
+        "MinSize=1",
+    ]);
+    let (code, line) = check(&c, &[]);
+    assert_eq!(code, 0, "{line}");
+    assert!(line.contains("S3 host 1 "), "{line}");
+    assert!(line.contains("move-to-s3 backlog 0 files"), "{line}");
+    assert_eq!(perf(&line, "backlog_move_to_s3"), "0;;;0");
+    assert!(
+        !line.contains("tshsCheckSecret"),
+        "the secret key was printed"
+    );
+    // The store stops answering: CRITICAL, within the timeout.
+    root_conn(1)
+        .query_drop(format!(
+            "UPDATE {}.s3_hosts SET server = 'http://127.0.0.1:1'",
+            c.admin_db
+        ))
+        .unwrap();
+    let t = Instant::now();
+    let (code, line) = check(&c, &["--timeout", "3"]);
+    assert_eq!(code, 2, "{line}");
+    assert!(line.contains("S3 host 1"), "{line}");
+    assert!(perf(&line, "s3_ms").starts_with("U;"), "{line}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+}

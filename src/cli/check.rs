@@ -5,7 +5,9 @@
 //! timed), the copy-shards backlog (spaces of MIRROR_SHARD nodes not moved
 //! yet), stale access points (rows whose heartbeat is older than 30 s: a
 //! process died without unregistering), and, with `--mountpoint`, that a
-//! tshs mount is mounted there and answers `stat` and `readdir`. Each probe
+//! tshs mount is mounted there and answers `stat` and `readdir`; with an S3
+//! host, that the current one answers and how many files wait for
+//! move-to-s3. Each probe
 //! runs in a thread of its own and is given up after `--timeout` (a hung
 //! server or mount is CRITICAL, never a hung plugin). `--warning` and
 //! `--critical` apply to the response times. Bad options or a bad options
@@ -262,6 +264,45 @@ impl Report {
         }
     }
 
+    /// The current S3 host answers (HeadBucket, timed) and the move-to-s3
+    /// backlog (files ready for transfer).
+    fn object_store(&mut self, cluster: &Cluster, timeout: Duration) {
+        let host = match cluster.current_s3_host() {
+            Ok(Some(h)) => h,
+            Ok(None) => return self.facts.push("no S3 host".into()),
+            Err(e) => return self.raise(CRITICAL, format!("S3 hosts: {e:#}")),
+        };
+        let id = host.id;
+        let probe = {
+            let host = host.clone();
+            spawn(move || {
+                let t = Instant::now();
+                crate::object_store::S3Store::new(&host)
+                    .head_bucket()
+                    .map_err(|e| e.to_string())?;
+                Ok(ms(t))
+            })
+        };
+        let answer = probe
+            .recv_timeout(timeout)
+            .unwrap_or_else(|_| Err(format!("no answer within {} s", timeout.as_secs())));
+        if let Ok(t) = answer {
+            self.facts.push(format!("S3 host {id} {t:.0} ms"));
+        }
+        self.time("s3", &format!("S3 host {id}"), answer);
+        match crate::tasks::waiting_for_s3(cluster, Some(&host)) {
+            Ok(waiting) => {
+                let files: u64 = waiting
+                    .iter()
+                    .filter_map(|(_, w)| w.as_ref().ok().map(|(f, _)| *f))
+                    .sum();
+                self.facts.push(format!("move-to-s3 backlog {files} files"));
+                self.perf.push(format!("backlog_move_to_s3={files};;;0"));
+            }
+            Err(e) => self.raise(CRITICAL, format!("move-to-s3 backlog: {e:#}")),
+        }
+    }
+
     /// Storage Nodes (in parallel), the copy-shards backlog, stale access points.
     fn cluster(&mut self, cluster: &Cluster, timeout: Duration) {
         if let Err(e) = cluster.require_admin_node() {
@@ -320,6 +361,8 @@ impl Report {
         self.facts
             .push(format!("copy-shards backlog {backlog} spaces"));
         self.perf.push(format!("backlog_copy_shards={backlog};;;0"));
+
+        self.object_store(cluster, timeout);
 
         let stale: Result<Option<u64>, _> = cluster.admin().read(|c| {
             c.exec_first(

@@ -180,6 +180,15 @@ impl S3Store {
         }
     }
 
+    /// Checks, without writing, that the store answers and the bucket exists
+    /// (for monitoring).
+    pub fn head_bucket(&self) -> Result<(), StoreError> {
+        runtime()
+            .block_on(self.client.head_bucket().bucket(&self.host.bucket).send())
+            .map(drop)
+            .map_err(|e| self.fail("checking the bucket", e))
+    }
+
     /// Checks that the bucket exists and that we may write, read and delete
     /// in it (a small probe object that is removed again).
     pub fn ping(&self) -> Result<(), StoreError> {
