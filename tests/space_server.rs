@@ -45,6 +45,12 @@ impl Server {
             let perms = |mode| std::fs::Permissions::from_mode(mode);
             std::fs::set_permissions(dir.path(), perms(0o777)).unwrap();
             std::fs::set_permissions(dir.path().join("token"), perms(0o644)).unwrap();
+            // The build directory may be where that user cannot go (a clone
+            // under /root): run a copy of the binary from here.
+            let bin = dir.path().join("tshs-space-server");
+            std::fs::copy(env!("CARGO_BIN_EXE_tshs-space-server"), &bin).unwrap();
+            std::fs::set_permissions(&bin, perms(0o755)).unwrap();
+            cmd = Command::new(&bin);
             cmd.uid(uid).gid(uid);
         }
         let mut child = cmd

@@ -52,8 +52,9 @@ impl Default for Liveness {
 }
 
 impl Liveness {
-    fn ok(&self) {
-        *self.0.lock().unwrap() = Instant::now();
+    /// A heartbeat sent at `sent` was recorded (the server's time then).
+    fn ok(&self, sent: Instant) {
+        *self.0.lock().unwrap() = sent;
     }
 
     /// True if the last successful heartbeat is younger than `max`.
@@ -153,8 +154,9 @@ impl Cluster {
                         if stop.load(Ordering::Acquire) {
                             break;
                         }
+                        let sent = Instant::now();
                         match cluster.heartbeat(&mut hb, &acked, &to_ack) {
-                            Ok(true) => liveness.ok(),
+                            Ok(true) => liveness.ok(sent),
                             Ok(false) => {}
                             Err(e) => log::warn!("access point {id}: heartbeat failed: {e:#}"),
                         }
@@ -210,9 +212,11 @@ impl Cluster {
             )
             .map_err(|e| self.admin.err(e))?;
             hb.written = 0;
-        } else {
-            hb.written = ack;
+            hb.last = Instant::now();
+            // Not live again until placement is forgotten and acknowledged.
+            return Ok(false);
         }
+        hb.written = ack;
         hb.last = Instant::now();
         Ok(true)
     }

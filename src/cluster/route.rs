@@ -76,8 +76,13 @@ impl Router {
     /// with the old placement is still running; new ones go on meanwhile.
     /// Call before acknowledging a new topology epoch.
     pub fn topology_changed(&self) {
-        let new = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.nodes.write().unwrap().clear();
+        let new = {
+            // Under the cache's lock, so no lookup sees the new generation
+            // with an old entry (entries are also checked against it).
+            let mut nodes = self.nodes.write().unwrap();
+            nodes.clear();
+            self.generation.fetch_add(1, Ordering::AcqRel) + 1
+        };
         // A node may have a new database (restore-from-s3): reconnect.
         self.cluster.forget_changed_shards();
         let mut running = self.running.lock().unwrap();
@@ -103,7 +108,8 @@ impl Router {
 
     fn node_of(&self, space: u32) -> Result<u32, DbError> {
         if self.fresh()
-            && let Some((n, _)) = self.nodes.read().unwrap().get(&space)
+            && let Some((n, g)) = self.nodes.read().unwrap().get(&space)
+            && *g == self.generation.load(Ordering::Acquire)
         {
             return Ok(*n);
         }

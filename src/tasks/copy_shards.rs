@@ -129,6 +129,11 @@ pub fn run(
                 release(cluster, &claim);
                 break; // stopped: time limit or signal
             }
+            Err(e) if e.is::<AckTimeout>() => {
+                // Every other space would wait as long: stop here.
+                release(cluster, &claim);
+                return Err(e.context(format!("space {}", claim.space)));
+            }
             Err(e) => {
                 // One space failing does not stop the others; the run
                 // fails at the end (a later run retries the space).
@@ -165,9 +170,11 @@ fn candidates(cluster: &Cluster, opts: &TaskOptions) -> Result<Vec<Candidate>> {
         }
         // Deleted spaces are not copied: remove-deleted purges them where
         // they are (the node becomes active once they are gone).
+        // (A deleted space whose move had begun is finished, though.)
         let ids: Vec<u32> = conn
             .exec(
-                "SELECT id FROM spaces WHERE node_id = ? AND status <> 'deleted'",
+                "SELECT id FROM spaces WHERE node_id = ? AND (status <> 'deleted'
+                     OR id IN (SELECT space_id FROM space_moves WHERE state <> 'purging'))",
                 (src,),
             )
             .map_err(|e| cluster.admin().err(e))?;
@@ -279,14 +286,17 @@ fn claim(cluster: &Cluster, c: &Candidate, owner: &str) -> Result<Option<Claim>>
     let admin = cluster.admin();
     admin
         .tx(|tx| {
-            tx.query_drop("UPDATE topology SET move_token = LAST_INSERT_ID(move_token + 1) WHERE id = 1")?;
-            let token = tx.last_insert_id().unwrap_or(0);
             let node: Option<u32> =
                 tx.exec_first("SELECT node_id FROM spaces WHERE id = ? FOR UPDATE", (c.space,))?;
             let existing: Option<(String, u8, u32, u32)> = tx.exec_first(
                 "SELECT state, lease_until < UTC_TIMESTAMP(), from_node, to_node FROM space_moves WHERE space_id = ? FOR UPDATE",
                 (c.space,),
             )?;
+            // The token last: rows locked in the same order as `switch`.
+            tx.query_drop(
+                "UPDATE topology SET move_token = LAST_INSERT_ID(move_token + 1) WHERE id = 1",
+            )?;
+            let token = tx.last_insert_id().unwrap_or(0);
             Ok(match existing {
                 Some((_, 0, _, _)) => None, // someone holds it
                 // remove-deleted's claim: it takes lapsed ones back itself.
@@ -496,6 +506,13 @@ fn switch(cluster: &Cluster, claim: &Claim) -> Result<()> {
     Ok(())
 }
 
+/// Live access points that did not acknowledge a cut-over in time.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0} access point(s) did not acknowledge the cut-over within 60 s (see tshs list-access-points); the old rows stay until a later run"
+)]
+struct AckTimeout(u64);
+
 /// Waits until every live access point acknowledged the current epoch.
 fn wait_for_acks(cluster: &Cluster, claim: &Claim) -> Result<()> {
     let epoch = cluster.epoch()?;
@@ -507,9 +524,7 @@ fn wait_for_acks(cluster: &Cluster, claim: &Claim) -> Result<()> {
             return Ok(());
         }
         if start.elapsed() > ACK_WAIT {
-            bail!(
-                "{n} access point(s) did not acknowledge the cut-over within {ACK_WAIT:?} (see tshs list-access-points); the old rows stay until a later run"
-            );
+            return Err(AckTimeout(n).into());
         }
         if last_renew.elapsed() >= RENEW {
             renew(cluster, claim, 0)?;
