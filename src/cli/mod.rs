@@ -318,7 +318,9 @@ pub fn connect(cli: &Cli) -> Result<Cluster> {
 }
 
 fn connect_admin(opts: &ConnOptions, max_threads: u32) -> Result<Cluster> {
-    Cluster::connect(opts, max_threads as usize)
+    // A task may hold one connection of a node while it opens another
+    // (move-to-s3 does): a pool of one would wait on itself.
+    Cluster::connect(opts, (max_threads as usize).max(2))
         .with_context(|| format!("cannot connect to the Admin Node ({})", opts.masked()))
 }
 
