@@ -113,14 +113,7 @@ impl Cluster {
         conn.database()?;
         let stored = conn.to_stored();
         let nodes = self.nodes()?;
-        if let Some(n) = nodes.iter().find(|n| same_database(&n.conn, conn)) {
-            bail!(
-                "database '{}' on {} is already storage node {}",
-                conn.database()?,
-                conn.server(),
-                n.id
-            );
-        }
+        refuse_known_database(&nodes, conn)?;
         self.require_empty_cluster("create-storage-node")?;
         let db = shard::create_tables(conn)?;
         let created = (|| -> Result<u32> {
@@ -213,14 +206,7 @@ impl Cluster {
         if node.range.size < 2 {
             bail!("storage node {id} owns a single key and cannot be split");
         }
-        if let Some(n) = nodes.iter().find(|n| same_database(&n.conn, conn)) {
-            bail!(
-                "database '{}' on {} is already storage node {}",
-                conn.database()?,
-                conn.server(),
-                n.id
-            );
-        }
+        refuse_known_database(&nodes, conn)?;
         let db = shard::create_tables(conn)?;
         let lower = node.range.size / 2;
         let created = (|| -> Result<u32> {
@@ -276,6 +262,19 @@ impl Cluster {
     pub fn ranges(&self) -> Result<Vec<(u32, Range)>> {
         Ok(self.nodes()?.into_iter().map(|n| (n.id, n.range)).collect())
     }
+}
+
+/// Fails if `conn` names the database of an existing node.
+fn refuse_known_database(nodes: &[NodeRow], conn: &ConnOptions) -> Result<()> {
+    if let Some(n) = nodes.iter().find(|n| same_database(&n.conn, conn)) {
+        bail!(
+            "database '{}' on {} is already storage node {}",
+            conn.database()?,
+            conn.server(),
+            n.id
+        );
+    }
+    Ok(())
 }
 
 fn same_database(a: &ConnOptions, b: &ConnOptions) -> bool {

@@ -132,7 +132,7 @@ pub fn move_to_s3(
     stop: &AtomicBool,
     progress: ProgressFn,
 ) -> Result<Outcome> {
-    move_to_s3::run(cluster, opts, stop, progress)
+    counted("move-to-s3", move_to_s3::run(cluster, opts, stop, progress))
 }
 
 /// Per Storage Node: the files and bytes waiting for move-to-s3, or why
@@ -155,7 +155,7 @@ pub fn copy_to_s3(
     stop: &AtomicBool,
     progress: ProgressFn,
 ) -> Result<Outcome> {
-    copy_to_s3::run(cluster, opts, stop, progress)
+    counted("copy-to-s3", copy_to_s3::run(cluster, opts, stop, progress))
 }
 
 /// `tshs restore-from-s3 <storage-id> <connection-options>`.

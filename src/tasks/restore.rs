@@ -5,7 +5,7 @@
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::cluster::{Cluster, SpaceStatus};
+use crate::cluster::{Cluster, SpaceStatus, VolumeRow};
 
 /// `restore_help`.
 pub const HELP: &str = "\
@@ -88,18 +88,28 @@ fn reactivate_one(cluster: &Cluster, id: u32, root: &str, out: &mut String) -> R
     Ok(())
 }
 
-pub fn deactivate_volume(cluster: &Cluster, vol: u32) -> Result<String> {
+/// A volume and the ids of its spaces in `status` (deleted spaces never).
+fn volume_spaces(
+    cluster: &Cluster,
+    vol: u32,
+    status: SpaceStatus,
+) -> Result<(VolumeRow, Vec<u32>)> {
     let volume = cluster
         .volumes()?
         .into_iter()
         .find(|v| v.id == vol)
         .ok_or_else(|| anyhow!("there is no volume {vol} (see tshs list-volumes)"))?;
-    let spaces: Vec<u32> = cluster
+    let spaces = cluster
         .spaces_in_volume(vol)?
         .into_iter()
-        .filter(|s| s.status == SpaceStatus::Active)
+        .filter(|s| s.status == status)
         .map(|s| s.id)
         .collect();
+    Ok((volume, spaces))
+}
+
+pub fn deactivate_volume(cluster: &Cluster, vol: u32) -> Result<String> {
+    let (volume, spaces) = volume_spaces(cluster, vol, SpaceStatus::Active)?;
     if spaces.is_empty() {
         bail!("volume {} has no active space to deactivate", volume.name);
     }
@@ -121,17 +131,7 @@ pub fn deactivate_volume(cluster: &Cluster, vol: u32) -> Result<String> {
 }
 
 pub fn reactivate_volume(cluster: &Cluster, vol: u32, root: &str) -> Result<String> {
-    let volume = cluster
-        .volumes()?
-        .into_iter()
-        .find(|v| v.id == vol)
-        .ok_or_else(|| anyhow!("there is no volume {vol} (see tshs list-volumes)"))?;
-    let spaces: Vec<u32> = cluster
-        .spaces_in_volume(vol)?
-        .into_iter()
-        .filter(|s| s.status == SpaceStatus::Deactivated)
-        .map(|s| s.id)
-        .collect();
+    let (volume, spaces) = volume_spaces(cluster, vol, SpaceStatus::Deactivated)?;
     if spaces.is_empty() {
         bail!(
             "volume {} has no deactivated space to reactivate",
