@@ -216,7 +216,18 @@ impl Tree {
             .flags(flags | OFlag::O_CLOEXEC)
             .mode(mode)
             .resolve(RESOLVE);
-        openat2(self.root.as_fd(), &rel.to_path(), how).map_err(|e| match e {
+        // openat2 answers EAGAIN when a rename or a mount anywhere on the
+        // machine raced the lookup (RESOLVE_BENEATH); it is then retried.
+        let path = rel.to_path();
+        let mut r = openat2(self.root.as_fd(), &path, how);
+        for _ in 0..20 {
+            if !matches!(r, Err(Errno::EAGAIN)) {
+                break;
+            }
+            std::thread::yield_now();
+            r = openat2(self.root.as_fd(), &path, how);
+        }
+        r.map_err(|e| match e {
             Errno::EXDEV => Error::Refused("the path leads outside the served tree"),
             Errno::ELOOP => Error::Refused("too many symbolic links in the path"),
             errno => Error::Sys { op: "open", errno },
