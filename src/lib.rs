@@ -15,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod fs;
 pub mod fuse;
+pub mod import;
 pub mod logging;
 pub mod metrics;
 pub mod mount;

@@ -144,13 +144,13 @@ fn bad_input_fails_with_one_clear_line() {
 }
 
 #[test]
-fn tasks_not_in_this_version_say_so_in_the_reference_order() {
+fn tasks_with_nothing_to_do_say_so_in_the_reference_order() {
     let c = TestCluster::with_nodes();
     let out = c.ok(&["do-tasks", "copy-to-s3", "perform-import", "move-to-s3"]);
     // move-to-s3 and copy-to-s3 without an S3 host have nothing to do.
     assert_eq!(
         out,
-        "perform-import: nothing to do (not available in this version)\n\
+        "perform-import: nothing to do\n\
          move-to-s3: nothing to do\n\
          copy-to-s3: nothing to do\n"
     );

@@ -13,7 +13,7 @@ mod stop;
 pub mod table;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -155,6 +155,20 @@ pub enum Command {
         /// host=…;port=…;user=…;password=…;database=…
         connection_options: String,
     },
+    /// Import an on-disk /spacedata tree while it is in use (TSHSImportVolumes).
+    ///
+    /// Records an IMPORT job and the volumes and spaces under PATH; the
+    /// mount serves them from then on (reading files not yet imported from
+    /// PATH), and perform-import copies the data in. PATH must not be
+    /// written to afterwards.
+    ImportVolumes {
+        path: PathBuf,
+        /// The S3 host the tree's files are tiered to (recorded in the job).
+        #[arg(long)]
+        s3_host_id: Option<u32>,
+    },
+    /// Maintenance task: import what the IMPORT job has left.
+    PerformImport,
     /// Maintenance task: move the spaces of split nodes to their new node.
     CopyShards,
     /// Maintenance task: purge the files and spaces marked deleted.
@@ -253,12 +267,39 @@ impl Command {
         matches!(
             self,
             Command::CopyShards
+                | Command::PerformImport
                 | Command::RemoveDeleted { .. }
                 | Command::DoTasks { .. }
                 | Command::MoveToS3 { .. }
                 | Command::CopyToS3
         )
     }
+}
+
+/// `import-volumes`: checks the tree, then registers it in one transaction.
+fn import_volumes(cluster: &Cluster, path: &Path, s3_host: Option<u32>) -> Result<String> {
+    let root = std::fs::canonicalize(path)
+        .map_err(|e| anyhow::anyhow!("cannot import {}: {e}", path.display()))?;
+    let volumes = crate::import::scan_root(&root)?;
+    if volumes.iter().all(|v| v.spaces.is_empty()) {
+        bail!(
+            "cannot import {}: it holds no spaces (<volume>/<space id>/…)",
+            root.display()
+        );
+    }
+    let r = cluster.register_import(&root, &volumes, s3_host)?;
+    let mut s = format!(
+        "Import job {} created: {} space(s) in {} volume(s) from {}\n",
+        r.job,
+        r.spaces,
+        volumes.len(),
+        root.display()
+    );
+    for v in &r.new_volumes {
+        s += &format!("Volume '{v}' created\n");
+    }
+    s += "The mount serves these spaces now; run tshs perform-import to copy their data in.\n";
+    Ok(s)
 }
 
 fn parse_metrics_addr(v: &str) -> Result<std::net::SocketAddr, String> {
@@ -494,6 +535,10 @@ pub fn execute(
                 "Storage node {id} created (MIRROR_SHARD; run tshs copy-shards)\n{}",
                 list_storage_nodes(cluster)?
             )
+        }
+        Command::ImportVolumes { path, s3_host_id } => import_volumes(cluster, path, *s3_host_id)?,
+        Command::PerformImport => {
+            return runner.run_task(cluster, Task::PerformImport, &runner.options(), out);
         }
         Command::CopyShards => {
             return runner.run_task(cluster, Task::CopyShards, &runner.options(), out);

@@ -96,6 +96,7 @@ pub fn unit(task: &str) -> &'static str {
         "remove-deleted" => "spaces and inodes",
         "move-to-s3" => "files",
         "copy-to-s3" => "spaces",
+        "perform-import" => "spaces",
         _ => "items",
     }
 }

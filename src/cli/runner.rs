@@ -212,13 +212,7 @@ impl Runner {
             Task::RemoveDeleted => tasks::remove_deleted,
             Task::MoveToS3 => tasks::move_to_s3,
             Task::CopyToS3 => tasks::copy_to_s3,
-            Task::PerformImport => {
-                let line = format!(
-                    "{}: nothing to do (not available in this version)",
-                    task.name()
-                );
-                return self.say(out, &line, true);
-            }
+            Task::PerformImport => tasks::perform_import,
         };
         let mut failures = 0;
         loop {

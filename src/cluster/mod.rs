@@ -7,6 +7,7 @@
 //! nothing.
 
 mod access_points;
+mod imports;
 mod jobs;
 mod nodes;
 mod route;
@@ -20,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use mysql::prelude::Queryable;
 
 pub use access_points::{AccessPoint, AccessPointRow, Liveness};
+pub use imports::{ImportJob, ImportingSpace, Registered};
 pub use jobs::JobRow;
 pub use nodes::{NodeRow, NodeTotals, Phase};
 pub use route::{Route, Router, is_fenced};
@@ -124,6 +126,18 @@ const MIGRATIONS: &[(u32, &[&str])] = &[
                 is_current TINYINT UNSIGNED NOT NULL DEFAULT 0,
                 created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP
             ) ENGINE=InnoDB",
+        ],
+    ),
+    (
+        4,
+        &[
+            // Import of an on-disk tree (import-volumes): the directory a
+            // space is imported from, set until its tree (names, attributes;
+            // not yet the data) is in its Storage Node.
+            // `import_job` stays set until the space's data is imported too.
+            "ALTER TABLE spaces ADD COLUMN IF NOT EXISTS import_from VARBINARY(4096) NULL,
+                                ADD COLUMN IF NOT EXISTS import_job BIGINT UNSIGNED NULL,
+                                ADD KEY IF NOT EXISTS importing (import_job)",
         ],
     ),
 ];

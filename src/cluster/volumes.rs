@@ -5,6 +5,8 @@
 //! split moves it. Removing a space marks it `deleted` and records a `DELETE`
 //! job; `remove-deleted` purges its rows later.
 
+use std::os::unix::ffi::OsStringExt;
+
 use anyhow::{Result, anyhow, bail};
 use mysql::prelude::Queryable;
 
@@ -84,6 +86,9 @@ pub struct SpaceRow {
     pub node_id: u32,
     pub status: SpaceStatus,
     pub restore_id: u32,
+    /// The on-disk directory the space's tree is still to be imported from
+    /// (see [`crate::import`]).
+    pub import_from: Option<std::path::PathBuf>,
 }
 
 /// A space as `list_spaces` shows it.
@@ -276,24 +281,30 @@ impl Cluster {
     }
 
     fn query_spaces(&self, filter: &str, arg: u32) -> Result<Vec<SpaceRow>> {
-        let rows: Vec<(u32, u32, u32, String, u32)> = self
+        type Row = (u32, u32, u32, String, u32, Option<Vec<u8>>);
+        let rows: Vec<Row> = self
             .admin
             .conn()?
             .exec(
-                format!("SELECT id, volume_id, node_id, status, restore_id FROM spaces {filter}"),
+                format!(
+                    "SELECT id, volume_id, node_id, status, restore_id, import_from FROM spaces {filter}"
+                ),
                 (arg,),
             )
             .map_err(|e| self.admin.err(e))?;
         rows.into_iter()
-            .map(|(id, volume_id, node_id, status, restore_id)| {
-                Ok(SpaceRow {
-                    id,
-                    volume_id,
-                    node_id,
-                    status: SpaceStatus::parse(&status)?,
-                    restore_id,
-                })
-            })
+            .map(
+                |(id, volume_id, node_id, status, restore_id, import_from)| {
+                    Ok(SpaceRow {
+                        id,
+                        volume_id,
+                        node_id,
+                        status: SpaceStatus::parse(&status)?,
+                        restore_id,
+                        import_from: import_from.map(|p| std::ffi::OsString::from_vec(p).into()),
+                    })
+                },
+            )
             .collect()
     }
 
@@ -347,6 +358,7 @@ impl Cluster {
             node_id,
             status: SpaceStatus::Active,
             restore_id: 0,
+            import_from: None,
         })
     }
 

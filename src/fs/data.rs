@@ -328,7 +328,8 @@ impl OpenInode {
                     c.exec(
                         "SELECT off, data, NULL, NULL FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ?
                          UNION ALL
-                         SELECT NULL, s3_key, s3_host, size FROM inodes WHERE space_id = ? AND ino = ? AND s3_key IS NOT NULL",
+                         SELECT NULL, COALESCE(s3_key, import_path), s3_host, size FROM inodes
+                         WHERE space_id = ? AND ino = ? AND (s3_key IS NOT NULL OR import_path IS NOT NULL)",
                         (self.space, self.ino, first, last, self.space, self.ino),
                     )
                 })
@@ -337,6 +338,15 @@ impl OpenInode {
         let mut rows = query()?;
         let mut attempt = 0;
         loop {
+            if let Some((_, path, _, Some(size))) =
+                rows.iter().find(|r| r.0.is_none() && r.2.is_none())
+            {
+                // Not imported yet: read from the on-disk tree.
+                let path = crate::import::path_of(path);
+                let data = crate::import::read_span(path, *size, first, last)
+                    .map_err(|e| super::error::store_failed(self.space, self.ino, e))?;
+                return Ok(extents_of(first, &data));
+            }
             let object = rows.iter().find_map(|r| match r {
                 (None, key, Some(host), Some(size)) => Some((*host, key.clone(), *size)),
                 _ => None,
@@ -386,11 +396,7 @@ impl OpenInode {
             super::error::store_failed(self.space, self.ino, e);
             Some(kind)
         })?;
-        Ok(data
-            .chunks(E as usize)
-            .enumerate()
-            .map(|(i, d)| (first + i as u64 * E, d.to_vec()))
-            .collect())
+        Ok(extents_of(first, &data))
     }
 
     /// Runs one prefetch (on a prefetch worker).
@@ -773,14 +779,39 @@ impl OpenInode {
 /// Bytes of an object fetched per ranged GET while a file comes back.
 const RECALL_CHUNK: u64 = 32 * E;
 
-/// Locks the inode's row and, if its data is in the object store, brings
-/// it back into extents (`need_data`; otherwise the file is being emptied
-/// and the object is simply let go), in the caller's transaction. The
-/// object is recorded as garbage: remove-deleted deletes it after the grace
-/// period (other mounts may still be reading it). Returns the inode's size
-/// and, if it was in the store, its new `stored`; `None` if there is no
-/// such inode. A store failure aborts the transaction with `EIO`.
-pub(super) fn recall(
+/// Brings one file's data into the database from wherever it is (the
+/// object store or an imported disk tree): perform-import's step per file.
+/// Returns the bytes brought in (0 if nothing was elsewhere, or the file is
+/// gone). Failures are logged with their cause.
+pub fn bring_in(route: &Route, space: u32, ino: u64) -> FsResult<u64> {
+    let abort = Abort::default();
+    let r = route
+        .tx(|tx| recall(tx, route, space, ino, true, &abort))
+        .map_err(|e| tx_errno(route.id(), "import", e, &abort))?;
+    Ok(match r {
+        Some((size, Some(_))) => size,
+        _ => 0,
+    })
+}
+
+/// `data` read from `first` on, cut into extents.
+fn extents_of(first: u64, data: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    data.chunks(E as usize)
+        .enumerate()
+        .map(|(i, d)| (first + i as u64 * E, d.to_vec()))
+        .collect()
+}
+
+/// Locks the inode's row and, if its data is in the object store or still
+/// on the imported disk tree, brings it into extents (`need_data`;
+/// otherwise the file is being emptied and the data is simply let go), in
+/// the caller's transaction. An object is recorded as garbage:
+/// remove-deleted deletes it after the grace period (other mounts may still
+/// be reading it); an imported file on disk is left as it is. Returns the
+/// inode's size and, if its data was elsewhere, its new `stored`; `None` if
+/// there is no such inode. A store or disk failure aborts the transaction
+/// with `EIO`.
+pub(crate) fn recall(
     tx: &mut Transaction<'_>,
     route: &Route,
     space: u32,
@@ -788,58 +819,94 @@ pub(super) fn recall(
     need_data: bool,
     abort: &Abort,
 ) -> Result<Option<(u64, Option<u64>)>, mysql::Error> {
-    let row: Option<(u64, Option<u32>, Option<Vec<u8>>)> = tx.exec_first(
-        "SELECT size, s3_host, s3_key FROM inodes WHERE space_id = ? AND ino = ? FOR UPDATE",
+    type Row = (u64, Option<u32>, Option<Vec<u8>>, Option<Vec<u8>>);
+    let row: Option<Row> = tx.exec_first(
+        "SELECT size, s3_host, s3_key, import_path FROM inodes WHERE space_id = ? AND ino = ? FOR UPDATE",
         (space, ino),
     )?;
-    let (size, host, key) = match row {
-        None => return Ok(None),
-        Some((size, Some(host), Some(key))) => (size, host, key),
-        Some((size, _, _)) => return Ok(Some((size, None))),
+    let Some((size, host, key, import_path)) = row else {
+        return Ok(None);
     };
-    let mut stored = 0u64;
-    if need_data {
-        let text = String::from_utf8_lossy(&key).into_owned();
-        let store = route.cluster().object_store(host).map_err(|e| {
-            abort.fail(super::error::store_failed(
-                space,
-                ino,
-                format!("S3 host {host}: {e:#}"),
-            ))
-        })?;
+    let stored = if let Some(path) = import_path {
+        let path = crate::import::path_of(&path);
+        let stored = if need_data {
+            copy_in(tx, space, ino, size, |off, n| {
+                crate::import::read_span(path, size, off, off + n)
+                    .map_err(|e| abort.fail(super::error::store_failed(space, ino, e)))
+            })?
+        } else {
+            0
+        };
         tx.exec_drop(
-            "DELETE FROM extents WHERE space_id = ? AND ino = ?",
-            (space, ino),
+            "UPDATE inodes SET import_path = NULL, stored = ? WHERE space_id = ? AND ino = ?",
+            (stored, space, ino),
         )?;
-        let mut off = 0;
-        while off < size {
-            let n = RECALL_CHUNK.min(size - off);
-            let data = store
-                .get_range(&text, off, n)
-                .map_err(|e| abort.fail(super::error::store_failed(space, ino, e)))?;
-            for (i, piece) in data.chunks(E as usize).enumerate() {
-                // All-zero extents stay holes.
-                if piece.iter().any(|b| *b != 0) {
-                    tx.exec_drop(
-                        "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)",
-                        (space, ino, off + i as u64 * E, piece.len(), piece),
-                    )?;
-                    stored += piece.len() as u64;
-                }
-            }
-            off += n;
-        }
-    }
-    tx.exec_drop(
-        "UPDATE inodes SET s3_host = NULL, s3_key = NULL, stored = ? WHERE space_id = ? AND ino = ?",
-        (stored, space, ino),
-    )?;
-    tx.exec_drop(
-        "INSERT INTO s3_uploads (s3_host, s3_key, space_id, ino, state, touched_at) VALUES (?, ?, ?, ?, 'garbage', ?)",
-        (host, &key, space, ino, now_ns()),
-    )?;
-    log::debug!("space {space} inode {ino}: back from S3 host {host} for a change");
+        stored
+    } else if let (Some(host), Some(key)) = (host, key) {
+        let stored = if need_data {
+            let text = String::from_utf8_lossy(&key).into_owned();
+            let store = route.cluster().object_store(host).map_err(|e| {
+                abort.fail(super::error::store_failed(
+                    space,
+                    ino,
+                    format!("S3 host {host}: {e:#}"),
+                ))
+            })?;
+            copy_in(tx, space, ino, size, |off, n| {
+                store
+                    .get_range(&text, off, n)
+                    .map_err(|e| abort.fail(super::error::store_failed(space, ino, e)))
+            })?
+        } else {
+            0
+        };
+        tx.exec_drop(
+            "UPDATE inodes SET s3_host = NULL, s3_key = NULL, stored = ? WHERE space_id = ? AND ino = ?",
+            (stored, space, ino),
+        )?;
+        tx.exec_drop(
+            "INSERT INTO s3_uploads (s3_host, s3_key, space_id, ino, state, touched_at) VALUES (?, ?, ?, ?, 'garbage', ?)",
+            (host, &key, space, ino, now_ns()),
+        )?;
+        log::debug!("space {space} inode {ino}: back from S3 host {host} for a change");
+        stored
+    } else {
+        return Ok(Some((size, None)));
+    };
     Ok(Some((size, Some(stored))))
+}
+
+/// Writes a file's whole data, read in `RECALL_CHUNK` pieces with `read`,
+/// as its extents (replacing any). Returns the bytes stored.
+fn copy_in(
+    tx: &mut Transaction<'_>,
+    space: u32,
+    ino: u64,
+    size: u64,
+    read: impl Fn(u64, u64) -> Result<Vec<u8>, mysql::Error>,
+) -> Result<u64, mysql::Error> {
+    tx.exec_drop(
+        "DELETE FROM extents WHERE space_id = ? AND ino = ?",
+        (space, ino),
+    )?;
+    let mut stored = 0u64;
+    let mut off = 0;
+    while off < size {
+        let n = RECALL_CHUNK.min(size - off);
+        let data = read(off, n)?;
+        for (i, piece) in data.chunks(E as usize).enumerate() {
+            // All-zero extents stay holes.
+            if piece.iter().any(|b| *b != 0) {
+                tx.exec_drop(
+                    "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)",
+                    (space, ino, off + i as u64 * E, piece.len(), piece),
+                )?;
+                stored += piece.len() as u64;
+            }
+        }
+        off += n;
+    }
+    Ok(stored)
 }
 
 /// Writes `data` at `pos` where `pos` is at or past every extent's end (an

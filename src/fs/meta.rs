@@ -249,7 +249,7 @@ pub fn getattr_with_head(
     let row: Option<Row> = shard.read(|conn| {
         conn.exec_first(
             format!(
-                "SELECT {I_COLUMNS}, IF(i.size <= ? AND i.mode & ? = ? AND i.s3_key IS NULL, COALESCE(e.data, ''), NULL)
+                "SELECT {I_COLUMNS}, IF(i.size <= ? AND i.mode & ? = ? AND i.s3_key IS NULL AND i.import_path IS NULL, COALESCE(e.data, ''), NULL)
                  FROM inodes i LEFT JOIN extents e ON e.space_id = i.space_id AND e.ino = i.ino AND e.off = 0
                  WHERE i.space_id = ? AND i.ino = ? AND i.state < 2"
             ),

@@ -125,6 +125,8 @@ pub struct Fs {
     pending: Arc<AtomicUsize>,
     /// Inode numbers reserved for deferred creates, per space: [next, end).
     reserved_ids: Mutex<HashMap<u32, (u64, u64)>>,
+    /// Held while a space's tree is imported from disk on first use.
+    importing: Mutex<()>,
 }
 
 /// How long a statfs answer is reused.
@@ -195,6 +197,7 @@ impl Fs {
             changes: Mutex::default(),
             change_commit: Mutex::default(),
             reserved_ids: Mutex::default(),
+            importing: Mutex::default(),
             xattrs: xattr_cache::XattrCache::new(100_000, cfg.xattr_ttl),
             usage: Mutex::default(),
             cache,
@@ -277,8 +280,46 @@ impl Fs {
 
     /// The Storage Node of a space that may be used by `caller`.
     fn shard(&self, space: u32) -> FsResult<Route> {
-        self.space(space)?;
+        let (s, _) = self.space(space)?;
+        if let Some(dir) = s.import_from {
+            self.import_tree(space, &dir)?;
+        }
         Ok(self.router.route(space))
+    }
+
+    /// Brings a space's tree in from the disk it is imported from, the first
+    /// time the space is used (see [`crate::import`]); its files' data
+    /// follows later. One space at a time: a thread that waited finds it
+    /// done.
+    fn import_tree(&self, space: u32, dir: &std::path::Path) -> FsResult<()> {
+        let _one = self.importing.lock().unwrap();
+        if self
+            .reload_view()?
+            .spaces
+            .get(&space)
+            .is_none_or(|s| s.import_from.is_none())
+        {
+            return Ok(());
+        }
+        let started = Instant::now();
+        match crate::import::import_tree(&self.router.route(space), space, dir) {
+            Ok(Some(t)) => log::info!(
+                "space {space}: imported {} inodes and {} names from {} in {:.1?} ({} bytes of data to follow)",
+                t.inodes,
+                t.entries,
+                dir.display(),
+                started.elapsed(),
+                t.bytes
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                log::error!("space {space}: {e:#}");
+                return Err(Errno::EIO);
+            }
+        }
+        self.cluster.tree_imported(space).map_err(admin_failed)?;
+        drop(self.reload_view()?);
+        Ok(())
     }
 
     /// Refuses a deactivated space (being restored) to everyone but root

@@ -38,7 +38,7 @@ pub struct Orphan {
 /// The files that may move: regular, live, in the database, unchanged
 /// since `settled_before` (data and attributes), not named `last.log`, of
 /// an eligible size (`max` 0: no limit).
-const ELIGIBLE: &str = "i.state = 0 AND i.mode & 0o170000 = 0o100000 AND i.s3_key IS NULL
+const ELIGIBLE: &str = "i.state = 0 AND i.mode & 0o170000 = 0o100000 AND i.s3_key IS NULL AND i.import_path IS NULL
      AND i.mtime < ? AND i.ctime < ? AND i.size >= ? AND (? = 0 OR i.size <= ?)
      AND NOT EXISTS (SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log')";
 
@@ -139,7 +139,8 @@ impl Shard {
 
     /// The move's last step, in one transaction: if the inode is still the
     /// version uploaded and the upload's record is still ours, the inode
-    /// names the object and its extents go. False: the file changed (or
+    /// names the object and its extents go (or its file on an imported
+    /// tree is let go: perform-import uploads from there). False: the file changed (or
     /// its space is being moved) and the object is not used.
     pub fn finish_move(&self, c: &Candidate, host: u32, key: &str, upload: u64) -> Result<bool> {
         let r = self.tx(|tx| {
@@ -159,7 +160,7 @@ impl Shard {
                 return Ok(false);
             }
             tx.exec_drop(
-                "UPDATE inodes SET s3_host = ?, s3_key = ? WHERE space_id = ? AND ino = ?",
+                "UPDATE inodes SET s3_host = ?, s3_key = ?, import_path = NULL WHERE space_id = ? AND ino = ?",
                 (host, key, c.space, c.ino),
             )?;
             tx.exec_drop(

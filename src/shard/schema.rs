@@ -23,6 +23,11 @@
 //! deletes the objects of garbage rows older than the grace period and of
 //! uploads whose process stopped renewing them. Not keyed by space: the
 //! rows stay with the node that made them, also when a space moves.
+//!
+//! Migration 4 (import): `inodes.import_path` is the on-disk file a regular
+//! file's data is still read from after import-volumes brought its space's
+//! tree in; perform-import (or the first change) copies the data into
+//! extents and clears it. The file on disk is never changed or deleted.
 
 pub const TABLES: &[&str] = &[
     "schema_migrations",
@@ -157,5 +162,9 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
                 KEY (state, touched_at)
             ) ENGINE=InnoDB",
         ],
+    ),
+    (
+        4,
+        &["ALTER TABLE inodes ADD COLUMN IF NOT EXISTS import_path VARBINARY(4096) NULL"],
     ),
 ];

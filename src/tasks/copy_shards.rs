@@ -169,11 +169,12 @@ fn candidates(cluster: &Cluster, opts: &TaskOptions) -> Result<Vec<Candidate>> {
             continue;
         }
         // Deleted spaces are not copied: remove-deleted purges them where
-        // they are (the node becomes active once they are gone).
+        // they are (the node becomes active once they are gone). A space
+        // whose tree is still on disk (import) has no rows to move yet.
         // (A deleted space whose move had begun is finished, though.)
         let ids: Vec<u32> = conn
             .exec(
-                "SELECT id FROM spaces WHERE node_id = ? AND (status <> 'deleted'
+                "SELECT id FROM spaces WHERE node_id = ? AND import_from IS NULL AND (status <> 'deleted'
                      OR id IN (SELECT space_id FROM space_moves WHERE state <> 'purging'))",
                 (src,),
             )

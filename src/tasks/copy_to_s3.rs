@@ -128,8 +128,11 @@ fn back_up_space(shard: &Shard, store: &S3Store, host: &S3Host, space: u32) -> R
     );
     let snapshot = shard
         .tx(|tx| {
+            // A space whose data is still being imported is backed up
+            // once it is all in (its files on disk have no extents yet).
             let counters: Option<(u64, u64)> = tx.exec_first(
-                "SELECT next_ino, next_seq FROM spaces WHERE space_id = ?",
+                "SELECT next_ino, next_seq FROM spaces s WHERE space_id = ? AND NOT EXISTS
+                   (SELECT 1 FROM inodes i WHERE i.space_id = s.space_id AND i.import_path IS NOT NULL)",
                 (space,),
             )?;
             let inodes: Vec<mysql::Row> = tx.exec(

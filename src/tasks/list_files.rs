@@ -23,7 +23,8 @@ pub fn run(cluster: &Cluster, space: u32, path: Option<&str>) -> Result<Vec<File
     type Inode = (u64, u32, u64, u8, i64, u8);
     let inodes: Vec<Inode> = db.read(|c| {
         c.exec(
-            "SELECT ino, mode, size, state, mtime, s3_key IS NOT NULL FROM inodes WHERE space_id = ?",
+            "SELECT ino, mode, size, state, mtime, IF(s3_key IS NOT NULL, 1, IF(import_path IS NOT NULL, 2, 0))
+             FROM inodes WHERE space_id = ?",
             (space,),
         )
     })?;
@@ -81,8 +82,10 @@ pub fn run(cluster: &Cluster, space: u32, path: Option<&str>) -> Result<Vec<File
     let state_of = |i: &Inode, name: &str| {
         if i.3 > 0 {
             FileState::Deleted
-        } else if i.5 != 0 {
+        } else if i.5 == 1 {
             FileState::OnS3
+        } else if i.5 == 2 {
+            FileState::OnDisk
         } else if i.4 < settled_before && !name.ends_with("last.log") {
             FileState::ReadOnly
         } else {

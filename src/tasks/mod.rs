@@ -2,7 +2,7 @@
 //! copy-shards (finish a split), remove-deleted (purge what was marked
 //! deleted), move-to-s3 (tier settled files to the object store),
 //! copy-to-s3 and restore-from-s3 (back up to the store, rebuild a lost
-//! node from it), and list-files (what a space holds). Each task does a bounded
+//! node from it), perform-import (bring an on-disk tree in), and list-files (what a space holds). Each task does a bounded
 //! step at a time, checks `stop` and the deadline between steps, and can be
 //! stopped and restarted at any point without losing anything.
 
@@ -11,6 +11,7 @@ use std::time::Instant;
 
 mod copy_shards;
 mod copy_to_s3;
+mod import;
 mod list_files;
 mod manifest;
 mod move_to_s3;
@@ -111,6 +112,16 @@ fn counted(task: &'static str, r: Result<Outcome>) -> Result<Outcome> {
     r
 }
 
+/// `tshs perform-import`: imports what the `IMPORT` job has left.
+pub fn perform_import(
+    cluster: &Cluster,
+    opts: &TaskOptions,
+    stop: &AtomicBool,
+    progress: ProgressFn,
+) -> Result<Outcome> {
+    counted("perform-import", import::run(cluster, opts, stop, progress))
+}
+
 /// `tshs remove-deleted`: purges inodes and spaces marked deleted once no
 /// open handle or upload can still use them.
 pub fn remove_deleted(
@@ -172,6 +183,8 @@ pub fn restore_from_s3(
 pub enum FileState {
     InDb,
     OnS3,
+    /// Still read from the tree import-volumes brought in.
+    OnDisk,
     ReadOnly,
     Deleted,
 }
@@ -181,6 +194,7 @@ impl FileState {
         match self {
             FileState::InDb => "InDB",
             FileState::OnS3 => "OnS3",
+            FileState::OnDisk => "OnDisk",
             FileState::ReadOnly => "R/O",
             FileState::Deleted => "deleted",
         }

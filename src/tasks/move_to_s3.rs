@@ -48,7 +48,7 @@ const BATCH: usize = 200;
 const READ_EXTENTS: u64 = 64;
 
 /// What happened to one file.
-enum Moved {
+pub(super) enum Moved {
     Done,
     Changed,
 }
@@ -116,7 +116,9 @@ pub fn run(
                             let Some(c) = queue.lock().unwrap().next() else {
                                 return;
                             };
-                            match move_one(&shard, &store, &host, &c, opts, stop) {
+                            let read =
+                                |off: u64, len: usize| read_range(&shard, c.space, c.ino, off, len);
+                            match move_one(&shard, &store, &host, &c, &read, opts, stop) {
                                 Ok(Moved::Done) => {
                                     let d = done.fetch_add(1, Ordering::AcqRel) + 1;
                                     let b = bytes.fetch_add(c.size, Ordering::AcqRel) + c.size;
@@ -185,12 +187,13 @@ fn waiting(cluster: &Cluster, host: &S3Host, settle: Duration, opts: &TaskOption
     Ok(n)
 }
 
-/// Moves one file (see the module's steps).
-fn move_one(
+/// Moves one file (see the module's steps), its data read with `read`.
+pub(super) fn move_one(
     shard: &Shard,
     store: &S3Store,
     host: &S3Host,
     c: &Candidate,
+    read: &(dyn Fn(u64, usize) -> Result<Vec<u8>> + Sync),
     opts: &TaskOptions,
     stop: &AtomicBool,
 ) -> Result<Moved> {
@@ -210,7 +213,6 @@ fn move_one(
             }
         })
     };
-    let read = |off: u64, len: usize| read_range(shard, c.space, c.ino, off, len);
     let started = |upload_id: &str| shard.touch_upload(record, Some(upload_id));
     let check = |_sent: u64| -> Result<()> {
         if opts.should_stop(stop) {

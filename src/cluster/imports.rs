@@ -1,0 +1,191 @@
+//! `IMPORT` jobs in the Admin Node: which spaces an import brings in and how
+//! far each got (see [`crate::import`] for the steps). A space of an import
+//! has `import_job` set until its data is in, and `import_from` until its
+//! tree is; the job is renamed `IMPORTED` when none of its spaces is left.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+use mysql::prelude::Queryable;
+
+use super::Cluster;
+use crate::import::DiskVolume;
+use crate::placement;
+
+/// An `IMPORT` (or finished, `IMPORTED`) job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportJob {
+    pub id: u64,
+    pub path: PathBuf,
+    pub s3_host: Option<u32>,
+    pub finished: bool,
+}
+
+/// A space an import has not finished: its tree is still on disk at
+/// `tree` (`None` once imported; then only data may be left).
+#[derive(Clone, Debug)]
+pub struct ImportingSpace {
+    pub id: u32,
+    pub tree: Option<PathBuf>,
+}
+
+/// What `import-volumes` registered.
+#[derive(Clone, Debug)]
+pub struct Registered {
+    pub job: u64,
+    pub new_volumes: Vec<String>,
+    pub spaces: usize,
+}
+
+impl Cluster {
+    /// Records an `IMPORT` job of the tree at `root` (absolute) with its
+    /// volumes (created if missing) and spaces, in one transaction: all of
+    /// it or nothing. A space ID the cluster already has is refused.
+    pub fn register_import(
+        &self,
+        root: &Path,
+        volumes: &[DiskVolume],
+        s3_host: Option<u32>,
+    ) -> Result<Registered> {
+        self.require_admin_node()?;
+        if let Some(h) = s3_host {
+            self.s3_host(h)?;
+        }
+        if let Some(j) = self.import_jobs()?.into_iter().find(|j| !j.finished) {
+            bail!(
+                "import job {} of {} is not finished yet (see tshs list-jobs)",
+                j.id,
+                j.path.display()
+            );
+        }
+        let ranges = self.ranges()?;
+        let mut conn = self.admin.conn()?;
+        let mut tx = conn
+            .start_transaction(Default::default())
+            .map_err(|e| self.admin.err(e))?;
+        let mut parameters = format!("path={}", root.display());
+        if let Some(h) = s3_host {
+            parameters.push_str(&format!(";s3-host-id={h}"));
+        }
+        let job = self.add_job(&mut tx, "IMPORT", &parameters)?;
+        let mut new_volumes = Vec::new();
+        let mut spaces = 0;
+        for v in volumes {
+            let existing: Option<u32> = tx
+                .exec_first("SELECT id FROM volumes WHERE name = ?", (&v.name,))
+                .map_err(|e| self.admin.err(e))?;
+            let vol = match existing {
+                Some(id) => id,
+                None => {
+                    tx.exec_drop("INSERT INTO volumes (name) VALUES (?)", (&v.name,))
+                        .map_err(|e| self.admin.err(e))?;
+                    new_volumes.push(v.name.clone());
+                    tx.last_insert_id().unwrap_or(0) as u32
+                }
+            };
+            for (id, dir) in &v.spaces {
+                let node = placement::owner(&ranges, *id).ok_or_else(|| {
+                    anyhow!("no storage node owns space {id}: create a storage node first")
+                })?;
+                tx.exec_drop(
+                    "INSERT INTO spaces (id, volume_id, node_id, import_from, import_job) VALUES (?, ?, ?, ?, ?)",
+                    (id, vol, node, dir.as_os_str().as_bytes(), job),
+                )
+                .map_err(|e| match e {
+                    mysql::Error::MySqlError(m) if m.code == crate::db::code::DUP_ENTRY => {
+                        anyhow!("cannot import {}: space {id} already exists in the cluster", dir.display())
+                    }
+                    e => self.admin.err(e).into(),
+                })?;
+                spaces += 1;
+            }
+        }
+        tx.commit().map_err(|e| self.admin.err(e))?;
+        Ok(Registered {
+            job,
+            new_volumes,
+            spaces,
+        })
+    }
+
+    pub fn import_jobs(&self) -> Result<Vec<ImportJob>> {
+        Ok(self
+            .jobs()?
+            .into_iter()
+            .filter(|j| j.job == "IMPORT" || j.job == "IMPORTED")
+            .map(|j| {
+                let param = |name: &str| {
+                    j.parameters
+                        .split(';')
+                        .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+                        .map(str::to_string)
+                };
+                ImportJob {
+                    id: j.id,
+                    path: param("path").unwrap_or_default().into(),
+                    s3_host: param("s3-host-id").and_then(|h| h.parse().ok()),
+                    finished: j.job == "IMPORTED",
+                }
+            })
+            .collect())
+    }
+
+    /// The spaces of a job with something left to import.
+    pub fn importing_spaces(&self, job: u64) -> Result<Vec<ImportingSpace>> {
+        let rows: Vec<(u32, Option<Vec<u8>>)> = self
+            .admin
+            .read(|c| {
+                c.exec(
+                    "SELECT id, import_from FROM spaces WHERE import_job = ? ORDER BY id",
+                    (job,),
+                )
+            })
+            .map_err(|e| anyhow!(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, tree)| ImportingSpace {
+                id,
+                tree: tree.map(|t| crate::import::path_of(&t).to_path_buf()),
+            })
+            .collect())
+    }
+
+    /// Records that a space's tree is in its Storage Node.
+    pub fn tree_imported(&self, space: u32) -> Result<()> {
+        self.admin
+            .conn()?
+            .exec_drop(
+                "UPDATE spaces SET import_from = NULL WHERE id = ?",
+                (space,),
+            )
+            .map_err(|e| self.admin.err(e).into())
+    }
+
+    /// Records that a space's data is in too.
+    pub fn data_imported(&self, space: u32) -> Result<()> {
+        self.admin
+            .conn()?
+            .exec_drop(
+                "UPDATE spaces SET import_job = NULL WHERE id = ? AND import_from IS NULL",
+                (space,),
+            )
+            .map_err(|e| self.admin.err(e).into())
+    }
+
+    /// Renames a job `IMPORTED` if none of its spaces has anything left.
+    /// Returns whether it is finished.
+    pub fn finish_import(&self, job: u64) -> Result<bool> {
+        let mut conn = self.admin.conn()?;
+        conn.exec_drop(
+            "UPDATE jobs SET job = 'IMPORTED' WHERE id = ? AND job = 'IMPORT'
+             AND NOT EXISTS (SELECT 1 FROM spaces WHERE import_job = ?)",
+            (job, job),
+        )
+        .map_err(|e| self.admin.err(e))?;
+        let state: Option<String> = conn
+            .exec_first("SELECT job FROM jobs WHERE id = ?", (job,))
+            .map_err(|e| self.admin.err(e))?;
+        Ok(state.as_deref() == Some("IMPORTED"))
+    }
+}
