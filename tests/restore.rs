@@ -349,3 +349,63 @@ fn standby_volume_is_read_only_through_the_mount() {
     std::fs::write(s.join("g"), b"after").unwrap();
     assert_eq!(std::fs::read(s.join("g")).unwrap(), b"after");
 }
+
+#[test]
+fn space_titles_are_kept_only_while_store_space_names_is_on() {
+    let c = TestCluster::with_nodes();
+    let m = c.mount();
+    m.space(3);
+    m.space(4);
+    let e = c.fails(&["set-space-info", "3", "--title", "Project X"]);
+    assert!(e.contains("titles are not stored"), "{e}");
+    assert!(
+        c.ok(&["list-settings"])
+            .contains("StoreSpaceNames False False")
+    );
+
+    assert_eq!(
+        c.ok(&["set-setting", "storespacenames", "true"]),
+        "StoreSpaceNames = True\n"
+    );
+    c.ok(&[
+        "set-space-info",
+        "3",
+        "--title",
+        "Project X",
+        "--resource-id",
+        "r-77",
+    ]);
+    c.ok(&["set-space-info", "4", "--resource-id", "r-78"]);
+    let spaces = c.ok(&["list-spaces"]);
+    assert!(
+        spaces.contains("| vol01  | 3  | Project X | r-77  | 0      |"),
+        "{spaces}"
+    );
+    assert!(
+        spaces.contains("| vol01  | 4  |           | r-78  | 0      |"),
+        "{spaces}"
+    );
+
+    // Off again: titles are forgotten, resource IDs stay.
+    c.ok(&["set-setting", "StoreSpaceNames", "False"]);
+    let spaces = c.ok(&["list-spaces"]);
+    assert!(!spaces.contains("Project X"), "{spaces}");
+    assert!(spaces.contains("r-77"), "{spaces}");
+
+    for (args, want) in [
+        (
+            &["set-space-info", "99", "--resource-id", "x"][..],
+            "there is no space 99",
+        ),
+        (&["set-space-info", "3"][..], "nothing to set"),
+        (&["set-setting", "Nope", "1"][..], "unknown setting 'Nope'"),
+        (
+            &["set-setting", "StoreSpaceNames", "maybe"][..],
+            "True or False",
+        ),
+    ] {
+        let e = c.fails(args);
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    assert!(c.ok(&["list-settings"]).contains("StoreSpaceNames False"));
+}

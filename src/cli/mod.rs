@@ -125,6 +125,18 @@ pub enum Command {
     },
     /// List the spaces with volume, title, resource id and status (list_spaces; 0 active, 1 deactivated, 2 deleted).
     ListSpaces,
+    /// Set a space's title (kept only while StoreSpaceNames is True) and/or resource ID.
+    SetSpaceInfo {
+        space_id: u32,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        resource_id: Option<String>,
+    },
+    /// List the cluster settings with their values.
+    ListSettings,
+    /// Change a cluster setting (StoreSpaceNames True|False).
+    SetSetting { name: String, value: String },
     /// Deactivate a space for a restore (deactivate_space).
     DeactivateSpace { space_id: u32 },
     /// Reactivate a deactivated or deleted space after a restore (reactivate_space).
@@ -495,6 +507,29 @@ pub fn execute(
             let status = crate::cluster::VolumeStatus::parse(status)?;
             cluster.set_volume_status(*volume_id, status)?;
             format!("Volume {volume_id}: {}\n", status.as_str())
+        }
+        Command::SetSpaceInfo {
+            space_id,
+            title,
+            resource_id,
+        } => {
+            cluster.set_space_info(*space_id, title.as_deref(), resource_id.as_deref())?;
+            format!("Space {space_id} updated\n")
+        }
+        Command::ListSettings => {
+            let rows = cluster
+                .settings()?
+                .into_iter()
+                .zip(crate::cluster::SETTINGS)
+                .map(|((name, value), (_, default, about))| {
+                    Line::Row(vec![name, value, default.to_string(), about.to_string()])
+                })
+                .collect::<Vec<_>>();
+            table::render(&["Setting", "Value", "Default", "Meaning"], &rows)
+        }
+        Command::SetSetting { name, value } => {
+            let (name, value) = cluster.set_setting(name, value)?;
+            format!("{name} = {value}\n")
         }
         Command::ListSpaces => {
             let rows = cluster

@@ -12,6 +12,7 @@ mod jobs;
 mod nodes;
 mod route;
 mod s3_hosts;
+mod settings;
 mod volumes;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ pub use imports::{ImportJob, ImportingSpace, Registered};
 pub use jobs::JobRow;
 pub use nodes::{NodeRow, NodeTotals, Phase};
 pub use route::{Route, Router, is_fenced};
+pub use settings::{SETTINGS, STORE_SPACE_NAMES};
 pub use volumes::{
     SpaceListing, SpaceRow, SpaceStatus, VolumeRow, VolumeStatus, check_volume_name, parse_space_id,
 };
@@ -138,6 +140,11 @@ const MIGRATIONS: &[(u32, &[&str])] = &[
             "ALTER TABLE spaces ADD COLUMN IF NOT EXISTS import_from VARBINARY(4096) NULL,
                                 ADD COLUMN IF NOT EXISTS import_job BIGINT UNSIGNED NULL,
                                 ADD KEY IF NOT EXISTS importing (import_job)",
+            // Cluster settings (set-setting); a missing row has its default.
+            "CREATE TABLE IF NOT EXISTS settings (
+                name VARCHAR(64) NOT NULL PRIMARY KEY,
+                value VARCHAR(255) NOT NULL
+            ) ENGINE=InnoDB",
         ],
     ),
 ];
