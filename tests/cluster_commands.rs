@@ -29,6 +29,7 @@ fn create_admin_node_is_idempotent() {
             "jobs",
             "s3_hosts",
             "schema_migrations",
+            "settings",
             "spaces",
             "space_moves",
             "storage_nodes",
