@@ -22,19 +22,20 @@
 //! serves those spaces, and a file changed on disk behind its back is read
 //! with the size the import recorded.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
-use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use mysql::prelude::Queryable;
 
-use crate::cluster::{Route, check_volume_name, parse_space_id};
+use crate::cluster::{Cluster, check_volume_name, parse_space_id};
 use crate::db::TxError;
+use crate::shard::Shard;
 
 /// A volume found on disk and its spaces (ID, directory).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,18 +44,33 @@ pub struct DiskVolume {
     pub spaces: Vec<(u32, PathBuf)>,
 }
 
-/// Reads the layout of a `/spacedata` tree: `<volume>/<space id>/…`.
-/// Anything else at those two levels is refused (it would not be visible
-/// through the mount), except a `lost+found` at the top.
+/// Reads the layout of a `/spacedata` tree: `<volume>/<space id>/…` (a
+/// volume or space directory may be a symlink to where it lives). Anything
+/// else at those two levels is refused (the mount could not show it),
+/// except `lost+found`.
 pub fn scan_root(root: &Path) -> Result<Vec<DiskVolume>> {
     let meta =
         std::fs::metadata(root).with_context(|| format!("cannot import {}", root.display()))?;
     if !meta.is_dir() {
         bail!("cannot import {}: not a directory", root.display());
     }
+    if root.as_os_str().as_bytes().contains(&b';') {
+        bail!(
+            "cannot import {}: the path may not contain ';'",
+            root.display()
+        );
+    }
+    let fs = nix::sys::statfs::statfs(root)
+        .with_context(|| format!("cannot import {}", root.display()))?;
+    if fs.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC {
+        bail!(
+            "cannot import {}: it is on a FUSE file system (a tshs mount cannot import itself)",
+            root.display()
+        );
+    }
+    let is_dir = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_dir());
     let mut volumes = Vec::new();
-    for entry in sorted_dir(root)? {
-        let (name, path) = entry;
+    for (name, path) in sorted_dir(root)? {
         if name == "lost+found" {
             continue;
         }
@@ -62,7 +78,7 @@ pub fn scan_root(root: &Path) -> Result<Vec<DiskVolume>> {
             .to_str()
             .ok_or_else(|| anyhow!("cannot import {}: not a UTF-8 name", path.display()))?;
         check_volume_name(text).with_context(|| format!("cannot import {}", path.display()))?;
-        if !std::fs::symlink_metadata(&path)?.is_dir() {
+        if !is_dir(&path) {
             bail!(
                 "cannot import {}: only volume directories may be at the top",
                 path.display()
@@ -70,13 +86,16 @@ pub fn scan_root(root: &Path) -> Result<Vec<DiskVolume>> {
         }
         let mut spaces = Vec::new();
         for (sname, spath) in sorted_dir(&path)? {
+            if sname == "lost+found" {
+                continue;
+            }
             let id = sname.to_str().and_then(parse_space_id).ok_or_else(|| {
                 anyhow!(
                     "cannot import {}: not a space directory (a space's name is its decimal ID)",
                     spath.display()
                 )
             })?;
-            if !std::fs::symlink_metadata(&spath)?.is_dir() {
+            if !is_dir(&spath) {
                 bail!(
                     "cannot import {}: a space must be a directory",
                     spath.display()
@@ -104,6 +123,9 @@ pub fn scan_root(root: &Path) -> Result<Vec<DiskVolume>> {
     Ok(volumes)
 }
 
+/// `statfs`'s type of a FUSE file system.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
 fn sorted_dir(dir: &Path) -> Result<Vec<(std::ffi::OsString, PathBuf)>> {
     let mut out: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
@@ -115,36 +137,29 @@ fn sorted_dir(dir: &Path) -> Result<Vec<(std::ffi::OsString, PathBuf)>> {
 }
 
 /// Reads `[first, last)` of an imported file, cut at `size` (what the import
-/// recorded). Bytes the file on disk lacks read as zeros.
+/// recorded). A file that is no longer what was imported (another size, or
+/// a symlink now) is an error naming it: its bytes would be wrong.
 pub fn read_span(path: &Path, size: u64, first: u64, last: u64) -> io::Result<Vec<u8>> {
     let end = last.min(size);
     if first >= end {
         return Ok(Vec::new());
     }
-    let file = File::open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    let mut buf = vec![0u8; (end - first) as usize];
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], first + done as u64) {
-            Ok(0) => break, // shorter on disk: the rest stays zero
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
-        }
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(named)?;
+    let len = file.metadata().map_err(named)?.len();
+    if len != size {
+        return Err(io::Error::other(format!(
+            "{}: changed on disk since it was imported ({len} bytes, {size} recorded)",
+            path.display()
+        )));
     }
+    let mut buf = vec![0u8; (end - first) as usize];
+    file.read_exact_at(&mut buf, first).map_err(named)?;
     Ok(buf)
-}
-
-/// One inode of the tree being imported.
-struct Node {
-    ino: u64,
-    meta: std::fs::Metadata,
-    nlink: u32,
-    target: Option<Vec<u8>>,
-    /// The file on disk its data is read from (regular files with data).
-    data: Option<PathBuf>,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// What [`import_tree`] found.
@@ -156,216 +171,358 @@ pub struct TreeStats {
     pub bytes: u64,
 }
 
-/// Imports the tree of space `space` from `dir` (step 1 above). Returns
-/// `None` if the space is already in its Storage Node (another process
-/// imported it), which is not an error.
-pub fn import_tree(route: &Route, space: u32, dir: &Path) -> Result<Option<TreeStats>> {
-    let (nodes, dentries) = walk(dir)?;
-    let next = nodes.iter().map(|n| n.ino).max().unwrap_or(1) + 1;
-    let next = next.max(dentries.iter().map(|d| d.3).max().unwrap_or(0) + 1);
-    let stats = TreeStats {
-        inodes: nodes.len() as u64,
-        entries: dentries.len() as u64,
-        bytes: nodes
-            .iter()
-            .filter(|n| n.data.is_some())
-            .map(|n| n.meta.size())
-            .sum(),
-    };
-    let r = route.tx(|tx| {
+/// Brings the tree of space `space` in from `dir` (step 1 above) on the
+/// node the Admin Node names, unless it is in already. Returns what was
+/// imported, `None` if another process had done it.
+///
+/// A space whose tree is not in has no rows anywhere, so copy-shards moves
+/// it by renaming its node (see [`Cluster::switch_unimported`]); the import
+/// is recorded only if the space is still on the node it was imported into,
+/// else those rows are dropped and the import runs again on the new node.
+pub fn bring_tree_in(cluster: &Cluster, space: u32, dir: &Path) -> Result<Option<TreeStats>> {
+    for _ in 0..5 {
+        let row = cluster
+            .space(space)?
+            .ok_or_else(|| anyhow!("space {space} is not in the Admin Node"))?;
+        if row.import_from.is_none() {
+            return Ok(None);
+        }
+        let shard = cluster.shard(row.node_id)?;
+        let stats = import_tree(&shard, space, dir)?;
+        if cluster.tree_imported(space, row.node_id)? {
+            return Ok(stats);
+        }
+        log::info!(
+            "space {space} moved off storage node {} while its tree was imported there: again on its new node",
+            row.node_id
+        );
+        shard.purge_space(space)?;
+    }
+    bail!("space {space} kept moving while its tree was imported")
+}
+
+/// Imports the tree of space `space` from `dir` into `shard`, in one
+/// transaction, directory by directory: memory stays bounded by the
+/// directories still to visit and the hard-linked files seen. Returns
+/// `None` if the space is already there (another process imported it).
+fn import_tree(shard: &Shard, space: u32, dir: &Path) -> Result<Option<TreeStats>> {
+    let failure: RefCell<Option<anyhow::Error>> = RefCell::new(None);
+    let r = shard.tx(|tx| {
         let present: Option<u32> = tx.exec_first(
             "SELECT space_id FROM spaces WHERE space_id = ? FOR UPDATE",
             (space,),
         )?;
         if present.is_some() {
-            return Ok(false);
+            return Ok(None);
         }
         tx.exec_drop(
-            "INSERT INTO spaces (space_id, next_ino, next_seq) VALUES (?, ?, ?)",
-            (space, next, next),
+            "INSERT INTO spaces (space_id, next_ino, next_seq) VALUES (?, 2, 2)",
+            (space,),
         )?;
         tx.exec_drop(
             "INSERT IGNORE INTO space_fence (space_id) VALUES (?)",
             (space,),
         )?;
-        for chunk in nodes.chunks(ROWS) {
-            insert_inodes(tx, space, chunk)?;
-        }
-        for chunk in dentries.chunks(ROWS) {
-            let mut sql =
-                String::from("INSERT INTO dentries (space_id, parent, name, ino, seq) VALUES ");
-            let mut params: Vec<mysql::Value> = Vec::new();
-            for (i, (parent, name, ino, seq)) in chunk.iter().enumerate() {
-                sql.push_str(if i == 0 {
-                    "(?, ?, ?, ?, ?)"
-                } else {
-                    ", (?, ?, ?, ?, ?)"
-                });
-                params.extend([
-                    space.into(),
-                    (*parent).into(),
-                    name.clone().into(),
-                    (*ino).into(),
-                    (*seq).into(),
-                ]);
+        let mut w = Walker {
+            tx,
+            space,
+            next: 2,
+            links: HashMap::new(),
+            inodes: Vec::new(),
+            dentries: Vec::new(),
+            stats: TreeStats::default(),
+        };
+        let stats = w.run(dir).map_err(|e| match e {
+            WalkError::Sql(e) => e,
+            WalkError::Disk(e) => {
+                *failure.borrow_mut() = Some(e);
+                // Code 0 is no MySQL error: not retried.
+                mysql::Error::MySqlError(mysql::MySqlError {
+                    state: "TSHS0".into(),
+                    message: "the tree could not be read".into(),
+                    code: 0,
+                })
             }
-            tx.exec_drop(sql, params)?;
-        }
-        for n in &nodes {
-            for (name, value) in &n.xattrs {
-                tx.exec_drop(
-                    "INSERT INTO xattrs (space_id, ino, name, value) VALUES (?, ?, ?, ?)",
-                    (space, n.ino, name, value),
-                )?;
-            }
-        }
-        Ok(true)
+        })?;
+        Ok(Some(stats))
     });
+    if let Some(e) = failure.into_inner() {
+        return Err(e);
+    }
     match r {
-        Ok(true) => Ok(Some(stats)),
-        Ok(false) => Ok(None),
+        Ok(stats) => Ok(stats),
         // Another process inserted the space between our check and insert.
         Err(TxError::Sql(code, _, _)) if code == crate::db::code::DUP_ENTRY => Ok(None),
         Err(e) => Err(anyhow!(
             "storage node {}: importing space {space}: {e}",
-            route.id()
+            shard.id()
         )),
+    }
+}
+
+enum WalkError {
+    Sql(mysql::Error),
+    Disk(anyhow::Error),
+}
+
+impl From<mysql::Error> for WalkError {
+    fn from(e: mysql::Error) -> Self {
+        WalkError::Sql(e)
+    }
+}
+
+impl From<anyhow::Error> for WalkError {
+    fn from(e: anyhow::Error) -> Self {
+        WalkError::Disk(e)
+    }
+}
+
+/// An inode row waiting to be inserted.
+struct InodeRow {
+    ino: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    size: u64,
+    rdev: u32,
+    times: [i64; 3],
+    target: Option<Vec<u8>>,
+    /// The file on disk its data is read from (regular files with data).
+    data: Option<Vec<u8>>,
+}
+
+impl InodeRow {
+    fn new(ino: u64, m: &std::fs::Metadata, nlink: u32) -> InodeRow {
+        let ns = |s: i64, n: i64| s * 1_000_000_000 + n;
+        InodeRow {
+            ino,
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            nlink,
+            size: if m.is_dir() { 0 } else { m.size() },
+            rdev: m.rdev() as u32,
+            times: [
+                ns(m.atime(), m.atime_nsec()),
+                ns(m.mtime(), m.mtime_nsec()),
+                ns(m.ctime(), m.ctime_nsec()),
+            ],
+            target: None,
+            data: None,
+        }
     }
 }
 
 /// Rows per multi-row INSERT.
 const ROWS: usize = 200;
 
-fn insert_inodes(
-    tx: &mut mysql::Transaction<'_>,
+/// Walks a space's tree on disk and inserts its rows in the transaction.
+struct Walker<'t, 'c> {
+    tx: &'t mut mysql::Transaction<'c>,
     space: u32,
-    nodes: &[Node],
-) -> Result<(), mysql::Error> {
-    let mut sql = String::from(
-        "INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target, import_path) VALUES ",
-    );
-    let mut params: Vec<mysql::Value> = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
-        sql.push_str(if i == 0 {
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        } else {
-            ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        });
-        let m = &n.meta;
-        let is_dir = m.is_dir();
-        let size = if is_dir { 0 } else { m.size() };
-        let ns = |s: i64, n: i64| s * 1_000_000_000 + n;
-        params.extend([
-            space.into(),
-            n.ino.into(),
-            m.mode().into(),
-            m.uid().into(),
-            m.gid().into(),
-            n.nlink.into(),
-            size.into(),
-            // Until the data is in, `stored` counts it where it is.
-            if n.data.is_some() {
-                size
-            } else {
-                n.target.as_ref().map_or(0, |t| t.len() as u64)
-            }
-            .into(),
-            (m.rdev() as u32).into(),
-            ns(m.atime(), m.atime_nsec()).into(),
-            ns(m.mtime(), m.mtime_nsec()).into(),
-            ns(m.ctime(), m.ctime_nsec()).into(),
-            ns(m.mtime(), m.mtime_nsec()).into(),
-            n.target.clone().into(),
-            n.data
-                .as_ref()
-                .map(|p| p.as_os_str().as_bytes().to_vec())
-                .into(),
-        ]);
-    }
-    tx.exec_drop(sql, params)
+    /// The next inode number / readdir sequence (one counter, as the mount's).
+    next: u64,
+    /// Hard-linked files seen: (device, inode) on disk → (inode here, links).
+    links: HashMap<(u64, u64), (u64, u32)>,
+    inodes: Vec<InodeRow>,
+    /// (parent, name, inode, sequence)
+    dentries: Vec<(u64, Vec<u8>, u64, u64)>,
+    stats: TreeStats,
 }
 
-/// Every inode under `dir` (the space root is inode 1) and every directory
-/// entry (parent, name, inode, readdir sequence). Hard links within the
-/// space share one inode; a directory's link count is 2 + its subdirectories.
-type Dentry = (u64, Vec<u8>, u64, u64);
+impl Walker<'_, '_> {
+    fn run(&mut self, root: &Path) -> Result<TreeStats, WalkError> {
+        let mut stack = vec![(root.to_path_buf(), 1u64)];
+        while let Some((dir, ino)) = stack.pop() {
+            self.directory(&dir, ino, &mut stack)?;
+        }
+        self.flush()?;
+        // Hard links: every name is in now.
+        let linked: Vec<(u64, u32)> = self.links.values().filter(|l| l.1 > 1).copied().collect();
+        for (ino, n) in linked {
+            self.tx.exec_drop(
+                "UPDATE inodes SET nlink = ? WHERE space_id = ? AND ino = ?",
+                (n, self.space, ino),
+            )?;
+        }
+        self.tx.exec_drop(
+            "UPDATE spaces SET next_ino = ?, next_seq = ? WHERE space_id = ?",
+            (self.next, self.next, self.space),
+        )?;
+        Ok(self.stats)
+    }
 
-fn walk(dir: &Path) -> Result<(Vec<Node>, Vec<Dentry>)> {
-    let root = std::fs::symlink_metadata(dir)
+    /// Inserts a directory's entries (and their inodes, but for
+    /// subdirectories, which come when they are visited), then its own inode.
+    fn directory(
+        &mut self,
+        dir: &Path,
+        ino: u64,
+        stack: &mut Vec<(PathBuf, u64)>,
+    ) -> Result<(), WalkError> {
+        // The space's own directory may be a symlink to where it lives.
+        let meta = if ino == 1 {
+            std::fs::metadata(dir)
+        } else {
+            std::fs::symlink_metadata(dir)
+        }
         .with_context(|| format!("cannot import {}", dir.display()))?;
-    let mut nodes = vec![Node {
-        ino: 1,
-        nlink: 2,
-        target: None,
-        data: None,
-        xattrs: xattrs(dir)?,
-        meta: root,
-    }];
-    let mut dentries: Vec<Dentry> = Vec::new();
-    // (device, inode) on disk → index in `nodes`, for hard links.
-    let mut linked: HashMap<(u64, u64), usize> = HashMap::new();
-    let mut next = 2u64;
-    let mut stack = vec![(dir.to_path_buf(), 0usize)];
-    while let Some((path, parent)) = stack.pop() {
-        for (name, child) in sorted_dir(&path)? {
+        let mut subdirs = 0u32;
+        for (name, child) in sorted_dir(dir)? {
             let bytes = name.as_bytes();
             if bytes.len() > crate::fs::meta::NAME_MAX {
-                bail!(
+                return Err(anyhow!(
                     "cannot import {}: name longer than 255 bytes",
                     child.display()
-                );
+                )
+                .into());
             }
-            let meta = std::fs::symlink_metadata(&child)
+            let m = std::fs::symlink_metadata(&child)
                 .with_context(|| format!("cannot import {}", child.display()))?;
-            let parent_ino = nodes[parent].ino;
-            let key = (meta.dev(), meta.ino());
-            if !meta.is_dir()
-                && meta.nlink() > 1
-                && let Some(&i) = linked.get(&key)
+            self.stats.entries += 1;
+            let key = (m.dev(), m.ino());
+            if !m.is_dir()
+                && m.nlink() > 1
+                && let Some(l) = self.links.get_mut(&key)
             {
-                nodes[i].nlink += 1;
-                dentries.push((parent_ino, bytes.to_vec(), nodes[i].ino, next));
-                next += 1;
+                l.1 += 1;
+                let (target, seq) = (l.0, self.next);
+                self.next += 1;
+                self.entry(ino, bytes, target, seq)?;
                 continue;
             }
-            let ino = next;
-            next += 1;
-            let ft = meta.file_type();
-            let target = if ft.is_symlink() {
-                Some(std::fs::read_link(&child)?.as_os_str().as_bytes().to_vec())
+            let child_ino = self.next;
+            self.next += 1;
+            self.entry(ino, bytes, child_ino, child_ino)?;
+            if m.is_dir() {
+                subdirs += 1;
+                stack.push((child, child_ino));
+                continue;
+            }
+            if m.nlink() > 1 {
+                self.links.insert(key, (child_ino, 1));
+            }
+            let mut row = InodeRow::new(child_ino, &m, 1);
+            if m.file_type().is_symlink() {
+                let t = std::fs::read_link(&child)
+                    .with_context(|| format!("cannot import {}", child.display()))?;
+                row.target = Some(t.into_os_string().into_vec());
             } else {
-                None
-            };
-            let data = (ft.is_file() && meta.size() > 0).then(|| child.clone());
-            let is_dir = ft.is_dir();
-            if is_dir {
-                nodes[parent].nlink += 1;
+                self.xattrs(child_ino, &child)?;
+                if m.is_file() && m.size() > 0 {
+                    if child.as_os_str().len() > MAX_PATH {
+                        return Err(anyhow!(
+                            "cannot import {}: path longer than {MAX_PATH} bytes",
+                            child.display()
+                        )
+                        .into());
+                    }
+                    self.stats.bytes += m.size();
+                    row.data = Some(child.into_os_string().into_vec());
+                }
             }
-            nodes.push(Node {
-                ino,
-                nlink: if is_dir { 2 } else { 1 },
-                target,
-                data,
-                xattrs: if ft.is_symlink() {
-                    Vec::new()
-                } else {
-                    xattrs(&child)?
-                },
-                meta,
-            });
-            dentries.push((parent_ino, bytes.to_vec(), ino, ino));
-            if is_dir {
-                stack.push((child, nodes.len() - 1));
-            } else if nodes.last().is_some_and(|n| n.meta.nlink() > 1) {
-                linked.insert(key, nodes.len() - 1);
-            }
+            self.inode(row)?;
         }
+        self.xattrs(ino, dir)?;
+        let mut row = InodeRow::new(ino, &meta, 2 + subdirs);
+        row.mode = libc::S_IFDIR | (meta.mode() & 0o7777);
+        self.inode(row)
     }
-    Ok((nodes, dentries))
+
+    fn entry(&mut self, parent: u64, name: &[u8], ino: u64, seq: u64) -> Result<(), WalkError> {
+        self.dentries.push((parent, name.to_vec(), ino, seq));
+        if self.dentries.len() >= ROWS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn inode(&mut self, row: InodeRow) -> Result<(), WalkError> {
+        self.stats.inodes += 1;
+        self.inodes.push(row);
+        if self.inodes.len() >= ROWS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), mysql::Error> {
+        if !self.inodes.is_empty() {
+            let mut sql = String::from(
+                "INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target, import_path) VALUES ",
+            );
+            let mut params: Vec<mysql::Value> = Vec::new();
+            for (i, r) in self.inodes.drain(..).enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                // Until the data is in, `stored` counts it where it is.
+                let stored = match (&r.data, &r.target) {
+                    (Some(_), _) => r.size,
+                    (None, Some(t)) => t.len() as u64,
+                    _ => 0,
+                };
+                params.extend([
+                    self.space.into(),
+                    r.ino.into(),
+                    r.mode.into(),
+                    r.uid.into(),
+                    r.gid.into(),
+                    r.nlink.into(),
+                    r.size.into(),
+                    stored.into(),
+                    r.rdev.into(),
+                    r.times[0].into(),
+                    r.times[1].into(),
+                    r.times[2].into(),
+                    r.times[1].into(),
+                    r.target.into(),
+                    r.data.into(),
+                ]);
+            }
+            self.tx.exec_drop(sql, params)?;
+        }
+        if !self.dentries.is_empty() {
+            let mut sql =
+                String::from("INSERT INTO dentries (space_id, parent, name, ino, seq) VALUES ");
+            let mut params: Vec<mysql::Value> = Vec::new();
+            for (i, (parent, name, ino, seq)) in self.dentries.drain(..).enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str("(?, ?, ?, ?, ?)");
+                params.extend([
+                    self.space.into(),
+                    parent.into(),
+                    name.into(),
+                    ino.into(),
+                    seq.into(),
+                ]);
+            }
+            self.tx.exec_drop(sql, params)?;
+        }
+        Ok(())
+    }
+
+    /// Copies a file's extended attributes (all that root can read: `user.`,
+    /// ACLs, `trusted.`, `security.`).
+    fn xattrs(&mut self, ino: u64, path: &Path) -> Result<(), WalkError> {
+        for (name, value) in xattrs(path)? {
+            self.tx.exec_drop(
+                "INSERT INTO xattrs (space_id, ino, name, value) VALUES (?, ?, ?, ?)",
+                (self.space, ino, name, value),
+            )?;
+        }
+        Ok(())
+    }
 }
 
-/// The `user.` extended attributes of a file (other namespaces belong to
-/// the system that wrote them).
+/// Longest on-disk path an inode can name (`inodes.import_path`).
+const MAX_PATH: usize = 4096;
+
+/// The extended attributes of a file (not following a symlink).
 fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let c = CString::new(path.as_os_str().as_bytes())?;
     let err = || {
@@ -392,7 +549,7 @@ fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     }
     names.truncate(n as usize);
     let mut out = Vec::new();
-    for name in names.split(|b| *b == 0).filter(|n| n.starts_with(b"user.")) {
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let cname = CString::new(name)?;
         // SAFETY: as above.
         let len = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
@@ -418,6 +575,27 @@ fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     Ok(out)
 }
 
+/// The attributes of a space directory not imported yet, as the mount
+/// shows it (inode `ino`).
+pub fn dir_attr(ino: u64, dir: &Path) -> Result<crate::fs::Attr> {
+    let m = std::fs::metadata(dir).with_context(|| format!("cannot import {}", dir.display()))?;
+    let ns = |s: i64, n: i64| s * 1_000_000_000 + n;
+    Ok(crate::fs::Attr {
+        ino,
+        mode: libc::S_IFDIR | (m.mode() & 0o7777),
+        nlink: m.nlink() as u32,
+        uid: m.uid(),
+        gid: m.gid(),
+        size: 0,
+        stored: 0,
+        rdev: 0,
+        atime: ns(m.atime(), m.atime_nsec()),
+        mtime: ns(m.mtime(), m.mtime_nsec()),
+        ctime: ns(m.ctime(), m.ctime_nsec()),
+        btime: ns(m.mtime(), m.mtime_nsec()),
+    })
+}
+
 /// The `import_path` bytes of a file, as a path.
 pub fn path_of(bytes: &[u8]) -> &Path {
     Path::new(OsStr::from_bytes(bytes))
@@ -428,15 +606,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn read_span_cuts_at_the_recorded_size_and_fills_a_short_file() {
+    fn read_span_reads_what_was_imported_and_refuses_a_changed_file() {
         let dir = std::env::temp_dir().join(format!("tshs-import-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("f");
         std::fs::write(&f, b"0123456789").unwrap();
         assert_eq!(read_span(&f, 10, 2, 5).unwrap(), b"234");
-        assert_eq!(read_span(&f, 6, 4, 100).unwrap(), b"45");
-        assert_eq!(read_span(&f, 12, 8, 12).unwrap(), b"89\0\0");
+        assert_eq!(read_span(&f, 10, 8, 100).unwrap(), b"89");
         assert!(read_span(&f, 10, 10, 20).unwrap().is_empty());
+        let e = read_span(&f, 12, 0, 4).unwrap_err().to_string();
+        assert!(e.contains("changed on disk since it was imported"), "{e}");
+        std::os::unix::fs::symlink(&f, dir.join("link")).unwrap();
+        assert!(read_span(&dir.join("link"), 10, 0, 1).is_err());
         assert!(read_span(&dir.join("missing"), 10, 0, 1).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -448,6 +629,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("vol01/3")).unwrap();
         std::fs::create_dir_all(dir.join("vol01/12")).unwrap();
         std::fs::create_dir_all(dir.join("lost+found")).unwrap();
+        std::fs::create_dir_all(dir.join("vol01/lost+found")).unwrap();
         let v = scan_root(&dir).unwrap();
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].name, "vol01");

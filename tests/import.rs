@@ -365,8 +365,24 @@ fn first_use_brings_the_tree_in_and_a_write_brings_a_file_in() {
     let c = TestCluster::with_nodes();
     let old = c.dir.path().join("old");
     fill_space(&old.join("vol01/77"), 77, 20);
+    fill_space(&old.join("vol01/78"), 78, 5);
     c.ok(&["import-volumes", old.to_str().unwrap()]);
     let m = Mount::new(&c, &[]);
+    // `ls -l` of the volume shows the spaces without importing them.
+    let listed: Vec<_> = std::fs::read_dir(m.path().join("vol01"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().mode() & 0o7777)
+        .collect();
+    assert_eq!(listed.len(), 2);
+    let pending = |id: u32| {
+        c.cluster()
+            .space(id)
+            .unwrap()
+            .unwrap()
+            .import_from
+            .is_some()
+    };
+    assert!(pending(77) && pending(78), "ls -l imported a tree");
     let sp = m.path().join("vol01/77");
     let ino_before = std::fs::metadata(sp.join("data/f2")).unwrap().ino();
     assert_eq!(
@@ -415,6 +431,25 @@ fn first_use_brings_the_tree_in_and_a_write_brings_a_file_in() {
             .len(),
         0
     );
+    assert!(!pending(77) && pending(78));
+    // A file changed on disk behind the import's back is refused, not
+    // served with wrong bytes.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(old.join("vol01/77/data/f8"))
+        .unwrap()
+        .write_all(b"more")
+        .unwrap();
+    let e = std::fs::read(sp.join("data/f8")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let e = c.fails(&["perform-import"]);
+    assert!(e.contains("1 space(s) could not be imported"), "{e}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(old.join("vol01/77/data/f8"))
+        .unwrap()
+        .set_len(1)
+        .unwrap();
     c.ok(&["perform-import"]);
     assert_eq!(
         std::fs::metadata(sp.join("data/f2")).unwrap().ino(),
@@ -524,4 +559,119 @@ fn an_import_with_an_s3_host_uploads_what_it_takes_straight_from_disk() {
         &snapshot(&m.path().join("vol01/55")),
         "space 55 from S3",
     );
+}
+
+#[test]
+fn one_broken_space_does_not_hold_up_the_others() {
+    let c = TestCluster::with_nodes();
+    let old = c.dir.path().join("old");
+    for id in [31, 32, 33] {
+        fill_space(&old.join(format!("vol01/{id}")), id, 10);
+    }
+    c.ok(&["import-volumes", old.to_str().unwrap()]);
+    std::fs::rename(old.join("vol01/32"), c.dir.path().join("32-away")).unwrap();
+    let e = c.fails(&["perform-import"]);
+    assert!(
+        e.contains("1 space(s) could not be imported") && e.contains("space 32"),
+        "{e}"
+    );
+    let left: Vec<u32> = c
+        .cluster()
+        .importing_spaces(1)
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(left, [32]);
+    assert!(c.ok(&["list-jobs"]).contains(" IMPORT "));
+    std::fs::rename(c.dir.path().join("32-away"), old.join("vol01/32")).unwrap();
+    assert!(c.ok(&["perform-import"]).contains("the job is IMPORTED"));
+}
+
+#[test]
+fn a_split_during_the_import_loses_nothing() {
+    let c = TestCluster::with_nodes();
+    let old = c.dir.path().join("old");
+    let spaces: Vec<u32> = (201..=216).collect();
+    for &id in &spaces {
+        fill_space(&old.join(format!("vol01/{id}")), id, 150);
+    }
+    let want = snapshot(&old.join("vol01"));
+    c.ok(&["import-volumes", old.to_str().unwrap()]);
+    // Half the spaces in use before the split (trees in, data on disk), the
+    // rest untouched.
+    {
+        let m = c.mount();
+        for id in 201..=208 {
+            std::fs::metadata(m.path().join(format!("vol01/{id}/protolog/last.log"))).unwrap();
+        }
+    }
+    // Split node 1: its spaces whose tree is not in yet are renamed, the
+    // others copied.
+    let db = c.new_db(2, "st");
+    c.ok(&[
+        "split-storage-node",
+        "1",
+        &format!("{};database={db}", common::server(2)),
+    ]);
+    let moved = copy_until_active(&c);
+    assert!(
+        moved.contains("(not imported yet: nothing to copy)"),
+        "{moved}"
+    );
+    assert!(
+        moved
+            .lines()
+            .any(|l| l.contains("B)") && !l.contains("not imported")),
+        "a space with rows moved too: {moved}"
+    );
+    // Split node 2 while perform-import works on one file at a time.
+    let mut importer = std::process::Command::new(env!("CARGO_BIN_EXE_tshs"))
+        .arg("--mysql-cfg-file")
+        .arg(&c.mycnf)
+        .args(["--max-threads", "1", "perform-import"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let db = c.new_db(1, "st");
+    c.ok(&[
+        "split-storage-node",
+        "2",
+        &format!("{};database={db}", common::server(1)),
+    ]);
+    eprintln!("{moved}{}", copy_until_active(&c));
+    let _ = importer.wait();
+    let started = Instant::now();
+    while !c.ok(&["list-jobs"]).contains("IMPORTED") {
+        let out = c.ok(&["perform-import"]);
+        assert!(started.elapsed() < Duration::from_secs(60), "{out}");
+    }
+    for &id in &spaces {
+        let files = c.ok(&["list-files", &id.to_string()]);
+        assert!(!files.contains("OnDisk"), "space {id}: {files}");
+    }
+    std::fs::rename(&old, c.dir.path().join("old-gone")).unwrap();
+    let m = c.mount();
+    assert_same(
+        &want,
+        &snapshot(&m.path().join("vol01")),
+        "vol01 after a split",
+    );
+}
+
+/// Runs copy-shards until no node is MIRROR_SHARD; returns what it said.
+fn copy_until_active(c: &TestCluster) -> String {
+    let started = Instant::now();
+    let mut said = String::new();
+    while c.ok(&["list-storage-nodes"]).contains("MIRROR_SHARD") {
+        said += &c.ok(&["copy-shards"]);
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "copy-shards: {said}"
+        );
+    }
+    said
 }

@@ -52,18 +52,20 @@ impl Cluster {
         if let Some(h) = s3_host {
             self.s3_host(h)?;
         }
-        if let Some(j) = self.import_jobs()?.into_iter().find(|j| !j.finished) {
-            bail!(
-                "import job {} of {} is not finished yet (see tshs list-jobs)",
-                j.id,
-                j.path.display()
-            );
-        }
         let ranges = self.ranges()?;
         let mut conn = self.admin.conn()?;
         let mut tx = conn
             .start_transaction(Default::default())
             .map_err(|e| self.admin.err(e))?;
+        // The topology row serialises registrations: one import at a time.
+        tx.query_drop("SELECT epoch FROM topology WHERE id = 1 FOR UPDATE")
+            .map_err(|e| self.admin.err(e))?;
+        let open: Option<(u64, String)> = tx
+            .query_first("SELECT id, parameters FROM jobs WHERE job = 'IMPORT' LIMIT 1")
+            .map_err(|e| self.admin.err(e))?;
+        if let Some((id, parameters)) = open {
+            bail!("import job {id} ({parameters}) is not finished yet (see tshs list-jobs)");
+        }
         let mut parameters = format!("path={}", root.display());
         if let Some(h) = s3_host {
             parameters.push_str(&format!(";s3-host-id={h}"));
@@ -151,15 +153,48 @@ impl Cluster {
             .collect())
     }
 
-    /// Records that a space's tree is in its Storage Node.
-    pub fn tree_imported(&self, space: u32) -> Result<()> {
-        self.admin
-            .conn()?
-            .exec_drop(
-                "UPDATE spaces SET import_from = NULL WHERE id = ?",
-                (space,),
-            )
-            .map_err(|e| self.admin.err(e).into())
+    /// Records that a space's tree is in Storage Node `node`, if the space
+    /// is still on that node (else false: it moved meanwhile).
+    pub fn tree_imported(&self, space: u32, node: u32) -> Result<bool> {
+        let mut conn = self.admin.conn()?;
+        conn.exec_drop(
+            "UPDATE spaces SET import_from = NULL WHERE id = ? AND node_id = ?",
+            (space, node),
+        )
+        .map_err(|e| self.admin.err(e))?;
+        if conn.affected_rows() == 1 {
+            return Ok(true);
+        }
+        // Already recorded (by another process) on this node is fine too.
+        let row = self.space(space)?;
+        Ok(row.is_some_and(|r| r.node_id == node && r.import_from.is_none()))
+    }
+
+    /// True while copy-shards holds a move of the space.
+    pub fn space_moving(&self, space: u32) -> Result<bool> {
+        let n: Option<u32> = self
+            .admin
+            .read(|c| {
+                c.exec_first(
+                    "SELECT space_id FROM space_moves WHERE space_id = ?",
+                    (space,),
+                )
+            })
+            .map_err(|e| anyhow!(e))?;
+        Ok(n.is_some())
+    }
+
+    /// copy-shards' move of a space whose tree is not imported yet: it has
+    /// no rows, so naming the new node is the whole move. False if the
+    /// space is not (or no longer) such a space on `from`.
+    pub fn switch_unimported(&self, space: u32, from: u32, to: u32) -> Result<bool> {
+        let mut conn = self.admin.conn()?;
+        conn.exec_drop(
+            "UPDATE spaces SET node_id = ? WHERE id = ? AND node_id = ? AND import_from IS NOT NULL",
+            (to, space, from),
+        )
+        .map_err(|e| self.admin.err(e))?;
+        Ok(conn.affected_rows() == 1)
     }
 
     /// Records that a space's data is in too.

@@ -89,6 +89,8 @@ pub struct SpaceRow {
     /// The on-disk directory the space's tree is still to be imported from
     /// (see [`crate::import`]).
     pub import_from: Option<std::path::PathBuf>,
+    /// Part of an unfinished import (some of its data may still be on disk).
+    pub importing: bool,
 }
 
 /// A space as `list_spaces` shows it.
@@ -281,20 +283,21 @@ impl Cluster {
     }
 
     fn query_spaces(&self, filter: &str, arg: u32) -> Result<Vec<SpaceRow>> {
-        type Row = (u32, u32, u32, String, u32, Option<Vec<u8>>);
+        type Row = (u32, u32, u32, String, u32, Option<Vec<u8>>, bool);
         let rows: Vec<Row> = self
             .admin
             .conn()?
             .exec(
                 format!(
-                    "SELECT id, volume_id, node_id, status, restore_id, import_from FROM spaces {filter}"
+                    "SELECT id, volume_id, node_id, status, restore_id, import_from, import_job IS NOT NULL
+                     FROM spaces {filter}"
                 ),
                 (arg,),
             )
             .map_err(|e| self.admin.err(e))?;
         rows.into_iter()
             .map(
-                |(id, volume_id, node_id, status, restore_id, import_from)| {
+                |(id, volume_id, node_id, status, restore_id, import_from, importing)| {
                     Ok(SpaceRow {
                         id,
                         volume_id,
@@ -302,6 +305,7 @@ impl Cluster {
                         status: SpaceStatus::parse(&status)?,
                         restore_id,
                         import_from: import_from.map(|p| std::ffi::OsString::from_vec(p).into()),
+                        importing,
                     })
                 },
             )
@@ -359,6 +363,7 @@ impl Cluster {
             status: SpaceStatus::Active,
             restore_id: 0,
             import_from: None,
+            importing: false,
         })
     }
 

@@ -782,16 +782,18 @@ const RECALL_CHUNK: u64 = 32 * E;
 /// Brings one file's data into the database from wherever it is (the
 /// object store or an imported disk tree): perform-import's step per file.
 /// Returns the bytes brought in (0 if nothing was elsewhere, or the file is
-/// gone). Failures are logged with their cause.
-pub fn bring_in(route: &Route, space: u32, ino: u64) -> FsResult<u64> {
+/// gone), or why it could not.
+pub fn bring_in(route: &Route, space: u32, ino: u64) -> Result<u64, String> {
     let abort = Abort::default();
-    let r = route
-        .tx(|tx| recall(tx, route, space, ino, true, &abort))
-        .map_err(|e| tx_errno(route.id(), "import", e, &abort))?;
-    Ok(match r {
-        Some((size, Some(_))) => size,
-        _ => 0,
-    })
+    match route.tx(|tx| recall(tx, route, space, ino, true, &abort)) {
+        Ok(Some((size, Some(_)))) => Ok(size),
+        Ok(_) => Ok(0),
+        Err(e) => Err(match (abort.take_cause(), abort.take()) {
+            (Some(cause), _) => cause,
+            (None, Some(errno)) => format!("space {space} inode {ino}: errno {}", errno.0),
+            (None, None) => format!("storage node {}: {e}", route.id()),
+        }),
+    }
 }
 
 /// `data` read from `first` on, cut into extents.
@@ -832,7 +834,7 @@ pub(crate) fn recall(
         let stored = if need_data {
             copy_in(tx, space, ino, size, |off, n| {
                 crate::import::read_span(path, size, off, off + n)
-                    .map_err(|e| abort.fail(super::error::store_failed(space, ino, e)))
+                    .map_err(|e| abort.store_failed(space, ino, e))
             })?
         } else {
             0
@@ -845,17 +847,14 @@ pub(crate) fn recall(
     } else if let (Some(host), Some(key)) = (host, key) {
         let stored = if need_data {
             let text = String::from_utf8_lossy(&key).into_owned();
-            let store = route.cluster().object_store(host).map_err(|e| {
-                abort.fail(super::error::store_failed(
-                    space,
-                    ino,
-                    format!("S3 host {host}: {e:#}"),
-                ))
-            })?;
+            let store = route
+                .cluster()
+                .object_store(host)
+                .map_err(|e| abort.store_failed(space, ino, format!("S3 host {host}: {e:#}")))?;
             copy_in(tx, space, ino, size, |off, n| {
                 store
                     .get_range(&text, off, n)
-                    .map_err(|e| abort.fail(super::error::store_failed(space, ino, e)))
+                    .map_err(|e| abort.store_failed(space, ino, e))
             })?
         } else {
             0

@@ -54,9 +54,13 @@ impl From<DbError> for Errno {
 }
 
 /// Turns a transaction's failure into an errno: an errno the transaction body
-/// decided (see [`Abort`]) passes through, anything else is logged as `EIO`.
+/// decided (see [`Abort`]) passes through (its cause, if any, is logged),
+/// anything else is logged as `EIO`.
 pub fn tx_errno(node: u32, what: &str, e: TxError, abort: &Abort) -> Errno {
     if let Some(errno) = abort.take() {
+        if let Some(cause) = abort.take_cause() {
+            log::error!("{cause}");
+        }
         return errno;
     }
     db_failed(node, what, e)
@@ -65,11 +69,14 @@ pub fn tx_errno(node: u32, what: &str, e: TxError, abort: &Abort) -> Errno {
 /// Carries an errno out of a transaction body, which can only return
 /// `mysql::Error`: set it, return [`Abort::error`], and the transaction rolls back.
 #[derive(Default)]
-pub struct Abort(std::cell::Cell<Option<Errno>>);
+pub struct Abort {
+    errno: std::cell::Cell<Option<Errno>>,
+    cause: std::cell::RefCell<Option<String>>,
+}
 
 impl Abort {
     pub fn fail(&self, errno: Errno) -> mysql::Error {
-        self.0.set(Some(errno));
+        self.errno.set(Some(errno));
         // Code 0 is no MySQL error, so the transaction is not retried.
         mysql::Error::MySqlError(mysql::MySqlError {
             state: "TSHS0".into(),
@@ -77,7 +84,20 @@ impl Abort {
             code: ERRNO_SIGNAL,
         })
     }
+
+    /// Fails with `EIO` because a file's data could not be had from where
+    /// it is (the object store, an imported tree); the cause is kept for
+    /// [`tx_errno`] to log or for the caller to report.
+    pub fn store_failed(&self, space: u32, ino: u64, e: impl std::fmt::Display) -> mysql::Error {
+        *self.cause.borrow_mut() = Some(format!("space {space} inode {ino}: {e}"));
+        self.fail(Errno::EIO)
+    }
+
     pub fn take(&self) -> Option<Errno> {
-        self.0.take()
+        self.errno.take()
+    }
+
+    pub fn take_cause(&self) -> Option<String> {
+        self.cause.borrow_mut().take()
     }
 }

@@ -125,8 +125,8 @@ pub struct Fs {
     pending: Arc<AtomicUsize>,
     /// Inode numbers reserved for deferred creates, per space: [next, end).
     reserved_ids: Mutex<HashMap<u32, (u64, u64)>>,
-    /// Held while a space's tree is imported from disk on first use.
-    importing: Mutex<()>,
+    /// Per space, held while its tree is imported from disk on first use.
+    importing: Mutex<HashMap<u32, Arc<Mutex<()>>>>,
 }
 
 /// How long a statfs answer is reused.
@@ -288,21 +288,20 @@ impl Fs {
     }
 
     /// Brings a space's tree in from the disk it is imported from, the first
-    /// time the space is used (see [`crate::import`]); its files' data
-    /// follows later. One space at a time: a thread that waited finds it
-    /// done.
+    /// time something inside the space is used (see [`crate::import`]); its
+    /// files' data follows later. A thread that waited for another's import
+    /// of the same space finds it done.
     fn import_tree(&self, space: u32, dir: &std::path::Path) -> FsResult<()> {
-        let _one = self.importing.lock().unwrap();
-        if self
-            .reload_view()?
-            .spaces
-            .get(&space)
-            .is_none_or(|s| s.import_from.is_none())
-        {
-            return Ok(());
-        }
+        let lock = self
+            .importing
+            .lock()
+            .unwrap()
+            .entry(space)
+            .or_default()
+            .clone();
+        let _one = lock.lock().unwrap();
         let started = Instant::now();
-        match crate::import::import_tree(&self.router.route(space), space, dir) {
+        match crate::import::bring_tree_in(&self.cluster, space, dir) {
             Ok(Some(t)) => log::info!(
                 "space {space}: imported {} inodes and {} names from {} in {:.1?} ({} bytes of data to follow)",
                 t.inodes,
@@ -317,7 +316,6 @@ impl Fs {
                 return Err(Errno::EIO);
             }
         }
-        self.cluster.tree_imported(space).map_err(admin_failed)?;
         drop(self.reload_view()?);
         Ok(())
     }
@@ -385,6 +383,16 @@ impl Fs {
                         c.apply(&mut a);
                     }
                     return Ok(a);
+                }
+                if i == 1
+                    && let Some(dir) = self.space(space)?.0.import_from
+                {
+                    // Not imported yet: `ls -l` of a volume must not import
+                    // every space in it.
+                    return crate::import::dir_attr(ino, &dir).map_err(|e| {
+                        log::error!("space {space}: {e:#}");
+                        Errno::EIO
+                    });
                 }
                 let mut a = meta::getattr(&self.shard(space)?, space, i)?;
                 if let Some(c) = change {

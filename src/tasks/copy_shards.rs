@@ -90,14 +90,30 @@ pub fn run(
         // rarely contend for the same space.
         let start = (std::process::id() as usize) % todo.len();
         let mut claimed = None;
+        let mut renamed = false;
         for c in todo.iter().cycle().skip(start).take(todo.len()) {
+            // A space whose tree is still to be imported has no rows yet.
+            if cluster.switch_unimported(c.space, c.from, c.to)? {
+                out.done += 1;
+                out.lines.push(format!(
+                    "Space {}: moved from storage node {} to {} (not imported yet: nothing to copy)",
+                    c.space, c.from, c.to
+                ));
+                renamed = true;
+                continue;
+            }
             if let Some(claim) = claim(cluster, c, &owner)? {
                 claimed = Some(claim);
                 break;
             }
             skipped.push(c.space);
         }
-        let Some(claim) = claimed else { break };
+        let Some(claim) = claimed else {
+            if renamed {
+                continue;
+            }
+            break;
+        };
         progress(&Progress {
             task: "copy-shards",
             done: out.done,
@@ -169,12 +185,11 @@ fn candidates(cluster: &Cluster, opts: &TaskOptions) -> Result<Vec<Candidate>> {
             continue;
         }
         // Deleted spaces are not copied: remove-deleted purges them where
-        // they are (the node becomes active once they are gone). A space
-        // whose tree is still on disk (import) has no rows to move yet.
+        // they are (the node becomes active once they are gone).
         // (A deleted space whose move had begun is finished, though.)
         let ids: Vec<u32> = conn
             .exec(
-                "SELECT id FROM spaces WHERE node_id = ? AND import_from IS NULL AND (status <> 'deleted'
+                "SELECT id FROM spaces WHERE node_id = ? AND (status <> 'deleted'
                      OR id IN (SELECT space_id FROM space_moves WHERE state <> 'purging'))",
                 (src,),
             )

@@ -46,12 +46,20 @@ pub fn run(
     };
     let store = cluster.object_store(host.id)?;
     let spaces = cluster.live_spaces()?;
+    // A space whose import is unfinished is backed up once it is all in
+    // (files still on disk have no extents to back up).
+    let importing = spaces.iter().filter(|s| s.importing).count();
+    if importing > 0 {
+        out.lines.push(format!(
+            "copy-to-s3: {importing} space(s) of an unfinished import are backed up once perform-import is done"
+        ));
+    }
     for n in cluster.nodes()? {
         if opts.storage_node.is_some_and(|s| s != n.id) {
             continue;
         }
         let shard = cluster.shard(n.id)?;
-        for s in spaces.iter().filter(|s| s.node_id == n.id) {
+        for s in spaces.iter().filter(|s| s.node_id == n.id && !s.importing) {
             if opts.should_stop(stop) {
                 out.remaining += 1;
                 continue;
@@ -128,11 +136,8 @@ fn back_up_space(shard: &Shard, store: &S3Store, host: &S3Host, space: u32) -> R
     );
     let snapshot = shard
         .tx(|tx| {
-            // A space whose data is still being imported is backed up
-            // once it is all in (its files on disk have no extents yet).
             let counters: Option<(u64, u64)> = tx.exec_first(
-                "SELECT next_ino, next_seq FROM spaces s WHERE space_id = ? AND NOT EXISTS
-                   (SELECT 1 FROM inodes i WHERE i.space_id = s.space_id AND i.import_path IS NOT NULL)",
+                "SELECT next_ino, next_seq FROM spaces WHERE space_id = ?",
                 (space,),
             )?;
             let inodes: Vec<mysql::Row> = tx.exec(

@@ -8,17 +8,17 @@
 //! (`--time-limit`, a signal) between files, it resumes where it stopped:
 //! what is left is what still names its file on disk.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, anyhow, bail};
 use mysql::prelude::Queryable;
 
 use super::move_to_s3::{Moved, move_one};
 use super::{Outcome, Progress, ProgressFn, TaskOptions};
-use crate::cluster::{Cluster, ImportJob, Router};
+use crate::cluster::{Cluster, ImportJob, ImportingSpace, Router};
 use crate::object_store::{S3Host, S3Store};
-use crate::shard::{Candidate, Shard};
+use crate::shard::Candidate;
 
 /// A file left on disk: inode, size, mtime, ctime, stored, its path, and
 /// whether it is a `last.log`.
@@ -49,123 +49,48 @@ fn run_job(
     out: &mut Outcome,
 ) -> Result<()> {
     let spaces = cluster.importing_spaces(job.id)?;
-    let total = spaces.len() as u64;
-    let (done, bytes, failed) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
-    let report = |item: String| {
-        progress(&Progress {
-            task: "perform-import",
-            done: done.load(Ordering::Relaxed),
-            total,
-            bytes: bytes.load(Ordering::Relaxed),
-            item,
-        })
-    };
     let s3 = match job.s3_host {
         Some(h) => Some((cluster.s3_host(h)?, cluster.object_store(h)?)),
         None => None,
     };
-    let mut finished_spaces = 0u64;
-    for s in &spaces {
+    let w = Work {
+        cluster,
+        s3: s3.as_ref(),
+        opts,
+        stop,
+        progress,
+        total: spaces.len() as u64,
+        done: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+    };
+    let mut errors: Vec<(u32, String)> = Vec::new();
+    // Processes running at once start at different spaces.
+    let start = (std::process::id() as usize) % spaces.len().max(1);
+    for s in spaces.iter().cycle().skip(start).take(spaces.len()) {
         if opts.should_stop(stop) {
             break;
         }
-        // A route of our own per space: this process does not follow moves
-        // by acknowledging them, so it looks placement up afresh.
-        let route = Router::new(cluster.clone()).route(s.id);
-        if let Some(dir) = &s.tree {
-            report(format!("space {}: tree", s.id));
-            if let Some(t) = crate::import::import_tree(&route, s.id, dir)? {
-                out.lines.push(format!(
-                    "space {}: imported {} inodes, {} names from {}",
-                    s.id,
-                    t.inodes,
-                    t.entries,
-                    dir.display()
-                ));
+        match w.space(s, &mut out.lines) {
+            Ok(true) => {
+                w.done.fetch_add(1, Ordering::Relaxed);
             }
-            cluster.tree_imported(s.id)?;
-        }
-        let node = cluster
-            .space(s.id)?
-            .map(|r| r.node_id)
-            .ok_or_else(|| anyhow!("space {} is not in the Admin Node", s.id))?;
-        let shard = cluster.shard(node)?;
-        let mut after = 0u64;
-        loop {
-            let files: Vec<File> = route.read(|c| {
-                c.exec(
-                    format!(
-                        "SELECT i.ino, i.size, i.mtime, i.ctime, i.stored, i.import_path,
-                           EXISTS (SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log')
-                         FROM inodes i WHERE i.space_id = ? AND i.ino > ? AND i.import_path IS NOT NULL
-                         ORDER BY i.ino LIMIT {BATCH}"
-                    ),
-                    (s.id, after),
-                )
-            })?;
-            let Some(last) = files.last() else { break };
-            after = last.0;
-            let queue = Mutex::new(files.into_iter());
-            std::thread::scope(|scope| {
-                for _ in 0..opts.max_threads.max(1) {
-                    scope.spawn(|| {
-                        let route = Router::new(cluster.clone()).route(s.id);
-                        loop {
-                            if opts.should_stop(stop) {
-                                return;
-                            }
-                            let Some(f) = queue.lock().unwrap().next() else {
-                                return;
-                            };
-                            report(format!("space {}: inode {}, {} bytes", s.id, f.0, f.1));
-                            let r = match &s3 {
-                                Some((host, store)) if !f.6 && host.options.eligible(f.1) => {
-                                    upload(&shard, store, host, s.id, &f, opts, stop)
-                                }
-                                _ => crate::fs::data::bring_in(&route, s.id, f.0)
-                                    .map_err(|e| anyhow!("errno {} (see the log)", e.0)),
-                            };
-                            match r {
-                                Ok(n) => {
-                                    bytes.fetch_add(n, Ordering::Relaxed);
-                                }
-                                Err(_) if opts.should_stop(stop) => return,
-                                Err(e) => {
-                                    log::error!("space {} inode {}: {e:#}", s.id, f.0);
-                                    failed.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                        }
-                    });
-                }
-            });
-            if opts.should_stop(stop) || failed.load(Ordering::Relaxed) > 0 {
-                break;
+            Ok(false) => {}
+            // One space failing does not hold up the others.
+            Err(e) => {
+                log::debug!("perform-import: space {}: {e:#}", s.id);
+                errors.push((s.id, format!("space {}: {e:#}", s.id)));
             }
-        }
-        // Done when nothing names a file on disk any more (an upload that
-        // lost a race with a change or a move leaves its file for later).
-        let left: Option<u64> = route.read(|c| {
-            c.exec_first(
-                "SELECT COUNT(*) FROM inodes WHERE space_id = ? AND import_path IS NOT NULL",
-                (s.id,),
-            )
-        })?;
-        let complete = left == Some(0);
-        if complete {
-            cluster.data_imported(s.id)?;
-            finished_spaces += 1;
-            done.fetch_add(1, Ordering::Relaxed);
         }
     }
-    out.done += finished_spaces;
-    out.bytes += bytes.load(Ordering::Relaxed);
-    let failed = failed.load(Ordering::Relaxed);
-    if failed > 0 {
+    out.done += w.done.load(Ordering::Relaxed);
+    out.bytes += w.bytes.load(Ordering::Relaxed);
+    if let Some((_, first)) = errors.first() {
+        let ids: Vec<String> = errors.iter().map(|e| e.0.to_string()).collect();
         bail!(
-            "import job {}: {failed} file(s) could not be imported from {} (see the log); the rest goes on at the next run",
+            "import job {}: {} space(s) could not be imported ({}; the others went on); first: {first}",
             job.id,
-            job.path.display()
+            errors.len(),
+            ids.join(", ")
         );
     }
     if cluster.finish_import(job.id)? {
@@ -177,18 +102,152 @@ fn run_job(
     } else {
         out.remaining += cluster.importing_spaces(job.id)?.len() as u64;
         out.lines.push(format!(
-            "import job {}: {} of {total} space(s) finished in this run, {} left",
-            job.id, finished_spaces, out.remaining
+            "import job {}: {} of {} space(s) finished in this run, {} left",
+            job.id,
+            w.done.load(Ordering::Relaxed),
+            w.total,
+            out.remaining
         ));
     }
     Ok(())
+}
+
+/// One run over a job's spaces.
+struct Work<'a> {
+    cluster: &'a Cluster,
+    s3: Option<&'a (S3Host, Arc<S3Store>)>,
+    opts: &'a TaskOptions,
+    stop: &'a AtomicBool,
+    progress: ProgressFn<'a>,
+    total: u64,
+    done: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Work<'_> {
+    fn report(&self, item: String) {
+        (self.progress)(&Progress {
+            task: "perform-import",
+            done: self.done.load(Ordering::Relaxed),
+            total: self.total,
+            bytes: self.bytes.load(Ordering::Relaxed),
+            item,
+        })
+    }
+
+    /// Imports what is left of one space; true when nothing is left.
+    fn space(&self, s: &ImportingSpace, lines: &mut Vec<String>) -> Result<bool> {
+        let (cluster, opts, stop) = (self.cluster, self.opts, self.stop);
+        if let Some(dir) = &s.tree {
+            self.report(format!("space {}: tree", s.id));
+            if let Some(t) = crate::import::bring_tree_in(cluster, s.id, dir)? {
+                lines.push(format!(
+                    "space {}: imported {} inodes, {} names from {}",
+                    s.id,
+                    t.inodes,
+                    t.entries,
+                    dir.display()
+                ));
+            }
+        }
+        let failed: Mutex<Vec<anyhow::Error>> = Mutex::default();
+        let mut after = 0u64;
+        loop {
+            if opts.should_stop(stop) {
+                return Ok(false);
+            }
+            // Placement afresh for every batch: this process does not follow
+            // moves by acknowledging them (see `left_on_disk`).
+            let route = Router::new(cluster.clone()).route(s.id);
+            let files: Vec<File> = route.read(|c| {
+                c.exec(
+                    format!(
+                        "SELECT i.ino, i.size, i.mtime, i.ctime, i.stored, i.import_path,
+                           EXISTS (SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log')
+                         FROM inodes i WHERE i.space_id = ? AND i.ino > ? AND i.state < 2 AND i.import_path IS NOT NULL
+                         ORDER BY i.ino LIMIT {BATCH}"
+                    ),
+                    (s.id, after),
+                )
+            })?;
+            let Some(last) = files.last() else { break };
+            after = last.0;
+            let queue = Mutex::new(files.into_iter());
+            std::thread::scope(|scope| {
+                for _ in 0..opts.max_threads.max(1) {
+                    scope.spawn(|| {
+                        loop {
+                            if opts.should_stop(stop) {
+                                return;
+                            }
+                            let Some(f) = queue.lock().unwrap().next() else {
+                                return;
+                            };
+                            self.report(format!("space {}: inode {}, {} bytes", s.id, f.0, f.1));
+                            let r = match self.s3 {
+                                Some((host, store)) if !f.6 && host.options.eligible(f.1) => {
+                                    upload(cluster, store, host, s.id, &f, opts, stop)
+                                }
+                                _ => crate::fs::data::bring_in(&route, s.id, f.0)
+                                    .map_err(|e| anyhow!(e)),
+                            };
+                            match r {
+                                Ok(n) => {
+                                    self.bytes.fetch_add(n, Ordering::Relaxed);
+                                }
+                                Err(_) if opts.should_stop(stop) => return,
+                                Err(e) => {
+                                    log::debug!("{e:#}");
+                                    failed.lock().unwrap().push(e);
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            let failed = std::mem::take(&mut *failed.lock().unwrap());
+            if let Some(first) = failed.first() {
+                bail!(
+                    "{} file(s) could not be imported; first: {first:#}",
+                    failed.len()
+                );
+            }
+        }
+        if left_on_disk(cluster, s.id)? == Some(0) {
+            cluster.data_imported(s.id)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// How many live files of a space still name their file on disk, counted
+/// on the node that holds the space: `None` if it is being moved or moved
+/// while counting (a node it left may already have lost its rows).
+fn left_on_disk(cluster: &Cluster, space: u32) -> Result<Option<u64>> {
+    let placed = || -> Result<Option<u32>> {
+        if cluster.space_moving(space)? {
+            return Ok(None);
+        }
+        Ok(cluster.space(space)?.map(|r| r.node_id))
+    };
+    let Some(node) = placed()? else {
+        return Ok(None);
+    };
+    let n: Option<u64> = cluster.shard(node)?.db().read(|c| {
+        c.exec_first(
+            "SELECT COUNT(*) FROM inodes WHERE space_id = ? AND state < 2 AND import_path IS NOT NULL",
+            (space,),
+        )
+    })?;
+    Ok(if placed()? == Some(node) { n } else { None })
 }
 
 /// Uploads one file from disk to the job's S3 host; the bytes moved (0 if
 /// it changed meanwhile: then it is in the database already, or is taken
 /// up at the next run).
 fn upload(
-    shard: &Shard,
+    cluster: &Cluster,
     store: &S3Store,
     host: &S3Host,
     space: u32,
@@ -204,6 +263,13 @@ fn upload(
         ctime: f.3,
         stored: f.4,
     };
+    // The node that holds the space now (a move since the batch began makes
+    // the last step fail, and the file waits for the next run).
+    let node = cluster
+        .space(space)?
+        .ok_or_else(|| anyhow!("space {space} is not in the Admin Node"))?
+        .node_id;
+    let shard = cluster.shard(node)?;
     let path = crate::import::path_of(&f.5);
     let read = |off: u64, len: usize| -> Result<Vec<u8>> {
         Ok(crate::import::read_span(
@@ -213,8 +279,10 @@ fn upload(
             off + len as u64,
         )?)
     };
-    Ok(match move_one(shard, store, host, &c, &read, opts, stop)? {
-        Moved::Done => c.size,
-        Moved::Changed => 0,
-    })
+    Ok(
+        match move_one(&shard, store, host, &c, &read, opts, stop)? {
+            Moved::Done => c.size,
+            Moved::Changed => 0,
+        },
+    )
 }
