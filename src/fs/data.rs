@@ -19,7 +19,7 @@
 //! first write, append or truncate brings the file back into the database
 //! inside its own transaction ([`recall`]): POSIX semantics do not change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -70,6 +70,32 @@ type Inflight = (
     u64,
     Option<Arc<PendingCreate>>,
 );
+
+/// Threads whose last `O_APPEND` offset a file remembers; older ones are
+/// forgotten. An appender asks right after its write, so this only has to
+/// outlast the appends of other threads in between.
+const APPEND_THREADS: usize = 256;
+
+/// Where each thread's last `O_APPEND` write to a file landed, newest last:
+/// (thread id, offset). Lives as long as the file is open in this mount.
+#[derive(Default)]
+pub struct AppendOffsets(VecDeque<(u32, u64)>);
+
+impl AppendOffsets {
+    fn record(&mut self, tid: u32, offset: u64) {
+        if let Some(i) = self.0.iter().position(|(t, _)| *t == tid) {
+            self.0.remove(i);
+        }
+        if self.0.len() >= APPEND_THREADS {
+            self.0.pop_front();
+        }
+        self.0.push_back((tid, offset));
+    }
+
+    fn get(&self, tid: u32) -> Option<u64> {
+        self.0.iter().find(|(t, _)| *t == tid).map(|(_, o)| *o)
+    }
+}
 
 /// One extent being written: its full content from the extent start.
 #[derive(Clone)]
@@ -125,6 +151,9 @@ pub struct OpenInode {
     /// The last name went away while open (set inside an unlink
     /// transaction, so also lock-free).
     pub unlinked: AtomicBool,
+    /// Where each thread's last append landed (its own lock: asking must
+    /// not wait for another thread's append transaction).
+    appended: Mutex<AppendOffsets>,
 }
 
 impl OpenInode {
@@ -163,6 +192,7 @@ impl OpenInode {
             pending_gauge,
             pending_flag,
             unlinked: AtomicBool::new(false),
+            appended: Mutex::default(),
         }
     }
 
@@ -694,9 +724,10 @@ impl OpenInode {
         cache.restamp(self.space, self.ino, generation, (now, now, st.size));
     }
 
-    /// Appends at the database's end of file in one transaction (`O_APPEND`).
-    /// Returns the offset the data landed at.
-    pub fn append(&self, cache: &DataCache, data: &[u8]) -> FsResult<u64> {
+    /// Appends at the database's end of file in one transaction (`O_APPEND`)
+    /// for thread `tid`. Returns the offset the data landed at, which is
+    /// also remembered for that thread ([`OpenInode::last_append`]).
+    pub fn append(&self, cache: &DataCache, data: &[u8], tid: u32) -> FsResult<u64> {
         let mut st = self.flush_locked(cache, self.state())?;
         let (space, ino, now) = (self.space, self.ino, now_ns());
         let abort = Abort::default();
@@ -732,7 +763,15 @@ impl OpenInode {
         }
         st.size = st.size.max(end);
         st.db_size = st.db_size.max(end);
+        drop(st);
+        self.appended.lock().unwrap().record(tid, eof);
         Ok(eof)
+    }
+
+    /// The offset at which thread `tid`'s last `O_APPEND` write to this
+    /// file (while it stayed open here) landed.
+    pub fn last_append(&self, tid: u32) -> Option<u64> {
+        self.appended.lock().unwrap().get(tid)
     }
 
     /// At a new open of an already open file: if the database moved on
@@ -908,4 +947,25 @@ pub fn truncate_extents(
         (space, ino),
     )?;
     Ok(stored.flatten().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_offsets_are_per_thread_and_bounded() {
+        let mut a = AppendOffsets::default();
+        assert_eq!(a.get(7), None);
+        a.record(7, 100);
+        a.record(8, 200);
+        a.record(7, 300);
+        assert_eq!((a.get(7), a.get(8)), (Some(300), Some(200)));
+        for tid in 1000..1000 + APPEND_THREADS as u32 - 1 {
+            a.record(tid, u64::from(tid));
+        }
+        // 8 was the oldest: forgotten; 7 (renewed later) is still there.
+        assert_eq!((a.get(8), a.get(7)), (None, Some(300)));
+        assert_eq!(a.0.len(), APPEND_THREADS);
+    }
 }
