@@ -20,7 +20,7 @@
 //! inside its own transaction ([`recall`]): POSIX semantics do not change.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crossbeam_channel::Sender;
@@ -97,6 +97,14 @@ impl AppendOffsets {
     }
 }
 
+/// Orders what this mount learns of files' sizes: an open takes a ticket
+/// before it asks the database for the attributes, a commit here takes one
+/// after it committed (see [`OpenInode::refresh`]).
+pub fn ticket() -> u64 {
+    static CLOCK: AtomicU64 = AtomicU64::new(0);
+    CLOCK.fetch_add(1, Ordering::SeqCst) + 1
+}
+
 /// One extent being written: its full content from the extent start.
 #[derive(Clone)]
 struct ExtentBuf {
@@ -131,6 +139,9 @@ pub struct FileState {
     /// with one must not put what it read into the cache — it may have read
     /// an extent just before a flush replaced it.
     write_seq: u64,
+    /// The [`ticket`] as of which `size` and `db_size` reflect the
+    /// database (see [`OpenInode::refresh`]).
+    info_ticket: u64,
 }
 
 /// An inode open in this mount.
@@ -187,6 +198,7 @@ impl OpenInode {
                 last_read_end: u64::MAX,
                 prefetched_upto: 0,
                 write_seq: 0,
+                info_ticket: 0,
             }),
             idle: Condvar::new(),
             pending_gauge,
@@ -721,6 +733,7 @@ impl OpenInode {
             }
         }
         st.db_size = st.db_size.max(size);
+        st.info_ticket = ticket();
         cache.restamp(self.space, self.ino, generation, (now, now, st.size));
     }
 
@@ -763,6 +776,7 @@ impl OpenInode {
         }
         st.size = st.size.max(end);
         st.db_size = st.db_size.max(end);
+        st.info_ticket = ticket();
         drop(st);
         self.appended.lock().unwrap().record(tid, eof);
         Ok(eof)
@@ -774,14 +788,36 @@ impl OpenInode {
         self.appended.lock().unwrap().get(tid)
     }
 
-    /// At a new open of an already open file: if the database moved on
-    /// (another mount wrote it) and nothing is buffered here, take its size
-    /// and start a new cache generation (close-to-open).
-    pub fn refresh(&self, cache: &DataCache, stamp: super::cache::Stamp) {
+    /// At an open: if the database moved on (another mount wrote it) and
+    /// nothing is buffered here, take its size and start a new cache
+    /// generation (close-to-open). `stamp` is what the open read from the
+    /// database after taking ticket `asked`.
+    ///
+    /// Opens and commits of one file in this mount run at the same time, so
+    /// a stamp may be older than what the file already shows: applying it
+    /// would shrink the size under readers (a log appended to from another
+    /// mount, opened here by an appender and readers at once). So a stamp
+    /// asked for before the file's last commit here or the last stamp
+    /// applied is not used: `ask` reads the attributes again, under the
+    /// file's lock, which appends here wait for.
+    pub fn refresh(
+        &self,
+        cache: &DataCache,
+        stamp: super::cache::Stamp,
+        asked: u64,
+        ask: impl FnOnce() -> FsResult<super::cache::Stamp>,
+    ) -> FsResult<()> {
         let mut st = self.state();
         if !st.dirty.is_empty() || st.inflight.is_some() || self.is_pending() {
-            return;
+            return Ok(());
         }
+        let (stamp, asked) = if asked < st.info_ticket {
+            let t = ticket();
+            (ask()?, t)
+        } else {
+            (stamp, asked)
+        };
+        st.info_ticket = asked;
         let (generation, valid) = cache.generation_for(self.space, self.ino, stamp);
         if !valid || generation != st.generation {
             st.generation = generation;
@@ -789,6 +825,7 @@ impl OpenInode {
             st.db_size = stamp.2;
             st.write_seq += 1;
         }
+        Ok(())
     }
 
     /// A truncate (setattr with a size): buffers are committed, then `apply`
@@ -804,6 +841,7 @@ impl OpenInode {
         st.write_seq += 1;
         st.size = size;
         st.db_size = size;
+        st.info_ticket = ticket();
         st.generation = cache.invalidate(self.space, self.ino);
         Ok(a)
     }

@@ -735,6 +735,7 @@ impl Fs {
         self.commit_creates(space);
         // The attributes (close-to-open: has the file changed?), and for a
         // small file read-only its data too, in one round trip.
+        let asked = data::ticket();
         let (a, head) = meta::getattr_with_head(&shard, space, i, !writing)?;
         if a.is_dir() {
             return Err(Errno::EISDIR);
@@ -766,8 +767,14 @@ impl Fs {
             *node.opens.lock().unwrap() += 1;
             node
         };
-        if *node.opens.lock().unwrap() > 1 {
-            node.refresh(&self.cache, (a.mtime, a.ctime, a.size));
+        // Also when this open made the node: another may have found it since.
+        let refreshed = node.refresh(&self.cache, (a.mtime, a.ctime, a.size), asked, || {
+            let a = meta::getattr(&shard, space, i)?;
+            Ok((a.mtime, a.ctime, a.size))
+        });
+        if let Err(e) = refreshed {
+            self.release_node(&node);
+            return Err(e);
         }
         // Truncate by the size this mount sees: it may have buffered data.
         if flags & libc::O_TRUNC != 0 && (a.size > 0 || node.state().size > 0) {
