@@ -654,7 +654,9 @@ fn names_of(dir: BorrowedFd<'_>, ino: u64) -> Result<Vec<String>, Error> {
 /// The value of xattr `name` of an open file; `None` if it has none or the
 /// file system has no xattrs.
 fn fgetxattr(fd: BorrowedFd<'_>, name: &CStr) -> Result<Option<Vec<u8>>, Errno> {
-    let mut buf = vec![0u8; 256];
+    // Room for a presigned URL at once: each ask of `user.tshs.s3_url` is
+    // a query and a signature in the mount.
+    let mut buf = vec![0u8; 4096];
     loop {
         // SAFETY: `name` is NUL-terminated and `buf` is writable for its length.
         let r = unsafe {
