@@ -376,7 +376,7 @@ impl Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -387,7 +387,8 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         let _op = metrics::global().op("write");
-        match self.fs.write(fh.0, offset, data) {
+        // FUSE's pid is the calling thread's id (see `fs::own_xattrs`).
+        match self.fs.write(fh.0, offset, data, req.pid()) {
             Ok(n) => {
                 metrics::global().bytes_written.inc_by(u64::from(n));
                 reply.written(n)
@@ -553,7 +554,11 @@ impl Filesystem for FuseFs {
         if let Err(e) = self.guard(req, ino.0) {
             return reply.error(e);
         }
-        xattr(self.fs.getxattr(ino.0, name.as_bytes()), size, reply)
+        xattr(
+            self.fs.getxattr(ino.0, name.as_bytes(), req.pid()),
+            size,
+            reply,
+        )
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {

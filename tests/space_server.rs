@@ -1,9 +1,11 @@
 //! The space server (`tshs-space-server`) against real mounts of a real
 //! cluster: authentication, path confinement, body limits, GET/HEAD/Range,
 //! atomic PUT, POST offsets and rotation, DELETE, listings, a Standby
-//! volume, graceful shutdown, and a load test with two servers on two
-//! mounts (`TSHS_HTTP_LOAD_SECS`, default 8; `scripts/bench-http` runs it
-//! longer and prints the numbers).
+//! volume, graceful shutdown, redirects of files in S3 to presigned URLs,
+//! the mount's xattrs the server relies on (`user.tshs.append_offset`,
+//! `user.tshs.s3_url`), and a load test with two servers on two mounts
+//! appending to the same logs (`TSHS_HTTP_LOAD_SECS`, default 8;
+//! `scripts/bench-http` runs it longer and prints the numbers).
 
 mod common;
 
@@ -17,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Mount, TestCluster};
+use common::{Mount, TestCluster, env, sh};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -542,6 +544,240 @@ fn verify(acks: &[(u64, u64, u64, Vec<u8>)], by_ino: &HashMap<u64, Vec<u8>>) {
     assert_eq!(stored, acked, "the logs hold bytes no append acknowledged");
 }
 
+/// An xattr of an open file as text, or the errno.
+fn fgetxattr(f: &std::fs::File, name: &str) -> Result<String, i32> {
+    use std::os::fd::AsRawFd;
+    let name = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: a NUL-terminated name and a writable buffer of its length.
+    let n = unsafe {
+        libc::fgetxattr(
+            f.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    buf.truncate(n as usize);
+    Ok(String::from_utf8(buf).unwrap())
+}
+
+/// setxattr (`remove`: removexattr) on an open file; the errno if refused.
+fn fsetxattr(f: &std::fs::File, name: &str, value: Option<&str>) -> Result<(), i32> {
+    use std::os::fd::AsRawFd;
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a NUL-terminated name and a readable value of its length.
+    let r = unsafe {
+        match value {
+            Some(v) => libc::fsetxattr(f.as_raw_fd(), name.as_ptr(), v.as_ptr().cast(), v.len(), 0),
+            None => libc::fremovexattr(f.as_raw_fd(), name.as_ptr()),
+        }
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    Ok(())
+}
+
+/// The mount tells each thread where its own last `O_APPEND` write landed,
+/// also while another mount appends; the name is the mount's alone.
+#[test]
+fn the_mount_tells_each_thread_where_its_append_landed() {
+    let c = TestCluster::with_nodes();
+    let m1 = Mount::new(&c, &[]);
+    let m2 = Mount::new(&c, &[]);
+    let path = m1.space(3).join("last.log");
+    let open = |p: &Path| {
+        Arc::new(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(p)
+                .unwrap(),
+        )
+    };
+    let f = open(&path);
+    const OFF: &str = "user.tshs.append_offset";
+    assert_eq!(
+        fgetxattr(&f, OFF),
+        Err(libc::ENODATA),
+        "nothing appended yet"
+    );
+    (&*f).write_all(b"aaa").unwrap();
+    assert_eq!(fgetxattr(&f, OFF).as_deref(), Ok("0"));
+    // Another thread, same descriptor: its own offset; ours is unchanged.
+    let other = {
+        let f = f.clone();
+        std::thread::spawn(move || {
+            let before = fgetxattr(&f, OFF);
+            (&*f).write_all(b"bbbb").unwrap();
+            (before, fgetxattr(&f, OFF))
+        })
+        .join()
+        .unwrap()
+    };
+    assert_eq!(other, (Err(libc::ENODATA), Ok("3".to_string())));
+    assert_eq!(fgetxattr(&f, OFF).as_deref(), Ok("0"));
+    // The other mount appends; this one lands after it.
+    let g = open(&m2.path().join("vol01/3/last.log"));
+    (&*g).write_all(b"cc").unwrap();
+    assert_eq!(fgetxattr(&g, OFF).as_deref(), Ok("7"));
+    (&*f).write_all(b"dddd\n").unwrap();
+    assert_eq!(fgetxattr(&f, OFF).as_deref(), Ok("9"));
+    assert_eq!(std::fs::read(&path).unwrap(), b"aaabbbbccdddd\n");
+
+    // Reserved: not stored, not listed; other names work as before.
+    for name in [OFF, "user.tshs.s3_url"] {
+        assert_eq!(fsetxattr(&f, name, Some("5")), Err(libc::EPERM), "{name}");
+        assert_eq!(fsetxattr(&f, name, None), Err(libc::EPERM), "{name}");
+    }
+    fsetxattr(&f, "user.note", Some("n")).unwrap();
+    assert_eq!(fgetxattr(&f, "user.note").as_deref(), Ok("n"));
+    assert_eq!(fgetxattr(&f, OFF).as_deref(), Ok("9"));
+    let listed = sh(&format!("getfattr -d -m - '{}'", path.display()));
+    assert!(
+        listed.contains("user.note") && !listed.contains("tshs"),
+        "{listed}"
+    );
+    // A file in the database has no S3 URL; a fresh open no offsets.
+    assert_eq!(fgetxattr(&f, "user.tshs.s3_url"), Err(libc::ENODATA));
+    drop((f, g));
+    let f = std::fs::File::open(&path).unwrap();
+    assert_eq!(fgetxattr(&f, OFF), Err(libc::ENODATA));
+}
+
+/// `curl` of a URL: (status, body, or the first bytes of an error document).
+fn curl(url: &str, range: Option<&str>) -> (u16, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("body");
+    let range = range
+        .map(|r| format!("-H 'Range: {r}'"))
+        .unwrap_or_default();
+    let status = sh(&format!(
+        "curl -s {range} -o '{}' -w '%{{http_code}}' '{url}'",
+        out.display()
+    ));
+    (status.trim().parse().unwrap(), std::fs::read(out).unwrap())
+}
+
+/// With `--s3-redirect`, GET of a file whose data is in S3 answers 307 to a
+/// presigned URL of its object, valid RedirectTimeout seconds; everything
+/// else (HEAD, files in the database, the option off, RedirectTimeout=0) is
+/// served from the mount.
+#[test]
+fn files_in_s3_are_redirected_to_a_presigned_url() {
+    let c = TestCluster::with_nodes();
+    let ep = env("TSHS_S3_ENDPOINT");
+    let bucket = format!("tshs-{}-redirect", std::process::id());
+    sh(&format!("curl -sf -o /dev/null -X PUT {ep}/{bucket}"));
+    const AK: &str = "AKIDTSHSTEST0001";
+    let options = "MinSize=1K;RedirectTimeout=60";
+    c.ok(&[
+        "add-s3-host",
+        "GENERIC",
+        &ep,
+        &bucket,
+        AK,
+        "tshsSecretKeyValue/0123456789",
+        options,
+    ]);
+    let m = Mount::new(&c, &[]);
+    let space = m.space(3);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(space.join("s3.bin"), &data).unwrap();
+    std::fs::write(space.join("db.bin"), b"small, stays in the database").unwrap();
+    let out = c.ok(&["move-to-s3", "--settle", "0"]);
+    assert!(out.contains("move-to-s3: 1 files"), "{out}");
+    // The mount offers the URL of a moved file only.
+    let f = std::fs::File::open(space.join("s3.bin")).unwrap();
+    let url = fgetxattr(&f, "user.tshs.s3_url").unwrap();
+    assert!(
+        url.starts_with(&format!("{ep}/{bucket}/")),
+        "{}",
+        &url[..40]
+    );
+    assert!(
+        url.contains("X-Amz-Expires=60&"),
+        "RedirectTimeout is the validity"
+    );
+    let db = std::fs::File::open(space.join("db.bin")).unwrap();
+    assert_eq!(fgetxattr(&db, "user.tshs.s3_url"), Err(libc::ENODATA));
+
+    let on = Server::start(m.path(), &["--s3-redirect"]);
+    let off = Server::start(m.path(), &[]);
+    let r = on.req("GET", "/vol01/3/s3.bin", &[], b"");
+    assert_eq!(r.status, 307, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let location = r.header("location").unwrap().to_string();
+    assert!(location.starts_with(&format!("{ep}/{bucket}/")));
+    let (status, body) = curl(&location, None);
+    assert_eq!(status, 200);
+    assert!(body == data, "the object's bytes differ from the file's");
+    // A range is redirected too, and S3 honours it.
+    let r = on.req(
+        "GET",
+        "/vol01/3/s3.bin",
+        &[("Range", "bytes=1000-1999")],
+        b"",
+    );
+    assert_eq!(r.status, 307);
+    let (status, body) = curl(r.header("location").unwrap(), Some("bytes=1000-1999"));
+    assert_eq!((status, body.as_slice()), (206, &data[1000..2000]));
+    // HEAD, a file in the database, and a server without the option: served.
+    let r = on.req("HEAD", "/vol01/3/s3.bin", &[], b"");
+    assert_eq!(
+        (r.status, r.header("content-length")),
+        (200, Some("300000"))
+    );
+    let r = on.req("GET", "/vol01/3/db.bin", &[], b"");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"small, stays in the database"[..])
+    );
+    let r = off.req("GET", "/vol01/3/s3.bin", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(r.body == data);
+    // The signature is in no log.
+    let logs = format!("{}{}", on.access_log(), on.stderr.lock().unwrap());
+    assert!(logs.contains("GET /vol01/3/s3.bin 307"), "{logs}");
+    assert!(!logs.contains("X-Amz-Signature"), "{logs}");
+
+    // RedirectTimeout=0: no redirects (a mount reads the host's options
+    // when it first uses the host, so a new mount sees the change).
+    c.ok(&["update-s3-host", "1", "RedirectTimeout=0"]);
+    let m0 = Mount::new(&c, &[]);
+    let s0 = Server::start(m0.path(), &["--s3-redirect"]);
+    let r = s0.req("GET", "/vol01/3/s3.bin", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(r.body == data);
+
+    // RedirectTimeout=1: the URL is signed now, for one second. (moto
+    // checks neither the signature nor the expiry of a presigned URL: one
+    // fetched after it expired is still served, so that is left to S3.)
+    c.ok(&["update-s3-host", "1", "RedirectTimeout=1"]);
+    let m1 = Mount::new(&c, &[]);
+    let s1 = Server::start(m1.path(), &["--s3-redirect"]);
+    let utc_now = || sh("date -u +%Y%m%dT%H%M%SZ").trim().to_string();
+    let before = utc_now();
+    let r = s1.req("GET", "/vol01/3/s3.bin", &[], b"");
+    let after = utc_now();
+    assert_eq!(r.status, 307);
+    let location = r.header("location").unwrap();
+    assert!(location.contains("X-Amz-Expires=1&"));
+    let signed = location
+        .split("X-Amz-Date=")
+        .nth(1)
+        .and_then(|s| s.split('&').next())
+        .unwrap();
+    assert!(
+        before.as_str() <= signed && signed <= after.as_str(),
+        "{before} {signed} {after}"
+    );
+}
+
 #[test]
 fn appends_return_their_offsets_and_logs_rotate() {
     let c = TestCluster::with_nodes();
@@ -755,8 +991,9 @@ struct LoadFigures {
     rotated: usize,
 }
 
-/// 32 clients append to `spaces`' last.log through `servers` (alternately),
-/// while 4 readers read ranges, for `secs` seconds; then every acknowledged
+/// 32 clients append to `spaces`' last.log, each space's clients spread
+/// over both `servers` (so two mounts append to the same log at the same
+/// moment), while 4 readers read ranges, for `secs` seconds; then every acknowledged
 /// append must be in its log (read from `tree`) exactly once at its offset,
 /// and rotated logs must be full and not much more. `what` names the setup
 /// in the printed line.
@@ -774,8 +1011,9 @@ fn run_load(
     let lat = Arc::new(Mutex::new(Vec::<(bool, Duration)>::new()));
     let mut threads = Vec::new();
     for client in 0..32usize {
+        // Clients c, c + n, c + 2n… share a space; they alternate servers.
         let (s, stop, acks, lat) = (
-            servers[client % 2].clone(),
+            servers[(client / spaces.len()) % 2].clone(),
             stop.clone(),
             acks.clone(),
             lat.clone(),
@@ -893,7 +1131,8 @@ fn run_load(
 }
 
 /// 32 clients append to 8 spaces' last.log through two servers on two
-/// mounts (logs rotating at 256 KiB), while 4 readers read ranges; then
+/// mounts, each space through both (logs rotating at 256 KiB), while 4
+/// readers read ranges; then
 /// every acknowledged append must be in its log exactly once at its offset.
 ///
 /// With `TSHS_HTTP_LOAD_LOCAL=DIR` (`scripts/bench-http`) the same load

@@ -19,8 +19,8 @@
 //! first write, append or truncate brings the file back into the database
 //! inside its own transaction ([`recall`]): POSIX semantics do not change.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crossbeam_channel::Sender;
@@ -71,6 +71,40 @@ type Inflight = (
     Option<Arc<PendingCreate>>,
 );
 
+/// Threads whose last `O_APPEND` offset a file remembers; older ones are
+/// forgotten. An appender asks right after its write, so this only has to
+/// outlast the appends of other threads in between.
+const APPEND_THREADS: usize = 256;
+
+/// Where each thread's last `O_APPEND` write to a file landed, newest last:
+/// (thread id, offset). Lives as long as the file is open in this mount.
+#[derive(Default)]
+pub struct AppendOffsets(VecDeque<(u32, u64)>);
+
+impl AppendOffsets {
+    fn record(&mut self, tid: u32, offset: u64) {
+        if let Some(i) = self.0.iter().position(|(t, _)| *t == tid) {
+            self.0.remove(i);
+        }
+        if self.0.len() >= APPEND_THREADS {
+            self.0.pop_front();
+        }
+        self.0.push_back((tid, offset));
+    }
+
+    fn get(&self, tid: u32) -> Option<u64> {
+        self.0.iter().find(|(t, _)| *t == tid).map(|(_, o)| *o)
+    }
+}
+
+/// Orders what this mount learns of files' sizes: an open takes a ticket
+/// before it asks the database for the attributes, a commit here takes one
+/// after it committed (see [`OpenInode::refresh`]).
+pub fn ticket() -> u64 {
+    static CLOCK: AtomicU64 = AtomicU64::new(0);
+    CLOCK.fetch_add(1, Ordering::SeqCst) + 1
+}
+
 /// One extent being written: its full content from the extent start.
 #[derive(Clone)]
 struct ExtentBuf {
@@ -105,6 +139,9 @@ pub struct FileState {
     /// with one must not put what it read into the cache — it may have read
     /// an extent just before a flush replaced it.
     write_seq: u64,
+    /// The [`ticket`] as of which `size` and `db_size` reflect the
+    /// database (see [`OpenInode::refresh`]).
+    info_ticket: u64,
 }
 
 /// An inode open in this mount.
@@ -125,6 +162,9 @@ pub struct OpenInode {
     /// The last name went away while open (set inside an unlink
     /// transaction, so also lock-free).
     pub unlinked: AtomicBool,
+    /// Where each thread's last append landed (its own lock: asking must
+    /// not wait for another thread's append transaction).
+    appended: Mutex<AppendOffsets>,
 }
 
 impl OpenInode {
@@ -158,11 +198,13 @@ impl OpenInode {
                 last_read_end: u64::MAX,
                 prefetched_upto: 0,
                 write_seq: 0,
+                info_ticket: 0,
             }),
             idle: Condvar::new(),
             pending_gauge,
             pending_flag,
             unlinked: AtomicBool::new(false),
+            appended: Mutex::default(),
         }
     }
 
@@ -697,12 +739,14 @@ impl OpenInode {
             }
         }
         st.db_size = st.db_size.max(size);
+        st.info_ticket = ticket();
         cache.restamp(self.space, self.ino, generation, (now, now, st.size));
     }
 
-    /// Appends at the database's end of file in one transaction (`O_APPEND`).
-    /// Returns the offset the data landed at.
-    pub fn append(&self, cache: &DataCache, data: &[u8]) -> FsResult<u64> {
+    /// Appends at the database's end of file in one transaction (`O_APPEND`)
+    /// for thread `tid`. Returns the offset the data landed at, which is
+    /// also remembered for that thread ([`OpenInode::last_append`]).
+    pub fn append(&self, cache: &DataCache, data: &[u8], tid: u32) -> FsResult<u64> {
         let mut st = self.flush_locked(cache, self.state())?;
         let (space, ino, now) = (self.space, self.ino, now_ns());
         let abort = Abort::default();
@@ -738,17 +782,48 @@ impl OpenInode {
         }
         st.size = st.size.max(end);
         st.db_size = st.db_size.max(end);
+        st.info_ticket = ticket();
+        drop(st);
+        self.appended.lock().unwrap().record(tid, eof);
         Ok(eof)
     }
 
-    /// At a new open of an already open file: if the database moved on
-    /// (another mount wrote it) and nothing is buffered here, take its size
-    /// and start a new cache generation (close-to-open).
-    pub fn refresh(&self, cache: &DataCache, stamp: super::cache::Stamp) {
+    /// The offset at which thread `tid`'s last `O_APPEND` write to this
+    /// file (while it stayed open here) landed.
+    pub fn last_append(&self, tid: u32) -> Option<u64> {
+        self.appended.lock().unwrap().get(tid)
+    }
+
+    /// At an open: if the database moved on (another mount wrote it) and
+    /// nothing is buffered here, take its size and start a new cache
+    /// generation (close-to-open). `stamp` is what the open read from the
+    /// database after taking ticket `asked`.
+    ///
+    /// Opens and commits of one file in this mount run at the same time, so
+    /// a stamp may be older than what the file already shows: applying it
+    /// would shrink the size under readers (a log appended to from another
+    /// mount, opened here by an appender and readers at once). So a stamp
+    /// asked for before the file's last commit here or the last stamp
+    /// applied is not used: `ask` reads the attributes again, under the
+    /// file's lock, which appends here wait for.
+    pub fn refresh(
+        &self,
+        cache: &DataCache,
+        stamp: super::cache::Stamp,
+        asked: u64,
+        ask: impl FnOnce() -> FsResult<super::cache::Stamp>,
+    ) -> FsResult<()> {
         let mut st = self.state();
         if !st.dirty.is_empty() || st.inflight.is_some() || self.is_pending() {
-            return;
+            return Ok(());
         }
+        let (stamp, asked) = if asked < st.info_ticket {
+            let t = ticket();
+            (ask()?, t)
+        } else {
+            (stamp, asked)
+        };
+        st.info_ticket = asked;
         let (generation, valid) = cache.generation_for(self.space, self.ino, stamp);
         if !valid || generation != st.generation {
             st.generation = generation;
@@ -756,6 +831,7 @@ impl OpenInode {
             st.db_size = stamp.2;
             st.write_seq += 1;
         }
+        Ok(())
     }
 
     /// A truncate (setattr with a size): buffers are committed, then `apply`
@@ -771,6 +847,7 @@ impl OpenInode {
         st.write_seq += 1;
         st.size = size;
         st.db_size = size;
+        st.info_ticket = ticket();
         st.generation = cache.invalidate(self.space, self.ino);
         Ok(a)
     }
@@ -974,4 +1051,25 @@ pub fn truncate_extents(
         (space, ino),
     )?;
     Ok(stored.flatten().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_offsets_are_per_thread_and_bounded() {
+        let mut a = AppendOffsets::default();
+        assert_eq!(a.get(7), None);
+        a.record(7, 100);
+        a.record(8, 200);
+        a.record(7, 300);
+        assert_eq!((a.get(7), a.get(8)), (Some(300), Some(200)));
+        for tid in 1000..1000 + APPEND_THREADS as u32 - 1 {
+            a.record(tid, u64::from(tid));
+        }
+        // 8 was the oldest: forgotten; 7 (renewed later) is still there.
+        assert_eq!((a.get(8), a.get(7)), (None, Some(300)));
+        assert_eq!(a.0.len(), APPEND_THREADS);
+    }
 }

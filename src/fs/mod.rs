@@ -13,6 +13,7 @@ pub mod cache;
 pub mod data;
 pub mod error;
 pub mod meta;
+pub mod own_xattrs;
 pub mod reaper;
 pub mod xattr_cache;
 
@@ -783,6 +784,7 @@ impl Fs {
         self.commit_creates(space);
         // The attributes (close-to-open: has the file changed?), and for a
         // small file read-only its data too, in one round trip.
+        let asked = data::ticket();
         let (a, head) = meta::getattr_with_head(&shard, space, i, !writing)?;
         if a.is_dir() {
             return Err(Errno::EISDIR);
@@ -814,8 +816,14 @@ impl Fs {
             *node.opens.lock().unwrap() += 1;
             node
         };
-        if *node.opens.lock().unwrap() > 1 {
-            node.refresh(&self.cache, (a.mtime, a.ctime, a.size));
+        // Also when this open made the node: another may have found it since.
+        let refreshed = node.refresh(&self.cache, (a.mtime, a.ctime, a.size), asked, || {
+            let a = meta::getattr(&shard, space, i)?;
+            Ok((a.mtime, a.ctime, a.size))
+        });
+        if let Err(e) = refreshed {
+            self.release_node(&node);
+            return Err(e);
         }
         // Truncate by the size this mount sees: it may have buffered data.
         if flags & libc::O_TRUNC != 0 && (a.size > 0 || node.state().size > 0) {
@@ -1068,7 +1076,9 @@ impl Fs {
         node.read(&self.cache, &self.prefetcher, offset, size)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+    /// Writes for thread `tid` (whose `O_APPEND` offsets are remembered,
+    /// see [`own_xattrs`]).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], tid: u32) -> FsResult<u32> {
         let (node, append) = self.handle(fh)?;
         // A write after a deferred utimes sets mtime anew, as it would on disk.
         if let Some(c) = self
@@ -1085,7 +1095,7 @@ impl Fs {
             return Err(Errno::EROFS);
         }
         if append {
-            node.append(&self.cache, data)?;
+            node.append(&self.cache, data, tid)?;
         } else if node.write(&self.cache, offset, data)? {
             // The workers live as long as the Fs: sending cannot fail.
             let _ = self.flusher.send(node);
@@ -1164,6 +1174,9 @@ impl Fs {
 
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
         let (s, i) = self.space_node(ino).map_err(|_| Errno::EPERM)?;
+        if own_xattrs::is_own(name) {
+            return Err(Errno::EPERM);
+        }
         self.commit_pending(s);
         let r = meta::setxattr(&self.shard_rw(s)?, s, i, name, value, flags);
         self.xattrs.forget(ino);
@@ -1181,7 +1194,11 @@ impl Fs {
         Ok(x)
     }
 
-    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+    /// An xattr; the mount's own ([`own_xattrs`]) as seen by thread `tid`.
+    pub fn getxattr(&self, ino: u64, name: &[u8], tid: u32) -> FsResult<Vec<u8>> {
+        if own_xattrs::is_own(name) {
+            return self.own_xattr(ino, name, tid);
+        }
         let x = self.xattrs_of(ino).map_err(|e| {
             if e == Errno::ENOSYS {
                 Errno::ENODATA
@@ -1202,15 +1219,38 @@ impl Fs {
             Err(e) => return Err(e),
         };
         let mut out = Vec::new();
-        for (n, _) in x.iter() {
+        for (n, _) in x.iter().filter(|(n, _)| !own_xattrs::is_own(n)) {
             out.extend_from_slice(n);
             out.push(0);
         }
         Ok(out)
     }
 
+    /// The mount's own xattrs ([`own_xattrs`]), answered without the xattr table.
+    fn own_xattr(&self, ino: u64, name: &[u8], tid: u32) -> FsResult<Vec<u8>> {
+        let Node::Space(s, i) = Node::from_ino(ino) else {
+            return Err(Errno::ENODATA);
+        };
+        let node = self.open.lock().unwrap().get(&(s, i)).cloned();
+        if name == own_xattrs::APPEND_OFFSET {
+            let off = node.and_then(|n| n.last_append(tid));
+            return off
+                .map(|o| o.to_string().into_bytes())
+                .ok_or(Errno::ENODATA);
+        }
+        // Buffered writes here bring the file back into the database at
+        // their flush: the object would be stale.
+        if node.is_some_and(|n| n.local_size().is_some()) {
+            return Err(Errno::ENODATA);
+        }
+        own_xattrs::s3_url(&self.shard(s)?, s, i)
+    }
+
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         let (s, i) = self.space_node(ino).map_err(|_| Errno::EPERM)?;
+        if own_xattrs::is_own(name) {
+            return Err(Errno::EPERM);
+        }
         self.commit_pending(s);
         let r = meta::removexattr(&self.shard_rw(s)?, s, i, name);
         self.xattrs.forget(ino);

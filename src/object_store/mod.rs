@@ -60,8 +60,9 @@ impl Brand {
 pub struct S3Options {
     /// Smallest file move-to-s3 moves.
     pub min_size: u64,
-    /// Seconds a read redirect is valid (kept for the reference; tshs reads
-    /// through the mount and does not redirect).
+    /// Seconds a presigned read URL is valid (the mount's
+    /// `user.tshs.s3_url` xattr, the space server's `--s3-redirect`);
+    /// 0: no redirects.
     pub redirect_timeout: u64,
     /// Part size of multipart uploads; files up to this size are one PUT.
     pub min_block_size: u64,

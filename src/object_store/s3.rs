@@ -23,6 +23,7 @@ use aws_sdk_s3::config::{
     StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use md5::{Digest, Md5};
@@ -481,6 +482,24 @@ impl S3Store {
             ));
         }
         Ok(data)
+    }
+
+    /// A presigned URL for a GET of `key`, valid `valid` from now (up to 7
+    /// days). Computed locally: no request is sent. The URL carries a
+    /// signature: show it to nobody but the reader it is for, never log it.
+    pub fn presign_get(&self, key: &str, valid: Duration) -> Result<String, StoreError> {
+        let conf = PresigningConfig::expires_in(valid)
+            .map_err(|e| self.error("presigning a read", ErrorKind::Other, e.to_string()))?;
+        let req = runtime()
+            .block_on(
+                self.client
+                    .get_object()
+                    .bucket(&self.host.bucket)
+                    .key(key)
+                    .presigned(conf),
+            )
+            .map_err(|e| self.fail("presigning a read", e))?;
+        Ok(req.uri().to_string())
     }
 
     /// A whole (small) object, or `None` if there is none.

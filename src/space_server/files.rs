@@ -13,13 +13,19 @@
 //! - POST appends the body to `protolog/last.log` with one `write(2)` on an
 //!   `O_APPEND` descriptor, so the mount appends it in one transaction at
 //!   the database's end of file (never interleaved with another mount's
-//!   append), and answers after `fsync`. The offset is found from the
-//!   file's size before and after, read fresh from the mount
-//!   (`AT_STATX_FORCE_SYNC`): when they differ by exactly the body's
-//!   length nothing else landed in between and the offset is the size
-//!   before. Appends through this server are serialised per file, so that
-//!   is the rule; when another process appended meanwhile, the span between
-//!   the two sizes is read back and the body must occur in it exactly once.
+//!   append), and answers after `fsync`. The offset is what the mount says
+//!   it was: the xattr `user.tshs.append_offset`, read on the same thread
+//!   right after the write, names where this thread's last append landed,
+//!   whatever other mounts appended at the same moment. Elsewhere (a
+//!   local disk, another file system) it is found from the file's size
+//!   before and after, read fresh (`AT_STATX_FORCE_SYNC`): when they differ
+//!   by exactly the body's length nothing else landed in between and the
+//!   offset is the size before. Appends through this server are serialised
+//!   per file, so that is the rule; when another process appended
+//!   meanwhile, the span between the two sizes is read back and the body
+//!   must occur in it exactly once.
+//! - GET of a file whose data is in S3 may answer with the presigned URL
+//!   the mount offers as `user.tshs.s3_url` (`--s3-redirect`).
 //! - Rotation renames a full `last.log` to the next free `<n>.log` without
 //!   ever overwriting a rotated log or rotating one file twice, also with
 //!   several servers on several mounts (see [`Tree::rotate`]).
@@ -55,6 +61,12 @@ use super::range::{self, Want};
 /// 1 MiB in one transaction; a larger one could interleave with another
 /// mount's append.
 pub const MAX_APPEND: u64 = 1 << 20;
+
+/// The mount's xattr naming where this thread's last append landed.
+const APPEND_OFFSET_XATTR: &CStr = c"user.tshs.append_offset";
+
+/// The mount's xattr with a presigned URL of a file's S3 object.
+const S3_URL_XATTR: &CStr = c"user.tshs.s3_url";
 
 /// How long an append waits for this mount to stop showing a log another
 /// mount rotated under the name `last.log` (the entry TTL, 1 s by default).
@@ -166,6 +178,9 @@ pub enum Got {
     },
     /// A directory: its listing as JSON.
     Dir(Vec<u8>),
+    /// A file whose data is in S3: a presigned URL of its object (only when
+    /// asked for, see [`Tree::get`]).
+    Redirect(String),
 }
 
 /// Where an append landed.
@@ -257,7 +272,10 @@ impl Tree {
     /// its size when it was opened (close-to-open), while the fresh size
     /// may already be larger (another mount appended): the last byte to be
     /// sent is read first, and a new open sees it.
-    pub fn get(&self, rel: &RelPath, range: Option<&str>) -> Result<Got, Error> {
+    ///
+    /// With `redirect`, a regular file the mount offers a presigned S3 URL
+    /// for is answered with that URL (whatever the range: S3 honours it).
+    pub fn get(&self, rel: &RelPath, range: Option<&str>, redirect: bool) -> Result<Got, Error> {
         // O_NONBLOCK: opening a FIFO must not wait for a writer.
         let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK;
         let mut pauses = REOPEN_MS.iter();
@@ -289,6 +307,13 @@ impl Tree {
             }
             if !st.is_file() {
                 return Err(Error::Conflict("not a regular file"));
+            }
+            if redirect
+                && let Some(url) = fgetxattr(fd.as_fd(), S3_URL_XATTR).map_err(sys("getxattr"))?
+            {
+                let url = String::from_utf8(url)
+                    .map_err(|_| Error::Internal("the mount's S3 URL is not UTF-8".into()))?;
+                return Ok(Got::Redirect(url));
             }
             let want = range::parse(range, st.size);
             let last = match want {
@@ -440,12 +465,24 @@ impl Tree {
             )));
         }
         fsync(fd.as_fd()).map_err(sys("fsync"))?;
+        // Same thread as the write: the mount tells where it landed.
+        let told = fgetxattr(fd.as_fd(), APPEND_OFFSET_XATTR).map_err(sys("getxattr"))?;
         let after = fresh_fstat(fd.as_fd()).map_err(sys("stat"))?;
         let len = data.len() as u64;
-        let offset = if after.size == before.size + len {
-            before.size
-        } else {
-            find_once(&fd, before.size, after.size, data)?
+        let offset = match told {
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|o| o + len <= after.size)
+                .ok_or_else(|| {
+                    Error::OffsetUnknown(format!(
+                        "the mount's append offset {:?} does not fit the file's {} bytes",
+                        String::from_utf8_lossy(&v),
+                        after.size
+                    ))
+                })?,
+            None if after.size == before.size + len => before.size,
+            None => find_once(&fd, before.size, after.size, data)?,
         };
         let mut file = "last.log".to_string();
         if self.rotate_size > 0 && after.size >= self.rotate_size {
@@ -614,6 +651,41 @@ fn names_of(dir: BorrowedFd<'_>, ino: u64) -> Result<Vec<String>, Error> {
     Ok(names)
 }
 
+/// The value of xattr `name` of an open file; `None` if it has none or the
+/// file system has no xattrs.
+fn fgetxattr(fd: BorrowedFd<'_>, name: &CStr) -> Result<Option<Vec<u8>>, Errno> {
+    // Room for a presigned URL at once: each ask of `user.tshs.s3_url` is
+    // a query and a signature in the mount.
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: `name` is NUL-terminated and `buf` is writable for its length.
+        let r = unsafe {
+            libc::fgetxattr(
+                fd.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        match Errno::result(r) {
+            Ok(n) => {
+                buf.truncate(n as usize);
+                return Ok(Some(buf));
+            }
+            Err(Errno::ENODATA | Errno::EOPNOTSUPP) => return Ok(None),
+            // Larger than the buffer: ask its size, then again.
+            Err(Errno::ERANGE) if buf.len() < 1 << 16 => {
+                // SAFETY: a size query writes nothing.
+                let n = unsafe {
+                    libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), std::ptr::null_mut(), 0)
+                };
+                buf.resize(Errno::result(n)?.max(buf.len() as isize * 2) as usize, 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The offset of `data` in `[from, to)` of the file, where it must occur
 /// exactly once.
 fn find_once(fd: &OwnedFd, from: u64, to: u64, data: &[u8]) -> Result<u64, Error> {
@@ -741,7 +813,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc", root.join("vol01/3/etc")).unwrap();
         let t = Tree::open(&root, 0).unwrap();
         for p in ["/vol01/3/out", "/vol01/3/etc/passwd"] {
-            let r = t.get(&RelPath::parse(p).unwrap(), None);
+            let r = t.get(&RelPath::parse(p).unwrap(), None, true);
             assert!(matches!(r, Err(Error::Refused(_))), "{p}");
         }
         let r = t.put(&RelPath::parse("/vol01/3/etc/x").unwrap(), b"x");

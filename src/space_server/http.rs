@@ -37,6 +37,8 @@ pub struct App {
     /// The bearer token; never logged.
     pub token: Vec<u8>,
     pub max_body: u64,
+    /// GET of a file in S3 answers 307 to a presigned URL (`--s3-redirect`).
+    pub s3_redirect: bool,
     pub access_log: Mutex<Box<dyn Write + Send>>,
 }
 
@@ -157,14 +159,31 @@ impl App {
             .get(header::RANGE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        // HEAD is served here: a presigned URL is signed for GET only.
+        let redirect = self.s3_redirect && !head;
         let got = match self
-            .blocking(move |app| app.tree.get(&rel, range.as_deref()))
+            .blocking(move |app| app.tree.get(&rel, range.as_deref(), redirect))
             .await
         {
             Ok(g) => g,
             Err(e) => return fail(&e),
         };
         match got {
+            Got::Redirect(url) => {
+                let Ok(location) = HeaderValue::from_str(&url) else {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the mount's S3 URL is not a valid header",
+                    );
+                };
+                let mut r = empty(StatusCode::TEMPORARY_REDIRECT);
+                let h = r.headers_mut();
+                h.insert(header::LOCATION, location);
+                // The URL expires (RedirectTimeout): nobody may keep it.
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                h.insert(header::CONTENT_LENGTH, 0.into());
+                r
+            }
             Got::Dir(listing) => {
                 let len = listing.len();
                 let mut r = if head {

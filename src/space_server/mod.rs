@@ -5,7 +5,8 @@
 //! [`path`] turns a request path into segments below the root (refusing
 //! `..`, `%2F`, NUL); [`files`] does the blocking file work (GET with
 //! ranges, listings, atomic PUT, `O_APPEND` POST with rotation, DELETE) on
-//! descriptors opened beneath the root; [`http`] authenticates, limits
+//! descriptors opened beneath the root (with `--s3-redirect`, GET of a file
+//! in S3 becomes a redirect to the presigned URL the mount offers); [`http`] authenticates, limits
 //! bodies, runs the file work on tokio's blocking pool, and maps errors to
 //! statuses. [`run`] binds (loopback by default), serves HTTP/1.1, logs one
 //! access line per request, and on SIGTERM or SIGINT stops accepting and
@@ -59,6 +60,12 @@ pub struct Config {
     /// Append the access log (one line per request) to this file instead of stderr.
     #[arg(long, value_name = "PATH")]
     pub access_log: Option<PathBuf>,
+    /// Answer GET of a file whose data is in S3 with 307 to a presigned URL
+    /// of its object (valid for the S3 host's RedirectTimeout seconds),
+    /// which the mount offers as the xattr user.tshs.s3_url. HEAD is served
+    /// as usual.
+    #[arg(long)]
+    pub s3_redirect: bool,
     /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT. Off unless given.
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
@@ -125,6 +132,7 @@ pub fn run(cfg: Config) -> Result<()> {
         tree,
         token,
         max_body: cfg.max_body,
+        s3_redirect: cfg.s3_redirect,
         access_log: Mutex::new(access_log),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
