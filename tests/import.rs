@@ -444,6 +444,14 @@ fn first_use_brings_the_tree_in_and_a_write_brings_a_file_in() {
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     let e = c.fails(&["perform-import"]);
     assert!(e.contains("1 space(s) could not be imported"), "{e}");
+    assert!(e.contains("data/f8: changed on disk"), "{e}");
+    // Only that file waits; the rest of its space came in.
+    let files = c.ok(&["list-files", "77"]);
+    let on_disk: Vec<&str> = files.lines().filter(|l| l.contains("OnDisk")).collect();
+    assert!(
+        on_disk.len() == 1 && on_disk[0].ends_with(" data/f8"),
+        "{files}"
+    );
     std::fs::OpenOptions::new()
         .write(true)
         .open(old.join("vol01/77/data/f8"))

@@ -856,21 +856,26 @@ impl OpenInode {
 /// Bytes of an object fetched per ranged GET while a file comes back.
 const RECALL_CHUNK: u64 = 32 * E;
 
-/// Brings one file's data into the database from wherever it is (the
-/// object store or an imported disk tree): perform-import's step per file.
-/// Returns the bytes brought in (0 if nothing was elsewhere, or the file is
-/// gone), or why it could not.
-pub fn bring_in(route: &Route, space: u32, ino: u64) -> Result<u64, String> {
+/// Brings files' data into the database from wherever it is (the object
+/// store or an imported disk tree), in one transaction: perform-import's
+/// step. Returns the bytes brought in (files with nothing elsewhere, or
+/// gone, count 0), or why it could not (then none was brought in).
+pub fn bring_in(route: &Route, space: u32, inos: &[u64]) -> Result<u64, String> {
     let abort = Abort::default();
-    match route.tx(|tx| recall(tx, route, space, ino, true, &abort)) {
-        Ok(Some((size, Some(_)))) => Ok(size),
-        Ok(_) => Ok(0),
-        Err(e) => Err(match (abort.take_cause(), abort.take()) {
-            (Some(cause), _) => cause,
-            (None, Some(errno)) => format!("space {space} inode {ino}: errno {}", errno.0),
-            (None, None) => format!("storage node {}: {e}", route.id()),
-        }),
-    }
+    let r = route.tx(|tx| {
+        let mut bytes = 0;
+        for &ino in inos {
+            if let Some((size, Some(_))) = recall(tx, route, space, ino, true, &abort)? {
+                bytes += size;
+            }
+        }
+        Ok(bytes)
+    });
+    r.map_err(|e| match (abort.take_cause(), abort.take()) {
+        (Some(cause), _) => cause,
+        (None, Some(errno)) => format!("space {space}: errno {}", errno.0),
+        (None, None) => format!("storage node {}: {e}", route.id()),
+    })
 }
 
 /// `data` read from `first` on, cut into extents.

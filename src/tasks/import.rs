@@ -4,7 +4,7 @@
 //! (`s3-host-id=…`) uploads the files that host takes (its MinSize and
 //! MaxSize; never a `last.log`) straight from disk to it, as move-to-s3
 //! would, instead of writing them to the database first; every other file
-//! is copied into its extents, one transaction per file. Stopped
+//! is copied into its extents, small files many to a transaction. Stopped
 //! (`--time-limit`, a signal) between files, it resumes where it stopped:
 //! what is left is what still names its file on disk.
 
@@ -16,7 +16,7 @@ use mysql::prelude::Queryable;
 
 use super::move_to_s3::{Moved, move_one};
 use super::{Outcome, Progress, ProgressFn, TaskOptions};
-use crate::cluster::{Cluster, ImportJob, ImportingSpace, Router};
+use crate::cluster::{Cluster, ImportJob, ImportingSpace, Route, Router};
 use crate::object_store::{S3Host, S3Store};
 use crate::shard::Candidate;
 
@@ -172,7 +172,7 @@ impl Work<'_> {
             })?;
             let Some(last) = files.last() else { break };
             after = last.0;
-            let queue = Mutex::new(files.into_iter());
+            let queue = Mutex::new(self.steps(files).into_iter());
             std::thread::scope(|scope| {
                 for _ in 0..opts.max_threads.max(1) {
                     scope.spawn(|| {
@@ -180,26 +180,37 @@ impl Work<'_> {
                             if opts.should_stop(stop) {
                                 return;
                             }
-                            let Some(f) = queue.lock().unwrap().next() else {
+                            let Some(step) = queue.lock().unwrap().next() else {
                                 return;
                             };
-                            self.report(format!("space {}: inode {}, {} bytes", s.id, f.0, f.1));
-                            let r = match self.s3 {
-                                Some((host, store)) if !f.6 && host.options.eligible(f.1) => {
-                                    upload(cluster, store, host, s.id, &f, opts, stop)
+                            let (bytes, errors) = match step {
+                                Step::Upload(f) => {
+                                    let (host, store) = self.s3.expect("uploads need a host");
+                                    self.report(format!(
+                                        "space {}: inode {}, {} bytes to S3",
+                                        s.id, f.0, f.1
+                                    ));
+                                    match upload(cluster, store, host, s.id, &f, opts, stop) {
+                                        Ok(n) => (n, Vec::new()),
+                                        Err(e) => (0, vec![e]),
+                                    }
                                 }
-                                _ => crate::fs::data::bring_in(&route, s.id, f.0)
-                                    .map_err(|e| anyhow!(e)),
+                                Step::Copy(group) => {
+                                    self.report(format!(
+                                        "space {}: {} file(s) from inode {}",
+                                        s.id,
+                                        group.len(),
+                                        group[0]
+                                    ));
+                                    copy_in(&route, s.id, &group)
+                                }
                             };
-                            match r {
-                                Ok(n) => {
-                                    self.bytes.fetch_add(n, Ordering::Relaxed);
-                                }
-                                Err(_) if opts.should_stop(stop) => return,
-                                Err(e) => {
+                            self.bytes.fetch_add(bytes, Ordering::Relaxed);
+                            if !errors.is_empty() && !opts.should_stop(stop) {
+                                for e in &errors {
                                     log::debug!("{e:#}");
-                                    failed.lock().unwrap().push(e);
                                 }
+                                failed.lock().unwrap().extend(errors);
                             }
                         }
                     });
@@ -218,6 +229,65 @@ impl Work<'_> {
             return Ok(true);
         }
         Ok(false)
+    }
+}
+
+/// What a worker does next: upload one file to S3, or copy a group of
+/// files into the database in one transaction.
+enum Step {
+    Upload(File),
+    Copy(Vec<u64>),
+}
+
+/// Files per copy transaction, and bytes: one commit per small file would
+/// bound the import by the database's commit rate.
+const GROUP_FILES: usize = 64;
+const GROUP_BYTES: u64 = 8 << 20;
+
+impl Work<'_> {
+    /// A batch of files as steps: uploads for what the job's S3 host takes,
+    /// the rest copied in groups.
+    fn steps(&self, files: Vec<File>) -> Vec<Step> {
+        let mut steps = Vec::new();
+        let (mut group, mut bytes) = (Vec::new(), 0u64);
+        for f in files {
+            if let Some((host, _)) = self.s3
+                && !f.6
+                && host.options.eligible(f.1)
+            {
+                steps.push(Step::Upload(f));
+                continue;
+            }
+            if !group.is_empty() && (group.len() >= GROUP_FILES || bytes + f.1 > GROUP_BYTES) {
+                steps.push(Step::Copy(std::mem::take(&mut group)));
+                bytes = 0;
+            }
+            bytes += f.1;
+            group.push(f.0);
+        }
+        if !group.is_empty() {
+            steps.push(Step::Copy(group));
+        }
+        steps
+    }
+}
+
+/// Copies a group of files in; if that fails, one by one, so one bad file
+/// does not keep the others out. Returns the bytes copied and what failed.
+fn copy_in(route: &Route, space: u32, group: &[u64]) -> (u64, Vec<anyhow::Error>) {
+    match crate::fs::data::bring_in(route, space, group) {
+        Ok(n) => (n, Vec::new()),
+        Err(e) if group.len() == 1 => (0, vec![anyhow!(e)]),
+        Err(_) => {
+            let (mut bytes, mut errors) = (0, Vec::new());
+            for &ino in group {
+                match crate::fs::data::bring_in(route, space, &[ino]) {
+                    Ok(n) => bytes += n,
+                    Err(e) => errors.push(anyhow!(e)),
+                }
+            }
+            (bytes, errors)
+        }
     }
 }
 
