@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Mount, TestCluster, sh};
+use mysql::prelude::Queryable;
 
 /// Builds an old-style tree: `vol01` with `spaces`, `vol02` with two more.
 /// Returns the space directories.
@@ -682,4 +683,66 @@ fn copy_until_active(c: &TestCluster) -> String {
         );
     }
     said
+}
+
+#[test]
+fn a_node_lost_during_the_import_takes_its_trees_from_disk_again() {
+    let c = TestCluster::with_nodes();
+    let ep = common::env("TSHS_S3_ENDPOINT");
+    let bucket = format!("tshs-import-lost-{}", std::process::id());
+    sh(&format!("curl -sf -o /dev/null -X PUT {ep}/{bucket}"));
+    c.ok(&[
+        "add-s3-host",
+        "GENERIC",
+        &ep,
+        &bucket,
+        "AKIDTSHSTEST0001",
+        "tshsSecretKeyValue/0123456789+abcdef",
+    ]);
+    let old = c.dir.path().join("old");
+    for id in 41..=48 {
+        fill_space(&old.join(format!("vol01/{id}")), id, 12);
+    }
+    let want = snapshot(&old.join("vol01"));
+    c.ok(&["import-volumes", old.to_str().unwrap()]);
+    {
+        let m = c.mount();
+        for id in 41..=44 {
+            std::fs::metadata(m.path().join(format!("vol01/{id}/protolog"))).unwrap();
+        }
+    }
+    let out = c.ok(&["copy-to-s3"]);
+    assert!(
+        out.contains(
+            "8 space(s) of an unfinished import are backed up once perform-import is done"
+        ),
+        "{out}"
+    );
+
+    // The node of space 41 is lost, and rebuilt from the object store.
+    let node = c.cluster().space(41).unwrap().unwrap().node_id;
+    let (n, db) = c.dbs.lock().unwrap()[node as usize].clone();
+    common::root_conn(n)
+        .query_drop(format!("DROP DATABASE {db}"))
+        .unwrap();
+    let new = c.new_db(n, "restored");
+    let out = c.ok(&[
+        "restore-from-s3",
+        &node.to_string(),
+        &format!("{};database={new}", common::server(n)),
+    ]);
+    assert!(
+        out.contains("of the unfinished import: their tree comes in again"),
+        "{out}"
+    );
+    assert!(!out.contains("restored empty"), "{out}");
+
+    assert!(c.ok(&["perform-import"]).contains("the job is IMPORTED"));
+    std::fs::rename(&old, c.dir.path().join("old-gone")).unwrap();
+    let m = c.mount();
+    assert_same(
+        &want,
+        &snapshot(&m.path().join("vol01")),
+        "vol01 after the restore",
+    );
 }

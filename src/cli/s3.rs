@@ -138,6 +138,12 @@ pub fn restore(cluster: &Cluster, node: u32, connection_options: &str) -> Result
             r.lost
         );
     }
+    if !r.reimported.is_empty() {
+        out += &format!(
+            "Space(s) {:?} of the unfinished import: their tree comes in again from the on-disk tree (changes since the import are lost)\n",
+            r.reimported
+        );
+    }
     if !r.without_manifest.is_empty() {
         out += &format!(
             "No manifest for space(s) {:?}: restored empty (run copy-to-s3 regularly)\n",

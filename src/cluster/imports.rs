@@ -170,6 +170,34 @@ impl Cluster {
         Ok(row.is_some_and(|r| r.node_id == node && r.import_from.is_none()))
     }
 
+    /// Sets a space of an unfinished import to have its tree imported again
+    /// from `<job path>/<volume>/<space>` (restore-from-s3 of a lost node).
+    pub fn import_tree_again(&self, space: u32) -> Result<()> {
+        let mut conn = self.admin.conn()?;
+        let row: Option<(u64, String, String)> = conn
+            .exec_first(
+                "SELECT s.import_job, j.parameters, v.name FROM spaces s
+                 JOIN jobs j ON j.id = s.import_job JOIN volumes v ON v.id = s.volume_id
+                 WHERE s.id = ?",
+                (space,),
+            )
+            .map_err(|e| self.admin.err(e))?;
+        let Some((job, parameters, volume)) = row else {
+            bail!("space {space} is not part of an import");
+        };
+        let root = parameters
+            .split(';')
+            .find_map(|p| p.strip_prefix("path="))
+            .ok_or_else(|| anyhow!("import job {job} has no path"))?;
+        let dir = Path::new(root).join(volume).join(space.to_string());
+        conn.exec_drop(
+            "UPDATE spaces SET import_from = ? WHERE id = ?",
+            (dir.as_os_str().as_bytes(), space),
+        )
+        .map_err(|e| self.admin.err(e))?;
+        Ok(())
+    }
+
     /// True while copy-shards holds a move of the space.
     pub fn space_moving(&self, space: u32) -> Result<bool> {
         let n: Option<u32> = self

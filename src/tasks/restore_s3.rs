@@ -8,7 +8,11 @@
 //! directory entries, xattrs. A moved file points at its object again (it
 //! must still exist); a `last.log` is copied back from its backup into the
 //! database. Files whose data was only in the lost database are left out,
-//! and counted. A space without a manifest gets an empty root directory.
+//! and counted. A space without a manifest gets an empty root directory,
+//! except a space of an unfinished import: its tree is imported again from
+//! the on-disk tree (copy-to-s3 does not back up such spaces), so it is
+//! as imported, without what changed since (that was only in the lost
+//! database).
 
 use anyhow::{Context, Result, anyhow, bail};
 use mysql::prelude::Queryable;
@@ -24,6 +28,8 @@ use crate::shard::{self, EXTENT_SIZE, Shard};
 pub struct Restored {
     pub spaces: u64,
     pub without_manifest: Vec<u32>,
+    /// Spaces of an unfinished import whose tree comes from disk again.
+    pub reimported: Vec<u32>,
     pub files: u64,
     pub from_objects: u64,
     pub from_backups: u64,
@@ -41,10 +47,20 @@ pub fn run(cluster: &Cluster, node: u32, conn: &ConnOptions) -> Result<Restored>
         .iter()
         .map(|h| cluster.object_store(h.id))
         .collect::<Result<_>>()?;
-    let spaces: Vec<u32> = cluster
+    let placed: Vec<crate::cluster::SpaceRow> = cluster
         .live_spaces()?
         .into_iter()
         .filter(|s| s.node_id == node)
+        .collect();
+    // A space whose tree is still on disk had no rows: nothing to restore.
+    let spaces: Vec<u32> = placed
+        .iter()
+        .filter(|s| s.import_from.is_none())
+        .map(|s| s.id)
+        .collect();
+    let importing: Vec<u32> = placed
+        .iter()
+        .filter(|s| s.importing)
         .map(|s| s.id)
         .collect();
     // Read every manifest before touching anything.
@@ -71,6 +87,7 @@ pub fn run(cluster: &Cluster, node: u32, conn: &ConnOptions) -> Result<Restored>
         match m {
             Some(m) => load(cluster, &target, &m, &mut r)
                 .with_context(|| format!("restoring space {space}"))?,
+            None if importing.contains(&space) => r.reimported.push(space),
             None => {
                 target.create_space(space, 0, 0, 0o755)?;
                 r.without_manifest.push(space);
@@ -79,6 +96,9 @@ pub fn run(cluster: &Cluster, node: u32, conn: &ConnOptions) -> Result<Restored>
         r.spaces += 1;
     }
     cluster.replace_node_connection(node, conn)?;
+    for &space in &r.reimported {
+        cluster.import_tree_again(space)?;
+    }
     Ok(r)
 }
 
