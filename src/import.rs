@@ -138,20 +138,23 @@ fn sorted_dir(dir: &Path) -> Result<Vec<(std::ffi::OsString, PathBuf)>> {
 
 /// Reads `[first, last)` of an imported file, cut at `size` (what the import
 /// recorded). A file that is no longer what was imported (another size, or
-/// a symlink now) is an error naming it: its bytes would be wrong.
+/// no longer a regular file) is an error naming it: its bytes would be
+/// wrong. (A rewrite to the same size is not seen: the tree must not change.)
 pub fn read_span(path: &Path, size: u64, first: u64, last: u64) -> io::Result<Vec<u8>> {
     let end = last.min(size);
     if first >= end {
         return Ok(Vec::new());
     }
     let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    // Not following a symlink, not waiting on a FIFO put in its place.
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(named)?;
-    let len = file.metadata().map_err(named)?.len();
-    if len != size {
+    let meta = file.metadata().map_err(named)?;
+    let len = meta.len();
+    if !meta.is_file() || len != size {
         return Err(io::Error::other(format!(
             "{}: changed on disk since it was imported ({len} bytes, {size} recorded)",
             path.display()
@@ -178,7 +181,8 @@ pub struct TreeStats {
 /// A space whose tree is not in has no rows anywhere, so copy-shards moves
 /// it by renaming its node (see [`Cluster::switch_unimported`]); the import
 /// is recorded only if the space is still on the node it was imported into,
-/// else those rows are dropped and the import runs again on the new node.
+/// else the rows this call made are dropped and the import runs again on
+/// the new node. (Rows found there already belong to whoever made them.)
 pub fn bring_tree_in(cluster: &Cluster, space: u32, dir: &Path) -> Result<Option<TreeStats>> {
     for _ in 0..5 {
         let row = cluster
@@ -192,11 +196,16 @@ pub fn bring_tree_in(cluster: &Cluster, space: u32, dir: &Path) -> Result<Option
         if cluster.tree_imported(space, row.node_id)? {
             return Ok(stats);
         }
-        log::info!(
-            "space {space} moved off storage node {} while its tree was imported there: again on its new node",
-            row.node_id
-        );
-        shard.purge_space(space)?;
+        if stats.is_some() {
+            // Rows this call made on a node the space left: nothing else
+            // uses them (no file of a tree not yet recorded has data
+            // elsewhere), and the fence row stays.
+            log::info!(
+                "space {space} moved off storage node {} while its tree was imported there: again on its new node",
+                row.node_id
+            );
+            shard.purge_rows(space, &[])?;
+        }
     }
     bail!("space {space} kept moving while its tree was imported")
 }
@@ -509,7 +518,7 @@ impl Walker<'_, '_> {
     /// Copies a file's extended attributes (all that root can read: `user.`,
     /// ACLs, `trusted.`, `security.`).
     fn xattrs(&mut self, ino: u64, path: &Path) -> Result<(), WalkError> {
-        for (name, value) in xattrs(path)? {
+        for (name, value) in disk_xattrs(path)? {
             self.tx.exec_drop(
                 "INSERT INTO xattrs (space_id, ino, name, value) VALUES (?, ?, ?, ?)",
                 (self.space, ino, name, value),
@@ -523,7 +532,7 @@ impl Walker<'_, '_> {
 const MAX_PATH: usize = 4096;
 
 /// The extended attributes of a file (not following a symlink).
-fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub fn disk_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let c = CString::new(path.as_os_str().as_bytes())?;
     let err = || {
         anyhow!(

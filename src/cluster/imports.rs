@@ -52,7 +52,6 @@ impl Cluster {
         if let Some(h) = s3_host {
             self.s3_host(h)?;
         }
-        let ranges = self.ranges()?;
         let mut conn = self.admin.conn()?;
         let mut tx = conn
             .start_transaction(Default::default())
@@ -60,6 +59,7 @@ impl Cluster {
         // The topology row serialises registrations: one import at a time.
         tx.query_drop("SELECT epoch FROM topology WHERE id = 1 FOR UPDATE")
             .map_err(|e| self.admin.err(e))?;
+        let ranges = self.ranges()?;
         let open: Option<(u64, String)> = tx
             .query_first("SELECT id, parameters FROM jobs WHERE job = 'IMPORT' LIMIT 1")
             .map_err(|e| self.admin.err(e))?;

@@ -142,6 +142,8 @@ pub struct FileState {
     /// The [`ticket`] as of which `size` and `db_size` reflect the
     /// database (see [`OpenInode::refresh`]).
     info_ticket: u64,
+    /// The last stamp [`OpenInode::refresh`] applied.
+    last_stamp: Option<super::cache::Stamp>,
 }
 
 /// An inode open in this mount.
@@ -199,6 +201,7 @@ impl OpenInode {
                 prefetched_upto: 0,
                 write_seq: 0,
                 info_ticket: 0,
+                last_stamp: None,
             }),
             idle: Condvar::new(),
             pending_gauge,
@@ -803,9 +806,10 @@ impl OpenInode {
     /// a stamp may be older than what the file already shows: applying it
     /// would shrink the size under readers (a log appended to from another
     /// mount, opened here by an appender and readers at once). So a stamp
-    /// asked for before the file's last commit here or the last stamp
-    /// applied is not used: `ask` reads the attributes again, under the
-    /// file's lock, which appends here wait for.
+    /// asked for before the file's last commit here or before the last
+    /// stamp was applied is not used: unless it is that same stamp, `ask`
+    /// reads the attributes again, under the file's lock, which appends
+    /// here wait for.
     pub fn refresh(
         &self,
         cache: &DataCache,
@@ -817,13 +821,17 @@ impl OpenInode {
         if !st.dirty.is_empty() || st.inflight.is_some() || self.is_pending() {
             return Ok(());
         }
-        let (stamp, asked) = if asked < st.info_ticket {
-            let t = ticket();
-            (ask()?, t)
+        let stamp = if asked > st.info_ticket {
+            stamp
+        } else if st.last_stamp == Some(stamp) {
+            return Ok(()); // nothing newer in it (the common case)
         } else {
-            (stamp, asked)
+            ask()?
         };
-        st.info_ticket = asked;
+        // Taken now, after the query answered: a later stamp is used only
+        // if its query began after this (so it saw at least as much).
+        st.info_ticket = ticket();
+        st.last_stamp = Some(stamp);
         let (generation, valid) = cache.generation_for(self.space, self.ino, stamp);
         if !valid || generation != st.generation {
             st.generation = generation;

@@ -1189,6 +1189,15 @@ impl Fs {
             return Ok(x);
         }
         let (s, i) = self.space_node(ino)?;
+        if i == 1
+            && let Some(dir) = self.space(s)?.0.import_from
+        {
+            // Not imported yet (see `getattr`): `ls -l` asks for ACLs.
+            return crate::import::disk_xattrs(&dir).map(Arc::new).map_err(|e| {
+                log::error!("space {s}: {e:#}");
+                Errno::EIO
+            });
+        }
         let x = Arc::new(meta::xattrs(&self.shard(s)?, s, i)?);
         self.xattrs.put(ino, x.clone());
         Ok(x)
