@@ -303,7 +303,6 @@ struct InodeRow {
 
 impl InodeRow {
     fn new(ino: u64, m: &std::fs::Metadata, nlink: u32) -> InodeRow {
-        let ns = |s: i64, n: i64| s * 1_000_000_000 + n;
         InodeRow {
             ino,
             mode: m.mode(),
@@ -312,11 +311,7 @@ impl InodeRow {
             nlink,
             size: if m.is_dir() { 0 } else { m.size() },
             rdev: m.rdev() as u32,
-            times: [
-                ns(m.atime(), m.atime_nsec()),
-                ns(m.mtime(), m.mtime_nsec()),
-                ns(m.ctime(), m.ctime_nsec()),
-            ],
+            times: times_ns(m),
             target: None,
             data: None,
         }
@@ -588,7 +583,7 @@ pub fn disk_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 /// shows it (inode `ino`).
 pub fn dir_attr(ino: u64, dir: &Path) -> Result<crate::fs::Attr> {
     let m = std::fs::metadata(dir).with_context(|| format!("cannot import {}", dir.display()))?;
-    let ns = |s: i64, n: i64| s * 1_000_000_000 + n;
+    let [atime, mtime, ctime] = times_ns(&m);
     Ok(crate::fs::Attr {
         ino,
         mode: libc::S_IFDIR | (m.mode() & 0o7777),
@@ -598,11 +593,21 @@ pub fn dir_attr(ino: u64, dir: &Path) -> Result<crate::fs::Attr> {
         size: 0,
         stored: 0,
         rdev: 0,
-        atime: ns(m.atime(), m.atime_nsec()),
-        mtime: ns(m.mtime(), m.mtime_nsec()),
-        ctime: ns(m.ctime(), m.ctime_nsec()),
-        btime: ns(m.mtime(), m.mtime_nsec()),
+        atime,
+        mtime,
+        ctime,
+        btime: mtime,
     })
+}
+
+/// atime, mtime and ctime in nanoseconds since the epoch.
+fn times_ns(m: &std::fs::Metadata) -> [i64; 3] {
+    let ns = |s: i64, n: i64| s * 1_000_000_000 + n;
+    [
+        ns(m.atime(), m.atime_nsec()),
+        ns(m.mtime(), m.mtime_nsec()),
+        ns(m.ctime(), m.ctime_nsec()),
+    ]
 }
 
 /// The `import_path` bytes of a file, as a path.
