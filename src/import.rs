@@ -245,12 +245,7 @@ fn import_tree(shard: &Shard, space: u32, dir: &Path) -> Result<Option<TreeStats
             WalkError::Sql(e) => e,
             WalkError::Disk(e) => {
                 *failure.borrow_mut() = Some(e);
-                // Code 0 is no MySQL error: not retried.
-                mysql::Error::MySqlError(mysql::MySqlError {
-                    state: "TSHS0".into(),
-                    message: "the tree could not be read".into(),
-                    code: 0,
-                })
+                crate::db::body_failed("the tree could not be read")
             }
         })?;
         Ok(Some(stats))

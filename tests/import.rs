@@ -547,18 +547,7 @@ fn bad_imports_change_nothing() {
 #[test]
 fn an_import_with_an_s3_host_uploads_what_it_takes_straight_from_disk() {
     let c = TestCluster::with_nodes();
-    let ep = common::env("TSHS_S3_ENDPOINT");
-    let bucket = format!("tshs-import-{}", std::process::id());
-    sh(&format!("curl -sf -o /dev/null -X PUT {ep}/{bucket}"));
-    c.ok(&[
-        "add-s3-host",
-        "GENERIC",
-        &ep,
-        &bucket,
-        "AKIDTSHSTEST0001",
-        "tshsSecretKeyValue/0123456789+abcdef",
-        "MinSize=500",
-    ]);
+    add_s3_host(&c, "MinSize=500");
     let old = c.dir.path().join("old");
     fill_space(&old.join("vol01/55"), 55, 30);
     let want = snapshot(&old.join("vol01/55"));
@@ -709,17 +698,7 @@ fn copy_until_active(c: &TestCluster) -> String {
 #[test]
 fn a_node_lost_during_the_import_takes_its_trees_from_disk_again() {
     let c = TestCluster::with_nodes();
-    let ep = common::env("TSHS_S3_ENDPOINT");
-    let bucket = format!("tshs-import-lost-{}", std::process::id());
-    sh(&format!("curl -sf -o /dev/null -X PUT {ep}/{bucket}"));
-    c.ok(&[
-        "add-s3-host",
-        "GENERIC",
-        &ep,
-        &bucket,
-        "AKIDTSHSTEST0001",
-        "tshsSecretKeyValue/0123456789+abcdef",
-    ]);
+    add_s3_host(&c, "MinSize=0");
     let old = c.dir.path().join("old");
     for id in 41..=48 {
         fill_space(&old.join(format!("vol01/{id}")), id, 12);
@@ -766,4 +745,17 @@ fn a_node_lost_during_the_import_takes_its_trees_from_disk_again() {
         &snapshot(&m.path().join("vol01")),
         "vol01 after the restore",
     );
+}
+
+/// An S3 host (id 1) on a new bucket of the local S3 server.
+fn add_s3_host(c: &TestCluster, options: &str) {
+    c.ok(&[
+        "add-s3-host",
+        "GENERIC",
+        &common::env("TSHS_S3_ENDPOINT"),
+        &common::new_bucket("import"),
+        common::S3_AK,
+        common::S3_SK,
+        options,
+    ]);
 }

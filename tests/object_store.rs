@@ -12,33 +12,14 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Mount, TestCluster, env, root_conn, sh};
+use common::{Mount, S3_AK as AK, S3_SK as SK, TestCluster, env, new_bucket, root_conn, sh};
 use mysql::prelude::Queryable;
 use tshs::object_store::{Brand, S3Host, S3Options, S3Store};
-
-const AK: &str = "AKIDTSHSTEST0001";
-const SK: &str = "tshsSecretKeyValue/0123456789+abcdef";
-
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A new empty bucket on the shared S3 server.
-fn new_bucket(tag: &str) -> String {
-    let b = format!(
-        "tshs-{}-{}-{tag}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
-    sh(&format!(
-        "curl -sf -o /dev/null -X PUT {}/{b}",
-        env("TSHS_S3_ENDPOINT")
-    ));
-    b
-}
 
 /// A client of a bucket, to look at what the store holds.
 fn store(endpoint: &str, bucket: &str) -> S3Store {

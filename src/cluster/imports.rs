@@ -174,22 +174,23 @@ impl Cluster {
     /// from `<job path>/<volume>/<space>` (restore-from-s3 of a lost node).
     pub fn import_tree_again(&self, space: u32) -> Result<()> {
         let mut conn = self.admin.conn()?;
-        let row: Option<(u64, String, String)> = conn
+        let row: Option<(u64, String)> = conn
             .exec_first(
-                "SELECT s.import_job, j.parameters, v.name FROM spaces s
-                 JOIN jobs j ON j.id = s.import_job JOIN volumes v ON v.id = s.volume_id
-                 WHERE s.id = ?",
+                "SELECT s.import_job, v.name FROM spaces s JOIN volumes v ON v.id = s.volume_id
+                 WHERE s.id = ? AND s.import_job IS NOT NULL",
                 (space,),
             )
             .map_err(|e| self.admin.err(e))?;
-        let Some((job, parameters, volume)) = row else {
+        let Some((job, volume)) = row else {
             bail!("space {space} is not part of an import");
         };
-        let root = parameters
-            .split(';')
-            .find_map(|p| p.strip_prefix("path="))
-            .ok_or_else(|| anyhow!("import job {job} has no path"))?;
-        let dir = Path::new(root).join(volume).join(space.to_string());
+        let root = self
+            .import_jobs()?
+            .into_iter()
+            .find(|j| j.id == job)
+            .ok_or_else(|| anyhow!("import job {job} is gone"))?
+            .path;
+        let dir = root.join(volume).join(space.to_string());
         conn.exec_drop(
             "UPDATE spaces SET import_from = ? WHERE id = ?",
             (dir.as_os_str().as_bytes(), space),

@@ -966,8 +966,9 @@ pub(crate) fn recall(
 }
 
 /// Writes a file's whole data, read in `RECALL_CHUNK` pieces with `read`,
-/// as its extents (replacing any). Returns the bytes stored.
-fn copy_in(
+/// as its extents (replacing any; all-zero extents stay holes). Returns the
+/// bytes stored.
+pub(crate) fn copy_in(
     tx: &mut Transaction<'_>,
     space: u32,
     ino: u64,

@@ -43,9 +43,6 @@ pub fn store_failed(space: u32, ino: u64, e: impl std::fmt::Display) -> Errno {
     Errno::EIO
 }
 
-/// Transactions signal an errno decided inside them with this SQL state.
-pub(crate) const ERRNO_SIGNAL: u16 = 0;
-
 impl From<DbError> for Errno {
     fn from(e: DbError) -> Errno {
         log::error!("{e}");
@@ -77,12 +74,7 @@ pub struct Abort {
 impl Abort {
     pub fn fail(&self, errno: Errno) -> mysql::Error {
         self.errno.set(Some(errno));
-        // Code 0 is no MySQL error, so the transaction is not retried.
-        mysql::Error::MySqlError(mysql::MySqlError {
-            state: "TSHS0".into(),
-            message: format!("aborted with errno {}", errno.0),
-            code: ERRNO_SIGNAL,
-        })
+        crate::db::body_failed(format!("aborted with errno {}", errno.0))
     }
 
     /// Fails with `EIO` because a file's data could not be had from where

@@ -20,8 +20,10 @@ use mysql::prelude::Queryable;
 use super::manifest::{self, Data, Manifest};
 use crate::cluster::Cluster;
 use crate::config::ConnOptions;
+use crate::db::body_failed as fail;
+use crate::fs::data::copy_in;
 use crate::object_store::S3Store;
-use crate::shard::{self, EXTENT_SIZE, Shard};
+use crate::shard::{self, Shard};
 
 /// What a restore did, for the command's output.
 #[derive(Debug, Default)]
@@ -149,7 +151,9 @@ fn load(cluster: &Cluster, target: &Shard, m: &Manifest, r: &mut Restored) -> Re
                         let store = cluster
                             .object_store(*host)
                             .map_err(|e| fail(format!("S3 host {host}: {e:#}")))?;
-                        let stored = copy_back(tx, &store, space, i.ino, key, i.size)?;
+                        let stored = copy_in(tx, space, i.ino, i.size, |off, n| {
+                            store.get_range(key, off, n).map_err(|e| fail(e.to_string()))
+                        })?;
                         (None, None, stored)
                     }
                     Data::None => (None, None, 0),
@@ -196,46 +200,4 @@ fn load(cluster: &Cluster, target: &Shard, m: &Manifest, r: &mut Restored) -> Re
     r.from_objects += stats.0;
     r.from_backups += stats.1;
     Ok(())
-}
-
-/// Copies a backup object into extents (zero extents stay holes); returns
-/// the bytes stored.
-fn copy_back(
-    tx: &mut mysql::Transaction<'_>,
-    store: &S3Store,
-    space: u32,
-    ino: u64,
-    key: &str,
-    size: u64,
-) -> Result<u64, mysql::Error> {
-    let e = EXTENT_SIZE;
-    let mut stored = 0;
-    let mut off = 0;
-    while off < size {
-        let n = (32 * e).min(size - off);
-        let data = store
-            .get_range(key, off, n)
-            .map_err(|err| fail(err.to_string()))?;
-        for (k, piece) in data.chunks(e as usize).enumerate() {
-            if piece.iter().any(|b| *b != 0) {
-                tx.exec_drop(
-                    "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)",
-                    (space, ino, off + k as u64 * e, piece.len(), piece),
-                )?;
-                stored += piece.len() as u64;
-            }
-        }
-        off += n;
-    }
-    Ok(stored)
-}
-
-/// A failure outside the database, carried out of a transaction body (which
-/// can only return `mysql::Error`); code 0 is not retried.
-fn fail(message: String) -> mysql::Error {
-    mysql::Error::MySqlError(mysql::MySqlError {
-        state: "TSHS0".into(),
-        message,
-        code: 0,
-    })
 }

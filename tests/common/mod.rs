@@ -275,3 +275,22 @@ pub fn sh(cmd: &str) -> String {
     );
     String::from_utf8(o.stdout).unwrap()
 }
+
+/// Access keys of the test S3 hosts (the local moto server takes any).
+pub const S3_AK: &str = "AKIDTSHSTEST0001";
+pub const S3_SK: &str = "tshsSecretKeyValue/0123456789+abcdef";
+
+/// A new empty bucket on the shared S3 server.
+pub fn new_bucket(tag: &str) -> String {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let b = format!(
+        "tshs-{}-{}-{tag}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    sh(&format!(
+        "curl -sf -o /dev/null -X PUT {}/{b}",
+        env("TSHS_S3_ENDPOINT")
+    ));
+    b
+}
