@@ -34,7 +34,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use mysql::prelude::Queryable;
 
 use crate::cluster::{Cluster, check_volume_name, parse_space_id};
-use crate::db::TxError;
 use crate::shard::Shard;
 
 /// A volume found on disk and its spaces (ID, directory).
@@ -217,21 +216,23 @@ pub fn bring_tree_in(cluster: &Cluster, space: u32, dir: &Path) -> Result<Option
 fn import_tree(shard: &Shard, space: u32, dir: &Path) -> Result<Option<TreeStats>> {
     let failure: RefCell<Option<anyhow::Error>> = RefCell::new(None);
     let r = shard.tx(|tx| {
-        let present: Option<u32> = tx.exec_first(
-            "SELECT space_id FROM spaces WHERE space_id = ? FOR UPDATE",
-            (space,),
-        )?;
-        if present.is_some() {
-            return Ok(None);
-        }
-        tx.exec_drop(
-            "INSERT INTO spaces (space_id, next_ino, next_seq) VALUES (?, 2, 2)",
-            (space,),
-        )?;
+        // The fence row before the space's: the fence trigger on `spaces`
+        // reads it with a share lock, and a locking read of a missing row
+        // locks the gap beside it, so imports of neighbouring spaces would
+        // deadlock each other (as would a locking read of the missing space
+        // row). A second importer of the same space waits at the space row
+        // for the first, then finds it there.
         tx.exec_drop(
             "INSERT IGNORE INTO space_fence (space_id) VALUES (?)",
             (space,),
         )?;
+        tx.exec_drop(
+            "INSERT IGNORE INTO spaces (space_id, next_ino, next_seq) VALUES (?, 2, 2)",
+            (space,),
+        )?;
+        if tx.affected_rows() == 0 {
+            return Ok(None);
+        }
         let mut w = Walker {
             tx,
             space,
@@ -255,8 +256,6 @@ fn import_tree(shard: &Shard, space: u32, dir: &Path) -> Result<Option<TreeStats
     }
     match r {
         Ok(stats) => Ok(stats),
-        // Another process inserted the space between our check and insert.
-        Err(TxError::Sql(code, _, _)) if code == crate::db::code::DUP_ENTRY => Ok(None),
         Err(e) => Err(anyhow!(
             "storage node {}: importing space {space}: {e}",
             shard.id()

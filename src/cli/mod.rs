@@ -371,8 +371,9 @@ pub fn connect(cli: &Cli) -> Result<Cluster> {
 }
 
 fn connect_admin(opts: &ConnOptions, max_threads: u32) -> Result<Cluster> {
-    // A task may hold one connection of a node while it opens another
-    // (move-to-s3 does): a pool of one would wait on itself.
+    // import-volumes holds the Admin Node's topology lock on one connection
+    // while it reads the node ranges on another: a pool of one would wait
+    // on itself.
     Cluster::connect(opts, (max_threads as usize).max(2))
         .with_context(|| format!("cannot connect to the Admin Node ({})", opts.masked()))
 }

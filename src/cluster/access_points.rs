@@ -113,8 +113,8 @@ impl Cluster {
     ) -> Result<AccessPoint> {
         let description = format!("{kind};;pid={}", std::process::id());
         let epoch = self.epoch()?;
-        let mut conn = self.admin.conn()?;
         self.expire_access_points()?;
+        let mut conn = self.admin.conn()?;
         conn.exec_drop(
             "INSERT INTO access_points (ack_epoch, access_time, description) VALUES (?, NOW(), ?)",
             (epoch, &description),

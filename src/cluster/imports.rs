@@ -165,6 +165,9 @@ impl Cluster {
         if conn.affected_rows() == 1 {
             return Ok(true);
         }
+        // Back to the pool before the next checkout: threads holding one
+        // connection while waiting for another can empty the pool for good.
+        drop(conn);
         // Already recorded (by another process) on this node is fine too.
         let row = self.space(space)?;
         Ok(row.is_some_and(|r| r.node_id == node && r.import_from.is_none()))
@@ -173,6 +176,7 @@ impl Cluster {
     /// Sets a space of an unfinished import to have its tree imported again
     /// from `<job path>/<volume>/<space>` (restore-from-s3 of a lost node).
     pub fn import_tree_again(&self, space: u32) -> Result<()> {
+        let jobs = self.import_jobs()?;
         let mut conn = self.admin.conn()?;
         let row: Option<(u64, String)> = conn
             .exec_first(
@@ -184,8 +188,7 @@ impl Cluster {
         let Some((job, volume)) = row else {
             bail!("space {space} is not part of an import");
         };
-        let root = self
-            .import_jobs()?
+        let root = jobs
             .into_iter()
             .find(|j| j.id == job)
             .ok_or_else(|| anyhow!("import job {job} is gone"))?

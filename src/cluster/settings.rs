@@ -108,7 +108,9 @@ impl Cluster {
             (title, resource_id, id),
         )
         .map_err(|e| self.admin.err(e))?;
-        if conn.affected_rows() == 0 && self.space(id)?.is_none() {
+        let changed = conn.affected_rows() > 0;
+        drop(conn);
+        if !changed && self.space(id)?.is_none() {
             bail!("there is no space {id} (see tshs list-spaces)");
         }
         Ok(())

@@ -168,7 +168,9 @@ impl Cluster {
             (status.as_str(), id),
         )
         .map_err(|e| self.admin.err(e))?;
-        if conn.affected_rows() == 0 && !self.volumes()?.iter().any(|v| v.id == id) {
+        let changed = conn.affected_rows() > 0;
+        drop(conn);
+        if !changed && !self.volumes()?.iter().any(|v| v.id == id) {
             bail!("there is no volume {id}");
         }
         Ok(())

@@ -139,12 +139,13 @@ impl Shard {
     pub fn create_space(&self, space: u32, uid: u32, gid: u32, mode: u32) -> Result<()> {
         let now = crate::fs::now_ns();
         self.tx(|tx| {
+            // The fence row first: see `import::import_tree`.
             tx.exec_drop(
-                "INSERT INTO spaces (space_id, next_ino, next_seq) VALUES (?, 2, 1)",
+                "INSERT IGNORE INTO space_fence (space_id) VALUES (?)",
                 (space,),
             )?;
             tx.exec_drop(
-                "INSERT IGNORE INTO space_fence (space_id) VALUES (?)",
+                "INSERT INTO spaces (space_id, next_ino, next_seq) VALUES (?, 2, 1)",
                 (space,),
             )?;
             tx.exec_drop(

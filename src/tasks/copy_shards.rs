@@ -396,6 +396,9 @@ fn move_space(
 ) -> Result<Option<u64>> {
     let src_node = cluster.node(claim.from)?;
     let dst_node = cluster.node(claim.to)?;
+    // Two connections each: a copy round streams from one of the source and
+    // writes through one of the destination while it reads or writes with
+    // the other (`SpaceCopy::sync`).
     let src = Shard::copier(claim.from, &src_node.conn, 2)
         .with_context(|| format!("storage node {}", claim.from))?;
     let dst = Shard::copier(claim.to, &dst_node.conn, 2)

@@ -294,3 +294,24 @@ pub fn new_bucket(tag: &str) -> String {
     ));
     b
 }
+
+/// A stop flag for a test's background threads that is also raised when the
+/// test panics, so a failed assertion is not buried under the output of
+/// threads still working on an unmounted tree.
+pub struct StopFlag(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl StopFlag {
+    pub fn new() -> StopFlag {
+        StopFlag(Default::default())
+    }
+
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for StopFlag {
+    fn drop(&mut self) {
+        self.raise();
+    }
+}
