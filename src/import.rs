@@ -135,11 +135,31 @@ fn sorted_dir(dir: &Path) -> Result<Vec<(std::ffi::OsString, PathBuf)>> {
     Ok(out)
 }
 
-/// Reads `[first, last)` of an imported file, cut at `size` (what the import
-/// recorded). A file that is no longer what was imported (another size, or
-/// no longer a regular file) is an error naming it: its bytes would be
-/// wrong. (A rewrite to the same size is not seen: the tree must not change.)
-pub fn read_span(path: &Path, size: u64, first: u64, last: u64) -> io::Result<Vec<u8>> {
+/// A file whose data is still on the imported disk tree: its path and what
+/// the import recorded of it.
+pub struct DiskFile<'a> {
+    pub path: &'a Path,
+    pub size: u64,
+    /// Its mtime in ns (`None`: imported before that was recorded).
+    pub mtime: Option<i64>,
+}
+
+impl<'a> DiskFile<'a> {
+    /// From an inode's `import_path`, `size` and `import_mtime`.
+    pub fn new(path: &'a [u8], size: u64, mtime: Option<i64>) -> DiskFile<'a> {
+        DiskFile {
+            path: path_of(path),
+            size,
+            mtime,
+        }
+    }
+}
+
+/// Reads `[first, last)` of an imported file, cut at its recorded size. A
+/// file that is no longer what was imported (another size or mtime, or no
+/// longer a regular file) is an error naming it: its bytes would be wrong.
+pub fn read_span(f: &DiskFile, first: u64, last: u64) -> io::Result<Vec<u8>> {
+    let (path, size) = (f.path, f.size);
     let end = last.min(size);
     if first >= end {
         return Ok(Vec::new());
@@ -152,11 +172,12 @@ pub fn read_span(path: &Path, size: u64, first: u64, last: u64) -> io::Result<Ve
         .open(path)
         .map_err(named)?;
     let meta = file.metadata().map_err(named)?;
-    let len = meta.len();
-    if !meta.is_file() || len != size {
+    let (len, mtime) = (meta.len(), times_ns(&meta)[1]);
+    if !meta.is_file() || len != size || f.mtime.is_some_and(|m| m != mtime) {
         return Err(io::Error::other(format!(
-            "{}: changed on disk since it was imported ({len} bytes, {size} recorded)",
-            path.display()
+            "{}: changed on disk since it was imported ({len} bytes, mtime {mtime} ns; {size} bytes, mtime {} ns recorded)",
+            path.display(),
+            f.mtime.map_or("-".to_string(), |m| m.to_string())
         )));
     }
     let mut buf = vec![0u8; (end - first) as usize];
@@ -448,20 +469,21 @@ impl Walker<'_, '_> {
     fn flush(&mut self) -> Result<(), mysql::Error> {
         if !self.inodes.is_empty() {
             let mut sql = String::from(
-                "INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target, import_path) VALUES ",
+                "INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target, import_path, import_mtime) VALUES ",
             );
             let mut params: Vec<mysql::Value> = Vec::new();
             for (i, r) in self.inodes.drain(..).enumerate() {
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
                 // Until the data is in, `stored` counts it where it is.
                 let stored = match (&r.data, &r.target) {
                     (Some(_), _) => r.size,
                     (None, Some(t)) => t.len() as u64,
                     _ => 0,
                 };
+                let disk_mtime = r.data.is_some().then_some(r.times[1]);
                 params.extend([
                     self.space.into(),
                     r.ino.into(),
@@ -478,6 +500,7 @@ impl Walker<'_, '_> {
                     r.times[1].into(),
                     r.target.into(),
                     r.data.into(),
+                    disk_mtime.into(),
                 ]);
             }
             self.tx.exec_drop(sql, params)?;
@@ -619,14 +642,34 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("f");
         std::fs::write(&f, b"0123456789").unwrap();
-        assert_eq!(read_span(&f, 10, 2, 5).unwrap(), b"234");
-        assert_eq!(read_span(&f, 10, 8, 100).unwrap(), b"89");
-        assert!(read_span(&f, 10, 10, 20).unwrap().is_empty());
-        let e = read_span(&f, 12, 0, 4).unwrap_err().to_string();
+        let mtime = times_ns(&std::fs::metadata(&f).unwrap())[1];
+        let file = |p: &Path, size, mtime| DiskFile {
+            path: Box::leak(p.to_path_buf().into_boxed_path()),
+            size,
+            mtime,
+        };
+        let imported = file(&f, 10, Some(mtime));
+        assert_eq!(read_span(&imported, 2, 5).unwrap(), b"234");
+        assert_eq!(read_span(&imported, 8, 100).unwrap(), b"89");
+        assert!(read_span(&imported, 10, 20).unwrap().is_empty());
+        assert_eq!(read_span(&file(&f, 10, None), 0, 2).unwrap(), b"01");
+        let e = read_span(&file(&f, 12, Some(mtime)), 0, 4)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("changed on disk since it was imported"), "{e}");
+        // Rewritten to the same size: the mtime tells.
+        std::fs::write(&f, b"abcdefghij").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+            .unwrap();
+        let e = read_span(&imported, 0, 4).unwrap_err().to_string();
         assert!(e.contains("changed on disk since it was imported"), "{e}");
         std::os::unix::fs::symlink(&f, dir.join("link")).unwrap();
-        assert!(read_span(&dir.join("link"), 10, 0, 1).is_err());
-        assert!(read_span(&dir.join("missing"), 10, 0, 1).is_err());
+        assert!(read_span(&file(&dir.join("link"), 10, None), 0, 1).is_err());
+        assert!(read_span(&file(&dir.join("missing"), 10, None), 0, 1).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

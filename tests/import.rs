@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -457,10 +457,26 @@ fn first_use_brings_the_tree_in_and_a_write_brings_a_file_in() {
     );
     assert!(!pending(77) && pending(78));
     // A file changed on disk behind the import's back is refused, not
-    // served with wrong bytes.
+    // served with wrong bytes: grown, or rewritten to the same size.
+    let f8 = old.join("vol01/77/data/f8");
+    let (f8_bytes, f8_mtime) = (
+        std::fs::read(&f8).unwrap(),
+        std::fs::metadata(&f8).unwrap().modified().unwrap(),
+    );
+    let f16 = old.join("vol01/77/data/f16");
+    let (f16_bytes, f16_mtime) = (
+        std::fs::read(&f16).unwrap(),
+        std::fs::metadata(&f16).unwrap().modified().unwrap(),
+    );
+    std::fs::write(&f16, vec![b'X'; f16_bytes.len()]).unwrap();
+    let e = std::fs::read(sp.join("data/f16")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let f16_back = std::fs::File::options().write(true).open(&f16).unwrap();
+    f16_back.write_all_at(&f16_bytes, 0).unwrap();
+    f16_back.set_modified(f16_mtime).unwrap();
     std::fs::OpenOptions::new()
         .append(true)
-        .open(old.join("vol01/77/data/f8"))
+        .open(&f8)
         .unwrap()
         .write_all(b"more")
         .unwrap();
@@ -476,13 +492,13 @@ fn first_use_brings_the_tree_in_and_a_write_brings_a_file_in() {
         on_disk.len() == 1 && on_disk[0].ends_with(" data/f8"),
         "{files}"
     );
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(old.join("vol01/77/data/f8"))
-        .unwrap()
-        .set_len(1)
-        .unwrap();
+    // Put back as it was (bytes and mtime), it comes in.
+    let f8_back = std::fs::File::options().write(true).open(&f8).unwrap();
+    f8_back.set_len(f8_bytes.len() as u64).unwrap();
+    f8_back.set_modified(f8_mtime).unwrap();
     c.ok(&["perform-import"]);
+    assert_eq!(std::fs::read(sp.join("data/f8")).unwrap(), f8_bytes);
+    assert_eq!(std::fs::read(sp.join("data/f16")).unwrap(), f16_bytes);
     assert_eq!(
         std::fs::metadata(sp.join("data/f2")).unwrap().ino(),
         ino_before

@@ -745,25 +745,34 @@ fn files_in_s3_are_redirected_to_a_presigned_url() {
     assert!(logs.contains("GET /vol01/3/s3.bin 307"), "{logs}");
     assert!(!logs.contains("X-Amz-Signature"), "{logs}");
 
-    // RedirectTimeout=0: no redirects (a mount reads the host's options
-    // when it first uses the host, so a new mount sees the change).
+    // RedirectTimeout=0: no redirects. The running mount takes the new
+    // options at the topology epoch update-s3-host bumps.
     c.ok(&["update-s3-host", "1", "RedirectTimeout=0"]);
-    let m0 = Mount::new(&c, &[]);
-    let s0 = Server::start(m0.path(), &["--s3-redirect"]);
-    let r = s0.req("GET", "/vol01/3/s3.bin", &[], b"");
-    assert_eq!(r.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = on.req("GET", "/vol01/3/s3.bin", &[], b"");
+        if r.status != 307 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(r.status, 200, "the mount kept RedirectTimeout=60");
     assert!(r.body == data);
 
     // RedirectTimeout=1: the URL is signed now, for one second. (moto
     // checks neither the signature nor the expiry of a presigned URL: one
     // fetched after it expired is still served, so that is left to S3.)
     c.ok(&["update-s3-host", "1", "RedirectTimeout=1"]);
-    let m1 = Mount::new(&c, &[]);
-    let s1 = Server::start(m1.path(), &["--s3-redirect"]);
     let utc_now = || sh("date -u +%Y%m%dT%H%M%SZ").trim().to_string();
-    let before = utc_now();
-    let r = s1.req("GET", "/vol01/3/s3.bin", &[], b"");
-    let after = utc_now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (before, r, after) = loop {
+        let before = utc_now();
+        let r = on.req("GET", "/vol01/3/s3.bin", &[], b"");
+        if r.status == 307 || Instant::now() > deadline {
+            break (before, r, utc_now());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(r.status, 307);
     let location = r.header("location").unwrap();
     assert!(location.contains("X-Amz-Expires=1&"));

@@ -132,7 +132,9 @@ impl Cluster {
 
     /// `update-s3-host <id> <options>`: the named options change, the
     /// others keep their values. Affects uploads from now on; objects
-    /// already stored are read as before.
+    /// already stored are read as before. Bumps the topology epoch, so
+    /// running mounts take the new options (RedirectTimeout) within a
+    /// moment instead of at their next start.
     pub fn update_s3_host(&self, id: u32, options: &str) -> Result<S3Host> {
         let mut host = self.s3_host(id)?;
         if options.trim().is_empty() {
@@ -144,7 +146,8 @@ impl Cluster {
                 tx.exec_drop(
                     "UPDATE s3_hosts SET options = ? WHERE id = ?",
                     (host.options.to_text(), id),
-                )
+                )?;
+                tx.query_drop("UPDATE topology SET epoch = epoch + 1 WHERE id = 1")
             })
             .map_err(|e| anyhow!("admin node: {e}"))?;
         self.stores.lock().unwrap().remove(&id);
@@ -172,15 +175,23 @@ impl Cluster {
     }
 
     /// Forgets the connection pools of nodes whose connection options
-    /// changed in the Admin Node (after a restore-from-s3 elsewhere); the
+    /// changed in the Admin Node (after a restore-from-s3 elsewhere), and
+    /// the clients of S3 hosts whose row changed (update-s3-host); the
     /// others stay. A failing Admin Node changes nothing.
-    pub(super) fn forget_changed_shards(&self) {
-        let Ok(nodes) = self.nodes() else { return };
-        self.shards.lock().unwrap().retain(|id, shard| {
-            nodes
-                .iter()
-                .any(|n| n.id == *id && n.conn == *shard.db().opts())
-        });
+    pub(super) fn forget_changed_clients(&self) {
+        if let Ok(nodes) = self.nodes() {
+            self.shards.lock().unwrap().retain(|id, shard| {
+                nodes
+                    .iter()
+                    .any(|n| n.id == *id && n.conn == *shard.db().opts())
+            });
+        }
+        if let Ok(hosts) = self.s3_hosts() {
+            self.stores
+                .lock()
+                .unwrap()
+                .retain(|_, store| hosts.contains(store.host()));
+        }
     }
 
     /// The client of S3 host `id`, made on first use.

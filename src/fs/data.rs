@@ -153,6 +153,11 @@ pub struct OpenInode {
     pub shard: Route,
     pub opens: Mutex<usize>,
     state: Mutex<FileState>,
+    /// Held by this mount's changes of the file's data (writes, appends,
+    /// truncates), before `state`: they take turns here, so an append can
+    /// run its transaction without `state`, and readers, stat and opens of
+    /// a log that is appended to all the time do not wait for its commits.
+    changes: Mutex<()>,
     /// Signalled when a background flush finishes.
     idle: Condvar,
     /// The mount's count of pending creates.
@@ -203,6 +208,7 @@ impl OpenInode {
                 info_ticket: 0,
                 last_stamp: None,
             }),
+            changes: Mutex::default(),
             idle: Condvar::new(),
             pending_gauge,
             pending_flag,
@@ -366,14 +372,14 @@ impl OpenInode {
     /// or, for a file in the object store, from its object.
     fn load_span(&self, first: u64, last: u64) -> FsResult<Vec<(u64, Vec<u8>)>> {
         // One query: the extents, or the object if the file has moved.
-        type Row = (Option<u64>, Vec<u8>, Option<u32>, Option<u64>);
+        type Row = (Option<u64>, Vec<u8>, Option<u32>, Option<u64>, Option<i64>);
         let query = || -> FsResult<Vec<Row>> {
             self.shard
                 .read(|c| {
                     c.exec(
-                        "SELECT off, data, NULL, NULL FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ?
+                        "SELECT off, data, NULL, NULL, NULL FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ?
                          UNION ALL
-                         SELECT NULL, COALESCE(s3_key, import_path), s3_host, size FROM inodes
+                         SELECT NULL, COALESCE(s3_key, import_path), s3_host, size, import_mtime FROM inodes
                          WHERE space_id = ? AND ino = ? AND (s3_key IS NOT NULL OR import_path IS NOT NULL)",
                         (self.space, self.ino, first, last, self.space, self.ino),
                     )
@@ -383,23 +389,23 @@ impl OpenInode {
         let mut rows = query()?;
         let mut attempt = 0;
         loop {
-            if let Some((_, path, _, Some(size))) =
+            if let Some((_, path, _, Some(size), mtime)) =
                 rows.iter().find(|r| r.0.is_none() && r.2.is_none())
             {
                 // Not imported yet: read from the on-disk tree.
-                let path = crate::import::path_of(path);
-                let data = crate::import::read_span(path, *size, first, last)
+                let file = crate::import::DiskFile::new(path, *size, *mtime);
+                let data = crate::import::read_span(&file, first, last)
                     .map_err(|e| super::error::store_failed(self.space, self.ino, e))?;
                 return Ok(extents_of(first, &data));
             }
             let object = rows.iter().find_map(|r| match r {
-                (None, key, Some(host), Some(size)) => Some((*host, key.clone(), *size)),
+                (None, key, Some(host), Some(size), _) => Some((*host, key.clone(), *size)),
                 _ => None,
             });
             let Some((host, key, size)) = object else {
                 let mut out: Vec<(u64, Vec<u8>)> = rows
                     .into_iter()
-                    .filter_map(|(o, d, _, _)| o.map(|o| (o, d)))
+                    .filter_map(|(o, d, ..)| o.map(|o| (o, d)))
                     .collect();
                 out.sort_unstable_by_key(|(o, _)| *o);
                 return Ok(out);
@@ -504,6 +510,7 @@ impl OpenInode {
         if end > MAX_FILE_SIZE {
             return Err(Errno::EFBIG);
         }
+        let _turn = self.changes.lock().unwrap();
         let mut st = self.state();
         st.write_seq += 1;
         let mut ext = off - off % E;
@@ -749,8 +756,15 @@ impl OpenInode {
     /// Appends at the database's end of file in one transaction (`O_APPEND`)
     /// for thread `tid`. Returns the offset the data landed at, which is
     /// also remembered for that thread ([`OpenInode::last_append`]).
+    ///
+    /// The transaction runs without the file's state lock: no write, flush
+    /// or truncate of this mount can start meanwhile (they wait for
+    /// `changes`), and a reader that fetches meanwhile caches what it got
+    /// only if the file's version is unchanged afterwards, or has it removed
+    /// below.
     pub fn append(&self, cache: &DataCache, data: &[u8], tid: u32) -> FsResult<u64> {
-        let mut st = self.flush_locked(cache, self.state())?;
+        let _turn = self.changes.lock().unwrap();
+        drop(self.flush_locked(cache, self.state())?);
         let (space, ino, now) = (self.space, self.ino, now_ns());
         let abort = Abort::default();
         let eof = self
@@ -771,6 +785,7 @@ impl OpenInode {
             })
             .map_err(|e| tx_errno(self.shard.id(), "append", e, &abort))?;
         let end = eof + data.len() as u64;
+        let mut st = self.state();
         st.write_seq += 1;
         if eof != st.db_size {
             // Another mount appended meanwhile: what we cached is stale.
@@ -850,6 +865,7 @@ impl OpenInode {
         size: u64,
         apply: impl FnOnce() -> FsResult<Attr>,
     ) -> FsResult<Attr> {
+        let _turn = self.changes.lock().unwrap();
         let mut st = self.flush_locked(cache, self.state())?;
         let a = apply()?;
         st.write_seq += 1;
@@ -911,26 +927,32 @@ pub(crate) fn recall(
     need_data: bool,
     abort: &Abort,
 ) -> Result<Option<(u64, Option<u64>)>, mysql::Error> {
-    type Row = (u64, Option<u32>, Option<Vec<u8>>, Option<Vec<u8>>);
+    type Row = (
+        u64,
+        Option<u32>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Option<i64>,
+    );
     let row: Option<Row> = tx.exec_first(
-        "SELECT size, s3_host, s3_key, import_path FROM inodes WHERE space_id = ? AND ino = ? FOR UPDATE",
+        "SELECT size, s3_host, s3_key, import_path, import_mtime FROM inodes WHERE space_id = ? AND ino = ? FOR UPDATE",
         (space, ino),
     )?;
-    let Some((size, host, key, import_path)) = row else {
+    let Some((size, host, key, import_path, import_mtime)) = row else {
         return Ok(None);
     };
     let stored = if let Some(path) = import_path {
-        let path = crate::import::path_of(&path);
+        let file = crate::import::DiskFile::new(&path, size, import_mtime);
         let stored = if need_data {
             copy_in(tx, space, ino, size, |off, n| {
-                crate::import::read_span(path, size, off, off + n)
+                crate::import::read_span(&file, off, off + n)
                     .map_err(|e| abort.store_failed(space, ino, e))
             })?
         } else {
             0
         };
         tx.exec_drop(
-            "UPDATE inodes SET import_path = NULL, stored = ? WHERE space_id = ? AND ino = ?",
+            "UPDATE inodes SET import_path = NULL, import_mtime = NULL, stored = ? WHERE space_id = ? AND ino = ?",
             (stored, space, ino),
         )?;
         stored

@@ -160,7 +160,7 @@ impl Shard {
                 return Ok(false);
             }
             tx.exec_drop(
-                "UPDATE inodes SET s3_host = ?, s3_key = ?, import_path = NULL WHERE space_id = ? AND ino = ?",
+                "UPDATE inodes SET s3_host = ?, s3_key = ?, import_path = NULL, import_mtime = NULL WHERE space_id = ? AND ino = ?",
                 (host, key, c.space, c.ino),
             )?;
             tx.exec_drop(

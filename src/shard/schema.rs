@@ -28,6 +28,9 @@
 //! file's data is still read from after import-volumes brought its space's
 //! tree in; perform-import (or the first change) copies the data into
 //! extents and clears it. The file on disk is never changed or deleted.
+//! Migration 5: `inodes.import_mtime` is that file's mtime (ns) when its
+//! tree was imported; with the size it tells a file rewritten on disk since
+//! (as rsync's quick check does). NULL for rows imported before it.
 
 pub const TABLES: &[&str] = &[
     "schema_migrations",
@@ -166,5 +169,9 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
     (
         4,
         &["ALTER TABLE inodes ADD COLUMN IF NOT EXISTS import_path VARBINARY(4096) NULL"],
+    ),
+    (
+        5,
+        &["ALTER TABLE inodes ADD COLUMN IF NOT EXISTS import_mtime BIGINT NULL"],
     ),
 ];

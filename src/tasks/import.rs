@@ -22,7 +22,7 @@ use crate::shard::Candidate;
 
 /// A file left on disk: inode, size, mtime, ctime, stored, its path, and
 /// whether it is a `last.log`.
-type File = (u64, u64, i64, i64, u64, Vec<u8>, bool);
+type File = (u64, u64, i64, i64, u64, Vec<u8>, bool, Option<i64>);
 
 /// Files fetched per query.
 const BATCH: usize = 500;
@@ -163,7 +163,8 @@ impl Work<'_> {
                 c.exec(
                     format!(
                         "SELECT i.ino, i.size, i.mtime, i.ctime, i.stored, i.import_path,
-                           EXISTS (SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log')
+                           EXISTS (SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log'),
+                           i.import_mtime
                          FROM inodes i WHERE i.space_id = ? AND i.ino > ? AND i.state < 2 AND i.import_path IS NOT NULL
                          ORDER BY i.ino LIMIT {BATCH}"
                     ),
@@ -340,14 +341,9 @@ fn upload(
         .ok_or_else(|| anyhow!("space {space} is not in the Admin Node"))?
         .node_id;
     let shard = cluster.shard(node)?;
-    let path = crate::import::path_of(&f.5);
+    let file = crate::import::DiskFile::new(&f.5, c.size, f.7);
     let read = |off: u64, len: usize| -> Result<Vec<u8>> {
-        Ok(crate::import::read_span(
-            path,
-            c.size,
-            off,
-            off + len as u64,
-        )?)
+        Ok(crate::import::read_span(&file, off, off + len as u64)?)
     };
     Ok(
         match move_one(&shard, store, host, &c, &read, opts, stop)? {
