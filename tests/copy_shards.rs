@@ -364,3 +364,54 @@ fn split_refuses_bad_input_and_leaves_nothing_behind() {
     let list = c.ok(&["list-storage-nodes"]);
     assert!(list.contains("3221225472 (1073741824)"), "{list}");
 }
+
+/// A mount stopped (SIGSTOP) past the access points' expiry while its
+/// spaces move: the move waits for it only that long, and once it runs
+/// again it finds every file, moved or not, and acknowledges the new
+/// epoch (its access point was kept: a stalled mount keeps its
+/// unlinked-but-open files).
+#[test]
+fn a_mount_stalled_while_spaces_move_finds_them_on_their_new_node() {
+    let (c, _) = one_node();
+    let m = Mount::new(&c, &[]);
+    let spaces = 1..=12u32;
+    for s in spaces.clone() {
+        std::fs::write(m.space(s).join("f"), format!("space {s}")).unwrap();
+    }
+    let signal =
+        |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid() as i32), sig).unwrap();
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    let t = Instant::now();
+    let db2 = c.new_db(2, "st");
+    c.ok(&[
+        "split-storage-node",
+        "1",
+        &format!("{};database={db2}", server(2)),
+    ]);
+    let out = c.ok(&["copy-shards"]);
+    signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(
+        t.elapsed() >= Duration::from_secs(20),
+        "the move did not wait for the stopped mount: {out}"
+    );
+    let cluster = c.cluster();
+    let moved: Vec<u32> = spaces
+        .clone()
+        .filter(|&s| cluster.space(s).unwrap().unwrap().node_id == 2)
+        .collect();
+    assert!(!moved.is_empty(), "{out}");
+    for s in spaces {
+        assert_eq!(
+            std::fs::read_to_string(m.space(s).join("f")).unwrap(),
+            format!("space {s}"),
+            "space {s} (moved: {})",
+            moved.contains(&s)
+        );
+    }
+    let t = Instant::now();
+    let unacked = || cluster.unacknowledged(cluster.epoch().unwrap()).unwrap();
+    while unacked() > 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(unacked(), 0, "{}", c.ok(&["list-access-points"]));
+}

@@ -154,14 +154,25 @@ fn a_crashed_mount_is_cleaned_up_and_its_open_files_reclaimed() {
             .unwrap()
     };
     assert_eq!(orphans(), 1);
-    // The crashed mount's access point expires; the reaper then reclaims its rows.
-    c.cluster()
-        .admin()
-        .conn()
-        .unwrap()
-        .exec_drop("UPDATE access_points SET access_time = NOW() - INTERVAL 1 HOUR WHERE description LIKE ?", (format!("%pid={pid}"),))
-        .unwrap();
+    let silent = |secs: u64| {
+        c.cluster()
+            .admin()
+            .conn()
+            .unwrap()
+            .exec_drop(
+                "UPDATE access_points SET access_time = NOW() - INTERVAL ? SECOND WHERE description LIKE ?",
+                (secs, format!("%pid={pid}")),
+            )
+            .unwrap();
+    };
     let fs_core = tshs::fs::Fs::new(c.cluster(), tshs::fs::FsConfig::default());
+    // Silent for a minute (stale: moves no longer wait for it), a mount
+    // may only be stalled: its unlinked-but-open files stay.
+    silent(60);
+    tshs::fs::reaper::round(&fs_core);
+    assert_eq!(orphans(), 1, "a stalled mount's open file was purged");
+    // Silent for an hour it is gone; the reaper then reclaims its rows.
+    silent(3600);
     // (The new mount's own reaper may get there first.)
     tshs::fs::reaper::round(&fs_core);
     assert_eq!(orphans(), 0);

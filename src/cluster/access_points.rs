@@ -1,7 +1,11 @@
 //! Access points: every process that uses the cluster registers, heartbeats
-//! and acknowledges the topology epoch. A row whose heartbeat is older than
-//! [`EXPIRE_SECS`] belongs to a dead process and is removed by the next
-//! registration or listing.
+//! and acknowledges the topology epoch. A process silent for [`EXPIRE_SECS`]
+//! is stale: moves no longer wait for its acknowledgement (when it speaks
+//! again it sees the new epoch, forgets placement and acknowledges, like
+//! any other). Its row stays for [`FORGET_SECS`], and with it the files it
+//! holds open after their last name went (a mount stalled for a minute
+//! keeps them); then the next registration or listing removes it, and
+//! reapers purge those files.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,8 +23,11 @@ pub const HEARTBEAT_SECS: u64 = 5;
 /// a move's old rows wait for every acknowledgement, so this bounds how
 /// long each move takes (measured: ~1 s per space at a 1 s poll).
 const EPOCH_POLL: Duration = Duration::from_millis(200);
-/// A process silent this long is considered gone.
+/// A process silent this long is stale: not waited for.
 pub const EXPIRE_SECS: u64 = 30;
+/// A process silent this long is gone: its row and its unlinked-but-open
+/// files are removed.
+pub const FORGET_SECS: u64 = 600;
 
 /// One row of `list-access-points`.
 #[derive(Clone, Debug)]
@@ -200,7 +207,7 @@ impl Cluster {
         )
         .map_err(|e| self.admin.err(e))?;
         if conn.affected_rows() == 0 {
-            // Expired while we could not reach the Admin Node: a move may
+            // Removed while we could not reach the Admin Node: a move may
             // have finished without us. Register again under the same id,
             // acknowledging nothing until placement is forgotten.
             acked.store(0, Ordering::Release);
@@ -235,12 +242,12 @@ impl Cluster {
         Ok(n.unwrap_or(0))
     }
 
-    /// Removes access points that stopped heartbeating.
+    /// Removes access points silent for [`FORGET_SECS`].
     pub fn expire_access_points(&self) -> Result<u64> {
         let mut conn = self.admin.conn()?;
         conn.exec_drop(
             "DELETE FROM access_points WHERE access_time < NOW() - INTERVAL ? SECOND",
-            (EXPIRE_SECS,),
+            (FORGET_SECS,),
         )
         .map_err(|e| self.admin.err(e))?;
         Ok(conn.affected_rows())
