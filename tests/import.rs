@@ -625,6 +625,42 @@ fn one_broken_space_does_not_hold_up_the_others() {
     assert!(c.ok(&["perform-import"]).contains("the job is IMPORTED"));
 }
 
+/// Processes running perform-import at once do not work on the same space:
+/// one held by another process (its named lock on the Admin Node's server)
+/// is left to it, and taken once let go.
+#[test]
+fn a_space_another_perform_import_works_on_is_left_to_it() {
+    let c = TestCluster::with_nodes();
+    let old = c.dir.path().join("old");
+    for id in [41, 42] {
+        fill_space(&old.join(format!("vol01/{id}")), id, 10);
+    }
+    c.ok(&["import-volumes", old.to_str().unwrap()]);
+    let mut other = common::root_conn(1);
+    other.query_drop(format!("USE {}", c.admin_db)).unwrap();
+    let held: Option<u8> = other
+        .query_first("SELECT GET_LOCK(CONCAT('tshs-import-', DATABASE(), '-', 42), 0)")
+        .unwrap();
+    assert_eq!(held, Some(1));
+    let out = c.ok(&["perform-import"]);
+    assert!(
+        out.contains("space 42: another perform-import is at it; left to it"),
+        "{out}"
+    );
+    assert!(out.contains("1 left"), "{out}");
+    let left: Vec<u32> = c
+        .cluster()
+        .importing_spaces(1)
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(left, [42]);
+    // Its process gone (the session closed), the space is free again.
+    drop(other);
+    assert!(c.ok(&["perform-import"]).contains("the job is IMPORTED"));
+}
+
 #[test]
 fn a_split_during_the_import_loses_nothing() {
     let c = TestCluster::with_nodes();

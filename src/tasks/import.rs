@@ -64,13 +64,23 @@ fn run_job(
         bytes: AtomicU64::new(0),
     };
     let mut errors: Vec<(u32, String)> = Vec::new();
+    let mut leases = Leases::new(cluster)?;
     // Processes running at once start at different spaces.
     let start = (std::process::id() as usize) % spaces.len().max(1);
     for s in spaces.iter().cycle().skip(start).take(spaces.len()) {
         if opts.should_stop(stop) {
             break;
         }
-        match w.space(s, &mut out.lines) {
+        if !leases.take(s.id)? {
+            out.lines.push(format!(
+                "space {}: another perform-import is at it; left to it",
+                s.id
+            ));
+            continue;
+        }
+        let r = w.space(s, &mut out.lines);
+        leases.give_back(s.id);
+        match r {
             Ok(true) => {
                 w.done.fetch_add(1, Ordering::Relaxed);
             }
@@ -110,6 +120,46 @@ fn run_job(
         ));
     }
     Ok(())
+}
+
+/// Which spaces this process works on, so that processes running at once
+/// (perform-import by hand and by the maintenance runner, or on several
+/// hosts) do not copy or upload the same files: a named lock per space on
+/// the Admin Node's server, held by a session of this process's own, so
+/// that it goes with the process if it dies.
+struct Leases {
+    session: mysql::Conn,
+}
+
+impl Leases {
+    fn new(cluster: &Cluster) -> Result<Leases> {
+        let opts = cluster.admin().opts();
+        let session = mysql::Conn::new(opts.to_mysql())
+            .map_err(|e| anyhow!("admin node ({}): {e}", opts.masked()))?;
+        Ok(Leases { session })
+    }
+
+    /// Takes space `space` unless another process has it.
+    fn take(&mut self, space: u32) -> Result<bool> {
+        let got: Option<Option<u8>> = self
+            .session
+            .exec_first(
+                "SELECT GET_LOCK(CONCAT('tshs-import-', DATABASE(), '-', ?), 0)",
+                (space,),
+            )
+            .map_err(|e| anyhow!("admin node: {e}"))?;
+        Ok(got.flatten() == Some(1))
+    }
+
+    /// Lets space `space` go (a lost session has let it go already).
+    fn give_back(&mut self, space: u32) {
+        if let Err(e) = self.session.exec_drop(
+            "DO RELEASE_LOCK(CONCAT('tshs-import-', DATABASE(), '-', ?))",
+            (space,),
+        ) {
+            log::warn!("perform-import: admin node: releasing space {space}: {e}");
+        }
+    }
 }
 
 /// One run over a job's spaces.
