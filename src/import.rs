@@ -643,11 +643,9 @@ mod tests {
         let f = dir.join("f");
         std::fs::write(&f, b"0123456789").unwrap();
         let mtime = times_ns(&std::fs::metadata(&f).unwrap())[1];
-        let file = |p: &Path, size, mtime| DiskFile {
-            path: Box::leak(p.to_path_buf().into_boxed_path()),
-            size,
-            mtime,
-        };
+        fn file(path: &Path, size: u64, mtime: Option<i64>) -> DiskFile<'_> {
+            DiskFile { path, size, mtime }
+        }
         let imported = file(&f, 10, Some(mtime));
         assert_eq!(read_span(&imported, 2, 5).unwrap(), b"234");
         assert_eq!(read_span(&imported, 8, 100).unwrap(), b"89");

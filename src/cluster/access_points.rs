@@ -133,12 +133,15 @@ impl Cluster {
         let liveness = Liveness::default();
         let (to_ack, requests) = crossbeam_channel::unbounded::<u64>();
         let acker = {
-            let acked = acked.clone();
+            let (cluster, acked) = (self.clone(), acked.clone());
             std::thread::Builder::new()
                 .name("tshs-ack".into())
                 .spawn(move || {
                     while let Ok(e) = requests.recv() {
                         let e = requests.try_iter().last().unwrap_or(e);
+                        // A node may have a new database (restore-from-s3),
+                        // an S3 host new options (update-s3-host).
+                        cluster.forget_changed_clients();
                         on_epoch(e);
                         acked.store(e, Ordering::Release);
                     }

@@ -83,9 +83,6 @@ impl Router {
             nodes.clear();
             self.generation.fetch_add(1, Ordering::AcqRel) + 1
         };
-        // A node may have a new database (restore-from-s3), an S3 host new
-        // options (update-s3-host): connect afresh.
-        self.cluster.forget_changed_clients();
         let mut running = self.running.lock().unwrap();
         while running.range(..new).next().is_some() {
             running = self.drained.wait(running).unwrap();

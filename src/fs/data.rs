@@ -158,6 +158,8 @@ pub struct OpenInode {
     /// run its transaction without `state`, and readers, stat and opens of
     /// a log that is appended to all the time do not wait for its commits.
     changes: Mutex<()>,
+    /// An append's transaction is running (see [`OpenInode::read`]).
+    appending: AtomicBool,
     /// Signalled when a background flush finishes.
     idle: Condvar,
     /// The mount's count of pending creates.
@@ -209,6 +211,7 @@ impl OpenInode {
                 last_stamp: None,
             }),
             changes: Mutex::default(),
+            appending: AtomicBool::new(false),
             idle: Condvar::new(),
             pending_gauge,
             pending_flag,
@@ -280,6 +283,17 @@ impl OpenInode {
         let mut missing = Vec::new();
         let (end, file_end, version, sequential) = {
             let mut st = self.state();
+            if off + u64::from(len) > st.size && self.appending.load(Ordering::Acquire) {
+                // Asked past the end while an append of ours runs: its
+                // commit may be in, and the kernel may know the new size
+                // (a stat reads the database); the part of a short answer
+                // inside that size would be cached as zeros. Answer up to
+                // the database's end.
+                drop(st);
+                let size = self.size_in_db()?;
+                st = self.state();
+                self.grown(cache, &mut st, size);
+            }
             let end = (off + u64::from(len)).min(st.size);
             if off >= end {
                 return Ok(Vec::new());
@@ -330,6 +344,37 @@ impl OpenInode {
             }
         }
         Ok(out)
+    }
+
+    /// The file's size in the database (0 if its row is gone).
+    fn size_in_db(&self) -> FsResult<u64> {
+        let size: Option<u64> = self
+            .shard
+            .read(|c| {
+                c.exec_first(
+                    "SELECT size FROM inodes WHERE space_id = ? AND ino = ?",
+                    (self.space, self.ino),
+                )
+            })
+            .map_err(|e| super::error::db_failed(self.shard.id(), "read", e))?;
+        Ok(size.unwrap_or(0))
+    }
+
+    /// The file grew to `size` in the database (an append's commit that
+    /// this mount has not recorded yet): takes the new size and drops the
+    /// cached extents from the old end on (the one holding it was cached
+    /// shorter). The append, recording its commit, starts a new version.
+    fn grown(&self, cache: &DataCache, st: &mut FileState, size: u64) {
+        if size <= st.size || !st.dirty.is_empty() || st.inflight.is_some() {
+            return;
+        }
+        let mut ext = st.size - st.size % E;
+        while ext < size {
+            cache.remove(self.space, self.ino, st.generation, ext);
+            ext += E;
+        }
+        st.write_seq += 1;
+        st.size = size;
     }
 
     /// Queues prefetches of the extents from `from` up to the read-ahead window.
@@ -766,6 +811,7 @@ impl OpenInode {
         let _turn = self.changes.lock().unwrap();
         drop(self.flush_locked(cache, self.state())?);
         let (space, ino, now) = (self.space, self.ino, now_ns());
+        self.appending.store(true, Ordering::Release);
         let abort = Abort::default();
         let eof = self
             .shard
@@ -783,9 +829,11 @@ impl OpenInode {
                 )?;
                 Ok(eof)
             })
-            .map_err(|e| tx_errno(self.shard.id(), "append", e, &abort))?;
-        let end = eof + data.len() as u64;
+            .map_err(|e| tx_errno(self.shard.id(), "append", e, &abort));
         let mut st = self.state();
+        self.appending.store(false, Ordering::Release);
+        let eof = eof?;
+        let end = eof + data.len() as u64;
         st.write_seq += 1;
         if eof != st.db_size {
             // Another mount appended meanwhile: what we cached is stale.
