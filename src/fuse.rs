@@ -21,6 +21,9 @@ pub struct FuseFs {
     pub fs: std::sync::Arc<Fs>,
     /// Entry and attribute time-to-live handed to the kernel.
     pub ttl: Duration,
+    /// The kernel maps files opened for direct I/O (Linux 6.6 on), so
+    /// files that may be growing can be opened that way (see `fopen_flags`).
+    pub direct_mmap: bool,
 }
 
 fn errno(e: Errno) -> FErrno {
@@ -75,12 +78,17 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-fn fopen_flags(o: Opened) -> FopenFlags {
+/// A file that changed lately is read past the kernel's page cache: while
+/// it grows (a log appended to, here or through another mount), a page
+/// read at its old end and cached there would read as zeros past that end
+/// once the kernel learns the new size (a reply that crosses a stat's or an
+/// append's). This mount caches its data anyway.
+fn fopen_flags(o: Opened, direct_mmap: bool) -> FopenFlags {
     let mut f = FopenFlags::empty();
     if o.keep_cache {
         f |= FopenFlags::FOPEN_KEEP_CACHE;
     }
-    if o.direct {
+    if o.direct || (o.changing && direct_mmap) {
         f |= FopenFlags::FOPEN_DIRECT_IO;
     }
     f
@@ -141,6 +149,14 @@ impl Filesystem for FuseFs {
                 | InitFlags::FUSE_READDIRPLUS_AUTO
                 | InitFlags::FUSE_ATOMIC_O_TRUNC,
         );
+        self.direct_mmap = config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok();
+        if !self.direct_mmap {
+            log::warn!(
+                "the kernel cannot map files opened for direct I/O (Linux < 6.6): files being appended to are read through its page cache, where a reader may briefly see zeros at their end"
+            );
+        }
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_write(1 << 20);
         Ok(())
@@ -348,7 +364,7 @@ impl Filesystem for FuseFs {
             return reply.error(e);
         }
         match self.fs.open(ino.0, flags.0) {
-            Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(o)),
+            Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(o, self.direct_mmap)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -607,7 +623,7 @@ impl Filesystem for FuseFs {
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(o.fh),
-                fopen_flags(o),
+                fopen_flags(o, self.direct_mmap),
             ),
             Err(e) => reply.error(errno(e)),
         }

@@ -318,6 +318,7 @@ fn serve(
         FuseFs {
             fs: fs.clone(),
             ttl: opts.ttl,
+            direct_mmap: false,
         },
         mountpoint,
         &config,

@@ -809,3 +809,142 @@ fn appends_overwrites_and_reads_of_one_file_in_one_mount() {
         text
     );
 }
+
+/// A record of writer `w`: its header, then `len` bytes of one letter.
+fn log_record(w: u32, i: u32) -> Vec<u8> {
+    let len = 7_000 + ((w * 7919 + i * 104_729) % 90_000) as usize;
+    let mut r = format!("<{w}.{i}.{len}>").into_bytes();
+    r.extend(std::iter::repeat_n(b'a' + ((w * 31 + i) % 26) as u8, len));
+    r.push(b'\n');
+    r
+}
+
+/// Checks that `log` is whole records, the last possibly cut short; returns
+/// how many are whole, or where it went wrong.
+fn whole_records(log: &[u8]) -> Result<usize, String> {
+    let (mut at, mut n) = (0, 0);
+    while at < log.len() {
+        let rest = &log[at..];
+        let Some(close) = rest.iter().position(|&b| b == b'>') else {
+            return Ok(n);
+        };
+        let head = std::str::from_utf8(&rest[1.min(close)..close]).unwrap_or("");
+        let f: Vec<u32> = head.split('.').filter_map(|x| x.parse().ok()).collect();
+        if rest[0] != b'<' || f.len() != 3 {
+            return Err(format!(
+                "no record at {at} of {}: {:?}",
+                log.len(),
+                &rest[..8.min(rest.len())]
+            ));
+        }
+        let want = log_record(f[0], f[1]);
+        let have = &rest[..want.len().min(rest.len())];
+        if have != &want[..have.len()] {
+            let bad = have.iter().zip(&want).position(|(a, b)| a != b).unwrap();
+            return Err(format!(
+                "record {head} at {at} wrong at +{bad}: {:?}",
+                have[bad]
+            ));
+        }
+        if have.len() < want.len() {
+            return Ok(n);
+        }
+        at += want.len();
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// A log appended to through two mounts (records of 7–97 KB) while readers
+/// on one of them read it whole again and again, by new opens and through
+/// a handle kept open: no reader ever sees a byte that is not the log's
+/// (the kernel's cached page at an old end must not read as zeros once the
+/// log grew), and never less than it saw before.
+#[test]
+fn readers_of_a_growing_log_see_only_its_bytes() {
+    let c = TestCluster::with_nodes();
+    // Attributes not cached: the kernel learns the size at every stat.
+    let m1 = common::Mount::new(&c, &["ttl=0"]);
+    let m2 = common::Mount::new(&c, &["ttl=0"]);
+    let l1 = m1.space(19).join("last.log");
+    fs::write(&l1, b"").unwrap();
+    let l2 = m2.path().join("vol01/19/last.log");
+    let per = 60;
+    let stop = common::StopFlag::new();
+    let writers: Vec<_> = (0..4u32)
+        .map(|w| {
+            let log = if w % 2 == 0 { l1.clone() } else { l2.clone() };
+            std::thread::spawn(move || {
+                let mut h = OpenOptions::new().append(true).open(&log).unwrap();
+                for i in 0..per {
+                    h.write_all(&log_record(w, i)).unwrap();
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..4)
+        .map(|k| {
+            let (log, stop) = (l1.clone(), stop.0.clone());
+            std::thread::spawn(move || {
+                let mut held = fs::File::open(&log).unwrap();
+                let (mut seen, mut reads) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let now = if k % 2 == 0 {
+                        fs::read(&log).unwrap()
+                    } else {
+                        let mut b = Vec::new();
+                        held.seek(SeekFrom::Start(0)).unwrap();
+                        held.read_to_end(&mut b).unwrap();
+                        b
+                    };
+                    if let Err(e) = whole_records(&now) {
+                        panic!("reader {k}, read {reads}: {e}");
+                    }
+                    assert!(
+                        now.len() >= seen,
+                        "the log shrank from {seen} to {}",
+                        now.len()
+                    );
+                    seen = now.len();
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.raise();
+    let reads: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert!(reads > 20, "{reads} reads");
+    let log = fs::read(&l1).unwrap();
+    assert_eq!(whole_records(&log), Ok(4 * per as usize));
+    assert!(log == fs::read(&l2).unwrap(), "the mounts differ");
+}
+
+/// A file written a moment ago (opened for direct I/O, see
+/// `readers_of_a_growing_log_see_only_its_bytes`) can still be mapped.
+#[test]
+fn a_file_changed_a_moment_ago_can_be_mapped() {
+    let c = TestCluster::with_nodes();
+    let m = c.mount();
+    let p = m.space(20).join("fresh");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(&p, &data).unwrap();
+    let f = fs::File::open(&p).unwrap();
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            data.len(),
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+    let mapped = unsafe { std::slice::from_raw_parts(map as *const u8, data.len()) };
+    assert!(mapped == &data[..]);
+    unsafe { libc::munmap(map, data.len()) };
+}

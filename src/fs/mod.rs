@@ -82,7 +82,13 @@ pub struct Opened {
     /// Direct I/O: each write(2) reaches us whole, not split at page
     /// boundaries, so one append is one transaction and never interleaves.
     pub direct: bool,
+    /// The file changed within [`CHANGING_NS`]: it may be growing (a log).
+    pub changing: bool,
 }
+
+/// A file changed this recently may be appended to while it is read (here
+/// or through another mount): see `fuse::fopen_flags`.
+pub const CHANGING_NS: i64 = 60_000_000_000;
 
 /// An open file handle.
 struct Handle {
@@ -851,6 +857,7 @@ impl Fs {
             fh,
             keep_cache: keep,
             direct: flags & libc::O_APPEND != 0,
+            changing: now_ns() - a.mtime < CHANGING_NS,
         })
     }
 
@@ -935,6 +942,8 @@ impl Fs {
                 fh,
                 keep_cache: false,
                 direct: append,
+                // Its writer's own handle: its cached pages are its writes.
+                changing: false,
             },
         ))
     }
