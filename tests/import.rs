@@ -178,6 +178,12 @@ fn brief(e: &Entry) -> String {
     )
 }
 
+/// The spaces of import job 1 not imported yet.
+fn importing(c: &TestCluster) -> Vec<u32> {
+    let spaces = c.cluster().importing_spaces(1).unwrap();
+    spaces.iter().map(|s| s.id).collect()
+}
+
 fn job_state(c: &TestCluster) -> String {
     c.ok(&["list-jobs"])
 }
@@ -612,14 +618,7 @@ fn one_broken_space_does_not_hold_up_the_others() {
         e.contains("1 space(s) could not be imported") && e.contains("space 32"),
         "{e}"
     );
-    let left: Vec<u32> = c
-        .cluster()
-        .importing_spaces(1)
-        .unwrap()
-        .iter()
-        .map(|s| s.id)
-        .collect();
-    assert_eq!(left, [32]);
+    assert_eq!(importing(&c), [32]);
     assert!(c.ok(&["list-jobs"]).contains(" IMPORT "));
     std::fs::rename(c.dir.path().join("32-away"), old.join("vol01/32")).unwrap();
     assert!(c.ok(&["perform-import"]).contains("the job is IMPORTED"));
@@ -648,14 +647,7 @@ fn a_space_another_perform_import_works_on_is_left_to_it() {
         "{out}"
     );
     assert!(out.contains("1 left"), "{out}");
-    let left: Vec<u32> = c
-        .cluster()
-        .importing_spaces(1)
-        .unwrap()
-        .iter()
-        .map(|s| s.id)
-        .collect();
-    assert_eq!(left, [42]);
+    assert_eq!(importing(&c), [42]);
     // Its process gone (the session closed), the space is free again.
     drop(other);
     assert!(c.ok(&["perform-import"]).contains("the job is IMPORTED"));

@@ -157,7 +157,7 @@ pub struct OpenInode {
     /// truncates), before `state`: they take turns here, so an append can
     /// run its transaction without `state`, and readers, stat and opens of
     /// a log that is appended to all the time do not wait for its commits.
-    changes: Mutex<()>,
+    data_turn: Mutex<()>,
     /// An append's transaction is running (see [`OpenInode::read`]).
     appending: AtomicBool,
     /// Signalled when a background flush finishes.
@@ -210,7 +210,7 @@ impl OpenInode {
                 info_ticket: 0,
                 last_stamp: None,
             }),
-            changes: Mutex::default(),
+            data_turn: Mutex::default(),
             appending: AtomicBool::new(false),
             idle: Condvar::new(),
             pending_gauge,
@@ -555,7 +555,7 @@ impl OpenInode {
         if end > MAX_FILE_SIZE {
             return Err(Errno::EFBIG);
         }
-        let _turn = self.changes.lock().unwrap();
+        let _turn = self.data_turn.lock().unwrap();
         let mut st = self.state();
         st.write_seq += 1;
         let mut ext = off - off % E;
@@ -804,11 +804,11 @@ impl OpenInode {
     ///
     /// The transaction runs without the file's state lock: no write, flush
     /// or truncate of this mount can start meanwhile (they wait for
-    /// `changes`), and a reader that fetches meanwhile caches what it got
+    /// `data_turn`), and a reader that fetches meanwhile caches what it got
     /// only if the file's version is unchanged afterwards, or has it removed
     /// below.
     pub fn append(&self, cache: &DataCache, data: &[u8], tid: u32) -> FsResult<u64> {
-        let _turn = self.changes.lock().unwrap();
+        let _turn = self.data_turn.lock().unwrap();
         drop(self.flush_locked(cache, self.state())?);
         let (space, ino, now) = (self.space, self.ino, now_ns());
         self.appending.store(true, Ordering::Release);
@@ -913,7 +913,7 @@ impl OpenInode {
         size: u64,
         apply: impl FnOnce() -> FsResult<Attr>,
     ) -> FsResult<Attr> {
-        let _turn = self.changes.lock().unwrap();
+        let _turn = self.data_turn.lock().unwrap();
         let mut st = self.flush_locked(cache, self.state())?;
         let a = apply()?;
         st.write_seq += 1;
