@@ -16,6 +16,7 @@ mod settings;
 mod volumes;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
@@ -168,6 +169,9 @@ pub struct Cluster {
     shards: Arc<Mutex<HashMap<u32, Shard>>>,
     /// Object store clients, by S3 host id, made on first use.
     stores: Arc<Mutex<HashMap<u32, Arc<S3Store>>>>,
+    /// Counts the times `stores` was checked against the Admin Node (under
+    /// its lock): a client made from a host row read before is not kept.
+    stores_checked: Arc<AtomicU64>,
     max_conns: usize,
 }
 
@@ -180,6 +184,7 @@ impl Cluster {
             admin: db,
             shards: Arc::default(),
             stores: Arc::default(),
+            stores_checked: Arc::default(),
             max_conns,
         })
     }

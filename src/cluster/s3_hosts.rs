@@ -8,6 +8,7 @@
 //! module only inside [`S3Host`], whose `Debug` masks it.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, anyhow, bail};
 use mysql::prelude::Queryable;
@@ -187,10 +188,9 @@ impl Cluster {
             });
         }
         if let Ok(hosts) = self.s3_hosts() {
-            self.stores
-                .lock()
-                .unwrap()
-                .retain(|_, store| hosts.contains(store.host()));
+            let mut stores = self.stores.lock().unwrap();
+            stores.retain(|_, store| hosts.contains(store.host()));
+            self.stores_checked.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -199,8 +199,13 @@ impl Cluster {
         if let Some(s) = self.stores.lock().unwrap().get(&id) {
             return Ok(s.clone());
         }
+        let checked = self.stores_checked.load(Ordering::Acquire);
         let store = Arc::new(S3Store::new(&self.s3_host(id)?));
-        self.stores.lock().unwrap().insert(id, store.clone());
+        let mut stores = self.stores.lock().unwrap();
+        // Checked meanwhile: the row read may be older than that check.
+        if self.stores_checked.load(Ordering::Acquire) == checked {
+            stores.insert(id, store.clone());
+        }
         Ok(store)
     }
 }
