@@ -4,7 +4,8 @@
 //! It checks that the Admin Node and every Storage Node answer (`SELECT 1`,
 //! timed), the copy-shards backlog (spaces of MIRROR_SHARD nodes not moved
 //! yet), stale access points (rows whose heartbeat is older than 30 s: a
-//! process died without unregistering), and, with `--mountpoint`, that a
+//! process hangs, or died without unregistering; rows go after 10 minutes),
+//! and, with `--mountpoint`, that a
 //! tshs mount is mounted there and answers `stat` and `readdir`; with an S3
 //! host, that the current one answers and how many files wait for
 //! move-to-s3. Each probe
