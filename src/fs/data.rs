@@ -290,7 +290,7 @@ impl OpenInode {
                 // inside that size would be cached as zeros. Answer up to
                 // the database's end.
                 drop(st);
-                let size = self.size_in_db()?;
+                let size = super::meta::getattr(&self.shard, self.space, self.ino)?.size;
                 st = self.state();
                 self.grown(cache, &mut st, size);
             }
@@ -346,20 +346,6 @@ impl OpenInode {
         Ok(out)
     }
 
-    /// The file's size in the database (0 if its row is gone).
-    fn size_in_db(&self) -> FsResult<u64> {
-        let size: Option<u64> = self
-            .shard
-            .read(|c| {
-                c.exec_first(
-                    "SELECT size FROM inodes WHERE space_id = ? AND ino = ?",
-                    (self.space, self.ino),
-                )
-            })
-            .map_err(|e| super::error::db_failed(self.shard.id(), "read", e))?;
-        Ok(size.unwrap_or(0))
-    }
-
     /// The file grew to `size` in the database (an append's commit that
     /// this mount has not recorded yet): takes the new size and drops the
     /// cached extents from the old end on (the one holding it was cached
@@ -368,13 +354,18 @@ impl OpenInode {
         if size <= st.size || !st.dirty.is_empty() || st.inflight.is_some() {
             return;
         }
-        let mut ext = st.size - st.size % E;
-        while ext < size {
+        self.uncache(cache, st, st.size, size);
+        st.write_seq += 1;
+        st.size = size;
+    }
+
+    /// Drops the cached extents holding `[from, to)`.
+    fn uncache(&self, cache: &DataCache, st: &FileState, from: u64, to: u64) {
+        let mut ext = from - from % E;
+        while ext < to {
             cache.remove(self.space, self.ino, st.generation, ext);
             ext += E;
         }
-        st.write_seq += 1;
-        st.size = size;
     }
 
     /// Queues prefetches of the extents from `from` up to the read-ahead window.
@@ -841,11 +832,7 @@ impl OpenInode {
         } else {
             cache.restamp(space, ino, st.generation, (now, now, end));
         }
-        let mut ext = eof - eof % E;
-        while ext < end {
-            cache.remove(space, ino, st.generation, ext);
-            ext += E;
-        }
+        self.uncache(cache, &st, eof, end);
         st.size = st.size.max(end);
         st.db_size = st.db_size.max(end);
         st.info_ticket = ticket();
