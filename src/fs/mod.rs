@@ -136,6 +136,10 @@ pub struct Fs {
     importing: Mutex<HashMap<u32, Arc<Mutex<()>>>>,
 }
 
+/// How often `open(O_CREAT)` tries again when the name it found taken is
+/// gone by the time it looks (renamed away by a log rotation).
+const CREATE_TRIES: u32 = 8;
+
 /// How long a statfs answer is reused.
 const STATFS_TTL: Duration = Duration::from_secs(5);
 
@@ -893,15 +897,31 @@ impl Fs {
                 rdev: 0,
                 target: None,
             };
-            return match meta::create(&shard, space, dir, name, &new) {
-                Ok(a) => Ok((a, self.open(a.ino, flags & !libc::O_TRUNC)?)),
-                Err(Errno::EEXIST) if !excl => self.open_existing(parent, name, flags),
-                Err(e) => Err(e),
-            };
+            // The name may also go again (a rotation) between the refused
+            // create and the lookup: then create once more, as the VFS does.
+            let mut tries = 0;
+            loop {
+                match meta::create(&shard, space, dir, name, &new) {
+                    Ok(a) => return Ok((a, self.open(a.ino, flags & !libc::O_TRUNC)?)),
+                    Err(Errno::EEXIST) if !excl => {}
+                    Err(e) => return Err(e),
+                }
+                match self.open_existing(parent, name, flags) {
+                    Err(Errno::ENOENT) if tries < CREATE_TRIES => tries += 1,
+                    r => return r,
+                }
+            }
         }
-        let p = match meta::check_create(&shard, space, dir, name) {
-            Err(Errno::EEXIST) if !excl => return self.open_existing(parent, name, flags),
-            r => r?,
+        let mut tries = 0;
+        let p = loop {
+            match meta::check_create(&shard, space, dir, name) {
+                Err(Errno::EEXIST) if !excl => {}
+                r => break r?,
+            }
+            match self.open_existing(parent, name, flags) {
+                Err(Errno::ENOENT) if tries < CREATE_TRIES => tries += 1,
+                r => return r,
+            }
         };
         let ino = self.next_id(&shard, space)?;
         let new = NewInode {
