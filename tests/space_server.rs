@@ -266,7 +266,10 @@ fn without_the_token_nothing_is_touched() {
         std::fs::write(space.join("keep"), b"k").unwrap();
         let r = s.conn().req(method, path, &[], b"data", false);
         assert_eq!(r.status, 401, "{method} {path}");
-        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer, TSHS-HMAC-SHA256")
+        );
         // A wrong token, and a right one with another scheme, are no better.
         let basic = format!("Basic {TOKEN}");
         for auth in ["Bearer wrong-token-0123456789abcdef", basic.as_str()] {
@@ -282,6 +285,161 @@ fn without_the_token_nothing_is_touched() {
     let log = s.access_log();
     assert!(log.contains("PUT /vol01/3/a.txt 401"), "{log}");
     assert!(!log.contains(TOKEN) && !s.stderr.lock().unwrap().contains(TOKEN));
+}
+
+/// `tshs-space-server sign …`: its output, or its one-line error.
+fn sign(s: &Server, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_tshs-space-server"))
+        .arg("sign")
+        .arg("--token-file")
+        .arg(s.dir.path().join("token"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
+    if out.status.success() {
+        Ok(stdout.trim_end().to_string())
+    } else {
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        Err(stderr)
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn signed_urls_allow_one_method_and_path_until_they_expire() {
+    use tshs::space_server::signature;
+    let c = TestCluster::with_nodes();
+    let (m, s) = start(&c, &[]);
+    let space = m.space(3);
+    std::fs::write(space.join("doc one.txt"), b"signed bytes").unwrap();
+    std::fs::write(space.join("other"), b"not for you").unwrap();
+
+    let url = sign(&s, &["--method", "get", "/vol01/3/doc one.txt"]).unwrap();
+    let (path, query) = url.split_once('?').unwrap();
+    assert_eq!(path, "/vol01/3/doc%20one.txt");
+    assert!(query.starts_with("expires="), "{url}");
+    let r = s.conn().req("GET", &url, &[], b"", false);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"signed bytes"[..]));
+    let r = s
+        .conn()
+        .req("GET", &url, &[("Range", "bytes=7-")], b"", false);
+    assert_eq!((r.status, r.body.as_slice()), (206, &b"bytes"[..]));
+    // Not another method, not another file, not with a changed expiry.
+    let r = s.conn().req("DELETE", &url, &[], b"", false);
+    assert_eq!(r.status, 401);
+    assert!(String::from_utf8_lossy(&r.body).contains("does not match"));
+    let r = s
+        .conn()
+        .req("GET", &format!("/vol01/3/other?{query}"), &[], b"", false);
+    assert_eq!(r.status, 401);
+    let later = unix_now() + 7200;
+    let moved = query.replacen("expires=", &format!("expires={later}&x="), 1);
+    let r = s
+        .conn()
+        .req("GET", &format!("{path}?{moved}"), &[], b"", false);
+    assert_eq!(r.status, 401);
+    // Expired, or reaching beyond the server's limit (7 days by default).
+    let key = TOKEN.as_bytes();
+    let stale = signature::signed_url(key, "GET", path, unix_now() - 1);
+    let r = s.conn().req("GET", &stale, &[], b"", false);
+    assert_eq!(r.status, 401);
+    assert!(String::from_utf8_lossy(&r.body).contains("expired"));
+    let far = signature::signed_url(key, "GET", path, unix_now() + 8 * 86_400);
+    let r = s.conn().req("GET", &far, &[], b"", false);
+    assert_eq!(r.status, 401);
+    assert!(String::from_utf8_lossy(&r.body).contains("too far ahead"));
+    // A signature in the header, for a PUT; the body is the signer's choice.
+    let exp = unix_now() + 60;
+    let sig = signature::sign(key, "PUT", "/vol01/3/up.txt", exp);
+    let auth = format!("TSHS-HMAC-SHA256 Expires={exp}, Signature={sig}");
+    let r = s.conn().req(
+        "PUT",
+        "/vol01/3/up.txt",
+        &[("Authorization", auth.as_str())],
+        b"uploaded",
+        false,
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(std::fs::read(space.join("up.txt")).unwrap(), b"uploaded");
+    // Both at once is ambiguous, and refused.
+    let r = s.conn().req(
+        "PUT",
+        &format!("/vol01/3/up.txt?{query}"),
+        &[("Authorization", auth.as_str())],
+        b"again",
+        false,
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(std::fs::read(space.join("up.txt")).unwrap(), b"uploaded");
+    assert!(space.join("doc one.txt").exists() && space.join("other").exists());
+    // Neither the access log nor stderr holds a signature.
+    let sig_of_url = query.rsplit('=').next().unwrap();
+    let log = s.access_log() + &s.stderr.lock().unwrap();
+    assert!(log.contains("GET /vol01/3/doc%20one.txt 200"), "{log}");
+    assert!(!log.contains(sig_of_url) && !log.contains(&sig), "{log}");
+
+    // Bad input to the sign command: one line, exit 1, no URL.
+    for (args, why) in [
+        (&["--method", "PATCH", "/vol01/3/x"][..], "not a method"),
+        (&["vol01/3/x"][..], "must start with /"),
+        (&["/vol01/../etc/passwd"][..], "would refuse"),
+    ] {
+        let e = sign(&s, args).unwrap_err();
+        assert!(e.contains(why), "{args:?}: {e}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_tshs-space-server"))
+        .args(["sign", "--token-file", "/nonexistent/token", "/vol01/3/x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the token file"));
+}
+
+#[test]
+fn auth_modes_open_only_their_way_in() {
+    let c = TestCluster::with_nodes();
+    let m = Mount::new(&c, &[]);
+    std::fs::write(m.space(3).join("f"), b"data").unwrap();
+    let signed_only = Server::start(m.path(), &["--auth", "signed"]);
+    let token_only = Server::start(m.path(), &["--auth", "token"]);
+    let url = sign(&signed_only, &["/vol01/3/f"]).unwrap();
+
+    let r = signed_only.req("GET", "/vol01/3/f", &[], b"");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("TSHS-HMAC-SHA256"));
+    let r = signed_only.conn().req("GET", &url, &[], b"", false);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"data"[..]));
+
+    let r = token_only.conn().req("GET", &url, &[], b"", false);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    let r = token_only.req("GET", "/vol01/3/f", &[], b"");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"data"[..]));
+
+    // A mode the server does not know: one line, and no server.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tshs-space-server"))
+        .args(["--root", "/nonexistent", "--auth", "hmac", "--token-file"])
+        .arg(dir.path().join("token"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'hmac'"));
 }
 
 #[test]

@@ -3,8 +3,9 @@
 //! [`fail`] is the one mapping from a file error to a status.
 //!
 //! Before anything else a request must carry the deployment's bearer token
-//! (compared in constant time); without it the answer is 401 and nothing is
-//! touched. Bodies are read only up to the configured limit (413 beyond).
+//! (compared in constant time) or a signature made with it ([`signature`]),
+//! as `--auth` allows; without one the answer is 401 and nothing is touched.
+//! Bodies are read only up to the configured limit (413 beyond).
 
 use std::fs::File;
 use std::io::Write;
@@ -25,6 +26,7 @@ use subtle::ConstantTimeEq;
 use super::files::{self, Error, Got, MAX_APPEND, Tree};
 use super::path::RelPath;
 use super::range::Want;
+use super::signature;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -34,12 +36,46 @@ const CHUNK: u64 = 1 << 20;
 /// The server's shared state.
 pub struct App {
     pub tree: Tree,
-    /// The bearer token; never logged.
+    /// The bearer token, also the key of signatures; never logged.
     pub token: Vec<u8>,
+    /// Which of the two ways in are open.
+    pub auth: Auth,
+    /// How far ahead a signature may expire, in seconds.
+    pub max_signature_lifetime: u64,
     pub max_body: u64,
     /// GET of a file in S3 answers 307 to a presigned URL (`--s3-redirect`).
     pub s3_redirect: bool,
     pub access_log: Mutex<Box<dyn Write + Send>>,
+}
+
+/// The ways in a deployment opens (`--auth`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// The bearer token or a signature made with it.
+    Any,
+    /// The bearer token only.
+    Token,
+    /// Signatures only: the token never crosses the network.
+    Signed,
+}
+
+impl Auth {
+    fn bearer(self) -> bool {
+        self != Auth::Signed
+    }
+
+    fn signed(self) -> bool {
+        self != Auth::Token
+    }
+
+    /// The `WWW-Authenticate` value of a 401.
+    fn challenge(self) -> &'static str {
+        match self {
+            Auth::Any => "Bearer, TSHS-HMAC-SHA256",
+            Auth::Token => "Bearer",
+            Auth::Signed => "TSHS-HMAC-SHA256",
+        }
+    }
 }
 
 impl App {
@@ -70,10 +106,12 @@ impl App {
     }
 
     async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        if !self.authorized(&req) {
-            let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        if let Err(why) = self.authorized(&req) {
+            let mut r = error(StatusCode::UNAUTHORIZED, why);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(self.auth.challenge()),
+            );
             return r;
         }
         let rel = match RelPath::parse(req.uri().path()) {
@@ -139,17 +177,58 @@ impl App {
         }
     }
 
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(v) = req.headers().get(header::AUTHORIZATION) else {
-            return false;
+    /// Whether the request carries the token or a valid signature, as
+    /// `--auth` allows; else why not (no secret in it).
+    fn authorized(&self, req: &Request<Incoming>) -> Result<(), &'static str> {
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let (scheme, params) = match header {
+            Some(v) => {
+                let v = v.trim_ascii();
+                let at = v.iter().position(|b| *b == b' ').unwrap_or(v.len());
+                (&v[..at], v[at..].trim_ascii())
+            }
+            None => (&b""[..], &b""[..]),
         };
-        let v = v.as_bytes();
-        if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
-            return false;
+        let query = req.uri().query().and_then(signature::from_query);
+        if scheme.eq_ignore_ascii_case(b"bearer") && query.is_none() {
+            if !self.auth.bearer() {
+                return Err("bearer tokens are not accepted here: sign the request");
+            }
+            // Constant time in the token's content (its length is no secret).
+            return if bool::from(self.token.as_slice().ct_eq(params)) {
+                Ok(())
+            } else {
+                Err("a valid bearer token or signature is required")
+            };
         }
-        let given = v[7..].trim_ascii();
-        // Constant time in the token's content (its length is no secret).
-        self.token.as_slice().ct_eq(given).into()
+        let signed = match (query, scheme) {
+            (Some(q), b"") => q,
+            (None, s) if s.eq_ignore_ascii_case(signature::SCHEME.as_bytes()) => {
+                signature::from_header(std::str::from_utf8(params).unwrap_or(""))
+            }
+            (Some(_), _) => return Err("sign in the query or in the header, not both"),
+            (None, _) => return Err("a valid bearer token or signature is required"),
+        };
+        if !self.auth.signed() {
+            return Err("signed requests are not accepted here: send the token");
+        }
+        let signed = signed.map_err(|r| r.0)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        signature::verify(
+            &self.token,
+            req.method().as_str(),
+            req.uri().path(),
+            &signed,
+            now,
+            self.max_signature_lifetime,
+        )
+        .map_err(|r| r.0)
     }
 
     async fn get(self: &Arc<Self>, req: &Request<Incoming>, rel: RelPath) -> Response<Body> {

@@ -16,6 +16,7 @@ pub mod files;
 pub mod http;
 pub mod path;
 pub mod range;
+pub mod signature;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -48,9 +49,17 @@ pub struct Config {
     /// Address and port to listen on (port 0: any free port, printed at start).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
-    /// File holding the bearer token clients must send (at least 16 characters).
+    /// File holding the bearer token clients must send, or sign requests
+    /// with (at least 16 characters).
     #[arg(long, value_name = "PATH")]
     pub token_file: PathBuf,
+    /// Which requests get in: the token or a signature (any), the token
+    /// only (token), or signatures only (signed).
+    #[arg(long, value_enum, default_value = "any")]
+    pub auth: http::Auth,
+    /// How far ahead a signature may expire, in seconds (default 7 days).
+    #[arg(long, default_value_t = 7 * 86_400, value_name = "SECS")]
+    pub max_signature_lifetime: u64,
     /// Rotate last.log to <n>.log once it reaches this size (K, M, G; 0: never).
     #[arg(long, default_value = "8M", value_name = "SIZE", value_parser = parse_size)]
     pub rotate_size: u64,
@@ -69,6 +78,58 @@ pub struct Config {
     /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT. Off unless given.
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
+}
+
+/// Prints a signed URL (`tshs-space-server sign …`): a link that works for
+/// one method and path until it expires, without the token.
+#[derive(clap::Parser, Debug)]
+#[command(name = "tshs-space-server sign")]
+pub struct SignConfig {
+    /// File holding the deployment's token.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: PathBuf,
+    /// The method the URL allows.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Seconds until the URL expires.
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    pub expires_in: u64,
+    /// Put this before the path, e.g. http://files.example.com:8080.
+    #[arg(long, default_value = "", value_name = "URL")]
+    pub base_url: String,
+    /// The path as a file name below the root, e.g. /vol01/3/doc.pdf (not
+    /// percent-encoded: that is done here).
+    pub path: String,
+}
+
+/// The URL `tshs-space-server sign` prints.
+pub fn signed_url(cfg: &SignConfig) -> Result<String> {
+    let token = read_token(&cfg.token_file)?;
+    let method = cfg.method.to_ascii_uppercase();
+    if !["GET", "HEAD", "PUT", "POST", "DELETE"].contains(&method.as_str()) {
+        bail!(
+            "'{}' is not a method the server answers (GET, HEAD, PUT, POST, DELETE)",
+            cfg.method
+        );
+    }
+    if !cfg.path.starts_with('/') {
+        bail!("the path must start with / (e.g. /vol01/3/file)");
+    }
+    // Every byte but the unreserved ones and `/` is encoded: the server
+    // checks the path exactly as sent.
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b'/');
+    let path = percent_encoding::utf8_percent_encode(&cfg.path, SEGMENT).to_string();
+    if let Err(refused) = path::RelPath::parse(&path) {
+        bail!("the server would refuse {}: {}", cfg.path, refused.0);
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let url = signature::signed_url(&token, &method, &path, now.as_secs() + cfg.expires_in);
+    Ok(format!("{}{url}", cfg.base_url.trim_end_matches('/')))
 }
 
 fn parse_metrics_addr(v: &str) -> Result<SocketAddr, String> {
@@ -131,6 +192,8 @@ pub fn run(cfg: Config) -> Result<()> {
     let app = Arc::new(http::App {
         tree,
         token,
+        auth: cfg.auth,
+        max_signature_lifetime: cfg.max_signature_lifetime,
         max_body: cfg.max_body,
         s3_redirect: cfg.s3_redirect,
         access_log: Mutex::new(access_log),
