@@ -319,7 +319,7 @@ fn a_tree_in_use_is_imported_and_equals_the_original_plus_appends() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(240),
+            started.elapsed() < Duration::from_secs(600),
             "import too slow: {out}"
         );
     }
@@ -591,8 +591,12 @@ fn an_import_with_an_s3_host_uploads_what_it_takes_straight_from_disk() {
     assert_eq!(state("protolog/0.log"), "OnS3", "{files}");
     assert_eq!(state("data/f4"), "OnS3", "{files}");
     assert_eq!(state("data/f2"), "OnS3", "{files}");
-    // Below MinSize, and every last.log, go into the database.
-    assert_eq!(state("data/f1"), "InDB", "{files}");
+    // Below MinSize, and every last.log, go into the database (R/O: not
+    // changed for a minute, which its on-disk mtime may already be).
+    assert!(
+        ["InDB", "R/O"].contains(&state("data/f1").as_str()),
+        "{files}"
+    );
     assert_eq!(state("protolog/last.log"), "InDB", "{files}");
 
     std::fs::rename(&old, c.dir.path().join("old-gone")).unwrap();

@@ -28,6 +28,27 @@ fn purged_inodes(c: &TestCluster) -> u64 {
         .unwrap()
 }
 
+/// Waits until `n` inodes are unlinked but open (state 1): the kernel sends
+/// RELEASE after close() returns, and the mount then marks the file deleted.
+fn wait_unlinked_open(c: &TestCluster, n: u64) {
+    let db = c.dbs.lock().unwrap()[1].1.clone();
+    let t = std::time::Instant::now();
+    loop {
+        let open: u64 = root_conn(1)
+            .query_first(format!("SELECT COUNT(*) FROM {db}.inodes WHERE state = 1"))
+            .unwrap()
+            .unwrap();
+        if open == n {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{open} inodes unlinked but open, expected {n}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A cluster whose spaces all live on node 1 (server 1): one storage node.
 fn one_node() -> TestCluster {
     let c = TestCluster::empty();
@@ -58,7 +79,7 @@ fn remove_deleted_purges_spaces_and_inodes_but_not_open_files() {
     open.sync_all().unwrap();
     std::fs::remove_file(live.join("closed")).unwrap();
     std::fs::remove_file(live.join("open")).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_unlinked_open(&c, 1);
     let before_space = node_rows(&c, 7);
     assert!(before_space > 0, "the deleted space should still have rows");
 
@@ -87,7 +108,7 @@ fn remove_deleted_purges_spaces_and_inodes_but_not_open_files() {
         "only the open file's inode may remain"
     );
     drop(open);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_unlinked_open(&c, 0);
     c.ok(&["remove-deleted", "--grace", "0"]);
     assert_eq!(purged_inodes(&c), 0);
     // The space id can be used again.
@@ -105,7 +126,7 @@ fn list_files_shows_sizes_states_and_paths() {
     std::fs::write(s.join("data"), vec![0u8; 70_000]).unwrap();
     std::fs::write(s.join("doomed"), b"x").unwrap();
     std::fs::remove_file(s.join("doomed")).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_unlinked_open(&c, 0);
     let out = c.ok(&["list-files", "9"]);
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("Inode"), "{out}");

@@ -30,7 +30,7 @@ fn close_and_unlink_of_one_file_at_once_do_not_deadlock() {
         drop(h);
         unlinker.join().unwrap();
         assert!(
-            t.elapsed() < Duration::from_secs(10),
+            t.elapsed() < Duration::from_secs(60),
             "round {round} took {:?}",
             t.elapsed()
         );

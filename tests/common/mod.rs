@@ -196,7 +196,7 @@ impl Mount {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let m = Mount {
+        let mut m = Mount {
             dir,
             child: Some(child),
         };
@@ -204,10 +204,14 @@ impl Mount {
         m
     }
 
-    fn wait_mounted(&self) {
+    fn wait_mounted(&mut self) {
         let t = Instant::now();
         let p = self.dir.path().to_str().unwrap().to_string();
-        while t.elapsed() < Duration::from_secs(20) {
+        while t.elapsed() < Duration::from_secs(60) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                panic!("the mount at {p} exited before it came up: {status}");
+            }
             let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
             if mounts
                 .lines()
@@ -246,7 +250,7 @@ impl Mount {
                 .arg(self.dir.path())
                 .status();
             let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
+            while t.elapsed() < Duration::from_secs(60) {
                 if child.try_wait().unwrap().is_some() {
                     return;
                 }
@@ -254,6 +258,14 @@ impl Mount {
             }
             let _ = child.kill();
             let _ = child.wait();
+            // Killed, it leaves its access point and unsaved attributes
+            // behind, which later checks of the test would trip over.
+            if !std::thread::panicking() {
+                panic!(
+                    "the mount at {} did not exit within 60 s of unmounting",
+                    self.dir.path().display()
+                );
+            }
         }
     }
 }
