@@ -337,6 +337,13 @@ fn signed_urls_allow_one_method_and_path_until_they_expire() {
         .conn()
         .req("GET", &url, &[("Range", "bytes=7-")], b"", false);
     assert_eq!((r.status, r.body.as_slice()), (206, &b"bytes"[..]));
+    // HEAD shows less than GET: a link checker may look first.
+    let r = s.conn().req("HEAD", &url, &[], b"", false);
+    assert_eq!((r.status, r.header("content-length")), (200, Some("12")));
+    // A proxy's or browser's Basic credentials are not ours to judge.
+    let basic = [("Authorization", "Basic dXNlcjpwYXNz")];
+    let r = s.conn().req("GET", &url, &basic, b"", false);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"signed bytes"[..]));
     // Not another method, not another file, not with a changed expiry.
     let r = s.conn().req("DELETE", &url, &[], b"", false);
     assert_eq!(r.status, 401);
@@ -383,8 +390,20 @@ fn signed_urls_allow_one_method_and_path_until_they_expire() {
         false,
     );
     assert_eq!(r.status, 401);
+    assert!(String::from_utf8_lossy(&r.body).contains("send one"));
     assert_eq!(std::fs::read(space.join("up.txt")).unwrap(), b"uploaded");
     assert!(space.join("doc one.txt").exists() && space.join("other").exists());
+    // Names the sign command must encode: what it prints reaches the file.
+    for name in ["100%", "a?b", "c#d", "e+f", "grüße ü", "semi;colon&amp"] {
+        std::fs::write(space.join(name), name.as_bytes()).unwrap();
+        let url = sign(&s, &[&format!("/vol01/3/{name}")]).unwrap();
+        let r = s.conn().req("GET", &url, &[], b"", false);
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, name.as_bytes()),
+            "{url}"
+        );
+    }
     // Neither the access log nor stderr holds a signature.
     let sig_of_url = query.rsplit('=').next().unwrap();
     let log = s.access_log() + &s.stderr.lock().unwrap();
@@ -396,6 +415,10 @@ fn signed_urls_allow_one_method_and_path_until_they_expire() {
         (&["--method", "PATCH", "/vol01/3/x"][..], "not a method"),
         (&["vol01/3/x"][..], "must start with /"),
         (&["/vol01/../etc/passwd"][..], "would refuse"),
+        (
+            &["--expires-in", "604801", "/vol01/3/x"][..],
+            "beyond the server's",
+        ),
     ] {
         let e = sign(&s, args).unwrap_err();
         assert!(e.contains(why), "{args:?}: {e}");
@@ -419,12 +442,14 @@ fn auth_modes_open_only_their_way_in() {
 
     let r = signed_only.req("GET", "/vol01/3/f", &[], b"");
     assert_eq!(r.status, 401);
+    assert!(String::from_utf8_lossy(&r.body).contains("bearer tokens are not accepted"));
     assert_eq!(r.header("www-authenticate"), Some("TSHS-HMAC-SHA256"));
     let r = signed_only.conn().req("GET", &url, &[], b"", false);
     assert_eq!((r.status, r.body.as_slice()), (200, &b"data"[..]));
 
     let r = token_only.conn().req("GET", &url, &[], b"", false);
     assert_eq!(r.status, 401);
+    assert!(String::from_utf8_lossy(&r.body).contains("signed requests are not accepted"));
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
     let r = token_only.req("GET", "/vol01/3/f", &[], b"");
     assert_eq!((r.status, r.body.as_slice()), (200, &b"data"[..]));

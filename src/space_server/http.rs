@@ -193,7 +193,9 @@ impl App {
             None => (&b""[..], &b""[..]),
         };
         let query = req.uri().query().and_then(signature::from_query);
-        if scheme.eq_ignore_ascii_case(b"bearer") && query.is_none() {
+        let bearer = scheme.eq_ignore_ascii_case(b"bearer");
+        let header_signed = scheme.eq_ignore_ascii_case(signature::SCHEME.as_bytes());
+        if bearer && query.is_none() {
             if !self.auth.bearer() {
                 return Err("bearer tokens are not accepted here: sign the request");
             }
@@ -204,13 +206,16 @@ impl App {
                 Err("a valid bearer token or signature is required")
             };
         }
-        let signed = match (query, scheme) {
-            (Some(q), b"") => q,
-            (None, s) if s.eq_ignore_ascii_case(signature::SCHEME.as_bytes()) => {
+        let signed = match query {
+            Some(_) if bearer || header_signed => {
+                return Err("a signed query and a token or signature in the header: send one");
+            }
+            // Another scheme (a proxy's or a browser's Basic) is not ours.
+            Some(q) => q,
+            None if header_signed => {
                 signature::from_header(std::str::from_utf8(params).unwrap_or(""))
             }
-            (Some(_), _) => return Err("sign in the query or in the header, not both"),
-            (None, _) => return Err("a valid bearer token or signature is required"),
+            None => return Err("a valid bearer token or signature is required"),
         };
         if !self.auth.signed() {
             return Err("signed requests are not accepted here: send the token");

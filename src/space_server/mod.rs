@@ -39,6 +39,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Threads for blocking file calls (each may wait on the mount).
 const BLOCKING_THREADS: usize = 64;
 
+/// How far ahead a signature may expire unless configured: 7 days, as S3's
+/// presigned URLs.
+const DEFAULT_MAX_SIGNATURE_LIFETIME: u64 = 7 * 86_400;
+
 /// Serves the mounted tree over HTTP.
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "tshs-space-server", version)]
@@ -58,7 +62,7 @@ pub struct Config {
     #[arg(long, value_enum, default_value = "any")]
     pub auth: http::Auth,
     /// How far ahead a signature may expire, in seconds (default 7 days).
-    #[arg(long, default_value_t = 7 * 86_400, value_name = "SECS")]
+    #[arg(long, default_value_t = DEFAULT_MAX_SIGNATURE_LIFETIME, value_name = "SECS")]
     pub max_signature_lifetime: u64,
     /// Rotate last.log to <n>.log once it reaches this size (K, M, G; 0: never).
     #[arg(long, default_value = "8M", value_name = "SIZE", value_parser = parse_size)]
@@ -91,9 +95,13 @@ pub struct SignConfig {
     /// The method the URL allows.
     #[arg(long, default_value = "GET")]
     pub method: String,
-    /// Seconds until the URL expires.
+    /// Seconds until the URL expires (at most the server's
+    /// --max-signature-lifetime).
     #[arg(long, default_value_t = 3600, value_name = "SECS")]
     pub expires_in: u64,
+    /// The server's --max-signature-lifetime, when it is not the default.
+    #[arg(long, default_value_t = DEFAULT_MAX_SIGNATURE_LIFETIME, value_name = "SECS")]
+    pub max_lifetime: u64,
     /// Put this before the path, e.g. http://files.example.com:8080.
     #[arg(long, default_value = "", value_name = "URL")]
     pub base_url: String,
@@ -110,6 +118,14 @@ pub fn signed_url(cfg: &SignConfig) -> Result<String> {
         bail!(
             "'{}' is not a method the server answers (GET, HEAD, PUT, POST, DELETE)",
             cfg.method
+        );
+    }
+    if cfg.expires_in > cfg.max_lifetime {
+        // The server would refuse it until its last days, then take it.
+        bail!(
+            "--expires-in {} is beyond the server's signature lifetime of {} s (--max-lifetime)",
+            cfg.expires_in,
+            cfg.max_lifetime
         );
     }
     if !cfg.path.starts_with('/') {
