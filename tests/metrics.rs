@@ -7,14 +7,6 @@ use std::time::{Duration, Instant};
 
 use common::{Mount, TestCluster, sh};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The metrics text once the endpoint answers (it starts with the process).
 fn scrape(port: u16) -> String {
     let t = Instant::now();
@@ -43,7 +35,7 @@ fn value(text: &str, series: &str) -> f64 {
 #[test]
 fn the_mount_serves_its_metrics_on_loopback() {
     let c = TestCluster::with_nodes();
-    let port = free_port();
+    let port = common::unused_port();
     let m = Mount::new(&c, &[&format!("metrics={port}")]);
     let s = m.space(3);
     std::fs::write(s.join("f"), vec![7u8; 100_000]).unwrap();
@@ -71,7 +63,7 @@ fn the_mount_serves_its_metrics_on_loopback() {
 #[test]
 fn the_maintenance_daemon_counts_task_runs() {
     let c = TestCluster::with_nodes();
-    let port = free_port();
+    let port = common::unused_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tshs"))
         .arg("--mysql-cfg-file")
         .arg(&c.mycnf)

@@ -542,11 +542,7 @@ struct Proxy {
 impl Proxy {
     fn new(upstream: &str) -> Proxy {
         let upstream: SocketAddr = upstream.trim_start_matches("http://").parse().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::unused_port();
         let p = Proxy {
             port,
             upstream,
@@ -695,11 +691,7 @@ struct AuthMoto {
 
 impl AuthMoto {
     fn start(bucket: &str) -> AuthMoto {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::unused_port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("INITIAL_NO_AUTH_ACTION_COUNT", "4")

@@ -292,6 +292,18 @@ pub fn sh(cmd: &str) -> String {
 pub const S3_AK: &str = "AKIDTSHSTEST0001";
 pub const S3_SK: &str = "tshsSecretKeyValue/0123456789+abcdef";
 
+/// A loopback port nobody listens on, for a process the test starts (or a
+/// listener it takes down and up again). Taken below Linux's ephemeral range
+/// (32768 and up), so no outgoing connection can take it meanwhile.
+pub fn unused_port() -> u16 {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let start = std::process::id() as usize * 7919 + SEQ.fetch_add(1, Ordering::Relaxed) * 104_729;
+    (0..12_000)
+        .map(|i| 20_000 + ((start + i * 7) % 12_000) as u16)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("no unused port between 20000 and 32000")
+}
+
 /// A new empty bucket on the shared S3 server.
 pub fn new_bucket(tag: &str) -> String {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
