@@ -3,8 +3,11 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{TestCluster, root_conn, server};
@@ -27,6 +30,33 @@ fn text(b: &[u8]) -> String {
 
 fn sigterm(pid: u32) {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+}
+
+/// What a child wrote to a pipe so far, collected line by line while it
+/// runs; the thread ends at the child's exit.
+fn collect(pipe: impl std::io::Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut t = sink.lock().unwrap();
+            t.push_str(&line);
+            t.push('\n');
+        }
+    });
+    (text, reader)
+}
+
+/// Waits (up to 60 s) until `done` holds; false if it never did.
+fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while !done() {
+        if t.elapsed() > Duration::from_secs(60) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
 }
 
 /// Alive and not a zombie waiting for its parent.
@@ -195,22 +225,28 @@ fn repeat_runs_each_entry_on_its_own_schedule_until_the_time_limit() {
         "list-volumes",
     ]);
     let took = t.elapsed();
+    // Not before the time limit; and it ends by itself (a loaded machine
+    // may be slow to start and to finish the last step).
     assert!(
-        took >= Duration::from_millis(2900) && took < Duration::from_secs(10),
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(30),
         "{took:?}"
     );
-    // Entry 1 ran at 0, 1, 2 s; entry 2 at 0, 2 s (a loaded machine may
-    // miss a round).
+    // Entry 1 runs at 0, 1, 2 s and entry 2 at 0, 2 s: a loaded machine may
+    // miss rounds, but none comes sooner than its interval, so never more
+    // than 3 and 2. Each round of entry 1 lists the volumes, then the jobs
+    // (the time limit may fall between the two).
     let jobs = out.matches("ID Job Parameters").count();
     let volumes = out.matches("| vol01 | Operational |").count();
-    assert!((2..=4).contains(&jobs), "{out}");
-    assert!(volumes > jobs && volumes <= 2 * jobs, "{out}");
+    assert!((1..=3).contains(&jobs), "{out}");
+    // Entry 1 listed the volumes `jobs` or one more times (at most 3),
+    // entry 2 once or twice.
+    assert!(volumes > jobs && volumes <= (jobs + 1).min(3) + 2, "{out}");
 }
 
 #[test]
 fn repeat_stops_cleanly_on_sigterm_and_keeps_going_after_errors() {
     let c = TestCluster::with_nodes();
-    let child = tshs(
+    let mut child = tshs(
         &c,
         "warn",
         &["repeat", "1", "list-volumes", "and", "list-files", "999"],
@@ -219,21 +255,36 @@ fn repeat_stops_cleanly_on_sigterm_and_keeps_going_after_errors() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
-    assert!(
-        c.ok(&["list-access-points"])
-            .contains(&format!("tshs repeat;;pid={}", child.id()))
-    );
+    let (out, out_reader) = collect(child.stdout.take().unwrap());
+    let (err, err_reader) = collect(child.stderr.take().unwrap());
+    // Two rounds (at 0 and 1 s; later on a loaded machine): each listed
+    // the volumes, and each list-files failed without stopping the next.
+    let count = |text: &Mutex<String>, what: &str| text.lock().unwrap().matches(what).count();
+    let two_rounds = wait_for(|| {
+        count(&out, "| vol01 | Operational |") >= 2 && count(&err, "ERROR list-files 999: ") >= 2
+    });
+    let registered = c
+        .ok(&["list-access-points"])
+        .contains(&format!("tshs repeat;;pid={}", child.id()));
     sigterm(child.id());
     let t = Instant::now();
-    let o: Output = child.wait_with_output().unwrap();
-    assert!(t.elapsed() < Duration::from_secs(5));
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    // Rounds at 0, 1, 2 s (a loaded machine may miss one): each listed the
-    // volumes, and each list-files failed.
-    assert!(text(&o.stdout).matches("| vol01 | Operational |").count() >= 2);
-    let errors = text(&o.stderr).matches("ERROR list-files 999: ").count();
-    assert!(errors >= 2, "{}", text(&o.stderr));
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running 30 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    out_reader.join().unwrap();
+    err_reader.join().unwrap();
+    let (out, err) = (out.lock().unwrap(), err.lock().unwrap());
+    assert!(two_rounds, "no two rounds in 60 s:\n{out}{err}");
+    assert!(registered, "not an access point while running");
+    assert!(status.success(), "{err}");
     assert!(!c.ok(&["list-access-points"]).contains("tshs repeat"));
 }
 
@@ -322,7 +373,14 @@ fn the_daemon_starts_logs_its_rounds_and_stops() {
         "{err}"
     );
 
-    std::thread::sleep(Duration::from_millis(2500));
+    // Two rounds logged (at 0 and 1 s; later on a loaded machine).
+    let rounds = || {
+        std::fs::read_to_string(&log_file)
+            .unwrap_or_default()
+            .matches("INFO | 1  | vol01 | Operational |")
+            .count()
+    };
+    let two_rounds = wait_for(|| rounds() >= 2);
     let out = c.ok(&with(&["--stop"]));
     assert_eq!(out, format!("tshs (pid {pid}) stopped\n"));
     assert!(!pid_file.exists());
@@ -330,13 +388,10 @@ fn the_daemon_starts_logs_its_rounds_and_stops() {
     assert!(!c.ok(&["list-access-points"]).contains("tshs repeat"));
 
     let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(two_rounds, "no two rounds in 60 s: {log}");
     assert!(log.contains(&format!(
         "INFO tshs daemon started (pid {pid}): repeat 1 list-volumes"
     )));
-    assert!(
-        log.matches("INFO | 1  | vol01 | Operational |").count() >= 2,
-        "{log}"
-    );
     assert!(log.contains("INFO SIGTERM: stopping after the current step"));
     assert!(
         log.trim_end().ends_with("INFO tshs daemon stopped"),
