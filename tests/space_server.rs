@@ -441,12 +441,18 @@ fn signed_urls_allow_one_method_and_path_until_they_expire() {
         let e = sign(&s, args).unwrap_err();
         assert!(e.contains(why), "{args:?}: {e}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_tshs-space-server"))
-        .args(["sign", "--token-file", "/nonexistent/token", "/vol01/3/x"])
-        .output()
-        .unwrap();
+    let out = server_command(&["sign", "--token-file", "/nonexistent/token", "/vol01/3/x"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the token file"));
+}
+
+/// `tshs-space-server ARGS` run to its end, for its bad input.
+fn server_command(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tshs-space-server"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -473,14 +479,15 @@ fn auth_modes_open_only_their_way_in() {
     assert_eq!((r.status, r.body.as_slice()), (200, &b"data"[..]));
 
     // A mode the server does not know: one line, and no server.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tshs-space-server"))
-        .args(["--root", "/nonexistent", "--auth", "hmac", "--token-file"])
-        .arg(dir.path().join("token"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let token = signed_only.dir.path().join("token");
+    let out = server_command(&[
+        "--root",
+        "/nonexistent",
+        "--auth",
+        "hmac",
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'hmac'"));
 }
