@@ -1127,7 +1127,7 @@ fn a_standby_volume_answers_503_to_writes() {
 }
 
 #[test]
-fn access_refused_by_the_mount_and_deactivated_spaces_are_403() {
+fn access_refused_by_the_mount_is_403_and_deactivated_spaces_503() {
     // The server as an unprivileged user on a mount others may use: the
     // kernel checks permissions (default_permissions) and says EACCES.
     let c = TestCluster::with_nodes();
@@ -1168,14 +1168,42 @@ fn access_refused_by_the_mount_and_deactivated_spaces_are_403() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
-    assert!(
-        r.json()["error"]
-            .as_str()
-            .unwrap()
-            .contains("deactivated space")
+    // Its mount says why (the volume's user.tshs.deactivated_spaces): try later.
+    let reason = |r: &Resp| r.json()["error"].as_str().unwrap().to_string();
+    assert_eq!(
+        (r.status, reason(&r)),
+        (
+            503,
+            "space 3 is deactivated for a restore: try again later".to_string()
+        )
     );
-    assert_eq!(s.req("GET", "/vol01/3/", &[], b"").status, 403);
+    for (method, path) in [
+        ("GET", "/vol01/3/"),
+        ("PUT", "/vol01/3/new"),
+        ("POST", "/vol01/3/protolog/last.log"),
+        ("DELETE", "/vol01/3/open"),
+    ] {
+        let r = s.req(method, path, &[], b"n");
+        assert_eq!(r.status, 503, "{method} {path}: {}", reason(&r));
+    }
+    // Another space of the volume is served; a file the user may not read
+    // is still 403.
+    std::fs::write(m.space(4).join("f"), b"4").unwrap();
+    assert_eq!(s.req("GET", "/vol01/4/f", &[], b"").body, b"4");
+    // Root sees the list; others see the space refused.
+    let ids = sh(&format!(
+        "getfattr --only-values -n user.tshs.deactivated_spaces {}/vol01",
+        m.path().display()
+    ));
+    assert_eq!(ids, "3");
+    c.ok(&["reactivate-space", "3"]);
+    let t = Instant::now();
+    while s.req("GET", "/vol01/3/open", &[], b"").status != 200 {
+        assert!(t.elapsed() < Duration::from_secs(60), "never served again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.req("GET", "/vol01/3/secret", &[], b"").status, 403);
+    assert!(space.join("open").exists() && !space.join("new").exists());
 }
 
 #[test]

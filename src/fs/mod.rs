@@ -1266,6 +1266,22 @@ impl Fs {
 
     /// The mount's own xattrs ([`own_xattrs`]), answered without the xattr table.
     fn own_xattr(&self, ino: u64, name: &[u8], tid: u32) -> FsResult<Vec<u8>> {
+        if let (Node::Volume(v), own_xattrs::DEACTIVATED_SPACES) = (Node::from_ino(ino), name) {
+            // The same view that refuses them (check_caller).
+            let view = self.view()?;
+            let mut ids: Vec<u32> = view
+                .spaces
+                .values()
+                .filter(|s| s.volume_id == v && s.status == SpaceStatus::Deactivated)
+                .map(|s| s.id)
+                .collect();
+            if ids.is_empty() {
+                return Err(Errno::ENODATA);
+            }
+            ids.sort_unstable();
+            let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+            return Ok(ids.join(" ").into_bytes());
+        }
         let Node::Space(s, i) = Node::from_ino(ino) else {
             return Err(Errno::ENODATA);
         };

@@ -12,8 +12,14 @@
 //!   `RedirectTimeout` seconds (the space server's `--s3-redirect`). One
 //!   query and a local signature; no request goes to the store.
 //!
-//! Both answer `ENODATA` when there is nothing to tell (no append by this
-//! thread; a file in the database; `RedirectTimeout=0`). `listxattr` does
+//! - `user.tshs.deactivated_spaces`, of a volume directory: the IDs of its
+//!   spaces deactivated for a restore, in decimal, separated by spaces. The
+//!   mount refuses those spaces with `EACCES` to all but root and its
+//!   `admin_gid`; this tells a refused process (the space server) why.
+//!
+//! All answer `ENODATA` when there is nothing to tell (no append by this
+//! thread; a file in the database; `RedirectTimeout=0`; no space
+//! deactivated). `listxattr` does
 //! not show them; `setxattr` and `removexattr` refuse them with `EPERM`.
 //! The URL is a credential for one object: it is never logged.
 
@@ -26,10 +32,11 @@ use crate::cluster::Route;
 
 pub const APPEND_OFFSET: &[u8] = b"user.tshs.append_offset";
 pub const S3_URL: &[u8] = b"user.tshs.s3_url";
+pub const DEACTIVATED_SPACES: &[u8] = b"user.tshs.deactivated_spaces";
 
 /// True for a name only the mount may answer.
 pub fn is_own(name: &[u8]) -> bool {
-    name == APPEND_OFFSET || name == S3_URL
+    name == APPEND_OFFSET || name == S3_URL || name == DEACTIVATED_SPACES
 }
 
 /// A presigned GET URL for the object holding the data of `(space, ino)`,

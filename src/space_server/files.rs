@@ -97,6 +97,9 @@ pub enum Error {
     /// Try again soon (a rotation by another server is still settling).
     #[error("{0}")]
     Busy(&'static str),
+    /// The space is deactivated for a restore (the mount said so).
+    #[error("space {0} is deactivated for a restore: try again later")]
+    Deactivated(u32),
     /// A bug (a panic in a file operation).
     #[error("internal error: {0}")]
     Internal(String),
@@ -222,6 +225,21 @@ impl Tree {
             appends: Mutex::default(),
             seq: AtomicU64::new(0),
         })
+    }
+
+    /// The space `rel` lies in, if the mount refuses it because it is
+    /// deactivated for a restore (its volume's `user.tshs.deactivated_spaces`).
+    pub fn deactivated(&self, rel: &RelPath) -> Option<u32> {
+        let (volume, space) = rel.volume_and_space()?;
+        let space: u32 = space.to_str()?.parse().ok()?;
+        let dir = self
+            .open_at(&volume, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+            .ok()?;
+        let ids = fgetxattr(dir.as_fd(), c"user.tshs.deactivated_spaces").ok()??;
+        let ids = String::from_utf8(ids).ok()?;
+        ids.split(' ')
+            .any(|id| id.parse() == Ok(space))
+            .then_some(space)
     }
 
     /// Opens `rel` below the root; symlinks are followed only while they

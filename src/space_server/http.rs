@@ -126,7 +126,10 @@ impl App {
                     Err(r) => return r,
                 };
                 let size = data.len();
-                match self.blocking(move |app| app.tree.put(&rel, &data)).await {
+                match self
+                    .blocking(rel, move |app, rel| app.tree.put(rel, &data))
+                    .await
+                {
                     Ok(created) => json(
                         if created {
                             StatusCode::CREATED
@@ -149,7 +152,10 @@ impl App {
                     Ok(d) => d,
                     Err(r) => return r,
                 };
-                match self.blocking(move |app| app.tree.append(&rel, &data)).await {
+                match self
+                    .blocking(rel, move |app, rel| app.tree.append(rel, &data))
+                    .await
+                {
                     Ok(a) => json(
                         StatusCode::OK,
                         serde_json::json!({
@@ -162,7 +168,7 @@ impl App {
                     Err(e) => fail(&e),
                 }
             }
-            Method::DELETE => match self.blocking(move |app| app.tree.delete(&rel)).await {
+            Method::DELETE => match self.blocking(rel, |app, rel| app.tree.delete(rel)).await {
                 Ok(()) => empty(StatusCode::NO_CONTENT),
                 Err(e) => fail(&e),
             },
@@ -246,7 +252,9 @@ impl App {
         // HEAD is served here: a presigned URL is signed for GET only.
         let redirect = self.s3_redirect && !head;
         let got = match self
-            .blocking(move |app| app.tree.get(&rel, range.as_deref(), redirect))
+            .blocking(rel, move |app, rel| {
+                app.tree.get(rel, range.as_deref(), redirect)
+            })
             .await
         {
             Ok(g) => g,
@@ -329,12 +337,22 @@ impl App {
     }
 
     /// Runs a file operation on the blocking pool.
+    /// Runs the file work on `rel` on the blocking pool. A refusal by the
+    /// mount in a space deactivated for a restore becomes a "try later".
     async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&App) -> Result<T, Error> + Send + 'static,
+        rel: RelPath,
+        f: impl FnOnce(&App, &RelPath) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let app = self.clone();
-        match tokio::task::spawn_blocking(move || f(&app)).await {
+        let work = move || match f(&app, &rel) {
+            Err(Error::Sys {
+                errno: Errno::EACCES | Errno::EPERM,
+                ..
+            }) if let Some(space) = app.tree.deactivated(&rel) => Err(Error::Deactivated(space)),
+            r => r,
+        };
+        match tokio::task::spawn_blocking(work).await {
             Ok(r) => r,
             Err(e) => Err(Error::Internal(format!("the file operation failed: {e}"))),
         }
@@ -381,6 +399,7 @@ fn fail(e: &Error) -> Response<Body> {
         Error::Refused(r) => (StatusCode::FORBIDDEN, r.to_string()),
         Error::Conflict(r) => (StatusCode::CONFLICT, r.to_string()),
         Error::Busy(r) => (StatusCode::SERVICE_UNAVAILABLE, r.to_string()),
+        Error::Deactivated(_) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Error::OffsetUnknown(_) | Error::Internal(_) => {
             log::error!("{e}");
             (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -394,10 +413,7 @@ fn errno_status(errno: Errno) -> (StatusCode, &'static str) {
     use Errno::*;
     match errno {
         ENOENT | ENOTDIR => (StatusCode::NOT_FOUND, ""),
-        EACCES | EPERM => (
-            StatusCode::FORBIDDEN,
-            " (the mount refuses access: a deactivated space, or not allowed here)",
-        ),
+        EACCES | EPERM => (StatusCode::FORBIDDEN, " (the mount refuses access)"),
         EXDEV | ELOOP => (StatusCode::FORBIDDEN, ""),
         EROFS => (
             StatusCode::SERVICE_UNAVAILABLE,

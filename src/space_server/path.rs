@@ -48,6 +48,19 @@ impl RelPath {
         self.parts.len()
     }
 
+    /// The volume's path and the space's name, for a path in a space.
+    pub fn volume_and_space(&self) -> Option<(RelPath, &OsStr)> {
+        let [volume, space, ..] = &self.parts[..] else {
+            return None;
+        };
+        Some((
+            RelPath {
+                parts: vec![volume.clone()],
+            },
+            space.as_os_str(),
+        ))
+    }
+
     /// The path relative to the root (`.` for the root itself).
     pub fn to_path(&self) -> PathBuf {
         if self.parts.is_empty() {
