@@ -571,7 +571,8 @@ impl Filesystem for FuseFs {
             return reply.error(e);
         }
         xattr(
-            self.fs.getxattr(ino.0, name.as_bytes(), req.pid()),
+            self.fs
+                .getxattr(ino.0, name.as_bytes(), req.pid(), caller(req)),
             size,
             reply,
         )

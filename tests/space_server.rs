@@ -1177,6 +1177,7 @@ fn access_refused_by_the_mount_is_403_and_deactivated_spaces_503() {
             "space 3 is deactivated for a restore: try again later".to_string()
         )
     );
+    assert_eq!(r.header("retry-after"), Some("60"));
     for (method, path) in [
         ("GET", "/vol01/3/"),
         ("PUT", "/vol01/3/new"),
@@ -1186,16 +1187,36 @@ fn access_refused_by_the_mount_is_403_and_deactivated_spaces_503() {
         let r = s.req(method, path, &[], b"n");
         assert_eq!(r.status, 503, "{method} {path}: {}", reason(&r));
     }
-    // Another space of the volume is served; a file the user may not read
-    // is still 403.
+    // Another space of the volume is served, and a file there the user may
+    // not read is still 403, not "deactivated".
     std::fs::write(m.space(4).join("f"), b"4").unwrap();
+    std::fs::write(m.space(4).join("secret"), b"s").unwrap();
+    std::fs::set_permissions(
+        m.space(4).join("secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     assert_eq!(s.req("GET", "/vol01/4/f", &[], b"").body, b"4");
-    // Root sees the list; others see the space refused.
-    let ids = sh(&format!(
-        "getfattr --only-values -n user.tshs.deactivated_spaces {}/vol01",
-        m.path().display()
-    ));
-    assert_eq!(ids, "3");
+    assert_eq!(s.req("GET", "/vol01/4/secret", &[], b"").status, 403);
+    // The list names the spaces refused to the caller: root is refused none.
+    let ids = |user: &str| {
+        Command::new("setpriv")
+            .args(user.split(' '))
+            .args([
+                "getfattr",
+                "--only-values",
+                "-n",
+                "user.tshs.deactivated_spaces",
+            ])
+            .arg(m.path().join("vol01"))
+            .output()
+            .unwrap()
+    };
+    let nobody = ids("--reuid=65534 --regid=65534 --clear-groups");
+    assert_eq!(String::from_utf8_lossy(&nobody.stdout), "3");
+    let root = ids("--reuid=0 --regid=0 --clear-groups");
+    assert!(!root.status.success());
+    assert!(String::from_utf8_lossy(&root.stderr).contains("No such attribute"));
     c.ok(&["reactivate-space", "3"]);
     let t = Instant::now();
     while s.req("GET", "/vol01/3/open", &[], b"").status != 200 {

@@ -333,11 +333,17 @@ impl Fs {
 
     /// Refuses a deactivated space (being restored) to everyone but root
     /// and the configured admin group.
+    /// Root and the `admin_gid` group may use spaces deactivated for a
+    /// restore (to copy the backup in); nobody else.
+    fn sees_deactivated(&self, uid: u32, gid: u32) -> bool {
+        uid == 0 || self.cfg.admin_gid == Some(gid)
+    }
+
     pub fn check_caller(&self, ino: u64, uid: u32, gid: u32) -> FsResult<()> {
         let Node::Space(space, _) = Node::from_ino(ino) else {
             return Ok(());
         };
-        if uid == 0 || self.cfg.admin_gid == Some(gid) {
+        if self.sees_deactivated(uid, gid) {
             return Ok(());
         }
         match self.space(space) {
@@ -1233,9 +1239,9 @@ impl Fs {
     }
 
     /// An xattr; the mount's own ([`own_xattrs`]) as seen by thread `tid`.
-    pub fn getxattr(&self, ino: u64, name: &[u8], tid: u32) -> FsResult<Vec<u8>> {
+    pub fn getxattr(&self, ino: u64, name: &[u8], tid: u32, caller: Caller) -> FsResult<Vec<u8>> {
         if own_xattrs::is_own(name) {
-            return self.own_xattr(ino, name, tid);
+            return self.own_xattr(ino, name, tid, caller);
         }
         let x = self.xattrs_of(ino).map_err(|e| {
             if e == Errno::ENOSYS {
@@ -1265,9 +1271,16 @@ impl Fs {
     }
 
     /// The mount's own xattrs ([`own_xattrs`]), answered without the xattr table.
-    fn own_xattr(&self, ino: u64, name: &[u8], tid: u32) -> FsResult<Vec<u8>> {
-        if let (Node::Volume(v), own_xattrs::DEACTIVATED_SPACES) = (Node::from_ino(ino), name) {
-            // The same view that refuses them (check_caller).
+    fn own_xattr(&self, ino: u64, name: &[u8], tid: u32, caller: Caller) -> FsResult<Vec<u8>> {
+        if name == own_xattrs::DEACTIVATED_SPACES {
+            let Node::Volume(v) = Node::from_ino(ino) else {
+                return Err(Errno::ENODATA);
+            };
+            // Only the spaces refused to this caller, from the same view
+            // that refuses them (check_caller).
+            if self.sees_deactivated(caller.uid, caller.gid) {
+                return Err(Errno::ENODATA);
+            }
             let view = self.view()?;
             let mut ids: Vec<u32> = view
                 .spaces

@@ -15,7 +15,8 @@
 //! - `user.tshs.deactivated_spaces`, of a volume directory: the IDs of its
 //!   spaces deactivated for a restore, in decimal, separated by spaces. The
 //!   mount refuses those spaces with `EACCES` to all but root and its
-//!   `admin_gid`; this tells a refused process (the space server) why.
+//!   `admin_gid`; this tells a refused process (the space server) why. Root
+//!   and that group, refused nothing, are told nothing (`ENODATA`).
 //!
 //! All answer `ENODATA` when there is nothing to tell (no append by this
 //! thread; a file in the database; `RedirectTimeout=0`; no space

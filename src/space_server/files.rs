@@ -231,7 +231,7 @@ impl Tree {
     /// deactivated for a restore (its volume's `user.tshs.deactivated_spaces`).
     pub fn deactivated(&self, rel: &RelPath) -> Option<u32> {
         let (volume, space) = rel.volume_and_space()?;
-        let space: u32 = space.to_str()?.parse().ok()?;
+        let space = crate::cluster::parse_space_id(space.to_str()?)?;
         let dir = self
             .open_at(&volume, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
             .ok()?;

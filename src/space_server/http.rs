@@ -336,7 +336,6 @@ impl App {
         }
     }
 
-    /// Runs a file operation on the blocking pool.
     /// Runs the file work on `rel` on the blocking pool. A refusal by the
     /// mount in a space deactivated for a restore becomes a "try later".
     async fn blocking<T: Send + 'static>(
@@ -405,7 +404,13 @@ fn fail(e: &Error) -> Response<Body> {
             (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
     };
-    error(status, &reason)
+    let mut r = error(status, &reason);
+    if let Error::Deactivated(_) = e {
+        // A restore takes minutes.
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    }
+    r
 }
 
 /// What the mount's errno means to a client.
