@@ -331,14 +331,14 @@ impl Fs {
         Ok(())
     }
 
-    /// Refuses a deactivated space (being restored) to everyone but root
-    /// and the configured admin group.
     /// Root and the `admin_gid` group may use spaces deactivated for a
     /// restore (to copy the backup in); nobody else.
     fn sees_deactivated(&self, uid: u32, gid: u32) -> bool {
         uid == 0 || self.cfg.admin_gid == Some(gid)
     }
 
+    /// Refuses a deactivated space (being restored) to everyone but root
+    /// and the configured admin group.
     pub fn check_caller(&self, ino: u64, uid: u32, gid: u32) -> FsResult<()> {
         let Node::Space(space, _) = Node::from_ino(ino) else {
             return Ok(());
@@ -891,7 +891,6 @@ impl Fs {
         let shard = self.shard_rw(space)?;
         // One pending create per space at a time keeps names unambiguous.
         self.commit_pending(space);
-        let excl = flags & libc::O_EXCL != 0;
         if flags & libc::O_APPEND != 0 {
             // Logs: several mounts may create `last.log` at the same moment
             // (after a rotation). Create now, in one transaction, or open the
@@ -903,31 +902,16 @@ impl Fs {
                 rdev: 0,
                 target: None,
             };
-            // The name may also go again (a rotation) between the refused
-            // create and the lookup: then create once more, as the VFS does.
-            let mut tries = 0;
-            loop {
-                match meta::create(&shard, space, dir, name, &new) {
-                    Ok(a) => return Ok((a, self.open(a.ino, flags & !libc::O_TRUNC)?)),
-                    Err(Errno::EEXIST) if !excl => {}
-                    Err(e) => return Err(e),
-                }
-                match self.open_existing(parent, name, flags) {
-                    Err(Errno::ENOENT) if tries < CREATE_TRIES => tries += 1,
-                    r => return r,
-                }
-            }
+            let create = || meta::create(&shard, space, dir, name, &new);
+            return match self.create_or_open(parent, name, flags, create)? {
+                Ok(a) => Ok((a, self.open(a.ino, flags & !libc::O_TRUNC)?)),
+                Err(opened) => Ok(opened),
+            };
         }
-        let mut tries = 0;
-        let p = loop {
-            match meta::check_create(&shard, space, dir, name) {
-                Err(Errno::EEXIST) if !excl => {}
-                r => break r?,
-            }
-            match self.open_existing(parent, name, flags) {
-                Err(Errno::ENOENT) if tries < CREATE_TRIES => tries += 1,
-                r => return r,
-            }
+        let check = || meta::check_create(&shard, space, dir, name);
+        let p = match self.create_or_open(parent, name, flags, check)? {
+            Ok(p) => p,
+            Err(opened) => return Ok(opened),
         };
         let ino = self.next_id(&shard, space)?;
         let new = NewInode {
@@ -974,8 +958,31 @@ impl Fs {
         ))
     }
 
-    /// `open(O_CREAT)` without `O_EXCL` of a name another process created
-    /// meanwhile opens that file, as a local filesystem does.
+    /// Runs `create` (of `name` in `parent`). When the name is taken and the
+    /// open is not `O_EXCL`, opens the file that has it instead (`Err`), as
+    /// a local filesystem does; should the name go again before that open
+    /// (a rotation renamed it away), creates once more, as the VFS does.
+    fn create_or_open<T>(
+        &self,
+        parent: u64,
+        name: &[u8],
+        flags: i32,
+        mut create: impl FnMut() -> FsResult<T>,
+    ) -> FsResult<Result<T, (Attr, Opened)>> {
+        let mut tries = 0;
+        loop {
+            match create() {
+                Err(Errno::EEXIST) if flags & libc::O_EXCL == 0 => {}
+                r => return r.map(Ok),
+            }
+            match self.open_existing(parent, name, flags) {
+                Err(Errno::ENOENT) if tries < CREATE_TRIES => tries += 1,
+                r => return r.map(Err),
+            }
+        }
+    }
+
+    /// `open(O_CREAT)` of a name another process created: that file.
     fn open_existing(&self, parent: u64, name: &[u8], flags: i32) -> FsResult<(Attr, Opened)> {
         let a = self.lookup(parent, name)?;
         if a.is_dir() {

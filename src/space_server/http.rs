@@ -227,16 +227,12 @@ impl App {
             return Err("signed requests are not accepted here: send the token");
         }
         let signed = signed.map_err(|r| r.0)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
         signature::verify(
             &self.token,
             req.method().as_str(),
             req.uri().path(),
             &signed,
-            now,
+            signature::now(),
             self.max_signature_lifetime,
         )
         .map_err(|r| r.0)

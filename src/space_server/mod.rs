@@ -143,8 +143,8 @@ pub fn signed_url(cfg: &SignConfig) -> Result<String> {
     if let Err(refused) = path::RelPath::parse(&path) {
         bail!("the server would refuse {}: {}", cfg.path, refused.0);
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    let url = signature::signed_url(&token, &method, &path, now.as_secs() + cfg.expires_in);
+    let expires = signature::now().saturating_add(cfg.expires_in);
+    let url = signature::signed_url(&token, &method, &path, expires);
     Ok(format!("{}{url}", cfg.base_url.trim_end_matches('/')))
 }
 

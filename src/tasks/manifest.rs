@@ -72,24 +72,19 @@ pub fn key(space: u32) -> String {
     format!("tshs-manifest/{space}")
 }
 
+/// Hex, with `=` for nothing (a manifest's fields are never empty).
 fn hex(b: &[u8]) -> String {
     if b.is_empty() {
         return "=".into();
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>> {
     if s == "=" {
         return Ok(Vec::new());
     }
-    if !s.len().is_multiple_of(2) {
-        bail!("odd hex length");
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| anyhow!("bad hex: {e}")))
-        .collect()
+    hex::decode(s).map_err(|e| anyhow!("bad hex: {e}"))
 }
 
 impl Manifest {
