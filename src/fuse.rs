@@ -4,13 +4,14 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::meta::SetAttr;
@@ -18,12 +19,17 @@ use crate::fs::{Attr, Caller, Errno, Fs, FsResult, Opened, now_ns};
 use crate::metrics;
 
 pub struct FuseFs {
-    pub fs: std::sync::Arc<Fs>,
+    pub fs: Arc<Fs>,
     /// Entry and attribute time-to-live handed to the kernel.
     pub ttl: Duration,
     /// The kernel maps files opened for direct I/O (Linux 6.6 on), so
     /// files that may be growing can be opened that way (see `fopen_flags`).
     pub direct_mmap: bool,
+    /// Ask the kernel to enforce POSIX ACLs (mount option `acl`, the default).
+    pub acl: bool,
+    /// Tells the kernel of attribute changes it did not ask for (set once
+    /// the session exists).
+    pub notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 fn errno(e: Errno) -> FErrno {
@@ -98,6 +104,7 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -144,11 +151,19 @@ impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // readdirplus saves one lookup per entry for `ls -l`; atomic O_TRUNC
         // lets open(O_TRUNC) be a single request.
+        // DONT_MASK: the umask comes to us apart from the mode, because a
+        // directory's default ACL replaces it (see `fs::acl`).
         let _ = config.add_capabilities(
             InitFlags::FUSE_DO_READDIRPLUS
                 | InitFlags::FUSE_READDIRPLUS_AUTO
-                | InitFlags::FUSE_ATOMIC_O_TRUNC,
+                | InitFlags::FUSE_ATOMIC_O_TRUNC
+                | InitFlags::FUSE_DONT_MASK,
         );
+        if self.acl && config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_err() {
+            log::warn!(
+                "the kernel cannot enforce POSIX ACLs on FUSE: only the mode bits are checked"
+            );
+        }
         self.direct_mmap = config
             .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
             .is_ok();
@@ -243,10 +258,16 @@ impl Filesystem for FuseFs {
         if let Err(e) = self.guard(req, parent.0) {
             return reply.error(e);
         }
-        let mode = mode & !umask | (mode & libc::S_IFMT);
         self.entry(
-            self.fs
-                .mknod(parent.0, name.as_bytes(), mode, rdev, None, caller(req)),
+            self.fs.mknod(
+                parent.0,
+                name.as_bytes(),
+                mode,
+                umask,
+                rdev,
+                None,
+                caller(req),
+            ),
             reply,
         )
     }
@@ -264,10 +285,10 @@ impl Filesystem for FuseFs {
         if let Err(e) = self.guard(req, parent.0) {
             return reply.error(e);
         }
-        let mode = libc::S_IFDIR | (mode & !umask & 0o7777);
+        let mode = libc::S_IFDIR | (mode & 0o7777);
         self.entry(
             self.fs
-                .mknod(parent.0, name.as_bytes(), mode, 0, None, caller(req)),
+                .mknod(parent.0, name.as_bytes(), mode, umask, 0, None, caller(req)),
             reply,
         )
     }
@@ -304,6 +325,7 @@ impl Filesystem for FuseFs {
             parent.0,
             link_name.as_bytes(),
             libc::S_IFLNK | 0o777,
+            0,
             0,
             Some(target.as_os_str().as_bytes()),
             caller(req),
@@ -363,7 +385,7 @@ impl Filesystem for FuseFs {
         if let Err(e) = self.guard(req, ino.0) {
             return reply.error(e);
         }
-        match self.fs.open(ino.0, flags.0) {
+        match self.fs.open(ino.0, flags.0, caller(req)) {
             Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(o, self.direct_mmap)),
             Err(e) => reply.error(errno(e)),
         }
@@ -393,21 +415,28 @@ impl Filesystem for FuseFs {
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _op = metrics::global().op("write");
+        let kill_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         // FUSE's pid is the calling thread's id (see `fs::own_xattrs`).
-        match self.fs.write(fh.0, offset, data, req.pid()) {
-            Ok(n) => {
-                metrics::global().bytes_written.inc_by(u64::from(n));
-                reply.written(n)
+        match self.fs.write(fh.0, offset, data, req.pid(), kill_setid) {
+            Ok(w) => {
+                metrics::global().bytes_written.inc_by(u64::from(w.len));
+                if w.mode_changed
+                    && let Some(n) = self.notifier.get()
+                {
+                    // Attributes only (offset < 0): takes no inode lock.
+                    let _ = n.inval_inode(ino, -1, 0);
+                }
+                reply.written(w.len)
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -560,7 +589,8 @@ impl Filesystem for FuseFs {
             return reply.error(e);
         }
         empty(
-            self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
+            self.fs
+                .setxattr(ino.0, name.as_bytes(), value, flags, caller(req)),
             reply,
         )
     }
@@ -600,6 +630,42 @@ impl Filesystem for FuseFs {
         reply.ok()
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let _op = metrics::global().op("fallocate");
+        empty(self.fs.fallocate(fh.0, offset, length, mode), reply)
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let _op = metrics::global().op("lseek");
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            // The kernel answers the others itself.
+            _ => return reply.error(FErrno::from_i32(libc::EINVAL)),
+        };
+        match self.fs.seek_data(fh.0, offset.max(0) as u64, data) {
+            Ok(o) => reply.offset(o as i64),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     fn create(
         &self,
         req: &Request,
@@ -614,10 +680,9 @@ impl Filesystem for FuseFs {
         if let Err(e) = self.guard(req, parent.0) {
             return reply.error(e);
         }
-        let mode = mode & !umask;
         match self
             .fs
-            .create(parent.0, name.as_bytes(), mode, flags, caller(req))
+            .create(parent.0, name.as_bytes(), mode, umask, flags, caller(req))
         {
             Ok((a, o)) => reply.created(
                 &self.ttl,

@@ -23,7 +23,7 @@ pub struct MountArgs {
     /// Stay in the foreground (log to stderr).
     #[arg(short = 'f', long)]
     pub foreground: bool,
-    /// Comma-separated options: allow_other, ro, ttl=SECS, cache_size=BYTES[K|M|G],
+    /// Comma-separated options: allow_other, ro, noacl, ttl=SECS, cache_size=BYTES[K|M|G],
     /// threads=N, connections=N, log_file=PATH, mysql_cfg=PATH, admin_gid=GID, metrics=[ADDR:]PORT, and the
     /// generic mount options (rw, defaults, nofail, _netdev, …), which are ignored.
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -45,6 +45,10 @@ pub struct MountOptions {
     pub admin_gid: Option<u32>,
     /// Where to serve Prometheus metrics (off unless given).
     pub metrics: Option<std::net::SocketAddr>,
+    /// POSIX ACLs enforced by the kernel (`noacl` turns it off: ACLs are
+    /// then stored and kept in step with the mode, but only the mode is
+    /// checked).
+    pub acl: bool,
 }
 
 impl Default for MountOptions {
@@ -60,6 +64,7 @@ impl Default for MountOptions {
             mysql_cfg: None,
             admin_gid: None,
             metrics: None,
+            acl: true,
         }
     }
 }
@@ -126,6 +131,8 @@ pub fn parse_options(list: &[String]) -> Result<MountOptions> {
         };
         match name {
             "allow_other" => o.allow_other = true,
+            "acl" => o.acl = true,
+            "noacl" => o.acl = false,
             "ro" => o.read_only = true,
             "ttl" | "entry_ttl" | "attr_ttl" => {
                 let v = need()?;
@@ -297,45 +304,61 @@ fn serve(
     }
     let reaper = crate::fs::reaper::spawn(fs.clone());
 
-    let mut mount_options = vec![
-        MountOption::FSName("tshs".into()),
-        MountOption::Subtype("tshs".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-    ];
-    if opts.read_only {
-        mount_options.push(MountOption::RO);
-    }
-    let mut config = Config::default();
-    config.mount_options = mount_options;
-    config.acl = if opts.allow_other {
+    let fuse_fs = FuseFs {
+        fs: fs.clone(),
+        ttl: opts.ttl,
+        direct_mmap: false,
+        acl: opts.acl,
+        notifier: Arc::default(),
+    };
+    let notifier = fuse_fs.notifier.clone();
+    let acl = if opts.allow_other {
         SessionACL::All
     } else {
         SessionACL::Owner
     };
+    let mut config = Config::default();
+    config.acl = acl;
     config.n_threads = Some(opts.threads);
-    let mut session = fuser::Session::new(
-        FuseFs {
-            fs: fs.clone(),
-            ttl: opts.ttl,
-            direct_mmap: false,
-        },
-        mountpoint,
-        &config,
-    )
+    let mut session = match mount_fuse_tshs(mountpoint, opts)
+        .with_context(|| format!("cannot mount {}", mountpoint.display()))?
+    {
+        Some(fd) => fuser::Session::from_fd(fuse_fs, fd, acl, config),
+        None => {
+            // Not root: fusermount3 mounts it (and names the type fuse.tshs itself).
+            config.mount_options = vec![
+                MountOption::FSName("tshs".into()),
+                MountOption::Subtype("tshs".into()),
+                MountOption::DefaultPermissions,
+                MountOption::NoAtime,
+            ];
+            if opts.read_only {
+                config.mount_options.push(MountOption::RO);
+            }
+            fuser::Session::new(fuse_fs, mountpoint, &config)
+        }
+    }
     .with_context(|| format!("cannot mount {}", mountpoint.display()))?;
+    let _ = notifier.set(session.notifier());
     log::info!(
         "mounted {} (access point {})",
         mountpoint.display(),
         ap.id()
     );
     let mut unmounter = session.unmount_callable();
+    let target = mountpoint.to_path_buf();
     std::thread::Builder::new()
         .name("tshs-signals".into())
         .spawn(move || {
             if let Ok(sig) = set.wait() {
                 log::info!("{sig:?}: unmounting");
-                if let Err(e) = unmounter.unmount() {
+                // A mount of our own (root) is unmounted here; fuser's
+                // unmounter handles one fusermount3 made.
+                let r = match nix::mount::umount(&target) {
+                    Err(nix::errno::Errno::EINVAL) => unmounter.unmount(),
+                    r => r.map_err(std::io::Error::from),
+                };
+                if let Err(e) = r {
                     log::error!("unmount failed: {e}");
                 }
             }
@@ -348,6 +371,47 @@ fn serve(
     reaper.stop();
     drop(ap);
     result.map_err(Into::into)
+}
+
+/// Mounts /dev/fuse at `mountpoint` as type `fuse.tshs` (so `findmnt -t
+/// fuse.tshs`, `umount -a -t fuse.tshs` and monitoring find it; fuser's
+/// own mount(2) says only `fuse`). Needs root: `None` when not permitted,
+/// and the caller lets fusermount3 mount instead.
+fn mount_fuse_tshs(mountpoint: &Path, opts: &MountOptions) -> Result<Option<std::os::fd::OwnedFd>> {
+    use nix::mount::MsFlags;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let root_mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .context("cannot open /dev/fuse (modprobe fuse?)")?;
+    let mut data = format!(
+        "fd={},rootmode={root_mode:o},user_id=0,group_id=0,default_permissions",
+        dev.as_raw_fd()
+    );
+    if opts.allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME;
+    if opts.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    match nix::mount::mount(
+        Some("tshs"),
+        mountpoint,
+        Some("fuse.tshs"),
+        flags,
+        Some(data.as_str()),
+    ) {
+        Ok(()) => Ok(Some(dev.into())),
+        Err(nix::errno::Errno::EPERM) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

@@ -54,6 +54,19 @@ pub struct Attr {
     pub btime: i64,
 }
 
+/// The permission bits left after a write or truncate by a caller without
+/// `CAP_FSETID`, as the kernel leaves them on a local disk: set-user-ID
+/// goes, set-group-ID goes where the group may execute (otherwise it marks
+/// mandatory locking and stays). `None` when nothing changes.
+pub fn setid_cleared(mode: u32) -> Option<u32> {
+    let perm = mode & 0o7777;
+    let mut m = perm & !libc::S_ISUID;
+    if m & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+        m &= !libc::S_ISGID;
+    }
+    (m != perm).then_some(m)
+}
+
 impl Attr {
     pub fn is_dir(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFDIR
@@ -114,6 +127,17 @@ pub fn from_row(space: u32, row: &Row) -> Attr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setid_cleared_as_the_kernel_clears_it() {
+        assert_eq!(setid_cleared(libc::S_IFREG | 0o4777), Some(0o777));
+        assert_eq!(setid_cleared(0o6777), Some(0o777));
+        assert_eq!(setid_cleared(0o2777), Some(0o777));
+        // Set-group-ID without group execute marks mandatory locking: kept.
+        assert_eq!(setid_cleared(0o2767), None);
+        assert_eq!(setid_cleared(0o6767), Some(0o2767));
+        assert_eq!(setid_cleared(0o777), None);
+    }
 
     #[test]
     fn inode_numbers_round_trip() {

@@ -20,7 +20,7 @@
 //! inside its own transaction ([`recall`]): POSIX semantics do not change.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crossbeam_channel::Sender;
@@ -174,13 +174,19 @@ pub struct OpenInode {
     /// Where each thread's last append landed (its own lock: asking must
     /// not wait for another thread's append transaction).
     appended: Mutex<AppendOffsets>,
+    /// The file's mode as this mount last saw it (open, stat, chmod here):
+    /// a write tells from it, without a query, whether it must clear
+    /// set-user-ID or set-group-ID.
+    pub mode: AtomicU32,
 }
 
 impl OpenInode {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         space: u32,
         ino: u64,
         shard: Route,
+        mode: u32,
         size: u64,
         generation: u64,
         pending: Option<PendingCreate>,
@@ -217,6 +223,7 @@ impl OpenInode {
             pending_flag,
             unlinked: AtomicBool::new(false),
             appended: Mutex::default(),
+            mode: AtomicU32::new(mode),
         }
     }
 
@@ -892,20 +899,20 @@ impl OpenInode {
         Ok(())
     }
 
-    /// A truncate (setattr with a size): buffers are committed, then `apply`
-    /// changes the database, all under the file's lock.
-    pub fn truncate(
+    /// A change of the data in place (truncate, fallocate): buffers are
+    /// committed, then `apply` changes the database, all under the file's
+    /// lock; the cached data is dropped and the size taken from `apply`.
+    pub fn rewrite(
         &self,
         cache: &DataCache,
-        size: u64,
         apply: impl FnOnce() -> FsResult<Attr>,
     ) -> FsResult<Attr> {
         let _turn = self.data_turn.lock().unwrap();
         let mut st = self.flush_locked(cache, self.state())?;
         let a = apply()?;
         st.write_seq += 1;
-        st.size = size;
-        st.db_size = size;
+        st.size = a.size;
+        st.db_size = a.size;
         st.info_ticket = ticket();
         st.generation = cache.invalidate(self.space, self.ino);
         Ok(a)
@@ -1099,6 +1106,106 @@ fn write_at(
     Ok(added)
 }
 
+/// Zeroes `[from, to)`: extents wholly inside go (holes read as zeros),
+/// the ones at its ends are cut or zeroed in place. Returns the bytes still
+/// stored.
+pub fn zero_range(
+    tx: &mut Transaction<'_>,
+    space: u32,
+    ino: u64,
+    from: u64,
+    to: u64,
+) -> Result<u64, mysql::Error> {
+    if from < to {
+        let first = from - from % E;
+        let rows: Vec<(u64, Vec<u8>)> = tx.exec(
+            "SELECT off, data FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ? FOR UPDATE",
+            (space, ino, first, to),
+        )?;
+        for (off, mut data) in rows {
+            let a = from.saturating_sub(off).min(data.len() as u64) as usize;
+            let b = (to - off).min(data.len() as u64) as usize;
+            if a >= b {
+                continue;
+            }
+            data[a..b].fill(0);
+            // Trailing zeros need no storage: short extents read as zeros.
+            let keep = data.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1);
+            if keep == 0 {
+                tx.exec_drop(
+                    "DELETE FROM extents WHERE space_id = ? AND ino = ? AND off = ?",
+                    (space, ino, off),
+                )?;
+            } else {
+                data.truncate(keep);
+                tx.exec_drop(
+                    "UPDATE extents SET data = ?, len = ? WHERE space_id = ? AND ino = ? AND off = ?",
+                    (&data, keep, space, ino, off),
+                )?;
+            }
+        }
+    }
+    stored_bytes(tx, space, ino)
+}
+
+/// Where the next data (`SEEK_DATA`) or hole (`SEEK_HOLE`) at or after
+/// `offset` begins in a file of `size` bytes, from its extents: a missing
+/// extent, or the part of one past its length, is a hole; the end of the
+/// file is one too. `None` past the end (`ENXIO`).
+pub fn seek(
+    route: &Route,
+    space: u32,
+    ino: u64,
+    size: u64,
+    offset: u64,
+    data: bool,
+) -> FsResult<Option<u64>> {
+    if offset >= size {
+        return Ok(None);
+    }
+    // A file held elsewhere (object store, imported disk) is data throughout.
+    let elsewhere: Option<u8> = route.read(|c| {
+        c.exec_first(
+            "SELECT 1 FROM inodes WHERE space_id = ? AND ino = ? AND (s3_key IS NOT NULL OR import_path IS NOT NULL)",
+            (space, ino),
+        )
+    })?;
+    if elsewhere.is_some() {
+        return Ok(Some(if data { offset } else { size }));
+    }
+    let mut pos = offset;
+    let mut after = offset - offset % E;
+    loop {
+        let rows: Vec<(u64, u64)> = route.read(|c| {
+            c.exec(
+                "SELECT off, len FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND len > 0 ORDER BY off LIMIT 64",
+                (space, ino, after),
+            )
+        })?;
+        let Some(&(last, _)) = rows.last() else {
+            return Ok(if data { None } else { Some(pos.min(size)) });
+        };
+        for (off, len) in &rows {
+            let end = off + len;
+            if end <= pos {
+                continue;
+            }
+            if data {
+                return Ok((pos.max(*off) < size).then_some(pos.max(*off)));
+            }
+            if *off > pos {
+                return Ok(Some(pos));
+            }
+            pos = end;
+            if len % E != 0 || pos >= size {
+                // A short extent: a hole follows it (or the end).
+                return Ok(Some(pos.min(size)));
+            }
+        }
+        after = last + E;
+    }
+}
+
 /// Drops the data at and beyond `size`; returns the bytes still stored.
 pub fn truncate_extents(
     tx: &mut Transaction<'_>,
@@ -1117,6 +1224,10 @@ pub fn truncate_extents(
             (size - keep_from, size - keep_from, space, ino, keep_from, size - keep_from),
         )?;
     }
+    stored_bytes(tx, space, ino)
+}
+
+fn stored_bytes(tx: &mut Transaction<'_>, space: u32, ino: u64) -> Result<u64, mysql::Error> {
     let stored: Option<Option<u64>> = tx.exec_first(
         "SELECT CAST(SUM(len) AS UNSIGNED) FROM extents WHERE space_id = ? AND ino = ?",
         (space, ino),

@@ -29,6 +29,8 @@ impl Errno {
     pub const ENOSYS: Errno = Errno(libc::ENOSYS);
     pub const EMLINK: Errno = Errno(libc::EMLINK);
     pub const E2BIG: Errno = Errno(libc::E2BIG);
+    pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
+    pub const ENXIO: Errno = Errno(libc::ENXIO);
 }
 
 /// Logs a database failure with the node it came from and returns `EIO`.

@@ -33,6 +33,8 @@ pub struct NewInode<'a> {
     pub gid: u32,
     pub rdev: u32,
     pub target: Option<&'a [u8]>,
+    /// Xattrs it is born with (ACLs inherited from the directory).
+    pub xattrs: &'a [(Vec<u8>, Vec<u8>)],
 }
 
 /// A change of mode, owner or times not yet in the database (see
@@ -105,8 +107,69 @@ fn update_attrs(
                 ino.into(),
             ]),
         )?;
+        if let Some(m) = c.mode {
+            acl_chmod(tx, space, *ino, m)?;
+        }
     }
     Ok(())
+}
+
+/// A chmod rewrites the inode's access ACL, if it has one (see `fs::acl`).
+fn acl_chmod(tx: &mut Tx<'_>, space: u32, ino: u64, mode: u32) -> Result<(), mysql::Error> {
+    let value: Option<Vec<u8>> = tx.exec_first(
+        "SELECT value FROM xattrs WHERE space_id = ? AND ino = ? AND name = ? FOR UPDATE",
+        (space, ino, super::acl::ACCESS),
+    )?;
+    // An ACL that does not parse was stored by a mount without ACL checks
+    // (before they existed): left as it is.
+    if let Some(mut a) = value.and_then(|v| super::acl::Acl::parse(&v).ok()) {
+        a.chmod(mode);
+        tx.exec_drop(
+            "UPDATE xattrs SET value = ? WHERE space_id = ? AND ino = ? AND name = ?",
+            (a.to_bytes(), space, ino, super::acl::ACCESS),
+        )?;
+    }
+    Ok(())
+}
+
+/// Sets (`Some`) or removes an ACL xattr; `mode_bits`, when given, become
+/// the inode's permission bits in the same transaction, `kill_sgid` drops
+/// set-group-ID. `ENODATA` when there is nothing to remove.
+pub fn set_acl(
+    shard: &Route,
+    space: u32,
+    ino: u64,
+    name: &[u8],
+    value: Option<&[u8]>,
+    mode_bits: Option<u32>,
+    kill_sgid: bool,
+) -> FsResult<()> {
+    let abort = Abort::default();
+    let now = now_ns();
+    shard
+        .tx(|tx| {
+            get_attr(tx, space, ino, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            match value {
+                Some(v) => tx.exec_drop(
+                    "REPLACE INTO xattrs (space_id, ino, name, value) VALUES (?, ?, ?, ?)",
+                    (space, ino, name, v),
+                )?,
+                None => tx.exec_drop(
+                    "DELETE FROM xattrs WHERE space_id = ? AND ino = ? AND name = ?",
+                    (space, ino, name),
+                )?,
+            }
+            let removed_nothing = value.is_none() && tx.affected_rows() == 0;
+            if removed_nothing && mode_bits.is_none() {
+                return Err(abort.fail(Errno::ENODATA));
+            }
+            let keep = if kill_sgid { !(0o777 | libc::S_ISGID) } else { !0o777 };
+            tx.exec_drop(
+                "UPDATE inodes SET mode = IF(? IS NULL, mode, (mode & ?) | ?), ctime = ? WHERE space_id = ? AND ino = ?",
+                (mode_bits, keep, mode_bits.unwrap_or(0), now, space, ino),
+            )
+        })
+        .map_err(|e| tx_errno(shard.id(), "setxattr", e, &abort))
 }
 
 /// What setattr changes; `None` leaves a field alone. Times: `Some(ns)`.
@@ -295,6 +358,12 @@ pub fn create(
             let ino = allocate(tx, space)?;
             let a = new_attr(&p, space, ino, new, now).map_err(|e| abort.fail(e))?;
             insert_new(tx, space, parent, name, &a, new.target, &abort)?;
+            for (n, v) in new.xattrs {
+                tx.exec_drop(
+                    "INSERT INTO xattrs (space_id, ino, name, value) VALUES (?, ?, ?, ?)",
+                    (space, ino, n, v),
+                )?;
+            }
             Ok(a)
         })
         .map_err(|e| tx_errno(shard.id(), "create", e, &abort))
@@ -684,6 +753,7 @@ pub fn setattr(shard: &Route, space: u32, ino: u64, s: &SetAttr) -> FsResult<Att
             if let Some(m) = s.mode {
                 a.mode = (a.mode & libc::S_IFMT) | (m & 0o7777);
                 a.ctime = now;
+                acl_chmod(tx, space, ino, m)?;
             }
             if let Some(u) = s.uid {
                 a.uid = u;
@@ -712,6 +782,52 @@ pub fn setattr(shard: &Route, space: u32, ino: u64, s: &SetAttr) -> FsResult<Att
             Ok(a)
         })
         .map_err(|e| tx_errno(shard.id(), "setattr", e, &abort))
+}
+
+/// fallocate: `zero` zeroes `[off, off + len)` within the file (punch hole,
+/// zero range), `extend` grows the file to cover it (mode 0, zero range
+/// without `KEEP_SIZE`). Nothing is reserved: storage is the database's,
+/// so a reservation would promise nothing; `st_blocks` counts only what is
+/// stored.
+pub fn fallocate(
+    shard: &Route,
+    space: u32,
+    ino: u64,
+    (off, len): (u64, u64),
+    zero: bool,
+    extend: bool,
+) -> FsResult<Attr> {
+    let abort = Abort::default();
+    let now = now_ns();
+    shard
+        .tx(|tx| {
+            let mut a = get_attr(tx, space, ino, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            let end = off + len;
+            let grows = extend && end > a.size;
+            let zeroes = zero && off < a.size;
+            if !grows && !zeroes {
+                return Ok(a);
+            }
+            if let Some((_, Some(stored))) =
+                super::data::recall(tx, shard, space, ino, true, &abort)?
+            {
+                a.stored = stored;
+            }
+            if zeroes {
+                a.stored = super::data::zero_range(tx, space, ino, off, end.min(a.size))?;
+            }
+            if grows {
+                a.size = end;
+            }
+            a.mtime = now;
+            a.ctime = now;
+            tx.exec_drop(
+                "UPDATE inodes SET size = ?, stored = ?, mtime = ?, ctime = ? WHERE space_id = ? AND ino = ?",
+                (a.size, a.stored, a.mtime, a.ctime, space, ino),
+            )?;
+            Ok(a)
+        })
+        .map_err(|e| tx_errno(shard.id(), "fallocate", e, &abort))
 }
 
 /// One directory entry for readdir: (offset cookie, name, attributes).

@@ -8,6 +8,7 @@
 //! can drive it directly. Durability: every namespace change is committed
 //! before the call returns; file data at flush/fsync/close.
 
+pub mod acl;
 pub mod attr;
 pub mod cache;
 pub mod data;
@@ -71,6 +72,46 @@ impl Default for FsConfig {
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    /// The calling thread (0 when unknown).
+    pub pid: u32,
+}
+
+impl Caller {
+    /// Whether the caller holds `CAP_FSETID`, which lets a write or a
+    /// truncate keep a file's set-user-ID and set-group-ID bits. Asked only
+    /// of files that have them, so reading `/proc` costs nothing in the
+    /// common case; without `/proc`, root is taken to hold it.
+    pub fn may_keep_setid(&self) -> bool {
+        const CAP_FSETID: u32 = 4;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid));
+        let eff = status.ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        });
+        match eff {
+            Some(caps) if self.pid != 0 => caps & (1 << CAP_FSETID) != 0,
+            _ => self.uid == 0,
+        }
+    }
+
+    /// Whether `gid` is the caller's group or one of its supplementary groups.
+    pub fn in_group(&self, gid: u32) -> bool {
+        gid == self.gid
+            || std::fs::read_to_string(format!("/proc/{}/status", self.pid)).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Groups:"))
+                    .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+            })
+    }
+}
+
+/// What `write` hands back to the kernel adapter.
+pub struct Written {
+    pub len: u32,
+    /// The write cleared set-user-ID or set-group-ID: the kernel's cached
+    /// attributes are stale.
+    pub mode_changed: bool,
 }
 
 /// What `open` hands back to the kernel adapter.
@@ -415,8 +456,11 @@ impl Fs {
                 if let Some(c) = change {
                     c.apply(&mut a);
                 }
-                if let Some(size) = open.as_ref().and_then(|o| o.local_size()) {
-                    a.size = size;
+                if let Some(o) = &open {
+                    o.mode.store(a.mode, Ordering::Release);
+                    if let Some(size) = o.local_size() {
+                        a.size = size;
+                    }
                 }
                 Ok(a)
             }
@@ -488,32 +532,54 @@ impl Fs {
                 None => change,
             };
             changes.insert((space, i), merged);
+            drop(changes);
             change.apply(&mut a);
+            self.note_mode(space, i, a.mode);
+            // A chmod rewrites an access ACL, which the kernel asks for
+            // again at once: not deferred then.
+            if s.mode.is_some()
+                && self
+                    .xattrs_of(ino)
+                    .is_ok_and(|x| x.iter().any(|(n, _)| n == acl::ACCESS))
+            {
+                self.commit_changes(Some(space));
+                self.xattrs.forget(ino);
+            }
             return Ok(a);
         }
         self.commit_pending(space);
         let open = self.open.lock().unwrap().get(&(space, i)).cloned();
-        match (open, s.size) {
+        let a = match (open, s.size) {
             // An open file: flush, truncate and reset its buffers under its
             // lock, so no write or flush slips in between.
-            (Some(o), Some(size)) => {
-                o.truncate(&self.cache, size, || meta::setattr(&shard, space, i, s))
-            }
+            (Some(o), Some(_)) => o.rewrite(&self.cache, || meta::setattr(&shard, space, i, s)),
             _ => {
                 self.cache.invalidate(space, i);
                 meta::setattr(&shard, space, i, s)
             }
+        }?;
+        self.note_mode(space, i, a.mode);
+        Ok(a)
+    }
+
+    /// Keeps an open file's mode (see [`OpenInode::mode`]) as this mount set it.
+    fn note_mode(&self, space: u32, i: u64, mode: u32) {
+        if let Some(o) = self.open.lock().unwrap().get(&(space, i)) {
+            o.mode.store(mode, Ordering::Release);
         }
     }
 
     // ---- namespace ----
 
     /// Creates a node of any kind. In a volume only `mkdir` of a space ID is allowed.
+    /// `umask` applies unless the parent has a default ACL (see [`acl`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn mknod(
         &self,
         parent: u64,
         name: &[u8],
         mode: u32,
+        umask: u32,
         rdev: u32,
         target: Option<&[u8]>,
         caller: Caller,
@@ -526,7 +592,7 @@ impl Fs {
                 );
                 Err(Errno::EPERM)
             }
-            Node::Volume(vol) => self.create_space(vol, name, mode, caller),
+            Node::Volume(vol) => self.create_space(vol, name, mode & !umask, caller),
             Node::Space(space, dir) => {
                 self.commit_pending(space);
                 if let Some(t) = target
@@ -534,16 +600,29 @@ impl Fs {
                 {
                     return Err(Errno::ENAMETOOLONG);
                 }
+                let (mode, xattrs) = self.new_mode(parent, mode, umask)?;
                 let new = NewInode {
                     mode,
                     uid: caller.uid,
                     gid: caller.gid,
                     rdev,
                     target,
+                    xattrs: &xattrs,
                 };
                 meta::create(&self.shard_rw(space)?, space, dir, name, &new)
             }
         }
+    }
+
+    /// The mode and ACL xattrs of a new inode in `parent` (see [`acl::inherit`]).
+    fn new_mode(&self, parent: u64, mode: u32, umask: u32) -> FsResult<(u32, acl::BornXattrs)> {
+        let x = self.xattrs_of(parent)?;
+        let default = x.iter().find(|(n, _)| n == acl::DEFAULT);
+        Ok(acl::inherit(
+            default.map(|(_, v)| v.as_slice()),
+            mode,
+            umask,
+        ))
     }
 
     fn create_space(&self, vol: u32, name: &[u8], mode: u32, caller: Caller) -> FsResult<Attr> {
@@ -787,7 +866,7 @@ impl Fs {
     /// cached pages (the file did not change since we last saw it).
     /// `O_APPEND` handles must bypass the kernel's page cache (see
     /// [`Opened::direct`]).
-    pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+    pub fn open(&self, ino: u64, flags: i32, caller: Caller) -> FsResult<Opened> {
         let Node::Space(space, i) = Node::from_ino(ino) else {
             return Err(Errno::EISDIR);
         };
@@ -822,6 +901,7 @@ impl Fs {
                         space,
                         i,
                         shard.clone(),
+                        a.mode,
                         a.size,
                         generation,
                         None,
@@ -832,6 +912,9 @@ impl Fs {
             *node.opens.lock().unwrap() += 1;
             node
         };
+        // The mode with this mount's deferred chmod (see `OpenInode::mode`).
+        node.mode
+            .store(self.with_changes(a).mode, Ordering::Release);
         // Also when this open made the node: another may have found it since.
         let refreshed = node.refresh(&self.cache, (a.mtime, a.ctime, a.size), asked, || {
             let a = meta::getattr(&shard, space, i)?;
@@ -842,11 +925,21 @@ impl Fs {
             return Err(e);
         }
         // Truncate by the size this mount sees: it may have buffered data.
-        if flags & libc::O_TRUNC != 0 && (a.size > 0 || node.state().size > 0) {
+        // A truncate by a caller without CAP_FSETID clears set-user-ID and
+        // set-group-ID, as on a local disk (with atomic O_TRUNC the kernel
+        // leaves that to us).
+        let kill = if flags & libc::O_TRUNC != 0 {
+            attr::setid_cleared(node.mode.load(Ordering::Acquire))
+                .filter(|_| !caller.may_keep_setid())
+        } else {
+            None
+        };
+        if flags & libc::O_TRUNC != 0 && (a.size > 0 || node.state().size > 0 || kill.is_some()) {
             if let Err(e) = self.setattr(
                 ino,
                 &SetAttr {
                     size: Some(0),
+                    mode: kill,
                     ..Default::default()
                 },
             ) {
@@ -879,37 +972,41 @@ impl Fs {
         parent: u64,
         name: &[u8],
         mode: u32,
+        umask: u32,
         flags: i32,
         caller: Caller,
     ) -> FsResult<(Attr, Opened)> {
         let mode = libc::S_IFREG | (mode & 0o7777);
         let Node::Space(space, dir) = Node::from_ino(parent) else {
-            let a = self.mknod(parent, name, mode, 0, None, caller)?;
-            let opened = self.open(a.ino, flags & !libc::O_TRUNC)?;
+            let a = self.mknod(parent, name, mode, umask, 0, None, caller)?;
+            let opened = self.open(a.ino, flags & !libc::O_TRUNC, caller)?;
             return Ok((a, opened));
         };
         let shard = self.shard_rw(space)?;
         // One pending create per space at a time keeps names unambiguous.
         self.commit_pending(space);
-        if flags & libc::O_APPEND != 0 {
+        let (mode, xattrs) = self.new_mode(parent, mode, umask)?;
+        if flags & libc::O_APPEND != 0 || !xattrs.is_empty() {
             // Logs: several mounts may create `last.log` at the same moment
             // (after a rotation). Create now, in one transaction, or open the
-            // file another process created first — never fail later.
+            // file another process created first — never fail later. A file
+            // that inherits ACLs is created now too, with them.
             let new = NewInode {
                 mode,
                 uid: caller.uid,
                 gid: caller.gid,
                 rdev: 0,
                 target: None,
+                xattrs: &xattrs,
             };
             let create = || meta::create(&shard, space, dir, name, &new);
-            return match self.create_or_open(parent, name, flags, create)? {
-                Ok(a) => Ok((a, self.open(a.ino, flags & !libc::O_TRUNC)?)),
+            return match self.create_or_open(parent, name, flags, caller, create)? {
+                Ok(a) => Ok((a, self.open(a.ino, flags & !libc::O_TRUNC, caller)?)),
                 Err(opened) => Ok(opened),
             };
         }
         let check = || meta::check_create(&shard, space, dir, name);
-        let p = match self.create_or_open(parent, name, flags, check)? {
+        let p = match self.create_or_open(parent, name, flags, caller, check)? {
             Ok(p) => p,
             Err(opened) => return Ok(opened),
         };
@@ -920,6 +1017,7 @@ impl Fs {
             gid: caller.gid,
             rdev: 0,
             target: None,
+            xattrs: &[],
         };
         let a = meta::new_attr(&p, space, ino, &new, now_ns())?;
         let generation = self.cache.invalidate(space, ino);
@@ -933,6 +1031,7 @@ impl Fs {
             space,
             ino,
             shard,
+            a.mode,
             0,
             generation,
             Some(pending),
@@ -967,6 +1066,7 @@ impl Fs {
         parent: u64,
         name: &[u8],
         flags: i32,
+        caller: Caller,
         mut create: impl FnMut() -> FsResult<T>,
     ) -> FsResult<Result<T, (Attr, Opened)>> {
         let mut tries = 0;
@@ -975,7 +1075,7 @@ impl Fs {
                 Err(Errno::EEXIST) if flags & libc::O_EXCL == 0 => {}
                 r => return r.map(Ok),
             }
-            match self.open_existing(parent, name, flags) {
+            match self.open_existing(parent, name, flags, caller) {
                 Err(Errno::ENOENT) if tries < CREATE_TRIES => tries += 1,
                 r => return r.map(Err),
             }
@@ -983,12 +1083,18 @@ impl Fs {
     }
 
     /// `open(O_CREAT)` of a name another process created: that file.
-    fn open_existing(&self, parent: u64, name: &[u8], flags: i32) -> FsResult<(Attr, Opened)> {
+    fn open_existing(
+        &self,
+        parent: u64,
+        name: &[u8],
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<(Attr, Opened)> {
         let a = self.lookup(parent, name)?;
         if a.is_dir() {
             return Err(Errno::EISDIR);
         }
-        let opened = self.open(a.ino, flags)?;
+        let opened = self.open(a.ino, flags, caller)?;
         Ok((a, opened))
     }
 
@@ -1120,8 +1226,33 @@ impl Fs {
 
     /// Writes for thread `tid` (whose `O_APPEND` offsets are remembered,
     /// see [`own_xattrs`]).
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], tid: u32) -> FsResult<u32> {
+    /// `kill_setid`: the kernel asks that the write clear set-user-ID and
+    /// set-group-ID (a caller without `CAP_FSETID` on the direct-I/O path;
+    /// on the page-cache path the kernel sends a chmod itself).
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        tid: u32,
+        kill_setid: bool,
+    ) -> FsResult<Written> {
         let (node, append) = self.handle(fh)?;
+        let kill = kill_setid
+            .then(|| attr::setid_cleared(node.mode.load(Ordering::Acquire)))
+            .flatten();
+        if let Some(mode) = kill {
+            // Rare (only files with those bits): committed before the data.
+            let ino = Node::Space(node.space, node.ino).ino();
+            self.setattr(
+                ino,
+                &SetAttr {
+                    mode: Some(mode),
+                    ..Default::default()
+                },
+            )?;
+            self.commit_changes(Some(node.space));
+        }
         // A write after a deferred utimes sets mtime anew, as it would on disk.
         if let Some(c) = self
             .changes
@@ -1142,7 +1273,53 @@ impl Fs {
             // The workers live as long as the Fs: sending cannot fail.
             let _ = self.flusher.send(node);
         }
-        Ok(data.len() as u32)
+        Ok(Written {
+            len: data.len() as u32,
+            mode_changed: kill.is_some(),
+        })
+    }
+
+    /// fallocate(2): mode 0 and `KEEP_SIZE` (nothing to reserve: the file
+    /// grows unless `KEEP_SIZE`), `PUNCH_HOLE | KEEP_SIZE`, `ZERO_RANGE`
+    /// (with or without `KEEP_SIZE`); any other mode is `EOPNOTSUPP`.
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
+        let (zero, extend) = match mode {
+            0 => (false, true),
+            KEEP_SIZE => (false, false),
+            PUNCH => (true, false),
+            ZERO => (true, true),
+            m if m == ZERO | KEEP_SIZE => (true, false),
+            _ => return Err(Errno::EOPNOTSUPP),
+        };
+        if length == 0 {
+            return Err(Errno::EINVAL);
+        }
+        if offset
+            .checked_add(length)
+            .is_none_or(|e| e > data::MAX_FILE_SIZE)
+        {
+            return Err(Errno::EFBIG);
+        }
+        let (node, _) = self.handle(fh)?;
+        let (space, i) = (node.space, node.ino);
+        let shard = self.shard_rw(space)?;
+        self.commit_pending(space);
+        node.rewrite(&self.cache, || {
+            meta::fallocate(&shard, space, i, (offset, length), zero, extend)
+        })?;
+        Ok(())
+    }
+
+    /// lseek(2) with `SEEK_DATA` or `SEEK_HOLE`, from the extent map (what
+    /// this mount buffered is committed first, so it counts).
+    pub fn seek_data(&self, fh: u64, offset: u64, data: bool) -> FsResult<u64> {
+        let (node, _) = self.handle(fh)?;
+        node.flush(&self.cache)?;
+        let size = node.state().size;
+        data::seek(&node.shard, node.space, node.ino, size, offset, data)?.ok_or(Errno::ENXIO)
     }
 
     /// Makes buffered writes durable and visible (close, fsync).
@@ -1214,15 +1391,77 @@ impl Fs {
         Ok(())
     }
 
-    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<()> {
         let (s, i) = self.space_node(ino).map_err(|_| Errno::EPERM)?;
         if own_xattrs::is_own(name) {
             return Err(Errno::EPERM);
         }
         self.commit_pending(s);
-        let r = meta::setxattr(&self.shard_rw(s)?, s, i, name, value, flags);
+        let r = if name == acl::ACCESS || name == acl::DEFAULT {
+            self.set_acl(ino, name, value, caller)
+        } else {
+            meta::setxattr(&self.shard_rw(s)?, s, i, name, value, flags)
+        };
         self.xattrs.forget(ino);
         r
+    }
+
+    /// Sets an ACL, validated, with the mode kept in step (see [`acl`]):
+    /// an access ACL sets the permission bits and is kept only if it says
+    /// more than they do; an empty one removes the ACL.
+    fn set_acl(&self, ino: u64, name: &[u8], value: &[u8], caller: Caller) -> FsResult<()> {
+        let (s, i) = self.space_node(ino)?;
+        let parsed = acl::Acl::parse(value)?;
+        let a = self.getattr(ino)?;
+        let shard = self.shard_rw(s)?;
+        let stored = parsed.to_bytes();
+        let r = if name == acl::DEFAULT {
+            if !a.is_dir() {
+                return Err(Errno::EACCES);
+            }
+            let keep = !parsed.is_empty();
+            meta::set_acl(&shard, s, i, name, keep.then_some(&stored[..]), None, false)
+        } else {
+            let keep = !parsed.is_empty() && !parsed.is_mode_only();
+            let bits = (!parsed.is_empty()).then(|| parsed.mode_bits());
+            // As chmod would: a caller outside the file's group loses its
+            // set-group-ID bit.
+            let kill_sgid = bits.is_some()
+                && a.mode & libc::S_ISGID != 0
+                && !caller.in_group(a.gid)
+                && !caller.may_keep_setid();
+            let r = meta::set_acl(
+                &shard,
+                s,
+                i,
+                name,
+                keep.then_some(&stored[..]),
+                bits,
+                kill_sgid,
+            );
+            if r.is_ok()
+                && let Some(bits) = bits
+            {
+                let mut mode = (a.mode & !0o777) | bits;
+                if kill_sgid {
+                    mode &= !libc::S_ISGID;
+                }
+                self.note_mode(s, i, mode);
+            }
+            r
+        };
+        match r {
+            // Removing an ACL that is not there.
+            Err(Errno::ENODATA) if parsed.is_empty() => Ok(()),
+            r => r,
+        }
     }
 
     /// The inode's xattrs, from the cache or one query.
