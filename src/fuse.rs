@@ -227,7 +227,7 @@ impl Filesystem for FuseFs {
             mtime: tn(mtime),
             ctime: ctime.map(ns),
         };
-        match self.fs.setattr(ino.0, &s) {
+        match self.fs.setattr(ino.0, &s, caller(req)) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -419,15 +419,15 @@ impl Filesystem for FuseFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        write_flags: WriteFlags,
+        _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _op = metrics::global().op("write");
-        let kill_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        // FUSE's pid is the calling thread's id (see `fs::own_xattrs`).
-        match self.fs.write(fh.0, offset, data, req.pid(), kill_setid) {
+        // The kernel's FUSE_WRITE_KILL_SUIDGID is not needed: the core
+        // decides for every write (see `Fs::write`).
+        match self.fs.write(fh.0, offset, data, caller(req)) {
             Ok(w) => {
                 metrics::global().bytes_written.inc_by(u64::from(w.len));
                 if w.mode_changed

@@ -68,10 +68,18 @@ enum Op {
         off: u64,
         len: usize,
     },
+    /// fallocate(2): mode 0, KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE
+    /// (with or without KEEP_SIZE).
+    Fallocate {
+        path: String,
+        mode: i32,
+        off: u64,
+        len: u64,
+    },
 }
 
 fn random_op(r: &mut Rng) -> Op {
-    match r.below(11) {
+    match r.below(12) {
         0 => Op::Write {
             path: r.path(),
             off: [0, 1, 4095, 262_143, 262_144, 700_000][r.below(6) as usize] + r.below(100),
@@ -94,6 +102,12 @@ fn random_op(r: &mut Rng) -> Op {
         7 => Op::Link(r.path(), r.path()),
         8 => Op::Symlink(r.path(), r.path()),
         9 => Op::Chmod(r.path(), [0o600, 0o644, 0o755, 0o4711][r.below(4) as usize]),
+        10 => Op::Fallocate {
+            path: r.path(),
+            mode: [0, 1, 3, 0x10, 0x11][r.below(5) as usize],
+            off: [0, 1, 4095, 262_143, 262_144, 700_000][r.below(6) as usize] + r.below(100),
+            len: 1 + [0, 100, 5000, 300_000][r.below(4) as usize] + r.below(100),
+        },
         _ => Op::Read {
             path: r.path(),
             off: r.below(600_000),
@@ -161,6 +175,20 @@ fn apply(root: &Path, op: &Op) -> Result<Vec<u8>, i32> {
             fs::set_permissions(p(path), fs::Permissions::from_mode(*mode))
                 .map(|_| vec![])
                 .map_err(e)
+        }
+        Op::Fallocate {
+            path,
+            mode,
+            off,
+            len,
+        } => {
+            use std::os::fd::AsRawFd;
+            let f = OpenOptions::new().write(true).open(p(path)).map_err(e)?;
+            let r = unsafe { libc::fallocate(f.as_raw_fd(), *mode, *off as i64, *len as i64) };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+            }
+            Ok(vec![])
         }
         Op::Read { path, off, len } => {
             let mut f = fs::File::open(p(path)).map_err(e)?;

@@ -55,13 +55,14 @@ pub struct Attr {
 }
 
 /// The permission bits left after a write or truncate by a caller without
-/// `CAP_FSETID`, as the kernel leaves them on a local disk: set-user-ID
-/// goes, set-group-ID goes where the group may execute (otherwise it marks
-/// mandatory locking and stays). `None` when nothing changes.
-pub fn setid_cleared(mode: u32) -> Option<u32> {
+/// `CAP_FSETID`, as Linux leaves them on a local disk: set-user-ID goes;
+/// set-group-ID goes where the group may execute, or where the caller is
+/// not in the file's group (`in_group`, asked only then). `None` when
+/// nothing changes.
+pub fn setid_cleared(mode: u32, in_group: impl FnOnce() -> bool) -> Option<u32> {
     let perm = mode & 0o7777;
     let mut m = perm & !libc::S_ISUID;
-    if m & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+    if m & libc::S_ISGID != 0 && (m & libc::S_IXGRP != 0 || !in_group()) {
         m &= !libc::S_ISGID;
     }
     (m != perm).then_some(m)
@@ -130,13 +131,16 @@ mod tests {
 
     #[test]
     fn setid_cleared_as_the_kernel_clears_it() {
-        assert_eq!(setid_cleared(libc::S_IFREG | 0o4777), Some(0o777));
-        assert_eq!(setid_cleared(0o6777), Some(0o777));
-        assert_eq!(setid_cleared(0o2777), Some(0o777));
-        // Set-group-ID without group execute marks mandatory locking: kept.
-        assert_eq!(setid_cleared(0o2767), None);
-        assert_eq!(setid_cleared(0o6767), Some(0o2767));
-        assert_eq!(setid_cleared(0o777), None);
+        let member = || true;
+        let outsider = || false;
+        assert_eq!(setid_cleared(libc::S_IFREG | 0o4777, member), Some(0o777));
+        assert_eq!(setid_cleared(0o6777, member), Some(0o777));
+        assert_eq!(setid_cleared(0o2777, member), Some(0o777));
+        // Set-group-ID without group execute: kept for the file's group only.
+        assert_eq!(setid_cleared(0o2767, member), None);
+        assert_eq!(setid_cleared(0o2767, outsider), Some(0o767));
+        assert_eq!(setid_cleared(0o6767, member), Some(0o2767));
+        assert_eq!(setid_cleared(0o777, outsider), None);
     }
 
     #[test]

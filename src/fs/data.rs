@@ -20,7 +20,7 @@
 //! inside its own transaction ([`recall`]): POSIX semantics do not change.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crossbeam_channel::Sender;
@@ -174,10 +174,10 @@ pub struct OpenInode {
     /// Where each thread's last append landed (its own lock: asking must
     /// not wait for another thread's append transaction).
     appended: Mutex<AppendOffsets>,
-    /// The file's mode as this mount last saw it (open, stat, chmod here):
-    /// a write tells from it, without a query, whether it must clear
-    /// set-user-ID or set-group-ID.
-    pub mode: AtomicU32,
+    /// The file's group and mode (`gid << 32 | mode`) as this mount last
+    /// saw them (open, stat, chmod here): a write tells from them, without
+    /// a query, whether it must clear set-user-ID or set-group-ID.
+    owner_mode: AtomicU64,
 }
 
 impl OpenInode {
@@ -186,7 +186,7 @@ impl OpenInode {
         space: u32,
         ino: u64,
         shard: Route,
-        mode: u32,
+        (gid, mode): (u32, u32),
         size: u64,
         generation: u64,
         pending: Option<PendingCreate>,
@@ -223,8 +223,19 @@ impl OpenInode {
             pending_flag,
             unlinked: AtomicBool::new(false),
             appended: Mutex::default(),
-            mode: AtomicU32::new(mode),
+            owner_mode: AtomicU64::new(u64::from(gid) << 32 | u64::from(mode)),
         }
+    }
+
+    /// The file's (group, mode) as this mount last saw them.
+    pub fn owner_mode(&self) -> (u32, u32) {
+        let v = self.owner_mode.load(Ordering::Acquire);
+        ((v >> 32) as u32, v as u32)
+    }
+
+    pub fn set_owner_mode(&self, gid: u32, mode: u32) {
+        self.owner_mode
+            .store(u64::from(gid) << 32 | u64::from(mode), Ordering::Release);
     }
 
     /// The attributes of a file whose create is not committed yet.

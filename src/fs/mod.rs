@@ -457,7 +457,7 @@ impl Fs {
                     c.apply(&mut a);
                 }
                 if let Some(o) = &open {
-                    o.mode.store(a.mode, Ordering::Release);
+                    o.set_owner_mode(a.gid, a.mode);
                     if let Some(size) = o.local_size() {
                         a.size = size;
                     }
@@ -511,7 +511,12 @@ impl Fs {
     /// transaction), an fsync, or within a second — so rsync's `chown; chmod;
     /// utimes; rename` of a copied file is one transaction instead of four.
     /// A size change commits at once.
-    pub fn setattr(&self, ino: u64, s: &SetAttr) -> FsResult<Attr> {
+    ///
+    /// A size change by a caller without `CAP_FSETID` clears set-user-ID
+    /// and set-group-ID as a local disk does (the kernel's FUSE rule keeps
+    /// set-group-ID of a group that may not execute, Linux's own clears it
+    /// for callers outside the group; with atomic `O_TRUNC` it sends nothing).
+    pub fn setattr(&self, ino: u64, s: &SetAttr, caller: Caller) -> FsResult<Attr> {
         let Node::Space(space, i) = Node::from_ino(ino) else {
             return Err(Errno::EPERM);
         };
@@ -534,7 +539,7 @@ impl Fs {
             changes.insert((space, i), merged);
             drop(changes);
             change.apply(&mut a);
-            self.note_mode(space, i, a.mode);
+            self.note_owner_mode(space, i, &a);
             // A chmod rewrites an access ACL, which the kernel asks for
             // again at once: not deferred then.
             if s.mode.is_some()
@@ -542,13 +547,28 @@ impl Fs {
                     .xattrs_of(ino)
                     .is_ok_and(|x| x.iter().any(|(n, _)| n == acl::ACCESS))
             {
-                self.commit_changes(Some(space));
+                self.commit_now(space, i)?;
                 self.xattrs.forget(ino);
             }
             return Ok(a);
         }
         self.commit_pending(space);
         let open = self.open.lock().unwrap().get(&(space, i)).cloned();
+        let mut s = *s;
+        if s.size.is_some() {
+            let (gid, mode) = match &open {
+                Some(o) => o.owner_mode(),
+                None => {
+                    let a = self.getattr(ino)?;
+                    (a.gid, a.mode)
+                }
+            };
+            let mode = s.mode.map_or(mode, |m| (mode & libc::S_IFMT) | m);
+            if let Some(m) = self.setid_cleared(gid, mode, caller) {
+                s.mode = Some(m);
+            }
+        }
+        let s = &s;
         let a = match (open, s.size) {
             // An open file: flush, truncate and reset its buffers under its
             // lock, so no write or flush slips in between.
@@ -558,15 +578,27 @@ impl Fs {
                 meta::setattr(&shard, space, i, s)
             }
         }?;
-        self.note_mode(space, i, a.mode);
+        self.note_owner_mode(space, i, &a);
         Ok(a)
     }
 
-    /// Keeps an open file's mode (see [`OpenInode::mode`]) as this mount set it.
-    fn note_mode(&self, space: u32, i: u64, mode: u32) {
+    /// Keeps an open file's group and mode (see [`OpenInode::owner_mode`])
+    /// as this mount set them.
+    fn note_owner_mode(&self, space: u32, i: u64, a: &Attr) {
         if let Some(o) = self.open.lock().unwrap().get(&(space, i)) {
-            o.mode.store(mode, Ordering::Release);
+            o.set_owner_mode(a.gid, a.mode);
         }
+    }
+
+    /// The permission bits a write or truncate by `caller` leaves on a file
+    /// of group `gid` and `mode`, if it changes them (see
+    /// [`attr::setid_cleared`]). `/proc` is read only for files that have
+    /// set-user-ID or set-group-ID.
+    fn setid_cleared(&self, gid: u32, mode: u32, caller: Caller) -> Option<u32> {
+        if mode & (libc::S_ISUID | libc::S_ISGID) == 0 || caller.may_keep_setid() {
+            return None;
+        }
+        attr::setid_cleared(mode, || caller.in_group(gid))
     }
 
     // ---- namespace ----
@@ -901,7 +933,7 @@ impl Fs {
                         space,
                         i,
                         shard.clone(),
-                        a.mode,
+                        (a.gid, a.mode),
                         a.size,
                         generation,
                         None,
@@ -912,9 +944,9 @@ impl Fs {
             *node.opens.lock().unwrap() += 1;
             node
         };
-        // The mode with this mount's deferred chmod (see `OpenInode::mode`).
-        node.mode
-            .store(self.with_changes(a).mode, Ordering::Release);
+        // With this mount's deferred chmod (see `OpenInode::owner_mode`).
+        let now = self.with_changes(a);
+        node.set_owner_mode(now.gid, now.mode);
         // Also when this open made the node: another may have found it since.
         let refreshed = node.refresh(&self.cache, (a.mtime, a.ctime, a.size), asked, || {
             let a = meta::getattr(&shard, space, i)?;
@@ -925,23 +957,17 @@ impl Fs {
             return Err(e);
         }
         // Truncate by the size this mount sees: it may have buffered data.
-        // A truncate by a caller without CAP_FSETID clears set-user-ID and
-        // set-group-ID, as on a local disk (with atomic O_TRUNC the kernel
-        // leaves that to us).
-        let kill = if flags & libc::O_TRUNC != 0 {
-            attr::setid_cleared(node.mode.load(Ordering::Acquire))
-                .filter(|_| !caller.may_keep_setid())
-        } else {
-            None
-        };
-        if flags & libc::O_TRUNC != 0 && (a.size > 0 || node.state().size > 0 || kill.is_some()) {
+        // Also an empty file with set-user-ID or set-group-ID: a truncate
+        // may clear them (with atomic O_TRUNC the kernel leaves it to us).
+        let setid = now.mode & (libc::S_ISUID | libc::S_ISGID) != 0;
+        if flags & libc::O_TRUNC != 0 && (a.size > 0 || node.state().size > 0 || setid) {
             if let Err(e) = self.setattr(
                 ino,
                 &SetAttr {
                     size: Some(0),
-                    mode: kill,
                     ..Default::default()
                 },
+                caller,
             ) {
                 self.release_node(&node);
                 return Err(e);
@@ -1031,7 +1057,7 @@ impl Fs {
             space,
             ino,
             shard,
-            a.mode,
+            (a.gid, a.mode),
             0,
             generation,
             Some(pending),
@@ -1224,35 +1250,26 @@ impl Fs {
         node.read(&self.cache, &self.prefetcher, offset, size)
     }
 
-    /// Writes for thread `tid` (whose `O_APPEND` offsets are remembered,
-    /// see [`own_xattrs`]).
-    /// `kill_setid`: the kernel asks that the write clear set-user-ID and
-    /// set-group-ID (a caller without `CAP_FSETID` on the direct-I/O path;
-    /// on the page-cache path the kernel sends a chmod itself).
-    pub fn write(
-        &self,
-        fh: u64,
-        offset: u64,
-        data: &[u8],
-        tid: u32,
-        kill_setid: bool,
-    ) -> FsResult<Written> {
+    /// Writes for `caller`, whose thread's `O_APPEND` offsets are
+    /// remembered (see [`own_xattrs`]). A caller without `CAP_FSETID`
+    /// clears set-user-ID and set-group-ID, as on a local disk, on every
+    /// path: the kernel leaves it to us for direct I/O, and its own rule
+    /// for cached writes keeps set-group-ID that Linux clears.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], caller: Caller) -> FsResult<Written> {
         let (node, append) = self.handle(fh)?;
-        let kill = kill_setid
-            .then(|| attr::setid_cleared(node.mode.load(Ordering::Acquire)))
-            .flatten();
+        let (gid, mode) = node.owner_mode();
+        let kill = self.setid_cleared(gid, mode, caller);
         if let Some(mode) = kill {
             // Rare (only files with those bits): committed before the data.
             let ino = Node::Space(node.space, node.ino).ino();
-            self.setattr(
-                ino,
-                &SetAttr {
-                    mode: Some(mode),
-                    ..Default::default()
-                },
-            )?;
-            self.commit_changes(Some(node.space));
+            let chmod = SetAttr {
+                mode: Some(mode),
+                ..Default::default()
+            };
+            self.setattr(ino, &chmod, caller)?;
+            self.commit_now(node.space, node.ino)?;
         }
+        let tid = caller.pid;
         // A write after a deferred utimes sets mtime anew, as it would on disk.
         if let Some(c) = self
             .changes
@@ -1334,6 +1351,18 @@ impl Fs {
         let (node, _) = self.handle(fh)?;
         node.flush(&self.cache)?;
         self.commit_changes(Some(node.space));
+        Ok(())
+    }
+
+    /// Commits an inode's deferred attribute changes now, after the data
+    /// this mount buffered for it (so a write's mtime lands before a
+    /// utimes that came after it, as on a local disk).
+    fn commit_now(&self, space: u32, i: u64) -> FsResult<()> {
+        let open = self.open.lock().unwrap().get(&(space, i)).cloned();
+        if let Some(node) = open {
+            node.flush(&self.cache)?;
+        }
+        self.commit_changes(Some(space));
         Ok(())
     }
 
@@ -1453,7 +1482,7 @@ impl Fs {
                 if kill_sgid {
                     mode &= !libc::S_ISGID;
                 }
-                self.note_mode(s, i, mode);
+                self.note_owner_mode(s, i, &Attr { mode, ..a });
             }
             r
         };
