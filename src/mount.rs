@@ -200,9 +200,57 @@ fn clean_stale_mount(mountpoint: &Path) -> Result<()> {
     }
 }
 
+/// A second tshs mount on top of a live one would hide it (and mount it
+/// again with other options): refused. fuser's own mounts (before the type
+/// was `fuse.tshs`) show as type `fuse` from source `tshs`.
+fn refuse_double_mount(mountpoint: &Path) -> Result<()> {
+    let Ok(path) = mountpoint.canonicalize() else {
+        return Ok(());
+    };
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let taken = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 2
+            && Path::new(&unescape_mount_field(f[1])) == path
+            && (f[2] == "fuse.tshs" || (f[2] == "fuse" && f[0] == "tshs"))
+    });
+    if taken {
+        bail!(
+            "{} is already a tshs mount (unmount it first: umount {})",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// /proc/mounts writes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_field(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|o| o.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(o) if b[i] == b'\\' => {
+                out.push(o.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
     let opts = parse_options(&args.options)?;
     clean_stale_mount(&args.mountpoint)?;
+    refuse_double_mount(&args.mountpoint)?;
     let mut admin_cli_cfg = cli.mysql_cfg_file.clone();
     if let Some(p) = &opts.mysql_cfg {
         admin_cli_cfg = Some(p.clone());
@@ -428,6 +476,8 @@ mod tests {
         assert!(o.allow_other && o.read_only);
         assert_eq!(o.ttl, Duration::from_millis(500));
         assert_eq!(o.cache_bytes, 64 << 20);
+        assert_eq!(unescape_mount_field("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mount_field("/plain"), "/plain");
         for bad in [
             "bogus",
             "ttl",

@@ -78,6 +78,25 @@ fn daemonised_mount_and_sigterm() {
         .unwrap();
     assert!(st.success());
     assert_eq!(fs::read(mnt.join("vol01/3/f")).unwrap(), b"data");
+    // A second mount on top of a live one is refused, by both ways in.
+    let m = mnt.to_str().unwrap();
+    let err = c.fails(&["mount", m, "-o", "allow_other"]);
+    assert!(err.contains("is already a tshs mount"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_mount-tshs"))
+        .arg(&c.mycnf)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is already a tshs mount"));
+    let mounts = fs::read_to_string("/proc/mounts").unwrap();
+    assert_eq!(
+        mounts
+            .lines()
+            .filter(|l| l.split(' ').nth(1) == Some(m))
+            .count(),
+        1
+    );
     Command::new("fusermount3")
         .arg("-u")
         .arg(&mnt)
