@@ -20,8 +20,8 @@ pub enum DbError {
     AccessDenied { server: String },
     #[error("database '{db}' does not exist on {server} (the administrator creates it first)")]
     NoDatabase { server: String, db: String },
-    #[error("the configured user may not create tables in '{db}' on {server}: {detail}")]
-    NoCreateRight {
+    #[error("the configured user lacks a right on '{db}' on {server}: {detail}")]
+    MissingRight {
         server: String,
         db: String,
         detail: String,
@@ -250,7 +250,7 @@ pub fn classify(opts: &ConnOptions, e: mysql::Error) -> DbError {
             code::ACCESS_DENIED => DbError::AccessDenied { server },
             code::BAD_DB => DbError::NoDatabase { server, db },
             code::DB_ACCESS_DENIED if !db.is_empty() => DbError::AccessDenied { server },
-            code::TABLE_ACCESS_DENIED => DbError::NoCreateRight {
+            code::TABLE_ACCESS_DENIED => DbError::MissingRight {
                 server,
                 db,
                 detail: m.message,

@@ -170,18 +170,29 @@ fn a_database_that_is_not_empty_is_refused_and_left_alone() {
     assert_eq!(node_count(&c), 0);
 }
 
+/// The rights the README's GRANT line gives a Storage Node's user.
+const NODE_RIGHTS: &[&str] = &[
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "CREATE",
+    "DROP",
+    "ALTER",
+    "TRIGGER",
+    "CREATE ROUTINE",
+    "ALTER ROUTINE",
+    "EXECUTE",
+];
+
 #[test]
-fn a_user_without_create_right_is_refused_and_nothing_is_made() {
+fn a_user_missing_any_right_is_refused_by_name_and_nothing_is_made() {
     let c = TestCluster::empty();
-    let db = c.new_db(1, "ro");
+    let db = c.new_db(1, "rights");
     let user = unique("u");
     let mut root = root_conn(1);
     root.query_drop(format!(
         "CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY 'pw'"
-    ))
-    .unwrap();
-    root.query_drop(format!(
-        "GRANT SELECT, INSERT, UPDATE, DELETE ON {db}.* TO '{user}'@'127.0.0.1'"
     ))
     .unwrap();
     let port = if server(1).contains("3307") {
@@ -189,15 +200,88 @@ fn a_user_without_create_right_is_refused_and_nothing_is_made() {
     } else {
         3306
     };
-    let err = c.fails(&[
-        "create-storage-node",
-        &format!("host=127.0.0.1;port={port};user={user};password=pw;database={db}"),
-    ]);
+    let node = format!("host=127.0.0.1;port={port};user={user};password=pw;database={db}");
+    let grant = |rights: &[&str]| {
+        let mut root = root_conn(1);
+        root.query_drop(format!(
+            "REVOKE ALL PRIVILEGES, GRANT OPTION FROM '{user}'@'127.0.0.1'"
+        ))
+        .unwrap();
+        root.query_drop(format!(
+            "GRANT {} ON {db}.* TO '{user}'@'127.0.0.1'",
+            rights.join(", ")
+        ))
+        .unwrap();
+    };
+    for missing in NODE_RIGHTS {
+        let rights: Vec<&str> = NODE_RIGHTS
+            .iter()
+            .copied()
+            .filter(|r| r != missing)
+            .collect();
+        grant(&rights);
+        let err = c.fails(&["create-storage-node", &node]);
+        assert!(
+            err.contains(&format!("lacks {missing} on database")),
+            "{missing}: {err}"
+        );
+        assert!(
+            err.contains("GRANT SELECT, INSERT"),
+            "the line to copy: {err}"
+        );
+        assert!(tables(1, &db).is_empty(), "{missing}: tables left behind");
+        assert_eq!(node_count(&c), 0);
+    }
+    // With every right (a pattern grant works too), the next attempt succeeds.
+    root.query_drop(format!(
+        "REVOKE ALL PRIVILEGES, GRANT OPTION FROM '{user}'@'127.0.0.1'"
+    ))
+    .unwrap();
+    let pattern = db.replace('_', "\\_");
+    root.query_drop(format!(
+        "GRANT {} ON `{pattern}`.* TO '{user}'@'127.0.0.1'",
+        NODE_RIGHTS.join(", ")
+    ))
+    .unwrap();
+    c.ok(&["create-storage-node", &node]);
+    assert_eq!(node_count(&c), 1);
+    c.ok(&["delete-storage-node", "1"]);
+    assert!(
+        tables(1, &db).is_empty(),
+        "delete-storage-node drops its tables"
+    );
     root.query_drop(format!("DROP USER '{user}'@'127.0.0.1'"))
         .unwrap();
-    assert!(err.contains("may not create tables"), "{err}");
-    assert!(tables(1, &db).is_empty());
+}
+
+#[test]
+fn a_node_whose_database_is_gone_is_deleted_with_force() {
+    let c = TestCluster::empty();
+    let db = c.new_db(2, "gone");
+    c.ok(&[
+        "create-storage-node",
+        &format!("{};database={db}", server(2)),
+    ]);
+    root_conn(2)
+        .query_drop(format!("DROP DATABASE {db}"))
+        .unwrap();
+    let err = c.fails(&["delete-storage-node", "1"]);
+    assert!(err.contains("delete-storage-node 1 --force"), "{err}");
+    assert_eq!(node_count(&c), 1);
+    assert!(
+        c.ok(&["delete-storage-node", "1", "--force"])
+            .contains("deleted")
+    );
     assert_eq!(node_count(&c), 0);
+    // The database made anew takes a node again.
+    root_conn(2)
+        .query_drop(format!("CREATE DATABASE {db}"))
+        .unwrap();
+    c.ok(&[
+        "create-storage-node",
+        &format!("{};database={db}", server(2)),
+    ]);
+    assert_eq!(node_count(&c), 1);
 }
 
 #[test]

@@ -106,7 +106,13 @@ pub enum Command {
         connection_options: String,
     },
     /// Delete a Storage Node (only while the cluster is empty).
-    DeleteStorageNode { storage_id: u32 },
+    DeleteStorageNode {
+        storage_id: u32,
+        /// The node's database is gone or broken: do not ask it whether it
+        /// is empty (the Admin Node must still hold no space).
+        #[arg(long)]
+        force: bool,
+    },
     /// List the Storage Nodes with their key ranges and totals.
     ListStorageNodes,
     /// List the processes connected to the cluster.
@@ -464,8 +470,8 @@ pub fn execute(
                 list_storage_nodes(cluster)?
             )
         }
-        Command::DeleteStorageNode { storage_id } => {
-            cluster.delete_storage_node(*storage_id)?;
+        Command::DeleteStorageNode { storage_id, force } => {
+            cluster.delete_storage_node(*storage_id, *force)?;
             format!("Storage node {storage_id} deleted\n")
         }
         Command::ListStorageNodes => list_storage_nodes(cluster)?,

@@ -78,8 +78,8 @@ impl Cluster {
             .ok_or_else(|| anyhow!("there is no storage node {id} (see tshs list-storage-nodes)"))
     }
 
-    /// Fails unless every Storage Node is empty and no space exists.
-    fn require_empty_cluster(&self, what: &str) -> Result<()> {
+    /// Fails unless every Storage Node (but `unasked`) is empty and no space exists.
+    fn require_empty_cluster(&self, what: &str, unasked: Option<u32>) -> Result<()> {
         let spaces: u64 = self
             .admin
             .conn()?
@@ -91,11 +91,13 @@ impl Cluster {
                 "{what} is only allowed while the cluster is empty, but it holds {spaces} space(s) (use split-storage-node)"
             );
         }
-        for n in self.nodes()? {
-            let t = self
-                .shard(n.id)
-                .and_then(|s| s.totals())
-                .with_context(|| format!("cannot check that storage node {} is empty", n.id))?;
+        for n in self.nodes()?.into_iter().filter(|n| Some(n.id) != unasked) {
+            let t = self.shard(n.id).and_then(|s| s.totals()).with_context(|| {
+                format!(
+                    "cannot check that storage node {0} is empty (if its database is gone: delete-storage-node {0} --force)",
+                    n.id
+                )
+            })?;
             if t.spaces > 0 {
                 bail!(
                     "{what} is only allowed while the cluster is empty, but storage node {} holds data (use split-storage-node)",
@@ -114,7 +116,7 @@ impl Cluster {
         let stored = conn.to_stored();
         let nodes = self.nodes()?;
         refuse_known_database(&nodes, conn)?;
-        self.require_empty_cluster("create-storage-node")?;
+        self.require_empty_cluster("create-storage-node", None)?;
         let db = shard::create_tables(conn)?;
         let created = (|| -> Result<u32> {
             let mut ranges = even_ranges(nodes.len() + 1).into_iter();
@@ -149,10 +151,11 @@ impl Cluster {
     }
 
     /// Deletes a Storage Node while the cluster is empty; its tables are dropped.
-    pub fn delete_storage_node(&self, id: u32) -> Result<()> {
+    /// `force`: the node's own database is not asked (it may be gone).
+    pub fn delete_storage_node(&self, id: u32, force: bool) -> Result<()> {
         self.require_admin_node()?;
         let node = self.node(id)?;
-        self.require_empty_cluster("delete-storage-node")?;
+        self.require_empty_cluster("delete-storage-node", force.then_some(id))?;
         let remaining: Vec<NodeRow> = self.nodes()?.into_iter().filter(|n| n.id != id).collect();
         let mut conn = self.admin.conn()?;
         let mut tx = conn

@@ -64,6 +64,17 @@ pub const SETTLE_SECS: i64 = 60;
 /// failure drops whatever it created, so nothing is left half-made.
 pub fn create_tables(opts: &ConnOptions) -> Result<Db> {
     let db = Db::connect(opts, 2)?;
+    let (user, missing) = missing_rights(&db)?;
+    if !missing.is_empty() {
+        bail!(
+            "the user {user} lacks {} on database '{}' on {} (a storage node's user needs: GRANT {} ON `{}`.* TO …)",
+            missing.join(", "),
+            opts.database()?,
+            opts.server(),
+            NODE_RIGHTS.join(", "),
+            opts.database()?
+        );
+    }
     let existing = table_names(&mut db.conn()?).map_err(|e| db.err(e))?;
     if !existing.is_empty() {
         bail!(
@@ -79,6 +90,52 @@ pub fn create_tables(opts: &ConnOptions) -> Result<Db> {
         return Err(e.into());
     }
     Ok(db)
+}
+
+/// The rights a Storage Node's user needs on its database: its rows, its
+/// tables (made, altered and, on delete-storage-node or a failed create,
+/// dropped), the fence triggers and the procedure they call.
+pub const NODE_RIGHTS: &[&str] = &[
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "CREATE",
+    "DROP",
+    "ALTER",
+    "TRIGGER",
+    "CREATE ROUTINE",
+    "ALTER ROUTINE",
+    "EXECUTE",
+];
+
+/// Which of [`NODE_RIGHTS`] the connected user lacks on the connected
+/// database: global grants, grants on the database or a pattern matching
+/// it, for the user and its current role (table-level grants do not count:
+/// the tables do not exist yet).
+fn missing_rights(db: &Db) -> Result<(String, Vec<&'static str>), DbError> {
+    let mut conn = db.conn()?;
+    conn.query_drop(
+        "SET @tshs_u = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), ''''),
+             @tshs_r = CONCAT('''', CURRENT_ROLE(), '''')",
+    )
+    .map_err(|e| db.err(e))?;
+    let have: Vec<String> = conn
+        .query(
+            "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE IN (@tshs_u, @tshs_r)
+             UNION SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES
+               WHERE GRANTEE IN (@tshs_u, @tshs_r) AND DATABASE() LIKE TABLE_SCHEMA",
+        )
+        .map_err(|e| db.err(e))?;
+    let user: Option<String> = conn
+        .query_first("SELECT CURRENT_USER()")
+        .map_err(|e| db.err(e))?;
+    let missing = NODE_RIGHTS
+        .iter()
+        .copied()
+        .filter(|r| !have.iter().any(|h| h.eq_ignore_ascii_case(r)))
+        .collect();
+    Ok((user.unwrap_or_default(), missing))
 }
 
 /// Drops every tshs table of a shard database.
