@@ -80,13 +80,34 @@ fn backup_and_restore_of_the_databases() {
     std::fs::remove_file(m.space(3).join("data")).unwrap();
     std::fs::write(m.space(4).join("new"), b"after the backup").unwrap();
     std::fs::create_dir(m.path().join("vol01/6")).unwrap();
+    c.ok(&["set-setting", "StoreSpaceNames", "True"]);
+
+    // Refused while the mount lives: one line, nothing restored.
+    let o = script(
+        "restore-backup",
+        &["--mysql-cfg-file", &cfg, backup.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("access points are alive"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(m.path().join("vol01/6").exists(), "nothing restored");
     m.unmount();
 
     let o = script(
         "restore-backup",
         &["--mysql-cfg-file", &cfg, backup.to_str().unwrap()],
     );
+    let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("rolled back to the backup's")
+            && out.contains("were S3 hosts: none; settings: StoreSpaceNames=True"),
+        "{out}"
+    );
+    // The mount that was alive at the backup does not come back.
+    assert!(!c.ok(&["list-access-points"]).contains("tshs mount"));
     let m = Mount::new(&c, &[]);
     let after = sh(&format!(
         "cd {} && find . -type f -exec md5sum {{}} + | sort",
