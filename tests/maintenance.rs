@@ -95,6 +95,11 @@ fn remove_deleted_purges_spaces_and_inodes_but_not_open_files() {
     );
     assert_eq!(node_rows(&c, 7), before_space);
     assert!(c.ok(&["list-jobs"]).contains("space=7"));
+    // The summary counts each kind apart.
+    assert!(
+        out.contains("remove-deleted: 1 space, 2 inodes, 0 objects (dry run: nothing changed)"),
+        "{out}"
+    );
 
     let out = c.ok(&["remove-deleted", "--grace", "0"]);
     assert!(out.contains("removed space 7"), "{out}");

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{DecimalBytes, ProgressBar, ProgressStyle};
+use indicatif::{BinaryBytes, ProgressBar, ProgressStyle};
 
 use crate::tasks::Progress;
 
@@ -89,11 +89,11 @@ impl Reporter {
     }
 }
 
-/// What a task counts: spaces moved; spaces and inodes purged.
+/// What a task's progress counts: spaces moved, spaces purged, files moved.
 pub fn unit(task: &str) -> &'static str {
     match task {
         "copy-shards" => "spaces",
-        "remove-deleted" => "spaces and inodes",
+        "remove-deleted" => "spaces",
         "move-to-s3" => "files",
         "copy-to-s3" => "spaces",
         "perform-import" => "spaces",
@@ -102,14 +102,14 @@ pub fn unit(task: &str) -> &'static str {
 }
 
 fn detail(p: &Progress) -> String {
-    let mut s = format!("{}, {}", unit(p.task), DecimalBytes(p.bytes));
+    let mut s = format!("{}, {}", unit(p.task), BinaryBytes(p.bytes));
     if !p.item.is_empty() {
         s += &format!(" ({})", p.item);
     }
     s
 }
 
-/// `copy-shards: 3/20 spaces, 12.50 MB (space 12: 3.1 MB)`
+/// `copy-shards: 3/20 spaces, 11.92 MiB (space 12: 3.10 MiB)`
 pub fn line(p: &Progress) -> String {
     let count = if p.total > 0 {
         format!("{}/{}", p.done, p.total)
@@ -132,9 +132,9 @@ mod tests {
             bytes: 12_500_000,
             item: String::new(),
         };
-        assert_eq!(line(&p), "copy-shards: 3/20 spaces, 12.50 MB");
+        assert_eq!(line(&p), "copy-shards: 3/20 spaces, 11.92 MiB");
         p.total = 0;
         p.item = "space 12".into();
-        assert_eq!(line(&p), "copy-shards: 3 spaces, 12.50 MB (space 12)");
+        assert_eq!(line(&p), "copy-shards: 3 spaces, 11.92 MiB (space 12)");
     }
 }

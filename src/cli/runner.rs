@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
-use indicatif::DecimalBytes;
+use indicatif::BinaryBytes;
 
 use super::Cli;
 use super::progress::{Display, Reporter, unit};
@@ -256,14 +256,24 @@ impl Runner {
     }
 }
 
-/// The closing line of a task run: `copy-shards: 3 spaces, 12.50 MB; 17 remaining`.
+/// The closing line of a task run: `copy-shards: 3 spaces, 11.92 MiB; 17 remaining`,
+/// `remove-deleted: 1 space, 12 inodes, 0 objects`.
 fn summary(task: Task, o: &Outcome, dry_run: bool) -> String {
     if o.done == 0 && o.remaining == 0 {
         return format!("{}: nothing to do", task.name());
     }
-    let mut s = format!("{}: {} {}", task.name(), o.done, unit(task.name()));
+    let mut s = if o.kinds.is_empty() {
+        format!("{}: {} {}", task.name(), o.done, unit(task.name()))
+    } else {
+        let kinds: Vec<String> = o
+            .kinds
+            .iter()
+            .map(|&(n, one, many)| format!("{n} {}", if n == 1 { one } else { many }))
+            .collect();
+        format!("{}: {}", task.name(), kinds.join(", "))
+    };
     if o.bytes > 0 {
-        s += &format!(", {}", DecimalBytes(o.bytes));
+        s += &format!(", {}", BinaryBytes(o.bytes));
     }
     if o.remaining > 0 {
         s += &format!("; {} remaining", o.remaining);
@@ -334,13 +344,18 @@ mod tests {
         o.bytes = 12_500_000;
         assert_eq!(
             summary(Task::CopyShards, &o, false),
-            "copy-shards: 3 spaces, 12.50 MB; 17 remaining"
+            "copy-shards: 3 spaces, 11.92 MiB; 17 remaining"
         );
         o.remaining = 0;
         o.bytes = 0;
+        o.kinds = vec![
+            (1, "space", "spaces"),
+            (2, "inode", "inodes"),
+            (0, "object", "objects"),
+        ];
         assert_eq!(
             summary(Task::RemoveDeleted, &o, true),
-            "remove-deleted: 3 spaces and inodes (dry run: nothing changed)"
+            "remove-deleted: 1 space, 2 inodes, 0 objects (dry run: nothing changed)"
         );
     }
 }

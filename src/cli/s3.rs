@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::Result;
-use indicatif::DecimalBytes;
+use indicatif::BinaryBytes;
 
 use super::table::{Line, render};
 use crate::cluster::Cluster;
@@ -100,7 +100,7 @@ pub fn transfer_info(cluster: &Cluster) -> Result<String> {
             Ok((f, b)) => {
                 files += f;
                 bytes += b;
-                vec![f.to_string(), format!("{}", DecimalBytes(*b))]
+                vec![f.to_string(), format!("{}", BinaryBytes(*b))]
             }
             Err(e) => vec!["?".into(), format!("unreachable: {e:#}")],
         };
@@ -111,7 +111,7 @@ pub fn transfer_info(cluster: &Cluster) -> Result<String> {
     let mut out = render(&["Node", "Files", "Bytes"], &lines);
     out += &format!(
         "Ready for transfer to S3: {files} file(s), {} ({bytes} bytes)\n",
-        DecimalBytes(bytes)
+        BinaryBytes(bytes)
     );
     match host {
         Some(h) => out += &format!("Current S3 host: {}\n", h.id),

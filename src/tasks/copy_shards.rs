@@ -553,12 +553,7 @@ fn wait_for_acks(cluster: &Cluster, claim: &Claim) -> Result<()> {
     }
 }
 
+/// Sizes in binary units (KiB, MiB), as everywhere else in tshs.
 pub(super) fn human(bytes: u64) -> String {
-    if bytes >= 1 << 20 {
-        format!("{:.1} MB", bytes as f64 / (1 << 20) as f64)
-    } else if bytes >= 1 << 10 {
-        format!("{:.1} KB", bytes as f64 / 1024.0)
-    } else {
-        format!("{bytes} bytes")
-    }
+    indicatif::BinaryBytes(bytes).to_string()
 }

@@ -79,6 +79,9 @@ pub struct Outcome {
     pub bytes: u64,
     /// Human-readable result lines, printed by the command.
     pub lines: Vec<String>,
+    /// What `done` is made of when a task counts several kinds of thing
+    /// (remove-deleted: spaces, inodes, objects): (count, one, many).
+    pub kinds: Vec<(u64, &'static str, &'static str)>,
 }
 
 /// `tshs copy-shards`: moves the spaces of every MIRROR_SHARD node's range

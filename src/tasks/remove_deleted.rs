@@ -104,6 +104,8 @@ pub fn run(
         });
     }
 
+    let spaces_done = out.done;
+    let (mut inodes, mut objects) = (0, 0);
     // Deleted inodes, node by node.
     let live =
         || -> Result<Vec<u64>> { Ok(cluster.access_points()?.into_iter().map(|a| a.id).collect()) };
@@ -120,6 +122,7 @@ pub fn run(
         };
         if k > 0 {
             out.done += k;
+            inodes += k;
             out.lines.push(format!(
                 "{verb} {k} deleted inode(s) on storage node {}",
                 n.id
@@ -142,12 +145,18 @@ pub fn run(
         };
         if k > 0 {
             out.done += k;
+            objects += k;
             out.lines.push(format!(
                 "{verb} {k} object(s) from the object store (recorded on storage node {})",
                 n.id
             ));
         }
     }
+    out.kinds = vec![
+        (spaces_done, "space", "spaces"),
+        (inodes, "inode", "inodes"),
+        (objects, "object", "objects"),
+    ];
     Ok(out)
 }
 
