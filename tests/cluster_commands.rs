@@ -400,7 +400,7 @@ fn access_points_jobs_and_the_shell() {
     let out = c.ok(&["list-access-points"]);
     assert!(
         out.starts_with(
-            "ID Ack Access time         Description\n-- --- ------------------- -----------\n"
+            "ID Ack State Access time         Description\n-- --- ----- ------------------- -----------\n"
         ),
         "{out}"
     );
@@ -413,6 +413,18 @@ fn access_points_jobs_and_the_shell() {
         Some("1"),
         "acknowledged: {line}"
     );
+    assert_eq!(line.split_whitespace().nth(2), Some("live"), "{line}");
+    // A process silent for over 30 s shows as stale.
+    root_conn(1)
+        .query_drop(format!(
+            "INSERT INTO {}.access_points (ack_epoch, access_time, description)
+             VALUES (0, NOW() - INTERVAL 45 SECOND, 'tshs silent;;pid=1')",
+            c.admin_db
+        ))
+        .unwrap();
+    let out = c.ok(&["list-access-points"]);
+    let stale = out.lines().find(|l| l.ends_with(";;pid=1")).expect(&out);
+    assert_eq!(stale.split_whitespace().nth(2), Some("stale"), "{stale}");
 
     // rmdir of an empty space marks it deleted and records a DELETE job.
     let s = m.space(42);
@@ -448,5 +460,34 @@ fn access_points_jobs_and_the_shell() {
     assert!(o.status.success());
     assert!(out.contains("DELETE space=42"), "{out}");
     assert!(out.contains("tshs shell;;pid="), "{out}");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("unrecognized subcommand 'bogus'"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unrecognized subcommand 'bogus'"), "{err}");
+}
+
+#[test]
+fn shell_errors_carry_the_tshs_prefix() {
+    let c = TestCluster::with_nodes();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tshs"))
+        .arg("--mysql-cfg-file")
+        .arg(&c.mycnf)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"delete-storage-node 99\nlist-jobs 'x\nquit\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("tshs: error: ")),
+        "{err}"
+    );
 }

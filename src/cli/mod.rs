@@ -483,12 +483,13 @@ pub fn execute(
                     Line::Row(vec![
                         a.id.to_string(),
                         u8::from(a.ack).to_string(),
+                        if a.stale { "stale" } else { "live" }.to_string(),
                         a.access_time,
                         a.description,
                     ])
                 })
                 .collect::<Vec<_>>();
-            render(&["ID", "Ack", "Access time", "Description"], &rows)
+            render(&["ID", "Ack", "State", "Access time", "Description"], &rows)
         }
         Command::ListJobs => {
             let rows = cluster

@@ -40,7 +40,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             break;
         }
         let Some(words) = reference_call(line).or_else(|| shlex::split(line)) else {
-            eprintln!("error: unbalanced quotes");
+            eprintln!("tshs: error: unbalanced quotes");
             continue;
         };
         if words[0] == "help" && words.len() == 1 {
@@ -52,7 +52,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                 command: Some(Command::Mount(_)),
                 ..
             }) => {
-                eprintln!("error: mount cannot run inside the shell")
+                eprintln!("tshs: error: mount cannot run inside the shell")
             }
             Ok(Cli {
                 command: Some(cmd), ..
@@ -65,7 +65,7 @@ pub fn run(cli: &Cli) -> Result<()> {
                     .and_then(|()| runner.check(&cluster))
                     .and_then(|()| execute(&cluster, &runner, &cmd, &mut std::io::stdout()));
                 if let Err(e) = result {
-                    eprintln!("error: {e:#}");
+                    eprintln!("tshs: error: {e:#}");
                 }
             }
             Ok(_) => {}

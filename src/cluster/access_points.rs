@@ -34,6 +34,8 @@ pub const FORGET_SECS: u64 = 600;
 pub struct AccessPointRow {
     pub id: u64,
     pub ack: bool,
+    /// Silent for [`EXPIRE_SECS`]: no longer waited for by moves.
+    pub stale: bool,
     pub access_time: String,
     pub description: String,
 }
@@ -258,22 +260,27 @@ impl Cluster {
 
     pub fn access_points(&self) -> Result<Vec<AccessPointRow>> {
         self.expire_access_points()?;
-        let rows: Vec<(u64, u64, String, String)> = self
+        let rows: Vec<(u64, u64, u64, String, String)> = self
             .admin
             .conn()?
-            .query(
-                "SELECT a.id, a.ack_epoch = t.epoch, DATE_FORMAT(a.access_time, '%Y-%m-%d %H:%i:%s'), a.description
+            .exec(
+                "SELECT a.id, a.ack_epoch = t.epoch, a.access_time < NOW() - INTERVAL ? SECOND,
+                        DATE_FORMAT(a.access_time, '%Y-%m-%d %H:%i:%s'), a.description
                  FROM access_points a JOIN topology t ON t.id = 1 ORDER BY a.id",
+                (EXPIRE_SECS,),
             )
             .map_err(|e| self.admin.err(e))?;
         Ok(rows
             .into_iter()
-            .map(|(id, ack, access_time, description)| AccessPointRow {
-                id,
-                ack: ack == 1,
-                access_time,
-                description,
-            })
+            .map(
+                |(id, ack, stale, access_time, description)| AccessPointRow {
+                    id,
+                    ack: ack == 1,
+                    stale: stale == 1,
+                    access_time,
+                    description,
+                },
+            )
             .collect())
     }
 }
