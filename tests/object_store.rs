@@ -963,7 +963,9 @@ fn a_lost_storage_node_is_rebuilt_from_the_object_store() {
     assert!(
         out.contains(&format!(
             "Storage node {node} restored from the object store"
-        )) && out.contains("1 file(s) had no copy in the object store"),
+        )) && out.contains(
+            "1 file(s) had no copy in the object store and were left out: space 3: /small\n"
+        ),
         "{out}"
     );
     assert!(!out.contains("tshs-test-pw"), "{out}");

@@ -134,8 +134,14 @@ pub fn restore(cluster: &Cluster, node: u32, connection_options: &str) -> Result
     );
     if r.lost > 0 {
         out += &format!(
-            "{} file(s) had no copy in the object store and were left out\n",
-            r.lost
+            "{} file(s) had no copy in the object store and were left out: {}{}\n",
+            r.lost,
+            r.lost_paths.join(", "),
+            if r.lost as usize > r.lost_paths.len() {
+                " … (the log names every one)"
+            } else {
+                ""
+            }
         );
     }
     if !r.reimported.is_empty() {

@@ -87,7 +87,33 @@ fn unhex(s: &str) -> Result<Vec<u8>> {
     hex::decode(s).map_err(|e| anyhow!("bad hex: {e}"))
 }
 
+/// The path of `ino` inside its space (`/protolog/0.log`), from the
+/// manifest's [`Manifest::names`]; `?` where the chain of names breaks.
+pub fn path_of(names: &std::collections::HashMap<u64, &Dentry>, ino: u64) -> String {
+    let mut parts = Vec::new();
+    let mut at = ino;
+    while at != 1 && parts.len() < 4096 {
+        match names.get(&at) {
+            Some(d) => {
+                parts.push(String::from_utf8_lossy(&d.name).into_owned());
+                at = d.parent;
+            }
+            None => {
+                parts.push("?".into());
+                break;
+            }
+        }
+    }
+    parts.reverse();
+    format!("/{}", parts.join("/"))
+}
+
 impl Manifest {
+    /// Each inode's (first) name, for [`path_of`].
+    pub fn names(&self) -> std::collections::HashMap<u64, &Dentry> {
+        self.dentries.iter().map(|d| (d.ino, d)).collect()
+    }
+
     pub fn to_text(&self) -> String {
         let mut s = String::from("tshs-manifest 1\n");
         s += &format!(
@@ -199,6 +225,24 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_of_walks_up_the_names() {
+        let d = |parent, ino, name: &str| Dentry {
+            parent,
+            seq: ino,
+            ino,
+            name: name.as_bytes().to_vec(),
+        };
+        let m = Manifest {
+            dentries: vec![d(1, 2, "protolog"), d(2, 7, "0.log"), d(9, 8, "lost")],
+            ..Default::default()
+        };
+        let names = m.names();
+        assert_eq!(path_of(&names, 7), "/protolog/0.log");
+        assert_eq!(path_of(&names, 8), "/?/lost");
+        assert_eq!(path_of(&names, 1), "/");
+    }
 
     #[test]
     fn round_trip() {

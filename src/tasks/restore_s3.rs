@@ -37,7 +37,12 @@ pub struct Restored {
     pub from_backups: u64,
     /// Regular files the manifests list but the store has no data of.
     pub lost: u64,
+    /// The first [`LOST_NAMED`] of them, as `space N: /path`.
+    pub lost_paths: Vec<String>,
 }
+
+/// How many lost files the summary names (the log names every one).
+pub const LOST_NAMED: usize = 20;
 
 pub fn run(cluster: &Cluster, node: u32, conn: &ConnOptions) -> Result<Restored> {
     cluster.node(node)?;
@@ -109,6 +114,7 @@ fn load(cluster: &Cluster, target: &Shard, m: &Manifest, r: &mut Restored) -> Re
     let space = m.space;
     // Which files can get their data back (checked before the transaction).
     let mut skip = std::collections::HashSet::new();
+    let names = std::cell::OnceCell::new();
     for i in &m.inodes {
         if i.mode & libc::S_IFMT != libc::S_IFREG {
             continue;
@@ -125,10 +131,14 @@ fn load(cluster: &Cluster, target: &Shard, m: &Manifest, r: &mut Restored) -> Re
         if !ok {
             skip.insert(i.ino);
             r.lost += 1;
+            let path = super::manifest::path_of(names.get_or_init(|| m.names()), i.ino);
             log::warn!(
-                "restore-from-s3: space {space}: inode {} has no copy in the object store; left out",
+                "restore-from-s3: space {space}: {path} (inode {}) has no copy in the object store; left out",
                 i.ino
             );
+            if r.lost_paths.len() < LOST_NAMED {
+                r.lost_paths.push(format!("space {space}: {path}"));
+            }
         }
     }
     let mut stats = (0u64, 0u64);
