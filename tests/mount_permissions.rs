@@ -253,6 +253,15 @@ fn acls_are_enforced_and_kept_in_step_with_the_mode() {
         other.path().join("vol01/41").display()
     ));
     assert!(out[0].ends_with(&seen), "another mount: {seen}");
+    // A chmod through that mount (nothing cached there) rewrites the mask.
+    let f = other.path().join("vol01/41/d/f");
+    sh(&format!("chmod 600 '{}'", f.display()));
+    let acl = sh(&format!("getfacl -c '{}'", f.display()));
+    assert!(acl.contains("mask::---"), "{acl}");
+    // The first mount sees it once its cached attributes expire (ttl=1).
+    std::thread::sleep(Duration::from_millis(1500));
+    let acl = sh(&format!("getfacl -c '{}'", space.join("d/f").display()));
+    assert!(acl.contains("mask::---"), "{acl}");
 
     // A malformed ACL (no "other" entry) is refused with EINVAL, as locally.
     for d in &dirs {

@@ -47,6 +47,9 @@ pub struct AttrChange {
     pub atime: Option<i64>,
     pub mtime: Option<i64>,
     pub ctime: i64,
+    /// The inode has an access ACL, as far as this mount knows (its xattr
+    /// cache, fresh within the attribute TTL): a mode change rewrites it.
+    pub acl: bool,
 }
 
 impl AttrChange {
@@ -59,6 +62,7 @@ impl AttrChange {
             atime: later.atime.or(self.atime),
             mtime: later.mtime.or(self.mtime),
             ctime: later.ctime,
+            acl: self.acl || later.acl,
         }
     }
 
@@ -107,7 +111,9 @@ fn update_attrs(
                 ino.into(),
             ]),
         )?;
-        if let Some(m) = c.mode {
+        if let Some(m) = c.mode
+            && c.acl
+        {
             acl_chmod(tx, space, *ino, m)?;
         }
     }

@@ -523,6 +523,12 @@ impl Fs {
         let shard = self.shard_rw(space)?;
         if s.size.is_none() {
             let mut a = self.getattr(ino)?;
+            // A chmod rewrites an access ACL, which the kernel asks for
+            // again at once: not deferred then.
+            let acl = s.mode.is_some()
+                && self
+                    .xattrs_of(ino)
+                    .is_ok_and(|x| x.iter().any(|(n, _)| n == acl::ACCESS));
             let change = meta::AttrChange {
                 mode: s.mode,
                 uid: s.uid,
@@ -530,6 +536,7 @@ impl Fs {
                 atime: s.atime,
                 mtime: s.mtime,
                 ctime: s.ctime.unwrap_or_else(now_ns),
+                acl,
             };
             let mut changes = self.changes.lock().unwrap();
             let merged = match changes.get(&(space, i)) {
@@ -540,13 +547,7 @@ impl Fs {
             drop(changes);
             change.apply(&mut a);
             self.note_owner_mode(space, i, &a);
-            // A chmod rewrites an access ACL, which the kernel asks for
-            // again at once: not deferred then.
-            if s.mode.is_some()
-                && self
-                    .xattrs_of(ino)
-                    .is_ok_and(|x| x.iter().any(|(n, _)| n == acl::ACCESS))
-            {
+            if acl {
                 self.commit_now(space, i)?;
                 self.xattrs.forget(ino);
             }
