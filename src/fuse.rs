@@ -15,7 +15,7 @@ use fuser::{
 };
 
 use crate::fs::meta::SetAttr;
-use crate::fs::{Attr, Caller, Errno, Fs, FsResult, Opened, now_ns};
+use crate::fs::{Attr, Caller, Errno, Fs, FsResult, Opened, Written, now_ns};
 use crate::metrics;
 
 pub struct FuseFs {
@@ -121,6 +121,16 @@ impl FuseFs {
         self.fs
             .check_caller(ino, req.uid(), req.gid())
             .map_err(errno)
+    }
+
+    /// A write that cleared set-user-ID/set-group-ID: the kernel's cached
+    /// attributes are stale (attributes only, offset < 0: no inode lock).
+    fn attrs_changed(&self, ino: INodeNo, w: &Written) {
+        if w.mode_changed
+            && let Some(n) = self.notifier.get()
+        {
+            let _ = n.inval_inode(ino, -1, 0);
+        }
     }
 
     fn entry(&self, r: FsResult<Attr>, reply: ReplyEntry) {
@@ -430,12 +440,7 @@ impl Filesystem for FuseFs {
         match self.fs.write(fh.0, offset, data, caller(req)) {
             Ok(w) => {
                 metrics::global().bytes_written.inc_by(u64::from(w.len));
-                if w.mode_changed
-                    && let Some(n) = self.notifier.get()
-                {
-                    // Attributes only (offset < 0): takes no inode lock.
-                    let _ = n.inval_inode(ino, -1, 0);
-                }
+                self.attrs_changed(ino, &w);
                 reply.written(w.len)
             }
             Err(e) => reply.error(errno(e)),
@@ -632,8 +637,8 @@ impl Filesystem for FuseFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -641,7 +646,13 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let _op = metrics::global().op("fallocate");
-        empty(self.fs.fallocate(fh.0, offset, length, mode), reply)
+        match self.fs.fallocate(fh.0, offset, length, mode, caller(req)) {
+            Ok(w) => {
+                self.attrs_changed(ino, &w);
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn lseek(
@@ -660,7 +671,10 @@ impl Filesystem for FuseFs {
             // The kernel answers the others itself.
             _ => return reply.error(FErrno::from_i32(libc::EINVAL)),
         };
-        match self.fs.seek_data(fh.0, offset.max(0) as u64, data) {
+        if offset < 0 {
+            return reply.error(FErrno::from_i32(libc::ENXIO));
+        }
+        match self.fs.seek_data(fh.0, offset as u64, data) {
             Ok(o) => reply.offset(o as i64),
             Err(e) => reply.error(errno(e)),
         }

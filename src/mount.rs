@@ -200,21 +200,63 @@ fn clean_stale_mount(mountpoint: &Path) -> Result<()> {
     }
 }
 
+/// What is mounted at a path (the topmost mount there).
+pub struct MountEntry {
+    pub fstype: String,
+    pub source: String,
+}
+
+impl MountEntry {
+    /// A tshs mount: type `fuse.tshs`, or `fuse` from source `tshs` (a
+    /// fusermount that dropped the subtype, or a mount before tshs named it).
+    pub fn is_tshs(&self) -> bool {
+        self.source == "tshs" && matches!(self.fstype.as_str(), "fuse.tshs" | "fuse")
+    }
+}
+
+/// The mount at `path` (absolute), from `/proc/self/mountinfo`.
+pub fn mounted_at(path: &Path) -> Option<MountEntry> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // mountinfo: id parent dev root MOUNTPOINT opts… - FSTYPE source superopts
+    info.lines().rev().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mp = unescape(left.split(' ').nth(4)?);
+        let mut f = right.split(' ');
+        let (fstype, source) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+        (Path::new(&mp) == path).then(|| MountEntry {
+            fstype: fstype.into(),
+            source: source.into(),
+        })
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A second tshs mount on top of a live one would hide it (and mount it
-/// again with other options): refused. fuser's own mounts (before the type
-/// was `fuse.tshs`) show as type `fuse` from source `tshs`.
+/// again with other options): refused.
 fn refuse_double_mount(mountpoint: &Path) -> Result<()> {
     let Ok(path) = mountpoint.canonicalize() else {
         return Ok(());
     };
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let taken = mounts.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        f.len() > 2
-            && Path::new(&unescape_mount_field(f[1])) == path
-            && (f[2] == "fuse.tshs" || (f[2] == "fuse" && f[0] == "tshs"))
-    });
-    if taken {
+    if mounted_at(&path).is_some_and(|m| m.is_tshs()) {
         bail!(
             "{} is already a tshs mount (unmount it first: umount {})",
             path.display(),
@@ -222,29 +264,6 @@ fn refuse_double_mount(mountpoint: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// /proc/mounts writes space, tab, newline and backslash as `\ooo`.
-fn unescape_mount_field(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|o| o.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(o) if b[i] == b'\\' => {
-                out.push(o.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
-                i += 4;
-            }
-            _ => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
@@ -368,10 +387,14 @@ fn serve(
     let mut config = Config::default();
     config.acl = acl;
     config.n_threads = Some(opts.threads);
-    let mut session = match mount_fuse_tshs(mountpoint, opts)
-        .with_context(|| format!("cannot mount {}", mountpoint.display()))?
-    {
-        Some(fd) => fuser::Session::from_fd(fuse_fs, fd, acl, config),
+    let own_mount = mount_fuse_tshs(mountpoint, opts)
+        .with_context(|| format!("cannot mount {}", mountpoint.display()))?;
+    let ours = own_mount.is_some();
+    let mut session = match own_mount {
+        Some(fd) => fuser::Session::from_fd(fuse_fs, fd, acl, config).inspect_err(|_| {
+            // A mount whose daemon never came up would answer ENOTCONN.
+            let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        }),
         None => {
             // Not root: fusermount3 mounts it (and names the type fuse.tshs itself).
             config.mount_options = vec![
@@ -402,9 +425,10 @@ fn serve(
                 log::info!("{sig:?}: unmounting");
                 // A mount of our own (root) is unmounted here; fuser's
                 // unmounter handles one fusermount3 made.
-                let r = match nix::mount::umount(&target) {
-                    Err(nix::errno::Errno::EINVAL) => unmounter.unmount(),
-                    r => r.map_err(std::io::Error::from),
+                let r = if ours {
+                    nix::mount::umount(&target).map_err(std::io::Error::from)
+                } else {
+                    unmounter.unmount()
                 };
                 if let Err(e) = r {
                     log::error!("unmount failed: {e}");
@@ -476,8 +500,10 @@ mod tests {
         assert!(o.allow_other && o.read_only);
         assert_eq!(o.ttl, Duration::from_millis(500));
         assert_eq!(o.cache_bytes, 64 << 20);
-        assert_eq!(unescape_mount_field("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape_mount_field("/plain"), "/plain");
+        assert_eq!(unescape(r"/mnt/a\040b"), "/mnt/a b");
+        assert_eq!(unescape(r"/mnt/x\134y"), r"/mnt/x\y");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape(r"/end\04"), r"/end\04");
         for bad in [
             "bogus",
             "ttl",

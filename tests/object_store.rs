@@ -308,7 +308,7 @@ fn moved_files_read_back_and_come_back_on_write() {
     );
 
     let out = c.ok(&["move-to-s3", "--settle", "0"]);
-    assert!(out.contains("move-to-s3: 6 files, 12."), "{out}");
+    assert!(out.contains("move-to-s3: 6 files, 11.96 MiB"), "{out}");
     let moved = ["a.bin", "b.bin", "dir/c.bin", "e.bin", "d.sparse"];
     let st = states(&c, 3);
     for f in moved {

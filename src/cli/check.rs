@@ -172,21 +172,10 @@ fn probe_mount(path: &Path) -> Answer {
             .map_err(|e| e.to_string())?
             .join(path)
     };
-    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-    // mountinfo: id parent dev root MOUNTPOINT opts… - FSTYPE source superopts
-    let fstype = info.lines().rev().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        let mp = unescape(left.split(' ').nth(4)?);
-        let mut f = right.split(' ');
-        let (fstype, source) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
-        (Path::new(&mp) == abs).then(|| format!("{fstype} {source}"))
-    });
-    // The mount names itself `tshs` (source) and subtype `tshs`, which
-    // fusermount may drop (`fuse` alone).
-    match fstype.as_deref() {
+    match crate::mount::mounted_at(&abs) {
         None => return Err("not mounted".into()),
-        Some("fuse.tshs tshs" | "fuse tshs") => {}
-        Some(other) => return Err(format!("not a tshs mount ({other})")),
+        Some(m) if m.is_tshs() => {}
+        Some(m) => return Err(format!("not a tshs mount ({} {})", m.fstype, m.source)),
     }
     let t = Instant::now();
     std::fs::metadata(&abs).map_err(|e| e.to_string())?;
@@ -194,26 +183,6 @@ fn probe_mount(path: &Path) -> Answer {
         e.map_err(|e| e.to_string())?;
     }
     Ok(ms(t))
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What the probes found, turned into a state, a line and perfdata.
@@ -405,14 +374,6 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape(r"/mnt/a\040b"), "/mnt/a b");
-        assert_eq!(unescape(r"/mnt/x\134y"), r"/mnt/x\y");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape(r"/end\04"), r"/end\04");
-    }
 
     #[test]
     fn thresholds() {

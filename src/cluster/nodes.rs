@@ -176,7 +176,10 @@ impl Cluster {
         self.shards.lock().unwrap().remove(&id);
         // The node is gone from the cluster; dropping its (empty) tables is a
         // courtesy, so an unreachable database does not fail the command.
-        if let Ok(s) = Shard::connect(id, &node.conn, 1) {
+        // Forced, only a database that answers and holds no space loses them.
+        if let Ok(s) = Shard::connect(id, &node.conn, 1)
+            && (!force || s.totals().is_ok_and(|t| t.spaces == 0))
+        {
             let _ = shard::drop_tables(s.db());
         }
         Ok(())

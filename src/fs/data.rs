@@ -1128,11 +1128,27 @@ pub fn zero_range(
     to: u64,
 ) -> Result<u64, mysql::Error> {
     if from < to {
-        let first = from - from % E;
-        let rows: Vec<(u64, Vec<u8>)> = tx.exec(
-            "SELECT off, data FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ? FOR UPDATE",
-            (space, ino, first, to),
-        )?;
+        // Extents wholly inside go in one statement; only the (at most
+        // two) extents at the ends are read and edited.
+        let (inner_from, inner_to) = (from.div_ceil(E) * E, to - to % E);
+        if inner_from < inner_to {
+            tx.exec_drop(
+                "DELETE FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ?",
+                (space, ino, inner_from, inner_to),
+            )?;
+        }
+        let mut ends = vec![from - from % E];
+        if to - to % E != ends[0] && !to.is_multiple_of(E) {
+            ends.push(to - to % E);
+        }
+        let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
+        for off in ends {
+            let data: Option<Vec<u8>> = tx.exec_first(
+                "SELECT data FROM extents WHERE space_id = ? AND ino = ? AND off = ? FOR UPDATE",
+                (space, ino, off),
+            )?;
+            rows.extend(data.map(|d| (off, d)));
+        }
         for (off, mut data) in rows {
             let a = from.saturating_sub(off).min(data.len() as u64) as usize;
             let b = (to - off).min(data.len() as u64) as usize;

@@ -47,9 +47,6 @@ pub struct AttrChange {
     pub atime: Option<i64>,
     pub mtime: Option<i64>,
     pub ctime: i64,
-    /// The inode has an access ACL, as far as this mount knows (its xattr
-    /// cache, fresh within the attribute TTL): a mode change rewrites it.
-    pub acl: bool,
 }
 
 impl AttrChange {
@@ -62,7 +59,6 @@ impl AttrChange {
             atime: later.atime.or(self.atime),
             mtime: later.mtime.or(self.mtime),
             ctime: later.ctime,
-            acl: self.acl || later.acl,
         }
     }
 
@@ -111,31 +107,35 @@ fn update_attrs(
                 ino.into(),
             ]),
         )?;
-        if let Some(m) = c.mode
-            && c.acl
-        {
-            acl_chmod(tx, space, *ino, m)?;
-        }
     }
     Ok(())
 }
 
-/// A chmod rewrites the inode's access ACL, if it has one (see `fs::acl`).
-fn acl_chmod(tx: &mut Tx<'_>, space: u32, ino: u64, mode: u32) -> Result<(), mysql::Error> {
-    let value: Option<Vec<u8>> = tx.exec_first(
-        "SELECT value FROM xattrs WHERE space_id = ? AND ino = ? AND name = ? FOR UPDATE",
-        (space, ino, super::acl::ACCESS),
-    )?;
-    // An ACL that does not parse was stored by a mount without ACL checks
-    // (before they existed): left as it is.
-    if let Some(mut a) = value.and_then(|v| super::acl::Acl::parse(&v).ok()) {
-        a.chmod(mode);
-        tx.exec_drop(
-            "UPDATE xattrs SET value = ? WHERE space_id = ? AND ino = ? AND name = ?",
-            (a.to_bytes(), space, ino, super::acl::ACCESS),
-        )?;
-    }
-    Ok(())
+/// Clears set-user-ID/set-group-ID as `rule` decides on the locked row;
+/// the new attributes if it changed them.
+pub fn clear_setid(
+    shard: &Route,
+    space: u32,
+    ino: u64,
+    rule: SetIdRule<'_>,
+) -> FsResult<Option<Attr>> {
+    let abort = Abort::default();
+    let now = now_ns();
+    shard
+        .tx(|tx| {
+            let mut a = get_attr(tx, space, ino, true)?.ok_or_else(|| abort.fail(Errno::ENOENT))?;
+            let Some(m) = rule(a.gid, a.mode) else {
+                return Ok(None);
+            };
+            a.mode = (a.mode & libc::S_IFMT) | m;
+            a.ctime = now;
+            tx.exec_drop(
+                "UPDATE inodes SET mode = ?, ctime = ? WHERE space_id = ? AND ino = ?",
+                (a.mode, a.ctime, space, ino),
+            )?;
+            Ok(Some(a))
+        })
+        .map_err(|e| tx_errno(shard.id(), "setattr", e, &abort))
 }
 
 /// Sets (`Some`) or removes an ACL xattr; `mode_bits`, when given, become
@@ -731,8 +731,19 @@ pub fn readlink(shard: &Route, space: u32, ino: u64) -> FsResult<Vec<u8>> {
     t.ok_or(Errno::ENOENT)?.ok_or(Errno::EINVAL)
 }
 
-/// Changes attributes; a size change truncates or extends (with a hole).
-pub fn setattr(shard: &Route, space: u32, ino: u64, s: &SetAttr) -> FsResult<Attr> {
+/// Which permission bits a change of the data by the caller leaves, given
+/// the file's group and mode (see `Caller::setid_cleared`).
+pub type SetIdRule<'a> = &'a dyn Fn(u32, u32) -> Option<u32>;
+
+/// Changes attributes; a size change truncates or extends (with a hole)
+/// and may clear set-user-ID/set-group-ID (`clear_setid`, on the row read).
+pub fn setattr(
+    shard: &Route,
+    space: u32,
+    ino: u64,
+    s: &SetAttr,
+    clear_setid: SetIdRule<'_>,
+) -> FsResult<Attr> {
     let abort = Abort::default();
     let now = now_ns();
     shard
@@ -759,7 +770,12 @@ pub fn setattr(shard: &Route, space: u32, ino: u64, s: &SetAttr) -> FsResult<Att
             if let Some(m) = s.mode {
                 a.mode = (a.mode & libc::S_IFMT) | (m & 0o7777);
                 a.ctime = now;
-                acl_chmod(tx, space, ino, m)?;
+            }
+            if s.size.is_some()
+                && let Some(m) = clear_setid(a.gid, a.mode)
+            {
+                a.mode = (a.mode & libc::S_IFMT) | m;
+                a.ctime = now;
             }
             if let Some(u) = s.uid {
                 a.uid = u;

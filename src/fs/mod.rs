@@ -11,6 +11,7 @@
 pub mod acl;
 pub mod attr;
 pub mod cache;
+pub mod caller;
 pub mod data;
 pub mod error;
 pub mod meta;
@@ -67,44 +68,7 @@ impl Default for FsConfig {
     }
 }
 
-/// Who is calling.
-#[derive(Clone, Copy, Debug)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    /// The calling thread (0 when unknown).
-    pub pid: u32,
-}
-
-impl Caller {
-    /// Whether the caller holds `CAP_FSETID`, which lets a write or a
-    /// truncate keep a file's set-user-ID and set-group-ID bits. Asked only
-    /// of files that have them, so reading `/proc` costs nothing in the
-    /// common case; without `/proc`, root is taken to hold it.
-    pub fn may_keep_setid(&self) -> bool {
-        const CAP_FSETID: u32 = 4;
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid));
-        let eff = status.ok().and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        });
-        match eff {
-            Some(caps) if self.pid != 0 => caps & (1 << CAP_FSETID) != 0,
-            _ => self.uid == 0,
-        }
-    }
-
-    /// Whether `gid` is the caller's group or one of its supplementary groups.
-    pub fn in_group(&self, gid: u32) -> bool {
-        gid == self.gid
-            || std::fs::read_to_string(format!("/proc/{}/status", self.pid)).is_ok_and(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Groups:"))
-                    .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
-            })
-    }
-}
+pub use caller::Caller;
 
 /// What `write` hands back to the kernel adapter.
 pub struct Written {
@@ -523,12 +487,6 @@ impl Fs {
         let shard = self.shard_rw(space)?;
         if s.size.is_none() {
             let mut a = self.getattr(ino)?;
-            // A chmod rewrites an access ACL, which the kernel asks for
-            // again at once: not deferred then.
-            let acl = s.mode.is_some()
-                && self
-                    .xattrs_of(ino)
-                    .is_ok_and(|x| x.iter().any(|(n, _)| n == acl::ACCESS));
             let change = meta::AttrChange {
                 mode: s.mode,
                 uid: s.uid,
@@ -536,7 +494,6 @@ impl Fs {
                 atime: s.atime,
                 mtime: s.mtime,
                 ctime: s.ctime.unwrap_or_else(now_ns),
-                acl,
             };
             let mut changes = self.changes.lock().unwrap();
             let merged = match changes.get(&(space, i)) {
@@ -547,36 +504,21 @@ impl Fs {
             drop(changes);
             change.apply(&mut a);
             self.note_owner_mode(space, i, &a);
-            if acl {
-                self.commit_now(space, i)?;
-                self.xattrs.forget(ino);
-            }
             return Ok(a);
         }
         self.commit_pending(space);
         let open = self.open.lock().unwrap().get(&(space, i)).cloned();
-        let mut s = *s;
-        if s.size.is_some() {
-            let (gid, mode) = match &open {
-                Some(o) => o.owner_mode(),
-                None => {
-                    let a = self.getattr(ino)?;
-                    (a.gid, a.mode)
-                }
-            };
-            let mode = s.mode.map_or(mode, |m| (mode & libc::S_IFMT) | m);
-            if let Some(m) = self.setid_cleared(gid, mode, caller) {
-                s.mode = Some(m);
-            }
-        }
-        let s = &s;
+        // Decided on the row the transaction locks, not on a cached mode.
+        let setid = |gid, mode| caller.setid_cleared(gid, mode);
         let a = match (open, s.size) {
             // An open file: flush, truncate and reset its buffers under its
             // lock, so no write or flush slips in between.
-            (Some(o), Some(_)) => o.rewrite(&self.cache, || meta::setattr(&shard, space, i, s)),
+            (Some(o), Some(_)) => {
+                o.rewrite(&self.cache, || meta::setattr(&shard, space, i, s, &setid))
+            }
             _ => {
                 self.cache.invalidate(space, i);
-                meta::setattr(&shard, space, i, s)
+                meta::setattr(&shard, space, i, s, &setid)
             }
         }?;
         self.note_owner_mode(space, i, &a);
@@ -589,17 +531,6 @@ impl Fs {
         if let Some(o) = self.open.lock().unwrap().get(&(space, i)) {
             o.set_owner_mode(a.gid, a.mode);
         }
-    }
-
-    /// The permission bits a write or truncate by `caller` leaves on a file
-    /// of group `gid` and `mode`, if it changes them (see
-    /// [`attr::setid_cleared`]). `/proc` is read only for files that have
-    /// set-user-ID or set-group-ID.
-    fn setid_cleared(&self, gid: u32, mode: u32, caller: Caller) -> Option<u32> {
-        if mode & (libc::S_ISUID | libc::S_ISGID) == 0 || caller.may_keep_setid() {
-            return None;
-        }
-        attr::setid_cleared(mode, || caller.in_group(gid))
     }
 
     // ---- namespace ----
@@ -649,6 +580,9 @@ impl Fs {
 
     /// The mode and ACL xattrs of a new inode in `parent` (see [`acl::inherit`]).
     fn new_mode(&self, parent: u64, mode: u32, umask: u32) -> FsResult<(u32, acl::BornXattrs)> {
+        if mode & libc::S_IFMT == libc::S_IFLNK {
+            return Ok((mode, Vec::new()));
+        }
         let x = self.xattrs_of(parent)?;
         let default = x.iter().find(|(n, _)| n == acl::DEFAULT);
         Ok(acl::inherit(
@@ -1258,18 +1192,7 @@ impl Fs {
     /// for cached writes keeps set-group-ID that Linux clears.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], caller: Caller) -> FsResult<Written> {
         let (node, append) = self.handle(fh)?;
-        let (gid, mode) = node.owner_mode();
-        let kill = self.setid_cleared(gid, mode, caller);
-        if let Some(mode) = kill {
-            // Rare (only files with those bits): committed before the data.
-            let ino = Node::Space(node.space, node.ino).ino();
-            let chmod = SetAttr {
-                mode: Some(mode),
-                ..Default::default()
-            };
-            self.setattr(ino, &chmod, caller)?;
-            self.commit_now(node.space, node.ino)?;
-        }
+        let mode_changed = self.clear_setid(&node, caller)?;
         let tid = caller.pid;
         // A write after a deferred utimes sets mtime anew, as it would on disk.
         if let Some(c) = self
@@ -1293,14 +1216,44 @@ impl Fs {
         }
         Ok(Written {
             len: data.len() as u32,
-            mode_changed: kill.is_some(),
+            mode_changed,
         })
+    }
+
+    /// A write (or fallocate) by `caller` clears set-user-ID and
+    /// set-group-ID as on a local disk; returns whether it did. Rare: only
+    /// files this mount saw with those bits go to the database, which
+    /// decides on the row it locks (so a chmod meanwhile is not undone).
+    /// Committed before the data, after what this mount buffered.
+    fn clear_setid(&self, node: &OpenInode, caller: Caller) -> FsResult<bool> {
+        let (_, mode) = node.owner_mode();
+        if mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+            return Ok(false);
+        }
+        self.commit_now(node.space, node.ino)?;
+        let cleared = meta::clear_setid(&node.shard, node.space, node.ino, &|gid, mode| {
+            caller.setid_cleared(gid, mode)
+        })?;
+        match cleared {
+            Some(a) => {
+                node.set_owner_mode(a.gid, a.mode);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// fallocate(2): mode 0 and `KEEP_SIZE` (nothing to reserve: the file
     /// grows unless `KEEP_SIZE`), `PUNCH_HOLE | KEEP_SIZE`, `ZERO_RANGE`
     /// (with or without `KEEP_SIZE`); any other mode is `EOPNOTSUPP`.
-    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+    pub fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        caller: Caller,
+    ) -> FsResult<Written> {
         const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
         const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
@@ -1325,10 +1278,14 @@ impl Fs {
         let (space, i) = (node.space, node.ino);
         let shard = self.shard_rw(space)?;
         self.commit_pending(space);
+        let mode_changed = self.clear_setid(&node, caller)?;
         node.rewrite(&self.cache, || {
             meta::fallocate(&shard, space, i, (offset, length), zero, extend)
         })?;
-        Ok(())
+        Ok(Written {
+            len: 0,
+            mode_changed,
+        })
     }
 
     /// lseek(2) with `SEEK_DATA` or `SEEK_HOLE`, from the extent map (what
@@ -1463,10 +1420,8 @@ impl Fs {
             let bits = (!parsed.is_empty()).then(|| parsed.mode_bits());
             // As chmod would: a caller outside the file's group loses its
             // set-group-ID bit.
-            let kill_sgid = bits.is_some()
-                && a.mode & libc::S_ISGID != 0
-                && !caller.in_group(a.gid)
-                && !caller.may_keep_setid();
+            let kill_sgid =
+                bits.is_some() && a.mode & libc::S_ISGID != 0 && caller.loses_sgid(a.gid);
             let r = meta::set_acl(
                 &shard,
                 s,
@@ -1526,10 +1481,21 @@ impl Fs {
                 e
             }
         })?;
-        x.iter()
+        let v = x
+            .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.clone())
-            .ok_or(Errno::ENODATA)
+            .ok_or(Errno::ENODATA)?;
+        // The mode is the truth for an access ACL's owner, mask (or group)
+        // and other entries: a chmod (from any mount, deferred or not)
+        // needs no rewrite of the stored ACL, and the two never disagree.
+        if name == acl::ACCESS
+            && let Ok(mut a) = acl::Acl::parse(&v)
+        {
+            a.chmod(self.getattr(ino)?.mode);
+            return Ok(a.to_bytes());
+        }
+        Ok(v)
     }
 
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {

@@ -115,27 +115,38 @@ pub const NODE_RIGHTS: &[&str] = &[
 /// the tables do not exist yet).
 fn missing_rights(db: &Db) -> Result<(String, Vec<&'static str>), DbError> {
     let mut conn = db.conn()?;
+    conn.query_drop("SET @tshs_h = SUBSTRING_INDEX(CURRENT_USER(), '@', -1)")
+        .map_err(|e| db.err(e))?;
     conn.query_drop(
-        "SET @tshs_u = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), ''''),
-             @tshs_r = CONCAT('''', CURRENT_ROLE(), '''')",
+        "SET @tshs_u = CONCAT('''', LEFT(CURRENT_USER(), CHAR_LENGTH(CURRENT_USER()) - CHAR_LENGTH(@tshs_h) - 1), '''@''', @tshs_h, ''''),
+             @tshs_r = CONCAT('''', COALESCE(CURRENT_ROLE(), ''), ''''),
+             @tshs_r2 = CONCAT('''', COALESCE(CURRENT_ROLE(), ''), '''@''''')",
     )
     .map_err(|e| db.err(e))?;
     let have: Vec<String> = conn
         .query(
-            "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE IN (@tshs_u, @tshs_r)
+            "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE IN (@tshs_u, @tshs_r, @tshs_r2)
              UNION SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES
-               WHERE GRANTEE IN (@tshs_u, @tshs_r) AND DATABASE() LIKE TABLE_SCHEMA",
+               WHERE GRANTEE IN (@tshs_u, @tshs_r, @tshs_r2) AND DATABASE() LIKE TABLE_SCHEMA",
         )
         .map_err(|e| db.err(e))?;
     let user: Option<String> = conn
         .query_first("SELECT CURRENT_USER()")
         .map_err(|e| db.err(e))?;
+    let user = user.unwrap_or_default();
+    if have.iter().all(|h| h.eq_ignore_ascii_case("USAGE")) {
+        // No right visible (rights through a role not active in this
+        // session, say): the schema's own errors will tell, and a failed
+        // create drops what it made.
+        log::warn!("cannot see the rights of {user}; trying anyway");
+        return Ok((user, Vec::new()));
+    }
     let missing = NODE_RIGHTS
         .iter()
         .copied()
         .filter(|r| !have.iter().any(|h| h.eq_ignore_ascii_case(r)))
         .collect();
-    Ok((user.unwrap_or_default(), missing))
+    Ok((user, missing))
 }
 
 /// Drops every tshs table of a shard database.
