@@ -6,7 +6,10 @@
 //! them in step with the mode, as a local filesystem does:
 //! - setting an access ACL sets the permission bits from it (owner, mask or
 //!   group, other), and an ACL that says no more than the mode is not kept;
-//! - chmod rewrites the ACL's owner, mask (or group) and other entries;
+//! - the mode is the truth for those three entries: they are taken from it
+//!   whenever the ACL is read (`Fs::getxattr`), so a chmod through any
+//!   mount, deferred or not, changes them without rewriting the stored ACL,
+//!   and the two can never disagree;
 //! - a new inode in a directory with a default ACL gets that ACL, narrowed
 //!   by the mode asked for, instead of the umask (directories also inherit
 //!   the default ACL itself).
@@ -147,7 +150,7 @@ impl Acl {
         self.0.len() == 3
     }
 
-    /// chmod: the owner, mask (or group) and other entries take the new bits.
+    /// The owner, mask (or group) and other entries take the bits of `mode`.
     pub fn chmod(&mut self, mode: u32) {
         let has_mask = self.0.iter().any(|e| e.tag == MASK);
         for e in &mut self.0 {
