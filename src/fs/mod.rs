@@ -573,7 +573,12 @@ impl Fs {
                     target,
                     xattrs: &xattrs,
                 };
-                meta::create(&self.shard_rw(space)?, space, dir, name, &new)
+                let a = meta::create(&self.shard_rw(space)?, space, dir, name, &new)?;
+                if xattrs.is_empty() {
+                    // Known to have none: a create inside it asks (default ACL).
+                    self.xattrs.put_empty(a.ino);
+                }
+                Ok(a)
             }
         }
     }
