@@ -5,6 +5,7 @@ mod common;
 
 use common::{TestCluster, root_conn, server, unique};
 use mysql::prelude::Queryable;
+use tshs::shard::NODE_RIGHTS;
 
 fn tables(n: u8, db: &str) -> Vec<String> {
     root_conn(n)
@@ -169,21 +170,6 @@ fn a_database_that_is_not_empty_is_refused_and_left_alone() {
     assert_eq!(tables(2, &db), ["mine"]);
     assert_eq!(node_count(&c), 0);
 }
-
-/// The rights the README's GRANT line gives a Storage Node's user.
-const NODE_RIGHTS: &[&str] = &[
-    "SELECT",
-    "INSERT",
-    "UPDATE",
-    "DELETE",
-    "CREATE",
-    "DROP",
-    "ALTER",
-    "TRIGGER",
-    "CREATE ROUTINE",
-    "ALTER ROUTINE",
-    "EXECUTE",
-];
 
 #[test]
 fn a_user_missing_any_right_is_refused_by_name_and_nothing_is_made() {
@@ -440,22 +426,7 @@ fn access_points_jobs_and_the_shell() {
     assert!(!out.contains("tshs mount"), "{out}");
 
     // The shell: every command, help, quit; the reference's `;;` ending works.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tshs"))
-        .arg("--mysql-cfg-file")
-        .arg(&c.mycnf)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"list-jobs;;\nlist-access-points\nbogus\nquit\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = shell(&c, b"list-jobs;;\nlist-access-points\nbogus\nquit\n");
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success());
     assert!(out.contains("DELETE space=42"), "{out}");
@@ -464,9 +435,9 @@ fn access_points_jobs_and_the_shell() {
     assert!(err.contains("unrecognized subcommand 'bogus'"), "{err}");
 }
 
-#[test]
-fn shell_errors_carry_the_tshs_prefix() {
-    let c = TestCluster::with_nodes();
+/// Runs the interactive shell with `input` on its standard input.
+fn shell(c: &TestCluster, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tshs"))
         .arg("--mysql-cfg-file")
         .arg(&c.mycnf)
@@ -475,14 +446,14 @@ fn shell_errors_carry_the_tshs_prefix() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"delete-storage-node 99\nlist-jobs 'x\nquit\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn shell_errors_carry_the_tshs_prefix() {
+    let c = TestCluster::with_nodes();
+    let o = shell(&c, b"delete-storage-node 99\nlist-jobs 'x\nquit\n");
     let err = String::from_utf8_lossy(&o.stderr);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 2, "{err}");
