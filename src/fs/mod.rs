@@ -1227,12 +1227,15 @@ impl Fs {
 
     /// A write (or fallocate) by `caller` clears set-user-ID and
     /// set-group-ID as on a local disk; returns whether it did. Rare: only
-    /// files this mount saw with those bits go to the database, which
-    /// decides on the row it locks (so a chmod meanwhile is not undone).
+    /// when this mount saw bits the caller would clear does it ask the
+    /// database, which decides on the row it locks (so a chmod meanwhile
+    /// is not undone).
     /// Committed before the data, after what this mount buffered.
     fn clear_setid(&self, node: &OpenInode, caller: Caller) -> FsResult<bool> {
-        let (_, mode) = node.owner_mode();
-        if mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+        // What this mount saw first: no query for a file without the bits
+        // or a caller that keeps them (root writing a set-user-ID binary).
+        let (gid, mode) = node.owner_mode();
+        if caller.setid_cleared(gid, mode).is_none() {
             return Ok(false);
         }
         self.commit_now(node.space, node.ino)?;
