@@ -107,3 +107,39 @@ fn appends_of_another_mount_are_read_after_a_new_open_while_a_handle_stays_open(
     );
     assert_eq!(&back[300_006..], b"last\n");
 }
+
+/// tar writes a file, sets its mtime, then its ACL, then closes it: the
+/// deferred utimes committed (by the ACL, or by the committer within a
+/// second) before the buffered data, whose flush then stamped "now".
+#[test]
+fn a_utimes_before_close_survives_the_flush_of_earlier_writes() {
+    use std::os::fd::AsRawFd;
+    let c = TestCluster::with_nodes();
+    let m = c.mount();
+    let p = m.space(34).join("t");
+    fs::write(&p, b"old").unwrap();
+    let mut h = OpenOptions::new().write(true).open(&p).unwrap();
+    h.write_all(b"written, not yet flushed").unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 978_307_200,
+            tv_nsec: 0,
+        },
+    ];
+    assert_eq!(unsafe { libc::futimens(h.as_raw_fd(), times.as_ptr()) }, 0);
+    // The committer runs meanwhile; so does an xattr, which commits first.
+    std::thread::sleep(Duration::from_millis(1500));
+    sh(&format!("setfattr -n user.k -v v {}", p.display()));
+    drop(h);
+    assert_eq!(fs::metadata(&p).unwrap().mtime(), 978_307_200);
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(m);
+    let m2 = c.mount();
+    let q = m2.path().join("vol01/34/t");
+    assert_eq!(fs::metadata(&q).unwrap().mtime(), 978_307_200);
+    assert_eq!(fs::read(&q).unwrap(), b"written, not yet flushed");
+}

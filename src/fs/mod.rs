@@ -687,6 +687,7 @@ impl Fs {
                 }
                 let shard = self.shard_rw(s1)?;
                 self.commit_creates(s1);
+                self.flush_changed_files(Some(s1));
                 // Deferred attribute changes ride in the rename's transaction
                 // (rsync: chmod, chown, utimes, then rename the temporary file).
                 let order = self.change_commit.lock().unwrap();
@@ -1131,6 +1132,7 @@ impl Fs {
     /// transaction per space. A failure is logged and the changes kept for
     /// the next attempt.
     pub fn commit_changes(&self, space: Option<u32>) {
+        self.flush_changed_files(space);
         // One committer at a time, so an older snapshot never lands after a
         // newer one.
         let _order = self.change_commit.lock().unwrap();
@@ -1238,7 +1240,7 @@ impl Fs {
         if caller.setid_cleared(gid, mode).is_none() {
             return Ok(false);
         }
-        self.commit_now(node.space, node.ino)?;
+        self.commit_changes(Some(node.space));
         let cleared = meta::clear_setid(&node.shard, node.space, node.ino, &|gid, mode| {
             caller.setid_cleared(gid, mode)
         })?;
@@ -1320,16 +1322,33 @@ impl Fs {
         Ok(())
     }
 
-    /// Commits an inode's deferred attribute changes now, after the data
-    /// this mount buffered for it (so a write's mtime lands before a
-    /// utimes that came after it, as on a local disk).
-    fn commit_now(&self, space: u32, i: u64) -> FsResult<()> {
-        let open = self.open.lock().unwrap().get(&(space, i)).cloned();
-        if let Some(node) = open {
-            node.flush(&self.cache)?;
+    /// Flushes the buffered data of files (of one space or all) whose
+    /// attributes have deferred changes, before those commit: the data's
+    /// commit sets mtime, and a utimes that came after the write (tar:
+    /// write, utimes, chmod, setxattr, then close) must land after it, as
+    /// on a local disk. Rare: a file still being written whose times or
+    /// mode changed. A failed flush is reported at close or fsync.
+    fn flush_changed_files(&self, space: Option<u32>) {
+        let keys: Vec<(u32, u64)> = self
+            .changes
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(s, _)| space.is_none_or(|x| x == *s))
+            .copied()
+            .collect();
+        if keys.is_empty() {
+            return;
         }
-        self.commit_changes(Some(space));
-        Ok(())
+        let nodes: Vec<Arc<OpenInode>> = {
+            let open = self.open.lock().unwrap();
+            keys.iter().filter_map(|k| open.get(k).cloned()).collect()
+        };
+        for n in nodes {
+            if n.local_size().is_some() {
+                let _ = n.flush(&self.cache);
+            }
+        }
     }
 
     pub fn release(&self, fh: u64) -> FsResult<()> {
