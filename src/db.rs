@@ -125,26 +125,40 @@ impl Db {
         &self,
         mut f: impl FnMut(&mut Transaction<'_>) -> Result<T, mysql::Error>,
     ) -> Result<T, TxError> {
+        self.tx_body(|tx| f(tx).map_err(Body::Sql))
+            .map_err(Failed::into_tx)
+    }
+
+    /// Like [`Db::tx`], for a body that may also fail with its own verdict
+    /// `E` (rolled back, not retried, handed back as [`Failed::Abort`]).
+    pub fn tx_body<T, E>(
+        &self,
+        mut f: impl FnMut(&mut Transaction<'_>) -> Result<T, Body<E>>,
+    ) -> Result<T, Failed<E>> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let r = (|| -> Result<T, TxError> {
-                let mut conn = self.conn().map_err(TxError::Db)?;
+            let r = (|| -> Result<T, Failed<E>> {
+                let mut conn = self.conn().map_err(|e| Failed::Tx(TxError::Db(e)))?;
                 let mut tx = conn
                     .start_transaction(TxOpts::default())
-                    .map_err(|e| TxError::Db(self.err(e)))?;
-                let v = f(&mut tx).map_err(|e| self.tx_err(e))?;
-                tx.commit().map_err(|e| TxError::Commit(self.err(e)))?;
+                    .map_err(|e| Failed::Tx(TxError::Db(self.err(e))))?;
+                let v = f(&mut tx).map_err(|e| match e {
+                    Body::Sql(e) => Failed::Tx(self.tx_err(e)),
+                    Body::Abort(e) => Failed::Abort(e),
+                })?;
+                tx.commit()
+                    .map_err(|e| Failed::Tx(TxError::Commit(self.err(e))))?;
                 Ok(v)
             })();
             match r {
-                Err(TxError::Retry(_) | TxError::Db(DbError::Unreachable { .. }))
+                Err(Failed::Tx(TxError::Retry(_) | TxError::Db(DbError::Unreachable { .. })))
                     if attempt < RETRIES =>
                 {
                     std::thread::sleep(Duration::from_millis(BACKOFF_MS[attempt - 1]));
                     continue;
                 }
-                Err(TxError::Retry(e)) => return Err(TxError::Db(e)),
+                Err(Failed::Tx(TxError::Retry(e))) => return Err(Failed::Tx(TxError::Db(e))),
                 other => return other,
             }
         }
@@ -227,6 +241,37 @@ impl TxError {
     pub fn into_db(self) -> DbError {
         match self {
             TxError::Db(e) | TxError::Retry(e) | TxError::Sql(_, _, e) | TxError::Commit(e) => e,
+        }
+    }
+}
+
+/// A transaction body's failure: an SQL error (which may make the whole
+/// transaction run again) or the body's own verdict.
+#[derive(Debug)]
+pub enum Body<E> {
+    Sql(mysql::Error),
+    Abort(E),
+}
+
+impl<E> From<mysql::Error> for Body<E> {
+    fn from(e: mysql::Error) -> Self {
+        Body::Sql(e)
+    }
+}
+
+/// A failed transaction whose body may abort: the database failed, or the
+/// body decided so (nothing was committed).
+#[derive(Debug)]
+pub enum Failed<E> {
+    Tx(TxError),
+    Abort(E),
+}
+
+impl Failed<std::convert::Infallible> {
+    pub fn into_tx(self) -> TxError {
+        match self {
+            Failed::Tx(e) => e,
+            Failed::Abort(never) => match never {},
         }
     }
 }

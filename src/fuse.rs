@@ -15,7 +15,7 @@ use fuser::{
 };
 
 use crate::fs::meta::SetAttr;
-use crate::fs::{Attr, Caller, Errno, Fs, FsResult, Opened, Written, now_ns};
+use crate::fs::{Attr, Caller, Error, Fs, FsResult, Opened, Written, now_ns};
 use crate::metrics;
 
 pub struct FuseFs {
@@ -32,9 +32,9 @@ pub struct FuseFs {
     pub notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
-fn errno(e: Errno) -> FErrno {
-    metrics::global().error(metrics::current_op(), e.0);
-    FErrno::from_i32(e.0)
+fn errno(e: Error) -> FErrno {
+    metrics::global().error(metrics::current_op(), e.errno());
+    FErrno::from_i32(e.errno())
 }
 
 fn time(ns: i64) -> SystemTime {

@@ -10,6 +10,7 @@
 //! [`space_server`] serves the mounted tree over HTTP as plain files.
 
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod db;

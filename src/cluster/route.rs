@@ -24,8 +24,8 @@ use mysql::{PooledConn, Transaction};
 
 use super::Cluster;
 use super::access_points::Liveness;
-use crate::db::{DbError, TxError};
-use crate::shard::{FENCE_MESSAGE, Shard};
+use crate::db::{Body, DbError, Failed, TxError};
+use crate::shard::{Access, FENCE_MESSAGE, Shard};
 
 /// How long a write waits for a move's cut-over before it fails. A cut-over
 /// takes well under a second; this covers a copy-shards process that died
@@ -202,30 +202,67 @@ impl Route {
         &self,
         mut f: impl FnMut(&mut Transaction<'_>) -> Result<T, mysql::Error>,
     ) -> Result<T, TxError> {
+        self.tx_body(|tx| f(tx).map_err(Body::Sql))
+            .map_err(Failed::into_tx)
+    }
+
+    /// Like [`Route::tx`], for a body that may abort with its own error.
+    pub fn tx_body<T, E>(
+        &self,
+        mut f: impl FnMut(&mut Transaction<'_>) -> Result<T, Body<E>>,
+    ) -> Result<T, Failed<E>> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(10);
         loop {
             let r = {
                 let _running = self.router.enter();
-                let node = self.router.node_of(self.space).map_err(TxError::Db)?;
-                let shard = self.router.shard(node).map_err(TxError::Db)?;
+                let node = self
+                    .router
+                    .node_of(self.space)
+                    .map_err(|e| Failed::Tx(TxError::Db(e)))?;
+                let shard = self
+                    .router
+                    .shard(node)
+                    .map_err(|e| Failed::Tx(TxError::Db(e)))?;
                 let t = Instant::now();
-                let r = shard.tx(&mut f);
-                crate::metrics::global().db(node, t, r.is_ok());
+                let r = shard.db().tx_body(&mut f);
+                crate::metrics::global().db(node, t, !matches!(r, Err(Failed::Tx(_))));
                 r
             };
             match r {
-                Err(TxError::Sql(_, ref msg, _)) if is_fenced(msg) => {
+                Err(Failed::Tx(TxError::Sql(_, ref msg, _))) if is_fenced(msg) => {
                     if start.elapsed() > MOVE_WAIT {
                         return r;
                     }
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(200));
-                    self.router.lookup(self.space).map_err(TxError::Db)?;
+                    self.router
+                        .lookup(self.space)
+                        .map_err(|e| Failed::Tx(TxError::Db(e)))?;
                 }
                 other => return other,
             }
         }
+    }
+}
+
+impl Access for Route {
+    fn node(&self) -> u32 {
+        self.id()
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnMut(&mut PooledConn) -> Result<T, mysql::Error>,
+    ) -> Result<T, DbError> {
+        Route::read(self, f)
+    }
+
+    fn tx_body<T, E>(
+        &self,
+        f: impl FnMut(&mut Transaction<'_>) -> Result<T, Body<E>>,
+    ) -> Result<T, Failed<E>> {
+        Route::tx_body(self, f)
     }
 }
 

@@ -209,3 +209,9 @@ impl Cluster {
         Ok(store)
     }
 }
+
+impl crate::shard::Stores for Cluster {
+    fn object_store(&self, host: u32) -> Result<Arc<S3Store>> {
+        Cluster::object_store(self, host)
+    }
+}

@@ -14,7 +14,7 @@
 //!   by the mode asked for, instead of the umask (directories also inherit
 //!   the default ACL itself).
 
-use super::error::{Errno, FsResult};
+use super::error::{Error, FsResult};
 
 pub const ACCESS: &[u8] = b"system.posix_acl_access";
 pub const DEFAULT: &[u8] = b"system.posix_acl_default";
@@ -49,10 +49,10 @@ impl Acl {
     /// within `rwx`. Anything else is `EINVAL`.
     pub fn parse(v: &[u8]) -> FsResult<Acl> {
         if v.len() < 4 || !(v.len() - 4).is_multiple_of(8) {
-            return Err(Errno::EINVAL);
+            return Err(Error::EINVAL);
         }
         if u32::from_le_bytes(v[..4].try_into().unwrap()) != VERSION {
-            return Err(Errno::EOPNOTSUPP);
+            return Err(Error::EOPNOTSUPP);
         }
         let entries: Vec<Entry> = v[4..]
             .chunks_exact(8)
@@ -72,14 +72,14 @@ impl Acl {
         let (mut objs, mut named, mut mask) = (0, false, false);
         for e in &entries {
             if e.perm & !7 != 0 {
-                return Err(Errno::EINVAL);
+                return Err(Error::EINVAL);
             }
             let rank = order
                 .iter()
                 .position(|t| *t == e.tag)
-                .ok_or(Errno::EINVAL)?;
+                .ok_or(Error::EINVAL)?;
             if rank < at {
-                return Err(Errno::EINVAL);
+                return Err(Error::EINVAL);
             }
             if rank != at {
                 last_id = None;
@@ -88,7 +88,7 @@ impl Acl {
             match e.tag {
                 USER | GROUP => {
                     if e.id == UNDEFINED_ID || last_id.is_some_and(|l| e.id <= l) {
-                        return Err(Errno::EINVAL);
+                        return Err(Error::EINVAL);
                     }
                     last_id = Some(e.id);
                     named = true;
@@ -96,7 +96,7 @@ impl Acl {
                 tag => {
                     // One each: a second would not move `at` on.
                     if last_id.is_some() {
-                        return Err(Errno::EINVAL);
+                        return Err(Error::EINVAL);
                     }
                     last_id = Some(0);
                     if tag == MASK {
@@ -108,7 +108,7 @@ impl Acl {
             }
         }
         if objs != 3 || (named && !mask) {
-            return Err(Errno::EINVAL);
+            return Err(Error::EINVAL);
         }
         Ok(Acl(entries))
     }
@@ -280,7 +280,7 @@ mod tests {
             vec![2, 0, 0, 0, 1],
             vec![],
         ] {
-            assert_eq!(Acl::parse(&bad), Err(Errno::EINVAL), "{bad:?}");
+            assert_eq!(Acl::parse(&bad), Err(Error::EINVAL), "{bad:?}");
         }
         assert!(Acl::parse(&2u32.to_le_bytes()).unwrap().is_empty());
     }

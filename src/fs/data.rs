@@ -1,5 +1,5 @@
-//! File data: open inodes with their write buffers, reads through the cache
-//! with read-ahead, and the extent SQL.
+//! File data: open inodes with their write buffers, and reads through the
+//! cache with read-ahead.
 //!
 //! Every handle of one inode in this mount shares one [`OpenInode`], so a
 //! read sees what another handle of the same process wrote, as on a local
@@ -17,22 +17,22 @@
 //! for extents (so a move between two reads is seen at once) and fetch the
 //! span with a ranged GET instead, cached and read ahead like extents. The
 //! first write, append or truncate brings the file back into the database
-//! inside its own transaction ([`recall`]): POSIX semantics do not change.
+//! inside its own transaction ([`extents::recall`]): POSIX semantics do not
+//! change. The statements are the Storage Node's ([`crate::shard::extents`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crossbeam_channel::Sender;
-use mysql::Transaction;
-use mysql::prelude::Queryable;
 
 use super::attr::Attr;
 use super::cache::DataCache;
-use super::error::{Abort, Errno, FsResult, tx_errno};
+use super::error::{Error, FsResult, store_failed};
 use super::now_ns;
 use crate::cluster::Route;
 use crate::shard::EXTENT_SIZE;
+use crate::shard::extents::{self, Buffered, NewName, Span};
 
 const E: u64 = EXTENT_SIZE;
 /// Largest file: writes beyond fail with `EFBIG`.
@@ -127,7 +127,7 @@ pub struct FileState {
     /// Set until the file's rows are committed.
     pending: Option<Arc<PendingCreate>>,
     /// The failure of a background flush, owed to the next flush/fsync/close.
-    flush_error: Option<Errno>,
+    flush_error: Option<Error>,
     /// Cache generation of this file's data.
     pub generation: u64,
     /// End of the last read, for sequential detection.
@@ -425,55 +425,28 @@ impl OpenInode {
     /// The extents in `[first, last)` (holes missing), from the database
     /// or, for a file in the object store, from its object.
     fn load_span(&self, first: u64, last: u64) -> FsResult<Vec<(u64, Vec<u8>)>> {
-        // One query: the extents, or the object if the file has moved.
-        type Row = (Option<u64>, Vec<u8>, Option<u32>, Option<u64>, Option<i64>);
-        let query = || -> FsResult<Vec<Row>> {
-            self.shard
-                .read(|c| {
-                    c.exec(
-                        "SELECT off, data, NULL, NULL, NULL FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ?
-                         UNION ALL
-                         SELECT NULL, COALESCE(s3_key, import_path), s3_host, size, import_mtime FROM inodes
-                         WHERE space_id = ? AND ino = ? AND (s3_key IS NOT NULL OR import_path IS NOT NULL)",
-                        (self.space, self.ino, first, last, self.space, self.ino),
-                    )
-                })
-                .map_err(|e| super::error::db_failed(self.shard.id(), "read", e))
-        };
-        let mut rows = query()?;
         let mut attempt = 0;
         loop {
-            if let Some((_, path, _, Some(size), mtime)) =
-                rows.iter().find(|r| r.0.is_none() && r.2.is_none())
-            {
-                // Not imported yet: read from the on-disk tree.
-                let file = crate::import::DiskFile::new(path, *size, *mtime);
-                let data = crate::import::read_span(&file, first, last)
-                    .map_err(|e| super::error::store_failed(self.space, self.ino, e))?;
-                return Ok(extents_of(first, &data));
-            }
-            let object = rows.iter().find_map(|r| match r {
-                (None, key, Some(host), Some(size), _) => Some((*host, key.clone(), *size)),
-                _ => None,
-            });
-            let Some((host, key, size)) = object else {
-                let mut out: Vec<(u64, Vec<u8>)> = rows
-                    .into_iter()
-                    .filter_map(|(o, d, ..)| o.map(|o| (o, d)))
-                    .collect();
-                out.sort_unstable_by_key(|(o, _)| *o);
-                return Ok(out);
-            };
-            let key = String::from_utf8_lossy(&key).into_owned();
-            match self.get_object_span(host, &key, size, first, last) {
-                Ok(out) => return Ok(out),
-                // Brought back into the database (and the object deleted)
-                // since the query: look again, once.
-                Err(Some(crate::object_store::ErrorKind::NotFound)) if attempt == 0 => {
-                    attempt += 1;
-                    rows = query()?;
+            match extents::span(&self.shard, self.space, self.ino, first, last)? {
+                Span::Extents(rows) => return Ok(rows),
+                Span::Disk { path, size, mtime } => {
+                    // Not imported yet: read from the on-disk tree.
+                    let file = crate::import::DiskFile::new(&path, size, mtime);
+                    let data = crate::import::read_span(&file, first, last)
+                        .map_err(|e| store_failed(self.space, self.ino, e))?;
+                    return Ok(extents_of(first, &data));
                 }
-                Err(_) => return Err(Errno::EIO),
+                Span::Object { host, key, size } => {
+                    match self.get_object_span(host, &key, size, first, last) {
+                        Ok(out) => return Ok(out),
+                        // Brought back into the database (and the object
+                        // deleted) since the query: look again, once.
+                        Err(Some(crate::object_store::ErrorKind::NotFound)) if attempt == 0 => {
+                            attempt += 1;
+                        }
+                        Err(_) => return Err(Error::EIO),
+                    }
+                }
             }
         }
     }
@@ -493,12 +466,12 @@ impl OpenInode {
             return Ok(Vec::new());
         }
         let store = self.shard.cluster().object_store(host).map_err(|e| {
-            super::error::store_failed(self.space, self.ino, format!("S3 host {host}: {e:#}"));
+            store_failed(self.space, self.ino, format!("S3 host {host}: {e:#}"));
             None
         })?;
         let data = store.get_range(key, first, end - first).map_err(|e| {
             let kind = e.kind;
-            super::error::store_failed(self.space, self.ino, e);
+            store_failed(self.space, self.ino, e);
             Some(kind)
         })?;
         Ok(extents_of(first, &data))
@@ -514,7 +487,7 @@ impl OpenInode {
                 "prefetch of space {} inode {}: errno {}",
                 self.space,
                 self.ino,
-                e.0
+                e.errno()
             );
         }
     }
@@ -560,9 +533,9 @@ impl OpenInode {
     /// Buffers a write at `off`. Returns true when a background flush was
     /// started: the caller hands the inode to a flush worker.
     pub fn write(&self, cache: &DataCache, off: u64, data: &[u8]) -> FsResult<bool> {
-        let end = off.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        let end = off.checked_add(data.len() as u64).ok_or(Error::EFBIG)?;
         if end > MAX_FILE_SIZE {
-            return Err(Errno::EFBIG);
+            return Err(Error::EFBIG);
         }
         let _turn = self.data_turn.lock().unwrap();
         let mut st = self.state();
@@ -713,77 +686,29 @@ impl OpenInode {
         now: i64,
         pending: Option<&PendingCreate>,
     ) -> FsResult<()> {
-        let (space, ino) = (self.space, self.ino);
-        let abort = Abort::default();
-        self.shard
-            .tx(|tx| {
-                let mut fresh = false;
-                if let Some(p) = pending {
-                    // The parent must still exist (another mount may have
-                    // removed it), and a commit whose outcome was unknown may
-                    // already have created the file.
-                    let row: Option<(u32, Option<u64>)> = tx.exec_first(
-                        "SELECT p.nlink, (SELECT d.ino FROM dentries d
-                                          WHERE d.space_id = p.space_id AND d.parent = p.ino AND d.name = ?)
-                         FROM inodes p WHERE p.space_id = ? AND p.ino = ? AND p.state < 2 FOR UPDATE",
-                        (&p.name, space, p.parent),
-                    )?;
-                    match row {
-                        None | Some((0, _)) => return Err(abort.fail(Errno::ENOENT)),
-                        Some((_, Some(existing))) if existing == ino => {}
-                        Some((_, Some(_))) => return Err(abort.fail(Errno::EEXIST)),
-                        Some((_, None)) => {
-                            super::meta::insert_new(tx, space, p.parent, &p.name, &p.attr, None, &abort)?;
-                            fresh = true;
-                        }
-                    }
-                }
-                let (Some(&lo), Some(&hi)) = (bufs.keys().next(), bufs.keys().next_back()) else {
-                    return Ok(());
-                };
-                if !fresh {
-                    // Moved to the object store since we loaded our buffers:
-                    // back into the database first (same bytes: a move
-                    // needs the file unchanged).
-                    recall(tx, &self.shard, space, ino, true, &abort)?;
-                }
-                let old: BTreeMap<u64, u64> = if fresh {
-                    BTreeMap::new() // a new file has no extents yet
-                } else {
-                    tx.exec::<(u64, u64), _, _>(
-                        "SELECT off, len FROM extents WHERE space_id = ? AND ino = ? AND off BETWEEN ? AND ? FOR UPDATE",
-                        (space, ino, lo, hi),
-                    )?
-                    .into_iter()
-                    .collect()
-                };
-                let mut delta: i64 = 0;
-                for (&off, b) in bufs {
-                    let old_len = old.get(&off).copied();
-                    let appending = b.base_len > 0
-                        && b.dirty_from >= b.base_len
-                        && old_len == Some(b.base_len as u64);
-                    if appending {
-                        tx.exec_drop(
-                            "UPDATE extents SET data = CONCAT(data, ?), len = ? WHERE space_id = ? AND ino = ? AND off = ?",
-                            (&b.data[b.base_len..], b.data.len(), space, ino, off),
-                        )?;
-                    } else {
-                        tx.exec_drop(
-                            "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)
-                             ON DUPLICATE KEY UPDATE len = VALUES(len), data = VALUES(data)",
-                            (space, ino, off, b.data.len(), &b.data),
-                        )?;
-                    }
-                    delta += b.data.len() as i64 - old_len.unwrap_or(0) as i64;
-                }
-                tx.exec_drop(
-                    "UPDATE inodes SET size = GREATEST(size, ?), stored = CAST(stored AS SIGNED) + ?, mtime = ?, ctime = ?
-                     WHERE space_id = ? AND ino = ?",
-                    (size, delta, now, now, space, ino),
-                )
+        let bufs: Vec<Buffered<'_>> = bufs
+            .iter()
+            .map(|(&off, b)| Buffered {
+                off,
+                data: &b.data,
+                base_len: b.base_len,
+                dirty_from: b.dirty_from,
             })
-            .map_err(|e| tx_errno(self.shard.id(), "flush", e, &abort))
+            .collect();
+        let pending = pending.map(|p| NewName {
+            parent: p.parent,
+            name: &p.name,
+            attr: &p.attr,
+        });
+        Ok(extents::commit(
+            &self.shard,
+            self.shard.cluster(),
+            (self.space, self.ino),
+            &bufs,
+            size,
+            now,
+            pending,
+        )?)
     }
 
     /// After a commit: the written extents become clean cached data.
@@ -821,24 +746,15 @@ impl OpenInode {
         drop(self.flush_locked(cache, self.state())?);
         let (space, ino, now) = (self.space, self.ino, now_ns());
         self.appending.store(true, Ordering::Release);
-        let abort = Abort::default();
-        let eof = self
-            .shard
-            .tx(|tx| {
-                let (eof, _) = recall(tx, &self.shard, space, ino, true, &abort)?
-                    .ok_or_else(|| abort.fail(Errno::ENOENT))?;
-                let end = eof + data.len() as u64;
-                if end > MAX_FILE_SIZE {
-                    return Err(abort.fail(Errno::EFBIG));
-                }
-                let stored = write_at(tx, space, ino, eof, data)?;
-                tx.exec_drop(
-                    "UPDATE inodes SET size = ?, stored = stored + ?, mtime = ?, ctime = ? WHERE space_id = ? AND ino = ?",
-                    (end, stored, now, now, space, ino),
-                )?;
-                Ok(eof)
-            })
-            .map_err(|e| tx_errno(self.shard.id(), "append", e, &abort));
+        let eof = extents::append(
+            &self.shard,
+            self.shard.cluster(),
+            (space, ino),
+            data,
+            now,
+            MAX_FILE_SIZE,
+        )
+        .map_err(Error::from);
         let mut st = self.state();
         self.appending.store(false, Ordering::Release);
         let eof = eof?;
@@ -930,336 +846,12 @@ impl OpenInode {
     }
 }
 
-/// Bytes of an object fetched per ranged GET while a file comes back.
-const RECALL_CHUNK: u64 = 32 * E;
-
-/// Brings files' data into the database from wherever it is (the object
-/// store or an imported disk tree), in one transaction: perform-import's
-/// step. Returns the bytes brought in (files with nothing elsewhere, or
-/// gone, count 0), or why it could not (then none was brought in).
-pub fn bring_in(route: &Route, space: u32, inos: &[u64]) -> Result<u64, String> {
-    let abort = Abort::default();
-    let r = route.tx(|tx| {
-        let mut bytes = 0;
-        for &ino in inos {
-            if let Some((size, Some(_))) = recall(tx, route, space, ino, true, &abort)? {
-                bytes += size;
-            }
-        }
-        Ok(bytes)
-    });
-    r.map_err(|e| match (abort.take_cause(), abort.take()) {
-        (Some(cause), _) => cause,
-        (None, Some(errno)) => format!("space {space}: errno {}", errno.0),
-        (None, None) => format!("storage node {}: {e}", route.id()),
-    })
-}
-
 /// `data` read from `first` on, cut into extents.
 fn extents_of(first: u64, data: &[u8]) -> Vec<(u64, Vec<u8>)> {
     data.chunks(E as usize)
         .enumerate()
         .map(|(i, d)| (first + i as u64 * E, d.to_vec()))
         .collect()
-}
-
-/// Locks the inode's row and, if its data is in the object store or still
-/// on the imported disk tree, brings it into extents (`need_data`;
-/// otherwise the file is being emptied and the data is simply let go), in
-/// the caller's transaction. An object is recorded as garbage:
-/// remove-deleted deletes it after the grace period (other mounts may still
-/// be reading it); an imported file on disk is left as it is. Returns the
-/// inode's size and, if its data was elsewhere, its new `stored`; `None` if
-/// there is no such inode. A store or disk failure aborts the transaction
-/// with `EIO`.
-pub(crate) fn recall(
-    tx: &mut Transaction<'_>,
-    route: &Route,
-    space: u32,
-    ino: u64,
-    need_data: bool,
-    abort: &Abort,
-) -> Result<Option<(u64, Option<u64>)>, mysql::Error> {
-    type Row = (
-        u64,
-        Option<u32>,
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-        Option<i64>,
-    );
-    let row: Option<Row> = tx.exec_first(
-        "SELECT size, s3_host, s3_key, import_path, import_mtime FROM inodes WHERE space_id = ? AND ino = ? FOR UPDATE",
-        (space, ino),
-    )?;
-    let Some((size, host, key, import_path, import_mtime)) = row else {
-        return Ok(None);
-    };
-    let stored = if let Some(path) = import_path {
-        let file = crate::import::DiskFile::new(&path, size, import_mtime);
-        let stored = if need_data {
-            copy_in(tx, space, ino, size, |off, n| {
-                crate::import::read_span(&file, off, off + n)
-                    .map_err(|e| abort.store_failed(space, ino, e))
-            })?
-        } else {
-            0
-        };
-        tx.exec_drop(
-            "UPDATE inodes SET import_path = NULL, import_mtime = NULL, stored = ? WHERE space_id = ? AND ino = ?",
-            (stored, space, ino),
-        )?;
-        stored
-    } else if let (Some(host), Some(key)) = (host, key) {
-        let stored = if need_data {
-            let text = String::from_utf8_lossy(&key).into_owned();
-            let store = route
-                .cluster()
-                .object_store(host)
-                .map_err(|e| abort.store_failed(space, ino, format!("S3 host {host}: {e:#}")))?;
-            copy_in(tx, space, ino, size, |off, n| {
-                store
-                    .get_range(&text, off, n)
-                    .map_err(|e| abort.store_failed(space, ino, e))
-            })?
-        } else {
-            0
-        };
-        tx.exec_drop(
-            "UPDATE inodes SET s3_host = NULL, s3_key = NULL, stored = ? WHERE space_id = ? AND ino = ?",
-            (stored, space, ino),
-        )?;
-        tx.exec_drop(
-            "INSERT INTO s3_uploads (s3_host, s3_key, space_id, ino, state, touched_at) VALUES (?, ?, ?, ?, 'garbage', ?)",
-            (host, &key, space, ino, now_ns()),
-        )?;
-        log::debug!("space {space} inode {ino}: back from S3 host {host} for a change");
-        stored
-    } else {
-        return Ok(Some((size, None)));
-    };
-    Ok(Some((size, Some(stored))))
-}
-
-/// Writes a file's whole data, read in `RECALL_CHUNK` pieces with `read`,
-/// as its extents (replacing any; all-zero extents stay holes). Returns the
-/// bytes stored.
-pub(crate) fn copy_in(
-    tx: &mut Transaction<'_>,
-    space: u32,
-    ino: u64,
-    size: u64,
-    read: impl Fn(u64, u64) -> Result<Vec<u8>, mysql::Error>,
-) -> Result<u64, mysql::Error> {
-    tx.exec_drop(
-        "DELETE FROM extents WHERE space_id = ? AND ino = ?",
-        (space, ino),
-    )?;
-    let mut stored = 0u64;
-    let mut off = 0;
-    while off < size {
-        let n = RECALL_CHUNK.min(size - off);
-        let data = read(off, n)?;
-        for (i, piece) in data.chunks(E as usize).enumerate() {
-            // All-zero extents stay holes.
-            if piece.iter().any(|b| *b != 0) {
-                tx.exec_drop(
-                    "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)",
-                    (space, ino, off + i as u64 * E, piece.len(), piece),
-                )?;
-                stored += piece.len() as u64;
-            }
-        }
-        off += n;
-    }
-    Ok(stored)
-}
-
-/// Writes `data` at `pos` where `pos` is at or past every extent's end (an
-/// append): extends the last extent with `CONCAT`, starts new ones as needed.
-/// Returns the bytes added to `stored` (data plus zero fill of gaps).
-fn write_at(
-    tx: &mut Transaction<'_>,
-    space: u32,
-    ino: u64,
-    pos: u64,
-    data: &[u8],
-) -> Result<u64, mysql::Error> {
-    let mut added = 0u64;
-    let mut p = pos;
-    let mut rest = data;
-    while !rest.is_empty() {
-        let ext = p - p % E;
-        let n = rest.len().min((ext + E - p) as usize);
-        let len: Option<u64> = tx.exec_first(
-            "SELECT len FROM extents WHERE space_id = ? AND ino = ? AND off = ? FOR UPDATE",
-            (space, ino, ext),
-        )?;
-        let have = len.unwrap_or(0);
-        let gap = (p - ext).saturating_sub(have) as usize;
-        let mut piece = vec![0u8; gap];
-        piece.extend_from_slice(&rest[..n]);
-        if len.is_some() {
-            tx.exec_drop(
-                "UPDATE extents SET data = CONCAT(LEFT(data, ?), ?), len = ? WHERE space_id = ? AND ino = ? AND off = ?",
-                (p - ext - gap as u64, &piece, p - ext + n as u64, space, ino, ext),
-            )?;
-            added += (p - ext + n as u64).saturating_sub(have);
-        } else {
-            tx.exec_drop(
-                "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)",
-                (space, ino, ext, piece.len(), &piece),
-            )?;
-            added += piece.len() as u64;
-        }
-        p += n as u64;
-        rest = &rest[n..];
-    }
-    Ok(added)
-}
-
-/// Zeroes `[from, to)`: extents wholly inside go (holes read as zeros),
-/// the ones at its ends are cut or zeroed in place. Returns the bytes still
-/// stored.
-pub fn zero_range(
-    tx: &mut Transaction<'_>,
-    space: u32,
-    ino: u64,
-    from: u64,
-    to: u64,
-) -> Result<u64, mysql::Error> {
-    if from < to {
-        // Extents wholly inside go in one statement; only the (at most
-        // two) extents at the ends are read and edited.
-        let (inner_from, inner_to) = (from.div_ceil(E) * E, to - to % E);
-        if inner_from < inner_to {
-            tx.exec_drop(
-                "DELETE FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ?",
-                (space, ino, inner_from, inner_to),
-            )?;
-        }
-        let mut ends = vec![from - from % E];
-        if to - to % E != ends[0] && !to.is_multiple_of(E) {
-            ends.push(to - to % E);
-        }
-        let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
-        for off in ends {
-            let data: Option<Vec<u8>> = tx.exec_first(
-                "SELECT data FROM extents WHERE space_id = ? AND ino = ? AND off = ? FOR UPDATE",
-                (space, ino, off),
-            )?;
-            rows.extend(data.map(|d| (off, d)));
-        }
-        for (off, mut data) in rows {
-            let a = from.saturating_sub(off).min(data.len() as u64) as usize;
-            let b = (to - off).min(data.len() as u64) as usize;
-            if a >= b {
-                continue;
-            }
-            data[a..b].fill(0);
-            // Trailing zeros need no storage: short extents read as zeros.
-            let keep = data.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1);
-            if keep == 0 {
-                tx.exec_drop(
-                    "DELETE FROM extents WHERE space_id = ? AND ino = ? AND off = ?",
-                    (space, ino, off),
-                )?;
-            } else {
-                data.truncate(keep);
-                tx.exec_drop(
-                    "UPDATE extents SET data = ?, len = ? WHERE space_id = ? AND ino = ? AND off = ?",
-                    (&data, keep, space, ino, off),
-                )?;
-            }
-        }
-    }
-    stored_bytes(tx, space, ino)
-}
-
-/// Where the next data (`SEEK_DATA`) or hole (`SEEK_HOLE`) at or after
-/// `offset` begins in a file of `size` bytes, from its extents: a missing
-/// extent, or the part of one past its length, is a hole; the end of the
-/// file is one too. `None` past the end (`ENXIO`).
-pub fn seek(
-    route: &Route,
-    space: u32,
-    ino: u64,
-    size: u64,
-    offset: u64,
-    data: bool,
-) -> FsResult<Option<u64>> {
-    if offset >= size {
-        return Ok(None);
-    }
-    // A file held elsewhere (object store, imported disk) is data throughout.
-    let elsewhere: Option<u8> = route.read(|c| {
-        c.exec_first(
-            "SELECT 1 FROM inodes WHERE space_id = ? AND ino = ? AND (s3_key IS NOT NULL OR import_path IS NOT NULL)",
-            (space, ino),
-        )
-    })?;
-    if elsewhere.is_some() {
-        return Ok(Some(if data { offset } else { size }));
-    }
-    let mut pos = offset;
-    let mut after = offset - offset % E;
-    loop {
-        let rows: Vec<(u64, u64)> = route.read(|c| {
-            c.exec(
-                "SELECT off, len FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND len > 0 ORDER BY off LIMIT 64",
-                (space, ino, after),
-            )
-        })?;
-        let Some(&(last, _)) = rows.last() else {
-            return Ok(if data { None } else { Some(pos.min(size)) });
-        };
-        for (off, len) in &rows {
-            let end = off + len;
-            if end <= pos {
-                continue;
-            }
-            if data {
-                return Ok((pos.max(*off) < size).then_some(pos.max(*off)));
-            }
-            if *off > pos {
-                return Ok(Some(pos));
-            }
-            pos = end;
-            if len % E != 0 || pos >= size {
-                // A short extent: a hole follows it (or the end).
-                return Ok(Some(pos.min(size)));
-            }
-        }
-        after = last + E;
-    }
-}
-
-/// Drops the data at and beyond `size`; returns the bytes still stored.
-pub fn truncate_extents(
-    tx: &mut Transaction<'_>,
-    space: u32,
-    ino: u64,
-    size: u64,
-) -> Result<u64, mysql::Error> {
-    let keep_from = size - size % E;
-    tx.exec_drop(
-        "DELETE FROM extents WHERE space_id = ? AND ino = ? AND off >= ?",
-        (space, ino, size.div_ceil(E) * E),
-    )?;
-    if !size.is_multiple_of(E) {
-        tx.exec_drop(
-            "UPDATE extents SET data = LEFT(data, ?), len = ? WHERE space_id = ? AND ino = ? AND off = ? AND len > ?",
-            (size - keep_from, size - keep_from, space, ino, keep_from, size - keep_from),
-        )?;
-    }
-    stored_bytes(tx, space, ino)
-}
-
-fn stored_bytes(tx: &mut Transaction<'_>, space: u32, ino: u64) -> Result<u64, mysql::Error> {
-    let stored: Option<Option<u64>> = tx.exec_first(
-        "SELECT CAST(SUM(len) AS UNSIGNED) FROM extents WHERE space_id = ? AND ino = ?",
-        (space, ino),
-    )?;
-    Ok(stored.flatten().unwrap_or(0))
 }
 
 #[cfg(test)]

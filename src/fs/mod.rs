@@ -4,7 +4,7 @@
 //! The root and the volumes exist only in the Admin Node; everything inside
 //! a space lives on the Storage Node that owns it ([`meta`] for names and
 //! attributes, [`data`] for contents). This layer knows nothing of FUSE: it
-//! takes plain arguments and returns plain values or an [`Errno`], so tests
+//! takes plain arguments and returns plain values or an [`Error`], so tests
 //! can drive it directly. Durability: every namespace change is committed
 //! before the call returns; file data at flush/fsync/close.
 
@@ -25,20 +25,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 pub use attr::{Attr, Node};
-pub use error::{Errno, FsResult};
+pub use error::{Error, FsResult};
 
 use crate::cluster::{Cluster, Route, Router, SpaceRow, SpaceStatus, VolumeRow, VolumeStatus};
 use cache::DataCache;
 use data::OpenInode;
 use meta::{NewInode, SetAttr};
 
-/// Nanoseconds since the epoch, now.
-pub fn now_ns() -> i64 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    d.as_nanos() as i64
-}
+pub use crate::clock::now_ns;
 
 /// Tunables of a mount.
 #[derive(Clone, Debug)]
@@ -284,13 +278,13 @@ impl Fs {
             drop(v);
             v = self.reload_view()?;
         }
-        let s = v.spaces.get(&space).cloned().ok_or(Errno::ENOENT)?;
+        let s = v.spaces.get(&space).cloned().ok_or(Error::ENOENT)?;
         let vol = v
             .volumes
             .iter()
             .find(|x| x.id == s.volume_id)
             .cloned()
-            .ok_or(Errno::ENOENT)?;
+            .ok_or(Error::ENOENT)?;
         Ok((s, vol))
     }
 
@@ -329,7 +323,7 @@ impl Fs {
             Ok(None) => {}
             Err(e) => {
                 log::error!("space {space}: {e:#}");
-                return Err(Errno::EIO);
+                return Err(Error::EIO);
             }
         }
         drop(self.reload_view()?);
@@ -354,7 +348,7 @@ impl Fs {
         match self.space(space) {
             Ok((s, _)) if s.status == SpaceStatus::Deactivated => {
                 log::debug!("space {space} is deactivated for a restore: refused to uid {uid}");
-                Err(Errno::EACCES)
+                Err(Error::EACCES)
             }
             _ => Ok(()),
         }
@@ -364,7 +358,7 @@ impl Fs {
     fn shard_rw(&self, space: u32) -> FsResult<Route> {
         let (_, vol) = self.space(space)?;
         if vol.status == VolumeStatus::Standby {
-            return Err(Errno::EROFS);
+            return Err(Error::EROFS);
         }
         self.shard(space)
     }
@@ -391,7 +385,7 @@ impl Fs {
             Node::Volume(v) => {
                 let view = self.view()?;
                 let Some(vol) = view.volumes.iter().find(|x| x.id == v) else {
-                    return Err(Errno::ENOENT);
+                    return Err(Error::ENOENT);
                 };
                 let t = vol.created * 1_000_000_000;
                 let n = view.spaces.values().filter(|s| s.volume_id == v).count() as u32;
@@ -413,7 +407,7 @@ impl Fs {
                     // every space in it.
                     return crate::import::dir_attr(ino, &dir).map_err(|e| {
                         log::error!("space {space}: {e:#}");
-                        Errno::EIO
+                        Error::EIO
                     });
                 }
                 let mut a = meta::getattr(&self.shard(space)?, space, i)?;
@@ -433,7 +427,7 @@ impl Fs {
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         if name.len() > meta::NAME_MAX {
-            return Err(Errno::ENAMETOOLONG);
+            return Err(Error::ENAMETOOLONG);
         }
         match Node::from_ino(parent) {
             Node::Root => {
@@ -446,7 +440,7 @@ impl Fs {
                     .volumes
                     .iter()
                     .find(|x| x.name.as_bytes() == name)
-                    .ok_or(Errno::ENOENT)?;
+                    .ok_or(Error::ENOENT)?;
                 let ino = Node::Volume(vol.id).ino();
                 drop(v);
                 self.getattr(ino)
@@ -455,10 +449,10 @@ impl Fs {
                 let id = std::str::from_utf8(name)
                     .ok()
                     .and_then(crate::cluster::parse_space_id)
-                    .ok_or(Errno::ENOENT)?;
+                    .ok_or(Error::ENOENT)?;
                 let (s, _) = self.space(id)?;
                 if s.volume_id != vol {
-                    return Err(Errno::ENOENT);
+                    return Err(Error::ENOENT);
                 }
                 self.getattr(Node::Space(id, 1).ino())
             }
@@ -482,7 +476,7 @@ impl Fs {
     /// for callers outside the group; with atomic `O_TRUNC` it sends nothing).
     pub fn setattr(&self, ino: u64, s: &SetAttr, caller: Caller) -> FsResult<Attr> {
         let Node::Space(space, i) = Node::from_ino(ino) else {
-            return Err(Errno::EPERM);
+            return Err(Error::EPERM);
         };
         let shard = self.shard_rw(space)?;
         if s.size.is_none() {
@@ -554,7 +548,7 @@ impl Fs {
                     "refused to create {:?} in the root: volumes are made with tshs create-volume",
                     String::from_utf8_lossy(name)
                 );
-                Err(Errno::EPERM)
+                Err(Error::EPERM)
             }
             Node::Volume(vol) => self.create_space(vol, name, mode & !umask, caller),
             Node::Space(space, dir) => {
@@ -562,7 +556,7 @@ impl Fs {
                 if let Some(t) = target
                     && t.len() > meta::PATH_MAX
                 {
-                    return Err(Errno::ENAMETOOLONG);
+                    return Err(Error::ENAMETOOLONG);
                 }
                 let (mode, xattrs) = self.new_mode(parent, mode, umask)?;
                 let new = NewInode {
@@ -589,7 +583,9 @@ impl Fs {
             return Ok((mode, Vec::new()));
         }
         let x = self.xattrs_of(parent)?;
-        let default = x.iter().find(|(n, _)| n == acl::DEFAULT);
+        let default = x
+            .as_ref()
+            .and_then(|x| x.iter().find(|(n, _)| n == acl::DEFAULT));
         Ok(acl::inherit(
             default.map(|(_, v)| v.as_slice()),
             mode,
@@ -604,13 +600,13 @@ impl Fs {
             log::warn!(
                 "refused to create file {text:?} directly in volume {vol}: only space directories live there"
             );
-            return Err(Errno::EPERM);
+            return Err(Error::EPERM);
         }
         let Some(id) = crate::cluster::parse_space_id(&text) else {
             log::warn!(
                 "refused mkdir {text:?} in volume {vol}: a space directory's name is its decimal space ID"
             );
-            return Err(Errno::EINVAL);
+            return Err(Error::EINVAL);
         };
         let view = self.view()?;
         let status = view
@@ -618,13 +614,13 @@ impl Fs {
             .iter()
             .find(|v| v.id == vol)
             .map(|v| v.status)
-            .ok_or(Errno::ENOENT)?;
+            .ok_or(Error::ENOENT)?;
         drop(view);
         if status == VolumeStatus::Standby {
-            return Err(Errno::EROFS);
+            return Err(Error::EROFS);
         }
         match self.cluster.space(id) {
-            Ok(Some(_)) => return Err(Errno::EEXIST),
+            Ok(Some(_)) => return Err(Error::EEXIST),
             Ok(None) => {}
             Err(e) => return Err(admin_failed(e)),
         }
@@ -633,9 +629,9 @@ impl Fs {
             .map_err(|e| {
                 log::error!("creating space {id} in volume {vol}: {e:#}");
                 if e.to_string().contains("already exists") {
-                    Errno::EEXIST
+                    Error::EEXIST
                 } else {
-                    Errno::EIO
+                    Error::EIO
                 }
             })?;
         self.drop_admin_view();
@@ -645,19 +641,19 @@ impl Fs {
 
     pub fn unlink(&self, parent: u64, name: &[u8], rmdir: bool) -> FsResult<()> {
         match Node::from_ino(parent) {
-            Node::Root => Err(Errno::EPERM),
+            Node::Root => Err(Error::EPERM),
             Node::Volume(vol) => {
                 if !rmdir {
-                    return Err(Errno::EPERM);
+                    return Err(Error::EPERM);
                 }
                 let a = self.lookup(parent, name)?;
                 let Node::Space(space, _) = Node::from_ino(a.ino) else {
-                    return Err(Errno::ENOENT);
+                    return Err(Error::ENOENT);
                 };
                 self.shard_rw(space)?;
                 self.commit_creates(space);
                 if !meta::is_empty_dir(&self.shard(space)?, space, 1)? {
-                    return Err(Errno::ENOTEMPTY);
+                    return Err(Error::ENOTEMPTY);
                 }
                 self.cluster.delete_space(space).map_err(admin_failed)?;
                 self.drop_admin_view();
@@ -683,7 +679,7 @@ impl Fs {
         match (Node::from_ino(parent), Node::from_ino(newparent)) {
             (Node::Space(s1, p1), Node::Space(s2, p2)) => {
                 if s1 != s2 {
-                    return Err(Errno::EXDEV);
+                    return Err(Error::EXDEV);
                 }
                 let shard = self.shard_rw(s1)?;
                 self.commit_creates(s1);
@@ -718,8 +714,8 @@ impl Fs {
                 }
                 r
             }
-            (Node::Space(..), _) | (_, Node::Space(..)) => Err(Errno::EXDEV),
-            _ => Err(Errno::EPERM),
+            (Node::Space(..), _) | (_, Node::Space(..)) => Err(Error::EXDEV),
+            _ => Err(Error::EPERM),
         }
     }
 
@@ -727,20 +723,20 @@ impl Fs {
         match (Node::from_ino(ino), Node::from_ino(newparent)) {
             (Node::Space(s1, i), Node::Space(s2, p)) => {
                 if s1 != s2 {
-                    return Err(Errno::EXDEV);
+                    return Err(Error::EXDEV);
                 }
                 self.commit_pending(s1);
                 meta::link(&self.shard_rw(s1)?, s1, i, p, newname)
             }
-            (Node::Space(..), _) => Err(Errno::EXDEV),
-            _ => Err(Errno::EPERM),
+            (Node::Space(..), _) => Err(Error::EXDEV),
+            _ => Err(Error::EPERM),
         }
     }
 
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         match Node::from_ino(ino) {
             Node::Space(s, i) => meta::readlink(&self.shard(s)?, s, i),
-            _ => Err(Errno::EINVAL),
+            _ => Err(Error::EINVAL),
         }
     }
 
@@ -804,7 +800,9 @@ impl Fs {
                 {
                     match self.getattr(Node::Space(id, 1).ino()) {
                         Ok(a) => out.push((u64::from(id) + 2, id.to_string().into_bytes(), a)),
-                        Err(e) => log::warn!("space {id} listed but not readable: errno {}", e.0),
+                        Err(e) => {
+                            log::warn!("space {id} listed but not readable: errno {}", e.errno())
+                        }
                     }
                 }
             }
@@ -841,7 +839,7 @@ impl Fs {
     /// [`Opened::direct`]).
     pub fn open(&self, ino: u64, flags: i32, caller: Caller) -> FsResult<Opened> {
         let Node::Space(space, i) = Node::from_ino(ino) else {
-            return Err(Errno::EISDIR);
+            return Err(Error::EISDIR);
         };
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let shard = if writing {
@@ -855,7 +853,7 @@ impl Fs {
         let asked = data::ticket();
         let (a, head) = meta::getattr_with_head(&shard, space, i, !writing)?;
         if a.is_dir() {
-            return Err(Errno::EISDIR);
+            return Err(Error::EISDIR);
         }
         let mut keep = false;
         let node = {
@@ -1039,11 +1037,11 @@ impl Fs {
         let mut tries = 0;
         loop {
             match create() {
-                Err(Errno::EEXIST) if flags & libc::O_EXCL == 0 => {}
+                Err(e) if e == Error::EEXIST && flags & libc::O_EXCL == 0 => {}
                 r => return r.map(Ok),
             }
             match self.open_existing(parent, name, flags, caller) {
-                Err(Errno::ENOENT) if tries < CREATE_TRIES => tries += 1,
+                Err(e) if e == Error::ENOENT && tries < CREATE_TRIES => tries += 1,
                 r => return r.map(Err),
             }
         }
@@ -1059,7 +1057,7 @@ impl Fs {
     ) -> FsResult<(Attr, Opened)> {
         let a = self.lookup(parent, name)?;
         if a.is_dir() {
-            return Err(Errno::EISDIR);
+            return Err(Error::EISDIR);
         }
         let opened = self.open(a.ino, flags, caller)?;
         Ok((a, opened))
@@ -1108,7 +1106,10 @@ impl Fs {
             .collect();
         for n in nodes {
             if let Err(e) = n.flush(&self.cache) {
-                log::warn!("space {space}: committing a new file failed: errno {}", e.0);
+                log::warn!(
+                    "space {space}: committing a new file failed: errno {}",
+                    e.errno()
+                );
             }
         }
     }
@@ -1148,7 +1149,7 @@ impl Fs {
                 Ok(()) => self.forget_changes(s, &list),
                 Err(e) => log::warn!(
                     "space {s}: committing attribute changes failed: errno {}",
-                    e.0
+                    e.errno()
                 ),
             }
         }
@@ -1183,7 +1184,7 @@ impl Fs {
 
     fn handle(&self, fh: u64) -> FsResult<(Arc<OpenInode>, bool)> {
         let h = self.handles.lock().unwrap();
-        let h = h.get(&fh).ok_or(Errno::EBADF)?;
+        let h = h.get(&fh).ok_or(Error::EBADF)?;
         Ok((h.node.clone(), h.append))
     }
 
@@ -1213,7 +1214,7 @@ impl Fs {
         if let Ok((_, vol)) = self.space(node.space)
             && vol.status == VolumeStatus::Standby
         {
-            return Err(Errno::EROFS);
+            return Err(Error::EROFS);
         }
         if append {
             node.append(&self.cache, data, tid)?;
@@ -1273,16 +1274,16 @@ impl Fs {
             PUNCH => (true, false),
             ZERO => (true, true),
             m if m == ZERO | KEEP_SIZE => (true, false),
-            _ => return Err(Errno::EOPNOTSUPP),
+            _ => return Err(Error::EOPNOTSUPP),
         };
         if length == 0 {
-            return Err(Errno::EINVAL);
+            return Err(Error::EINVAL);
         }
         if offset
             .checked_add(length)
             .is_none_or(|e| e > data::MAX_FILE_SIZE)
         {
-            return Err(Errno::EFBIG);
+            return Err(Error::EFBIG);
         }
         let (node, _) = self.handle(fh)?;
         let (space, i) = (node.space, node.ino);
@@ -1304,7 +1305,8 @@ impl Fs {
         let (node, _) = self.handle(fh)?;
         node.flush(&self.cache)?;
         let size = node.state().size;
-        data::seek(&node.shard, node.space, node.ino, size, offset, data)?.ok_or(Errno::ENXIO)
+        crate::shard::extents::seek(&node.shard, node.space, node.ino, size, offset, data)?
+            .ok_or(Error::ENXIO)
     }
 
     /// Makes buffered writes durable and visible (close, fsync).
@@ -1357,7 +1359,7 @@ impl Fs {
             .lock()
             .unwrap()
             .remove(&fh)
-            .ok_or(Errno::EBADF)?;
+            .ok_or(Error::EBADF)?;
         let r = h.node.flush(&self.cache);
         self.release_node(&h.node);
         r
@@ -1382,17 +1384,19 @@ impl Fs {
                 "space {}: releasing unlinked inode {}: errno {}",
                 node.space,
                 node.ino,
-                e.0
+                e.errno()
             );
         }
     }
 
     // ---- xattrs ----
 
-    fn space_node(&self, ino: u64) -> FsResult<(u32, u64)> {
+    /// The (space, inode) of an inode inside a space; `None` for the root
+    /// and the volumes, which have no xattrs of their own.
+    fn space_node(&self, ino: u64) -> Option<(u32, u64)> {
         match Node::from_ino(ino) {
-            Node::Space(s, i) => Ok((s, i)),
-            _ => Err(Errno::ENOSYS),
+            Node::Space(s, i) => Some((s, i)),
+            _ => None,
         }
     }
 
@@ -1413,9 +1417,9 @@ impl Fs {
         flags: i32,
         caller: Caller,
     ) -> FsResult<()> {
-        let (s, i) = self.space_node(ino).map_err(|_| Errno::EPERM)?;
+        let (s, i) = self.space_node(ino).ok_or(Error::EPERM)?;
         if own_xattrs::is_own(name) {
-            return Err(Errno::EPERM);
+            return Err(Error::EPERM);
         }
         self.commit_pending(s);
         let r = if name == acl::ACCESS || name == acl::DEFAULT {
@@ -1431,14 +1435,14 @@ impl Fs {
     /// an access ACL sets the permission bits and is kept only if it says
     /// more than they do; an empty one removes the ACL.
     fn set_acl(&self, ino: u64, name: &[u8], value: &[u8], caller: Caller) -> FsResult<()> {
-        let (s, i) = self.space_node(ino)?;
+        let (s, i) = self.space_node(ino).ok_or(Error::EPERM)?;
         let parsed = acl::Acl::parse(value)?;
         let a = self.getattr(ino)?;
         let shard = self.shard_rw(s)?;
         let stored = parsed.to_bytes();
         let r = if name == acl::DEFAULT {
             if !a.is_dir() {
-                return Err(Errno::EACCES);
+                return Err(Error::EACCES);
             }
             let keep = !parsed.is_empty();
             meta::set_acl(&shard, s, i, name, keep.then_some(&stored[..]), None, false)
@@ -1471,29 +1475,31 @@ impl Fs {
         };
         match r {
             // Removing an ACL that is not there.
-            Err(Errno::ENODATA) if parsed.is_empty() => Ok(()),
+            Err(e) if e == Error::ENODATA && parsed.is_empty() => Ok(()),
             r => r,
         }
     }
 
-    /// The inode's xattrs, from the cache or one query.
-    fn xattrs_of(&self, ino: u64) -> FsResult<xattr_cache::Xattrs> {
+    /// The inode's xattrs, from the cache or one query; `None` where there
+    /// are none to have (the root, the volumes).
+    fn xattrs_of(&self, ino: u64) -> FsResult<Option<xattr_cache::Xattrs>> {
         if let Some(x) = self.xattrs.get(ino) {
-            return Ok(x);
+            return Ok(Some(x));
         }
-        let (s, i) = self.space_node(ino)?;
+        let Some((s, i)) = self.space_node(ino) else {
+            return Ok(None);
+        };
         if i == 1
             && let Some(dir) = self.space(s)?.0.import_from
         {
             // Not imported yet (see `getattr`): `ls -l` asks for ACLs.
-            return crate::import::disk_xattrs(&dir).map(Arc::new).map_err(|e| {
-                log::error!("space {s}: {e:#}");
-                Errno::EIO
-            });
+            return crate::import::disk_xattrs(&dir)
+                .map(|x| Some(Arc::new(x)))
+                .map_err(|e| error::failed(format!("space {s}: {e:#}")));
         }
         let x = Arc::new(meta::xattrs(&self.shard(s)?, s, i)?);
         self.xattrs.put(ino, x.clone());
-        Ok(x)
+        Ok(Some(x))
     }
 
     /// An xattr; the mount's own ([`own_xattrs`]) as seen by thread `tid`.
@@ -1501,18 +1507,12 @@ impl Fs {
         if own_xattrs::is_own(name) {
             return self.own_xattr(ino, name, tid, caller);
         }
-        let x = self.xattrs_of(ino).map_err(|e| {
-            if e == Errno::ENOSYS {
-                Errno::ENODATA
-            } else {
-                e
-            }
-        })?;
+        let x = self.xattrs_of(ino)?.ok_or(Error::ENODATA)?;
         let v = x
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.clone())
-            .ok_or(Errno::ENODATA)?;
+            .ok_or(Error::ENODATA)?;
         // The mode is the truth for an access ACL's owner, mask (or group)
         // and other entries: a chmod (from any mount, deferred or not)
         // needs no rewrite of the stored ACL, and the two never disagree.
@@ -1526,10 +1526,8 @@ impl Fs {
     }
 
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
-        let x = match self.xattrs_of(ino) {
-            Ok(x) => x,
-            Err(Errno::ENOSYS) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
+        let Some(x) = self.xattrs_of(ino)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for (n, _) in x.iter().filter(|(n, _)| !own_xattrs::is_own(n)) {
@@ -1543,12 +1541,12 @@ impl Fs {
     fn own_xattr(&self, ino: u64, name: &[u8], tid: u32, caller: Caller) -> FsResult<Vec<u8>> {
         if name == own_xattrs::DEACTIVATED_SPACES {
             let Node::Volume(v) = Node::from_ino(ino) else {
-                return Err(Errno::ENODATA);
+                return Err(Error::ENODATA);
             };
             // Only the spaces refused to this caller, from the same view
             // that refuses them (check_caller).
             if self.sees_deactivated(caller.uid, caller.gid) {
-                return Err(Errno::ENODATA);
+                return Err(Error::ENODATA);
             }
             let view = self.view()?;
             let mut ids: Vec<u32> = view
@@ -1558,34 +1556,34 @@ impl Fs {
                 .map(|s| s.id)
                 .collect();
             if ids.is_empty() {
-                return Err(Errno::ENODATA);
+                return Err(Error::ENODATA);
             }
             ids.sort_unstable();
             let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
             return Ok(ids.join(" ").into_bytes());
         }
         let Node::Space(s, i) = Node::from_ino(ino) else {
-            return Err(Errno::ENODATA);
+            return Err(Error::ENODATA);
         };
         let node = self.open.lock().unwrap().get(&(s, i)).cloned();
         if name == own_xattrs::APPEND_OFFSET {
             let off = node.and_then(|n| n.last_append(tid));
             return off
                 .map(|o| o.to_string().into_bytes())
-                .ok_or(Errno::ENODATA);
+                .ok_or(Error::ENODATA);
         }
         // Buffered writes here bring the file back into the database at
         // their flush: the object would be stale.
         if node.is_some_and(|n| n.local_size().is_some()) {
-            return Err(Errno::ENODATA);
+            return Err(Error::ENODATA);
         }
         own_xattrs::s3_url(&self.shard(s)?, s, i)
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
-        let (s, i) = self.space_node(ino).map_err(|_| Errno::EPERM)?;
+        let (s, i) = self.space_node(ino).ok_or(Error::EPERM)?;
         if own_xattrs::is_own(name) {
-            return Err(Errno::EPERM);
+            return Err(Error::EPERM);
         }
         self.commit_pending(s);
         let r = meta::removexattr(&self.shard_rw(s)?, s, i, name);
@@ -1620,7 +1618,7 @@ impl Fs {
     }
 }
 
-fn admin_failed(e: anyhow::Error) -> Errno {
+fn admin_failed(e: anyhow::Error) -> Error {
     log::error!("admin node: {e:#}");
-    Errno::EIO
+    Error::EIO
 }

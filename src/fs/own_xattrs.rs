@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use mysql::prelude::Queryable;
 
-use super::error::{Errno, FsResult, db_failed, store_failed};
+use super::error::{Error, FsResult, db_failed, store_failed};
 use crate::cluster::Route;
 
 pub const APPEND_OFFSET: &[u8] = b"user.tshs.append_offset";
@@ -53,14 +53,14 @@ pub fn s3_url(shard: &Route, space: u32, ino: u64) -> FsResult<Vec<u8>> {
             )
         })
         .map_err(|e| db_failed(shard.id(), "read", e))?;
-    let (host, key) = row.ok_or(Errno::ENODATA)?;
+    let (host, key) = row.ok_or(Error::ENODATA)?;
     let store = shard
         .cluster()
         .object_store(host)
         .map_err(|e| store_failed(space, ino, format!("S3 host {host}: {e:#}")))?;
     let valid = store.host().options.redirect_timeout;
     if valid == 0 {
-        return Err(Errno::ENODATA);
+        return Err(Error::ENODATA);
     }
     let key = String::from_utf8_lossy(&key);
     let url = store

@@ -10,11 +10,20 @@
 //! no extent holds read as zeros (holes). `inodes.stored` is the sum of the
 //! extents' lengths, so `st_blocks` is honest for sparse files.
 
+mod access;
 mod copy;
+mod error;
+pub mod extents;
+pub mod inode;
+pub mod namespace;
 mod s3;
 mod schema;
+pub mod xattrs;
 
+pub use access::{Access, Stores};
 pub use copy::{RoundStats, SpaceCopy, open_space, purge_moved};
+pub use error::ShardError;
+pub use inode::InodeState;
 pub use s3::{Candidate, Orphan, garbage_objects_of};
 
 use anyhow::{Context, Result, bail};
@@ -205,7 +214,7 @@ impl Shard {
 
     /// Creates a space's counters and its root directory.
     pub fn create_space(&self, space: u32, uid: u32, gid: u32, mode: u32) -> Result<()> {
-        let now = crate::fs::now_ns();
+        let now = crate::clock::now_ns();
         self.tx(|tx| {
             // The fence row first: see `import::import_tree`.
             tx.exec_drop(
@@ -272,7 +281,7 @@ impl Shard {
 
     pub fn totals(&self) -> Result<Totals> {
         let mut conn = self.db.conn()?;
-        let settled_before = crate::fs::now_ns() - SETTLE_SECS * 1_000_000_000;
+        let settled_before = crate::clock::now_ns() - SETTLE_SECS * 1_000_000_000;
         type Row = (u64, Option<u64>, Option<u64>, Option<u64>, Option<u64>);
         let row: Option<Row> = conn
             .exec_first(

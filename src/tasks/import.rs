@@ -326,13 +326,14 @@ impl Work<'_> {
 /// Copies a group of files in; if that fails, one by one, so one bad file
 /// does not keep the others out. Returns the bytes copied and what failed.
 fn copy_in(route: &Route, space: u32, group: &[u64]) -> (u64, Vec<anyhow::Error>) {
-    match crate::fs::data::bring_in(route, space, group) {
+    use crate::shard::extents::bring_in;
+    match bring_in(route, route.cluster(), space, group) {
         Ok(n) => (n, Vec::new()),
         Err(e) if group.len() == 1 => (0, vec![anyhow!(e)]),
         Err(_) => {
             let (mut bytes, mut errors) = (0, Vec::new());
             for &ino in group {
-                match crate::fs::data::bring_in(route, space, &[ino]) {
+                match bring_in(route, route.cluster(), space, &[ino]) {
                     Ok(n) => bytes += n,
                     Err(e) => errors.push(anyhow!(e)),
                 }

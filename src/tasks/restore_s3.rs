@@ -21,8 +21,8 @@ use super::manifest::{self, Data, Manifest};
 use crate::cluster::Cluster;
 use crate::config::ConnOptions;
 use crate::db::body_failed as fail;
-use crate::fs::data::copy_in;
 use crate::object_store::S3Store;
+use crate::shard::extents::copy_in;
 use crate::shard::{self, Shard};
 
 /// What a restore did, for the command's output.

@@ -1,0 +1,86 @@
+//! How a Storage Node operation reaches its database: a [`Shard`] directly
+//! (tasks that work on one node), or a space's route across moves
+//! (`cluster::Route`, which also retries a write refused by a move's fence on
+//! the space's new node). Every operation of this module's siblings takes an
+//! [`Access`], so statements are issued, retried and routed in one place.
+
+use mysql::{PooledConn, Transaction};
+
+use super::Shard;
+use super::error::ShardError;
+use crate::db::{Body, DbError, Failed};
+
+pub trait Access {
+    /// The node's id, for messages.
+    fn node(&self) -> u32;
+
+    /// Runs an idempotent read.
+    fn read<T>(
+        &self,
+        f: impl FnMut(&mut PooledConn) -> Result<T, mysql::Error>,
+    ) -> Result<T, DbError>;
+
+    /// Runs a transaction whose body may abort with its own error.
+    fn tx_body<T, E>(
+        &self,
+        f: impl FnMut(&mut Transaction<'_>) -> Result<T, Body<E>>,
+    ) -> Result<T, Failed<E>>;
+
+    /// Runs a transaction of Storage Node statements: a body's
+    /// [`ShardError`] rolls it back and is returned as it is.
+    fn run<T>(
+        &self,
+        what: &'static str,
+        f: impl FnMut(&mut Transaction<'_>) -> Result<T, Body<ShardError>>,
+    ) -> Result<T, ShardError> {
+        self.tx_body(f).map_err(|e| match e {
+            Failed::Abort(e) => e,
+            Failed::Tx(e) => ShardError::Tx {
+                node: self.node(),
+                what,
+                source: Box::new(e),
+            },
+        })
+    }
+
+    /// Runs a read of Storage Node rows.
+    fn query<T>(
+        &self,
+        what: &'static str,
+        f: impl FnMut(&mut PooledConn) -> Result<T, mysql::Error>,
+    ) -> Result<T, ShardError> {
+        self.read(f).map_err(|e| ShardError::Db {
+            node: self.node(),
+            what,
+            source: Box::new(e),
+        })
+    }
+}
+
+impl Access for Shard {
+    fn node(&self) -> u32 {
+        self.id()
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnMut(&mut PooledConn) -> Result<T, mysql::Error>,
+    ) -> Result<T, DbError> {
+        self.db().read(f)
+    }
+
+    fn tx_body<T, E>(
+        &self,
+        f: impl FnMut(&mut Transaction<'_>) -> Result<T, Body<E>>,
+    ) -> Result<T, Failed<E>> {
+        self.db().tx_body(f)
+    }
+}
+
+/// The object stores a node's files may be held in, by S3 host id.
+pub trait Stores {
+    fn object_store(
+        &self,
+        host: u32,
+    ) -> anyhow::Result<std::sync::Arc<crate::object_store::S3Store>>;
+}

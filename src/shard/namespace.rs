@@ -1,0 +1,870 @@
+//! The namespace of one space on its Storage Node: names, inodes and their
+//! attributes, xattrs. Each change is one transaction, so rename, link and
+//! unlink are atomic. Inode numbers here are per-space (`1` is the space's
+//! root); the [`Attr`]s returned carry FUSE inode numbers.
+
+use mysql::prelude::Queryable;
+use mysql::{Row, Transaction};
+
+use super::access::{Access, Stores};
+use super::error::ShardError;
+use super::extents;
+use super::inode::{self, Attr, COLUMNS, I_COLUMNS, InodeState, Node};
+use crate::clock::now_ns;
+use crate::db::Body;
+
+type ShardResult<T> = Result<T, ShardError>;
+
+/// Rows at or past this state are gone for the namespace.
+const DELETED: u8 = InodeState::Deleted as u8;
+
+/// What to create.
+pub struct NewInode<'a> {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub target: Option<&'a [u8]>,
+    /// Xattrs it is born with (ACLs inherited from the directory).
+    pub xattrs: &'a [(Vec<u8>, Vec<u8>)],
+}
+
+/// A change of mode, owner or times not yet in the database (see
+/// `Fs::setattr`): `None` leaves a field alone; `ctime` is always set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttrChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<i64>,
+    pub mtime: Option<i64>,
+    pub ctime: i64,
+}
+
+impl AttrChange {
+    /// This change followed by `later`.
+    pub fn then(self, later: AttrChange) -> AttrChange {
+        AttrChange {
+            mode: later.mode.or(self.mode),
+            uid: later.uid.or(self.uid),
+            gid: later.gid.or(self.gid),
+            atime: later.atime.or(self.atime),
+            mtime: later.mtime.or(self.mtime),
+            ctime: later.ctime,
+        }
+    }
+
+    pub fn apply(&self, a: &mut Attr) {
+        if let Some(m) = self.mode {
+            a.mode = (a.mode & libc::S_IFMT) | (m & 0o7777);
+        }
+        a.uid = self.uid.unwrap_or(a.uid);
+        a.gid = self.gid.unwrap_or(a.gid);
+        a.atime = self.atime.unwrap_or(a.atime);
+        a.mtime = self.mtime.unwrap_or(a.mtime);
+        a.ctime = self.ctime;
+    }
+}
+
+/// Writes deferred attribute changes of one space in one transaction.
+pub fn apply_changes(
+    s: &impl Access,
+    space: u32,
+    changes: &[(u64, AttrChange)],
+) -> ShardResult<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    s.run("setattr", |tx| Ok(update_attrs(tx, space, changes)?))
+}
+
+fn update_attrs(
+    tx: &mut Tx<'_>,
+    space: u32,
+    changes: &[(u64, AttrChange)],
+) -> Result<(), mysql::Error> {
+    for (ino, c) in changes {
+        tx.exec_drop(
+            "UPDATE inodes SET mode = IF(? IS NULL, mode, (mode & ?) | ?), uid = COALESCE(?, uid),
+             gid = COALESCE(?, gid), atime = COALESCE(?, atime), mtime = COALESCE(?, mtime), ctime = GREATEST(ctime, ?)
+             WHERE space_id = ? AND ino = ?",
+            mysql::Params::Positional(vec![
+                c.mode.into(),
+                libc::S_IFMT.into(),
+                c.mode.unwrap_or(0).into(),
+                c.uid.into(),
+                c.gid.into(),
+                c.atime.into(),
+                c.mtime.into(),
+                c.ctime.into(),
+                space.into(),
+                ino.into(),
+            ]),
+        )?;
+    }
+    Ok(())
+}
+
+/// Clears set-user-ID/set-group-ID as `rule` decides on the locked row;
+/// the new attributes if it changed them.
+pub fn clear_setid(
+    s: &impl Access,
+    space: u32,
+    ino: u64,
+    rule: SetIdRule<'_>,
+) -> ShardResult<Option<Attr>> {
+    let now = now_ns();
+    s.run("setattr", |tx| {
+        let mut a = get_attr(tx, space, ino, true)?.ok_or(ShardError::NotFound)?;
+        let Some(m) = rule(a.gid, a.mode) else {
+            return Ok(None);
+        };
+        a.mode = (a.mode & libc::S_IFMT) | m;
+        a.ctime = now;
+        tx.exec_drop(
+            "UPDATE inodes SET mode = ?, ctime = ? WHERE space_id = ? AND ino = ?",
+            (a.mode, a.ctime, space, ino),
+        )?;
+        Ok(Some(a))
+    })
+}
+
+/// What setattr changes; `None` leaves a field alone. Times: `Some(ns)`.
+#[derive(Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<i64>,
+    pub mtime: Option<i64>,
+    pub ctime: Option<i64>,
+}
+
+type Tx<'a> = Transaction<'a>;
+
+pub(super) fn get_attr(
+    tx: &mut Tx<'_>,
+    space: u32,
+    ino: u64,
+    lock: bool,
+) -> Result<Option<Attr>, mysql::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM inodes WHERE space_id = ? AND ino = ? AND state < {DELETED}{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row: Option<Row> = tx.exec_first(sql, (space, ino))?;
+    Ok(row.map(|r| inode::from_row(space, &r)))
+}
+
+fn entry(
+    tx: &mut Tx<'_>,
+    space: u32,
+    parent: u64,
+    name: &[u8],
+) -> Result<Option<u64>, mysql::Error> {
+    tx.exec_first(
+        "SELECT ino FROM dentries WHERE space_id = ? AND parent = ? AND name = ? FOR UPDATE",
+        (space, parent, name),
+    )
+}
+
+/// The inode a name points to, both rows locked, in one round trip.
+fn entry_attr(
+    tx: &mut Tx<'_>,
+    space: u32,
+    parent: u64,
+    name: &[u8],
+) -> Result<Option<Attr>, mysql::Error> {
+    let row: Option<Row> = tx.exec_first(
+        format!(
+            "SELECT {I_COLUMNS} FROM dentries d JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
+             WHERE d.space_id = ? AND d.parent = ? AND d.name = ? AND i.state < {DELETED} FOR UPDATE"
+        ),
+        (space, parent, name),
+    )?;
+    Ok(row.map(|r| inode::from_row(space, &r)))
+}
+
+fn local(ino: u64) -> u64 {
+    ino & 0xffff_ffff
+}
+
+fn touch_dir(
+    tx: &mut Tx<'_>,
+    space: u32,
+    dir: u64,
+    nlink_delta: i32,
+    now: i64,
+) -> Result<(), mysql::Error> {
+    tx.exec_drop(
+        "UPDATE inodes SET mtime = ?, ctime = ?, nlink = CAST(nlink AS SIGNED) + ? WHERE space_id = ? AND ino = ?",
+        (now, now, nlink_delta, space, dir),
+    )
+}
+
+/// Allocates a number from the space's counter, in one statement: it serves
+/// as a new inode's number and as a directory entry's sequence (readdir
+/// offset). Both counters move together so neither repeats. Callers insert
+/// a directory entry in the same transaction, which checks the move fence.
+fn allocate(tx: &mut Tx<'_>, space: u32) -> Result<u64, mysql::Error> {
+    tx.exec_drop(
+        "UPDATE spaces SET next_ino = GREATEST(next_ino, next_seq) + 1, next_seq = LAST_INSERT_ID(next_ino)
+         WHERE space_id = ?",
+        (space,),
+    )?;
+    Ok(tx.last_insert_id().unwrap_or(1) - 1)
+}
+
+/// Drops one link of `ino`; at zero links the inode is marked deleted (its
+/// rows wait for the reaper) or, if this mount still has it open, orphaned.
+fn drop_link(
+    tx: &mut Tx<'_>,
+    space: u32,
+    a: &Attr,
+    now: i64,
+    holder: Option<u64>,
+) -> Result<(), mysql::Error> {
+    let ino = local(a.ino);
+    let last = a.nlink <= 1 || a.is_dir();
+    if !last {
+        return tx.exec_drop(
+            "UPDATE inodes SET nlink = nlink - 1, ctime = ? WHERE space_id = ? AND ino = ?",
+            (now, space, ino),
+        );
+    }
+    match holder {
+        Some(ap) => tx.exec_drop(
+            "UPDATE inodes SET nlink = 0, ctime = ?, state = ?, holder = ? WHERE space_id = ? AND ino = ?",
+            (now, InodeState::Orphan as u8, ap, space, ino),
+        ),
+        None => tx.exec_drop(
+            "UPDATE inodes SET nlink = 0, ctime = ?, state = ?, deleted_at = ? WHERE space_id = ? AND ino = ?",
+            (now, DELETED, now, space, ino),
+        ),
+    }
+}
+
+pub fn getattr(s: &impl Access, space: u32, ino: u64) -> ShardResult<Attr> {
+    let row: Option<Row> = s.query("read", |conn| {
+        conn.exec_first(
+            format!(
+                "SELECT {COLUMNS} FROM inodes WHERE space_id = ? AND ino = ? AND state < {DELETED}"
+            ),
+            (space, ino),
+        )
+    })?;
+    row.map(|r| inode::from_row(space, &r))
+        .ok_or(ShardError::NotFound)
+}
+
+/// The attributes, and when `small` and the file fits in one extent, its
+/// data (empty for a hole or an empty file), from one query.
+pub fn getattr_with_head(
+    s: &impl Access,
+    space: u32,
+    ino: u64,
+    small: bool,
+) -> ShardResult<(Attr, Option<Vec<u8>>)> {
+    if !small {
+        return Ok((getattr(s, space, ino)?, None));
+    }
+    let row: Option<Row> = s.query("read", |conn| {
+        conn.exec_first(
+            format!(
+                "SELECT {I_COLUMNS}, IF(i.size <= ? AND i.mode & ? = ? AND i.s3_key IS NULL AND i.import_path IS NULL, COALESCE(e.data, ''), NULL)
+                 FROM inodes i LEFT JOIN extents e ON e.space_id = i.space_id AND e.ino = i.ino AND e.off = 0
+                 WHERE i.space_id = ? AND i.ino = ? AND i.state < {DELETED}"
+            ),
+            (super::EXTENT_SIZE, libc::S_IFMT, libc::S_IFREG, space, ino),
+        )
+    })?;
+    let row = row.ok_or(ShardError::NotFound)?;
+    let head: Option<Vec<u8>> = row.get::<Option<Vec<u8>>, _>(12).flatten();
+    Ok((inode::from_row(space, &row), head))
+}
+
+pub fn lookup(s: &impl Access, space: u32, parent: u64, name: &[u8]) -> ShardResult<Attr> {
+    let row: Option<Row> = s.query("read", |conn| {
+        conn.exec_first(
+            format!(
+                "SELECT {I_COLUMNS} FROM dentries d JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
+                 WHERE d.space_id = ? AND d.parent = ? AND d.name = ?"
+            ),
+            (space, parent, name),
+        )
+    })?;
+    row.map(|r| inode::from_row(space, &r))
+        .ok_or(ShardError::NotFound)
+}
+
+/// Creates a file, directory, FIFO, device or symlink. A directory with the
+/// set-group-ID bit passes its group (and, to directories, the bit) on.
+pub fn create(
+    s: &impl Access,
+    space: u32,
+    parent: u64,
+    name: &[u8],
+    new: &NewInode<'_>,
+) -> ShardResult<Attr> {
+    let now = now_ns();
+    s.run("create", |tx| {
+        let p = get_attr(tx, space, parent, true)?.ok_or(ShardError::NotFound)?;
+        let ino = allocate(tx, space)?;
+        let a = new_attr(&p, space, ino, new, now)?;
+        insert_new(tx, space, parent, name, &a, new.target)?;
+        for (n, v) in new.xattrs {
+            tx.exec_drop(
+                "INSERT INTO xattrs (space_id, ino, name, value) VALUES (?, ?, ?, ?)",
+                (space, ino, n, v),
+            )?;
+        }
+        Ok(a)
+    })
+}
+
+/// The attributes of a new inode in directory `p`: a set-group-ID directory
+/// passes its group (and, to directories, the bit) on.
+pub fn new_attr(p: &Attr, space: u32, ino: u64, new: &NewInode<'_>, now: i64) -> ShardResult<Attr> {
+    if !p.is_dir() {
+        return Err(ShardError::NotDir);
+    }
+    if p.nlink == 0 {
+        return Err(ShardError::NotFound);
+    }
+    let mut mode = new.mode;
+    let mut gid = new.gid;
+    if p.mode & libc::S_ISGID != 0 {
+        gid = p.gid;
+        if mode & libc::S_IFMT == libc::S_IFDIR {
+            mode |= libc::S_ISGID;
+        }
+    }
+    let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
+    Ok(Attr {
+        ino: Node::Space(space, ino).ino(),
+        mode,
+        nlink: if is_dir { 2 } else { 1 },
+        uid: new.uid,
+        gid,
+        size: new.target.map_or(0, |t| t.len() as u64),
+        stored: 0,
+        rdev: new.rdev,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        btime: now,
+    })
+}
+
+/// Inserts a new inode and its name, and updates the parent. The primary key
+/// refuses an existing name (`EEXIST`): no lookup first.
+pub(super) fn insert_new(
+    tx: &mut Tx<'_>,
+    space: u32,
+    parent: u64,
+    name: &[u8],
+    a: &Attr,
+    target: Option<&[u8]>,
+) -> Result<(), Body<ShardError>> {
+    let ino = local(a.ino);
+    tx.exec_drop(
+        "INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target)
+         VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+        mysql::Params::Positional(vec![
+            space.into(),
+            ino.into(),
+            a.mode.into(),
+            a.uid.into(),
+            a.gid.into(),
+            a.nlink.into(),
+            a.size.into(),
+            a.rdev.into(),
+            a.atime.into(),
+            a.mtime.into(),
+            a.ctime.into(),
+            a.btime.into(),
+            target.into(),
+        ]),
+    )?;
+    tx.exec_drop(
+        "INSERT INTO dentries (space_id, parent, name, ino, seq) VALUES (?, ?, ?, ?, ?)",
+        (space, parent, name, ino, ino),
+    )
+    .map_err(|e| match e {
+        mysql::Error::MySqlError(m) if m.code == crate::db::code::DUP_ENTRY => {
+            Body::Abort(ShardError::Exists)
+        }
+        e => Body::Sql(e),
+    })?;
+    Ok(touch_dir(
+        tx,
+        space,
+        parent,
+        i32::from(a.is_dir()),
+        a.ctime,
+    )?)
+}
+
+/// Checks that `name` can be created in `parent` (a read, no locks): returns
+/// the parent's attributes.
+pub fn check_create(s: &impl Access, space: u32, parent: u64, name: &[u8]) -> ShardResult<Attr> {
+    let row: Option<Row> = s.query("read", |conn| {
+        conn.exec_first(
+            format!(
+                "SELECT {I_COLUMNS}, d.ino FROM inodes i
+                 LEFT JOIN dentries d ON d.space_id = i.space_id AND d.parent = i.ino AND d.name = ?
+                 WHERE i.space_id = ? AND i.ino = ? AND i.state < {DELETED}"
+            ),
+            (name, space, parent),
+        )
+    })?;
+    let row = row.ok_or(ShardError::NotFound)?;
+    if row.get::<Option<u64>, _>(12).flatten().is_some() {
+        return Err(ShardError::Exists);
+    }
+    Ok(inode::from_row(space, &row))
+}
+
+/// Reserves `n` numbers of a space's counter for this mount; returns the
+/// first. `spaces` has no update trigger (it would hide LAST_INSERT_ID), and
+/// this is the one transaction that writes nothing else, so it checks the
+/// move fence itself.
+pub fn reserve_ids(s: &impl Access, space: u32, n: u64) -> ShardResult<u64> {
+    let end = s.run("reserve inode numbers", |tx| {
+            tx.exec_drop("CALL tshs_check_fence(?)", (space,))?;
+            tx.exec_drop(
+                "UPDATE spaces SET next_ino = GREATEST(next_ino, next_seq) + ?, next_seq = LAST_INSERT_ID(next_ino)
+                 WHERE space_id = ?",
+                (n, space),
+            )?;
+            Ok(tx.last_insert_id().unwrap_or(n))
+        })?;
+    Ok(end - n)
+}
+
+/// Removes a name. `holder` is set when this mount still has the inode open:
+/// the inode then survives, unlinked, until the last close.
+pub fn unlink(
+    s: &impl Access,
+    space: u32,
+    parent: u64,
+    name: &[u8],
+    rmdir: bool,
+    open_here: OpenHere<'_>,
+) -> ShardResult<Attr> {
+    let now = now_ns();
+    s.run("unlink", |tx| {
+        let a = entry_attr(tx, space, parent, name)?.ok_or(ShardError::NotFound)?;
+        let ino = local(a.ino);
+        if rmdir {
+            if !a.is_dir() {
+                return Err(ShardError::NotDir.into());
+            }
+            let child: Option<u64> = tx.exec_first(
+                "SELECT ino FROM dentries WHERE space_id = ? AND parent = ? LIMIT 1",
+                (space, ino),
+            )?;
+            if child.is_some() {
+                return Err(ShardError::NotEmpty.into());
+            }
+        } else if a.is_dir() {
+            return Err(ShardError::IsDir.into());
+        }
+        tx.exec_drop(
+            "DELETE FROM dentries WHERE space_id = ? AND parent = ? AND name = ?",
+            (space, parent, name),
+        )?;
+        drop_link(tx, space, &a, now, open_here(a.ino))?;
+        touch_dir(tx, space, parent, if a.is_dir() { -1 } else { 0 }, now)?;
+        Ok(a)
+    })
+}
+
+/// True if `dir` is `ancestor` or lies below it.
+fn is_within(
+    tx: &mut Tx<'_>,
+    space: u32,
+    mut dir: u64,
+    ancestor: u64,
+) -> Result<bool, mysql::Error> {
+    for _ in 0..10_000 {
+        if dir == ancestor {
+            return Ok(true);
+        }
+        if dir == 1 {
+            return Ok(false);
+        }
+        match tx.exec_first::<u64, _, _>(
+            "SELECT parent FROM dentries WHERE space_id = ? AND ino = ? LIMIT 1",
+            (space, dir),
+        )? {
+            Some(p) => dir = p,
+            None => return Ok(false),
+        }
+    }
+    Ok(false)
+}
+
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+/// Renames within one space, atomically. Returns the inode a replaced name
+/// pointed to, if it lost its last link.
+#[allow(clippy::too_many_arguments)]
+pub fn rename(
+    s: &impl Access,
+    space: u32,
+    parent: u64,
+    name: &[u8],
+    newparent: u64,
+    newname: &[u8],
+    flags: u32,
+    changes: &[(u64, AttrChange)],
+    open_here: OpenHere<'_>,
+) -> ShardResult<()> {
+    let now = now_ns();
+    s.run("rename", |tx| {
+            update_attrs(tx, space, changes)?;
+            // Lock both parents in a fixed order to avoid deadlocks.
+            for p in [parent.min(newparent), parent.max(newparent)] {
+                let a = get_attr(tx, space, p, true)?.ok_or(ShardError::NotFound)?;
+                if !a.is_dir() {
+                    return Err(ShardError::NotDir.into());
+                }
+            }
+            let sa = entry_attr(tx, space, parent, name)?.ok_or(ShardError::NotFound)?;
+            let src = local(sa.ino);
+            let da = entry_attr(tx, space, newparent, newname)?;
+            if sa.is_dir() && parent != newparent && is_within(tx, space, newparent, src)? {
+                return Err(ShardError::Invalid.into());
+            }
+            if flags & RENAME_EXCHANGE != 0 {
+                let da = da.ok_or(ShardError::NotFound)?;
+                if da.is_dir() && parent != newparent && is_within(tx, space, parent, local(da.ino))? {
+                    return Err(ShardError::Invalid.into());
+                }
+                tx.exec_drop(
+                    "UPDATE dentries SET ino = ? WHERE space_id = ? AND parent = ? AND name = ?",
+                    (local(da.ino), space, parent, name),
+                )?;
+                tx.exec_drop(
+                    "UPDATE dentries SET ino = ? WHERE space_id = ? AND parent = ? AND name = ?",
+                    (src, space, newparent, newname),
+                )?;
+                if parent != newparent {
+                    let delta = i32::from(sa.is_dir()) - i32::from(da.is_dir());
+                    touch_dir(tx, space, parent, -delta, now)?;
+                    touch_dir(tx, space, newparent, delta, now)?;
+                } else {
+                    touch_dir(tx, space, parent, 0, now)?;
+                }
+                for i in [src, local(da.ino)] {
+                    tx.exec_drop("UPDATE inodes SET ctime = ? WHERE space_id = ? AND ino = ?", (now, space, i))?;
+                }
+                return Ok(());
+            }
+            if let Some(da) = da {
+                if flags & RENAME_NOREPLACE != 0 {
+                    return Err(ShardError::Exists.into());
+                }
+                if local(da.ino) == src {
+                    return Ok(()); // two names of one inode: nothing to do
+                }
+                if sa.is_dir() && !da.is_dir() {
+                    return Err(ShardError::NotDir.into());
+                }
+                if !sa.is_dir() && da.is_dir() {
+                    return Err(ShardError::IsDir.into());
+                }
+                if da.is_dir() {
+                    let child: Option<u64> = tx.exec_first(
+                        "SELECT ino FROM dentries WHERE space_id = ? AND parent = ? LIMIT 1",
+                        (space, local(da.ino)),
+                    )?;
+                    if child.is_some() {
+                        return Err(ShardError::NotEmpty.into());
+                    }
+                    touch_dir(tx, space, newparent, -1, now)?;
+                }
+                tx.exec_drop(
+                    "DELETE FROM dentries WHERE space_id = ? AND parent = ? AND name = ?",
+                    (space, newparent, newname),
+                )?;
+                drop_link(tx, space, &da, now, open_here(da.ino))?;
+            }
+            tx.exec_drop(
+                "UPDATE dentries SET parent = ?, name = ? WHERE space_id = ? AND parent = ? AND name = ?",
+                (newparent, newname, space, parent, name),
+            )?;
+            tx.exec_drop("UPDATE inodes SET ctime = ? WHERE space_id = ? AND ino = ?", (now, space, src))?;
+            if parent != newparent && sa.is_dir() {
+                touch_dir(tx, space, parent, -1, now)?;
+                touch_dir(tx, space, newparent, 1, now)?;
+            } else {
+                touch_dir(tx, space, parent, 0, now)?;
+                if parent != newparent {
+                    touch_dir(tx, space, newparent, 0, now)?;
+                }
+            }
+            Ok(())
+        })
+}
+
+pub fn link(
+    s: &impl Access,
+    space: u32,
+    ino: u64,
+    newparent: u64,
+    newname: &[u8],
+) -> ShardResult<Attr> {
+    let now = now_ns();
+    s.run("link", |tx| {
+        let p = get_attr(tx, space, newparent, true)?.ok_or(ShardError::NotFound)?;
+        if !p.is_dir() {
+            return Err(ShardError::NotDir.into());
+        }
+        let mut a = get_attr(tx, space, ino, true)?.ok_or(ShardError::NotFound)?;
+        if a.is_dir() {
+            return Err(ShardError::NotPermitted.into());
+        }
+        if a.nlink == 0 {
+            return Err(ShardError::NotFound.into());
+        }
+        if a.nlink >= 65_000 {
+            return Err(ShardError::TooManyLinks.into());
+        }
+        if entry(tx, space, newparent, newname)?.is_some() {
+            return Err(ShardError::Exists.into());
+        }
+        let seq = allocate(tx, space)?;
+        tx.exec_drop(
+            "INSERT INTO dentries (space_id, parent, name, ino, seq) VALUES (?, ?, ?, ?, ?)",
+            (space, newparent, newname, ino, seq),
+        )?;
+        tx.exec_drop(
+            "UPDATE inodes SET nlink = nlink + 1, ctime = ? WHERE space_id = ? AND ino = ?",
+            (now, space, ino),
+        )?;
+        touch_dir(tx, space, newparent, 0, now)?;
+        a.nlink += 1;
+        a.ctime = now;
+        Ok(a)
+    })
+}
+
+pub fn readlink(s: &impl Access, space: u32, ino: u64) -> ShardResult<Vec<u8>> {
+    let t: Option<Option<Vec<u8>>> = s.query("read", |conn| {
+        conn.exec_first(
+            "SELECT target FROM inodes WHERE space_id = ? AND ino = ? AND state < ?",
+            (space, ino, DELETED),
+        )
+    })?;
+    t.ok_or(ShardError::NotFound)?.ok_or(ShardError::Invalid)
+}
+
+/// Asked when an inode loses its last name: the access point that must
+/// keep it (this mount has it open), if any.
+pub type OpenHere<'a> = &'a dyn Fn(u64) -> Option<u64>;
+
+/// Which permission bits a change of the data by the caller leaves, given
+/// the file's group and mode (see `Caller::setid_cleared`).
+pub type SetIdRule<'a> = &'a dyn Fn(u32, u32) -> Option<u32>;
+
+/// Changes attributes; a size change truncates or extends (with a hole)
+/// and may clear set-user-ID/set-group-ID (`clear_setid`, on the row read).
+pub fn setattr(
+    s: &impl Access,
+    stores: &dyn Stores,
+    space: u32,
+    ino: u64,
+    change: &SetAttr,
+    clear_setid: SetIdRule<'_>,
+) -> ShardResult<Attr> {
+    let now = now_ns();
+    s.run("setattr", |tx| {
+            let mut a = get_attr(tx, space, ino, true)?.ok_or(ShardError::NotFound)?;
+            if let Some(size) = change.size {
+                if a.is_dir() {
+                    return Err(ShardError::IsDir.into());
+                }
+                // A file in the object store comes back first (all of it
+                // goes when it is truncated to nothing).
+                if let Some((_, Some(stored))) =
+                    extents::recall(tx, stores, space, ino, size > 0)?
+                {
+                    a.stored = stored;
+                }
+                if size < a.size {
+                    a.stored = extents::truncate(tx, space, ino, size)?;
+                }
+                a.size = size;
+                a.mtime = now;
+                a.ctime = now;
+            }
+            if let Some(m) = change.mode {
+                a.mode = (a.mode & libc::S_IFMT) | (m & 0o7777);
+                a.ctime = now;
+            }
+            if change.size.is_some()
+                && let Some(m) = clear_setid(a.gid, a.mode)
+            {
+                a.mode = (a.mode & libc::S_IFMT) | m;
+                a.ctime = now;
+            }
+            if let Some(u) = change.uid {
+                a.uid = u;
+                a.ctime = now;
+            }
+            if let Some(g) = change.gid {
+                a.gid = g;
+                a.ctime = now;
+            }
+            if let Some(t) = change.atime {
+                a.atime = t;
+                a.ctime = now;
+            }
+            if let Some(t) = change.mtime {
+                a.mtime = t;
+                a.ctime = now;
+            }
+            if let Some(t) = change.ctime {
+                a.ctime = t;
+            }
+            tx.exec_drop(
+                "UPDATE inodes SET mode = ?, uid = ?, gid = ?, size = ?, stored = ?, atime = ?, mtime = ?, ctime = ?
+                 WHERE space_id = ? AND ino = ?",
+                (a.mode, a.uid, a.gid, a.size, a.stored, a.atime, a.mtime, a.ctime, space, ino),
+            )?;
+            Ok(a)
+        })
+}
+
+/// fallocate: `zero` zeroes `[off, off + len)` within the file (punch hole,
+/// zero range), `extend` grows the file to cover it (mode 0, zero range
+/// without `KEEP_SIZE`). Nothing is reserved: storage is the database's,
+/// so a reservation would promise nothing; `st_blocks` counts only what is
+/// stored.
+pub fn fallocate(
+    s: &impl Access,
+    stores: &dyn Stores,
+    space: u32,
+    ino: u64,
+    (off, len): (u64, u64),
+    zero: bool,
+    extend: bool,
+) -> ShardResult<Attr> {
+    let now = now_ns();
+    s.run("fallocate", |tx| {
+            let mut a = get_attr(tx, space, ino, true)?.ok_or(ShardError::NotFound)?;
+            let end = off + len;
+            let grows = extend && end > a.size;
+            let zeroes = zero && off < a.size;
+            if !grows && !zeroes {
+                return Ok(a);
+            }
+            if let Some((_, Some(stored))) =
+                extents::recall(tx, stores, space, ino, true)?
+            {
+                a.stored = stored;
+            }
+            if zeroes {
+                a.stored = extents::zero_range(tx, space, ino, off, end.min(a.size))?;
+            }
+            if grows {
+                a.size = end;
+            }
+            a.mtime = now;
+            a.ctime = now;
+            tx.exec_drop(
+                "UPDATE inodes SET size = ?, stored = ?, mtime = ?, ctime = ? WHERE space_id = ? AND ino = ?",
+                (a.size, a.stored, a.mtime, a.ctime, space, ino),
+            )?;
+            Ok(a)
+        })
+}
+
+/// One directory entry for readdir: (offset cookie, name, attributes).
+pub struct DirEntry {
+    pub seq: u64,
+    pub name: Vec<u8>,
+    pub attr: Attr,
+    pub has_xattrs: bool,
+}
+
+/// Up to `limit` entries of `dir` after sequence `after`, in sequence order:
+/// offsets stay valid while entries are added and removed.
+pub fn readdir(
+    s: &impl Access,
+    space: u32,
+    dir: u64,
+    after: u64,
+    limit: usize,
+) -> ShardResult<Vec<DirEntry>> {
+    let rows: Vec<Row> = s.query("read", |conn| {
+        conn.exec(
+            format!(
+                "SELECT {I_COLUMNS}, d.seq, d.name,
+                        EXISTS (SELECT 1 FROM xattrs x WHERE x.space_id = d.space_id AND x.ino = d.ino)
+                 FROM dentries d
+                 JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
+                 WHERE d.space_id = ? AND d.parent = ? AND d.seq > ? ORDER BY d.seq LIMIT {limit}"
+            ),
+            (space, dir, after),
+        )
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|r| DirEntry {
+            attr: inode::from_row(space, &r),
+            seq: r.get(12).unwrap_or(0),
+            name: r.get(13).unwrap_or_default(),
+            has_xattrs: r.get::<u8, _>(14).unwrap_or(1) != 0,
+        })
+        .collect())
+}
+
+/// The parent of a directory (for `..`); the space root is its own parent here.
+pub fn parent_of(s: &impl Access, space: u32, dir: u64) -> ShardResult<Option<u64>> {
+    s.query("read", |conn| {
+        conn.exec_first(
+            "SELECT parent FROM dentries WHERE space_id = ? AND ino = ? LIMIT 1",
+            (space, dir),
+        )
+    })
+}
+
+/// True if the directory has no entries.
+pub fn is_empty_dir(s: &impl Access, space: u32, dir: u64) -> ShardResult<bool> {
+    let child: Option<u64> = s.query("read", |conn| {
+        conn.exec_first(
+            "SELECT ino FROM dentries WHERE space_id = ? AND parent = ? LIMIT 1",
+            (space, dir),
+        )
+    })?;
+    Ok(child.is_none())
+}
+
+/// The last close of an unlinked inode: it becomes deleted, for the reaper.
+pub fn release_orphan(s: &impl Access, space: u32, ino: u64) -> ShardResult<()> {
+    let now = now_ns();
+    s.run("release", |tx| {
+            tx.exec_drop(
+                "UPDATE inodes SET state = ?, deleted_at = ?, holder = NULL WHERE space_id = ? AND ino = ? AND state = ?",
+                (DELETED, now, space, ino, InodeState::Orphan as u8),
+            )?;
+            Ok(())
+        })
+}
+
+/// Counts for statfs: (inodes in use, bytes stored) over the whole node.
+pub fn usage(s: &impl Access) -> ShardResult<(u64, u64)> {
+    let r: Option<(u64, Option<u64>)> = s.query("statfs", |conn| {
+        conn.exec_first(
+            "SELECT COUNT(*), SUM(stored) FROM inodes WHERE state < ?",
+            (DELETED,),
+        )
+    })?;
+    let (n, b) = r.unwrap_or((0, None));
+    Ok((n, b.unwrap_or(0)))
+}
