@@ -32,6 +32,8 @@ pub struct FuseFs {
     pub notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
+/// The core's error as the kernel's, counted under the current op: the one
+/// place that converts it.
 fn errno(e: Error) -> FErrno {
     metrics::global().error(metrics::current_op(), e.errno());
     FErrno::from_i32(e.errno())
@@ -115,11 +117,82 @@ fn tn(t: Option<TimeOrNow>) -> Option<i64> {
     })
 }
 
+/// A fuser reply: each type has its own `error`, with no trait in common.
+trait Reply {
+    fn error(self, e: FErrno);
+}
+
+macro_rules! impl_reply {
+    ($($t:ty),*) => {
+        $(impl Reply for $t {
+            fn error(self, e: FErrno) {
+                <$t>::error(self, e)
+            }
+        })*
+    };
+}
+
+impl_reply!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyDirectoryPlus,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyLseek,
+    ReplyOpen,
+    ReplyStatfs,
+    ReplyWrite,
+    ReplyXattr
+);
+
+/// The preamble of a FUSE method: opens the metrics op `$op` until the
+/// method returns and, for each inode given, returns the guard's error to
+/// the kernel if the caller may not use it (see [`FuseFs::guard`]).
+macro_rules! begin {
+    ($op:literal) => {
+        let _op = metrics::global().op($op);
+    };
+    ($op:literal, $self:ident, $req:ident, $reply:ident, $($ino:expr),+) => {
+        let _op = metrics::global().op($op);
+        $(
+            if let Err(e) = $self.guard($req, $ino) {
+                return $reply.error(e);
+            }
+        )+
+    };
+}
+
+/// Replies with `ok` to a success, with the error to a failure.
+fn answer<R: Reply, T>(r: FsResult<T>, reply: R, ok: impl FnOnce(R, T)) {
+    match r {
+        Ok(v) => ok(reply, v),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn empty(r: FsResult<()>, reply: ReplyEmpty) {
+    answer(r, reply, |reply, ()| reply.ok())
+}
+
+fn xattr(r: FsResult<Vec<u8>>, size: u32, reply: ReplyXattr) {
+    answer(r, reply, |reply, v| {
+        if size == 0 {
+            reply.size(v.len() as u32)
+        } else if v.len() > size as usize {
+            reply.error(FErrno::from_i32(libc::ERANGE))
+        } else {
+            reply.data(&v)
+        }
+    })
+}
+
 impl FuseFs {
     /// A deactivated space is the administrator's alone (restore).
-    fn guard(&self, req: &Request, ino: u64) -> Result<(), FErrno> {
+    fn guard(&self, req: &Request, ino: INodeNo) -> Result<(), FErrno> {
         self.fs
-            .check_caller(ino, req.uid(), req.gid())
+            .check_caller(ino.0, req.uid(), req.gid())
             .map_err(errno)
     }
 
@@ -134,26 +207,13 @@ impl FuseFs {
     }
 
     fn entry(&self, r: FsResult<Attr>, reply: ReplyEntry) {
-        match r {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(r, reply, |reply, a| {
+            reply.entry(&self.ttl, &file_attr(&a), Generation(0))
+        })
     }
-}
 
-fn empty(r: FsResult<()>, reply: ReplyEmpty) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(e)),
-    }
-}
-
-fn xattr(r: FsResult<Vec<u8>>, size: u32, reply: ReplyXattr) {
-    match r {
-        Ok(v) if size == 0 => reply.size(v.len() as u32),
-        Ok(v) if v.len() > size as usize => reply.error(FErrno::from_i32(libc::ERANGE)),
-        Ok(v) => reply.data(&v),
-        Err(e) => reply.error(errno(e)),
+    fn attr(&self, r: FsResult<Attr>, reply: ReplyAttr) {
+        answer(r, reply, |reply, a| reply.attr(&self.ttl, &file_attr(&a)))
     }
 }
 
@@ -188,22 +248,13 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _op = metrics::global().op("lookup");
-        if let Err(e) = self.guard(req, parent.0) {
-            return reply.error(e);
-        }
+        begin!("lookup", self, req, reply, parent);
         self.entry(self.fs.lookup(parent.0, name.as_bytes()), reply)
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _op = metrics::global().op("getattr");
-        if let Err(e) = self.guard(req, ino.0) {
-            return reply.error(e);
-        }
-        match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        begin!("getattr", self, req, reply, ino);
+        self.attr(self.fs.getattr(ino.0), reply)
     }
 
     fn setattr(
@@ -224,10 +275,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _op = metrics::global().op("setattr");
-        if let Err(e) = self.guard(req, ino.0) {
-            return reply.error(e);
-        }
+        begin!("setattr", self, req, reply, ino);
         let s = SetAttr {
             mode,
             uid,
@@ -237,21 +285,12 @@ impl Filesystem for FuseFs {
             mtime: tn(mtime),
             ctime: ctime.map(ns),
         };
-        match self.fs.setattr(ino.0, &s, caller(req)) {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.attr(self.fs.setattr(ino.0, &s, caller(req)), reply)
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _op = metrics::global().op("readlink");
-        if let Err(e) = self.guard(req, ino.0) {
-            return reply.error(e);
-        }
-        match self.fs.readlink(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(e)),
-        }
+        begin!("readlink", self, req, reply, ino);
+        answer(self.fs.readlink(ino.0), reply, |reply, t| reply.data(&t))
     }
 
     fn mknod(
@@ -264,10 +303,7 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _op = metrics::global().op("mknod");
-        if let Err(e) = self.guard(req, parent.0) {
-            return reply.error(e);
-        }
+        begin!("mknod", self, req, reply, parent);
         self.entry(
             self.fs.mknod(
                 parent.0,
@@ -291,10 +327,7 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _op = metrics::global().op("mkdir");
-        if let Err(e) = self.guard(req, parent.0) {
-            return reply.error(e);
-        }
+        begin!("mkdir", self, req, reply, parent);
         let mode = libc::S_IFDIR | (mode & 0o7777);
         self.entry(
             self.fs
@@ -304,18 +337,12 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _op = metrics::global().op("unlink");
-        if let Err(e) = self.guard(req, parent.0) {
-            return reply.error(e);
-        }
+        begin!("unlink", self, req, reply, parent);
         empty(self.fs.unlink(parent.0, name.as_bytes(), false), reply)
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _op = metrics::global().op("rmdir");
-        if let Err(e) = self.guard(req, parent.0) {
-            return reply.error(e);
-        }
+        begin!("rmdir", self, req, reply, parent);
         empty(self.fs.unlink(parent.0, name.as_bytes(), true), reply)
     }
 
@@ -327,10 +354,7 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _op = metrics::global().op("symlink");
-        if let Err(e) = self.guard(req, parent.0) {
-            return reply.error(e);
-        }
+        begin!("symlink", self, req, reply, parent);
         let r = self.fs.mknod(
             parent.0,
             link_name.as_bytes(),
@@ -353,13 +377,7 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _op = metrics::global().op("rename");
-        if let Err(e) = self.guard(req, parent.0) {
-            return reply.error(e);
-        }
-        if let Err(e) = self.guard(req, newparent.0) {
-            return reply.error(e);
-        }
+        begin!("rename", self, req, reply, parent, newparent);
         empty(
             self.fs.rename(
                 parent.0,
@@ -380,25 +398,17 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _op = metrics::global().op("link");
-        if let Err(e) = self.guard(req, ino.0) {
-            return reply.error(e);
-        }
-        if let Err(e) = self.guard(req, newparent.0) {
-            return reply.error(e);
-        }
+        begin!("link", self, req, reply, ino, newparent);
         self.entry(self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply)
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _op = metrics::global().op("open");
-        if let Err(e) = self.guard(req, ino.0) {
-            return reply.error(e);
-        }
-        match self.fs.open(ino.0, flags.0, caller(req)) {
-            Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(o, self.direct_mmap)),
-            Err(e) => reply.error(errno(e)),
-        }
+        begin!("open", self, req, reply, ino);
+        answer(
+            self.fs.open(ino.0, flags.0, caller(req)),
+            reply,
+            |reply, o| reply.opened(FileHandle(o.fh), fopen_flags(o, self.direct_mmap)),
+        )
     }
 
     fn read(
@@ -412,14 +422,11 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _op = metrics::global().op("read");
-        match self.fs.read(fh.0, offset, size) {
-            Ok(d) => {
-                metrics::global().bytes_read.inc_by(d.len() as u64);
-                reply.data(&d)
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        begin!("read");
+        answer(self.fs.read(fh.0, offset, size), reply, |reply, d| {
+            metrics::global().bytes_read.inc_by(d.len() as u64);
+            reply.data(&d)
+        })
     }
 
     fn write(
@@ -434,17 +441,15 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _op = metrics::global().op("write");
+        begin!("write");
         // The kernel's FUSE_WRITE_KILL_SUIDGID is not needed: the core
         // decides for every write (see `Fs::write`).
-        match self.fs.write(fh.0, offset, data, caller(req)) {
-            Ok(w) => {
-                metrics::global().bytes_written.inc_by(u64::from(w.len));
-                self.attrs_changed(ino, &w);
-                reply.written(w.len)
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        let r = self.fs.write(fh.0, offset, data, caller(req));
+        answer(r, reply, |reply, w| {
+            metrics::global().bytes_written.inc_by(u64::from(w.len));
+            self.attrs_changed(ino, &w);
+            reply.written(w.len)
+        })
     }
 
     fn flush(
@@ -455,7 +460,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _op = metrics::global().op("flush");
+        begin!("flush");
         empty(self.fs.flush(fh.0), reply)
     }
 
@@ -469,7 +474,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _op = metrics::global().op("release");
+        begin!("release");
         empty(self.fs.release(fh.0), reply)
     }
 
@@ -481,7 +486,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _op = metrics::global().op("fsync");
+        begin!("fsync");
         empty(self.fs.fsync(fh.0), reply)
     }
 
@@ -491,23 +496,21 @@ impl Filesystem for FuseFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let _op = metrics::global().op("readdir");
-        if let Err(e) = self.guard(req, ino.0) {
-            return reply.error(e);
-        }
-        match self.fs.readdir(ino.0, offset, 512) {
-            Ok(entries) => {
+        begin!("readdir", self, req, reply, ino);
+        answer(
+            self.fs.readdir(ino.0, offset, 512),
+            reply,
+            |mut reply, entries| {
                 for (off, name, a) in entries {
                     if reply.add(INodeNo(a.ino), off, kind(a.mode), OsStr::from_bytes(&name)) {
                         break;
                     }
                 }
                 reply.ok()
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+            },
+        )
     }
 
     fn readdirplus(
@@ -516,14 +519,13 @@ impl Filesystem for FuseFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let _op = metrics::global().op("readdirplus");
-        if let Err(e) = self.guard(req, ino.0) {
-            return reply.error(e);
-        }
-        match self.fs.readdir(ino.0, offset, 256) {
-            Ok(entries) => {
+        begin!("readdirplus", self, req, reply, ino);
+        answer(
+            self.fs.readdir(ino.0, offset, 256),
+            reply,
+            |mut reply, entries| {
                 for (off, name, a) in entries {
                     if reply.add(
                         INodeNo(a.ino),
@@ -537,9 +539,8 @@ impl Filesystem for FuseFs {
                     }
                 }
                 reply.ok()
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+            },
+        )
     }
 
     fn fsyncdir(
@@ -550,33 +551,17 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _op = metrics::global().op("fsyncdir");
+        begin!("fsyncdir");
         empty(self.fs.fsyncdir(ino.0), reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _op = metrics::global().op("statfs");
-        match self.fs.statfs() {
-            Ok((files, bytes)) => {
-                // Capacity is the databases' disks: report a large, honest-to-usage total.
-                let bsize = 4096u64;
-                let total_blocks = (1u64 << 50) / bsize;
-                let used = bytes.div_ceil(bsize);
-                let free = total_blocks.saturating_sub(used);
-                let total_files = 1u64 << 40;
-                reply.statfs(
-                    total_blocks,
-                    free,
-                    free,
-                    total_files,
-                    total_files - files,
-                    bsize as u32,
-                    255,
-                    bsize as u32,
-                )
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        begin!("statfs");
+        answer(self.fs.statfs(), reply, |reply, s| {
+            reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            )
+        })
     }
 
     fn setxattr(
@@ -589,10 +574,7 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _op = metrics::global().op("setxattr");
-        if let Err(e) = self.guard(req, ino.0) {
-            return reply.error(e);
-        }
+        begin!("setxattr", self, req, reply, ino);
         empty(
             self.fs
                 .setxattr(ino.0, name.as_bytes(), value, flags, caller(req)),
@@ -601,10 +583,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _op = metrics::global().op("getxattr");
-        if let Err(e) = self.guard(req, ino.0) {
-            return reply.error(e);
-        }
+        begin!("getxattr", self, req, reply, ino);
         xattr(
             self.fs
                 .getxattr(ino.0, name.as_bytes(), req.pid(), caller(req)),
@@ -614,23 +593,17 @@ impl Filesystem for FuseFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _op = metrics::global().op("listxattr");
-        if let Err(e) = self.guard(req, ino.0) {
-            return reply.error(e);
-        }
+        begin!("listxattr", self, req, reply, ino);
         xattr(self.fs.listxattr(ino.0), size, reply)
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _op = metrics::global().op("removexattr");
-        if let Err(e) = self.guard(req, ino.0) {
-            return reply.error(e);
-        }
+        begin!("removexattr", self, req, reply, ino);
         empty(self.fs.removexattr(ino.0, name.as_bytes()), reply)
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        let _op = metrics::global().op("access");
+        begin!("access");
         // The kernel checks permissions itself (default_permissions).
         reply.ok()
     }
@@ -645,14 +618,12 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _op = metrics::global().op("fallocate");
-        match self.fs.fallocate(fh.0, offset, length, mode, caller(req)) {
-            Ok(w) => {
-                self.attrs_changed(ino, &w);
-                reply.ok()
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        begin!("fallocate");
+        let r = self.fs.fallocate(fh.0, offset, length, mode, caller(req));
+        answer(r, reply, |reply, w| {
+            self.attrs_changed(ino, &w);
+            reply.ok()
+        })
     }
 
     fn lseek(
@@ -664,7 +635,7 @@ impl Filesystem for FuseFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let _op = metrics::global().op("lseek");
+        begin!("lseek");
         let data = match whence {
             libc::SEEK_DATA => true,
             libc::SEEK_HOLE => false,
@@ -674,10 +645,11 @@ impl Filesystem for FuseFs {
         if offset < 0 {
             return reply.error(FErrno::from_i32(libc::ENXIO));
         }
-        match self.fs.seek_data(fh.0, offset as u64, data) {
-            Ok(o) => reply.offset(o as i64),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(
+            self.fs.seek_data(fh.0, offset as u64, data),
+            reply,
+            |reply, o| reply.offset(o as i64),
+        )
     }
 
     fn create(
@@ -690,22 +662,18 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _op = metrics::global().op("create");
-        if let Err(e) = self.guard(req, parent.0) {
-            return reply.error(e);
-        }
-        match self
+        begin!("create", self, req, reply, parent);
+        let r = self
             .fs
-            .create(parent.0, name.as_bytes(), mode, umask, flags, caller(req))
-        {
-            Ok((a, o)) => reply.created(
+            .create(parent.0, name.as_bytes(), mode, umask, flags, caller(req));
+        answer(r, reply, |reply, (a, o)| {
+            reply.created(
                 &self.ttl,
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(o.fh),
                 fopen_flags(o, self.direct_mmap),
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
+            )
+        })
     }
 }

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod mount;
 pub mod object_store;
 pub mod placement;
+pub mod protocol;
 pub mod shard;
 pub mod space_server;
 pub mod tasks;

@@ -17,6 +17,7 @@ pub mod error;
 pub mod meta;
 pub mod own_xattrs;
 pub mod reaper;
+pub mod statfs;
 pub mod xattr_cache;
 
 use std::collections::HashMap;
@@ -1539,7 +1540,7 @@ impl Fs {
 
     /// The mount's own xattrs ([`own_xattrs`]), answered without the xattr table.
     fn own_xattr(&self, ino: u64, name: &[u8], tid: u32, caller: Caller) -> FsResult<Vec<u8>> {
-        if name == own_xattrs::DEACTIVATED_SPACES {
+        if name == crate::protocol::DEACTIVATED_SPACES.to_bytes() {
             let Node::Volume(v) = Node::from_ino(ino) else {
                 return Err(Error::ENODATA);
             };
@@ -1559,17 +1560,16 @@ impl Fs {
                 return Err(Error::ENODATA);
             }
             ids.sort_unstable();
-            let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
-            return Ok(ids.join(" ").into_bytes());
+            return Ok(crate::protocol::encode_space_ids(&ids));
         }
         let Node::Space(s, i) = Node::from_ino(ino) else {
             return Err(Error::ENODATA);
         };
         let node = self.open.lock().unwrap().get(&(s, i)).cloned();
-        if name == own_xattrs::APPEND_OFFSET {
+        if name == crate::protocol::APPEND_OFFSET.to_bytes() {
             let off = node.and_then(|n| n.last_append(tid));
             return off
-                .map(|o| o.to_string().into_bytes())
+                .map(crate::protocol::encode_offset)
                 .ok_or(Error::ENODATA);
         }
         // Buffered writes here bring the file back into the database at
@@ -1591,17 +1591,18 @@ impl Fs {
         r
     }
 
-    /// (inodes used, bytes stored) over all reachable nodes. Counting is a
-    /// scan of every node, so the answer is reused for a few seconds.
-    pub fn statfs(&self) -> FsResult<(u64, u64)> {
-        if let Some((at, v)) = *self.usage.lock().unwrap()
+    /// Capacity and usage, from the inodes used and bytes stored over all
+    /// reachable nodes. Counting is a scan of every node, so the count is
+    /// reused for a few seconds.
+    pub fn statfs(&self) -> FsResult<statfs::StatFs> {
+        if let Some((at, (files, bytes))) = *self.usage.lock().unwrap()
             && at.elapsed() < STATFS_TTL
         {
-            return Ok(v);
+            return Ok(statfs::StatFs::new(files, bytes));
         }
-        let v = self.count_usage()?;
-        *self.usage.lock().unwrap() = Some((Instant::now(), v));
-        Ok(v)
+        let (files, bytes) = self.count_usage()?;
+        *self.usage.lock().unwrap() = Some((Instant::now(), (files, bytes)));
+        Ok(statfs::StatFs::new(files, bytes))
     }
 
     fn count_usage(&self) -> FsResult<(u64, u64)> {

@@ -1,28 +1,7 @@
-//! Extended attributes the mount answers itself; they are never stored.
-//!
-//! - `user.tshs.append_offset`: the offset, in decimal, at which the calling
-//!   thread's last `O_APPEND` write to this file landed, while the file is
-//!   open in this mount (see [`super::data::AppendOffsets`]). With it an
-//!   appender learns its offset even when another mount appends at the same
-//!   moment (the space server asks right after its write, on the same
-//!   thread). Threads are told apart by the caller's thread id that FUSE
-//!   passes with each request.
-//! - `user.tshs.s3_url`: for a regular file whose data is in the object
-//!   store, a presigned GET URL of its object, valid for the S3 host's
-//!   `RedirectTimeout` seconds (the space server's `--s3-redirect`). One
-//!   query and a local signature; no request goes to the store.
-//!
-//! - `user.tshs.deactivated_spaces`, of a volume directory: the IDs of its
-//!   spaces deactivated for a restore, in decimal, separated by spaces. The
-//!   mount refuses those spaces with `EACCES` to all but root and its
-//!   `admin_gid`; this tells a refused process (the space server) why. Root
-//!   and that group, refused nothing, are told nothing (`ENODATA`).
-//!
-//! All answer `ENODATA` when there is nothing to tell (no append by this
-//! thread; a file in the database; `RedirectTimeout=0`; no space
-//! deactivated). `listxattr` does
-//! not show them; `setxattr` and `removexattr` refuse them with `EPERM`.
-//! The URL is a credential for one object: it is never logged.
+//! Extended attributes the mount answers itself (named and described in
+//! [`crate::protocol`]); they are never stored. `user.tshs.append_offset`
+//! comes from [`super::data::AppendOffsets`]; `user.tshs.s3_url` costs one
+//! query and a local signature, no request to the store.
 
 use std::time::Duration;
 
@@ -31,13 +10,12 @@ use mysql::prelude::Queryable;
 use super::error::{Error, FsResult, db_failed, store_failed};
 use crate::cluster::Route;
 
-pub const APPEND_OFFSET: &[u8] = b"user.tshs.append_offset";
-pub const S3_URL: &[u8] = b"user.tshs.s3_url";
-pub const DEACTIVATED_SPACES: &[u8] = b"user.tshs.deactivated_spaces";
-
 /// True for a name only the mount may answer.
 pub fn is_own(name: &[u8]) -> bool {
-    name == APPEND_OFFSET || name == S3_URL || name == DEACTIVATED_SPACES
+    use crate::protocol::{APPEND_OFFSET, DEACTIVATED_SPACES, S3_URL};
+    [APPEND_OFFSET, S3_URL, DEACTIVATED_SPACES]
+        .iter()
+        .any(|own| own.to_bytes() == name)
 }
 
 /// A presigned GET URL for the object holding the data of `(space, ino)`,

@@ -56,17 +56,12 @@ use nix::unistd::{UnlinkatFlags, fsync, linkat, unlinkat};
 
 use super::path::RelPath;
 use super::range::{self, Want};
+use crate::protocol;
 
 /// The most one append may carry: the mount keeps one `write(2)` of up to
 /// 1 MiB in one transaction; a larger one could interleave with another
 /// mount's append.
 pub const MAX_APPEND: u64 = 1 << 20;
-
-/// The mount's xattr naming where this thread's last append landed.
-const APPEND_OFFSET_XATTR: &CStr = c"user.tshs.append_offset";
-
-/// The mount's xattr with a presigned URL of a file's S3 object.
-const S3_URL_XATTR: &CStr = c"user.tshs.s3_url";
 
 /// How long an append waits for this mount to stop showing a log another
 /// mount rotated under the name `last.log` (the entry TTL, 1 s by default).
@@ -235,10 +230,9 @@ impl Tree {
         let dir = self
             .open_at(&volume, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
             .ok()?;
-        let ids = fgetxattr(dir.as_fd(), c"user.tshs.deactivated_spaces").ok()??;
-        let ids = String::from_utf8(ids).ok()?;
-        ids.split(' ')
-            .any(|id| id.parse() == Ok(space))
+        let ids = fgetxattr(dir.as_fd(), protocol::DEACTIVATED_SPACES).ok()??;
+        protocol::decode_space_ids(&ids)
+            .contains(&space)
             .then_some(space)
     }
 
@@ -327,7 +321,8 @@ impl Tree {
                 return Err(Error::Conflict("not a regular file"));
             }
             if redirect
-                && let Some(url) = fgetxattr(fd.as_fd(), S3_URL_XATTR).map_err(sys("getxattr"))?
+                && let Some(url) =
+                    fgetxattr(fd.as_fd(), protocol::S3_URL).map_err(sys("getxattr"))?
             {
                 let url = String::from_utf8(url)
                     .map_err(|_| Error::Internal("the mount's S3 URL is not UTF-8".into()))?;
@@ -484,13 +479,11 @@ impl Tree {
         }
         fsync(fd.as_fd()).map_err(sys("fsync"))?;
         // Same thread as the write: the mount tells where it landed.
-        let told = fgetxattr(fd.as_fd(), APPEND_OFFSET_XATTR).map_err(sys("getxattr"))?;
+        let told = fgetxattr(fd.as_fd(), protocol::APPEND_OFFSET).map_err(sys("getxattr"))?;
         let after = fresh_fstat(fd.as_fd()).map_err(sys("stat"))?;
         let len = data.len() as u64;
         let offset = match told {
-            Some(v) => std::str::from_utf8(&v)
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
+            Some(v) => protocol::decode_offset(&v)
                 .filter(|o| o + len <= after.size)
                 .ok_or_else(|| {
                     Error::OffsetUnknown(format!(
