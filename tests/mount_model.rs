@@ -1,43 +1,33 @@
-//! Model-based test: random sequences of file operations run on a space of a
-//! real mount and on a local directory (the reference model); results
-//! (success or errno) and the whole tree (types, sizes, modes, link counts,
-//! contents, symlink targets) are compared after every step.
+//! Model-based test on proptest: random sequences of file operations run in
+//! a fresh directory of a space of a real mount and of a local directory (the
+//! reference model); results (success or errno) and the whole tree (types,
+//! sizes, modes, link counts, contents, symlink targets) are compared after
+//! every step.
 //!
-//! Reproducible: the seed is printed; rerun one with `TSHS_MODEL_SEED=<n>`.
+//! A failing sequence shrinks to a minimal one, which is saved in
+//! `tests/mount_model.proptest-regressions` and replayed first on every run.
+//! `TSHS_MODEL_CASES` sets the number of sequences (default 16, up to
+//! `MAX_OPS` operations each); `PROPTEST_RNG_SEED` fixes proptest's seed.
 
 mod common;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::select;
+use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+
 use common::TestCluster;
 
-/// xorshift64*: small, deterministic, good enough to pick operations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn path(&mut self) -> String {
-        const DIRS: &[&str] = &["", "d1/", "d2/", "d1/e/"];
-        const NAMES: &[&str] = &["a", "b", "c", "d1", "d2", "e", "last.log"];
-        format!(
-            "{}{}",
-            DIRS[self.below(4) as usize],
-            NAMES[self.below(7) as usize]
-        )
-    }
-}
+/// Operations per sequence at most; with 16 sequences, about as many steps
+/// as the seeded test this replaced (4 × 250).
+const MAX_OPS: usize = 128;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -52,6 +42,14 @@ enum Op {
         len: usize,
         byte: u8,
     },
+    /// open(O_CREAT|O_TRUNC) and one write, as `fs::write` does.
+    Overwrite {
+        path: String,
+        len: usize,
+        byte: u8,
+    },
+    /// open(O_CREAT|O_EXCL).
+    CreateExcl(String),
     Truncate {
         path: String,
         size: u64,
@@ -78,42 +76,71 @@ enum Op {
     },
 }
 
-fn random_op(r: &mut Rng) -> Op {
-    match r.below(12) {
-        0 => Op::Write {
-            path: r.path(),
-            off: [0, 1, 4095, 262_143, 262_144, 700_000][r.below(6) as usize] + r.below(100),
-            len: [1, 100, 5000, 300_000][r.below(4) as usize],
-            byte: r.below(256) as u8,
-        },
-        1 => Op::Append {
-            path: r.path(),
-            len: 1 + r.below(3000) as usize,
-            byte: r.below(256) as u8,
-        },
-        2 => Op::Truncate {
-            path: r.path(),
-            size: [0, 10, 262_144, 500_000][r.below(4) as usize],
-        },
-        3 => Op::Mkdir(r.path()),
-        4 => Op::Rmdir(r.path()),
-        5 => Op::Unlink(r.path()),
-        6 => Op::Rename(r.path(), r.path()),
-        7 => Op::Link(r.path(), r.path()),
-        8 => Op::Symlink(r.path(), r.path()),
-        9 => Op::Chmod(r.path(), [0o600, 0o644, 0o755, 0o4711][r.below(4) as usize]),
-        10 => Op::Fallocate {
-            path: r.path(),
-            mode: [0, 1, 3, 0x10, 0x11][r.below(5) as usize],
-            off: [0, 1, 4095, 262_143, 262_144, 700_000][r.below(6) as usize] + r.below(100),
-            len: 1 + [0, 100, 5000, 300_000][r.below(4) as usize] + r.below(100),
-        },
-        _ => Op::Read {
-            path: r.path(),
-            off: r.below(600_000),
-            len: 1 + r.below(300_000) as usize,
-        },
-    }
+/// A small pool of names, so that operations collide often; shrinks to `a`.
+fn path() -> impl Strategy<Value = String> {
+    const DIRS: &[&str] = &["", "d1/", "d2/", "d1/e/"];
+    const NAMES: &[&str] = &["a", "b", "c", "d1", "d2", "e", "last.log"];
+    (select(DIRS), select(NAMES)).prop_map(|(d, n)| format!("{d}{n}"))
+}
+
+/// Offsets near the edges of the first and second 256 KiB extents.
+fn offset() -> impl Strategy<Value = u64> {
+    const BASES: &[u64] = &[0, 1, 4095, 262_143, 262_144, 700_000];
+    (select(BASES), 0..100u64).prop_map(|(b, d)| b + d)
+}
+
+fn length() -> impl Strategy<Value = usize> {
+    select(&[1usize, 100, 5000, 300_000][..])
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (path(), offset(), length(), any::<u8>()).prop_map(|(path, off, len, byte)| Op::Write {
+            path,
+            off,
+            len,
+            byte
+        }),
+        (path(), 1..=3000usize, any::<u8>()).prop_map(|(path, len, byte)| Op::Append {
+            path,
+            len,
+            byte
+        }),
+        (path(), length(), any::<u8>()).prop_map(|(path, len, byte)| Op::Overwrite {
+            path,
+            len,
+            byte
+        }),
+        path().prop_map(Op::CreateExcl),
+        (path(), select(&[0u64, 10, 262_144, 500_000][..]))
+            .prop_map(|(path, size)| Op::Truncate { path, size }),
+        path().prop_map(Op::Mkdir),
+        path().prop_map(Op::Rmdir),
+        path().prop_map(Op::Unlink),
+        (path(), path()).prop_map(|(a, b)| Op::Rename(a, b)),
+        (path(), path()).prop_map(|(a, b)| Op::Link(a, b)),
+        (path(), path()).prop_map(|(a, b)| Op::Symlink(a, b)),
+        (path(), select(&[0o600u32, 0o644, 0o755, 0o4711][..]))
+            .prop_map(|(path, mode)| Op::Chmod(path, mode)),
+        (
+            path(),
+            select(&[0i32, 1, 3, 0x10, 0x11][..]),
+            offset(),
+            select(&[1u64, 101, 5001, 300_001][..]),
+            0..100u64
+        )
+            .prop_map(|(path, mode, off, len, d)| Op::Fallocate {
+                path,
+                mode,
+                off,
+                len: len + d
+            }),
+        (path(), 0..600_000u64, 1..=300_000usize).prop_map(|(path, off, len)| Op::Read {
+            path,
+            off,
+            len
+        }),
+    ]
 }
 
 /// Runs one operation under `root`; returns Ok(read bytes) or the errno.
@@ -146,6 +173,15 @@ fn apply(root: &Path, op: &Op) -> Result<Vec<u8>, i32> {
             f.write_all(&vec![*byte; *len]).map_err(e)?;
             Ok(vec![])
         }
+        Op::Overwrite { path, len, byte } => fs::write(p(path), vec![*byte; *len])
+            .map(|_| vec![])
+            .map_err(e),
+        Op::CreateExcl(path) => OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p(path))
+            .map(|_| vec![])
+            .map_err(e),
         Op::Truncate { path, size } => {
             OpenOptions::new()
                 .write(true)
@@ -240,42 +276,72 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
+/// Runs `ops` under both roots, comparing each result and then the trees.
+fn run_case(model: &Path, mounted: &Path, ops: &[Op]) -> Result<(), TestCaseError> {
+    for (step, op) in ops.iter().enumerate() {
+        let want = apply(model, op);
+        let got = apply(mounted, op);
+        prop_assert_eq!(got, want, "step {}: {:?} differs", step, op);
+        prop_assert_eq!(
+            snapshot(mounted),
+            snapshot(model),
+            "step {}: trees differ after {:?}",
+            step,
+            op
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn random_operations_match_a_local_directory() {
     let c = TestCluster::with_nodes();
     let m = c.mount();
-    let seeds: Vec<u64> = match std::env::var("TSHS_MODEL_SEED") {
-        Ok(s) => vec![s.parse().unwrap()],
-        Err(_) => vec![1, 2, 3, 0x5eed],
+    let space = m.space(50);
+    let local = tempfile::tempdir().unwrap();
+    let cases = std::env::var("TSHS_MODEL_CASES").map_or(16, |s| {
+        s.parse()
+            .expect("TSHS_MODEL_CASES is a number of sequences")
+    });
+    let config = Config {
+        cases,
+        // proptest's default (4 × cases) stops far from a minimal sequence;
+        // the time bounds a failing CI run.
+        max_shrink_iters: 10_000,
+        max_shrink_time: 300_000,
+        source_file: Some(file!()),
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
+        ..Config::default()
     };
-    for (i, seed) in seeds.into_iter().enumerate() {
-        let local = tempfile::tempdir().unwrap();
-        let mounted = m.space(50 + i as u32);
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        let mut history = Vec::new();
-        for step in 0..250 {
-            let op = random_op(&mut rng);
-            history.push(op.clone());
-            let want = apply(local.path(), &op);
-            let got = apply(&mounted, &op);
-            assert_eq!(
-                got, want,
-                "seed {seed} step {step}: {op:?} differs (history: {history:?})"
-            );
-            assert_eq!(
-                snapshot(&mounted),
-                snapshot(local.path()),
-                "seed {seed} step {step}: trees differ after {op:?}"
-            );
-        }
-        let fin = snapshot(local.path());
-        assert!(
-            fin.len() >= 3,
-            "seed {seed}: the sequence built too little to compare: {fin:?}"
-        );
-        println!(
-            "seed {seed}: 250 steps match; final tree has {} entries",
-            fin.len()
-        );
+    // Every run, shrinking's included, starts in directories of its own.
+    let runs = Cell::new(0u32);
+    let (steps, largest) = (Cell::new(0usize), Cell::new(0usize));
+    let result = TestRunner::new(config).run(&vec(op(), 1..=MAX_OPS), |ops| {
+        let n = runs.get();
+        runs.set(n + 1);
+        let (model, mounted) = (local.path().join(n.to_string()), space.join(n.to_string()));
+        fs::create_dir(&model).unwrap();
+        fs::create_dir(&mounted).unwrap();
+        run_case(&model, &mounted, &ops)?;
+        steps.set(steps.get() + ops.len());
+        largest.set(largest.get().max(snapshot(&model).len()));
+        fs::remove_dir_all(&model).unwrap();
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
+    assert!(
+        largest.get() >= 3,
+        "the sequences built too little to compare: at most {} entries",
+        largest.get()
+    );
+    println!(
+        "{} sequences, {} steps match; the largest final tree has {} entries",
+        runs.get(),
+        steps.get(),
+        largest.get()
+    );
 }
