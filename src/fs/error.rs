@@ -127,11 +127,6 @@ pub fn failed(message: impl Into<String>) -> Error {
     Error::failed(Failure(message.into()))
 }
 
-/// Logs a database failure with the node it came from and returns `EIO`.
-pub fn db_failed(node: u32, what: &str, e: impl std::fmt::Display) -> Error {
-    failed(format!("storage node {node}: {what}: {e}"))
-}
-
 /// Logs an object store failure (the error names the host) and returns `EIO`.
 pub fn store_failed(space: u32, ino: u64, e: impl std::fmt::Display) -> Error {
     failed(format!("space {space} inode {ino}: {e}"))

@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use mysql::prelude::Queryable;
-
-use super::error::{Error, FsResult, db_failed, store_failed};
+use super::error::{Error, FsResult, store_failed};
 use crate::cluster::Route;
+use crate::shard::extents;
 
 /// True for a name only the mount may answer.
 pub fn is_own(name: &[u8]) -> bool {
@@ -22,16 +21,7 @@ pub fn is_own(name: &[u8]) -> bool {
 /// or `ENODATA` (the data is in the database, or its S3 host has
 /// `RedirectTimeout=0`).
 pub fn s3_url(shard: &Route, space: u32, ino: u64) -> FsResult<Vec<u8>> {
-    let row: Option<(u32, Vec<u8>)> = shard
-        .read(|c| {
-            c.exec_first(
-                "SELECT s3_host, s3_key FROM inodes
-                 WHERE space_id = ? AND ino = ? AND state < 2 AND s3_key IS NOT NULL",
-                (space, ino),
-            )
-        })
-        .map_err(|e| db_failed(shard.id(), "read", e))?;
-    let (host, key) = row.ok_or(Error::ENODATA)?;
+    let (host, key) = extents::object_of(shard, space, ino)?.ok_or(Error::ENODATA)?;
     let store = shard
         .cluster()
         .object_store(host)
@@ -40,7 +30,6 @@ pub fn s3_url(shard: &Route, space: u32, ino: u64) -> FsResult<Vec<u8>> {
     if valid == 0 {
         return Err(Error::ENODATA);
     }
-    let key = String::from_utf8_lossy(&key);
     let url = store
         .presign_get(&key, Duration::from_secs(valid))
         .map_err(|e| store_failed(space, ino, e))?;

@@ -73,6 +73,19 @@ pub fn span(s: &impl Access, space: u32, ino: u64, first: u64, last: u64) -> Sha
     Ok(Span::Extents(out))
 }
 
+/// The S3 host and key of the object holding a live file's data, if it is
+/// in the object store.
+pub fn object_of(s: &impl Access, space: u32, ino: u64) -> ShardResult<Option<(u32, String)>> {
+    let row: Option<(u32, Vec<u8>)> = s.query("read", |c| {
+        c.exec_first(
+            "SELECT s3_host, s3_key FROM inodes
+             WHERE space_id = ? AND ino = ? AND state < ? AND s3_key IS NOT NULL",
+            (space, ino, InodeState::Deleted as u8),
+        )
+    })?;
+    Ok(row.map(|(host, key)| (host, String::from_utf8_lossy(&key).into_owned())))
+}
+
 /// One extent a mount buffered: its whole content from the extent's start,
 /// the length it had when the mount loaded it, and the lowest byte changed.
 pub struct Buffered<'a> {
