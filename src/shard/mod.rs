@@ -10,11 +10,15 @@
 //! no extent holds read as zeros (holes). `inodes.stored` is the sum of the
 //! extents' lengths, so `st_blocks` is honest for sparse files.
 
+mod backup;
 mod copy;
+mod listing;
 mod s3;
 mod schema;
 
+pub use backup::{DentryRow, InodeRow, ReadBackup, SpaceRows};
 pub use copy::{RoundStats, SpaceCopy, open_space, purge_moved};
+pub use listing::{DataPlace, ListedDentry, ListedInode};
 pub use s3::{Candidate, Orphan, garbage_objects_of};
 
 use anyhow::{Context, Result, bail};
@@ -184,6 +188,11 @@ impl Shard {
 
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// Does the node answer (`SELECT 1`)?
+    pub fn ping(&self) -> Result<(), DbError> {
+        self.db.read(|c| c.query_drop("SELECT 1"))
     }
 
     /// Brings the node's schema up to date; returns the migrations applied.
