@@ -189,6 +189,7 @@ impl ConnOptions {
     }
 
     /// Options for the `mysql` crate, with bounded timeouts.
+    // Exception to "only db.rs, shard/, cluster/ name mysql::": option mapping beside its defaults, no SQL.
     pub fn to_mysql(&self) -> mysql::Opts {
         let secs = |v: Option<u64>, d| Some(Duration::from_secs(v.unwrap_or(d)));
         let mut b = mysql::OptsBuilder::new()

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use mysql::prelude::Queryable;
 
 use super::Cli;
 use crate::cluster::{Cluster, Phase};
@@ -108,9 +107,7 @@ fn check(cli: &Cli, words: &[String]) -> (i32, String) {
     let admin = spawn(move || -> Result<(Cluster, f64), String> {
         let t = Instant::now();
         let c = Cluster::connect(&opts, 2).map_err(|e| format!("{e:#}"))?;
-        c.admin()
-            .read(|c| c.query_drop("SELECT 1"))
-            .map_err(|e| e.to_string())?;
+        c.ping_admin().map_err(|e| e.to_string())?;
         Ok((c, ms(t)))
     });
     match wait(admin, timeout) {
@@ -291,8 +288,7 @@ impl Report {
                     let t = Instant::now();
                     c.shard(id)
                         .map_err(|e| format!("{e:#}"))?
-                        .db()
-                        .read(|c| c.query_drop("SELECT 1"))
+                        .ping()
                         .map_err(|e| e.to_string())?;
                     Ok(ms(t))
                 })
@@ -334,15 +330,8 @@ impl Report {
 
         self.object_store(cluster, timeout);
 
-        let stale: Result<Option<u64>, _> = cluster.admin().read(|c| {
-            c.exec_first(
-                "SELECT COUNT(*) FROM access_points WHERE access_time < NOW() - INTERVAL ? SECOND",
-                (STALE_SECS,),
-            )
-        });
-        match stale {
+        match cluster.silent_access_points(STALE_SECS) {
             Ok(n) => {
-                let n = n.unwrap_or(0);
                 self.perf.push(format!("stale_access_points={n};0;;0"));
                 if n > 0 {
                     self.raise(

@@ -16,6 +16,7 @@ use anyhow::Result;
 use mysql::prelude::Queryable;
 
 use super::Cluster;
+use crate::db::DbError;
 
 /// Seconds between heartbeats.
 pub const HEARTBEAT_SECS: u64 = 5;
@@ -244,6 +245,18 @@ impl Cluster {
                 (epoch, EXPIRE_SECS),
             )
             .map_err(|e| self.admin.err(e))?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// How many access points have been silent for `secs` (their rows not
+    /// expired yet).
+    pub fn silent_access_points(&self, secs: u64) -> Result<u64, DbError> {
+        let n: Option<u64> = self.admin.read(|c| {
+            c.exec_first(
+                "SELECT COUNT(*) FROM access_points WHERE access_time < NOW() - INTERVAL ? SECOND",
+                (secs,),
+            )
+        })?;
         Ok(n.unwrap_or(0))
     }
 

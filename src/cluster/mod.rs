@@ -24,7 +24,7 @@ use mysql::prelude::Queryable;
 
 pub use access_points::{AccessPoint, AccessPointRow, Liveness};
 pub use imports::{ImportJob, ImportingSpace, Registered};
-pub use jobs::JobRow;
+pub use jobs::{DeleteJob, JobRow, PurgeClaim};
 pub use nodes::{NodeRow, NodeTotals, Phase};
 pub use route::{Route, Router, is_fenced};
 pub use settings::{SETTINGS, STORE_SPACE_NAMES};
@@ -33,7 +33,7 @@ pub use volumes::{
 };
 
 use crate::config::ConnOptions;
-use crate::db::{Db, migrate, table_names};
+use crate::db::{Db, DbError, migrate, table_names};
 use crate::object_store::S3Store;
 use crate::shard::Shard;
 
@@ -191,6 +191,11 @@ impl Cluster {
 
     pub fn admin(&self) -> &Db {
         &self.admin
+    }
+
+    /// Does the Admin Node answer (`SELECT 1`)?
+    pub fn ping_admin(&self) -> Result<(), DbError> {
+        self.admin.read(|c| c.query_drop("SELECT 1"))
     }
 
     /// Creates the Admin Node tables, or brings them and every Storage

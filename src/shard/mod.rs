@@ -11,19 +11,23 @@
 //! extents' lengths, so `st_blocks` is honest for sparse files.
 
 mod access;
+mod backup;
 mod copy;
 mod error;
 pub mod extents;
 pub mod inode;
+mod listing;
 pub mod namespace;
 mod s3;
 mod schema;
 pub mod xattrs;
 
 pub use access::{Access, Stores};
+pub use backup::{DentryRow, InodeRow, ReadBackup, SpaceRows};
 pub use copy::{RoundStats, SpaceCopy, open_space, purge_moved};
 pub use error::ShardError;
 pub use inode::InodeState;
+pub use listing::{DataPlace, ListedDentry, ListedInode};
 pub use s3::{Candidate, Orphan, garbage_objects_of};
 
 use anyhow::{Context, Result, bail};
@@ -193,6 +197,11 @@ impl Shard {
 
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// Does the node answer (`SELECT 1`)?
+    pub fn ping(&self) -> Result<(), DbError> {
+        self.db.read(|c| c.query_drop("SELECT 1"))
     }
 
     /// Brings the node's schema up to date; returns the migrations applied.

@@ -8,10 +8,10 @@
 //! Whatever stops it first leaves the record behind, and remove-deleted
 //! deletes that object later; a file is never without its data.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use mysql::prelude::Queryable;
 
-use super::{FENCE_MESSAGE, Shard};
+use super::{EXTENT_SIZE, FENCE_MESSAGE, Shard};
 use crate::db::TxError;
 
 /// A file move-to-s3 may move, with the version of it that is uploaded.
@@ -41,6 +41,9 @@ pub struct Orphan {
 const ELIGIBLE: &str = "i.state = 0 AND i.mode & 0o170000 = 0o100000 AND i.s3_key IS NULL AND i.import_path IS NULL
      AND i.mtime < ? AND i.ctime < ? AND i.size >= ? AND (? = 0 OR i.size <= ?)
      AND NOT EXISTS (SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log')";
+
+/// Extents read per query while uploading (16 MiB).
+const READ_EXTENTS: u64 = 64;
 
 fn eligible() -> String {
     ELIGIBLE
@@ -176,6 +179,53 @@ impl Shard {
             Err(e) => Err(anyhow::Error::from(e.into_db()))
                 .with_context(|| format!("storage node {}: finishing a move to S3", self.id)),
         }
+    }
+
+    /// `len` bytes of a file from `off`, from its extents, for an upload
+    /// (holes and bytes past an extent's end read as zeros).
+    pub fn read_for_upload(&self, space: u32, ino: u64, off: u64, len: usize) -> Result<Vec<u8>> {
+        let e = EXTENT_SIZE;
+        let end = off + len as u64;
+        let mut out = vec![0u8; len];
+        let mut at = off - off % e;
+        while at < end {
+            let until = (at + READ_EXTENTS * e).min(end.div_ceil(e) * e);
+            let rows: Vec<(u64, Vec<u8>)> = self
+                .db
+                .read(|conn| {
+                    conn.exec(
+                        "SELECT off, data FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ? ORDER BY off",
+                        (space, ino, at, until),
+                    )
+                })
+                .map_err(|e| anyhow!("storage node {}: reading a file to upload: {e}", self.id))?;
+            for (o, d) in rows {
+                let (from, to) = (o.max(off), (o + d.len() as u64).min(end));
+                if from < to {
+                    out[(from - off) as usize..(to - off) as usize]
+                        .copy_from_slice(&d[(from - o) as usize..(to - o) as usize]);
+                }
+            }
+            at = until;
+        }
+        Ok(out)
+    }
+
+    /// Records objects of a space that nothing names any more, `(host, key,
+    /// ino)`, as garbage: remove-deleted deletes them after the grace period.
+    pub fn record_garbage(&self, space: u32, objects: &[(u32, String, u64)]) -> Result<()> {
+        let now = crate::fs::now_ns();
+        self.tx(|tx| {
+            for (h, k, ino) in objects {
+                tx.exec_drop(
+                    "INSERT INTO s3_uploads (s3_host, s3_key, space_id, ino, state, touched_at)
+                     VALUES (?, ?, ?, ?, 'garbage', ?)",
+                    (h, k, space, ino, now),
+                )?;
+            }
+            Ok(())
+        })
+        .map_err(|e| anyhow!("storage node {}: {e}", self.id))
     }
 
     /// The S3 hosts that have orphans (see [`Shard::s3_orphans`]).

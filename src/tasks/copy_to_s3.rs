@@ -24,10 +24,8 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
-use mysql::prelude::Queryable;
 
 use super::manifest::{self, Data, Dentry, Inode, Manifest};
-use super::move_to_s3::read_range;
 use super::{Outcome, Progress, ProgressFn, TaskOptions};
 use crate::cluster::Cluster;
 use crate::fs::now_ns;
@@ -108,83 +106,20 @@ fn back_up_space(shard: &Shard, store: &S3Store, host: &S3Host, space: u32) -> R
     let prev = previous(store, space)?;
     // Nothing changed (every change of data, attributes or names moves a
     // ctime): no need to read the space.
-    let newest: Option<Option<i64>> = shard.db().read(|c| {
-        c.exec_first(
-            "SELECT MAX(ctime) FROM inodes WHERE space_id = ? AND state = 0",
-            (space,),
-        )
-    })?;
-    if let (Some(p), Some(Some(newest))) = (&prev, newest)
+    if let (Some(p), Some(newest)) = (&prev, shard.newest_ctime(space)?)
         && p.changed == newest
     {
         return Ok(None);
     }
-    // One consistent snapshot of the space's rows.
-    type IRow = (
-        u64,
-        u32,
-        u32,
-        u32,
-        u32,
-        u64,
-        u64,
-        u32,
-        (i64, i64, i64, i64),
-        Option<Vec<u8>>,
-        Option<u32>,
-        Option<Vec<u8>>,
-    );
-    let snapshot = shard
-        .tx(|tx| {
-            let counters: Option<(u64, u64)> = tx.exec_first(
-                "SELECT next_ino, next_seq FROM spaces WHERE space_id = ?",
-                (space,),
-            )?;
-            let inodes: Vec<mysql::Row> = tx.exec(
-                "SELECT ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target, s3_host, s3_key
-                 FROM inodes WHERE space_id = ? AND state = 0 ORDER BY ino",
-                (space,),
-            )?;
-            let dentries: Vec<(u64, u64, u64, Vec<u8>)> = tx.exec(
-                "SELECT parent, seq, ino, name FROM dentries WHERE space_id = ? ORDER BY parent, seq",
-                (space,),
-            )?;
-            let xattrs: Vec<(u64, Vec<u8>, Vec<u8>)> = tx.exec(
-                "SELECT ino, name, value FROM xattrs WHERE space_id = ? ORDER BY ino, name",
-                (space,),
-            )?;
-            Ok((counters, inodes, dentries, xattrs))
-        })
-        .map_err(|e| anyhow::anyhow!("storage node {}: {e}", shard.id()))?;
-    let (Some((next_ino, next_seq)), rows, dentries, xattrs) = snapshot else {
+    let Some(rows) = shard.space_rows(space)? else {
         return Ok(None); // the space is not (or no longer) here
     };
-    let inodes: Vec<IRow> = rows
-        .into_iter()
-        .map(|r| {
-            let g = |i: usize| -> u64 { r.get(i).unwrap_or(0) };
-            let t = |i: usize| -> i64 { r.get(i).unwrap_or(0) };
-            (
-                g(0),
-                g(1) as u32,
-                g(2) as u32,
-                g(3) as u32,
-                g(4) as u32,
-                g(5),
-                g(6),
-                g(7) as u32,
-                (t(8), t(9), t(10), t(11)),
-                r.get::<Option<Vec<u8>>, _>(12).flatten(),
-                r.get::<Option<u32>, _>(13).flatten(),
-                r.get::<Option<Vec<u8>>, _>(14).flatten(),
-            )
-        })
-        .collect();
-    let changed = inodes.iter().map(|i| i.8.2).max().unwrap_or(0);
-    let logs: Vec<u64> = dentries
+    let changed = rows.inodes.iter().map(|i| i.times[2]).max().unwrap_or(0);
+    let logs: Vec<u64> = rows
+        .dentries
         .iter()
-        .filter(|d| d.3 == b"last.log")
-        .map(|d| d.2)
+        .filter(|d| d.name == b"last.log")
+        .map(|d| d.ino)
         .collect();
     let prev_data: HashMap<u64, (&Inode, &Data)> = prev
         .iter()
@@ -195,32 +130,32 @@ fn back_up_space(shard: &Shard, store: &S3Store, host: &S3Host, space: u32) -> R
     let mut records = Vec::new();
     let mut new_backups = HashMap::new();
     let is_reg = |mode: u32| mode & libc::S_IFMT == libc::S_IFREG;
-    for i in &inodes {
-        if !logs.contains(&i.0) || !is_reg(i.1) || i.11.is_some() {
+    for i in &rows.inodes {
+        if !logs.contains(&i.ino) || !is_reg(i.mode) || i.s3_key.is_some() {
             continue;
         }
         // Unchanged since its last backup?
-        if let Some((p, Data::Backup { .. })) = prev_data.get(&i.0)
-            && p.size == i.5
-            && p.times[1] == i.8.1
+        if let Some((p, Data::Backup { .. })) = prev_data.get(&i.ino)
+            && p.size == i.size
+            && p.times[1] == i.times[1]
         {
             continue;
         }
-        let key = format!("tshs-backup/{space}/{}/{}", i.0, unique());
-        let record = shard.begin_upload(host.id, &key, space, i.0)?;
+        let key = format!("tshs-backup/{space}/{}/{}", i.ino, unique());
+        let record = shard.begin_upload(host.id, &key, space, i.ino)?;
         records.push(record);
-        let (ino, size) = (i.0, i.5);
+        let (ino, size) = (i.ino, i.size);
         store.put(
             &key,
             size,
             &Upload {
-                read: &|off, len| read_range(shard, space, ino, off, len),
+                read: &|off, len| shard.read_for_upload(space, ino, off, len),
                 started: &|id| shard.touch_upload(record, Some(id)),
                 progress: &|_| Ok(()),
             },
         )?;
         uploaded += size;
-        new_backups.insert(i.0, key);
+        new_backups.insert(i.ino, key);
     }
     if new_backups.is_empty() && prev.as_ref().is_some_and(|p| p.changed == changed) {
         return Ok(None);
@@ -228,26 +163,26 @@ fn back_up_space(shard: &Shard, store: &S3Store, host: &S3Host, space: u32) -> R
 
     let mut m = Manifest {
         space,
-        next_ino,
-        next_seq,
+        next_ino: rows.next_ino,
+        next_seq: rows.next_seq,
         changed,
         written: now_ns(),
         ..Default::default()
     };
     let mut kept: Vec<String> = Vec::new();
-    for i in &inodes {
-        let data = if let (Some(h), Some(k)) = (i.10, &i.11) {
+    for i in &rows.inodes {
+        let data = if let (Some(h), Some(k)) = (i.s3_host, &i.s3_key) {
             Data::Object {
                 host: h,
                 key: String::from_utf8_lossy(k).into_owned(),
             }
-        } else if let Some(k) = new_backups.get(&i.0) {
+        } else if let Some(k) = new_backups.get(&i.ino) {
             Data::Backup {
                 host: host.id,
                 key: k.clone(),
             }
         } else if let (true, Some((p, Data::Backup { host, key }))) =
-            (logs.contains(&i.0), prev_data.get(&i.0))
+            (logs.contains(&i.ino), prev_data.get(&i.ino))
         {
             // An unchanged last.log keeps its backup (and the size and
             // mtime it was taken at).
@@ -264,29 +199,30 @@ fn back_up_space(shard: &Shard, store: &S3Store, host: &S3Host, space: u32) -> R
             Data::None
         };
         m.inodes.push(Inode {
-            ino: i.0,
-            mode: i.1,
-            uid: i.2,
-            gid: i.3,
-            nlink: i.4,
-            size: i.5,
-            stored: i.6,
-            rdev: i.7,
-            times: [i.8.0, i.8.1, i.8.2, i.8.3],
-            target: i.9.clone(),
+            ino: i.ino,
+            mode: i.mode,
+            uid: i.uid,
+            gid: i.gid,
+            nlink: i.nlink,
+            size: i.size,
+            stored: i.stored,
+            rdev: i.rdev,
+            times: i.times,
+            target: i.target.clone(),
             data,
         });
     }
-    m.dentries = dentries
+    m.dentries = rows
+        .dentries
         .into_iter()
-        .map(|(parent, seq, ino, name)| Dentry {
-            parent,
-            seq,
-            ino,
-            name,
+        .map(|d| Dentry {
+            parent: d.parent,
+            seq: d.seq,
+            ino: d.ino,
+            name: d.name,
         })
         .collect();
-    m.xattrs = xattrs;
+    m.xattrs = rows.xattrs;
     let text = m.to_text().into_bytes();
     uploaded += text.len() as u64;
     store.put_bytes_whole(&manifest::key(space), text)?;
@@ -304,19 +240,7 @@ fn back_up_space(shard: &Shard, store: &S3Store, host: &S3Host, space: u32) -> R
         })
         .collect();
     if !old.is_empty() {
-        let now = now_ns();
-        shard
-            .tx(|tx| {
-                for (h, k, ino) in &old {
-                    tx.exec_drop(
-                        "INSERT INTO s3_uploads (s3_host, s3_key, space_id, ino, state, touched_at)
-                         VALUES (?, ?, ?, ?, 'garbage', ?)",
-                        (h, k, space, ino, now),
-                    )?;
-                }
-                Ok(())
-            })
-            .map_err(|e| anyhow::anyhow!("storage node {}: {e}", shard.id()))?;
+        shard.record_garbage(space, &old)?;
     }
     Ok(Some(uploaded))
 }

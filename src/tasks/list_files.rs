@@ -4,13 +4,12 @@
 use std::collections::HashMap;
 
 use anyhow::{Result, anyhow, bail};
-use mysql::prelude::Queryable;
 
 use super::{FileRow, FileState};
 use crate::cluster::Cluster;
 use crate::fs::attr::Node;
 use crate::fs::now_ns;
-use crate::shard::SETTLE_SECS;
+use crate::shard::{DataPlace, ListedInode, SETTLE_SECS};
 
 const ROOT: u64 = 1;
 
@@ -19,26 +18,13 @@ pub fn run(cluster: &Cluster, space: u32, path: Option<&str>) -> Result<Vec<File
         .space(space)?
         .ok_or_else(|| anyhow!("there is no space {space} (see tshs list-spaces)"))?;
     let shard = cluster.shard(row.node_id)?;
-    let db = shard.db();
-    type Inode = (u64, u32, u64, u8, i64, u8);
-    let inodes: Vec<Inode> = db.read(|c| {
-        c.exec(
-            "SELECT ino, mode, size, state, mtime, IF(s3_key IS NOT NULL, 1, IF(import_path IS NOT NULL, 2, 0))
-             FROM inodes WHERE space_id = ?",
-            (space,),
-        )
-    })?;
-    let dentries: Vec<(u64, Vec<u8>, u64)> = db.read(|c| {
-        c.exec(
-            "SELECT parent, name, ino FROM dentries WHERE space_id = ? ORDER BY parent, name",
-            (space,),
-        )
-    })?;
+    let inodes = shard.list_inodes(space)?;
+    let dentries = shard.list_dentries(space)?;
     let mut children: HashMap<u64, Vec<(Vec<u8>, u64)>> = HashMap::new();
-    for (parent, name, ino) in dentries {
-        children.entry(parent).or_default().push((name, ino));
+    for d in dentries {
+        children.entry(d.parent).or_default().push((d.name, d.ino));
     }
-    let modes: HashMap<u64, u32> = inodes.iter().map(|i| (i.0, i.1)).collect();
+    let modes: HashMap<u64, u32> = inodes.iter().map(|i| (i.ino, i.mode)).collect();
     let is_dir = |ino: u64| {
         modes
             .get(&ino)
@@ -78,15 +64,15 @@ pub fn run(cluster: &Cluster, space: u32, path: Option<&str>) -> Result<Vec<File
     }
     let whole_space = start.0 == ROOT;
     let settled_before = now_ns() - SETTLE_SECS * 1_000_000_000;
-    let by_ino: HashMap<u64, &Inode> = inodes.iter().map(|i| (i.0, i)).collect();
-    let state_of = |i: &Inode, name: &str| {
-        if i.3 > 0 {
+    let by_ino: HashMap<u64, &ListedInode> = inodes.iter().map(|i| (i.ino, i)).collect();
+    let state_of = |i: &ListedInode, name: &str| {
+        if i.deleted {
             FileState::Deleted
-        } else if i.5 == 1 {
+        } else if i.data == DataPlace::ObjectStore {
             FileState::OnS3
-        } else if i.5 == 2 {
+        } else if i.data == DataPlace::Disk {
             FileState::OnDisk
-        } else if i.4 < settled_before && !name.ends_with("last.log") {
+        } else if i.mtime < settled_before && !name.ends_with("last.log") {
             FileState::ReadOnly
         } else {
             FileState::InDb
@@ -96,9 +82,9 @@ pub fn run(cluster: &Cluster, space: u32, path: Option<&str>) -> Result<Vec<File
         .into_iter()
         .filter_map(|(path, ino)| {
             let i = by_ino.get(&ino)?;
-            (i.1 & libc::S_IFMT == libc::S_IFREG).then(|| FileRow {
+            (i.mode & libc::S_IFMT == libc::S_IFREG).then(|| FileRow {
                 ino: Node::Space(space, ino).ino(),
-                size: i.2,
+                size: i.size,
                 state: state_of(i, &path),
                 path,
             })
@@ -109,12 +95,12 @@ pub fn run(cluster: &Cluster, space: u32, path: Option<&str>) -> Result<Vec<File
         out.extend(
             inodes
                 .iter()
-                .filter(|i| i.3 > 0 && i.1 & libc::S_IFMT == libc::S_IFREG)
+                .filter(|i| i.deleted && i.mode & libc::S_IFMT == libc::S_IFREG)
                 .map(|i| FileRow {
-                    ino: Node::Space(space, i.0).ino(),
-                    size: i.2,
+                    ino: Node::Space(space, i.ino).ino(),
+                    size: i.size,
                     state: FileState::Deleted,
-                    path: format!("(inode {})", Node::Space(space, i.0).ino()),
+                    path: format!("(inode {})", Node::Space(space, i.ino).ino()),
                 }),
         );
     }

@@ -28,14 +28,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
-use mysql::prelude::Queryable;
+use anyhow::{Result, bail};
 
 use super::{Outcome, Progress, ProgressFn, TaskOptions};
 use crate::cluster::Cluster;
 use crate::fs::now_ns;
 use crate::object_store::{S3Host, S3Store, Upload, unique};
-use crate::shard::{Candidate, EXTENT_SIZE, SETTLE_SECS, Shard};
+use crate::shard::{Candidate, SETTLE_SECS, Shard};
 
 /// How often an upload's record is renewed.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -44,8 +43,6 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 pub const UPLOAD_STALE: Duration = Duration::from_secs(10);
 /// Candidates fetched per query.
 const BATCH: usize = 200;
-/// Extents read per query while uploading (16 MiB).
-const READ_EXTENTS: u64 = 64;
 
 /// What happened to one file.
 pub(super) enum Moved {
@@ -116,8 +113,9 @@ pub fn run(
                             let Some(c) = queue.lock().unwrap().next() else {
                                 return;
                             };
-                            let read =
-                                |off: u64, len: usize| read_range(&shard, c.space, c.ino, off, len);
+                            let read = |off: u64, len: usize| {
+                                shard.read_for_upload(c.space, c.ino, off, len)
+                            };
                             match move_one(&shard, &store, &host, &c, &read, opts, stop) {
                                 Ok(Moved::Done) => {
                                     let d = done.fetch_add(1, Ordering::AcqRel) + 1;
@@ -263,42 +261,6 @@ fn discard(shard: &Shard, store: &S3Store, key: &str, record: u64) {
             }
         }
     }
-}
-
-/// `len` bytes of the file from `off`, from its extents (holes and bytes
-/// past an extent's end read as zeros).
-pub(super) fn read_range(
-    shard: &Shard,
-    space: u32,
-    ino: u64,
-    off: u64,
-    len: usize,
-) -> Result<Vec<u8>> {
-    let e = EXTENT_SIZE;
-    let end = off + len as u64;
-    let mut out = vec![0u8; len];
-    let mut at = off - off % e;
-    while at < end {
-        let until = (at + READ_EXTENTS * e).min(end.div_ceil(e) * e);
-        let rows: Vec<(u64, Vec<u8>)> = shard
-            .db()
-            .read(|conn| {
-                conn.exec(
-                    "SELECT off, data FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ? ORDER BY off",
-                    (space, ino, at, until),
-                )
-            })
-            .map_err(|e| anyhow!("storage node {}: reading a file to upload: {e}", shard.id()))?;
-        for (o, d) in rows {
-            let (from, to) = (o.max(off), (o + d.len() as u64).min(end));
-            if from < to {
-                out[(from - off) as usize..(to - off) as usize]
-                    .copy_from_slice(&d[(from - o) as usize..(to - o) as usize]);
-            }
-        }
-        at = until;
-    }
-    Ok(out)
 }
 
 /// (files, bytes) waiting for move-to-s3 on each node, for transfer-to-s3-info.

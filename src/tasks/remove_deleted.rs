@@ -20,17 +20,15 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
-use mysql::prelude::Queryable;
+use anyhow::Result;
 
 use super::move_to_s3::UPLOAD_STALE;
 use super::{Outcome, Progress, ProgressFn, TaskOptions};
-use crate::cluster::{Cluster, is_fenced};
+use crate::cluster::{Cluster, PurgeClaim, is_fenced};
 use crate::fs::now_ns;
 
 /// Default grace period before anything marked deleted is purged.
 pub const GRACE: Duration = Duration::from_secs(60);
-const LEASE_SECS: u64 = 60;
 
 pub fn run(
     cluster: &Cluster,
@@ -47,15 +45,8 @@ pub fn run(
     };
 
     // Deleted spaces (DELETE jobs).
-    let jobs: Vec<(u64, String, u64)> = cluster
-        .admin()
-        .conn()?
-        .query(
-            "SELECT id, parameters, TIMESTAMPDIFF(SECOND, created_at, NOW()) FROM jobs
-             WHERE job = 'DELETE' ORDER BY id",
-        )
-        .map_err(|e| cluster.admin().err(e))?;
-    for (job, params, age) in jobs {
+    for j in cluster.delete_jobs()? {
+        let (job, params, age) = (j.id, j.parameters, j.age_secs);
         if opts.should_stop(stop) {
             break;
         }
@@ -226,68 +217,24 @@ fn delete_orphans_of(
 /// Purges one deleted space under a `purging` claim; false when it is busy
 /// (being moved or purged by another process) and must wait for a later run.
 fn purge_space(cluster: &Cluster, job: u64, space: u32) -> Result<bool> {
-    let admin = cluster.admin();
-    let claimed: Option<Option<u32>> = admin
-        .tx(|tx| {
-            let node: Option<(u32, String)> = tx.exec_first(
-                "SELECT node_id, status FROM spaces WHERE id = ? FOR UPDATE",
-                (space,),
-            )?;
-            let node = match node {
-                None => return Ok(Some(None)), // already gone
-                Some((_, status)) if status != "deleted" => return Ok(None), // reactivated
-                Some((n, _)) => n,
-            };
-            tx.exec_drop(
-                "DELETE FROM space_moves WHERE space_id = ? AND state = 'purging' AND lease_until < UTC_TIMESTAMP()",
-                (space,),
-            )?;
-            tx.exec_drop(
-                "INSERT IGNORE INTO space_moves (space_id, from_node, to_node, state, token, owner, lease_until)
-                 VALUES (?, ?, ?, 'purging', 0, 'remove-deleted', UTC_TIMESTAMP() + INTERVAL ? SECOND)",
-                (space, node, node, LEASE_SECS),
-            )?;
-            Ok((tx.affected_rows() == 1).then_some(Some(node)))
-        })
-        .map_err(|e| anyhow!("admin node: {e}"))?;
-    let node = match claimed {
-        None => return Ok(false),
-        Some(n) => n,
+    let node = match cluster.claim_purge(space)? {
+        PurgeClaim::Busy => return Ok(false),
+        PurgeClaim::Gone => None,
+        PurgeClaim::Claimed(node) => Some(node),
     };
     if let Some(node) = node {
         match cluster.shard(node).and_then(|s| s.purge_space(space)) {
             Ok(()) => {}
             Err(e) if is_fenced(&format!("{e:#}")) => {
-                release(cluster, space);
+                let _ = cluster.release_purge(space);
                 return Ok(false);
             }
             Err(e) => {
-                release(cluster, space);
+                let _ = cluster.release_purge(space);
                 return Err(e.context(format!("purging space {space}")));
             }
         }
     }
-    admin
-        .tx(|tx| {
-            tx.exec_drop(
-                "DELETE FROM spaces WHERE id = ? AND status = 'deleted'",
-                (space,),
-            )?;
-            tx.exec_drop(
-                "DELETE FROM space_moves WHERE space_id = ? AND state = 'purging'",
-                (space,),
-            )?;
-            tx.exec_drop("DELETE FROM jobs WHERE id = ?", (job,))
-        })
-        .map_err(|e| anyhow!("admin node: {e}"))?;
+    cluster.finish_purge(space, job)?;
     Ok(true)
-}
-
-fn release(cluster: &Cluster, space: u32) {
-    if let Ok(mut c) = cluster.admin().conn() {
-        let _ = c.exec_drop(
-            "DELETE FROM space_moves WHERE space_id = ? AND state = 'purging'",
-            (space,),
-        );
-    }
 }

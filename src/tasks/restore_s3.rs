@@ -14,16 +14,15 @@
 //! as imported, without what changed since (that was only in the lost
 //! database).
 
-use anyhow::{Context, Result, anyhow, bail};
-use mysql::prelude::Queryable;
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, bail};
 
 use super::manifest::{self, Data, Manifest};
 use crate::cluster::Cluster;
 use crate::config::ConnOptions;
-use crate::db::body_failed as fail;
 use crate::object_store::S3Store;
-use crate::shard::extents::copy_in;
-use crate::shard::{self, Shard};
+use crate::shard::{self, DentryRow, InodeRow, ReadBackup, Shard, SpaceRows};
 
 /// What a restore did, for the command's output.
 #[derive(Debug, Default)]
@@ -141,73 +140,69 @@ fn load(cluster: &Cluster, target: &Shard, m: &Manifest, r: &mut Restored) -> Re
             }
         }
     }
-    let mut stats = (0u64, 0u64);
-    target
-        .tx(|tx| {
-            stats = (0, 0);
-            tx.exec_drop("INSERT INTO space_fence (space_id) VALUES (?)", (space,))?;
-            tx.exec_drop(
-                "INSERT INTO spaces (space_id, next_ino, next_seq) VALUES (?, ?, ?)",
-                (space, m.next_ino, m.next_seq),
-            )?;
-            for i in m.inodes.iter().filter(|i| !skip.contains(&i.ino)) {
-                let (host, key, stored) = match &i.data {
-                    Data::Object { host, key } => {
-                        stats.0 += 1;
-                        (Some(*host), Some(key.clone()), i.stored)
-                    }
-                    Data::Backup { host, key } => {
-                        stats.1 += 1;
-                        let store = cluster
-                            .object_store(*host)
-                            .map_err(|e| fail(format!("S3 host {host}: {e:#}")))?;
-                        let stored = copy_in(tx, space, i.ino, i.size, |off, n| {
-                            store.get_range(key, off, n).map_err(|e| fail(e.to_string()))
-                        })?;
-                        (None, None, stored)
-                    }
-                    Data::None => (None, None, 0),
-                };
-                tx.exec_drop(
-                    "INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev,
-                                         atime, mtime, ctime, btime, target, s3_host, s3_key)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    mysql::Params::Positional(vec![
-                        space.into(),
-                        i.ino.into(),
-                        i.mode.into(),
-                        i.uid.into(),
-                        i.gid.into(),
-                        i.nlink.into(),
-                        i.size.into(),
-                        stored.into(),
-                        i.rdev.into(),
-                        i.times[0].into(),
-                        i.times[1].into(),
-                        i.times[2].into(),
-                        i.times[3].into(),
-                        i.target.clone().into(),
-                        host.into(),
-                        key.into(),
-                    ]),
-                )?;
+    let mut rows = SpaceRows {
+        next_ino: m.next_ino,
+        next_seq: m.next_seq,
+        ..Default::default()
+    };
+    let mut backups = HashMap::new();
+    let (mut from_objects, mut from_backups) = (0, 0);
+    for i in m.inodes.iter().filter(|i| !skip.contains(&i.ino)) {
+        let (s3_host, s3_key, stored) = match &i.data {
+            Data::Object { host, key } => {
+                from_objects += 1;
+                (Some(*host), Some(key.clone().into_bytes()), i.stored)
             }
-            for d in m.dentries.iter().filter(|d| !skip.contains(&d.ino)) {
-                tx.exec_drop(
-                    "INSERT INTO dentries (space_id, parent, name, ino, seq) VALUES (?, ?, ?, ?, ?)",
-                    (space, d.parent, &d.name, d.ino, d.seq),
-                )?;
+            Data::Backup { host, key } => {
+                from_backups += 1;
+                backups.insert(i.ino, (*host, key.clone()));
+                (None, None, 0) // what restore_space copies in
             }
-            for (ino, name, value) in m.xattrs.iter().filter(|x| !skip.contains(&x.0)) {
-                tx.exec_drop(
-                    "INSERT INTO xattrs (space_id, ino, name, value) VALUES (?, ?, ?, ?)",
-                    (space, ino, name, value),
-                )?;
-            }
-            Ok(())
+            Data::None => (None, None, 0),
+        };
+        rows.inodes.push(InodeRow {
+            ino: i.ino,
+            mode: i.mode,
+            uid: i.uid,
+            gid: i.gid,
+            nlink: i.nlink,
+            size: i.size,
+            stored,
+            rdev: i.rdev,
+            times: i.times,
+            target: i.target.clone(),
+            s3_host,
+            s3_key,
+        });
+    }
+    rows.dentries = m
+        .dentries
+        .iter()
+        .filter(|d| !skip.contains(&d.ino))
+        .map(|d| DentryRow {
+            parent: d.parent,
+            seq: d.seq,
+            ino: d.ino,
+            name: d.name.clone(),
         })
-        .map_err(|e| anyhow!("storage node {}: {e}", target.id()))?;
-    r.from_objects += stats.0;
-    r.from_backups += stats.1;
+        .collect();
+    rows.xattrs = m
+        .xattrs
+        .iter()
+        .filter(|x| !skip.contains(&x.0))
+        .cloned()
+        .collect();
+    let open_backup = |host: u32, key: &str| -> Result<ReadBackup, String> {
+        let store = cluster
+            .object_store(host)
+            .map_err(|e| format!("S3 host {host}: {e:#}"))?;
+        let key = key.to_string();
+        Ok(Box::new(move |off, n| {
+            store.get_range(&key, off, n).map_err(|e| e.to_string())
+        }))
+    };
+    target.restore_space(space, &rows, &backups, &open_backup)?;
+    r.from_objects += from_objects;
+    r.from_backups += from_backups;
     Ok(())
 }
