@@ -29,7 +29,8 @@ pub use nodes::{NodeRow, NodeTotals, Phase};
 pub use route::{Route, Router, is_fenced};
 pub use settings::{SETTINGS, STORE_SPACE_NAMES};
 pub use volumes::{
-    SpaceListing, SpaceRow, SpaceStatus, VolumeRow, VolumeStatus, check_volume_name, parse_space_id,
+    SpaceExists, SpaceListing, SpaceRow, SpaceStatus, VolumeRow, VolumeStatus, check_volume_name,
+    parse_space_id,
 };
 
 use crate::config::ConnOptions;

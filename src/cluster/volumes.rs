@@ -314,7 +314,8 @@ impl Cluster {
             .collect()
     }
 
-    /// Creates space `id` in a volume on the node that owns it. Both the
+    /// Creates space `id` in a volume on the node that owns it (a
+    /// [`SpaceExists`] error if it exists). Both the
     /// Admin Node row and the space's root on the Storage Node exist, or
     /// neither does.
     pub fn create_space(
@@ -326,14 +327,11 @@ impl Cluster {
         mode: u32,
     ) -> Result<SpaceRow> {
         if let Some(s) = self.space(id)? {
-            bail!(
-                "space {id} already exists{}",
-                if s.status == SpaceStatus::Deleted {
-                    " (deleted, not yet purged)"
-                } else {
-                    ""
-                }
-            );
+            return Err(SpaceExists {
+                id,
+                deleted: s.status == SpaceStatus::Deleted,
+            }
+            .into());
         }
         let node_id = placement::owner(&self.ranges()?, id).ok_or_else(|| {
             anyhow!("no storage node owns space {id}: create a storage node first")
@@ -349,7 +347,7 @@ impl Cluster {
         )
         .map_err(|e| match e {
             mysql::Error::MySqlError(m) if m.code == crate::db::code::DUP_ENTRY => {
-                anyhow!("space {id} already exists")
+                anyhow::Error::from(SpaceExists { id, deleted: false })
             }
             e => self.admin.err(e).into(),
         })?;
@@ -410,4 +408,12 @@ mod tests {
         }
         assert!(check_volume_name(&"v".repeat(256)).is_err());
     }
+}
+
+/// The refusal of [`Cluster::create_space`] for a space ID in use.
+#[derive(Debug, thiserror::Error)]
+#[error("space {id} already exists{}", if *deleted { " (deleted, not yet purged)" } else { "" })]
+pub struct SpaceExists {
+    pub id: u32,
+    pub deleted: bool,
 }

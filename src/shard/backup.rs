@@ -7,6 +7,7 @@ use anyhow::{Result, anyhow};
 use mysql::prelude::Queryable;
 
 use super::Shard;
+use super::inode::LIVE;
 use crate::db::{Body, Failed};
 
 /// A space's counters and its live rows.
@@ -54,8 +55,8 @@ impl Shard {
     pub fn newest_ctime(&self, space: u32) -> Result<Option<i64>> {
         let newest: Option<Option<i64>> = self.db.read(|c| {
             c.exec_first(
-                "SELECT MAX(ctime) FROM inodes WHERE space_id = ? AND state = 0",
-                (space,),
+                "SELECT MAX(ctime) FROM inodes WHERE space_id = ? AND state = ?",
+                (space, LIVE),
             )
         })?;
         Ok(newest.flatten())
@@ -72,8 +73,8 @@ impl Shard {
                 )?;
                 let inodes: Vec<mysql::Row> = tx.exec(
                     "SELECT ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target, s3_host, s3_key
-                     FROM inodes WHERE space_id = ? AND state = 0 ORDER BY ino",
-                    (space,),
+                     FROM inodes WHERE space_id = ? AND state = ? ORDER BY ino",
+                    (space, LIVE),
                 )?;
                 let dentries: Vec<(u64, u64, u64, Vec<u8>)> = tx.exec(
                     "SELECT parent, seq, ino, name FROM dentries WHERE space_id = ? ORDER BY parent, seq",

@@ -12,7 +12,7 @@ use mysql::prelude::Queryable;
 use super::EXTENT_SIZE;
 use super::access::{Access, Stores};
 use super::error::ShardError;
-use super::inode::{Attr, InodeState};
+use super::inode::{Attr, DELETED};
 use super::namespace::insert_new;
 use crate::clock::now_ns;
 use crate::db::Body;
@@ -80,7 +80,7 @@ pub fn object_of(s: &impl Access, space: u32, ino: u64) -> ShardResult<Option<(u
         c.exec_first(
             "SELECT s3_host, s3_key FROM inodes
              WHERE space_id = ? AND ino = ? AND state < ? AND s3_key IS NOT NULL",
-            (space, ino, InodeState::Deleted as u8),
+            (space, ino, DELETED),
         )
     })?;
     Ok(row.map(|(host, key)| (host, String::from_utf8_lossy(&key).into_owned())))
@@ -123,7 +123,7 @@ pub fn commit(
                 "SELECT p.nlink, (SELECT d.ino FROM dentries d
                                   WHERE d.space_id = p.space_id AND d.parent = p.ino AND d.name = ?)
                  FROM inodes p WHERE p.space_id = ? AND p.ino = ? AND p.state < ? FOR UPDATE",
-                (p.name, space, p.parent, InodeState::Deleted as u8),
+                (p.name, space, p.parent, DELETED),
             )?;
             match row {
                 None | Some((0, _)) => return Err(ShardError::NotFound.into()),

@@ -97,6 +97,11 @@ pub enum InodeState {
     Deleted = 2,
 }
 
+/// The states as the `state` column stores them, for statements.
+pub const LIVE: u8 = InodeState::Live as u8;
+pub const ORPHAN: u8 = InodeState::Orphan as u8;
+pub const DELETED: u8 = InodeState::Deleted as u8;
+
 impl InodeState {
     pub fn from_db(v: u8) -> InodeState {
         match v {

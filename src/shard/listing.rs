@@ -5,6 +5,7 @@ use anyhow::Result;
 use mysql::prelude::Queryable;
 
 use super::Shard;
+use super::inode::InodeState;
 
 /// Where a file's data is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +52,7 @@ impl Shard {
                 ino,
                 mode,
                 size,
-                deleted: state > 0,
+                deleted: InodeState::from_db(state) != InodeState::Live,
                 mtime,
                 data: match place {
                     1 => DataPlace::ObjectStore,

@@ -27,6 +27,7 @@ pub use backup::{DentryRow, InodeRow, ReadBackup, SpaceRows};
 pub use copy::{RoundStats, SpaceCopy, open_space, purge_moved};
 pub use error::ShardError;
 pub use inode::InodeState;
+use inode::{DELETED, LIVE, ORPHAN};
 pub use listing::{DataPlace, ListedDentry, ListedInode};
 pub use s3::{Candidate, Orphan, garbage_objects_of};
 
@@ -300,10 +301,10 @@ impl Shard {
                             SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log')),
                         CAST(SUM(IF(i.s3_key IS NULL, i.stored, 0)) AS UNSIGNED),
                         SUM(i.mode & 0o170000 = 0o100000 AND i.s3_key IS NOT NULL)
-                 FROM inodes i WHERE i.state = 0"
+                 FROM inodes i WHERE i.state = ?"
                     .replace("0o170000", &libc::S_IFMT.to_string())
                     .replace("0o100000", &libc::S_IFREG.to_string()),
-                (settled_before,),
+                (settled_before, LIVE),
             )
             .map_err(|e| self.db.err(e))?;
         let (spaces, in_db, ro, bytes, on_s3) = row.unwrap_or_default();
@@ -361,15 +362,16 @@ impl Shard {
         let candidates: Vec<(u32, u64, u8, Option<u64>)> = self.db.read(|c| {
             c.exec(
                 "SELECT space_id, ino, state, holder FROM inodes
-                 WHERE (state = 2 AND deleted_at < ?) OR state = 1 LIMIT 1000",
-                (before_ns,),
+                 WHERE (state = ? AND deleted_at < ?) OR state = ? LIMIT 1000",
+                (DELETED, before_ns, ORPHAN),
             )
         })?;
         let live = live_holders()?;
         Ok(candidates
             .into_iter()
             .filter(|(_, _, state, holder)| {
-                *state == 2 || !holder.is_some_and(|h| live.contains(&h))
+                InodeState::from_db(*state) == InodeState::Deleted
+                    || !holder.is_some_and(|h| live.contains(&h))
             })
             .map(|(space, ino, _, _)| (space, ino))
             .collect())
@@ -391,12 +393,12 @@ impl Shard {
                 )?;
                 garbage_objects_of(
                     tx,
-                    "space_id = ? AND ino = ? AND state > 0",
-                    (space, ino).into(),
+                    "space_id = ? AND ino = ? AND state > ?",
+                    (space, ino, LIVE).into(),
                 )?;
                 tx.exec_drop(
-                    "DELETE FROM inodes WHERE space_id = ? AND ino = ? AND state > 0",
-                    (space, ino),
+                    "DELETE FROM inodes WHERE space_id = ? AND ino = ? AND state > ?",
+                    (space, ino, LIVE),
                 )
             });
             match r {

@@ -9,14 +9,11 @@ use mysql::{Row, Transaction};
 use super::access::{Access, Stores};
 use super::error::ShardError;
 use super::extents;
-use super::inode::{self, Attr, COLUMNS, I_COLUMNS, InodeState, Node};
+use super::inode::{self, Attr, COLUMNS, DELETED, I_COLUMNS, Node, ORPHAN};
 use crate::clock::now_ns;
 use crate::db::Body;
 
 type ShardResult<T> = Result<T, ShardError>;
-
-/// Rows at or past this state are gone for the namespace.
-const DELETED: u8 = InodeState::Deleted as u8;
 
 /// What to create.
 pub struct NewInode<'a> {
@@ -236,7 +233,7 @@ fn drop_link(
     match holder {
         Some(ap) => tx.exec_drop(
             "UPDATE inodes SET nlink = 0, ctime = ?, state = ?, holder = ? WHERE space_id = ? AND ino = ?",
-            (now, InodeState::Orphan as u8, ap, space, ino),
+            (now, ORPHAN, ap, space, ino),
         ),
         None => tx.exec_drop(
             "UPDATE inodes SET nlink = 0, ctime = ?, state = ?, deleted_at = ? WHERE space_id = ? AND ino = ?",
@@ -851,7 +848,7 @@ pub fn release_orphan(s: &impl Access, space: u32, ino: u64) -> ShardResult<()> 
     s.run("release", |tx| {
             tx.exec_drop(
                 "UPDATE inodes SET state = ?, deleted_at = ?, holder = NULL WHERE space_id = ? AND ino = ? AND state = ?",
-                (DELETED, now, space, ino, InodeState::Orphan as u8),
+                (DELETED, now, space, ino, ORPHAN),
             )?;
             Ok(())
         })

@@ -38,7 +38,7 @@ pub struct Orphan {
 /// The files that may move: regular, live, in the database, unchanged
 /// since `settled_before` (data and attributes), not named `last.log`, of
 /// an eligible size (`max` 0: no limit).
-const ELIGIBLE: &str = "i.state = 0 AND i.mode & 0o170000 = 0o100000 AND i.s3_key IS NULL AND i.import_path IS NULL
+const ELIGIBLE: &str = "i.state = LIVE AND i.mode & 0o170000 = 0o100000 AND i.s3_key IS NULL AND i.import_path IS NULL
      AND i.mtime < ? AND i.ctime < ? AND i.size >= ? AND (? = 0 OR i.size <= ?)
      AND NOT EXISTS (SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log')";
 
@@ -47,6 +47,7 @@ const READ_EXTENTS: u64 = 64;
 
 fn eligible() -> String {
     ELIGIBLE
+        .replace("LIVE", &super::inode::LIVE.to_string())
         .replace("0o170000", &libc::S_IFMT.to_string())
         .replace("0o100000", &libc::S_IFREG.to_string())
 }
