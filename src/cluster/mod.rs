@@ -26,7 +26,7 @@ pub use access_points::{AccessPoint, AccessPointRow, Liveness};
 pub use imports::{ImportJob, ImportingSpace, Registered};
 pub use jobs::{DeleteJob, JobRow, PurgeClaim};
 pub use nodes::{NodeRow, NodeTotals, Phase};
-pub use route::{Route, Router, is_fenced};
+pub use route::{Route, Router};
 pub use settings::{SETTINGS, STORE_SPACE_NAMES};
 pub use volumes::{
     SpaceExists, SpaceListing, SpaceRow, SpaceStatus, VolumeRow, VolumeStatus, check_volume_name,

@@ -25,7 +25,7 @@ use mysql::{PooledConn, Transaction};
 use super::Cluster;
 use super::access_points::Liveness;
 use crate::db::{Body, DbError, Failed, TxError};
-use crate::shard::{Access, FENCE_MESSAGE, Shard};
+use crate::shard::{Access, Shard, is_fenced};
 
 /// How long a write waits for a move's cut-over before it fails. A cut-over
 /// takes well under a second; this covers a copy-shards process that died
@@ -230,7 +230,7 @@ impl Route {
                 r
             };
             match r {
-                Err(Failed::Tx(TxError::Sql(_, ref msg, _))) if is_fenced(msg) => {
+                Err(Failed::Tx(ref e)) if is_fenced(e) => {
                     if start.elapsed() > MOVE_WAIT {
                         return r;
                     }
@@ -264,9 +264,4 @@ impl Access for Route {
     ) -> Result<T, Failed<E>> {
         Route::tx_body(self, f)
     }
-}
-
-/// True for the error of a write to a fenced space.
-pub fn is_fenced(message: &str) -> bool {
-    message.contains(FENCE_MESSAGE)
 }

@@ -38,7 +38,7 @@ use mysql::prelude::Queryable;
 use crate::config::ConnOptions;
 use crate::db::{Db, DbError, TxError, migrate, table_names};
 
-pub use schema::{FENCE_MESSAGE, MIGRATIONS};
+pub use schema::{FENCE_MESSAGE, Fenced, MIGRATIONS, is_fenced};
 
 /// Largest extent, in bytes. Small enough to stay far below
 /// `max_allowed_packet` (16 MiB by default), large enough that a 512 MiB
@@ -163,6 +163,16 @@ fn missing_rights(db: &Db) -> Result<(String, Vec<&'static str>), DbError> {
     Ok((user, missing))
 }
 
+/// A transaction's failure for a command: a move's fence becomes [`Fenced`]
+/// (the caller waits for the move), anything else the database's error.
+fn tx_failed(e: TxError) -> anyhow::Error {
+    if is_fenced(&e) {
+        Fenced.into()
+    } else {
+        e.into_db().into()
+    }
+}
+
 /// Drops every tshs table of a shard database.
 pub fn drop_tables(db: &Db) -> Result<(), DbError> {
     let mut conn = db.conn()?;
@@ -250,7 +260,7 @@ impl Shard {
     /// them; a rerun after a crash records them again, which is harmless).
     pub fn purge_space(&self, space: u32) -> Result<()> {
         self.tx(|tx| garbage_objects_of(tx, "space_id = ?", (space,).into()))
-            .map_err(TxError::into_db)
+            .map_err(tx_failed)
             .with_context(|| format!("storage node {}: purging space {space}", self.id))?;
         self.purge_rows(space, &["space_fence"])?;
         Ok(())
@@ -278,7 +288,7 @@ impl Shard {
                         )?;
                         Ok(tx.affected_rows())
                     })
-                    .map_err(TxError::into_db)
+                    .map_err(tx_failed)
                     .with_context(|| format!("storage node {}: purging space {space}", self.id))?;
                 total += n;
                 if n < batch {
@@ -403,7 +413,7 @@ impl Shard {
             });
             match r {
                 // Its space is being moved: the new node purges it later.
-                Err(TxError::Sql(_, ref m, _)) if m.contains(FENCE_MESSAGE) => continue,
+                Err(ref e) if is_fenced(e) => continue,
                 r => r.map_err(TxError::into_db)?,
             };
             n += 1;

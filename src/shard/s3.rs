@@ -11,7 +11,7 @@
 use anyhow::{Context, Result, anyhow};
 use mysql::prelude::Queryable;
 
-use super::{EXTENT_SIZE, FENCE_MESSAGE, Shard};
+use super::{EXTENT_SIZE, Shard};
 use crate::db::TxError;
 
 /// A file move-to-s3 may move, with the version of it that is uploaded.
@@ -176,7 +176,7 @@ impl Shard {
         });
         match r {
             Ok(done) => Ok(done),
-            Err(TxError::Sql(_, ref m, _)) if m.contains(FENCE_MESSAGE) => Ok(false),
+            Err(ref e) if super::is_fenced(e) => Ok(false),
             Err(e) => Err(anyhow::Error::from(e.into_db()))
                 .with_context(|| format!("storage node {}: finishing a move to S3", self.id)),
         }

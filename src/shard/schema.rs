@@ -49,6 +49,20 @@ pub const ROUTINES: &[&str] = &["tshs_check_fence"];
 /// The message of the error a write to a fenced space gets.
 pub const FENCE_MESSAGE: &str = "tshs: the space is being moved to another storage node";
 
+/// The error number of that error: the schema's only `SIGNAL`, so the
+/// number alone says the write met a move's fence.
+const FENCE_ERRNO: u16 = 1644;
+
+/// True for a transaction refused by a move's fence (see `space_fence`).
+pub fn is_fenced(e: &crate::db::TxError) -> bool {
+    matches!(e, crate::db::TxError::Sql(code, _, _) if *code == FENCE_ERRNO)
+}
+
+/// A space's rows could not be changed: it is being moved.
+#[derive(Debug, thiserror::Error)]
+#[error("{FENCE_MESSAGE}")]
+pub struct Fenced;
+
 pub const MIGRATIONS: &[(u32, &[&str])] = &[
     (
         1,

@@ -24,8 +24,9 @@ use anyhow::Result;
 
 use super::move_to_s3::UPLOAD_STALE;
 use super::{Outcome, Progress, ProgressFn, TaskOptions};
-use crate::cluster::{Cluster, PurgeClaim, is_fenced};
+use crate::cluster::{Cluster, PurgeClaim};
 use crate::fs::now_ns;
+use crate::shard::Fenced;
 
 /// Default grace period before anything marked deleted is purged.
 pub const GRACE: Duration = Duration::from_secs(60);
@@ -225,7 +226,7 @@ fn purge_space(cluster: &Cluster, job: u64, space: u32) -> Result<bool> {
     if let Some(node) = node {
         match cluster.shard(node).and_then(|s| s.purge_space(space)) {
             Ok(()) => {}
-            Err(e) if is_fenced(&format!("{e:#}")) => {
+            Err(e) if e.is::<Fenced>() => {
                 let _ = cluster.release_purge(space);
                 return Ok(false);
             }
