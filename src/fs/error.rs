@@ -131,3 +131,33 @@ pub fn failed(message: impl Into<String>) -> Error {
 pub fn store_failed(space: u32, ino: u64, e: impl std::fmt::Display) -> Error {
     failed(format!("space {space} inode {ino}: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn refusals_map_to_their_errno_and_failures_keep_their_cause() {
+        for (e, errno) in [
+            (ShardError::NotFound, libc::ENOENT),
+            (ShardError::Exists, libc::EEXIST),
+            (ShardError::NotDir, libc::ENOTDIR),
+            (ShardError::IsDir, libc::EISDIR),
+            (ShardError::NotEmpty, libc::ENOTEMPTY),
+            (ShardError::TooManyLinks, libc::EMLINK),
+            (ShardError::Invalid, libc::EINVAL),
+            (ShardError::NotPermitted, libc::EPERM),
+            (ShardError::NoAttribute, libc::ENODATA),
+            (ShardError::TooBig, libc::EFBIG),
+        ] {
+            let e = Error::from(e);
+            assert_eq!(e.errno(), errno);
+            assert!(e.source().is_none());
+        }
+        let e = Error::from(ShardError::store(3, 7, "object gone"));
+        assert_eq!(e, Error::EIO);
+        let cause = e.source().expect("the cause is kept").to_string();
+        assert_eq!(cause, "space 3 inode 7: object gone");
+    }
+}
