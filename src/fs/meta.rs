@@ -5,11 +5,11 @@
 
 use super::error::{Error, FsResult};
 use crate::cluster::Route;
-use crate::shard::{namespace, xattrs};
+use crate::shard::{attrs, namespace, xattrs};
 
+pub use crate::shard::attrs::{AttrChange, SetAttr, SetIdRule};
 pub use crate::shard::namespace::{
-    AttrChange, DirEntry, NewInode, OpenHere, RENAME_EXCHANGE, RENAME_NOREPLACE, SetAttr,
-    SetIdRule, new_attr,
+    DirEntry, NewInode, OpenHere, RENAME_EXCHANGE, RENAME_NOREPLACE, new_attr,
 };
 pub use crate::shard::xattrs::{XATTR_CREATE, XATTR_REPLACE};
 
@@ -42,7 +42,7 @@ fn check_len(name: &[u8]) -> FsResult<()> {
 }
 
 pub fn apply_changes(shard: &Route, space: u32, changes: &[(u64, AttrChange)]) -> FsResult<()> {
-    Ok(namespace::apply_changes(shard, space, changes)?)
+    Ok(attrs::apply_changes(shard, space, changes)?)
 }
 
 pub fn clear_setid(
@@ -51,7 +51,7 @@ pub fn clear_setid(
     ino: u64,
     rule: SetIdRule<'_>,
 ) -> FsResult<Option<Attr>> {
-    Ok(namespace::clear_setid(shard, space, ino, rule)?)
+    Ok(attrs::clear_setid(shard, space, ino, rule)?)
 }
 
 pub fn set_acl(
@@ -160,7 +160,7 @@ pub fn setattr(
     s: &SetAttr,
     clear_setid: SetIdRule<'_>,
 ) -> FsResult<Attr> {
-    Ok(namespace::setattr(
+    Ok(attrs::setattr(
         shard,
         shard.cluster(),
         space,
@@ -178,7 +178,7 @@ pub fn fallocate(
     zero: bool,
     extend: bool,
 ) -> FsResult<Attr> {
-    Ok(namespace::fallocate(
+    Ok(attrs::fallocate(
         shard,
         shard.cluster(),
         space,

@@ -11,6 +11,7 @@
 //! extents' lengths, so `st_blocks` is honest for sparse files.
 
 mod access;
+pub mod attrs;
 mod backup;
 mod copy;
 mod error;
