@@ -15,6 +15,7 @@
 pub mod files;
 pub mod http;
 pub mod path;
+mod protolog;
 pub mod range;
 pub mod signature;
 

@@ -1,0 +1,303 @@
+//! The log operations of the space server on the mounted tree: POST's
+//! durable append to `protolog/last.log` with its offset, and rotation of
+//! a full log (the invariants are in [`super::files`]).
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, mkdirat};
+use nix::unistd::{UnlinkatFlags, fsync, linkat, unlinkat};
+
+use super::files::*;
+use super::path::RelPath;
+use crate::protocol;
+
+impl Tree {
+    /// POST: appends `data` to `<volume>/<space>/protolog/last.log` (created
+    /// with its directory if missing), durable before it returns; rotates
+    /// the log once it reached the rotation size.
+    pub fn append(&self, rel: &RelPath, data: &[u8]) -> Result<Appended, Error> {
+        if !rel.is_last_log() {
+            return Err(Error::Refused(
+                "appends go only to /<volume>/<space>/protolog/last.log",
+            ));
+        }
+        let lock = self
+            .appends
+            .lock()
+            .unwrap()
+            .entry(rel.to_path())
+            .or_default()
+            .clone();
+        let _serial = lock.lock().unwrap();
+        let protolog = rel.split_last().expect("depth 4").0;
+        let deadline = Instant::now() + STALE_NAME_WAIT;
+        let (fd, before, dir) = loop {
+            let fd = self.open_log(rel)?;
+            let before = fresh_fstat(fd.as_fd()).map_err(sys("stat"))?;
+            let dir = self.open_at(
+                &protolog,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            )?;
+            if self.rotate_size == 0 || before.size < self.rotate_size {
+                break (fd, before, dir);
+            }
+            // A full log: a last.log whose rotation is due (or under way,
+            // or was interrupted), or a log another mount rotated, reached
+            // through the name this mount's kernel still caches (for the
+            // entry TTL). A rotated log must not grow.
+            let late = Instant::now() >= deadline;
+            if names_of(dir.as_fd(), before.ino)?
+                .iter()
+                .any(|n| n == "last.log")
+            {
+                match self.rotate(dir.as_fd(), before.ino) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) if late => {
+                        log::warn!(
+                            "{}: last.log is full but cannot be rotated (it has {} names: if ls -i shows it also as the highest <n>.log, a rotation was interrupted: remove last.log)",
+                            rel.display(),
+                            before.nlink
+                        );
+                        break (fd, before, dir);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        log::warn!("{}: rotation failed: {e}", rel.display());
+                        break (fd, before, dir);
+                    }
+                }
+            } else if late {
+                return Err(Error::Busy(
+                    "last.log was just rotated and this mount still shows the old file under its name: try again",
+                ));
+            }
+            drop((fd, dir));
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let n = nix::unistd::write(&fd, data).map_err(sys("write"))?;
+        if n != data.len() {
+            // The mount takes a write of up to 1 MiB whole; this is a bug.
+            return Err(Error::OffsetUnknown(format!(
+                "short write: {n} of {} bytes",
+                data.len()
+            )));
+        }
+        fsync(fd.as_fd()).map_err(sys("fsync"))?;
+        // Same thread as the write: the mount tells where it landed.
+        let told = fgetxattr(fd.as_fd(), protocol::APPEND_OFFSET).map_err(sys("getxattr"))?;
+        let after = fresh_fstat(fd.as_fd()).map_err(sys("stat"))?;
+        let len = data.len() as u64;
+        let offset = match told {
+            Some(v) => protocol::decode_offset(&v)
+                .filter(|o| o + len <= after.size)
+                .ok_or_else(|| {
+                    Error::OffsetUnknown(format!(
+                        "the mount's append offset {:?} does not fit the file's {} bytes",
+                        String::from_utf8_lossy(&v),
+                        after.size
+                    ))
+                })?,
+            None if after.size == before.size + len => before.size,
+            None => find_once(&fd, before.size, after.size, data)?,
+        };
+        let mut file = "last.log".to_string();
+        if self.rotate_size > 0 && after.size >= self.rotate_size {
+            match self.rotate(dir.as_fd(), after.ino) {
+                Ok(Some(name)) => file = name,
+                Ok(None) => {}
+                // The append is done and durable: a failed rotation is
+                // retried by the next append.
+                Err(e) => log::warn!("{}: rotation failed: {e}", rel.display()),
+            }
+        }
+        if file == "last.log"
+            && fresh_stat_at(dir.as_fd(), "last.log").map(|s| s.ino).ok() != Some(after.ino)
+        {
+            // Another server rotated it meanwhile: name it by its inode.
+            if let Some(name) = names_of(dir.as_fd(), after.ino)?.into_iter().next() {
+                file = name;
+            }
+        }
+        Ok(Appended {
+            offset,
+            end: offset + len,
+            ino: after.ino,
+            file,
+        })
+    }
+
+    /// Opens `last.log` for appending, creating it (and `protolog/`) if missing.
+    fn open_log(&self, rel: &RelPath) -> Result<OwnedFd, Error> {
+        let flags = OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT;
+        let mode = Mode::from_bits_truncate(0o644);
+        match self.open_at(rel, flags, mode) {
+            Err(Error::Sys {
+                errno: Errno::ENOENT,
+                ..
+            }) => {
+                let (protolog, _) = rel.split_last().expect("depth 4");
+                let (space, dirname) = protolog.split_last().expect("depth 3");
+                let space =
+                    self.open_at(&space, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())?;
+                match mkdirat(space.as_fd(), dirname, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(errno) => return Err(Error::Sys { op: "mkdir", errno }),
+                }
+                self.open_at(rel, flags, mode)
+            }
+            other => other,
+        }
+    }
+
+    /// Renames `last.log` (inode `ino`, which this server just appended to)
+    /// to the next free `<n>.log`; the new name, or None when there was
+    /// nothing to do.
+    ///
+    /// Several servers, each on its own mount, may try at once, so:
+    /// 1. `last.log` must still be `ino`, at least the rotation size, and
+    ///    have one link (more: another rotation is under way; leave it).
+    /// 2. `linkat(last.log, <n>.log)` with `n` one past the highest rotated
+    ///    log: the mount creates the name in one transaction and fails with
+    ///    `EEXIST` if it is taken, so a rotated log is never overwritten.
+    ///    Taken: start again.
+    /// 3. Read the directory: the names of `ino`. This rotation wins only if
+    ///    `last.log` is still among them and `<n>` is the lowest number
+    ///    among them; otherwise another rotation of the same file (or a stale
+    ///    name) got there first, and this one removes its own `<n>.log`
+    ///    link again, which leaves the file as the winner made it.
+    /// 4. The winner unlinks `last.log`. Only the winner of `ino` ever
+    ///    unlinks `last.log`, and while `last.log` exists nobody creates
+    ///    another, so it still names `ino` then. An appender that opened
+    ///    `last.log` before that appends to `<n>.log`, and is told so by the
+    ///    file's inode number in its answer; the next append creates a
+    ///    fresh `last.log`.
+    ///
+    /// A server killed between 2 and 4 leaves `last.log` with two names;
+    /// rotation then pauses (step 1) and a warning says how to finish it by
+    /// hand (`rm last.log` once `ls -i` shows it is the same file as the
+    /// highest `<n>.log`). Finishing it automatically could race a live
+    /// rotation into unlinking a new `last.log`, so it is left to a person.
+    pub fn rotate(&self, dir: BorrowedFd<'_>, ino: u64) -> Result<Option<String>, Error> {
+        for _ in 0..16 {
+            let st = match fresh_stat_at(dir, "last.log") {
+                Ok(st) => st,
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(errno) => return Err(Error::Sys { op: "stat", errno }),
+            };
+            if st.ino != ino || st.size < self.rotate_size {
+                return Ok(None);
+            }
+            if st.nlink != 1 {
+                return Ok(None);
+            }
+            let next = rotated_numbers(dir)?.into_iter().max().map_or(0, |n| n + 1);
+            let mine = format!("{next}.log");
+            match linkat(dir, "last.log", dir, mine.as_str(), AtFlags::empty()) {
+                Ok(()) => {}
+                Err(Errno::EEXIST) => continue,
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(errno) => return Err(Error::Sys { op: "link", errno }),
+            }
+            let names = names_of(dir, ino)?;
+            let lowest = names.iter().filter_map(|n| log_number(n)).min();
+            let linked_ino = fresh_stat_at(dir, &mine).map(|s| s.ino).ok();
+            if linked_ino != Some(ino)
+                || !names.iter().any(|n| n == "last.log")
+                || lowest != Some(next)
+            {
+                // Lost: take back our extra name (ours alone: we created it).
+                unlinkat(dir, mine.as_str(), UnlinkatFlags::NoRemoveDir).map_err(sys("unlink"))?;
+                return Ok(None);
+            }
+            unlinkat(dir, "last.log", UnlinkatFlags::NoRemoveDir).map_err(sys("unlink"))?;
+            fsync(dir).map_err(sys("fsync"))?;
+            return Ok(Some(mine));
+        }
+        Ok(None)
+    }
+}
+
+/// `n` for a rotated log's name `<n>.log` (decimal, no leading zero).
+fn log_number(name: &str) -> Option<u64> {
+    let n = name.strip_suffix(".log")?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || (n.len() > 1 && n.starts_with('0'))
+    {
+        return None;
+    }
+    n.parse().ok()
+}
+
+fn rotated_numbers(dir: BorrowedFd<'_>) -> Result<Vec<u64>, Error> {
+    Ok(entries(dir)?
+        .iter()
+        .filter_map(|(n, _)| log_number(n))
+        .collect())
+}
+
+/// The names of inode `ino` in `dir`, rotated logs in order first.
+fn names_of(dir: BorrowedFd<'_>, ino: u64) -> Result<Vec<String>, Error> {
+    let mut names: Vec<String> = entries(dir)?
+        .into_iter()
+        .filter(|(_, i)| *i == ino)
+        .map(|(n, _)| n)
+        .collect();
+    names.sort_by_key(|n| log_number(n).unwrap_or(u64::MAX));
+    Ok(names)
+}
+
+/// The offset of `data` in `[from, to)` of the file, where it must occur
+/// exactly once.
+fn find_once(fd: &OwnedFd, from: u64, to: u64, data: &[u8]) -> Result<u64, Error> {
+    let span = read_span(fd, from, to)?;
+    let mut hits = span
+        .windows(data.len().max(1))
+        .enumerate()
+        .filter(|(_, w)| *w == data)
+        .map(|(i, _)| from + i as u64);
+    match (hits.next(), hits.next()) {
+        (Some(off), None) => Ok(off),
+        (None, _) => Err(Error::OffsetUnknown(format!(
+            "the body is not in bytes {from}..{to}"
+        ))),
+        (Some(_), Some(_)) => Err(Error::OffsetUnknown(format!(
+            "the body occurs more than once in bytes {from}..{to}"
+        ))),
+    }
+}
+
+fn read_span(fd: &OwnedFd, from: u64, to: u64) -> Result<Vec<u8>, Error> {
+    let f = File::from(fd.try_clone().map_err(|e| Error::Sys {
+        op: "dup",
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?);
+    read_chunk(&f, from, (to - from) as usize).map_err(|e| Error::Sys {
+        op: "read",
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotated_names() {
+        assert_eq!(log_number("0.log"), Some(0));
+        assert_eq!(log_number("17.log"), Some(17));
+        for bad in [
+            "last.log",
+            "01.log",
+            ".log",
+            "1.log.tmp",
+            "-1.log",
+            "1a.log",
+        ] {
+            assert_eq!(log_number(bad), None, "{bad}");
+        }
+    }
+}
