@@ -1,0 +1,451 @@
+//! Open files: open and create, the handle table, and the calls on a
+//! handle (read, write, fallocate, seek, flush, fsync, release). Each inode open in this mount
+//! has one [`OpenInode`], shared by its handles, that buffers its writes
+//! and caches its data (see [`super::data`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::data::{self, OpenInode};
+use super::meta::{self, NewInode, SetAttr};
+use super::{Attr, CHANGING_NS, Caller, Error, Fs, FsResult, Node, Opened, Written, now_ns};
+use crate::cluster::VolumeStatus;
+
+/// How often `open(O_CREAT)` tries again when the name it found taken is
+/// gone by the time it looks (renamed away by a log rotation).
+const CREATE_TRIES: u32 = 8;
+
+/// An open file handle.
+struct Handle {
+    node: Arc<OpenInode>,
+    append: bool,
+}
+
+/// This mount's open file handles, by number (from 1).
+pub(super) struct Handles {
+    table: Mutex<HashMap<u64, Handle>>,
+    next: AtomicU64,
+}
+
+impl Handles {
+    pub(super) fn new() -> Handles {
+        Handles {
+            table: Mutex::default(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// A new handle on `node`; `append` for `O_APPEND`.
+    fn insert(&self, node: Arc<OpenInode>, append: bool) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.table
+            .lock()
+            .unwrap()
+            .insert(fh, Handle { node, append });
+        fh
+    }
+
+    /// The file of handle `fh`, and whether it is `O_APPEND`.
+    fn get(&self, fh: u64) -> FsResult<(Arc<OpenInode>, bool)> {
+        let h = self.table.lock().unwrap();
+        let h = h.get(&fh).ok_or(Error::EBADF)?;
+        Ok((h.node.clone(), h.append))
+    }
+
+    fn remove(&self, fh: u64) -> FsResult<Handle> {
+        self.table.lock().unwrap().remove(&fh).ok_or(Error::EBADF)
+    }
+}
+
+impl Fs {
+    /// Opens a file; returns the handle and whether the kernel may keep its
+    /// cached pages (the file did not change since we last saw it).
+    /// `O_APPEND` handles must bypass the kernel's page cache (see
+    /// [`Opened::direct`]).
+    pub fn open(&self, ino: u64, flags: i32, caller: Caller) -> FsResult<Opened> {
+        let Node::Space(space, i) = Node::from_ino(ino) else {
+            return Err(Error::EISDIR);
+        };
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let shard = if writing {
+            self.shard_rw_after_import(space)?
+        } else {
+            self.shard_after_import(space)?
+        };
+        self.commit_creates(space);
+        // The attributes (close-to-open: has the file changed?), and for a
+        // small file read-only its data too, in one round trip.
+        let asked = data::ticket();
+        let (a, head) = meta::getattr_with_head(&shard, space, i, !writing)?;
+        if a.is_dir() {
+            return Err(Error::EISDIR);
+        }
+        let mut keep = false;
+        let node = {
+            let mut open = self.open.lock().unwrap();
+            let node = open
+                .entry((space, i))
+                .or_insert_with(|| {
+                    let (generation, valid) =
+                        self.cache
+                            .generation_for(space, i, (a.mtime, a.ctime, a.size));
+                    keep = valid;
+                    if let Some(data) = head {
+                        self.cache.put(space, i, generation, 0, Arc::new(data));
+                    }
+                    Arc::new(OpenInode::new(
+                        space,
+                        i,
+                        shard.clone(),
+                        (a.gid, a.mode),
+                        a.size,
+                        generation,
+                        None,
+                        self.pending.clone(),
+                    ))
+                })
+                .clone();
+            *node.opens.lock().unwrap() += 1;
+            node
+        };
+        // With this mount's deferred chmod (see `OpenInode::owner_mode`).
+        let now = self.with_changes(a);
+        node.set_owner_mode(now.gid, now.mode);
+        // Also when this open made the node: another may have found it since.
+        let refreshed = node.refresh(&self.cache, (a.mtime, a.ctime, a.size), asked, || {
+            let a = meta::getattr(&shard, space, i)?;
+            Ok((a.mtime, a.ctime, a.size))
+        });
+        if let Err(e) = refreshed {
+            self.release_node(&node);
+            return Err(e);
+        }
+        // Truncate by the size this mount sees: it may have buffered data.
+        // Also an empty file with set-user-ID or set-group-ID: a truncate
+        // may clear them (with atomic O_TRUNC the kernel leaves it to us).
+        let setid = now.mode & (libc::S_ISUID | libc::S_ISGID) != 0;
+        if flags & libc::O_TRUNC != 0 && (a.size > 0 || node.state().size > 0 || setid) {
+            if let Err(e) = self.setattr(
+                ino,
+                &SetAttr {
+                    size: Some(0),
+                    ..Default::default()
+                },
+                caller,
+            ) {
+                self.release_node(&node);
+                return Err(e);
+            }
+            keep = false;
+        }
+        let fh = self.handles.insert(node, flags & libc::O_APPEND != 0);
+        Ok(Opened {
+            fh,
+            keep_cache: keep,
+            direct: flags & libc::O_APPEND != 0,
+            changing: now_ns() - a.mtime < CHANGING_NS,
+        })
+    }
+
+    /// Creates and opens a regular file. Inside a space the create is
+    /// deferred: the rows are written with the file's first flush, in one
+    /// transaction with its data.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<(Attr, Opened)> {
+        let mode = libc::S_IFREG | (mode & 0o7777);
+        let Node::Space(space, dir) = Node::from_ino(parent) else {
+            let a = self.mknod(parent, name, mode, umask, 0, None, caller)?;
+            let opened = self.open(a.ino, flags & !libc::O_TRUNC, caller)?;
+            return Ok((a, opened));
+        };
+        let shard = self.shard_rw_after_import(space)?;
+        // One pending create per space at a time keeps names unambiguous.
+        self.commit_pending(space);
+        let (mode, xattrs) = self.new_mode(parent, mode, umask)?;
+        if flags & libc::O_APPEND != 0 || !xattrs.is_empty() {
+            // Logs: several mounts may create `last.log` at the same moment
+            // (after a rotation). Create now, in one transaction, or open the
+            // file another process created first — never fail later. A file
+            // that inherits ACLs is created now too, with them.
+            let new = NewInode {
+                mode,
+                uid: caller.uid,
+                gid: caller.gid,
+                rdev: 0,
+                target: None,
+                xattrs: &xattrs,
+            };
+            let create = || meta::create(&shard, space, dir, name, &new);
+            return match self.create_or_open(parent, name, flags, caller, create)? {
+                Ok(a) => Ok((a, self.open(a.ino, flags & !libc::O_TRUNC, caller)?)),
+                Err(opened) => Ok(opened),
+            };
+        }
+        let check = || meta::check_create(&shard, space, dir, name);
+        let p = match self.create_or_open(parent, name, flags, caller, check)? {
+            Ok(p) => p,
+            Err(opened) => return Ok(opened),
+        };
+        let ino = self.next_id(&shard, space)?;
+        let new = NewInode {
+            mode,
+            uid: caller.uid,
+            gid: caller.gid,
+            rdev: 0,
+            target: None,
+            xattrs: &[],
+        };
+        let a = meta::new_attr(&p, space, ino, &new, now_ns())?;
+        let generation = self.cache.invalidate(space, ino);
+        self.xattrs.put_empty(a.ino);
+        let pending = data::PendingCreate {
+            parent: dir,
+            name: name.to_vec(),
+            attr: a,
+        };
+        let node = Arc::new(OpenInode::new(
+            space,
+            ino,
+            shard,
+            (a.gid, a.mode),
+            0,
+            generation,
+            Some(pending),
+            self.pending.clone(),
+        ));
+        *node.opens.lock().unwrap() += 1;
+        self.open.lock().unwrap().insert((space, ino), node.clone());
+        let append = flags & libc::O_APPEND != 0;
+        let fh = self.handles.insert(node, append);
+        Ok((
+            a,
+            Opened {
+                fh,
+                keep_cache: false,
+                direct: append,
+                // Its writer's own handle: its cached pages are its writes.
+                changing: false,
+            },
+        ))
+    }
+
+    /// Runs `create` (of `name` in `parent`). When the name is taken and the
+    /// open is not `O_EXCL`, opens the file that has it instead (`Err`), as
+    /// a local filesystem does; should the name go again before that open
+    /// (a rotation renamed it away), creates once more, as the VFS does.
+    fn create_or_open<T>(
+        &self,
+        parent: u64,
+        name: &[u8],
+        flags: i32,
+        caller: Caller,
+        mut create: impl FnMut() -> FsResult<T>,
+    ) -> FsResult<Result<T, (Attr, Opened)>> {
+        let mut tries = 0;
+        loop {
+            match create() {
+                Err(e) if e == Error::EEXIST && flags & libc::O_EXCL == 0 => {}
+                r => return r.map(Ok),
+            }
+            match self.open_existing(parent, name, flags, caller) {
+                Err(e) if e == Error::ENOENT && tries < CREATE_TRIES => tries += 1,
+                r => return r.map(Err),
+            }
+        }
+    }
+
+    /// `open(O_CREAT)` of a name another process created: that file.
+    fn open_existing(
+        &self,
+        parent: u64,
+        name: &[u8],
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<(Attr, Opened)> {
+        let a = self.lookup(parent, name)?;
+        if a.is_dir() {
+            return Err(Error::EISDIR);
+        }
+        let opened = self.open(a.ino, flags, caller)?;
+        Ok((a, opened))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (node, _) = self.handles.get(fh)?;
+        node.read(&self.cache, &self.prefetcher, offset, size)
+    }
+
+    /// Writes for `caller`, whose thread's `O_APPEND` offsets are
+    /// remembered (see [`super::own_xattrs`]). A caller without `CAP_FSETID`
+    /// clears set-user-ID and set-group-ID, as on a local disk, on every
+    /// path: the kernel leaves it to us for direct I/O, and its own rule
+    /// for cached writes keeps set-group-ID that Linux clears.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], caller: Caller) -> FsResult<Written> {
+        let (node, append) = self.handles.get(fh)?;
+        let mode_changed = self.clear_setid(&node, caller)?;
+        let tid = caller.pid;
+        self.changes.written(node.space, node.ino);
+        if let Ok((_, vol)) = self.space(node.space)
+            && vol.status == VolumeStatus::Standby
+        {
+            return Err(Error::EROFS);
+        }
+        if append {
+            node.append(&self.cache, data, tid)?;
+        } else if node.write(&self.cache, offset, data)? {
+            // The workers live as long as the Fs: sending cannot fail.
+            let _ = self.flusher.send(node);
+        }
+        Ok(Written {
+            len: data.len() as u32,
+            mode_changed,
+        })
+    }
+
+    /// A write (or fallocate) by `caller` clears set-user-ID and
+    /// set-group-ID as on a local disk; returns whether it did. Rare: only
+    /// when this mount saw bits the caller would clear does it ask the
+    /// database, which decides on the row it locks (so a chmod meanwhile
+    /// is not undone).
+    /// Committed before the data, after what this mount buffered.
+    fn clear_setid(&self, node: &OpenInode, caller: Caller) -> FsResult<bool> {
+        // What this mount saw first: no query for a file without the bits
+        // or a caller that keeps them (root writing a set-user-ID binary).
+        let (gid, mode) = node.owner_mode();
+        if caller.setid_cleared(gid, mode).is_none() {
+            return Ok(false);
+        }
+        self.commit_changes(Some(node.space));
+        let cleared = meta::clear_setid(&node.shard, node.space, node.ino, &|gid, mode| {
+            caller.setid_cleared(gid, mode)
+        })?;
+        match cleared {
+            Some(a) => {
+                node.set_owner_mode(a.gid, a.mode);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// fallocate(2): mode 0 and `KEEP_SIZE` (nothing to reserve: the file
+    /// grows unless `KEEP_SIZE`), `PUNCH_HOLE | KEEP_SIZE`, `ZERO_RANGE`
+    /// (with or without `KEEP_SIZE`); any other mode is `EOPNOTSUPP`.
+    pub fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        caller: Caller,
+    ) -> FsResult<Written> {
+        const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
+        let (zero, extend) = match mode {
+            0 => (false, true),
+            KEEP_SIZE => (false, false),
+            PUNCH => (true, false),
+            ZERO => (true, true),
+            m if m == ZERO | KEEP_SIZE => (true, false),
+            _ => return Err(Error::EOPNOTSUPP),
+        };
+        if length == 0 {
+            return Err(Error::EINVAL);
+        }
+        if offset
+            .checked_add(length)
+            .is_none_or(|e| e > data::MAX_FILE_SIZE)
+        {
+            return Err(Error::EFBIG);
+        }
+        let (node, _) = self.handles.get(fh)?;
+        let (space, i) = (node.space, node.ino);
+        let shard = self.shard_rw_after_import(space)?;
+        self.commit_pending(space);
+        let mode_changed = self.clear_setid(&node, caller)?;
+        node.rewrite(&self.cache, || {
+            meta::fallocate(&shard, space, i, (offset, length), zero, extend)
+        })?;
+        Ok(Written {
+            len: 0,
+            mode_changed,
+        })
+    }
+
+    /// lseek(2) with `SEEK_DATA` or `SEEK_HOLE`, from the extent map (what
+    /// this mount buffered is committed first, so it counts).
+    pub fn seek_data(&self, fh: u64, offset: u64, data: bool) -> FsResult<u64> {
+        let (node, _) = self.handles.get(fh)?;
+        node.flush(&self.cache)?;
+        let size = node.state().size;
+        crate::shard::extents::seek(&node.shard, node.space, node.ino, size, offset, data)?
+            .ok_or(Error::ENXIO)
+    }
+
+    /// Makes buffered writes durable and visible (close, fsync).
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let (node, _) = self.handles.get(fh)?;
+        node.flush(&self.cache)
+    }
+
+    /// `fsync`: the file's data, and the attribute changes of its space, are
+    /// committed when it returns.
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        let (node, _) = self.handles.get(fh)?;
+        node.flush(&self.cache)?;
+        self.commit_changes(Some(node.space));
+        Ok(())
+    }
+
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let h = self.handles.remove(fh)?;
+        let r = h.node.flush(&self.cache);
+        self.release_node(&h.node);
+        r
+    }
+
+    fn release_node(&self, node: &Arc<OpenInode>) {
+        // The map lock is taken first, as in `open`, so a concurrent open
+        // either finds the node still counted or not in the map at all.
+        {
+            let mut map = self.open.lock().unwrap();
+            let mut opens = node.opens.lock().unwrap();
+            *opens -= 1;
+            if *opens > 0 {
+                return;
+            }
+            map.remove(&(node.space, node.ino));
+        }
+        if node.unlinked.load(Ordering::Acquire)
+            && let Err(e) = meta::release_orphan(&node.shard, node.space, node.ino)
+        {
+            log::warn!(
+                "space {}: releasing unlinked inode {}: errno {}",
+                node.space,
+                node.ino,
+                e.errno()
+            );
+        }
+    }
+
+    /// The [`meta::OpenHere`] of `space` for unlink and rename: an inode
+    /// open in this mount is marked unlinked (its last close releases its
+    /// rows) and this mount is named as its holder.
+    pub(super) fn mark_unlinked_if_open(&self, space: u32) -> impl Fn(u64) -> Option<u64> + '_ {
+        move |ino| {
+            let open = self.open.lock().unwrap();
+            let oi = open.get(&(space, ino & 0xffff_ffff))?;
+            oi.unlinked.store(true, Ordering::Release);
+            Some(self.holder.load(Ordering::Acquire))
+        }
+    }
+}

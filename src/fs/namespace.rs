@@ -1,0 +1,339 @@
+//! Names and attributes: each call goes to the root and volume
+//! directories (`top`) or inside a space, to its Storage Node ([`meta`]),
+//! with this mount's deferred creates and attribute changes (`deferred`)
+//! committed first where the database must see them, and shown where it
+//! answers.
+
+use super::meta::{NewInode, SetAttr};
+use super::{Attr, Caller, Error, Fs, FsResult, Node, acl, meta, now_ns};
+
+/// Directory entries: (offset of the next entry, name, attributes).
+pub(super) type Listing = Vec<(u64, Vec<u8>, Attr)>;
+
+impl Fs {
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        match Node::from_ino(ino) {
+            Node::Root => self.root_attr(ino),
+            Node::Volume(v) => self.volume_attr(ino, v),
+            Node::Space(space, i) => {
+                let change = self.changes.get(space, i);
+                let open = self.open.lock().unwrap().get(&(space, i)).cloned();
+                if let Some(mut a) = open.as_ref().and_then(|o| o.pending_attr()) {
+                    if let Some(c) = change {
+                        c.apply(&mut a);
+                    }
+                    return Ok(a);
+                }
+                if i == 1
+                    && let Some(dir) = self.space(space)?.0.import_from
+                {
+                    // Not imported yet: `ls -l` of a volume must not import
+                    // every space in it.
+                    return crate::import::dir_attr(ino, &dir).map_err(|e| {
+                        log::error!("space {space}: {e:#}");
+                        Error::EIO
+                    });
+                }
+                let mut a = meta::getattr(&self.shard_after_import(space)?, space, i)?;
+                if let Some(c) = change {
+                    c.apply(&mut a);
+                }
+                if let Some(o) = &open {
+                    o.set_owner_mode(a.gid, a.mode);
+                    if let Some(size) = o.local_size() {
+                        a.size = size;
+                    }
+                }
+                Ok(a)
+            }
+        }
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        if name.len() > meta::NAME_MAX {
+            return Err(Error::ENAMETOOLONG);
+        }
+        match Node::from_ino(parent) {
+            Node::Root => self.lookup_volume(name),
+            Node::Volume(vol) => self.lookup_space(vol, name),
+            Node::Space(space, dir) => {
+                self.commit_creates(space);
+                meta::lookup(&self.shard_after_import(space)?, space, dir, name)
+                    .map(|a| self.with_changes(a))
+            }
+        }
+    }
+
+    /// Changes attributes. A change of mode, owner or times only is deferred:
+    /// kept in this mount (its getattr shows it at once) and committed with
+    /// the next namespace operation in the space (inside a rename's own
+    /// transaction), an fsync, or within a second — so rsync's `chown; chmod;
+    /// utimes; rename` of a copied file is one transaction instead of four.
+    /// A size change commits at once.
+    ///
+    /// A size change by a caller without `CAP_FSETID` clears set-user-ID
+    /// and set-group-ID as a local disk does (the kernel's FUSE rule keeps
+    /// set-group-ID of a group that may not execute, Linux's own clears it
+    /// for callers outside the group; with atomic `O_TRUNC` it sends nothing).
+    pub fn setattr(&self, ino: u64, s: &SetAttr, caller: Caller) -> FsResult<Attr> {
+        let Node::Space(space, i) = Node::from_ino(ino) else {
+            return Err(Error::EPERM);
+        };
+        let shard = self.shard_rw_after_import(space)?;
+        if s.size.is_none() {
+            let mut a = self.getattr(ino)?;
+            let change = meta::AttrChange {
+                mode: s.mode,
+                uid: s.uid,
+                gid: s.gid,
+                atime: s.atime,
+                mtime: s.mtime,
+                ctime: s.ctime.unwrap_or_else(now_ns),
+            };
+            self.changes.defer(space, i, change);
+            change.apply(&mut a);
+            self.note_owner_mode(space, i, &a);
+            return Ok(a);
+        }
+        self.commit_pending(space);
+        let open = self.open.lock().unwrap().get(&(space, i)).cloned();
+        // Decided on the row the transaction locks, not on a cached mode.
+        let setid = |gid, mode| caller.setid_cleared(gid, mode);
+        let a = match (open, s.size) {
+            // An open file: flush, truncate and reset its buffers under its
+            // lock, so no write or flush slips in between.
+            (Some(o), Some(_)) => {
+                o.rewrite(&self.cache, || meta::setattr(&shard, space, i, s, &setid))
+            }
+            _ => {
+                self.cache.invalidate(space, i);
+                meta::setattr(&shard, space, i, s, &setid)
+            }
+        }?;
+        self.note_owner_mode(space, i, &a);
+        Ok(a)
+    }
+
+    /// Keeps an open file's group and mode (see [`super::data::OpenInode::owner_mode`])
+    /// as this mount set them.
+    pub(super) fn note_owner_mode(&self, space: u32, i: u64, a: &Attr) {
+        if let Some(o) = self.open.lock().unwrap().get(&(space, i)) {
+            o.set_owner_mode(a.gid, a.mode);
+        }
+    }
+
+    /// Creates a node of any kind. In a volume only `mkdir` of a space ID is allowed.
+    /// `umask` applies unless the parent has a default ACL (see [`acl`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        match Node::from_ino(parent) {
+            Node::Root => {
+                log::warn!(
+                    "refused to create {:?} in the root: volumes are made with tshs create-volume",
+                    String::from_utf8_lossy(name)
+                );
+                Err(Error::EPERM)
+            }
+            Node::Volume(vol) => self.create_space(vol, name, mode & !umask, caller),
+            Node::Space(space, dir) => {
+                self.commit_pending(space);
+                if let Some(t) = target
+                    && t.len() > meta::PATH_MAX
+                {
+                    return Err(Error::ENAMETOOLONG);
+                }
+                let (mode, xattrs) = self.new_mode(parent, mode, umask)?;
+                let new = NewInode {
+                    mode,
+                    uid: caller.uid,
+                    gid: caller.gid,
+                    rdev,
+                    target,
+                    xattrs: &xattrs,
+                };
+                let a = meta::create(&self.shard_rw_after_import(space)?, space, dir, name, &new)?;
+                if xattrs.is_empty() {
+                    // Known to have none: a create inside it asks (default ACL).
+                    self.xattrs.put_empty(a.ino);
+                }
+                Ok(a)
+            }
+        }
+    }
+
+    /// The mode and ACL xattrs of a new inode in `parent` (see [`acl::inherit`]).
+    pub(super) fn new_mode(
+        &self,
+        parent: u64,
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<(u32, acl::BornXattrs)> {
+        if mode & libc::S_IFMT == libc::S_IFLNK {
+            return Ok((mode, Vec::new()));
+        }
+        let x = self.xattrs_of(parent)?;
+        let default = x
+            .as_ref()
+            .and_then(|x| x.iter().find(|(n, _)| n == acl::DEFAULT));
+        Ok(acl::inherit(
+            default.map(|(_, v)| v.as_slice()),
+            mode,
+            umask,
+        ))
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8], rmdir: bool) -> FsResult<()> {
+        match Node::from_ino(parent) {
+            Node::Root => Err(Error::EPERM),
+            Node::Volume(vol) => {
+                if !rmdir {
+                    return Err(Error::EPERM);
+                }
+                self.delete_space(parent, vol, name)
+            }
+            Node::Space(space, dir) => {
+                let shard = self.shard_rw_after_import(space)?;
+                self.commit_pending(space);
+                meta::unlink(
+                    &shard,
+                    space,
+                    dir,
+                    name,
+                    rmdir,
+                    &self.mark_unlinked_if_open(space),
+                )
+                .map(|_| ())
+            }
+        }
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        match (Node::from_ino(parent), Node::from_ino(newparent)) {
+            (Node::Space(s1, p1), Node::Space(s2, p2)) => {
+                if s1 != s2 {
+                    return Err(Error::EXDEV);
+                }
+                let shard = self.shard_rw_after_import(s1)?;
+                self.commit_creates(s1);
+                // Deferred attribute changes ride in the rename's transaction
+                // (rsync: chmod, chown, utimes, then rename the temporary file).
+                self.commit_changes_with(s1, |changes| {
+                    meta::rename(
+                        &shard,
+                        s1,
+                        p1,
+                        name,
+                        p2,
+                        newname,
+                        flags,
+                        changes,
+                        &self.mark_unlinked_if_open(s1),
+                    )
+                })
+            }
+            (Node::Space(..), _) | (_, Node::Space(..)) => Err(Error::EXDEV),
+            _ => Err(Error::EPERM),
+        }
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+        match (Node::from_ino(ino), Node::from_ino(newparent)) {
+            (Node::Space(s1, i), Node::Space(s2, p)) => {
+                if s1 != s2 {
+                    return Err(Error::EXDEV);
+                }
+                self.commit_pending(s1);
+                meta::link(&self.shard_rw_after_import(s1)?, s1, i, p, newname)
+            }
+            (Node::Space(..), _) => Err(Error::EXDEV),
+            _ => Err(Error::EPERM),
+        }
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        match Node::from_ino(ino) {
+            Node::Space(s, i) => meta::readlink(&self.shard_after_import(s)?, s, i),
+            _ => Err(Error::EINVAL),
+        }
+    }
+
+    /// Directory entries after `offset` (0 = from the start), each with the
+    /// offset of the entry after it. `.` and `..` come first.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        limit: usize,
+    ) -> FsResult<Vec<(u64, Vec<u8>, Attr)>> {
+        match Node::from_ino(ino) {
+            Node::Root => self.list_root(ino, offset),
+            Node::Volume(vol) => self.list_volume(ino, vol, offset, limit),
+            Node::Space(space, dir) => {
+                let mut out = Vec::new();
+                let shard = self.shard_after_import(space)?;
+                self.commit_creates(space);
+                if offset < 2 {
+                    let parent = if dir == 1 {
+                        self.space(space)
+                            .map(|(s, _)| Node::Volume(s.volume_id).ino())?
+                    } else {
+                        meta::parent_of(&shard, space, dir)?
+                            .map_or(ino, |p| Node::Space(space, p).ino())
+                    };
+                    out.extend(self.dots(ino, offset, parent)?);
+                }
+                let after = offset.saturating_sub(2);
+                for e in meta::readdir(&shard, space, dir, after, limit)? {
+                    if !e.has_xattrs {
+                        self.xattrs.put_empty(e.attr.ino);
+                    }
+                    out.push((e.seq + 2, e.name, self.with_changes(e.attr)));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// `.` (`ino`) and `..` (`parent`, or `ino` itself if that fails), those
+    /// of them after `offset`.
+    pub(super) fn dots(&self, ino: u64, offset: u64, parent: u64) -> FsResult<Listing> {
+        let mut v = Vec::new();
+        if offset < 1 {
+            v.push((1, b".".to_vec(), self.getattr(ino)?));
+        }
+        if offset < 2 {
+            v.push((
+                2,
+                b"..".to_vec(),
+                self.getattr(parent).or_else(|_| self.getattr(ino))?,
+            ));
+        }
+        Ok(v)
+    }
+
+    /// `fsync` of a directory: its entries are durable once this mount's
+    /// deferred creates and attribute changes in the space are committed
+    /// (every other namespace change commits before it returns).
+    pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
+        if let Node::Space(space, _) = Node::from_ino(ino) {
+            self.commit_pending(space);
+        }
+        Ok(())
+    }
+}
