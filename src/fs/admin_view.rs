@@ -105,6 +105,5 @@ impl Fs {
 
 /// An Admin Node failure: logged, and `EIO` to the caller.
 pub(super) fn admin_failed(e: anyhow::Error) -> Error {
-    log::error!("admin node: {e:#}");
-    Error::EIO
+    super::error::failed(format!("admin node: {e:#}"))
 }

@@ -4,6 +4,7 @@
 //! committed first where the database must see them, and shown where it
 //! answers.
 
+use super::error::failed;
 use super::meta::{NewInode, SetAttr};
 use super::{Attr, Caller, Error, Fs, FsResult, Node, acl, meta, now_ns};
 
@@ -29,10 +30,8 @@ impl Fs {
                 {
                     // Not imported yet: `ls -l` of a volume must not import
                     // every space in it.
-                    return crate::import::dir_attr(ino, &dir).map_err(|e| {
-                        log::error!("space {space}: {e:#}");
-                        Error::EIO
-                    });
+                    return crate::import::dir_attr(ino, &dir)
+                        .map_err(|e| failed(format!("space {space}: {e:#}")));
                 }
                 let mut a = meta::getattr(&self.shard_after_import(space)?, space, i)?;
                 if let Some(c) = change {

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use super::error::failed;
 use super::{Error, Fs, FsResult};
 use crate::cluster::{Route, VolumeStatus};
 
@@ -53,10 +54,7 @@ impl Fs {
                 t.bytes
             ),
             Ok(None) => {}
-            Err(e) => {
-                log::error!("space {space}: {e:#}");
-                return Err(Error::EIO);
-            }
+            Err(e) => return Err(failed(format!("space {space}: {e:#}"))),
         }
         drop(self.reload_view()?);
         Ok(())

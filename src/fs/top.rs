@@ -150,11 +150,10 @@ impl Fs {
         self.cluster
             .create_space(vol, id, caller.uid, caller.gid, mode & 0o7777)
             .map_err(|e| {
-                log::error!("creating space {id} in volume {vol}: {e:#}");
-                if e.to_string().contains("already exists") {
+                if e.is::<crate::cluster::SpaceExists>() {
                     Error::EEXIST
                 } else {
-                    Error::EIO
+                    super::error::failed(format!("creating space {id} in volume {vol}: {e:#}"))
                 }
             })?;
         self.drop_admin_view();

@@ -12,6 +12,10 @@ use super::super::error::{Error, FsResult, store_failed};
 use super::{E, FileState, OpenInode, PREFETCH_JOB, PREFETCH_WINDOW, Prefetch};
 use crate::shard::extents::{self, Span};
 
+/// A failed read of an object: the kind of store failure, if it was one,
+/// and the error for the caller.
+type StoreFailure = (Option<crate::object_store::ErrorKind>, Error);
+
 impl OpenInode {
     /// Reads `[off, off+len)`; holes and bytes past the end of an extent read
     /// as zeros. The database is queried without holding the file's lock, so
@@ -168,18 +172,20 @@ impl OpenInode {
                         Ok(out) => return Ok(out),
                         // Brought back into the database (and the object
                         // deleted) since the query: look again, once.
-                        Err(Some(crate::object_store::ErrorKind::NotFound)) if attempt == 0 => {
+                        Err((Some(crate::object_store::ErrorKind::NotFound), _))
+                            if attempt == 0 =>
+                        {
                             attempt += 1;
                         }
-                        Err(_) => return Err(Error::EIO),
+                        Err((_, e)) => return Err(e),
                     }
                 }
             }
         }
     }
 
-    /// `[first, last)` of the file's object, cut into extents. The error is
-    /// logged; it carries the kind of store failure, if it was one.
+    /// `[first, last)` of the file's object, cut into extents. The error
+    /// (logged) comes with the kind of store failure, if it was one.
     fn get_object_span(
         &self,
         host: u32,
@@ -187,19 +193,18 @@ impl OpenInode {
         size: u64,
         first: u64,
         last: u64,
-    ) -> Result<Vec<(u64, Vec<u8>)>, Option<crate::object_store::ErrorKind>> {
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreFailure> {
         let end = last.min(size);
         if first >= end {
             return Ok(Vec::new());
         }
         let store = self.shard.cluster().object_store(host).map_err(|e| {
-            store_failed(self.space, self.ino, format!("S3 host {host}: {e:#}"));
-            None
+            let e = store_failed(self.space, self.ino, format!("S3 host {host}: {e:#}"));
+            (None, e)
         })?;
         let data = store.get_range(key, first, end - first).map_err(|e| {
             let kind = e.kind;
-            store_failed(self.space, self.ino, e);
-            Some(kind)
+            (Some(kind), store_failed(self.space, self.ino, e))
         })?;
         Ok(extents_of(first, &data))
     }
