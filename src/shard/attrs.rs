@@ -7,13 +7,12 @@ use mysql::Transaction;
 use mysql::prelude::Queryable;
 
 use super::access::{Access, Stores};
-use super::error::ShardError;
+use super::error::{ShardError, ShardResult};
 use super::extents;
 use super::inode::Attr;
 use super::namespace::get_attr;
 use crate::clock::now_ns;
 
-type ShardResult<T> = Result<T, ShardError>;
 type Tx<'a> = Transaction<'a>;
 
 /// A change of mode, owner or times not yet in the database (see

@@ -4,6 +4,8 @@
 
 use crate::db::{DbError, TxError};
 
+pub type ShardResult<T> = Result<T, ShardError>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
     #[error("no such file or directory")]

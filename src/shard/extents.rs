@@ -11,15 +11,13 @@ use mysql::prelude::Queryable;
 
 use super::EXTENT_SIZE;
 use super::access::{Access, Stores};
-use super::error::ShardError;
+use super::error::{ShardError, ShardResult};
 use super::inode::{Attr, DELETED};
 use super::namespace::insert_new;
 use crate::clock::now_ns;
 use crate::db::Body;
 
 const E: u64 = EXTENT_SIZE;
-
-type ShardResult<T> = Result<T, ShardError>;
 
 /// Where the bytes of a span of a file are.
 pub enum Span {

@@ -26,7 +26,7 @@ pub mod xattrs;
 pub use access::{Access, Stores};
 pub use backup::{DentryRow, InodeRow, ReadBackup, SpaceRows};
 pub use copy::{RoundStats, SpaceCopy, open_space, purge_moved};
-pub use error::ShardError;
+pub use error::{ShardError, ShardResult};
 pub use inode::InodeState;
 use inode::{DELETED, LIVE, ORPHAN};
 pub use listing::{DataPlace, ListedDentry, ListedInode};

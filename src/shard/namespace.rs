@@ -8,12 +8,10 @@ use mysql::{Row, Transaction};
 
 use super::access::Access;
 use super::attrs::{self, AttrChange};
-use super::error::ShardError;
+use super::error::{ShardError, ShardResult};
 use super::inode::{self, Attr, COLUMNS, DELETED, I_COLUMNS, Node, ORPHAN};
 use crate::clock::now_ns;
 use crate::db::Body;
-
-type ShardResult<T> = Result<T, ShardError>;
 
 /// What to create.
 pub struct NewInode<'a> {

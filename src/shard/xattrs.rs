@@ -4,11 +4,9 @@
 use mysql::prelude::Queryable;
 
 use super::access::Access;
-use super::error::ShardError;
+use super::error::{ShardError, ShardResult};
 use super::namespace::get_attr;
 use crate::clock::now_ns;
-
-type ShardResult<T> = Result<T, ShardError>;
 
 pub const XATTR_CREATE: i32 = 1;
 pub const XATTR_REPLACE: i32 = 2;
