@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use fuser::{Config, MountOption, SessionACL};
 
-use crate::cli::Cli;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseFs;
 
@@ -266,17 +265,16 @@ fn refuse_double_mount(mountpoint: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
+/// Mounts as `tshs mount` asks; `mysql_cfg_file` is its `--mysql-cfg-file`
+/// (the mount option `mysql_cfg` overrides it).
+pub fn run(mysql_cfg_file: Option<&Path>, args: &MountArgs) -> Result<()> {
     let opts = parse_options(&args.options)?;
     clean_stale_mount(&args.mountpoint)?;
     refuse_double_mount(&args.mountpoint)?;
-    let mut admin_cli_cfg = cli.mysql_cfg_file.clone();
-    if let Some(p) = &opts.mysql_cfg {
-        admin_cli_cfg = Some(p.clone());
-    }
     let admin = crate::config::read_mysql_cfg(
-        admin_cli_cfg
+        opts.mysql_cfg
             .as_deref()
+            .or(mysql_cfg_file)
             .unwrap_or(Path::new(crate::config::DEFAULT_MYSQL_CFG)),
     )?;
     // Fail in the foreground when the cluster is unusable.

@@ -411,7 +411,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     match &cli.command {
         None => shell::run(&cli),
-        Some(Command::Mount(args)) => crate::mount::run(&cli, args),
+        Some(Command::Mount(args)) => crate::mount::run(cli.mysql_cfg_file.as_deref(), args),
         Some(Command::Check { args }) => check::run(&cli, args),
         Some(Command::Repeat { words }) => repeat::foreground(&cli, words),
         Some(cmd) => one_off(&cli, cmd),
