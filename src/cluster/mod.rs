@@ -9,6 +9,7 @@
 mod access_points;
 mod imports;
 mod jobs;
+mod moves;
 mod nodes;
 mod route;
 mod s3_hosts;
@@ -25,6 +26,7 @@ use mysql::prelude::Queryable;
 pub use access_points::{AccessPoint, AccessPointRow, Liveness};
 pub use imports::{ImportJob, ImportingSpace, Registered};
 pub use jobs::{DeleteJob, JobRow, PurgeClaim};
+pub use moves::{MOVE_LEASE_SECS, SpaceMove};
 pub use nodes::{NodeRow, NodeTotals, Phase};
 pub use route::{Route, Router};
 pub use settings::{SETTINGS, STORE_SPACE_NAMES};

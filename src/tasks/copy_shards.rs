@@ -20,15 +20,14 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use mysql::prelude::Queryable;
 
 use super::{Outcome, Progress, ProgressFn, TaskOptions};
-use crate::cluster::{Cluster, NodeRow, Phase};
+use crate::cluster::{Cluster, NodeRow, Phase, SpaceMove};
 use crate::placement::hash32;
 use crate::shard::{RoundStats, Shard, SpaceCopy, open_space, purge_moved};
 
-/// A claimed move's lease; renewed every [`RENEW`] while the worker works.
-const LEASE_SECS: u64 = 30;
+/// How often a claimed move's lease is renewed while the worker works (it
+/// lasts [`crate::cluster::MOVE_LEASE_SECS`]).
 const RENEW: Duration = Duration::from_secs(5);
 /// How long the source stays fenced for the last round before it must be
 /// sealed; a write waits at most about this long.
@@ -47,15 +46,6 @@ struct Candidate {
     space: u32,
     from: u32,
     to: u32,
-}
-
-/// A move this process holds.
-struct Claim {
-    space: u32,
-    from: u32,
-    to: u32,
-    token: u64,
-    switched: bool,
 }
 
 pub fn run(
@@ -102,7 +92,7 @@ pub fn run(
                 renamed = true;
                 continue;
             }
-            if let Some(claim) = claim(cluster, c, &owner)? {
+            if let Some(claim) = cluster.claim_move(c.space, c.from, c.to, &owner)? {
                 claimed = Some(claim);
                 break;
             }
@@ -178,7 +168,6 @@ pub fn run(
 fn candidates(cluster: &Cluster, opts: &TaskOptions) -> Result<Vec<Candidate>> {
     let nodes = cluster.nodes()?;
     let mut out = Vec::new();
-    let mut conn = cluster.admin().conn()?;
     for m in nodes.iter().filter(|n| n.phase == Phase::MirrorShard) {
         let Some(src) = m.source else { continue };
         if opts.storage_node.is_some_and(|s| s != src) {
@@ -186,14 +175,7 @@ fn candidates(cluster: &Cluster, opts: &TaskOptions) -> Result<Vec<Candidate>> {
         }
         // Deleted spaces are not copied: remove-deleted purges them where
         // they are (the node becomes active once they are gone).
-        // (A deleted space whose move had begun is finished, though.)
-        let ids: Vec<u32> = conn
-            .exec(
-                "SELECT id FROM spaces WHERE node_id = ? AND (status <> 'deleted'
-                     OR id IN (SELECT space_id FROM space_moves WHERE state <> 'purging'))",
-                (src,),
-            )
-            .map_err(|e| cluster.admin().err(e))?;
+        let ids = cluster.movable_spaces(src)?;
         out.extend(
             ids.into_iter()
                 .filter(|&s| m.range.contains(hash32(s)))
@@ -203,12 +185,7 @@ fn candidates(cluster: &Cluster, opts: &TaskOptions) -> Result<Vec<Candidate>> {
                     to: m.id,
                 }),
         );
-        let switched: Vec<u32> = conn
-            .exec(
-                "SELECT space_id FROM space_moves WHERE to_node = ? AND state = 'switched'",
-                (m.id,),
-            )
-            .map_err(|e| cluster.admin().err(e))?;
+        let switched = cluster.switched_moves(m.id)?;
         out.extend(switched.into_iter().map(|space| Candidate {
             space,
             from: src,
@@ -227,23 +204,7 @@ fn activate_finished(cluster: &Cluster, left: &[Candidate], out: &mut Outcome) -
         if !mirror_done(cluster, &m)? {
             continue;
         }
-        let changed = cluster
-            .admin()
-            .tx(|tx| {
-                tx.exec_drop(
-                    "UPDATE storage_nodes SET phase = ?, source_id = NULL WHERE id = ? AND phase = ?",
-                    (
-                        Phase::ActiveShard.as_str(),
-                        m.id,
-                        Phase::MirrorShard.as_str(),
-                    ),
-                )?;
-                let changed = tx.affected_rows() == 1;
-                tx.query_drop("UPDATE topology SET epoch = epoch + 1 WHERE id = 1")?;
-                Ok(changed)
-            })
-            .map_err(|e| anyhow::anyhow!("admin node: {e}"))?;
-        if changed {
+        if cluster.activate_mirror(m.id)? {
             out.lines.push(format!(
                 "Storage node {} is ACTIVE_SHARD: all of its spaces have moved",
                 m.id
@@ -259,20 +220,11 @@ fn mirror_done(cluster: &Cluster, m: &NodeRow) -> Result<bool> {
     let Some(src) = m.source else {
         return Ok(true);
     };
-    let mut conn = cluster.admin().conn()?;
-    let ids: Vec<u32> = conn
-        .exec("SELECT id FROM spaces WHERE node_id = ?", (src,))
-        .map_err(|e| cluster.admin().err(e))?;
+    let ids = cluster.spaces_on(src)?;
     if ids.iter().any(|&s| m.range.contains(hash32(s))) {
         return Ok(false);
     }
-    let moves: Option<u64> = conn
-        .exec_first(
-            "SELECT COUNT(*) FROM space_moves WHERE to_node = ?",
-            (m.id,),
-        )
-        .map_err(|e| cluster.admin().err(e))?;
-    Ok(moves.unwrap_or(0) == 0)
+    Ok(cluster.moves_to(m.id)? == 0)
 }
 
 /// (moved, total) spaces of a MIRROR_SHARD node's range, for list-storage-nodes.
@@ -280,13 +232,7 @@ pub fn mirror_progress(cluster: &Cluster, m: &NodeRow) -> Result<(u64, u64)> {
     let Some(src) = m.source else {
         return Ok((0, 0));
     };
-    let mut conn = cluster.admin().conn()?;
-    let rows: Vec<(u32, u32)> = conn
-        .exec(
-            "SELECT id, node_id FROM spaces WHERE node_id IN (?, ?)",
-            (src, m.id),
-        )
-        .map_err(|e| cluster.admin().err(e))?;
+    let rows = cluster.spaces_on_either(src, m.id)?;
     let mine: Vec<_> = rows
         .into_iter()
         .filter(|(s, _)| m.range.contains(hash32(*s)))
@@ -295,93 +241,16 @@ pub fn mirror_progress(cluster: &Cluster, m: &NodeRow) -> Result<(u64, u64)> {
     Ok((moved, mine.len() as u64))
 }
 
-/// Claims a move: a new one, or one whose holder's lease lapsed. Locks the
-/// space's row before its move's row, like [`switch`], so the two never
-/// deadlock.
-fn claim(cluster: &Cluster, c: &Candidate, owner: &str) -> Result<Option<Claim>> {
-    let admin = cluster.admin();
-    admin
-        .tx(|tx| {
-            let node: Option<u32> =
-                tx.exec_first("SELECT node_id FROM spaces WHERE id = ? FOR UPDATE", (c.space,))?;
-            let existing: Option<(String, u8, u32, u32)> = tx.exec_first(
-                "SELECT state, lease_until < UTC_TIMESTAMP(), from_node, to_node FROM space_moves WHERE space_id = ? FOR UPDATE",
-                (c.space,),
-            )?;
-            // The token last: rows locked in the same order as `switch`.
-            tx.query_drop(
-                "UPDATE topology SET move_token = LAST_INSERT_ID(move_token + 1) WHERE id = 1",
-            )?;
-            let token = tx.last_insert_id().unwrap_or(0);
-            Ok(match existing {
-                Some((_, 0, _, _)) => None, // someone holds it
-                // remove-deleted's claim: it takes lapsed ones back itself.
-                Some((state, _, _, _)) if state == "purging" => None,
-                Some((state, _, from, to)) => {
-                    tx.exec_drop(
-                        "UPDATE space_moves SET token = ?, owner = ?, lease_until = UTC_TIMESTAMP() + INTERVAL ? SECOND
-                         WHERE space_id = ?",
-                        (token, owner, LEASE_SECS, c.space),
-                    )?;
-                    log::info!("space {}: taking over its move ({state})", c.space);
-                    Some(Claim {
-                        space: c.space,
-                        from,
-                        to,
-                        token,
-                        switched: state == "switched",
-                    })
-                }
-                None if node == Some(c.from) => {
-                    tx.exec_drop(
-                        "INSERT INTO space_moves (space_id, from_node, to_node, state, token, owner, lease_until)
-                         VALUES (?, ?, ?, 'copying', ?, ?, UTC_TIMESTAMP() + INTERVAL ? SECOND)",
-                        (c.space, c.from, c.to, token, owner, LEASE_SECS),
-                    )?;
-                    Some(Claim {
-                        space: c.space,
-                        from: c.from,
-                        to: c.to,
-                        token,
-                        switched: false,
-                    })
-                }
-                None => None, // moved meanwhile
-            })
-        })
-        .map_err(|e| anyhow::anyhow!("admin node: {e}"))
-}
-
-/// Gives a claim up so another run can take it at once.
-fn release(cluster: &Cluster, claim: &Claim) {
-    if let Ok(mut c) = cluster.admin().conn() {
-        let _ = c.exec_drop(
-            "UPDATE space_moves SET lease_until = UTC_TIMESTAMP() - INTERVAL 1 SECOND WHERE space_id = ? AND token = ?",
-            (claim.space, claim.token),
-        );
-    }
+/// Gives a claim up so another run can take it at once (if that fails, its
+/// lease lapses soon anyway).
+fn release(cluster: &Cluster, claim: &SpaceMove) {
+    let _ = cluster.release_move(claim);
 }
 
 /// Renews the lease; fails if the move was taken over.
-fn renew(cluster: &Cluster, claim: &Claim, bytes: u64) -> Result<()> {
-    let mut c = cluster.admin().conn()?;
-    c.exec_drop(
-        "UPDATE space_moves SET lease_until = UTC_TIMESTAMP() + INTERVAL ? SECOND, bytes = ?
-         WHERE space_id = ? AND token = ?",
-        (LEASE_SECS, bytes, claim.space, claim.token),
-    )
-    .map_err(|e| cluster.admin().err(e))?;
-    if c.affected_rows() == 0 {
-        // affected_rows is 0 also when nothing changed within the second.
-        let held: Option<u64> = c
-            .exec_first(
-                "SELECT token FROM space_moves WHERE space_id = ?",
-                (claim.space,),
-            )
-            .map_err(|e| cluster.admin().err(e))?;
-        if held != Some(claim.token) {
-            bail!("the move was taken over by another copy-shards process");
-        }
+fn renew(cluster: &Cluster, claim: &SpaceMove, bytes: u64) -> Result<()> {
+    if !cluster.renew_move(claim, bytes)? {
+        bail!("the move was taken over by another copy-shards process");
     }
     Ok(())
 }
@@ -389,7 +258,7 @@ fn renew(cluster: &Cluster, claim: &Claim, bytes: u64) -> Result<()> {
 /// Moves one claimed space. `Ok(None)`: stopped before the cut-over.
 fn move_space(
     cluster: &Cluster,
-    claim: &Claim,
+    claim: &SpaceMove,
     opts: &TaskOptions,
     stop: &AtomicBool,
     report: &mut dyn FnMut(u64),
@@ -480,46 +349,13 @@ fn move_space(
     }
     wait_for_acks(cluster, claim)?;
     purge_moved(&src, claim.space)?;
-    let admin = cluster.admin();
-    admin
-        .conn()?
-        .exec_drop(
-            "DELETE FROM space_moves WHERE space_id = ? AND token = ?",
-            (claim.space, claim.token),
-        )
-        .map_err(|e| admin.err(e))?;
+    cluster.end_move(claim)?;
     Ok(Some(bytes.get()))
 }
 
 /// Names the new node for the space and bumps the epoch, if the move is still ours.
-fn switch(cluster: &Cluster, claim: &Claim) -> Result<()> {
-    let ours = cluster
-        .admin()
-        .tx(|tx| {
-            let node: Option<u32> = tx.exec_first(
-                "SELECT node_id FROM spaces WHERE id = ? FOR UPDATE",
-                (claim.space,),
-            )?;
-            let token: Option<u64> = tx.exec_first(
-                "SELECT token FROM space_moves WHERE space_id = ? FOR UPDATE",
-                (claim.space,),
-            )?;
-            if token != Some(claim.token) || node != Some(claim.from) {
-                return Ok(false);
-            }
-            tx.exec_drop(
-                "UPDATE spaces SET node_id = ? WHERE id = ?",
-                (claim.to, claim.space),
-            )?;
-            tx.exec_drop(
-                "UPDATE space_moves SET state = 'switched', lease_until = UTC_TIMESTAMP() + INTERVAL ? SECOND WHERE space_id = ?",
-                (LEASE_SECS, claim.space),
-            )?;
-            tx.query_drop("UPDATE topology SET epoch = epoch + 1 WHERE id = 1")?;
-            Ok(true)
-        })
-        .map_err(|e| anyhow::anyhow!("admin node: {e}"))?;
-    if !ours {
+fn switch(cluster: &Cluster, claim: &SpaceMove) -> Result<()> {
+    if !cluster.switch_move(claim)? {
         bail!("the move was taken over by another copy-shards process");
     }
     Ok(())
@@ -533,7 +369,7 @@ fn switch(cluster: &Cluster, claim: &Claim) -> Result<()> {
 struct AckTimeout(u64);
 
 /// Waits until every live access point acknowledged the current epoch.
-fn wait_for_acks(cluster: &Cluster, claim: &Claim) -> Result<()> {
+fn wait_for_acks(cluster: &Cluster, claim: &SpaceMove) -> Result<()> {
     let epoch = cluster.epoch()?;
     let start = Instant::now();
     let mut last_renew = Instant::now();
