@@ -637,7 +637,7 @@ pub fn unique() -> String {
     });
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(seed);
-    h.write_i64(crate::fs::now_ns());
+    h.write_i64(crate::clock::now_ns());
     h.write_u64(SEQ.fetch_add(1, Ordering::Relaxed));
     format!("{:016x}{:016x}", seed, h.finish())
 }

@@ -113,7 +113,7 @@ impl Shard {
 
     /// Records an upload about to start; returns its record's id.
     pub fn begin_upload(&self, host: u32, key: &str, space: u32, ino: u64) -> Result<u64> {
-        let now = crate::fs::now_ns();
+        let now = crate::clock::now_ns();
         self.tx(|tx| {
             tx.exec_drop(
                 "INSERT INTO s3_uploads (s3_host, s3_key, space_id, ino, state, touched_at)
@@ -129,7 +129,7 @@ impl Shard {
     /// Renews an upload's record (it is alive), and records the id of its
     /// multipart upload.
     pub fn touch_upload(&self, id: u64, upload_id: Option<&str>) -> Result<()> {
-        let now = crate::fs::now_ns();
+        let now = crate::clock::now_ns();
         self.tx(|tx| {
             tx.exec_drop(
                 "UPDATE s3_uploads SET touched_at = GREATEST(touched_at, ?), upload_id = COALESCE(?, upload_id)
@@ -215,7 +215,7 @@ impl Shard {
     /// Records objects of a space that nothing names any more, `(host, key,
     /// ino)`, as garbage: remove-deleted deletes them after the grace period.
     pub fn record_garbage(&self, space: u32, objects: &[(u32, String, u64)]) -> Result<()> {
-        let now = crate::fs::now_ns();
+        let now = crate::clock::now_ns();
         self.tx(|tx| {
             for (h, k, ino) in objects {
                 tx.exec_drop(

@@ -30,7 +30,7 @@ pub struct Signed {
 
 /// Unix seconds, now: the clock expiries are read against.
 pub fn now() -> u64 {
-    (crate::fs::now_ns() / 1_000_000_000) as u64
+    (crate::clock::now_ns() / 1_000_000_000) as u64
 }
 
 /// The hex signature of `method path` until `expires`.
