@@ -14,6 +14,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod db;
+pub mod disk_tier;
 pub mod fs;
 pub mod fuse;
 pub mod import;

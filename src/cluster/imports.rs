@@ -3,15 +3,22 @@
 //! has `import_job` set until its data is in, and `import_from` until its
 //! tree is; the job is renamed `IMPORTED` when none of its spaces is left.
 
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 use mysql::prelude::Queryable;
 
 use super::Cluster;
-use crate::import::DiskVolume;
 use crate::placement;
+
+/// A volume found on disk and its spaces (ID, directory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskVolume {
+    pub name: String,
+    pub spaces: Vec<(u32, PathBuf)>,
+}
 
 /// An `IMPORT` (or finished, `IMPORTED`) job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,7 +155,7 @@ impl Cluster {
             .into_iter()
             .map(|(id, tree)| ImportingSpace {
                 id,
-                tree: tree.map(|t| crate::import::path_of(&t).to_path_buf()),
+                tree: tree.map(|t| OsString::from_vec(t).into()),
             })
             .collect())
     }

@@ -18,6 +18,29 @@ pub fn setid_cleared(mode: u32, in_group: impl FnOnce() -> bool) -> Option<u32> 
     (m != perm).then_some(m)
 }
 
+/// The attributes of a space directory not imported yet, as the mount
+/// shows it: those of its directory on disk (see [`crate::import`]).
+pub fn of_disk_dir(ino: u64, dir: &std::path::Path) -> anyhow::Result<Attr> {
+    use anyhow::Context;
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir).with_context(|| format!("cannot import {}", dir.display()))?;
+    let [atime, mtime, ctime] = crate::disk_tier::times_ns(&m);
+    Ok(Attr {
+        ino,
+        mode: libc::S_IFDIR | (m.mode() & 0o7777),
+        nlink: m.nlink() as u32,
+        uid: m.uid(),
+        gid: m.gid(),
+        size: 0,
+        stored: 0,
+        rdev: 0,
+        atime,
+        mtime,
+        ctime,
+        btime: mtime,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

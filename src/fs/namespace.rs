@@ -30,7 +30,7 @@ impl Fs {
                 {
                     // Not imported yet: `ls -l` of a volume must not import
                     // every space in it.
-                    return crate::import::dir_attr(ino, &dir)
+                    return super::attr::of_disk_dir(ino, &dir)
                         .map_err(|e| failed(format!("space {space}: {e:#}")));
                 }
                 let mut a = meta::getattr(&self.shard_after_import(space)?, space, i)?;

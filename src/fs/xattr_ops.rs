@@ -102,7 +102,7 @@ impl Fs {
             && let Some(dir) = self.space(s)?.0.import_from
         {
             // Not imported yet (see `getattr`): `ls -l` asks for ACLs.
-            return crate::import::disk_xattrs(&dir)
+            return crate::disk_tier::xattrs(&dir)
                 .map(|x| Some(Arc::new(x)))
                 .map_err(|e| super::error::failed(format!("space {s}: {e:#}")));
         }

@@ -260,10 +260,10 @@ pub fn recall(
         return Ok(None);
     };
     let stored = if let Some(path) = import_path {
-        let file = crate::import::DiskFile::new(&path, size, import_mtime);
+        let file = crate::disk_tier::DiskFile::new(&path, size, import_mtime);
         let stored = if need_data {
             copy_in(tx, space, ino, size, |off, n| {
-                crate::import::read_span(&file, off, off + n)
+                crate::disk_tier::read_span(&file, off, off + n)
                     .map_err(|e| Body::Abort(ShardError::store(space, ino, e)))
             })?
         } else {

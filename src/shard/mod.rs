@@ -16,6 +16,7 @@ mod backup;
 mod copy;
 mod error;
 pub mod extents;
+mod import;
 pub mod inode;
 mod listing;
 pub mod namespace;
@@ -27,6 +28,7 @@ pub use access::{Access, Stores};
 pub use backup::{DentryRow, InodeRow, ReadBackup, SpaceRows};
 pub use copy::{RoundStats, SpaceCopy, open_space, purge_moved};
 pub use error::{ShardError, ShardResult};
+pub use import::{IMPORT_PATH_MAX, ImportedInode, TreeError, TreeWriter};
 pub use inode::InodeState;
 use inode::{DELETED, LIVE, ORPHAN};
 pub use listing::{DataPlace, ListedDentry, ListedInode};
@@ -45,6 +47,9 @@ pub use schema::{FENCE_MESSAGE, Fenced, MIGRATIONS, is_fenced};
 /// `max_allowed_packet` (16 MiB by default), large enough that a 512 MiB
 /// file is 2,048 rows. See BENCHMARKS.md.
 pub const EXTENT_SIZE: u64 = 256 * 1024;
+
+/// Longest name of a directory entry, in bytes (`dentries.name`).
+pub const NAME_MAX: usize = 255;
 
 /// A Storage Node.
 #[derive(Clone)]
@@ -237,7 +242,7 @@ impl Shard {
     pub fn create_space(&self, space: u32, uid: u32, gid: u32, mode: u32) -> Result<()> {
         let now = crate::clock::now_ns();
         self.tx(|tx| {
-            // The fence row first: see `import::import_tree`.
+            // The fence row first: see `Shard::import_tree`.
             tx.exec_drop(
                 "INSERT IGNORE INTO space_fence (space_id) VALUES (?)",
                 (space,),

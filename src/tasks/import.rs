@@ -392,9 +392,9 @@ fn upload(
         .ok_or_else(|| anyhow!("space {space} is not in the Admin Node"))?
         .node_id;
     let shard = cluster.shard(node)?;
-    let file = crate::import::DiskFile::new(&f.5, c.size, f.7);
+    let file = crate::disk_tier::DiskFile::new(&f.5, c.size, f.7);
     let read = |off: u64, len: usize| -> Result<Vec<u8>> {
-        Ok(crate::import::read_span(&file, off, off + len as u64)?)
+        Ok(crate::disk_tier::read_span(&file, off, off + len as u64)?)
     };
     Ok(
         match move_one(&shard, store, host, &c, &read, opts, stop)? {

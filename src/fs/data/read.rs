@@ -162,8 +162,8 @@ impl OpenInode {
                 Span::Extents(rows) => return Ok(rows),
                 Span::Disk { path, size, mtime } => {
                     // Not imported yet: read from the on-disk tree.
-                    let file = crate::import::DiskFile::new(&path, size, mtime);
-                    let data = crate::import::read_span(&file, first, last)
+                    let file = crate::disk_tier::DiskFile::new(&path, size, mtime);
+                    let data = crate::disk_tier::read_span(&file, first, last)
                         .map_err(|e| store_failed(self.space, self.ino, e))?;
                     return Ok(extents_of(first, &data));
                 }
