@@ -277,16 +277,6 @@ impl Failed<std::convert::Infallible> {
 }
 
 /// Classifies a driver error for one server.
-/// A failure outside the database, carried out of a transaction body (which
-/// can only return `mysql::Error`). Code 0 is no MySQL error: not retried.
-pub fn body_failed(message: impl Into<String>) -> mysql::Error {
-    mysql::Error::MySqlError(mysql::MySqlError {
-        state: "TSHS0".into(),
-        message: message.into(),
-        code: 0,
-    })
-}
-
 pub fn classify(opts: &ConnOptions, e: mysql::Error) -> DbError {
     let server = opts.server();
     let db = opts.database.clone().unwrap_or_default();

@@ -263,3 +263,43 @@ impl Cluster {
         Ok(state.as_deref() == Some("IMPORTED"))
     }
 }
+
+/// Which spaces a perform-import process works on, so that processes running at once
+/// (perform-import by hand and by the maintenance runner, or on several
+/// hosts) do not copy or upload the same files: a named lock per space on
+/// the Admin Node's server, held by a session of this process's own, so
+/// that it goes with the process if it dies.
+pub struct ImportLeases {
+    session: mysql::Conn,
+}
+
+impl ImportLeases {
+    pub fn new(cluster: &Cluster) -> Result<ImportLeases> {
+        let opts = cluster.admin().opts();
+        let session = mysql::Conn::new(opts.to_mysql())
+            .map_err(|e| anyhow!("admin node ({}): {e}", opts.masked()))?;
+        Ok(ImportLeases { session })
+    }
+
+    /// Takes space `space` unless another process has it.
+    pub fn take(&mut self, space: u32) -> Result<bool> {
+        let got: Option<Option<u8>> = self
+            .session
+            .exec_first(
+                "SELECT GET_LOCK(CONCAT('tshs-import-', DATABASE(), '-', ?), 0)",
+                (space,),
+            )
+            .map_err(|e| anyhow!("admin node: {e}"))?;
+        Ok(got.flatten() == Some(1))
+    }
+
+    /// Lets space `space` go (a lost session has let it go already).
+    pub fn give_back(&mut self, space: u32) {
+        if let Err(e) = self.session.exec_drop(
+            "DO RELEASE_LOCK(CONCAT('tshs-import-', DATABASE(), '-', ?))",
+            (space,),
+        ) {
+            log::warn!("perform-import: admin node: releasing space {space}: {e}");
+        }
+    }
+}

@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use mysql::prelude::Queryable;
 
 pub use access_points::{AccessPoint, AccessPointRow, Liveness};
-pub use imports::{DiskVolume, ImportJob, ImportingSpace, Registered};
+pub use imports::{DiskVolume, ImportJob, ImportLeases, ImportingSpace, Registered};
 pub use jobs::{DeleteJob, JobRow, PurgeClaim};
 pub use moves::{MOVE_LEASE_SECS, SpaceMove};
 pub use nodes::{NodeRow, NodeTotals, Phase};

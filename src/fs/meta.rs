@@ -15,8 +15,7 @@ pub use crate::shard::xattrs::{XATTR_CREATE, XATTR_REPLACE};
 
 use super::attr::Attr;
 
-/// Longest name of a directory entry, in bytes.
-pub const NAME_MAX: usize = 255;
+pub use crate::shard::NAME_MAX;
 /// Longest symlink target, in bytes.
 pub const PATH_MAX: usize = 4096;
 /// Largest xattr value, in bytes.

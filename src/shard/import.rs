@@ -7,7 +7,9 @@ use mysql::Transaction;
 use mysql::prelude::Queryable;
 
 use super::Shard;
-use crate::db::{Body, Failed};
+use super::access::Access;
+use super::inode::DELETED;
+use crate::db::{Body, DbError, Failed};
 
 /// Longest on-disk path an inode can name (`inodes.import_path`).
 pub const IMPORT_PATH_MAX: usize = 4096;
@@ -205,4 +207,67 @@ impl TreeWriter<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// A live file whose data is still on the imported disk tree.
+#[derive(Clone, Debug)]
+pub struct OnDisk {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: i64,
+    pub ctime: i64,
+    pub stored: u64,
+    pub path: Vec<u8>,
+    /// Named `last.log` (never uploaded to the object store).
+    pub is_last_log: bool,
+    /// The file's mtime on disk when it was imported.
+    pub disk_mtime: Option<i64>,
+}
+
+/// Up to `limit` of a space's files still on disk, after inode `after`, in
+/// inode order.
+pub fn files_on_disk(
+    s: &impl Access,
+    space: u32,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<OnDisk>, DbError> {
+    type Row = (u64, u64, i64, i64, u64, Vec<u8>, bool, Option<i64>);
+    let rows: Vec<Row> = s.read(|c| {
+        c.exec(
+            format!(
+                "SELECT i.ino, i.size, i.mtime, i.ctime, i.stored, i.import_path,
+                   EXISTS (SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log'),
+                   i.import_mtime
+                 FROM inodes i WHERE i.space_id = ? AND i.ino > ? AND i.state < {DELETED} AND i.import_path IS NOT NULL
+                 ORDER BY i.ino LIMIT {limit}"
+            ),
+            (space, after),
+        )
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(ino, size, mtime, ctime, stored, path, is_last_log, disk_mtime)| OnDisk {
+                ino,
+                size,
+                mtime,
+                ctime,
+                stored,
+                path,
+                is_last_log,
+                disk_mtime,
+            },
+        )
+        .collect())
+}
+
+/// How many live files of a space still name their file on disk.
+pub fn count_on_disk(s: &impl Access, space: u32) -> Result<Option<u64>, DbError> {
+    s.read(|c| {
+        c.exec_first(
+            "SELECT COUNT(*) FROM inodes WHERE space_id = ? AND state < ? AND import_path IS NOT NULL",
+            (space, DELETED),
+        )
+    })
 }

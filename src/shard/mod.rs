@@ -28,7 +28,9 @@ pub use access::{Access, Stores};
 pub use backup::{DentryRow, InodeRow, ReadBackup, SpaceRows};
 pub use copy::{RoundStats, SpaceCopy, open_space, purge_moved};
 pub use error::{ShardError, ShardResult};
-pub use import::{IMPORT_PATH_MAX, ImportedInode, TreeError, TreeWriter};
+pub use import::{
+    IMPORT_PATH_MAX, ImportedInode, OnDisk, TreeError, TreeWriter, count_on_disk, files_on_disk,
+};
 pub use inode::InodeState;
 use inode::{DELETED, LIVE, ORPHAN};
 pub use listing::{DataPlace, ListedDentry, ListedInode};

@@ -27,8 +27,8 @@ use anyhow::{Context, Result};
 
 use super::manifest::{self, Data, Dentry, Inode, Manifest};
 use super::{Outcome, Progress, ProgressFn, TaskOptions};
+use crate::clock::now_ns;
 use crate::cluster::Cluster;
-use crate::fs::now_ns;
 use crate::object_store::{S3Host, S3Store, Upload, unique};
 use crate::shard::Shard;
 

@@ -12,17 +12,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, anyhow, bail};
-use mysql::prelude::Queryable;
 
 use super::move_to_s3::{Moved, move_one};
 use super::{Outcome, Progress, ProgressFn, TaskOptions};
-use crate::cluster::{Cluster, ImportJob, ImportingSpace, Route, Router};
+use crate::cluster::{Cluster, ImportJob, ImportLeases as Leases, ImportingSpace, Route, Router};
 use crate::object_store::{S3Host, S3Store};
 use crate::shard::Candidate;
 
 /// A file left on disk: inode, size, mtime, ctime, stored, its path, and
 /// whether it is a `last.log`.
-type File = (u64, u64, i64, i64, u64, Vec<u8>, bool, Option<i64>);
+use crate::shard::OnDisk as File;
 
 /// Files fetched per query.
 const BATCH: usize = 500;
@@ -122,46 +121,6 @@ fn run_job(
     Ok(())
 }
 
-/// Which spaces this process works on, so that processes running at once
-/// (perform-import by hand and by the maintenance runner, or on several
-/// hosts) do not copy or upload the same files: a named lock per space on
-/// the Admin Node's server, held by a session of this process's own, so
-/// that it goes with the process if it dies.
-struct Leases {
-    session: mysql::Conn,
-}
-
-impl Leases {
-    fn new(cluster: &Cluster) -> Result<Leases> {
-        let opts = cluster.admin().opts();
-        let session = mysql::Conn::new(opts.to_mysql())
-            .map_err(|e| anyhow!("admin node ({}): {e}", opts.masked()))?;
-        Ok(Leases { session })
-    }
-
-    /// Takes space `space` unless another process has it.
-    fn take(&mut self, space: u32) -> Result<bool> {
-        let got: Option<Option<u8>> = self
-            .session
-            .exec_first(
-                "SELECT GET_LOCK(CONCAT('tshs-import-', DATABASE(), '-', ?), 0)",
-                (space,),
-            )
-            .map_err(|e| anyhow!("admin node: {e}"))?;
-        Ok(got.flatten() == Some(1))
-    }
-
-    /// Lets space `space` go (a lost session has let it go already).
-    fn give_back(&mut self, space: u32) {
-        if let Err(e) = self.session.exec_drop(
-            "DO RELEASE_LOCK(CONCAT('tshs-import-', DATABASE(), '-', ?))",
-            (space,),
-        ) {
-            log::warn!("perform-import: admin node: releasing space {space}: {e}");
-        }
-    }
-}
-
 /// One run over a job's spaces.
 struct Work<'a> {
     cluster: &'a Cluster,
@@ -209,20 +168,9 @@ impl Work<'_> {
             // Placement afresh for every batch: this process does not follow
             // moves by acknowledging them (see `left_on_disk`).
             let route = Router::new(cluster.clone()).route(s.id);
-            let files: Vec<File> = route.read(|c| {
-                c.exec(
-                    format!(
-                        "SELECT i.ino, i.size, i.mtime, i.ctime, i.stored, i.import_path,
-                           EXISTS (SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log'),
-                           i.import_mtime
-                         FROM inodes i WHERE i.space_id = ? AND i.ino > ? AND i.state < 2 AND i.import_path IS NOT NULL
-                         ORDER BY i.ino LIMIT {BATCH}"
-                    ),
-                    (s.id, after),
-                )
-            })?;
+            let files = crate::shard::files_on_disk(&route, s.id, after, BATCH)?;
             let Some(last) = files.last() else { break };
-            after = last.0;
+            after = last.ino;
             let queue = Mutex::new(self.steps(files).into_iter());
             std::thread::scope(|scope| {
                 for _ in 0..opts.max_threads.max(1) {
@@ -239,7 +187,7 @@ impl Work<'_> {
                                     let (host, store) = self.s3.expect("uploads need a host");
                                     self.report(format!(
                                         "space {}: inode {}, {} bytes to S3",
-                                        s.id, f.0, f.1
+                                        s.id, f.ino, f.size
                                     ));
                                     match upload(cluster, store, host, s.id, &f, opts, stop) {
                                         Ok(n) => (n, Vec::new()),
@@ -303,18 +251,18 @@ impl Work<'_> {
         let (mut group, mut bytes) = (Vec::new(), 0u64);
         for f in files {
             if let Some((host, _)) = self.s3
-                && !f.6
-                && host.options.eligible(f.1)
+                && !f.is_last_log
+                && host.options.eligible(f.size)
             {
                 steps.push(Step::Upload(f));
                 continue;
             }
-            if !group.is_empty() && (group.len() >= GROUP_FILES || bytes + f.1 > GROUP_BYTES) {
+            if !group.is_empty() && (group.len() >= GROUP_FILES || bytes + f.size > GROUP_BYTES) {
                 steps.push(Step::Copy(std::mem::take(&mut group)));
                 bytes = 0;
             }
-            bytes += f.1;
-            group.push(f.0);
+            bytes += f.size;
+            group.push(f.ino);
         }
         if !group.is_empty() {
             steps.push(Step::Copy(group));
@@ -356,12 +304,7 @@ fn left_on_disk(cluster: &Cluster, space: u32) -> Result<Option<u64>> {
     let Some(node) = placed()? else {
         return Ok(None);
     };
-    let n: Option<u64> = cluster.shard(node)?.db().read(|c| {
-        c.exec_first(
-            "SELECT COUNT(*) FROM inodes WHERE space_id = ? AND state < 2 AND import_path IS NOT NULL",
-            (space,),
-        )
-    })?;
+    let n = crate::shard::count_on_disk(&cluster.shard(node)?, space)?;
     Ok(if placed()? == Some(node) { n } else { None })
 }
 
@@ -379,11 +322,11 @@ fn upload(
 ) -> Result<u64> {
     let c = Candidate {
         space,
-        ino: f.0,
-        size: f.1,
-        mtime: f.2,
-        ctime: f.3,
-        stored: f.4,
+        ino: f.ino,
+        size: f.size,
+        mtime: f.mtime,
+        ctime: f.ctime,
+        stored: f.stored,
     };
     // The node that holds the space now (a move since the batch began makes
     // the last step fail, and the file waits for the next run).
@@ -392,7 +335,7 @@ fn upload(
         .ok_or_else(|| anyhow!("space {space} is not in the Admin Node"))?
         .node_id;
     let shard = cluster.shard(node)?;
-    let file = crate::disk_tier::DiskFile::new(&f.5, c.size, f.7);
+    let file = crate::disk_tier::DiskFile::new(&f.path, c.size, f.disk_mtime);
     let read = |off: u64, len: usize| -> Result<Vec<u8>> {
         Ok(crate::disk_tier::read_span(&file, off, off + len as u64)?)
     };

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use anyhow::{Result, anyhow, bail};
 
 use super::{FileRow, FileState};
+use crate::clock::now_ns;
 use crate::cluster::Cluster;
 use crate::fs::attr::Node;
-use crate::fs::now_ns;
 use crate::shard::{DataPlace, ListedInode, SETTLE_SECS};
 
 const ROOT: u64 = 1;

@@ -31,8 +31,8 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::{Outcome, Progress, ProgressFn, TaskOptions};
+use crate::clock::now_ns;
 use crate::cluster::Cluster;
-use crate::fs::now_ns;
 use crate::object_store::{S3Host, S3Store, Upload, unique};
 use crate::shard::{Candidate, SETTLE_SECS, Shard};
 

@@ -24,8 +24,8 @@ use anyhow::Result;
 
 use super::move_to_s3::UPLOAD_STALE;
 use super::{Outcome, Progress, ProgressFn, TaskOptions};
+use crate::clock::now_ns;
 use crate::cluster::{Cluster, PurgeClaim};
-use crate::fs::now_ns;
 use crate::shard::Fenced;
 
 /// Default grace period before anything marked deleted is purged.
