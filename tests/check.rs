@@ -206,15 +206,15 @@ fn the_s3_host_and_the_move_to_s3_backlog() {
     let (_, line) = check(&c, &calm(&[]));
     assert!(line.contains("no S3 host"), "{line}");
     let endpoint = common::env("TSHS_S3_ENDPOINT");
-    let bucket = format!("tshs-check-{}", std::process::id());
-    common::sh(&format!("curl -sf -o /dev/null -X PUT {endpoint}/{bucket}"));
+    let bucket = c.new_bucket("check");
+    let (ak, sk) = common::s3_keys();
     c.ok(&[
         "add-s3-host",
         "GENERIC",
         &endpoint,
         &bucket,
-        "AKIDTSHSCHECK001",
-        "tshsCheckSecret/0123456789",
+        ak,
+        sk,
         "MinSize=1",
     ]);
     let (code, line) = check(&c, &calm(&[]));
@@ -222,10 +222,7 @@ fn the_s3_host_and_the_move_to_s3_backlog() {
     assert!(line.contains("S3 host 1 "), "{line}");
     assert!(line.contains("move-to-s3 backlog 0 files"), "{line}");
     assert_eq!(perf(&line, "backlog_move_to_s3"), "0;;;0");
-    assert!(
-        !line.contains("tshsCheckSecret"),
-        "the secret key was printed"
-    );
+    assert!(!line.contains(sk), "the secret key was printed");
     // The store stops answering: CRITICAL, within the timeout.
     root_conn(1)
         .query_drop(format!(

@@ -799,13 +799,14 @@ fn a_node_lost_during_the_import_takes_its_trees_from_disk_again() {
 
 /// An S3 host (id 1) on a new bucket of the local S3 server.
 fn add_s3_host(c: &TestCluster, options: &str) {
+    let (ak, sk) = common::s3_keys();
     c.ok(&[
         "add-s3-host",
         "GENERIC",
         &common::env("TSHS_S3_ENDPOINT"),
-        &common::new_bucket("import"),
-        common::S3_AK,
-        common::S3_SK,
+        &c.new_bucket("import"),
+        ak,
+        sk,
         options,
     ]);
 }

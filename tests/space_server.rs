@@ -883,19 +883,10 @@ fn curl(url: &str, range: Option<&str>) -> (u16, Vec<u8>) {
 fn files_in_s3_are_redirected_to_a_presigned_url() {
     let c = TestCluster::with_nodes();
     let ep = env("TSHS_S3_ENDPOINT");
-    let bucket = format!("tshs-{}-redirect", std::process::id());
-    sh(&format!("curl -sf -o /dev/null -X PUT {ep}/{bucket}"));
-    const AK: &str = "AKIDTSHSTEST0001";
+    let bucket = c.new_bucket("redirect");
+    let (ak, sk) = common::s3_keys();
     let options = "MinSize=1K;RedirectTimeout=60";
-    c.ok(&[
-        "add-s3-host",
-        "GENERIC",
-        &ep,
-        &bucket,
-        AK,
-        "tshsSecretKeyValue/0123456789",
-        options,
-    ]);
+    c.ok(&["add-s3-host", "GENERIC", &ep, &bucket, ak, sk, options]);
     let m = Mount::new(&c, &[]);
     let space = m.space(3);
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
@@ -971,9 +962,8 @@ fn files_in_s3_are_redirected_to_a_presigned_url() {
     assert_eq!(r.status, 200, "the mount kept RedirectTimeout=60");
     assert!(r.body == data);
 
-    // RedirectTimeout=1: the URL is signed now, for one second. (moto
-    // checks neither the signature nor the expiry of a presigned URL: one
-    // fetched after it expired is still served, so that is left to S3.)
+    // RedirectTimeout=1: the URL is signed now, for one second; the store
+    // refuses it once it has expired.
     c.ok(&["update-s3-host", "1", "RedirectTimeout=1"]);
     let utc_now = || sh("date -u +%Y%m%dT%H%M%SZ").trim().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -997,6 +987,8 @@ fn files_in_s3_are_redirected_to_a_presigned_url() {
         before.as_str() <= signed && signed <= after.as_str(),
         "{before} {signed} {after}"
     );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(curl(location, None).0, 403, "an expired URL is refused");
 }
 
 #[test]

@@ -59,6 +59,8 @@ pub struct TestCluster {
     pub admin_db: String,
     /// (server number, database) of every database this cluster created.
     pub dbs: std::sync::Mutex<Vec<(u8, String)>>,
+    /// Buckets made on the local S3 server for this cluster.
+    pub buckets: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestCluster {
@@ -87,6 +89,7 @@ impl TestCluster {
             mycnf,
             admin_db: admin_db.clone(),
             dbs: std::sync::Mutex::new(vec![(1, admin_db)]),
+            buckets: Default::default(),
         };
         c.ok(&["create-admin-node"]);
         c
@@ -116,6 +119,24 @@ impl TestCluster {
         db
     }
 
+    /// Makes an empty bucket on the local S3 server, deleted (with what it
+    /// holds) with the cluster.
+    pub fn new_bucket(&self, tag: &str) -> String {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let b = format!(
+            "tshs-{}-{}-{tag}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        assert_eq!(
+            s3_request("PUT", &format!("/{b}")),
+            200,
+            "creating bucket {b}"
+        );
+        self.buckets.lock().unwrap().push(b.clone());
+        b
+    }
+
     /// Runs `tshs` against this cluster.
     pub fn tshs(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_tshs"))
@@ -133,7 +154,8 @@ impl TestCluster {
         let o = self.tshs(args);
         assert!(
             o.status.success(),
-            "tshs {args:?} failed: {}{}",
+            "tshs {} failed: {}{}",
+            shown(args),
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
@@ -144,7 +166,12 @@ impl TestCluster {
     pub fn fails(&self, args: &[&str]) -> String {
         let o = self.tshs(args);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
-        assert_eq!(o.status.code(), Some(1), "tshs {args:?} should fail: {err}");
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "tshs {} should fail: {err}",
+            shown(args)
+        );
         assert_eq!(
             err.trim_end().lines().count(),
             1,
@@ -165,6 +192,10 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        for b in self.buckets.lock().unwrap().drain(..) {
+            // The server deletes a bucket with its objects.
+            let _ = std::panic::catch_unwind(|| s3_request("DELETE", &format!("/{b}")));
+        }
         for (n, db) in self.dbs.lock().unwrap().drain(..) {
             if let Ok(mut c) = std::panic::catch_unwind(|| root_conn(n)) {
                 let _ = c.query_drop(format!("DROP DATABASE IF EXISTS {db}"));
@@ -288,9 +319,59 @@ pub fn sh(cmd: &str) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-/// Access keys of the test S3 hosts (the local moto server takes any).
-pub const S3_AK: &str = "AKIDTSHSTEST0001";
-pub const S3_SK: &str = "tshsSecretKeyValue/0123456789+abcdef";
+static S3_KEYS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+/// The access key and secret key of the local S3 server (SeaweedFS checks
+/// them; scripts/services makes them per state directory).
+pub fn s3_keys() -> (&'static str, &'static str) {
+    let (ak, sk) = S3_KEYS.get_or_init(|| (env("TSHS_S3_ACCESS_KEY"), env("TSHS_S3_SECRET_KEY")));
+    (ak, sk)
+}
+
+/// `args` for a message, the S3 secret key masked.
+fn shown(args: &[&str]) -> String {
+    let text = format!("{args:?}");
+    match S3_KEYS.get() {
+        Some((_, sk)) => text.replace(sk.as_str(), "****"),
+        None => text,
+    }
+}
+
+/// A SigV4-signed request to the local S3 server (curl; the keys go in on
+/// stdin, so no command line or message shows them). Returns the HTTP status.
+pub fn s3_request(method: &str, path: &str) -> u16 {
+    use std::io::Write;
+    let (ak, sk) = s3_keys();
+    let url = format!("{}{path}", env("TSHS_S3_ENDPOINT"));
+    let mut child = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "30",
+        ])
+        .args(["-K", "-", "-X", method, &url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let config = format!("aws-sigv4 = \"aws:amz:us-east-1:s3\"\nuser = \"{ak}:{sk}\"\n");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let status = String::from_utf8_lossy(&o.stdout);
+    status
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("curl -X {method} {url}: no HTTP status ({status})"))
+}
 
 /// A loopback port nobody listens on, for a process the test starts (or a
 /// listener it takes down and up again). Taken below Linux's ephemeral range
@@ -302,21 +383,6 @@ pub fn unused_port() -> u16 {
         .map(|i| 20_000 + ((start + i * 7) % 12_000) as u16)
         .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
         .expect("no unused port between 20000 and 32000")
-}
-
-/// A new empty bucket on the shared S3 server.
-pub fn new_bucket(tag: &str) -> String {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let b = format!(
-        "tshs-{}-{}-{tag}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
-    sh(&format!(
-        "curl -sf -o /dev/null -X PUT {}/{b}",
-        env("TSHS_S3_ENDPOINT")
-    ));
-    b
 }
 
 /// A stop flag for a test's background threads that is also raised when the
