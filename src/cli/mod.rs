@@ -4,6 +4,7 @@
 
 mod check;
 mod daemon;
+mod fsck;
 mod progress;
 mod repeat;
 mod runner;
@@ -200,6 +201,26 @@ pub enum Command {
     },
     /// List the files of a space (or of a path in it) with their state.
     ListFiles { space_id: u32, path: Option<String> },
+    /// Check the Storage Nodes' rows against each other and the buckets.
+    ///
+    /// Reports lost data (a file whose object is missing or has the wrong
+    /// size), inodes without a name, extents beyond a file's size, names of
+    /// missing inodes, and orphaned objects; exit 0 clean, 1 problems
+    /// found, 2 could not check (or bad input).
+    Fsck {
+        /// Fix what can be fixed (all but lost data).
+        #[arg(long)]
+        repair: bool,
+        // --space and --grace are checked by fsck::parse, not clap: a bad
+        // value exits 2 like every other fsck failure (clap's would be 1).
+        /// Only this space (its rows, and its objects in the buckets).
+        #[arg(long, value_name = "ID", allow_hyphen_values = true)]
+        space: Option<String>,
+        /// Seconds an object no row names must be old to count as orphaned
+        /// (default 60, remove-deleted's grace period).
+        #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+        grace: Option<String>,
+    },
     /// Run maintenance tasks one after the other (e.g. do-tasks all).
     DoTasks {
         /// all, copy-shards, remove-deleted, perform-import, move-to-s3,
@@ -277,6 +298,9 @@ impl Command {
         match self {
             Command::DoTasks { tasks } => parse_tasks(tasks).map(drop),
             Command::Repeat { words } => repeat::parse(words).map(drop),
+            Command::Fsck { space, grace, .. } => {
+                fsck::parse(space.as_deref(), grace.as_deref()).map(drop)
+            }
             _ => Ok(()),
         }
     }
@@ -290,6 +314,7 @@ impl Command {
                 | Command::DoTasks { .. }
                 | Command::MoveToS3 { .. }
                 | Command::CopyToS3
+                | Command::Fsck { .. }
         )
     }
 }
@@ -414,6 +439,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Mount(args)) => crate::mount::run(cli.mysql_cfg_file.as_deref(), args),
         Some(Command::Check { args }) => check::run(&cli, args),
         Some(Command::Repeat { words }) => repeat::foreground(&cli, words),
+        Some(cmd @ Command::Fsck { .. }) => fsck::run(&cli, cmd),
         Some(cmd) => one_off(&cli, cmd),
     }
 }
@@ -608,6 +634,20 @@ pub fn execute(
                 })
                 .collect::<Vec<_>>();
             render(&["Inode", "Size", "State", "Path"], &rows)
+        }
+        Command::Fsck {
+            repair,
+            space,
+            grace,
+        } => {
+            return fsck::execute(
+                cluster,
+                runner,
+                *repair,
+                space.as_deref(),
+                grace.as_deref(),
+                out,
+            );
         }
         Command::Repeat { .. } => {
             bail!("repeat cannot run inside the shell (run tshs repeat … or tshs --start repeat …)")

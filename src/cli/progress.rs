@@ -80,6 +80,14 @@ impl Reporter {
         }
     }
 
+    /// Runs `f`, which prints, with the bar out of its way.
+    pub fn suspend<T>(&self, f: impl FnOnce() -> T) -> T {
+        match self {
+            Reporter::Bar(bar, _) => bar.suspend(f),
+            Reporter::Log(_) => f(),
+        }
+    }
+
     /// Removes the bar, so the task's result prints on a clean line.
     pub fn finish(self) {
         if let Reporter::Bar(bar, level) = self {
@@ -97,6 +105,7 @@ pub fn unit(task: &str) -> &'static str {
         "move-to-s3" => "files",
         "copy-to-s3" => "spaces",
         "perform-import" => "spaces",
+        "fsck" => "spaces and buckets",
         _ => "items",
     }
 }

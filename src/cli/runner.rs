@@ -169,6 +169,11 @@ impl Runner {
         self.opts.clone()
     }
 
+    /// How progress shows (a bar, or log lines).
+    pub fn display(&self) -> Display {
+        self.display
+    }
+
     pub fn deadline(&self) -> Option<Instant> {
         self.opts.deadline
     }

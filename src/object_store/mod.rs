@@ -20,7 +20,7 @@ use std::fmt;
 
 use anyhow::{Result, anyhow, bail};
 
-pub use s3::{S3Store, Upload, unique};
+pub use s3::{ListPage, Listed, S3Store, Upload, unique};
 
 /// The kind of object store, as `add-s3-host` takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -581,28 +581,64 @@ impl S3Store {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let r = runtime()
-                .block_on(
-                    self.client
-                        .list_objects_v2()
-                        .bucket(&self.host.bucket)
-                        .prefix(prefix)
-                        .set_continuation_token(token.take())
-                        .send(),
-                )
-                .map_err(|e| self.fail("list", e))?;
-            for o in r.contents() {
-                out.push((
-                    o.key().unwrap_or_default().to_string(),
-                    o.size().unwrap_or(0).max(0) as u64,
-                ));
-            }
-            match r.next_continuation_token() {
-                Some(t) if r.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => return Ok(out),
+            let page = self.list_page(prefix, token.take())?;
+            out.extend(page.objects.into_iter().map(|o| (o.key, o.size)));
+            match page.next {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
             }
         }
     }
+
+    /// One page (up to 1,000 objects, in key order) of the objects whose
+    /// key starts with `prefix`, from where `token` (the `next` of the page
+    /// before) left off: a caller walking a big bucket holds one page at a time.
+    pub fn list_page(&self, prefix: &str, token: Option<String>) -> Result<ListPage, StoreError> {
+        let r = runtime()
+            .block_on(
+                self.client
+                    .list_objects_v2()
+                    .bucket(&self.host.bucket)
+                    .prefix(prefix)
+                    .set_continuation_token(token)
+                    .send(),
+            )
+            .map_err(|e| self.fail("list", e))?;
+        let objects = r
+            .contents()
+            .iter()
+            .map(|o| Listed {
+                key: o.key().unwrap_or_default().to_string(),
+                size: o.size().unwrap_or(0).max(0) as u64,
+                modified_ns: o.last_modified().map_or(0, |t| {
+                    t.secs()
+                        .saturating_mul(1_000_000_000)
+                        .saturating_add(i64::from(t.subsec_nanos()))
+                }),
+            })
+            .collect();
+        let next = match r.next_continuation_token() {
+            Some(t) if r.is_truncated() == Some(true) => Some(t.to_string()),
+            _ => None,
+        };
+        Ok(ListPage { objects, next })
+    }
+}
+
+/// An object of a listing.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    /// When it was written (ns since the epoch; 0 if the store did not say).
+    pub modified_ns: i64,
+}
+
+/// A page of a listing, and the token of the next page if there is one.
+#[derive(Clone, Debug)]
+pub struct ListPage {
+    pub objects: Vec<Listed>,
+    pub next: Option<String>,
 }
 
 /// An error and its sources as one line (`dispatch failure: io error: …:

@@ -16,6 +16,7 @@ mod backup;
 mod copy;
 mod error;
 pub mod extents;
+pub mod fsck;
 mod import;
 pub mod inode;
 mod listing;

@@ -2,15 +2,18 @@
 //! copy-shards (finish a split), remove-deleted (purge what was marked
 //! deleted), move-to-s3 (tier settled files to the object store),
 //! copy-to-s3 and restore-from-s3 (back up to the store, rebuild a lost
-//! node from it), perform-import (bring an on-disk tree in), and list-files (what a space holds). Each task does a bounded
-//! step at a time, checks `stop` and the deadline between steps, and can be
-//! stopped and restarted at any point without losing anything.
+//! node from it), perform-import (bring an on-disk tree in), list-files
+//! (what a space holds), and fsck (the rows against each other and the
+//! buckets). Each task does a bounded step at a time, checks `stop` and the
+//! deadline between steps, and can be stopped and restarted at any point
+//! without losing anything.
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 mod copy_shards;
 mod copy_to_s3;
+pub mod fsck;
 mod import;
 mod list_files;
 mod manifest;
