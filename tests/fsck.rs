@@ -10,7 +10,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Mount, S3_AK as AK, S3_SK as SK, TestCluster, env, new_bucket, root_conn};
+use common::{Mount, TestCluster, env, root_conn, s3_keys};
 use mysql::prelude::Queryable;
 use tshs::object_store::{Brand, S3Host, S3Options, S3Store};
 
@@ -21,8 +21,8 @@ fn store(bucket: &str) -> S3Store {
         brand: Brand::Generic,
         server: env("TSHS_S3_ENDPOINT"),
         bucket: bucket.into(),
-        access_key: AK.into(),
-        secret_key: SK.into(),
+        access_key: s3_keys().0.into(),
+        secret_key: s3_keys().1.into(),
         options: S3Options::default(),
         is_current: false,
     })
@@ -153,7 +153,7 @@ fn check_file(path: &Path, want: &[u8]) {
 #[test]
 fn fsck_finds_each_problem_and_repairs_only_what_it_should() {
     let c = TestCluster::with_nodes();
-    let b = new_bucket("fsck");
+    let b = c.new_bucket("fsck");
     let mut m = Mount::new(&c, &[]);
     let s3 = m.space(3);
     // Another space, on the other node.
@@ -190,8 +190,8 @@ fn fsck_finds_each_problem_and_repairs_only_what_it_should() {
         "GENERIC",
         &env("TSHS_S3_ENDPOINT"),
         &b,
-        AK,
-        SK,
+        s3_keys().0,
+        s3_keys().1,
         "MinSize=1K;MaxSize=1M",
     ]);
     let out = c.ok(&["move-to-s3", "--settle", "0"]);
@@ -504,7 +504,7 @@ fn fsck_finds_each_problem_and_repairs_only_what_it_should() {
             && err.contains("cannot reach the store"),
         "{err}"
     );
-    assert!(!err.contains(SK) && !out.contains(SK));
+    assert!(!err.contains(s3_keys().1) && !out.contains(s3_keys().1));
 
     // A Storage Node unreachable: exit 2, naming it; no object is called
     // an orphan while its rows cannot be read.
@@ -537,7 +537,7 @@ fn fsck_finds_each_problem_and_repairs_only_what_it_should() {
 #[test]
 fn orphans_are_found_across_listing_pages() {
     let c = TestCluster::with_nodes();
-    let b = new_bucket("fsckpages");
+    let b = c.new_bucket("fsckpages");
     let mut m = Mount::new(&c, &[]);
     let data = pattern(20, 5000);
     std::fs::write(m.space(3).join("kept.bin"), &data).unwrap();
@@ -547,8 +547,8 @@ fn orphans_are_found_across_listing_pages() {
         "GENERIC",
         &env("TSHS_S3_ENDPOINT"),
         &b,
-        AK,
-        SK,
+        s3_keys().0,
+        s3_keys().1,
         "MinSize=1K",
     ]);
     let out = c.ok(&["move-to-s3", "--settle", "0"]);

@@ -14,8 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Mount, S3_AK as AK, S3_SK as SK, TestCluster, root_conn, unused_port};
+use common::{Mount, TestCluster, root_conn, unused_port};
 use mysql::prelude::Queryable;
+
+/// The keys of this test's store (its own, not the shared service's).
+const AK: &str = "AKIDSTOREKILLTEST01";
+const SK: &str = "storeKillTestSecret/0123456789+abcdefghij";
 
 /// How long the store may take to serve reads again after a restart: its
 /// volume server has to register with its master first (about 20 s here).
@@ -45,6 +49,10 @@ impl Weed {
             "-ip.bind=127.0.0.1".into(),
             format!("-dir={}", dir.join("data").display()),
             "-master.telemetry=false".into(),
+            // One master: no 10 s election after a restart.
+            "-master.electionTimeout=1s".into(),
+            "-volume.preStopSeconds=0".into(),
+            "-s3.iam=false".into(),
             "-s3".into(),
             format!("-s3.port={s3}"),
             "-s3.port.iceberg=0".into(),
