@@ -63,6 +63,7 @@ fn storage_nodes_spread_the_key_space_and_list_as_in_the_reference() {
             "dentries",
             "extents",
             "inodes",
+            "open_writers",
             "s3_uploads",
             "schema_migrations",
             "spaces",

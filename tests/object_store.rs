@@ -3,7 +3,8 @@
 //! (odd keys, empty objects, multipart, listing by pages, presigned URLs),
 //! the S3 host commands and their bad input, move-to-s3 and reads of moved
 //! files (warm and cold, random offsets), writes that bring a file back,
-//! remove-deleted deleting objects, a move-to-s3 killed mid-upload, and the
+//! remove-deleted deleting objects, a move-to-s3 killed mid-upload, files
+//! held open for writing (and a mount killed with one open), and the
 //! store going away and coming back (through a proxy this test owns, so the
 //! shared S3 server is never stopped).
 
@@ -857,12 +858,152 @@ fn a_file_changed_during_its_upload_stays_in_the_database() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
-        out.contains("1 file(s) changed during their upload and stay in the database"),
+        out.contains("1 file(s) changed or were opened for writing during their upload and stay in the database"),
         "{out}"
     );
     assert_eq!(states(&c, 10)["f"], "InDB");
     assert!(objects(&ep, &b).is_empty(), "its object was deleted");
     assert!(uploads(&c).is_empty());
+    check_file(&space.join("f"), &data);
+}
+
+/// Polls `done` every 200 ms for up to `secs` seconds; panics with `what`.
+fn wait_for(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !done() {
+        assert!(t.elapsed() < Duration::from_secs(secs), "{what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn files_open_for_writing_stay_until_closed_and_a_dead_mount_blocks_nothing() {
+    let c = TestCluster::with_nodes();
+    let ep = env("TSHS_S3_ENDPOINT");
+    let b = c.new_bucket("open");
+    let a = Mount::new(&c, &[]);
+    let mut dying = Mount::new(&c, &[]);
+    let space = a.space(11);
+    let (mut held_data, orphaned_data) = (pattern(41, 300_000), pattern(42, 200_000));
+    let open_rw = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(p)
+            .unwrap()
+    };
+    // Written, committed and kept open for writing: on mount A, and on the
+    // mount that will die.
+    let mut held = open_rw(&space.join("held"));
+    held.write_all(&held_data).unwrap();
+    held.sync_all().unwrap();
+    let orphaned = open_rw(&dying.space(11).join("orphaned"));
+    orphaned.write_all_at(&orphaned_data, 0).unwrap();
+    orphaned.sync_all().unwrap();
+    // Created, written and closed at once: never registered.
+    let closed = pattern(43, 100_000);
+    std::fs::write(space.join("closed"), &closed).unwrap();
+    add_host(&c, &ep, &b, "MinSize=1K");
+
+    // Each mount registers its file within 20 s of the open.
+    wait_for(40, "the open files were not registered", || {
+        count_rows(&c, "open_writers") == 2
+    });
+    // `--settle 0`: all three are past the settle time; only the closed one
+    // moves, and the open ones are not even uploaded.
+    let out = c.ok(&["move-to-s3", "--settle", "0"]);
+    assert!(out.contains("move-to-s3: 1 files"), "{out}");
+    assert!(!out.contains("opened for writing"), "{out}");
+    let st = states(&c, 11);
+    assert_eq!(st["closed"], "OnS3", "{st:?}");
+    assert_eq!(st["held"], "InDB", "{st:?}");
+    assert_eq!(st["orphaned"], "InDB", "{st:?}");
+
+    // Written again and closed: the last close drops the registration, and
+    // the file moves.
+    held.write_all(b"more").unwrap();
+    held_data.extend_from_slice(b"more");
+    drop(held);
+    wait_for(10, "the close did not drop the registration", || {
+        count_rows(&c, "open_writers") == 1
+    });
+    let out = c.ok(&["move-to-s3", "--settle", "0"]);
+    assert!(out.contains("move-to-s3: 1 files"), "{out}");
+    let st = states(&c, 11);
+    assert_eq!(st["held"], "OnS3", "{st:?}");
+    assert_eq!(st["orphaned"], "InDB", "{st:?}");
+    check_file(&space.join("held"), &held_data);
+
+    // The other mount dies with its file open: its registration lapses
+    // 30 s after its last renewal (at most 10 s before the kill) and the
+    // file moves then.
+    sh(&format!("kill -9 {}", dying.pid()));
+    let killed = Instant::now();
+    drop(orphaned);
+    wait_for(60, "a dead mount's registration blocked the move", || {
+        c.ok(&["move-to-s3", "--settle", "0"]);
+        states(&c, 11)["orphaned"] == "OnS3"
+    });
+    assert!(
+        killed.elapsed() >= Duration::from_secs(15),
+        "moved {:?} after the kill: the registration was ignored early",
+        killed.elapsed()
+    );
+    check_file(&space.join("orphaned"), &orphaned_data);
+    // remove-deleted forgets the lapsed registration.
+    assert_eq!(count_rows(&c, "open_writers"), 1);
+    c.ok(&["remove-deleted"]);
+    assert_eq!(count_rows(&c, "open_writers"), 0);
+    dying.unmount();
+    check_file(&space.join("closed"), &closed);
+}
+
+#[test]
+fn a_file_registered_open_for_writing_during_its_upload_stays() {
+    let c = TestCluster::with_nodes();
+    let ep = env("TSHS_S3_ENDPOINT");
+    let b = c.new_bucket("openlate");
+    let m = Mount::new(&c, &[]);
+    let space = m.space(12);
+    let data = pattern(44, 12 << 20);
+    std::fs::write(space.join("f"), &data).unwrap();
+    let ino = std::fs::metadata(space.join("f")).unwrap().ino() & 0xffff_ffff;
+    add_host(&c, &ep, &b, "MinBlockSize=5M");
+    let child = Command::new(env!("CARGO_BIN_EXE_tshs"))
+        .arg("--mysql-cfg-file")
+        .arg(&c.mycnf)
+        .args(["move-to-s3", "--settle", "0"])
+        .env("TSHS_TEST_S3_PART_DELAY_MS", "2500")
+        .env("TSHS_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(20, "the upload did not start", || {
+        uploads(&c).iter().any(|(_, multipart)| *multipart)
+    });
+    // What a mount's sweep writes for a file it has held open for writing
+    // (here on both nodes: one of them holds the space).
+    for (n, db) in c.dbs.lock().unwrap().iter().skip(1) {
+        root_conn(*n)
+            .exec_drop(
+                format!("INSERT INTO {db}.open_writers VALUES (12, ?, 999, UTC_TIMESTAMP(3))"),
+                (ino,),
+            )
+            .unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("1 file(s) changed or were opened for writing during their upload"),
+        "{out}"
+    );
+    assert_eq!(states(&c, 12)["f"], "InDB");
+    assert!(objects(&ep, &b).is_empty(), "its object was deleted");
     check_file(&space.join("f"), &data);
 }
 

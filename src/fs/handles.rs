@@ -6,20 +6,42 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::data::{self, OpenInode};
 use super::meta::{self, NewInode, SetAttr};
 use super::{Attr, CHANGING_NS, Caller, Error, Fs, FsResult, Node, Opened, Written, now_ns};
 use crate::cluster::VolumeStatus;
+use crate::shard::open_writers;
 
 /// How often `open(O_CREAT)` tries again when the name it found taken is
 /// gone by the time it looks (renamed away by a log rotation).
 const CREATE_TRIES: u32 = 8;
 
+/// A handle open for writing this long has its file registered with its
+/// Storage Node, so that move-to-s3 leaves it alone (see
+/// `shard::open_writers`). Handles that live shorter (a create, a write, a
+/// close: rsync, tar) never cost a round trip for it.
+const REGISTER_AFTER: Duration = Duration::from_secs(10);
+
+/// Reaper ticks (seconds) between two renewals of the registrations: a
+/// lease (`shard::open_writers::LEASE_SECS`, 30 s) outlives two missed ones.
+///
+/// So a file is registered at most 20 s (`REGISTER_AFTER + SWEEP_EVERY`)
+/// after its open for writing. A file written after its open cannot have
+/// settled (unchanged for `shard::SETTLE_SECS`, 60 s; a `--settle` of 20 s
+/// or more) before then, so it never moves while open. Only a file that
+/// had settled before it was opened, and is not written in those first
+/// 20 s, may move meanwhile: its writer's first write brings it back (an
+/// upload and a recall lost, never data).
+pub(super) const SWEEP_EVERY: u32 = 10;
+
 /// An open file handle.
 struct Handle {
     node: Arc<OpenInode>,
     append: bool,
+    /// When it was opened, for a handle open for writing.
+    writing_since: Option<Instant>,
 }
 
 /// This mount's open file handles, by number (from 1).
@@ -36,14 +58,29 @@ impl Handles {
         }
     }
 
-    /// A new handle on `node`; `append` for `O_APPEND`.
-    fn insert(&self, node: Arc<OpenInode>, append: bool) -> u64 {
+    /// A new handle on `node` opened with `flags`.
+    fn insert(&self, node: Arc<OpenInode>, flags: i32) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed);
-        self.table
-            .lock()
-            .unwrap()
-            .insert(fh, Handle { node, append });
+        let h = Handle {
+            node,
+            append: flags & libc::O_APPEND != 0,
+            writing_since: (flags & libc::O_ACCMODE != libc::O_RDONLY).then(Instant::now),
+        };
+        self.table.lock().unwrap().insert(fh, h);
         fh
+    }
+
+    /// The files with a handle open for writing for `age` or longer.
+    fn writing_for(&self, age: Duration) -> Vec<Arc<OpenInode>> {
+        let mut files = HashMap::new();
+        for h in self.table.lock().unwrap().values() {
+            if h.writing_since.is_some_and(|t| t.elapsed() >= age) {
+                files
+                    .entry((h.node.space, h.node.ino))
+                    .or_insert_with(|| h.node.clone());
+            }
+        }
+        files.into_values().collect()
     }
 
     /// The file of handle `fh`, and whether it is `O_APPEND`.
@@ -139,7 +176,7 @@ impl Fs {
             }
             keep = false;
         }
-        let fh = self.handles.insert(node, flags & libc::O_APPEND != 0);
+        let fh = self.handles.insert(node, flags);
         Ok(Opened {
             fh,
             keep_cache: keep,
@@ -224,7 +261,7 @@ impl Fs {
         *node.opens.lock().unwrap() += 1;
         self.open.lock().unwrap().insert((space, ino), node.clone());
         let append = flags & libc::O_APPEND != 0;
-        let fh = self.handles.insert(node, append);
+        let fh = self.handles.insert(node, flags);
         Ok((
             a,
             Opened {
@@ -425,6 +462,9 @@ impl Fs {
             }
             map.remove(&(node.space, node.ino));
         }
+        if node.registered.load(Ordering::SeqCst) {
+            self.unregister(node);
+        }
         if node.unlinked.load(Ordering::Acquire)
             && let Err(e) = meta::release_orphan(&node.shard, node.space, node.ino)
         {
@@ -433,6 +473,47 @@ impl Fs {
                 node.space,
                 node.ino,
                 e.errno()
+            );
+        }
+    }
+
+    /// Registers (or renews) the files this mount has held open for writing
+    /// for [`REGISTER_AFTER`], one statement per space; the reaper calls it
+    /// every [`SWEEP_EVERY`] seconds. A failure is logged: the leases lapse
+    /// and the next sweep writes them again.
+    pub(super) fn renew_open_writers(&self) {
+        let holder = self.holder.load(Ordering::Acquire);
+        let mut by_space: HashMap<u32, Vec<Arc<OpenInode>>> = HashMap::new();
+        for node in self.handles.writing_for(REGISTER_AFTER) {
+            by_space.entry(node.space).or_default().push(node);
+        }
+        for (space, nodes) in by_space {
+            // Marked before the row is written: a close from now on
+            // deletes it, or is seen below.
+            for n in &nodes {
+                n.registered.store(true, Ordering::SeqCst);
+            }
+            let inos: Vec<u64> = nodes.iter().map(|n| n.ino).collect();
+            if let Err(e) = open_writers::renew(&nodes[0].shard, space, &inos, holder) {
+                log::warn!("space {space}: registering files open for writing: {e}");
+                continue;
+            }
+            // Closed meanwhile: that close may have missed the row.
+            for n in nodes.iter().filter(|n| *n.opens.lock().unwrap() == 0) {
+                self.unregister(n);
+            }
+        }
+    }
+
+    /// Drops this mount's registration of a file it no longer has open.
+    fn unregister(&self, node: &OpenInode) {
+        let holder = self.holder.load(Ordering::Acquire);
+        if let Err(e) = open_writers::release(&node.shard, node.space, node.ino, holder) {
+            // Its lease lapses by itself.
+            log::warn!(
+                "space {}: unregistering inode {} (open for writing): {e}",
+                node.space,
+                node.ino
             );
         }
     }

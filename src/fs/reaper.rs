@@ -1,8 +1,10 @@
 //! A mount's background work: each second it commits deferred attribute
-//! changes; every ten seconds the reaper purges the rows of inodes that lost
-//! their last link — after a grace period (another mount may still read
-//! them), or at once when the mount that held them open is gone (it
-//! crashed). Cancellable; a failing node is logged and retried next round.
+//! changes; every ten seconds it renews the registrations of the files it
+//! holds open for writing (so move-to-s3 leaves them alone), and the reaper
+//! purges the rows of inodes that lost their last link — after a grace
+//! period (another mount may still read them), or at once when the mount
+//! that held them open is gone (it crashed). Cancellable; a failing node is
+//! logged and retried next round.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +43,9 @@ pub fn spawn(fs: Arc<Fs>) -> Reaper {
                 fs.commit_changes(None);
                 // Give freed extent buffers back to the system.
                 unsafe { libc::malloc_trim(0) };
+                if tick % super::handles::SWEEP_EVERY == 0 {
+                    fs.renew_open_writers();
+                }
                 if tick % REAP_EVERY == 0 {
                     round(&fs);
                 }

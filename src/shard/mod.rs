@@ -21,6 +21,7 @@ mod import;
 pub mod inode;
 mod listing;
 pub mod namespace;
+pub mod open_writers;
 mod s3;
 mod schema;
 pub mod xattrs;
@@ -285,6 +286,7 @@ impl Shard {
             ("xattrs", 1000),
             ("dentries", 5000),
             ("inodes", 5000),
+            ("open_writers", 1000),
             ("spaces", 1),
         ];
         for (t, batch) in tables.into_iter().chain(extra.iter().map(|t| (*t, 1))) {

@@ -37,7 +37,8 @@ pub struct Orphan {
 
 /// The files that may move: regular, live, in the database, unchanged
 /// since `settled_before` (data and attributes), not named `last.log`, of
-/// an eligible size (`max` 0: no limit).
+/// an eligible size (`max` 0: no limit), and not held open for writing by
+/// a mount (see [`super::open_writers`]).
 const ELIGIBLE: &str = "i.state = LIVE AND i.mode & 0o170000 = 0o100000 AND i.s3_key IS NULL AND i.import_path IS NULL
      AND i.mtime < ? AND i.ctime < ? AND i.size >= ? AND (? = 0 OR i.size <= ?)
      AND NOT EXISTS (SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log')";
@@ -46,10 +47,11 @@ const ELIGIBLE: &str = "i.state = LIVE AND i.mode & 0o170000 = 0o100000 AND i.s3
 const READ_EXTENTS: u64 = 64;
 
 fn eligible() -> String {
-    ELIGIBLE
+    let sql = ELIGIBLE
         .replace("LIVE", &super::inode::LIVE.to_string())
         .replace("0o170000", &libc::S_IFMT.to_string())
-        .replace("0o100000", &libc::S_IFREG.to_string())
+        .replace("0o100000", &libc::S_IFREG.to_string());
+    format!("{sql} AND {}", super::open_writers::not_open_for_writing())
 }
 
 impl Shard {
@@ -142,10 +144,14 @@ impl Shard {
     }
 
     /// The move's last step, in one transaction: if the inode is still the
-    /// version uploaded and the upload's record is still ours, the inode
-    /// names the object and its extents go (or its file on an imported
-    /// tree is let go: perform-import uploads from there). False: the file changed (or
-    /// its space is being moved) and the object is not used.
+    /// version uploaded, no mount registered it as open for writing and the
+    /// upload's record is still ours, the inode names the object and its
+    /// extents go (or its file on an imported tree is let go: perform-import
+    /// uploads from there). False: the file changed or was opened for
+    /// writing (or its space is being moved) and the object is not used.
+    /// A file opened for writing within the last seconds of its upload is
+    /// not registered yet and may move: its writer's first write brings it
+    /// back (an upload and a recall lost, no data).
     pub fn finish_move(&self, c: &Candidate, host: u32, key: &str, upload: u64) -> Result<bool> {
         let r = self.tx(|tx| {
             type Now = (u64, i64, i64, u64, u8, Option<Vec<u8>>, u32);
@@ -160,7 +166,10 @@ impl Shard {
             )?;
             let unchanged = matches!(now, Some((size, mtime, ctime, stored, 0, None, n))
                 if size == c.size && mtime == c.mtime && ctime == c.ctime && stored == c.stored && n > 0);
-            if !unchanged || ours.as_deref() != Some("uploading") {
+            if !unchanged
+                || ours.as_deref() != Some("uploading")
+                || super::open_writers::is_open_for_writing(tx, c.space, c.ino)?
+            {
                 return Ok(false);
             }
             tx.exec_drop(

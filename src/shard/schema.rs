@@ -31,6 +31,11 @@
 //! Migration 5: `inodes.import_mtime` is that file's mtime (ns) when its
 //! tree was imported; with the size it tells a file rewritten on disk since
 //! (as rsync's quick check does). NULL for rows imported before it.
+//!
+//! Migration 6: `open_writers` holds the leases of files that mounts keep
+//! open for writing (see `open_writers.rs`); move-to-s3 leaves those files
+//! alone. No fence triggers: the rows are not copied when a space moves
+//! (mounts renew them on the new node), and not backed up.
 
 pub const TABLES: &[&str] = &[
     "schema_migrations",
@@ -41,6 +46,7 @@ pub const TABLES: &[&str] = &[
     "xattrs",
     "space_fence",
     "s3_uploads",
+    "open_writers",
 ];
 
 /// The stored procedure migration 2 creates (dropped with the tables).
@@ -187,5 +193,15 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
     (
         5,
         &["ALTER TABLE inodes ADD COLUMN IF NOT EXISTS import_mtime BIGINT NULL"],
+    ),
+    (
+        6,
+        &["CREATE TABLE IF NOT EXISTS open_writers (
+            space_id INT UNSIGNED NOT NULL,
+            ino BIGINT UNSIGNED NOT NULL,
+            holder BIGINT UNSIGNED NOT NULL,
+            renewed DATETIME(3) NOT NULL,
+            PRIMARY KEY (space_id, ino, holder)
+        ) ENGINE=InnoDB"],
     ),
 ];

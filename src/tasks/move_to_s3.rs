@@ -19,10 +19,14 @@
 //! with what is still in the database. The database never loses data
 //! before the object holding it is verified and named.
 //!
-//! Whether a file is open for writing in some mount is not known here: a
-//! file that stayed unchanged for the settle time may move while open, and
-//! its next write brings it back into the database first (copy-on-write in
-//! the mount), so nothing changes for its writer.
+//! A file that a mount has held open for writing for more than a few
+//! seconds is registered on its node ([`crate::shard::open_writers`]) and
+//! does not move until its last close (or until the registration lapses,
+//! 30 s after its mount stopped renewing it: a crashed mount blocks
+//! nothing for longer). The registration is checked again in step 3. A
+//! file opened for writing in the seconds before it is registered may still
+//! move: its next write brings it back into the database first
+//! (copy-on-write in the mount), so nothing changes for its writer.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -155,7 +159,7 @@ pub fn run(
     let changed = changed.into_inner();
     if changed > 0 {
         out.lines.push(format!(
-            "move-to-s3: {changed} file(s) changed during their upload and stay in the database"
+            "move-to-s3: {changed} file(s) changed or were opened for writing during their upload and stay in the database"
         ));
     }
     if out.done > 0 {

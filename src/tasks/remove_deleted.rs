@@ -16,6 +16,8 @@
 //!   a file came back into the database (after the grace period: another
 //!   mount may still be reading them), and uploads whose process stopped
 //!   renewing them (interrupted move-to-s3 runs).
+//! - Registrations of files open for writing whose mount stopped renewing
+//!   them (see [`crate::shard::open_writers`]).
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -110,6 +112,8 @@ pub fn run(
         let k = if opts.dry_run {
             shard.count_deleted(before, &live)?
         } else {
+            // Not counted: bookkeeping of mounts that are gone.
+            shard.forget_lapsed_open_writers()?;
             shard.purge_deleted(before, &live)?
         };
         if k > 0 {

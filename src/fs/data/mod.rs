@@ -171,6 +171,9 @@ pub struct OpenInode {
     /// The last name went away while open (set inside an unlink
     /// transaction, so also lock-free).
     pub unlinked: AtomicBool,
+    /// This mount registered the file as open for writing (see
+    /// `Fs::renew_open_writers`): its last close drops the registration.
+    pub registered: AtomicBool,
     /// Where each thread's last append landed (its own lock: asking must
     /// not wait for another thread's append transaction).
     appended: Mutex<AppendOffsets>,
@@ -222,6 +225,7 @@ impl OpenInode {
             pending_gauge,
             pending_flag,
             unlinked: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
             appended: Mutex::default(),
             owner_mode: AtomicU64::new(u64::from(gid) << 32 | u64::from(mode)),
         }
