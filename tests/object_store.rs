@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -545,6 +545,68 @@ fn moved_files_read_back_and_come_back_on_write() {
     }
 }
 
+/// Reads of a file in the object store: a sequential reader's read-ahead
+/// (large ranged GETs, several at once) asks the store for each byte once,
+/// and readers at once, forwards, backwards and at random, taking over and
+/// waiting for each other's GETs, all see the file's bytes.
+#[test]
+fn a_moved_file_is_read_ahead_once_and_shared_by_readers() {
+    let c = TestCluster::with_nodes();
+    let b = c.new_bucket("ahead");
+    let proxy = Proxy::new(&env("TSHS_S3_ENDPOINT"));
+    let mut m = Mount::new(&c, &[]);
+    let data = pattern(21, (40 << 20) + 4321);
+    std::fs::write(m.space(3).join("big"), &data).unwrap();
+    add_host(&c, &proxy.endpoint(), &b, "");
+    let out = c.ok(&["move-to-s3", "--settle", "0"]);
+    assert!(out.contains("move-to-s3: 1 files"), "{out}");
+    m.unmount();
+
+    let mut m = Mount::new(&c, &[]);
+    let path = m.space(3).join("big");
+    let before = proxy.sent();
+    check_file(&path, &data);
+    let sent = proxy.sent() - before;
+    // Bodies, plus a few hundred bytes of headers per GET.
+    let len = data.len() as u64;
+    assert!(
+        (len..len + (64 << 10)).contains(&sent),
+        "{sent} bytes came from the store for a file of {len}"
+    );
+    m.unmount();
+
+    let m = Mount::new(&c, &[]);
+    let path = m.space(3).join("big");
+    std::thread::scope(|s| {
+        s.spawn(|| check_file(&path, &data));
+        s.spawn(|| random_reads(&path, &data, 22));
+        s.spawn(|| {
+            // Forwards from an odd offset, in odd sizes.
+            let f = std::fs::File::open(&path).unwrap();
+            let mut buf = vec![0u8; 300_001];
+            let mut off = 12_345;
+            while off < data.len() {
+                let n = f.read_at(&mut buf, off as u64).unwrap();
+                assert!(n > 0, "no data at {off}");
+                assert!(buf[..n] == data[off..off + n], "forwards at {off}");
+                off += n;
+            }
+        });
+        s.spawn(|| {
+            // Backwards, a MiB at a time.
+            let f = std::fs::File::open(&path).unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut end = data.len();
+            while end > 0 {
+                let off = end.saturating_sub(1 << 20);
+                f.read_exact_at(&mut buf[..end - off], off as u64).unwrap();
+                assert!(buf[..end - off] == data[off..end], "backwards at {off}");
+                end = off;
+            }
+        });
+    });
+}
+
 /// The node databases' `s3_uploads` rows: (state, has a multipart upload id).
 fn uploads(c: &TestCluster) -> Vec<(String, bool)> {
     let dbs = c.dbs.lock().unwrap().clone();
@@ -639,10 +701,12 @@ type Running = (Arc<AtomicBool>, JoinHandle<()>, Arc<Mutex<Vec<TcpStream>>>);
 
 /// A TCP proxy in front of the shared S3 server that the test can take
 /// down (connections refused, open ones cut) and bring back on the same port.
+/// It counts the bytes the store sent.
 struct Proxy {
     port: u16,
     upstream: SocketAddr,
     run: Mutex<Option<Running>>,
+    from_store: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -653,6 +717,7 @@ impl Proxy {
             port,
             upstream,
             run: Mutex::new(None),
+            from_store: Arc::default(),
         };
         p.up();
         p
@@ -662,12 +727,18 @@ impl Proxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Bytes the store sent so far (bodies and headers).
+    fn sent(&self) -> u64 {
+        self.from_store.load(Ordering::Acquire)
+    }
+
     fn up(&self) {
         let listener = TcpListener::bind(("127.0.0.1", self.port)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let (s, cs, upstream) = (stop.clone(), conns.clone(), self.upstream);
+        let counted = self.from_store.clone();
         let t = std::thread::spawn(move || {
             while !s.load(Ordering::Acquire) {
                 match listener.accept() {
@@ -679,12 +750,20 @@ impl Proxy {
                         let mut list = cs.lock().unwrap();
                         list.push(down.try_clone().unwrap());
                         list.push(up.try_clone().unwrap());
-                        for (mut a, mut b) in [
-                            (down.try_clone().unwrap(), up.try_clone().unwrap()),
-                            (up, down),
+                        for (mut a, mut b, count) in [
+                            (down.try_clone().unwrap(), up.try_clone().unwrap(), None),
+                            (up, down, Some(counted.clone())),
                         ] {
                             std::thread::spawn(move || {
-                                let _ = std::io::copy(&mut a, &mut b);
+                                let mut buf = vec![0u8; 64 << 10];
+                                while let Ok(n @ 1..) = a.read(&mut buf) {
+                                    if b.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                    if let Some(c) = &count {
+                                        c.fetch_add(n as u64, Ordering::AcqRel);
+                                    }
+                                }
                                 let _ = b.shutdown(std::net::Shutdown::Write);
                             });
                         }

@@ -25,6 +25,8 @@ pub struct DataCache {
 struct Inner {
     lru: LruCache<Key, Arc<Vec<u8>>>,
     bytes: usize,
+    /// Bytes being fetched (see [`DataCache::reserve`]).
+    reserved: usize,
     /// Per inode: (generation, the stamp the cached data belongs to).
     gens: HashMap<(u32, u64), (u64, Stamp)>,
     next_gen: u64,
@@ -41,6 +43,7 @@ impl DataCache {
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
                 bytes: 0,
+                reserved: 0,
                 gens: HashMap::new(),
                 next_gen: 1,
                 hits: 0,
@@ -106,12 +109,31 @@ impl DataCache {
         if let Some(old) = g.lru.put((space, ino, generation, off), data) {
             g.bytes -= old.len();
         }
-        while g.bytes > self.capacity {
-            match g.lru.pop_lru() {
-                Some((_, v)) => g.bytes -= v.len(),
-                None => break,
+        self.evict(&mut g);
+    }
+
+    /// Drops the least recently used extents until the cache, with the
+    /// bytes being fetched, fits its capacity (the newest entry stays).
+    fn evict(&self, g: &mut Inner) {
+        while g.bytes + g.reserved > self.capacity && g.lru.len() > 1 {
+            if let Some((_, v)) = g.lru.pop_lru() {
+                g.bytes -= v.len();
             }
         }
+    }
+
+    /// Room for `bytes` about to be fetched into the cache: they count
+    /// against its capacity until the returned guard is dropped, so what is
+    /// in flight and what is cached together stay within it.
+    pub fn reserve(&self, bytes: usize) -> Reservation<'_> {
+        let mut g = self.inner.lock().unwrap();
+        g.reserved += bytes;
+        self.evict(&mut g);
+        Reservation { cache: self, bytes }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub fn remove(&self, space: u32, ino: u64, generation: u64, off: u64) {
@@ -128,6 +150,18 @@ impl DataCache {
     }
 }
 
+/// Bytes reserved by [`DataCache::reserve`], given back on drop.
+pub struct Reservation<'a> {
+    cache: &'a DataCache,
+    bytes: usize,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.cache.inner.lock().unwrap().reserved -= self.bytes;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +175,25 @@ mod tests {
         }
         assert!(c.get(1, 1, 1, 99).is_some());
         assert!(c.get(1, 1, 1, 0).is_none());
+    }
+
+    #[test]
+    fn bytes_being_fetched_count_against_the_capacity() {
+        let c = DataCache::new(1000);
+        for i in 0..3 {
+            c.put(1, 1, 1, i, Arc::new(vec![0; 300]));
+        }
+        let room = c.reserve(500);
+        assert_eq!(
+            c.stats().0,
+            300,
+            "900 cached + 500 on the way: two had to go"
+        );
+        c.put(1, 1, 1, 3, Arc::new(vec![0; 300]));
+        assert!(c.get(1, 1, 1, 3).is_some() && c.get(1, 1, 1, 2).is_none());
+        drop(room);
+        c.put(1, 1, 1, 4, Arc::new(vec![0; 300]));
+        assert!(c.get(1, 1, 1, 3).is_some() && c.get(1, 1, 1, 4).is_some());
     }
 
     #[test]

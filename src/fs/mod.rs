@@ -134,7 +134,7 @@ pub struct Fs {
     /// Hands files whose buffers passed the threshold to the flush workers.
     flusher: crossbeam_channel::Sender<Arc<OpenInode>>,
     /// Hands read-ahead work to the prefetch workers.
-    prefetcher: crossbeam_channel::Sender<data::Prefetch>,
+    prefetcher: data::Prefetchers,
     /// Attribute changes not yet committed (see [`Fs::setattr`]).
     changes: Changes,
     /// How many open files have an uncommitted create (see [`data::PendingCreate`]).
@@ -151,10 +151,6 @@ const WRITE_BUFFER_BUDGET: usize = 48 << 20;
 
 /// Background flush workers: they write buffers while writers go on.
 const FLUSH_WORKERS: usize = 4;
-
-/// Prefetch workers: each runs one extent query at a time, so a sequential
-/// reader has this many queries in flight.
-const PREFETCH_WORKERS: usize = 4;
 
 /// Starts `n` threads named `name-<i>` that run `work` on each job sent to
 /// the returned channel, with the shared data cache.
@@ -198,12 +194,20 @@ impl Fs {
                 &cache,
                 |node: Arc<OpenInode>, c| node.flush_inflight(c),
             ),
-            prefetcher: spawn_workers(
-                "tshs-prefetch",
-                PREFETCH_WORKERS,
-                &cache,
-                |p: data::Prefetch, c| p.node.prefetch(c, p.first, p.last, p.version),
-            ),
+            prefetcher: data::Prefetchers {
+                db: spawn_workers(
+                    "tshs-prefetch",
+                    data::DB_PREFETCH_WORKERS,
+                    &cache,
+                    |p: data::Prefetch, c| p.node.prefetch(c, &p),
+                ),
+                object: spawn_workers(
+                    "tshs-s3-prefetch",
+                    data::OBJECT_PREFETCH_WORKERS,
+                    &cache,
+                    |p: data::Prefetch, c| p.node.prefetch(c, &p),
+                ),
+            },
             pending: Arc::default(),
             changes: Changes::default(),
             reserved_ids: Mutex::default(),

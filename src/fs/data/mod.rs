@@ -15,10 +15,11 @@
 //! A file that move-to-s3 moved to the object store has no extents: its
 //! inode names the object. Reads find that out in the same query that looks
 //! for extents (so a move between two reads is seen at once) and fetch the
-//! span with a ranged GET instead, cached and read ahead like extents. The
-//! first write, append or truncate brings the file back into the database
-//! inside its own transaction ([`extents::recall`]): POSIX semantics do not
-//! change. The statements are the Storage Node's ([`crate::shard::extents`]).
+//! span with a ranged GET instead, cached like extents and read ahead in
+//! larger GETs (see [`OBJECT_READ_AHEAD`]). The first write, append or
+//! truncate brings the file back into the database inside its own
+//! transaction ([`extents::recall`]): POSIX semantics do not change. The
+//! statements are the Storage Node's ([`crate::shard::extents`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,17 +40,107 @@ const E: u64 = EXTENT_SIZE;
 pub const MAX_FILE_SIZE: u64 = 1 << 44;
 /// A file's buffered bytes that trigger a flush.
 pub const FLUSH_THRESHOLD: usize = 4 << 20;
-/// How far ahead of a sequential reader extents are prefetched, in extents.
-const PREFETCH_WINDOW: u64 = 16;
-/// Extents per prefetch query.
-const PREFETCH_JOB: u64 = 2;
+/// How a sequential reader's next extents are read ahead: up to `window`
+/// extents ahead of it, in jobs of `job` extents (one query or ranged GET
+/// each).
+#[derive(Clone, Copy)]
+struct ReadAhead {
+    window: u64,
+    job: u64,
+}
 
-/// A prefetch for a worker: extents `[first, last)` of `node`.
+/// Extents in the database: queries of 512 KiB, 4 MiB ahead.
+const DB_READ_AHEAD: ReadAhead = ReadAhead { window: 16, job: 2 };
+/// A file in the object store: each GET costs a round trip and the store's
+/// own lookup whatever its size, so GETs of 4 MiB, 32 MiB ahead (with
+/// [`OBJECT_PREFETCH_WORKERS`] in flight). Measured on SeaweedFS: cold
+/// ranged GETs of 512 KiB, 4 at once, ran at 270–330 MiB/s; of 4 MiB, 8 at
+/// once, at 520–760 MiB/s (BENCHMARKS.md, issue 15).
+const OBJECT_READ_AHEAD: ReadAhead = ReadAhead {
+    window: 128,
+    job: 16,
+};
+/// Prefetch workers for extents in the database: each runs one query at a
+/// time, so a sequential reader has this many queries in flight.
+pub const DB_PREFETCH_WORKERS: usize = 4;
+/// Prefetch workers for files in the object store: GETs in flight.
+pub const OBJECT_PREFETCH_WORKERS: usize = 8;
+
+/// A prefetch for a worker: extents `[first, last)` of `node`. Dropping it
+/// (done, or never run) lets readers waiting for those extents go on.
 pub struct Prefetch {
     pub node: Arc<OpenInode>,
+    pub loading: Arc<Loading>,
+    pub version: (u64, u64),
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.node.loaded(&self.loading);
+    }
+}
+
+/// The prefetch workers' queues: extents in the database, and files in the
+/// object store (larger reads, more of them at once).
+pub struct Prefetchers {
+    pub db: crossbeam_channel::Sender<Prefetch>,
+    pub object: crossbeam_channel::Sender<Prefetch>,
+}
+
+/// Extents `[first, last)` of a file that a prefetch was queued for or a
+/// reader is fetching: a reader that needs them takes the job over if it
+/// has not started, else waits for it, instead of asking for them again.
+pub struct Loading {
     pub first: u64,
     pub last: u64,
-    pub version: (u64, u64),
+    /// Queued, running, or done.
+    state: Mutex<LoadState>,
+    done: Condvar,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LoadState {
+    Queued,
+    Running,
+    Done,
+}
+
+impl Loading {
+    fn new(first: u64, last: u64, state: LoadState) -> Arc<Loading> {
+        Arc::new(Loading {
+            first,
+            last,
+            state: Mutex::new(state),
+            done: Condvar::new(),
+        })
+    }
+
+    fn covers(&self, ext: u64) -> bool {
+        (self.first..self.last).contains(&ext)
+    }
+
+    /// Takes a queued job: true if the caller is to run it.
+    pub fn claim(&self) -> bool {
+        let mut s = self.state.lock().unwrap();
+        let queued = *s == LoadState::Queued;
+        if queued {
+            *s = LoadState::Running;
+        }
+        queued
+    }
+
+    /// Waits until whoever runs the job is done.
+    fn wait(&self) {
+        let mut s = self.state.lock().unwrap();
+        while *s != LoadState::Done {
+            s = self.done.wait(s).unwrap();
+        }
+    }
+
+    fn finish(&self) {
+        *self.state.lock().unwrap() = LoadState::Done;
+        self.done.notify_all();
+    }
 }
 
 /// A file created in this mount whose rows are not in the database yet: its
@@ -130,10 +221,15 @@ pub struct FileState {
     flush_error: Option<Error>,
     /// Cache generation of this file's data.
     pub generation: u64,
-    /// End of the last read, for sequential detection.
+    /// End of the furthest read of a sequential reader, for sequential
+    /// detection.
     last_read_end: u64,
+    /// Bytes read sequentially since the last read elsewhere.
+    sequential_bytes: u64,
     /// Prefetches have been queued up to here.
     prefetched_upto: u64,
+    /// Extents being fetched, by prefetch workers or readers.
+    loading: Vec<Arc<Loading>>,
     /// Counts changes of the file's data here and in the database (writes,
     /// appends, truncates, and every commit of buffers): a fetch that raced
     /// with one must not put what it read into the cache — it may have read
@@ -181,6 +277,9 @@ pub struct OpenInode {
     /// saw them (open, stat, chmod here): a write tells from them, without
     /// a query, whether it must clear set-user-ID or set-group-ID.
     owner_mode: AtomicU64,
+    /// The last read found the file's data in the object store: it is read
+    /// ahead as an object.
+    in_object: AtomicBool,
 }
 
 impl OpenInode {
@@ -214,7 +313,9 @@ impl OpenInode {
                 flush_error: None,
                 generation,
                 last_read_end: u64::MAX,
+                sequential_bytes: 0,
                 prefetched_upto: 0,
+                loading: Vec::new(),
                 write_seq: 0,
                 info_ticket: 0,
                 last_stamp: None,
@@ -228,6 +329,7 @@ impl OpenInode {
             registered: AtomicBool::new(false),
             appended: Mutex::default(),
             owner_mode: AtomicU64::new(u64::from(gid) << 32 | u64::from(mode)),
+            in_object: AtomicBool::new(false),
         }
     }
 

@@ -5,32 +5,41 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crossbeam_channel::Sender;
-
 use super::super::cache::DataCache;
 use super::super::error::{Error, FsResult, store_failed};
-use super::{E, FileState, OpenInode, PREFETCH_JOB, PREFETCH_WINDOW, Prefetch};
+use super::{
+    DB_READ_AHEAD, E, FileState, LoadState, Loading, OBJECT_READ_AHEAD, OpenInode, Prefetch,
+    Prefetchers,
+};
 use crate::shard::extents::{self, Span};
 
 /// A failed read of an object: the kind of store failure, if it was one,
 /// and the error for the caller.
 type StoreFailure = (Option<crate::object_store::ErrorKind>, Error);
 
+/// How far behind the end of the last read a read still counts as
+/// sequential: the kernel reads ahead up to 1 MiB (see `fuse.rs`) in
+/// several requests, which the FUSE threads may answer in any order.
+const SEQUENTIAL_SLACK: u64 = 2 << 20;
+
 impl OpenInode {
     /// Reads `[off, off+len)`; holes and bytes past the end of an extent read
     /// as zeros. The database is queried without holding the file's lock, so
     /// the kernel's parallel read-ahead requests overlap; a sequential reader
-    /// also gets the next extents prefetched by the prefetch workers.
+    /// also gets the next extents prefetched by the prefetch workers. Extents
+    /// another reader or a prefetch is fetching are not asked for again: a
+    /// queued prefetch is taken over, a running one waited for.
     pub fn read(
         self: &Arc<Self>,
         cache: &DataCache,
-        prefetch: &Sender<Prefetch>,
+        prefetch: &Prefetchers,
         off: u64,
         len: u32,
     ) -> FsResult<Vec<u8>> {
         let mut pieces: Vec<(u64, Option<Arc<Vec<u8>>>)> = Vec::new();
-        let mut missing = Vec::new();
-        let (end, file_end, version, sequential) = {
+        let mut waits: Vec<Arc<Loading>> = Vec::new();
+        let mut own: Option<Arc<Loading>> = None;
+        let (end, version, jobs) = {
             let mut st = self.state();
             if off + u64::from(len) > st.size && self.appending.load(Ordering::Acquire) {
                 // Asked past the end while an append of ours runs: its
@@ -47,12 +56,22 @@ impl OpenInode {
             if off >= end {
                 return Ok(Vec::new());
             }
-            let sequential = st.last_read_end == off;
-            st.last_read_end = end;
-            if !sequential {
+            // Sequential: at the end of the last read, or a little behind it
+            // (the kernel's read-ahead requests, answered out of order).
+            let sequential = st.last_read_end != u64::MAX
+                && off <= st.last_read_end
+                && st.last_read_end - off <= SEQUENTIAL_SLACK;
+            if sequential {
+                st.last_read_end = st.last_read_end.max(end);
+                st.sequential_bytes += end - off;
+            } else {
+                st.last_read_end = end;
+                st.sequential_bytes = 0;
                 st.prefetched_upto = 0;
             }
             let version = (st.generation, st.write_seq);
+            let file_end = st.size.div_ceil(E) * E;
+            let mut missing = Vec::new();
             let mut ext = off - off % E;
             while ext < end {
                 let d = match Self::buffered(&st, ext) {
@@ -60,37 +79,105 @@ impl OpenInode {
                     None => cache.get(self.space, self.ino, st.generation, ext),
                 };
                 if d.is_none() {
-                    missing.push(ext);
+                    match st.loading.iter().find(|l| l.covers(ext)) {
+                        Some(l) if !waits.iter().any(|w| Arc::ptr_eq(w, l)) => {
+                            waits.push(l.clone())
+                        }
+                        Some(_) => {}
+                        None => missing.push(ext),
+                    }
                 }
                 pieces.push((ext, d));
                 ext += E;
             }
-            (end, st.size.div_ceil(E) * E, version, sequential)
-        };
-        if let (Some(&first), Some(&last)) = (missing.first(), missing.last()) {
-            let upto = if sequential {
-                (last + 2 * E).min(file_end)
+            if let (Some(&first), Some(&last)) = (missing.first(), missing.last()) {
+                let mut upto = if sequential {
+                    (last + 2 * E).min(file_end).max(last + E)
+                } else {
+                    last + E
+                };
+                // Up to what another fetch brings.
+                if let Some(next) = st
+                    .loading
+                    .iter()
+                    .map(|l| l.first)
+                    .filter(|&f| f > last)
+                    .min()
+                {
+                    upto = upto.min(next);
+                }
+                let l = Loading::new(first, upto, LoadState::Running);
+                st.loading.push(l.clone());
+                own = Some(l);
+            }
+            let jobs = if sequential {
+                let from = own.as_ref().map_or(end.div_ceil(E) * E, |l| l.last);
+                self.plan_prefetch(cache, &mut st, from, file_end, version)
             } else {
-                last + E
+                Vec::new()
             };
-            let rows = self.fetch(cache, first, upto.max(last + E), version)?;
+            (end, version, jobs)
+        };
+        // Sent without the file's lock: a job the channel refuses is
+        // dropped, and dropping it takes the lock.
+        let tx = if self.in_object.load(Ordering::Acquire) {
+            &prefetch.object
+        } else {
+            &prefetch.db
+        };
+        for job in jobs {
+            let _ = tx.send(job);
+        }
+
+        // What this read fetched itself: extents, and the spans they cover
+        // (an extent of such a span without a row is a hole).
+        let mut got: Vec<(u64, Arc<Vec<u8>>)> = Vec::new();
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        let mut run = |l: &Loading, got: &mut Vec<_>| -> FsResult<()> {
+            let r = self.fetch(cache, l.first, l.last, version);
+            self.loaded(l);
+            got.extend(r?);
+            spans.push((l.first, l.last));
+            Ok(())
+        };
+        if let Some(l) = own {
+            run(&l, &mut got)?;
+        }
+        for l in waits {
+            if l.claim() {
+                run(&l, &mut got)?;
+            } else {
+                l.wait();
+            }
+        }
+        let mut still = Vec::new();
+        for (ext, d) in pieces.iter_mut().filter(|(_, d)| d.is_none()) {
+            *d = got.iter().find(|(o, _)| o == ext).map(|(_, d)| d.clone());
+            if d.is_none() && !spans.iter().any(|&(a, b)| (a..b).contains(ext)) {
+                *d = cache.get(self.space, self.ino, version.0, *ext);
+                if d.is_none() {
+                    still.push(*ext);
+                }
+            }
+        }
+        // Waited for a fetch that did not cache them (it failed, or the
+        // file changed since it was planned): ask now.
+        if let (Some(&first), Some(&last)) = (still.first(), still.last()) {
+            let rows = self.fetch(cache, first, last + E, version)?;
             for (ext, d) in pieces.iter_mut().filter(|(_, d)| d.is_none()) {
                 *d = rows.iter().find(|(o, _)| o == ext).map(|(_, d)| d.clone());
             }
-            if sequential {
-                self.schedule_prefetch(prefetch, upto, file_end, version);
-            }
         }
-        let mut out = vec![0u8; (end - off) as usize];
+        let mut out = Vec::with_capacity((end - off) as usize);
         for (ext, d) in pieces {
-            let Some(d) = d else { continue };
             let (piece_start, piece_end) = (off.max(ext), end.min(ext + E));
-            let from = (piece_start - ext) as usize;
-            let to = ((piece_end - ext) as usize).min(d.len());
-            if from < to {
-                let o = (piece_start - off) as usize;
-                out[o..o + (to - from)].copy_from_slice(&d[from..to]);
-            }
+            let (from, to) = ((piece_start - ext) as usize, (piece_end - ext) as usize);
+            let have = d
+                .as_deref()
+                .map_or(&[][..], |d| &d[from.min(d.len())..to.min(d.len())]);
+            out.extend_from_slice(have);
+            // A hole, or past the end of a short extent: zeros.
+            out.resize(out.len() + (to - from - have.len()), 0);
         }
         Ok(out)
     }
@@ -117,29 +204,67 @@ impl OpenInode {
         }
     }
 
-    /// Queues prefetches of the extents from `from` up to the read-ahead window.
-    fn schedule_prefetch(
+    /// Plans prefetches of the extents from `from` up to the read-ahead
+    /// window, in whole jobs (the last one ends the file), skipping what is
+    /// being fetched already. The window slides with every sequential read.
+    fn plan_prefetch(
         self: &Arc<Self>,
-        tx: &Sender<Prefetch>,
+        cache: &DataCache,
+        st: &mut FileState,
         from: u64,
         file_end: u64,
         version: (u64, u64),
-    ) {
-        let mut st = self.state();
-        let start = st.prefetched_upto.max(from);
-        let stop = (from + PREFETCH_WINDOW * E).min(file_end);
-        let mut at = start;
+    ) -> Vec<Prefetch> {
+        let ahead = if self.in_object.load(Ordering::Acquire) {
+            OBJECT_READ_AHEAD
+        } else {
+            DB_READ_AHEAD
+        };
+        // The window opens as the reader goes on (four times what it read
+        // in a row), so a random read that happens to follow another one
+        // costs one job, not a window of them; and it takes at most a
+        // quarter of the cache, which holds it until it is read.
+        let most = (cache.capacity() as u64 / 4 / E).clamp(1, ahead.window);
+        let job = ahead.job.min(most);
+        let grown = (4 * st.sequential_bytes).div_ceil(E).clamp(job, most);
+        let stop = (from + grown * E).min(file_end);
+        let mut jobs = Vec::new();
+        let mut at = st.prefetched_upto.max(from);
         while at < stop {
-            let until = (at + PREFETCH_JOB * E).min(stop);
-            let _ = tx.send(Prefetch {
+            if let Some(l) = st.loading.iter().find(|l| l.covers(at)) {
+                at = l.last;
+                continue;
+            }
+            let until = (at + job * E).min(file_end);
+            if until > stop {
+                break;
+            }
+            // Up to what another fetch brings.
+            let until = st
+                .loading
+                .iter()
+                .map(|l| l.first)
+                .filter(|&f| f > at)
+                .fold(until, u64::min);
+            let loading = Loading::new(at, until, LoadState::Queued);
+            st.loading.push(loading.clone());
+            jobs.push(Prefetch {
                 node: self.clone(),
-                first: at,
-                last: until,
+                loading,
                 version,
             });
             at = until;
         }
-        st.prefetched_upto = st.prefetched_upto.max(stop);
+        st.prefetched_upto = st.prefetched_upto.max(at);
+        jobs
+    }
+
+    /// A fetch of `l` is over: readers waiting for it go on.
+    pub(super) fn loaded(&self, l: &Loading) {
+        self.state()
+            .loading
+            .retain(|x| !std::ptr::eq(Arc::as_ptr(x), l));
+        l.finish();
     }
 
     /// One extent as the file holds it (empty if none), for a partial
@@ -159,8 +284,12 @@ impl OpenInode {
         let mut attempt = 0;
         loop {
             match extents::span(&self.shard, self.space, self.ino, first, last)? {
-                Span::Extents(rows) => return Ok(rows),
+                Span::Extents(rows) => {
+                    self.in_object.store(false, Ordering::Release);
+                    return Ok(rows);
+                }
                 Span::Disk { path, size, mtime } => {
+                    self.in_object.store(false, Ordering::Release);
                     // Not imported yet: read from the on-disk tree.
                     let file = crate::disk_tier::DiskFile::new(&path, size, mtime);
                     let data = crate::disk_tier::read_span(&file, first, last)
@@ -168,6 +297,7 @@ impl OpenInode {
                     return Ok(extents_of(first, &data));
                 }
                 Span::Object { host, key, size } => {
+                    self.in_object.store(true, Ordering::Release);
                     match self.get_object_span(host, &key, size, first, last) {
                         Ok(out) => return Ok(out),
                         // Brought back into the database (and the object
@@ -202,15 +332,21 @@ impl OpenInode {
             let e = store_failed(self.space, self.ino, format!("S3 host {host}: {e:#}"));
             (None, e)
         })?;
-        let data = store.get_range(key, first, end - first).map_err(|e| {
-            let kind = e.kind;
-            (Some(kind), store_failed(self.space, self.ino, e))
-        })?;
-        Ok(extents_of(first, &data))
+        let pieces = store
+            .get_range_pieces(key, first, end - first, E as usize)
+            .map_err(|e| {
+                let kind = e.kind;
+                (Some(kind), store_failed(self.space, self.ino, e))
+            })?;
+        Ok((first..).step_by(E as usize).zip(pieces).collect())
     }
 
-    /// Runs one prefetch (on a prefetch worker).
-    pub fn prefetch(&self, cache: &DataCache, first: u64, last: u64, version: (u64, u64)) {
+    /// Runs one prefetch (on a prefetch worker), unless a reader took it over.
+    pub fn prefetch(&self, cache: &DataCache, p: &Prefetch) {
+        if !p.loading.claim() {
+            return;
+        }
+        let (first, last, version) = (p.loading.first, p.loading.last, p.version);
         let all_cached = (first..last)
             .step_by(E as usize)
             .all(|o| cache.get(self.space, self.ino, version.0, o).is_some());
@@ -234,6 +370,7 @@ impl OpenInode {
         last: u64,
         version: (u64, u64),
     ) -> FsResult<Vec<(u64, Arc<Vec<u8>>)>> {
+        let _room = cache.reserve((last - first) as usize);
         let rows = self.load_span(first, last)?;
         let rows: Vec<(u64, Arc<Vec<u8>>)> =
             rows.into_iter().map(|(o, d)| (o, Arc::new(d))).collect();
