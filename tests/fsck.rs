@@ -10,7 +10,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Mount, TestCluster, env, root_conn, s3_keys};
+use common::{Mount, TestCluster, env, pattern, root_conn, s3_keys};
 use mysql::prelude::Queryable;
 use tshs::object_store::{Brand, S3Host, S3Options, S3Store};
 
@@ -37,19 +37,6 @@ fn keys(bucket: &str) -> Vec<String> {
         .collect();
     k.sort();
     k
-}
-
-/// Bytes that differ from file to file.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// `tshs fsck …`: (exit code, stdout, stderr).

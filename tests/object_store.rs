@@ -14,13 +14,13 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Mount, TestCluster, env, root_conn, s3_keys, sh};
+use common::{Mount, TestCluster, env, pattern, root_conn, s3_keys, sh};
 use mysql::prelude::Queryable;
 use tshs::object_store::{Brand, S3Host, S3Options, S3Store};
 
@@ -41,21 +41,6 @@ fn store(endpoint: &str, bucket: &str) -> S3Store {
 
 fn objects(endpoint: &str, bucket: &str) -> Vec<(String, u64)> {
     store(endpoint, bucket).list("").unwrap()
-}
-
-/// Bytes that differ from file to file and from offset to offset.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) as u8
-        })
-        .collect()
 }
 
 fn no_secret(text: &str) {
@@ -607,21 +592,6 @@ fn a_moved_file_is_read_ahead_once_and_shared_by_readers() {
     });
 }
 
-/// The node databases' `s3_uploads` rows: (state, has a multipart upload id).
-fn uploads(c: &TestCluster) -> Vec<(String, bool)> {
-    let dbs = c.dbs.lock().unwrap().clone();
-    let mut out = Vec::new();
-    for (n, db) in dbs.iter().skip(1) {
-        let rows: Vec<(String, u8)> = root_conn(*n)
-            .query(format!(
-                "SELECT state, upload_id IS NOT NULL FROM {db}.s3_uploads"
-            ))
-            .unwrap();
-        out.extend(rows.into_iter().map(|(s, u)| (s, u != 0)));
-    }
-    out
-}
-
 #[test]
 fn move_to_s3_killed_mid_upload_loses_nothing() {
     let c = TestCluster::with_nodes();
@@ -635,19 +605,9 @@ fn move_to_s3_killed_mid_upload_loses_nothing() {
 
     // Four parts, two seconds before each: kill it while the parts go up
     // (after the first, with five seconds to spare on a loaded machine).
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tshs"))
-        .arg("--mysql-cfg-file")
-        .arg(&c.mycnf)
-        .args(["move-to-s3", "--settle", "0"])
-        .env("TSHS_TEST_S3_PART_DELAY_MS", "2000")
-        .env("TSHS_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = c.slow_move_to_s3(2000);
     let t = Instant::now();
-    while !uploads(&c).iter().any(|(_, multipart)| *multipart) {
+    while !c.uploads().iter().any(|(_, multipart)| *multipart) {
         assert!(
             t.elapsed() < Duration::from_secs(20),
             "the upload did not start"
@@ -669,7 +629,7 @@ fn move_to_s3_killed_mid_upload_loses_nothing() {
 
     // In the database (R/O once it has not changed for a minute).
     assert!(["InDB", "R/O"].contains(&states(&c, 5)["big"].as_str()));
-    assert_eq!(uploads(&c), [("uploading".to_string(), true)]);
+    assert_eq!(c.uploads(), [("uploading".to_string(), true)]);
     check_file(&space.join("big"), &data);
 
     // The next run moves it.
@@ -691,7 +651,7 @@ fn move_to_s3_killed_mid_upload_loses_nothing() {
     }
     let out = c.ok(&["remove-deleted", "--grace", "0"]);
     assert!(out.contains("removed 1 object(s)"), "{out}");
-    assert!(uploads(&c).is_empty());
+    assert!(c.uploads().is_empty());
     assert_eq!(objects(&ep, &b), live);
     check_file(&m.space(5).join("big"), &data);
 }
@@ -907,19 +867,9 @@ fn a_file_changed_during_its_upload_stays_in_the_database() {
     add_host(&c, &ep, &b, "MinBlockSize=5M");
     // Three slow parts (7.5 s in all); the file is appended to while they
     // go up.
-    let child = Command::new(env!("CARGO_BIN_EXE_tshs"))
-        .arg("--mysql-cfg-file")
-        .arg(&c.mycnf)
-        .args(["move-to-s3", "--settle", "0"])
-        .env("TSHS_TEST_S3_PART_DELAY_MS", "2500")
-        .env("TSHS_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = c.slow_move_to_s3(2500);
     let t = Instant::now();
-    while !uploads(&c).iter().any(|(_, multipart)| *multipart) {
+    while !c.uploads().iter().any(|(_, multipart)| *multipart) {
         assert!(
             t.elapsed() < Duration::from_secs(20),
             "the upload did not start"
@@ -942,7 +892,7 @@ fn a_file_changed_during_its_upload_stays_in_the_database() {
     );
     assert_eq!(states(&c, 10)["f"], "InDB");
     assert!(objects(&ep, &b).is_empty(), "its object was deleted");
-    assert!(uploads(&c).is_empty());
+    assert!(c.uploads().is_empty());
     check_file(&space.join("f"), &data);
 }
 
@@ -1050,19 +1000,9 @@ fn a_file_registered_open_for_writing_during_its_upload_stays() {
     std::fs::write(space.join("f"), &data).unwrap();
     let ino = std::fs::metadata(space.join("f")).unwrap().ino() & 0xffff_ffff;
     add_host(&c, &ep, &b, "MinBlockSize=5M");
-    let child = Command::new(env!("CARGO_BIN_EXE_tshs"))
-        .arg("--mysql-cfg-file")
-        .arg(&c.mycnf)
-        .args(["move-to-s3", "--settle", "0"])
-        .env("TSHS_TEST_S3_PART_DELAY_MS", "2500")
-        .env("TSHS_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = c.slow_move_to_s3(2500);
     wait_for(20, "the upload did not start", || {
-        uploads(&c).iter().any(|(_, multipart)| *multipart)
+        c.uploads().iter().any(|(_, multipart)| *multipart)
     });
     // What a mount's sweep writes for a file it has held open for writing
     // (here on both nodes: one of them holds the space).

@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Mount, TestCluster, root_conn, unused_port};
-use mysql::prelude::Queryable;
+use common::{Mount, TestCluster, pattern, unused_port};
 
 /// The keys of this test's store (its own, not the shared service's).
 const AK: &str = "AKIDSTOREKILLTEST01";
@@ -144,19 +143,6 @@ impl Drop for Weed {
     }
 }
 
-/// Bytes that differ from offset to offset.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn state_of(c: &TestCluster, space: u32, name: &str) -> String {
     c.ok(&["list-files", &space.to_string()])
         .lines()
@@ -262,21 +248,6 @@ fn store_killed_mid_read_gives_eio_then_recovers() {
     read_when_back(&m.space(7).join("big"), &big);
 }
 
-/// Upload records of the test's Storage Nodes: (state, multipart?).
-fn uploads(c: &TestCluster) -> Vec<(String, bool)> {
-    let dbs = c.dbs.lock().unwrap().clone();
-    let mut out = Vec::new();
-    for (n, db) in dbs.iter().skip(1) {
-        let rows: Vec<(String, u8)> = root_conn(*n)
-            .query(format!(
-                "SELECT state, upload_id IS NOT NULL FROM {db}.s3_uploads"
-            ))
-            .unwrap();
-        out.extend(rows.into_iter().map(|(s, u)| (s, u != 0)));
-    }
-    out
-}
-
 #[test]
 fn store_killed_mid_upload_loses_nothing() {
     let c = TestCluster::with_nodes();
@@ -289,18 +260,9 @@ fn store_killed_mid_upload_loses_nothing() {
     add_host(&c, &weed, &bucket, "MinBlockSize=5M;MaxUploadThreads=1");
 
     // Parts go up one a second: kill the store after the first.
-    let child = Command::new(env!("CARGO_BIN_EXE_tshs"))
-        .arg("--mysql-cfg-file")
-        .arg(&c.mycnf)
-        .args(["move-to-s3", "--settle", "0"])
-        .env("TSHS_TEST_S3_PART_DELAY_MS", "1000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = c.slow_move_to_s3(1000);
     let t = Instant::now();
-    while !uploads(&c).iter().any(|(_, multipart)| *multipart) {
+    while !c.uploads().iter().any(|(_, multipart)| *multipart) {
         assert!(t.elapsed() < Duration::from_secs(30), "no upload started");
         std::thread::sleep(Duration::from_millis(50));
     }

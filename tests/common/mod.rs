@@ -405,3 +405,51 @@ impl Drop for StopFlag {
         self.raise();
     }
 }
+
+/// Bytes that differ from file to file and from offset to offset.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+impl TestCluster {
+    /// Upload records of the cluster's Storage Nodes: (state, multipart?).
+    pub fn uploads(&self) -> Vec<(String, bool)> {
+        use mysql::prelude::Queryable;
+        let dbs = self.dbs.lock().unwrap().clone();
+        let mut out = Vec::new();
+        for (n, db) in dbs.iter().skip(1) {
+            let rows: Vec<(String, u8)> = root_conn(*n)
+                .query(format!(
+                    "SELECT state, upload_id IS NOT NULL FROM {db}.s3_uploads"
+                ))
+                .unwrap();
+            out.extend(rows.into_iter().map(|(s, u)| (s, u != 0)));
+        }
+        out
+    }
+
+    /// `move-to-s3 --settle 0` in the background, each part of its uploads
+    /// waiting `part_delay_ms` first (a test hook), so a test can act in
+    /// the middle of an upload; output piped.
+    pub fn slow_move_to_s3(&self, part_delay_ms: u64) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_tshs"))
+            .arg("--mysql-cfg-file")
+            .arg(&self.mycnf)
+            .args(["move-to-s3", "--settle", "0"])
+            .env("TSHS_TEST_S3_PART_DELAY_MS", part_delay_ms.to_string())
+            .env("TSHS_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
