@@ -140,6 +140,7 @@ impl Fs {
                         generation,
                         None,
                         self.pending.clone(),
+                        self.merger.clone(),
                     ))
                 })
                 .clone();
@@ -257,6 +258,7 @@ impl Fs {
             generation,
             Some(pending),
             self.pending.clone(),
+            self.merger.clone(),
         ));
         *node.opens.lock().unwrap() += 1;
         self.open.lock().unwrap().insert((space, ino), node.clone());
@@ -336,7 +338,7 @@ impl Fs {
             return Err(Error::EROFS);
         }
         if append {
-            node.append(&self.cache, data, tid)?;
+            node.append(&self.cache, &self.appends, data, tid)?;
         } else if node.write(&self.cache, offset, data)? {
             // The workers live as long as the Fs: sending cannot fail.
             let _ = self.flusher.send(node);

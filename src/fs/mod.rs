@@ -135,6 +135,10 @@ pub struct Fs {
     flusher: crossbeam_channel::Sender<Arc<OpenInode>>,
     /// Hands read-ahead work to the prefetch workers.
     prefetcher: data::Prefetchers,
+    /// Group commit of appends, per Storage Node.
+    appends: data::AppendQueues,
+    /// Joins the pieces appends leave.
+    merger: data::Merger,
     /// Attribute changes not yet committed (see [`Fs::setattr`]).
     changes: Changes,
     /// How many open files have an uncommitted create (see [`data::PendingCreate`]).
@@ -208,6 +212,8 @@ impl Fs {
                     |p: data::Prefetch, c| p.node.prefetch(c, &p),
                 ),
             },
+            appends: data::AppendQueues::default(),
+            merger: data::Merger::start(),
             pending: Arc::default(),
             changes: Changes::default(),
             reserved_ids: Mutex::default(),
