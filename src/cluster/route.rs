@@ -222,6 +222,22 @@ impl Route {
         r
     }
 
+    /// Runs `f` on a connection to node `node`, for a request that opens
+    /// and commits its own transaction in one round trip (a group commit's
+    /// fast path). Not retried: the caller falls back to [`Route::tx_on_node`].
+    pub fn one_trip_on_node<T, E>(
+        &self,
+        node: u32,
+        f: impl FnOnce(&mut PooledConn) -> Result<T, E>,
+    ) -> Option<T> {
+        let _running = self.router.enter();
+        let mut conn = self.router.shard(node).ok()?.db().conn().ok()?;
+        let t = Instant::now();
+        let r = f(&mut conn);
+        crate::metrics::global().db(node, t, r.is_ok());
+        r.ok()
+    }
+
     /// Runs a transaction on the space's node; a transaction refused because
     /// the space is being moved runs again on its new node once the move's
     /// cut-over is done.

@@ -141,6 +141,7 @@ impl Fs {
                         None,
                         self.pending.clone(),
                         self.merger.clone(),
+                        self.attr_epoch.clone(),
                     ))
                 })
                 .clone();
@@ -259,6 +260,7 @@ impl Fs {
             Some(pending),
             self.pending.clone(),
             self.merger.clone(),
+            self.attr_epoch.clone(),
         ));
         *node.opens.lock().unwrap() += 1;
         self.open.lock().unwrap().insert((space, ino), node.clone());
@@ -329,6 +331,10 @@ impl Fs {
     /// for cached writes keeps set-group-ID that Linux clears.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], caller: Caller) -> FsResult<Written> {
         let (node, append) = self.handles.get(fh)?;
+        // Only a write that clears set-id bits changes attributes here (a
+        // flush of buffered data moves the epoch itself).
+        let _changing =
+            (node.owner_mode().1 & (libc::S_ISUID | libc::S_ISGID) != 0).then(|| self.changing());
         let mode_changed = self.clear_setid(&node, caller)?;
         let tid = caller.pid;
         self.changes.written(node.space, node.ino);
@@ -386,6 +392,7 @@ impl Fs {
         mode: i32,
         caller: Caller,
     ) -> FsResult<Written> {
+        let _changing = self.changing();
         const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
         const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;

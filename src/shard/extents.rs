@@ -13,6 +13,7 @@
 //! contiguous pieces into one row, off the writers' path.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
 
 use mysql::Transaction;
 use mysql::prelude::Queryable;
@@ -326,6 +327,70 @@ pub fn append_batch(
     Ok(results)
 }
 
+/// Runs a group commit's appends as one request, one round trip: a
+/// multi-statement text that opens a transaction, calls `tshs_append` (see
+/// the schema) once per file with that file's appends end to end, files in
+/// `(space, inode)` order, and commits. Per append, where it landed, or
+/// `None` for one the procedure left alone (file gone, held elsewhere, or
+/// too big: the caller runs those on their own, where they are brought back
+/// or refused). `Err` if the request failed, rolled back: the caller runs
+/// the batch the slower way, which also tells a move's fence apart.
+pub fn append_in_one_trip(
+    conn: &mut mysql::PooledConn,
+    reqs: &[AppendReq<'_>],
+    now: i64,
+    max_size: u64,
+) -> Result<Vec<Option<u64>>, mysql::Error> {
+    let mut files: BTreeMap<(u32, u64), Vec<usize>> = BTreeMap::new();
+    for (n, r) in reqs.iter().enumerate() {
+        files.entry((r.space, r.ino)).or_default().push(n);
+    }
+    let mut sql = String::from("START TRANSACTION");
+    for ((space, ino), which) in &files {
+        let _ = write!(sql, "; CALL tshs_append({space}, {ino}, X'");
+        for &n in which {
+            push_hex(&mut sql, reqs[n].data);
+        }
+        let _ = write!(sql, "', {now}, {max_size})");
+    }
+    sql.push_str("; COMMIT");
+    let landed = (|| -> Result<Vec<Option<u64>>, mysql::Error> {
+        let mut result = conn.query_iter(sql)?;
+        let mut landed = Vec::with_capacity(files.len());
+        while let Some(set) = result.iter() {
+            if set.columns().as_ref().len() == 1 {
+                for row in set {
+                    landed.push(mysql::from_row::<Option<u64>>(row?));
+                }
+            } else {
+                for row in set {
+                    row?;
+                }
+            }
+        }
+        Ok(landed)
+    })();
+    let landed = match landed {
+        Ok(l) if l.len() == files.len() => l,
+        other => {
+            // Whatever the request left open goes.
+            let _ = conn.query_drop("ROLLBACK");
+            return Err(other.err().unwrap_or(mysql::Error::DriverError(
+                mysql::DriverError::UnexpectedPacket,
+            )));
+        }
+    };
+    let mut out = vec![None; reqs.len()];
+    for (which, at) in files.values().zip(landed) {
+        let Some(mut at) = at else { continue };
+        for &n in which {
+            out[n] = Some(at);
+            at += reqs[n].data.len() as u64;
+        }
+    }
+    Ok(out)
+}
+
 /// `data` written at `at`, cut where slots end.
 pub fn slot_pieces(at: u64, data: &[u8]) -> impl Iterator<Item = &[u8]> {
     let first = ((E - at % E) as usize).min(data.len());
@@ -339,18 +404,22 @@ pub fn slot_pieces(at: u64, data: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// data as a hex literal (a text statement: its size changes with every
 /// batch, and a prepared one would be prepared anew each time).
 fn row_values(sql: &mut String, space: u32, ino: u64, off: u64, data: &[u8]) {
-    use std::fmt::Write;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     if !sql.is_empty() {
         sql.push(',');
     }
     let _ = write!(sql, "({space},{ino},{off},{},X'", data.len());
-    sql.reserve(data.len() * 2 + 2);
+    push_hex(sql, data);
+    sql.push_str("')");
+}
+
+/// `data` in hex digits, for a hex literal.
+fn push_hex(sql: &mut String, data: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    sql.reserve(data.len() * 2);
     for b in data {
         sql.push(HEX[usize::from(b >> 4)] as char);
         sql.push(HEX[usize::from(b & 15)] as char);
     }
-    sql.push_str("')");
 }
 
 /// Joins each run of contiguous rows of slot `slot` of a file into one row,
@@ -701,6 +770,16 @@ mod tests {
         assert_eq!(lens(E, 10), vec![10]);
         assert_eq!(lens(5, (E + 10) as usize), vec![(E - 5) as usize, 15]);
         assert_eq!(lens(E - 1, 0), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn the_append_procedure_cuts_pieces_at_the_slot_size() {
+        let sql = super::super::MIGRATIONS
+            .iter()
+            .flat_map(|m| m.1.iter())
+            .find(|s| s.contains("PROCEDURE tshs_append"))
+            .unwrap();
+        assert!(sql.contains(&format!("{E} - (eof + pos - 1) % {E}")));
     }
 
     #[test]

@@ -204,4 +204,40 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
             PRIMARY KEY (space_id, ino, holder)
         ) ENGINE=InnoDB"],
     ),
+    (
+        7,
+        // One file's appends of a group commit, laid at its end of file in
+        // pieces that do not cross a slot's end (262144 = EXTENT_SIZE), so a
+        // batch is one round trip (see `extents::append_in_one_trip`).
+        // Answers where the data landed, or NULL, writing nothing, for a
+        // file that is gone, held elsewhere (object store, imported disk:
+        // it must be brought back first) or would grow past `most`.
+        &[
+            "CREATE OR REPLACE PROCEDURE tshs_append(IN s INT UNSIGNED, IN i BIGINT UNSIGNED,
+                IN d LONGBLOB, IN t BIGINT, IN most BIGINT UNSIGNED)
+           BEGIN
+             DECLARE eof BIGINT UNSIGNED DEFAULT NULL;
+             DECLARE away BOOL DEFAULT TRUE;
+             DECLARE n BIGINT UNSIGNED DEFAULT LENGTH(d);
+             DECLARE pos BIGINT UNSIGNED DEFAULT 1;
+             DECLARE k BIGINT UNSIGNED;
+             DECLARE CONTINUE HANDLER FOR NOT FOUND SET eof = NULL;
+             SELECT size, s3_key IS NOT NULL OR import_path IS NOT NULL INTO eof, away
+               FROM inodes WHERE space_id = s AND ino = i FOR UPDATE;
+             IF eof IS NULL OR away OR eof + n > most THEN
+               SELECT NULL;
+             ELSE
+               WHILE pos <= n DO
+                 SET k = LEAST(n - pos + 1, 262144 - (eof + pos - 1) % 262144);
+                 INSERT INTO extents (space_id, ino, off, len, data)
+                   VALUES (s, i, eof + pos - 1, k, SUBSTRING(d, pos, k));
+                 SET pos = pos + k;
+               END WHILE;
+               UPDATE inodes SET size = eof + n, stored = stored + n, mtime = t, ctime = t
+                 WHERE space_id = s AND ino = i;
+               SELECT eof;
+             END IF;
+           END",
+        ],
+    ),
 ];

@@ -7,13 +7,17 @@
 //! takes every waiting append into the next transaction (the way MariaDB's
 //! own binlog group commit works). In that transaction each append lands
 //! at its file's end as the database has it, in arrival order, each one
-//! whole and contiguous ([`extents::append_batch`]), so appends from other
-//! mounts stay exactly once. A write returns after the commit that carries
-//! it, so an `fsync` after it has nothing left to wait for.
+//! whole and contiguous, so appends from other mounts stay exactly once. A
+//! write returns after the commit that carries it, so an `fsync` after it
+//! has nothing left to wait for.
 //!
-//! A batch refused as a whole (a space of it fenced by a move, a recall
-//! from the object store failing) is run again append by append, each on
-//! its own route: one bad append fails only itself.
+//! A batch is first sent as one request, one round trip
+//! ([`extents::append_in_one_trip`]); appends it leaves (a file held in the
+//! object store, one that would grow too big) run on their own. If that
+//! request fails, the batch runs as a transaction of separate statements
+//! ([`extents::append_batch`], which brings files back from elsewhere), and
+//! if that is refused as a whole (a space of it fenced by a move), append by
+//! append, each on its own route: one bad append fails only itself.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -117,6 +121,26 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
         })
         .collect();
     let now = now_ns();
+    // One round trip; what it leaves (or all of it, if it failed) the
+    // slower way.
+    if let Some(landed) = route.one_trip_on_node(id, |c| {
+        extents::append_in_one_trip(c, &reqs, now, MAX_FILE_SIZE)
+    }) {
+        let mut rest = Vec::new();
+        for (a, at) in batch.iter().zip(landed) {
+            match at {
+                Some(off) => {
+                    a.node.appended(cache, off, &a.data, now);
+                    *a.result.lock().unwrap() = Some(Ok(off));
+                }
+                None => rest.push(a.clone()),
+            }
+        }
+        if !rest.is_empty() {
+            one_by_one(cache, &rest);
+        }
+        return;
+    }
     let r = route.tx_on_node(id, |tx| {
         extents::append_batch(tx, route.cluster(), &reqs, now, MAX_FILE_SIZE)
     });
@@ -136,26 +160,29 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
             batch.iter().map(|_| Err(e.clone())).collect()
         }
         // Refused as a whole: each on its own, on its own route.
-        Err(_) => {
-            for a in batch {
-                let r = extents::append(
-                    &a.node.shard,
-                    a.node.shard.cluster(),
-                    (a.node.space, a.node.ino),
-                    &a.data,
-                    now_ns(),
-                    MAX_FILE_SIZE,
-                )
-                .map_err(Error::from);
-                if let Ok(off) = r {
-                    a.node.appended(cache, off, &a.data, now);
-                }
-                *a.result.lock().unwrap() = Some(r);
-            }
-            return;
-        }
+        Err(_) => return one_by_one(cache, batch),
     };
     for (a, r) in batch.iter().zip(results) {
+        if let Ok(off) = r {
+            a.node.appended(cache, off, &a.data, now);
+        }
+        *a.result.lock().unwrap() = Some(r);
+    }
+}
+
+/// Runs each append in a transaction of its own, on its own route.
+fn one_by_one(cache: &DataCache, appends: &[Arc<Append>]) {
+    for a in appends {
+        let now = now_ns();
+        let r = extents::append(
+            &a.node.shard,
+            a.node.shard.cluster(),
+            (a.node.space, a.node.ino),
+            &a.data,
+            now,
+            MAX_FILE_SIZE,
+        )
+        .map_err(Error::from);
         if let Ok(off) = r {
             a.node.appended(cache, off, &a.data, now);
         }

@@ -265,6 +265,13 @@ pub struct OpenInode {
     appending: AtomicUsize,
     /// Where slots that hold pieces are sent to be joined.
     merger: Merger,
+    /// The mount's attribute epoch (see `Fs::changing`): commits of data
+    /// move it too.
+    attr_epoch: Arc<AtomicU64>,
+    /// The attributes last read from the database, with this mount's
+    /// appends since applied: when, and the attribute epoch before the
+    /// read (see [`OpenInode::cached_attr`]).
+    attr: Mutex<Option<(Attr, std::time::Instant, u64)>>,
     /// Signalled when a background flush finishes.
     idle: Condvar,
     /// The mount's count of pending creates.
@@ -303,6 +310,7 @@ impl OpenInode {
         pending: Option<PendingCreate>,
         pending_gauge: Arc<AtomicUsize>,
         merger: Merger,
+        attr_epoch: Arc<AtomicU64>,
     ) -> OpenInode {
         if pending.is_some() {
             pending_gauge.fetch_add(1, Ordering::AcqRel);
@@ -333,6 +341,8 @@ impl OpenInode {
             data_turn: RwLock::default(),
             appending: AtomicUsize::new(0),
             merger,
+            attr_epoch,
+            attr: Mutex::default(),
             idle: Condvar::new(),
             pending_gauge,
             pending_flag,
@@ -353,6 +363,30 @@ impl OpenInode {
     pub fn set_owner_mode(&self, gid: u32, mode: u32) {
         self.owner_mode
             .store(u64::from(gid) << 32 | u64::from(mode), Ordering::Release);
+    }
+
+    /// The attributes kept from the database, if read after every change
+    /// of attributes this mount began (`epoch` is the mount's epoch now)
+    /// and less than `ttl` ago: a stat of a log being appended to and read
+    /// costs no query, and what other mounts change shows within the TTL,
+    /// as the kernel's own attribute cache allows.
+    pub fn cached_attr(&self, epoch: u64, ttl: std::time::Duration) -> Option<Attr> {
+        let kept = self.attr.lock().unwrap();
+        let (a, at, e) = kept.as_ref()?;
+        (*e == epoch && at.elapsed() < ttl).then_some(*a)
+    }
+
+    /// Keeps attributes read from the database when the mount's attribute
+    /// epoch was `epoch`.
+    pub fn keep_attr(&self, a: Attr, epoch: u64) {
+        *self.attr.lock().unwrap() = Some((a, std::time::Instant::now(), epoch));
+    }
+
+    /// The data changed here other than by an append: kept attributes are
+    /// stale.
+    fn data_changed(&self) {
+        self.attr_epoch.fetch_add(1, Ordering::AcqRel);
+        *self.attr.lock().unwrap() = None;
     }
 
     /// The attributes of a file whose create is not committed yet.
@@ -610,6 +644,7 @@ impl OpenInode {
     ) {
         let generation = st.generation;
         st.write_seq += 1;
+        self.data_changed();
         for (off, b) in bufs {
             if !st.dirty.contains_key(&off) {
                 cache.put(self.space, self.ino, generation, off, Arc::new(b.data));
@@ -659,8 +694,12 @@ impl OpenInode {
         if eof != st.db_size {
             // Another mount appended meanwhile: what we cached is stale.
             st.generation = cache.invalidate(self.space, self.ino);
+            *self.attr.lock().unwrap() = None;
         } else {
             cache.restamp(self.space, self.ino, st.generation, (now, now, end));
+            if let Some((a, ..)) = self.attr.lock().unwrap().as_mut() {
+                (a.size, a.mtime, a.ctime) = (end, now, now);
+            }
             let mut at = eof;
             for piece in extents::slot_pieces(eof, data) {
                 let slot = at - at % E;
@@ -750,7 +789,9 @@ impl OpenInode {
     ) -> FsResult<Attr> {
         let _turn = self.data_turn.write().unwrap();
         let mut st = self.flush_locked(cache, self.state())?;
-        let a = apply()?;
+        let a = apply();
+        self.data_changed();
+        let a = a?;
         st.write_seq += 1;
         st.size = a.size;
         st.db_size = a.size;
