@@ -221,3 +221,48 @@ fn pieces_read_cut_punch_and_seek_like_one_file_then_join() {
     let m4 = Mount::new(&c, &[]);
     assert_eq!(std::fs::read(m4.space(3).join("small.log")).unwrap(), want);
 }
+
+#[test]
+fn an_append_past_the_largest_size_fails_alone() {
+    let (c, _db) = one_node();
+    let m = c.mount();
+    let big = m.space(3).join("big.log");
+    let small = m.space(3).join("small.log");
+    std::fs::write(&small, b"").unwrap();
+    let f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .open(&big)
+        .unwrap();
+    f.set_len((1 << 44) - 1).unwrap();
+    drop(f);
+    // Appends to both files from several threads at once: the ones past
+    // the largest size fail with EFBIG, the others land.
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (big, small) = (big.clone(), small.clone());
+            std::thread::spawn(move || {
+                let mut b = OpenOptions::new().append(true).open(&big).unwrap();
+                let mut s = OpenOptions::new().append(true).open(&small).unwrap();
+                for _ in 0..20 {
+                    let e = b.write(b"xy").unwrap_err();
+                    assert_eq!(e.raw_os_error(), Some(libc::EFBIG));
+                    s.write_all(&[b'a' + t as u8; 10]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(std::fs::metadata(&big).unwrap().len(), (1 << 44) - 1);
+    let data = std::fs::read(&small).unwrap();
+    assert_eq!(data.len(), 8 * 20 * 10);
+    for t in 0..8u8 {
+        assert_eq!(data.iter().filter(|&&b| b == b'a' + t).count(), 200);
+    }
+    // The last byte that fits still lands.
+    let mut b = OpenOptions::new().append(true).open(&big).unwrap();
+    assert_eq!(b.write(b"z").unwrap(), 1);
+    assert_eq!(std::fs::metadata(&big).unwrap().len(), 1 << 44);
+}
