@@ -113,6 +113,7 @@ impl Fs {
         self.commit_creates(space);
         // The attributes (close-to-open: has the file changed?), and for a
         // small file read-only its data too, in one round trip.
+        let epoch = self.attr_epoch.load(Ordering::Acquire);
         let asked = data::ticket();
         let (a, head) = meta::getattr_with_head(&shard, space, i, !writing)?;
         if a.is_dir() {
@@ -151,6 +152,7 @@ impl Fs {
         // With this mount's deferred chmod (see `OpenInode::owner_mode`).
         let now = self.with_changes(a);
         node.set_owner_mode(now.gid, now.mode);
+        node.keep_attr(a, epoch, asked);
         // Also when this open made the node: another may have found it since.
         let refreshed = node.refresh(&self.cache, (a.mtime, a.ctime, a.size), asked, || {
             let a = meta::getattr(&shard, space, i)?;

@@ -42,9 +42,10 @@ impl Fs {
                 let mut a = match kept {
                     Some(a) => a,
                     None => {
+                        let asked = super::data::ticket();
                         let a = meta::getattr(&self.shard_after_import(space)?, space, i)?;
                         if let Some(o) = &open {
-                            o.keep_attr(a, epoch);
+                            o.keep_attr(a, epoch, asked);
                         }
                         a
                     }

@@ -18,6 +18,8 @@ const MERGE_IDLE: Duration = Duration::from_secs(5);
 /// Files whose last slot waits to be joined, at most: beyond, the oldest
 /// are joined at once.
 const MAX_TAILS: usize = 10_000;
+/// Slots waiting in the queue to the merge thread, at most.
+const QUEUE: usize = 65_536;
 
 /// A slot of a file that holds pieces.
 pub struct Pieces {
@@ -35,7 +37,7 @@ pub struct Merger(Sender<Pieces>);
 
 impl Merger {
     pub fn start() -> Merger {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         std::thread::Builder::new()
             .name("tshs-merge".into())
             .spawn(move || work(&rx))
@@ -43,9 +45,10 @@ impl Merger {
         Merger(tx)
     }
 
+    /// Never waits: with the queue full (the node slow or away), the
+    /// slot stays in pieces, which costs reads a few rows, nothing else.
     pub fn pieces(&self, p: Pieces) {
-        // The thread lives as long as the mount: sending cannot fail.
-        let _ = self.0.send(p);
+        let _ = self.0.try_send(p);
     }
 }
 

@@ -377,9 +377,14 @@ impl OpenInode {
     }
 
     /// Keeps attributes read from the database when the mount's attribute
-    /// epoch was `epoch`.
-    pub fn keep_attr(&self, a: Attr, epoch: u64) {
-        *self.attr.lock().unwrap() = Some((a, std::time::Instant::now(), epoch));
+    /// epoch was `epoch`, by a query that began after [`ticket`] `asked`:
+    /// not if a commit or append of this mount landed since (they would be
+    /// older than what the file shows).
+    pub fn keep_attr(&self, a: Attr, epoch: u64, asked: u64) {
+        let st = self.state();
+        if asked > st.info_ticket {
+            *self.attr.lock().unwrap() = Some((a, std::time::Instant::now(), epoch));
+        }
     }
 
     /// The data changed here other than by an append: kept attributes are
