@@ -231,6 +231,7 @@ fn an_append_past_the_largest_size_fails_alone() {
     std::fs::write(&small, b"").unwrap();
     let f = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .open(&big)
         .unwrap();
