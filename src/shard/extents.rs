@@ -327,20 +327,32 @@ pub fn append_batch(
     Ok(results)
 }
 
+/// What became of a group commit sent as one request.
+pub enum OneTrip {
+    /// Committed. Per append, where it landed, or `None` for one the
+    /// procedure left alone (file gone, held elsewhere, or too big): the
+    /// caller runs those on their own, where they are brought back or
+    /// refused.
+    Landed(Vec<Option<u64>>),
+    /// The server refused a statement before the commit (a move's fence, a
+    /// deadlock, no procedure yet on an old node): nothing was applied, the
+    /// caller runs the batch the slower way.
+    Refused,
+    /// The connection failed: the commit may or may not have happened.
+    /// Running the appends again could apply them twice.
+    Unknown(String),
+}
+
 /// Runs a group commit's appends as one request, one round trip: a
 /// multi-statement text that opens a transaction, calls `tshs_append` (see
 /// the schema) once per file with that file's appends end to end, files in
-/// `(space, inode)` order, and commits. Per append, where it landed, or
-/// `None` for one the procedure left alone (file gone, held elsewhere, or
-/// too big: the caller runs those on their own, where they are brought back
-/// or refused). `Err` if the request failed, rolled back: the caller runs
-/// the batch the slower way, which also tells a move's fence apart.
+/// `(space, inode)` order, and commits.
 pub fn append_in_one_trip(
     conn: &mut mysql::PooledConn,
     reqs: &[AppendReq<'_>],
     now: i64,
     max_size: u64,
-) -> Result<Vec<Option<u64>>, mysql::Error> {
+) -> OneTrip {
     let mut files: BTreeMap<(u32, u64), Vec<usize>> = BTreeMap::new();
     for (n, r) in reqs.iter().enumerate() {
         files.entry((r.space, r.ino)).or_default().push(n);
@@ -372,13 +384,18 @@ pub fn append_in_one_trip(
     })();
     let landed = match landed {
         Ok(l) if l.len() == files.len() => l,
-        other => {
-            // Whatever the request left open goes.
+        Err(mysql::Error::MySqlError(e)) => {
+            // The server stopped at a statement before COMMIT (or refused
+            // the COMMIT, rolling back): what the request left open goes.
+            log::debug!("group commit refused: {e}");
             let _ = conn.query_drop("ROLLBACK");
-            return Err(other.err().unwrap_or(mysql::Error::DriverError(
-                mysql::DriverError::UnexpectedPacket,
-            )));
+            return OneTrip::Refused;
         }
+        Ok(l) => {
+            let _ = conn.query_drop("ROLLBACK");
+            return OneTrip::Unknown(format!("{} answers for {} files", l.len(), files.len()));
+        }
+        Err(e) => return OneTrip::Unknown(e.to_string()),
     };
     let mut out = vec![None; reqs.len()];
     for (which, at) in files.values().zip(landed) {
@@ -388,7 +405,7 @@ pub fn append_in_one_trip(
             at += reqs[n].data.len() as u64;
         }
     }
-    Ok(out)
+    OneTrip::Landed(out)
 }
 
 /// `data` written at `at`, cut where slots end.

@@ -23,11 +23,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::super::cache::DataCache;
-use super::super::error::{Error, FsResult};
+use super::super::error::{Error, FsResult, failed};
 use super::super::now_ns;
 use super::{MAX_FILE_SIZE, OpenInode};
 use crate::db::Failed;
-use crate::shard::extents::{self, AppendReq};
+use crate::shard::extents::{self, AppendReq, OneTrip};
 use crate::shard::{ShardError, is_fenced};
 
 /// Bytes of appends gathered into one transaction at most (the rest wait
@@ -121,25 +121,42 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
         })
         .collect();
     let now = now_ns();
-    // One round trip; what it leaves (or all of it, if it failed) the
+    // One round trip; what it leaves (or all of it, if it was refused) the
     // slower way.
-    if let Some(landed) = route.one_trip_on_node(id, |c| {
+    match route.one_trip_on_node(id, |c| {
         extents::append_in_one_trip(c, &reqs, now, MAX_FILE_SIZE)
     }) {
-        let mut rest = Vec::new();
-        for (a, at) in batch.iter().zip(landed) {
-            match at {
-                Some(off) => {
-                    a.node.appended(cache, off, &a.data, now);
-                    *a.result.lock().unwrap() = Some(Ok(off));
+        Some(OneTrip::Landed(landed)) => {
+            let mut rest = Vec::new();
+            for (a, at) in batch.iter().zip(landed) {
+                match at {
+                    Some(off) => {
+                        a.node.appended(cache, off, &a.data, now);
+                        *a.result.lock().unwrap() = Some(Ok(off));
+                    }
+                    None => rest.push(a.clone()),
                 }
-                None => rest.push(a.clone()),
             }
+            if !rest.is_empty() {
+                one_by_one(cache, &rest);
+            }
+            return;
         }
-        if !rest.is_empty() {
-            one_by_one(cache, &rest);
+        Some(OneTrip::Unknown(why)) => {
+            // Never run twice what may have landed: each append fails, and
+            // the writer decides (as for any commit whose answer was lost).
+            let e = failed(format!(
+                "storage node {id}: the answer to {} appends was lost, they may or may not have landed: {why}",
+                batch.len()
+            ));
+            for a in batch {
+                // This mount no longer knows the file's end.
+                a.node.lost_track();
+                *a.result.lock().unwrap() = Some(Err(e.clone()));
+            }
+            return;
         }
-        return;
+        Some(OneTrip::Refused) | None => {}
     }
     let r = route.tx_on_node(id, |tx| {
         extents::append_batch(tx, route.cluster(), &reqs, now, MAX_FILE_SIZE)

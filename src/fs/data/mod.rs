@@ -687,6 +687,17 @@ impl OpenInode {
         Ok(eof)
     }
 
+    /// An append's outcome is unknown: what this mount cached of the file
+    /// and its attributes may be behind the database.
+    fn lost_track(&self) {
+        let mut st = self.state();
+        st.write_seq += 1;
+        *self.attr.lock().unwrap() = None;
+        st.info_ticket = ticket();
+        // Re-read at the next open, as after another mount's change.
+        st.last_stamp = None;
+    }
+
     /// After an append of `data` landed at `eof` (committed at `now`), in
     /// the order appends landed: this mount's view of the file follows. The
     /// appended bytes join the cached extents (appends change no byte below
