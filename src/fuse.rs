@@ -471,8 +471,10 @@ impl Filesystem for FuseFs {
         begin!("write");
         // The kernel's FUSE_WRITE_KILL_SUIDGID is not needed: the core
         // decides for every write (see `Fs::write`).
+        // Attributes: a write clearing set-id bits, and each commit of
+        // buffered data, move the epoch in the core; an append updates the
+        // file's own.
         let r = self.fs.write(fh.0, offset, data, caller(req));
-        self.fs.attrs_changed();
         answer(r, reply, |reply, w| {
             metrics::global().bytes_written.inc_by(u64::from(w.len));
             self.attrs_changed(ino, &w);
@@ -489,9 +491,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         begin!("flush");
-        let r = self.fs.flush(fh.0);
-        self.fs.attrs_changed();
-        empty(r, reply)
+        empty(self.fs.flush(fh.0), reply)
     }
 
     fn release(
@@ -517,9 +517,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         begin!("fsync");
-        let r = self.fs.fsync(fh.0);
-        self.fs.attrs_changed();
-        empty(r, reply)
+        empty(self.fs.fsync(fh.0), reply)
     }
 
     fn readdir(

@@ -25,7 +25,8 @@ type Entry = (Instant, u64, Attr);
 
 pub struct AttrCache {
     map: Mutex<LruCache<(u32, u64), Entry>>,
-    /// Moves on with every change through this mount.
+    /// Moves on with every change through this mount (the open files' kept
+    /// attributes follow it too: `OpenInode::cached_attr`).
     epoch: AtomicU64,
     ttl: Duration,
 }
@@ -68,6 +69,12 @@ impl AttrCache {
             .lock()
             .unwrap()
             .put((space, ino), (Instant::now(), epoch, a));
+    }
+
+    /// One file's data changed through this mount (an append): only its
+    /// entry is stale.
+    pub fn forget(&self, space: u32, ino: u64) {
+        self.map.lock().unwrap().pop(&(space, ino));
     }
 
     /// Something changed through this mount: nothing cached so far is used.

@@ -106,6 +106,7 @@ impl Fs {
             .cloned()
             .collect();
         for n in nodes {
+            // A commit moves the attribute epoch itself.
             if let Err(e) = n.flush(&self.cache) {
                 log::warn!(
                     "space {space}: committing a new file failed: errno {}",
@@ -113,7 +114,6 @@ impl Fs {
                 );
             }
         }
-        self.attrs.changed();
     }
 
     /// Tells the attribute cache that something changed through this mount

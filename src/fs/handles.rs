@@ -113,7 +113,7 @@ impl Fs {
         self.commit_creates(space);
         // The attributes (close-to-open: has the file changed?), and for a
         // small file read-only its data too, in one round trip.
-        let epoch = self.attr_epoch.load(Ordering::Acquire);
+        let epoch = self.attrs.epoch();
         let asked = data::ticket();
         let (a, head) = meta::getattr_with_head(&shard, space, i, !writing)?;
         if a.is_dir() {
@@ -142,7 +142,7 @@ impl Fs {
                         None,
                         self.pending.clone(),
                         self.merger.clone(),
-                        self.attr_epoch.clone(),
+                        self.attrs.clone(),
                     ))
                 })
                 .clone();
@@ -262,7 +262,7 @@ impl Fs {
             Some(pending),
             self.pending.clone(),
             self.merger.clone(),
-            self.attr_epoch.clone(),
+            self.attrs.clone(),
         ));
         *node.opens.lock().unwrap() += 1;
         self.open.lock().unwrap().insert((space, ino), node.clone());

@@ -25,7 +25,7 @@
 pub mod acl;
 mod admin_view;
 pub mod attr;
-mod attr_cache;
+pub mod attr_cache;
 pub mod cache;
 pub mod caller;
 pub mod data;
@@ -132,7 +132,7 @@ pub struct Fs {
     pub cache: Arc<DataCache>,
     xattrs: xattr_cache::XattrCache,
     /// Attributes read lately (see [`attr_cache`]).
-    attrs: attr_cache::AttrCache,
+    attrs: Arc<attr_cache::AttrCache>,
     /// The last statfs count and when it was taken.
     usage: Mutex<Option<(Instant, (u64, u64))>>,
     /// Hands files whose buffers passed the threshold to the flush workers.
@@ -143,9 +143,6 @@ pub struct Fs {
     appends: data::AppendQueues,
     /// Joins the pieces appends leave.
     merger: data::Merger,
-    /// Moves on before and after every change of attributes through this
-    /// mount (see [`Fs::changing`]).
-    attr_epoch: Arc<AtomicU64>,
     /// Attribute changes not yet committed (see [`Fs::setattr`]).
     changes: Changes,
     /// How many open files have an uncommitted create (see [`data::PendingCreate`]).
@@ -155,11 +152,11 @@ pub struct Fs {
 }
 
 /// See [`Fs::changing`].
-struct Changing<'a>(&'a AtomicU64);
+struct Changing<'a>(&'a attr_cache::AttrCache);
 
 impl Drop for Changing<'_> {
     fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
+        self.0.changed();
     }
 }
 
@@ -230,13 +227,12 @@ impl Fs {
             },
             appends: data::AppendQueues::default(),
             merger: data::Merger::start(),
-            attr_epoch: Arc::default(),
             pending: Arc::default(),
             changes: Changes::default(),
             reserved_ids: Mutex::default(),
             importing: Mutex::default(),
             xattrs: xattr_cache::XattrCache::new(100_000, cfg.xattr_ttl),
-            attrs: attr_cache::AttrCache::new(4096, cfg.xattr_ttl),
+            attrs: Arc::new(attr_cache::AttrCache::new(4096, cfg.xattr_ttl)),
             usage: Mutex::default(),
             cache,
             cfg,
@@ -256,8 +252,8 @@ impl Fs {
     /// (see [`OpenInode::cached_attr`]) are not used while it runs, nor
     /// after, unless read again.
     fn changing(&self) -> Changing<'_> {
-        self.attr_epoch.fetch_add(1, Ordering::AcqRel);
-        Changing(&self.attr_epoch)
+        self.attrs.changed();
+        Changing(&self.attrs)
     }
 
     /// This mount's access point: the holder of its open unlinked files,

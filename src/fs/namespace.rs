@@ -63,7 +63,7 @@ impl Fs {
                                 .map(fresh)
                                 .map_err(|e| failed(format!("space {space}: {e:#}")));
                         }
-                        let open_epoch = self.attr_epoch.load(Ordering::Acquire);
+                        let open_epoch = self.attrs.epoch();
                         let kept = open
                             .as_ref()
                             .and_then(|o| o.cached_attr(open_epoch, self.cfg.xattr_ttl));

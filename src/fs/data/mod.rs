@@ -33,6 +33,7 @@ pub use group::AppendQueues;
 pub use merge::{Merger, Pieces};
 
 use super::attr::Attr;
+use super::attr_cache::AttrCache;
 use super::cache::DataCache;
 use super::error::{Error, FsResult};
 use super::now_ns;
@@ -265,9 +266,9 @@ pub struct OpenInode {
     appending: AtomicUsize,
     /// Where slots that hold pieces are sent to be joined.
     merger: Merger,
-    /// The mount's attribute epoch (see `Fs::changing`): commits of data
-    /// move it too.
-    attr_epoch: Arc<AtomicU64>,
+    /// The mount's attributes read lately: commits of data here end their
+    /// epoch, appends drop the file's entry.
+    attrs: Arc<AttrCache>,
     /// The attributes last read from the database, with this mount's
     /// appends since applied: when, and the attribute epoch before the
     /// read (see [`OpenInode::cached_attr`]).
@@ -310,7 +311,7 @@ impl OpenInode {
         pending: Option<PendingCreate>,
         pending_gauge: Arc<AtomicUsize>,
         merger: Merger,
-        attr_epoch: Arc<AtomicU64>,
+        attrs: Arc<AttrCache>,
     ) -> OpenInode {
         if pending.is_some() {
             pending_gauge.fetch_add(1, Ordering::AcqRel);
@@ -341,7 +342,7 @@ impl OpenInode {
             data_turn: RwLock::default(),
             appending: AtomicUsize::new(0),
             merger,
-            attr_epoch,
+            attrs,
             attr: Mutex::default(),
             idle: Condvar::new(),
             pending_gauge,
@@ -390,7 +391,7 @@ impl OpenInode {
     /// The data changed here other than by an append: kept attributes are
     /// stale.
     fn data_changed(&self) {
-        self.attr_epoch.fetch_add(1, Ordering::AcqRel);
+        self.attrs.changed();
         *self.attr.lock().unwrap() = None;
     }
 
@@ -711,11 +712,13 @@ impl OpenInode {
             // Another mount appended meanwhile: what we cached is stale.
             st.generation = cache.invalidate(self.space, self.ino);
             *self.attr.lock().unwrap() = None;
+            self.attrs.forget(self.space, self.ino);
         } else {
             cache.restamp(self.space, self.ino, st.generation, (now, now, end));
             if let Some((a, ..)) = self.attr.lock().unwrap().as_mut() {
                 (a.size, a.mtime, a.ctime) = (end, now, now);
             }
+            self.attrs.forget(self.space, self.ino);
             let mut at = eof;
             for piece in extents::slot_pieces(eof, data) {
                 let slot = at - at % E;
