@@ -429,6 +429,14 @@ impl Shard {
             };
             n += 1;
         }
+        // Lanes of processes long gone (see schema::APPLIED_OPS).
+        self.tx(|tx| {
+            tx.exec_drop(
+                "DELETE FROM applied_ops WHERE at < ?",
+                (crate::clock::now_ns() - schema::APPLIED_OPS_KEEP_NS,),
+            )
+        })
+        .map_err(TxError::into_db)?;
         Ok(n)
     }
 }
