@@ -327,6 +327,61 @@ fn open_member(
     new_pool(m, max_conns, &init)
 }
 
+/// Checks that the servers `opts` names (when it names several) are the
+/// synced members of one Galera cluster: what a new node's options must
+/// be. The error says which member is not, and why.
+pub fn check_members(opts: &ConnOptions) -> Result<(), DbError> {
+    let members = opts.members();
+    if members.len() == 1 {
+        return Ok(());
+    }
+    let mut first: Option<(String, String)> = None;
+    for m in &members {
+        // The server's state, before its database is looked at.
+        let mut c =
+            mysql::Conn::new(m.with_database(None).to_mysql()).map_err(|e| classify(m, e))?;
+        let status: Vec<(String, String)> = c
+            .query(
+                "SHOW STATUS WHERE Variable_name IN
+                 ('wsrep_ready', 'wsrep_local_state', 'wsrep_cluster_state_uuid')",
+            )
+            .map_err(|e| classify(m, e))?;
+        let get = |name: &str| {
+            status
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let other = |detail: String| DbError::Other {
+            server: m.server(),
+            detail,
+        };
+        let Some(uuid) = get("wsrep_cluster_state_uuid").filter(|u| !u.is_empty()) else {
+            return Err(other(
+                "not a member of a Galera cluster (several hosts must name one Galera cluster's members)".into(),
+            ));
+        };
+        if get("wsrep_ready").as_deref() != Some("ON")
+            || get("wsrep_local_state").as_deref() != Some("4")
+        {
+            return Err(other(format!(
+                "this member is not synced with its Galera cluster (wsrep_local_state {})",
+                get("wsrep_local_state").unwrap_or_default()
+            )));
+        }
+        match &first {
+            None => first = Some((m.server(), uuid)),
+            Some((s, u)) if *u != uuid => {
+                return Err(other(format!(
+                    "this member and {s} belong to different Galera clusters"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// A pool holding at most `max_conns` connections; connects one at once, so a
 /// bad address fails here.
 fn new_pool(opts: &ConnOptions, max_conns: usize, init: &[String]) -> Result<Pool, DbError> {

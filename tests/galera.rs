@@ -547,4 +547,82 @@ fn a_dead_first_member_is_skipped_and_bad_lists_are_refused() {
         ConnOptions::parse("host=127.0.0.1:3321,127.0.0.1:3321").unwrap_err()
     );
     assert!(err.contains("names a server twice"), "{err}");
+
+    // A node whose members are not one Galera cluster's: refused, nothing made.
+    let c = galera_cluster(&mut dbs);
+    let plain = ConnOptions::parse(&common::server(1)).unwrap();
+    let bad = format!(
+        "host={live},{}:{};user={};password={};database={}",
+        plain.host.as_deref().unwrap(),
+        plain.port.unwrap(),
+        m.user.as_deref().unwrap(),
+        m.password.as_deref().unwrap(),
+        db_name
+    );
+    let err = c.fails(&["create-storage-node", &bad]);
+    assert!(err.contains("not a member of a Galera cluster"), "{err}");
+    assert!(!err.contains(m.password.as_deref().unwrap()), "{err}");
+    assert_eq!(c.cluster().nodes().unwrap().len(), 1);
+    let tables: Vec<String> = member_conn(0)
+        .exec(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ?",
+            (&db_name,),
+        )
+        .unwrap();
+    assert!(tables.is_empty(), "{tables:?}");
+}
+
+/// A move's fence set through one member stops a writer in flight on
+/// another: the triggers' share lock is local to a member, but applying the
+/// fence's row there aborts the transaction holding it (Galera's
+/// brute-force abort, error 1213, retried by tshs), and the retry meets
+/// the fence (1644).
+#[test]
+fn a_fence_set_on_one_member_stops_writers_on_another() {
+    all_members_synced();
+    let mut dbs = GaleraDbs(Vec::new());
+    let c = galera_cluster(&mut dbs);
+    let st_db = dbs.0[1].clone();
+    let conn = |i: usize| {
+        let mut c = member_conn(i);
+        c.query_drop(format!("USE {st_db}")).unwrap();
+        c.query_drop("SET SESSION wsrep_sync_wait = 1").unwrap();
+        c
+    };
+    conn(0)
+        .query_drop("INSERT INTO space_fence (space_id) VALUES (5)")
+        .unwrap();
+    let mut writer = conn(1);
+    writer.query_drop("START TRANSACTION").unwrap();
+    writer
+        .query_drop("INSERT INTO xattrs (space_id, ino, name, value) VALUES (5, 1, 'a', 'b')")
+        .unwrap();
+    conn(0)
+        .query_drop(
+            "UPDATE space_fence SET fenced_until = UTC_TIMESTAMP(3) + INTERVAL 1 MINUTE WHERE space_id = 5",
+        )
+        .unwrap();
+    let code = |r: Result<(), mysql::Error>| match r {
+        Err(mysql::Error::MySqlError(e)) => e.code,
+        other => panic!("expected an SQL error, got {other:?}"),
+    };
+    assert_eq!(
+        code(writer.query_drop("COMMIT")),
+        1213,
+        "the writer in flight aborted"
+    );
+    assert_eq!(
+        code(
+            writer.query_drop(
+                "INSERT INTO xattrs (space_id, ino, name, value) VALUES (5, 1, 'a', 'b')"
+            )
+        ),
+        1644,
+        "the retry meets the fence"
+    );
+    let n: Option<u64> = conn(2)
+        .query_first("SELECT COUNT(*) FROM xattrs WHERE space_id = 5")
+        .unwrap();
+    assert_eq!(n, Some(0));
+    drop(c);
 }

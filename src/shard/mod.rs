@@ -87,6 +87,7 @@ pub const SETTLE_SECS: i64 = 60;
 /// be empty, and let the user create tables. Creates the shard tables; on
 /// failure drops whatever it created, so nothing is left half-made.
 pub fn create_tables(opts: &ConnOptions) -> Result<Db> {
+    crate::db::check_members(opts)?;
     let db = Db::connect(opts, 2)?;
     let (user, missing) = missing_rights(&db)?;
     if !missing.is_empty() {
