@@ -69,9 +69,13 @@ fn synced(c: &mut mysql::Conn) -> bool {
     v.is_some_and(|(_, s)| s == "4")
 }
 
+/// The tests kill members: one at a time. Each holds the guard.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// All three members up and synced (starting any that is not, e.g. after an
-/// earlier run failed half-way).
-fn all_members_synced() {
+/// earlier run failed half-way); holds the tests' guard.
+fn all_members_synced() -> std::sync::MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let t = Instant::now();
     services("start", "galera");
     for i in 0..3 {
@@ -83,6 +87,7 @@ fn all_members_synced() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    guard
 }
 
 fn pid_of(member: usize) -> i32 {
@@ -122,6 +127,12 @@ impl Drop for GaleraDbs {
 /// An Admin Node and one Storage Node, both on the Galera cluster (all
 /// three members named), and volume `vol01`.
 fn galera_cluster(dbs: &mut GaleraDbs) -> TestCluster {
+    galera_admin(dbs, true)
+}
+
+/// An Admin Node on the Galera cluster, a Storage Node on it too or on
+/// MariaDB server 2, and volume `vol01`.
+fn galera_admin(dbs: &mut GaleraDbs, galera_node: bool) -> TestCluster {
     let t = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let admin_db = dbs.create("gadmin");
@@ -145,11 +156,19 @@ fn galera_cluster(dbs: &mut GaleraDbs) -> TestCluster {
         buckets: Default::default(),
     };
     c.ok(&["create-admin-node"]);
-    let st = dbs.create("gst");
-    c.ok(&[
-        "create-storage-node",
-        &format!("{};database={st}", galera_options()),
-    ]);
+    if galera_node {
+        let st = dbs.create("gst");
+        c.ok(&[
+            "create-storage-node",
+            &format!("{};database={st}", galera_options()),
+        ]);
+    } else {
+        let st = c.new_db(2, "st");
+        c.ok(&[
+            "create-storage-node",
+            &format!("{};database={st}", common::server(2)),
+        ]);
+    }
     c.ok(&["create-volume", "vol01"]);
     eprintln!("galera: cluster made in {:?}", t.elapsed());
     c
@@ -267,7 +286,7 @@ fn count(log: &str, what: &str) -> usize {
 /// once, nothing is duplicated, and the killed member rejoins by IST.
 #[test]
 fn the_member_in_use_killed_under_appenders() {
-    all_members_synced();
+    let _serial = all_members_synced();
     let mut dbs = GaleraDbs(Vec::new());
     let c = galera_cluster(&mut dbs);
     let st_db = dbs.0[1].clone();
@@ -429,7 +448,7 @@ fn the_member_in_use_killed_under_appenders() {
 /// members writing one row are retried like deadlocks.
 #[test]
 fn unknown_commit_outcomes_apply_once_and_conflicts_are_retried() {
-    all_members_synced();
+    let _serial = all_members_synced();
     let mut dbs = GaleraDbs(Vec::new());
     let db_name = dbs.create("gonce");
     let opts = ConnOptions::parse(&format!("{};database={db_name}", galera_options())).unwrap();
@@ -523,7 +542,7 @@ fn unknown_commit_outcomes_apply_once_and_conflicts_are_retried() {
 /// lists are refused with the reason.
 #[test]
 fn a_dead_first_member_is_skipped_and_bad_lists_are_refused() {
-    all_members_synced();
+    let _serial = all_members_synced();
     let mut dbs = GaleraDbs(Vec::new());
     let db_name = dbs.create("gdead");
     let m = members();
@@ -579,7 +598,7 @@ fn a_dead_first_member_is_skipped_and_bad_lists_are_refused() {
 /// the fence (1644).
 #[test]
 fn a_fence_set_on_one_member_stops_writers_on_another() {
-    all_members_synced();
+    let _serial = all_members_synced();
     let mut dbs = GaleraDbs(Vec::new());
     let c = galera_cluster(&mut dbs);
     let st_db = dbs.0[1].clone();
@@ -625,4 +644,98 @@ fn a_fence_set_on_one_member_stops_writers_on_another() {
         .unwrap();
     assert_eq!(n, Some(0));
     drop(c);
+}
+
+/// The Admin Node unreachable (every member of its Galera cluster killed)
+/// for longer than a process trusts its cached placement unconfirmed, under
+/// 2 appenders with fsync on 2 mounts and a creator, the Storage Node (on
+/// server 2) up: the I/O goes on, confirmed by the node's fence rows,
+/// without an error; nothing is lost or duplicated once it is back.
+#[test]
+fn io_goes_on_while_the_admin_node_is_unreachable() {
+    let _serial = all_members_synced();
+    let mut dbs = GaleraDbs(Vec::new());
+    let c = galera_admin(&mut dbs, false);
+    let mounts = [c.mount(), c.mount()];
+    mounts[0].space(9);
+    std::fs::create_dir(mounts[0].path().join("vol01/9/made")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let logs: Vec<Arc<Mutex<Log>>> = (0..3).map(|_| Arc::default()).collect();
+    let mut threads = Vec::new();
+    for w in 0..2 {
+        let path = mounts[w].path().join(format!("vol01/9/log{w}"));
+        let (stop, log) = (stop.clone(), logs[w].clone());
+        threads.push(std::thread::spawn(move || appender(path, w, stop, log)));
+    }
+    {
+        let dir = mounts[1].path().join("vol01/9/made");
+        let (stop, log) = (stop.clone(), logs[2].clone());
+        threads.push(std::thread::spawn(move || creator(dir, stop, log)));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let down_at = Instant::now();
+    for i in 0..3 {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid_of(i)),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    // Past STALE_AFTER (20 s): placement is then confirmed by the node.
+    std::thread::sleep(Duration::from_secs(30));
+    let acked_while_down: Vec<usize> = logs
+        .iter()
+        .map(|l| {
+            l.lock()
+                .unwrap()
+                .times
+                .iter()
+                .filter(|t| **t > down_at + Duration::from_secs(22))
+                .count()
+        })
+        .collect();
+    let t = Instant::now();
+    services("start", "galera");
+    let back = t.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let errors: Vec<String> = logs
+        .iter()
+        .flat_map(|l| l.lock().unwrap().errors.clone())
+        .collect();
+    eprintln!(
+        "admin node down 30 s: acknowledged in its last 8 s {acked_while_down:?} (appenders, creator); \
+         {} errors, first {:?}; cluster back in {back:?}",
+        errors.len(),
+        errors.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(
+        errors.is_empty(),
+        "no error while the Admin Node is down: {errors:?}"
+    );
+    assert!(
+        acked_while_down.iter().all(|n| *n > 0),
+        "writes and creates went on after 22 s without the Admin Node: {acked_while_down:?}"
+    );
+    drop(mounts);
+    let m = c.mount();
+    for (w, log) in logs.iter().enumerate().take(2) {
+        let data = std::fs::read(m.path().join(format!("vol01/9/log{w}"))).unwrap();
+        let got: Vec<u64> = data
+            .chunks(RECORD)
+            .map(|r| std::str::from_utf8(&r[4..16]).unwrap().parse().unwrap())
+            .collect();
+        let l = log.lock().unwrap();
+        assert_eq!(
+            got, l.acked,
+            "writer {w}: every acknowledged record once, in order"
+        );
+    }
+    let names = std::fs::read_dir(m.path().join("vol01/9/made"))
+        .unwrap()
+        .count();
+    assert_eq!(names, logs[2].lock().unwrap().acked.len());
 }

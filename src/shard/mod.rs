@@ -231,6 +231,21 @@ impl Shard {
         migrate(&self.db, MIGRATIONS)
     }
 
+    /// True if space `space` lives on this node and is open for writes:
+    /// its fence row is here and neither set by a move in progress nor
+    /// sealed by one that took it away. What a process whose placement may
+    /// be stale (the Admin Node unreachable) asks before using it.
+    pub fn holds_space(&self, space: u32) -> Result<bool, DbError> {
+        let open: Option<bool> = self.db.read(|c| {
+            c.exec_first(
+                "SELECT fenced_until IS NULL OR fenced_until <= UTC_TIMESTAMP(3)
+                 FROM space_fence WHERE space_id = ?",
+                (space,),
+            )
+        })?;
+        Ok(open == Some(true))
+    }
+
     pub fn db(&self) -> &Db {
         &self.db
     }
