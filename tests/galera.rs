@@ -739,3 +739,69 @@ fn io_goes_on_while_the_admin_node_is_unreachable() {
         .count();
     assert_eq!(names, logs[2].lock().unwrap().acked.len());
 }
+
+/// A node on MariaDB server 2 split onto a Galera-backed node and its
+/// spaces copied (copy-shards: fences, triggers, copier sessions on a
+/// member) while a mount appends with fsync: every file and acknowledged
+/// record is there afterwards, some spaces now on the Galera node.
+#[test]
+fn split_and_copy_shards_onto_a_galera_node() {
+    let _serial = all_members_synced();
+    let mut dbs = GaleraDbs(Vec::new());
+    let c = TestCluster::empty();
+    let st = c.new_db(2, "st");
+    c.ok(&[
+        "create-storage-node",
+        &format!("{};database={st}", common::server(2)),
+    ]);
+    c.ok(&["create-volume", "vol01"]);
+    let m = c.mount();
+    let spaces: Vec<u32> = (1..=12).map(|i| i * 357_913_941).collect();
+    for &s in &spaces {
+        std::fs::write(m.space(s).join("f"), format!("space {s}\n").repeat(1000)).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let log: Arc<Mutex<Log>> = Arc::default();
+    let writer = {
+        let path = m.path().join(format!("vol01/{}/log", spaces[11]));
+        let (stop, log) = (stop.clone(), log.clone());
+        std::thread::spawn(move || appender(path, 0, stop, log))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let gdb = dbs.create("gsplit");
+    let out = c.ok(&[
+        "split-storage-node",
+        "1",
+        &format!("{};database={gdb}", galera_options()),
+    ]);
+    assert!(out.contains("MIRROR_SHARD"), "{out}");
+    c.ok(&["copy-shards"]);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let list = c.ok(&["list-storage-nodes"]);
+    assert_eq!(list.matches("ACTIVE_SHARD").count(), 2, "{list}");
+    let on_galera: Option<u64> = member_conn(2)
+        .query_first(format!("SELECT COUNT(*) FROM {gdb}.spaces"))
+        .unwrap();
+    assert!(
+        on_galera.unwrap() > 0,
+        "some spaces moved to the Galera node"
+    );
+    drop(m);
+    let m = c.mount();
+    for &s in &spaces {
+        assert_eq!(
+            std::fs::read_to_string(m.path().join(format!("vol01/{s}/f"))).unwrap(),
+            format!("space {s}\n").repeat(1000)
+        );
+    }
+    let data = std::fs::read(m.path().join(format!("vol01/{}/log", spaces[11]))).unwrap();
+    let got: Vec<u64> = data
+        .chunks(RECORD)
+        .map(|r| std::str::from_utf8(&r[4..16]).unwrap().parse().unwrap())
+        .collect();
+    let l = log.lock().unwrap();
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    assert_eq!(got, l.acked, "every acknowledged record once, in order");
+}
