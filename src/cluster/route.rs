@@ -210,6 +210,49 @@ impl Route {
         r
     }
 
+    /// The node the space is on now, as this process knows it (looked up
+    /// if it does not): group commit gathers operations by it.
+    pub fn node_now(&self) -> Result<u32, DbError> {
+        self.router.node_of(self.space)
+    }
+
+    /// Runs one transaction on node `node` for the operations of several
+    /// spaces this process placed there (a group commit). Refused by a
+    /// move's fence like any write (see [`is_fenced`]): it is not retried
+    /// here, the caller runs its operations again one by one through their
+    /// own routes, which wait for the cut-over.
+    pub fn tx_on_node<T, E>(
+        &self,
+        node: u32,
+        f: impl FnMut(&mut Transaction<'_>) -> Result<T, Body<E>>,
+    ) -> Result<T, Failed<E>> {
+        let _running = self.router.enter();
+        let shard = self
+            .router
+            .shard(node)
+            .map_err(|e| Failed::Tx(TxError::Db(e)))?;
+        let t = Instant::now();
+        let r = shard.db().tx_body(f);
+        crate::metrics::global().db(node, t, !matches!(r, Err(Failed::Tx(_))));
+        r
+    }
+
+    /// Runs `f` on a connection to node `node`, for a request that opens
+    /// and commits its own transaction in one round trip (a group commit's
+    /// fast path). `None` if no connection could be had (nothing was sent).
+    pub fn one_trip_on_node<T>(
+        &self,
+        node: u32,
+        f: impl FnOnce(&mut PooledConn) -> T,
+    ) -> Option<T> {
+        let _running = self.router.enter();
+        let mut conn = self.router.shard(node).ok()?.db().conn().ok()?;
+        let t = Instant::now();
+        let r = f(&mut conn);
+        crate::metrics::global().db(node, t, true);
+        Some(r)
+    }
+
     /// Runs a transaction on the space's node; a transaction refused because
     /// the space is being moved runs again on its new node once the move's
     /// cut-over is done.

@@ -112,6 +112,24 @@ impl DataCache {
         self.evict(&mut g);
     }
 
+    /// Adds `data` at the end of a cached extent that holds exactly `at`
+    /// bytes (an append of this mount): in place unless a reader holds the
+    /// extent. Returns false, changing nothing, if the extent is not cached
+    /// or is not `at` bytes long.
+    pub fn extend(&self, (space, ino, generation, off): Key, at: usize, data: &[u8]) -> bool {
+        let mut g = self.inner.lock().unwrap();
+        let Some(v) = g.lru.get_mut(&(space, ino, generation, off)) else {
+            return false;
+        };
+        if v.len() != at {
+            return false;
+        }
+        Arc::make_mut(v).extend_from_slice(data);
+        g.bytes += data.len();
+        self.evict(&mut g);
+        true
+    }
+
     /// Drops the least recently used extents until the cache, with the
     /// bytes being fetched, fits its capacity (the newest entry stays).
     fn evict(&self, g: &mut Inner) {
@@ -194,6 +212,19 @@ mod tests {
         drop(room);
         c.put(1, 1, 1, 4, Arc::new(vec![0; 300]));
         assert!(c.get(1, 1, 1, 3).is_some() && c.get(1, 1, 1, 4).is_some());
+    }
+
+    #[test]
+    fn extend_adds_only_at_the_exact_end() {
+        let c = DataCache::new(1000);
+        c.put(1, 1, 1, 0, Arc::new(vec![1, 2]));
+        let reader = c.get(1, 1, 1, 0).unwrap();
+        assert!(!c.extend((1, 1, 1, 0), 3, &[9]), "a gap: not extended");
+        assert!(!c.extend((1, 1, 1, 5), 0, &[9]), "not cached");
+        assert!(c.extend((1, 1, 1, 0), 2, &[3, 4]));
+        assert_eq!(*c.get(1, 1, 1, 0).unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(*reader, vec![1, 2], "a reader's copy does not change");
+        assert_eq!(c.stats().0, 4);
     }
 
     #[test]

@@ -113,6 +113,7 @@ impl Fs {
         self.commit_creates(space);
         // The attributes (close-to-open: has the file changed?), and for a
         // small file read-only its data too, in one round trip.
+        let epoch = self.attr_epoch.load(Ordering::Acquire);
         let asked = data::ticket();
         let (a, head) = meta::getattr_with_head(&shard, space, i, !writing)?;
         if a.is_dir() {
@@ -140,6 +141,8 @@ impl Fs {
                         generation,
                         None,
                         self.pending.clone(),
+                        self.merger.clone(),
+                        self.attr_epoch.clone(),
                     ))
                 })
                 .clone();
@@ -149,6 +152,7 @@ impl Fs {
         // With this mount's deferred chmod (see `OpenInode::owner_mode`).
         let now = self.with_changes(a);
         node.set_owner_mode(now.gid, now.mode);
+        node.keep_attr(a, epoch, asked);
         // Also when this open made the node: another may have found it since.
         let refreshed = node.refresh(&self.cache, (a.mtime, a.ctime, a.size), asked, || {
             let a = meta::getattr(&shard, space, i)?;
@@ -257,6 +261,8 @@ impl Fs {
             generation,
             Some(pending),
             self.pending.clone(),
+            self.merger.clone(),
+            self.attr_epoch.clone(),
         ));
         *node.opens.lock().unwrap() += 1;
         self.open.lock().unwrap().insert((space, ino), node.clone());
@@ -327,6 +333,10 @@ impl Fs {
     /// for cached writes keeps set-group-ID that Linux clears.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], caller: Caller) -> FsResult<Written> {
         let (node, append) = self.handles.get(fh)?;
+        // Only a write that clears set-id bits changes attributes here (a
+        // flush of buffered data moves the epoch itself).
+        let _changing =
+            (node.owner_mode().1 & (libc::S_ISUID | libc::S_ISGID) != 0).then(|| self.changing());
         let mode_changed = self.clear_setid(&node, caller)?;
         let tid = caller.pid;
         self.changes.written(node.space, node.ino);
@@ -336,7 +346,7 @@ impl Fs {
             return Err(Error::EROFS);
         }
         if append {
-            node.append(&self.cache, data, tid)?;
+            node.append(&self.cache, &self.appends, data, tid)?;
         } else if node.write(&self.cache, offset, data)? {
             // The workers live as long as the Fs: sending cannot fail.
             let _ = self.flusher.send(node);
@@ -384,6 +394,7 @@ impl Fs {
         mode: i32,
         caller: Caller,
     ) -> FsResult<Written> {
+        let _changing = self.changing();
         const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
         const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;

@@ -135,12 +135,28 @@ pub struct Fs {
     flusher: crossbeam_channel::Sender<Arc<OpenInode>>,
     /// Hands read-ahead work to the prefetch workers.
     prefetcher: data::Prefetchers,
+    /// Group commit of appends, per Storage Node.
+    appends: data::AppendQueues,
+    /// Joins the pieces appends leave.
+    merger: data::Merger,
+    /// Moves on before and after every change of attributes through this
+    /// mount (see [`Fs::changing`]).
+    attr_epoch: Arc<AtomicU64>,
     /// Attribute changes not yet committed (see [`Fs::setattr`]).
     changes: Changes,
     /// How many open files have an uncommitted create (see [`data::PendingCreate`]).
     pending: Arc<AtomicUsize>,
     /// Inode numbers reserved for deferred creates, per space: [next, end).
     reserved_ids: Mutex<HashMap<u32, (u64, u64)>>,
+}
+
+/// See [`Fs::changing`].
+struct Changing<'a>(&'a AtomicU64);
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// How long a statfs answer is reused.
@@ -208,6 +224,9 @@ impl Fs {
                     |p: data::Prefetch, c| p.node.prefetch(c, &p),
                 ),
             },
+            appends: data::AppendQueues::default(),
+            merger: data::Merger::start(),
+            attr_epoch: Arc::default(),
             pending: Arc::default(),
             changes: Changes::default(),
             reserved_ids: Mutex::default(),
@@ -225,6 +244,15 @@ impl Fs {
 
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
+    }
+
+    /// Held by an operation that may change attributes (of any inode: a
+    /// link changes another's link count): the attributes open files keep
+    /// (see [`OpenInode::cached_attr`]) are not used while it runs, nor
+    /// after, unless read again.
+    fn changing(&self) -> Changing<'_> {
+        self.attr_epoch.fetch_add(1, Ordering::AcqRel);
+        Changing(&self.attr_epoch)
     }
 
     /// This mount's access point: the holder of its open unlinked files,

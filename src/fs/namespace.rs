@@ -4,6 +4,8 @@
 //! committed first where the database must see them, and shown where it
 //! answers.
 
+use std::sync::atomic::Ordering;
+
 use super::error::failed;
 use super::meta::{NewInode, SetAttr};
 use super::{Attr, Caller, Error, Fs, FsResult, Node, acl, meta, now_ns};
@@ -33,7 +35,21 @@ impl Fs {
                     return super::attr::of_disk_dir(ino, &dir)
                         .map_err(|e| failed(format!("space {space}: {e:#}")));
                 }
-                let mut a = meta::getattr(&self.shard_after_import(space)?, space, i)?;
+                let epoch = self.attr_epoch.load(Ordering::Acquire);
+                let kept = open
+                    .as_ref()
+                    .and_then(|o| o.cached_attr(epoch, self.cfg.xattr_ttl));
+                let mut a = match kept {
+                    Some(a) => a,
+                    None => {
+                        let asked = super::data::ticket();
+                        let a = meta::getattr(&self.shard_after_import(space)?, space, i)?;
+                        if let Some(o) = &open {
+                            o.keep_attr(a, epoch, asked);
+                        }
+                        a
+                    }
+                };
                 if let Some(c) = change {
                     c.apply(&mut a);
                 }
@@ -75,6 +91,7 @@ impl Fs {
     /// set-group-ID of a group that may not execute, Linux's own clears it
     /// for callers outside the group; with atomic `O_TRUNC` it sends nothing).
     pub fn setattr(&self, ino: u64, s: &SetAttr, caller: Caller) -> FsResult<Attr> {
+        let _changing = self.changing();
         let Node::Space(space, i) = Node::from_ino(ino) else {
             return Err(Error::EPERM);
         };
@@ -134,6 +151,7 @@ impl Fs {
         target: Option<&[u8]>,
         caller: Caller,
     ) -> FsResult<Attr> {
+        let _changing = self.changing();
         match Node::from_ino(parent) {
             Node::Root => {
                 log::warn!(
@@ -191,6 +209,7 @@ impl Fs {
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8], rmdir: bool) -> FsResult<()> {
+        let _changing = self.changing();
         match Node::from_ino(parent) {
             Node::Root => Err(Error::EPERM),
             Node::Volume(vol) => {
@@ -223,6 +242,7 @@ impl Fs {
         newname: &[u8],
         flags: u32,
     ) -> FsResult<()> {
+        let _changing = self.changing();
         match (Node::from_ino(parent), Node::from_ino(newparent)) {
             (Node::Space(s1, p1), Node::Space(s2, p2)) => {
                 if s1 != s2 {
@@ -252,6 +272,7 @@ impl Fs {
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+        let _changing = self.changing();
         match (Node::from_ino(ino), Node::from_ino(newparent)) {
             (Node::Space(s1, i), Node::Space(s2, p)) => {
                 if s1 != s2 {

@@ -26,6 +26,7 @@ impl Fs {
         flags: i32,
         caller: Caller,
     ) -> FsResult<()> {
+        let _changing = self.changing();
         let (s, i) = space_node(ino).ok_or(Error::EPERM)?;
         if own_xattrs::is_own(name) {
             return Err(Error::EPERM);
@@ -189,6 +190,7 @@ impl Fs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        let _changing = self.changing();
         let (s, i) = space_node(ino).ok_or(Error::EPERM)?;
         if own_xattrs::is_own(name) {
             return Err(Error::EPERM);

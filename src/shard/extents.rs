@@ -1,10 +1,19 @@
-//! A file's data on its Storage Node: extents of at most [`EXTENT_SIZE`]
-//! bytes keyed by `(space, inode, offset)` (holes are missing extents), or,
-//! for a file elsewhere, the object that holds it or its file on an imported
-//! disk tree. Each change is one transaction; a change of a file held
-//! elsewhere first brings its data back into extents ([`recall`]).
+//! A file's data on its Storage Node: rows keyed by `(space, inode,
+//! offset)` (holes are missing rows), or, for a file elsewhere, the object
+//! that holds it or its file on an imported disk tree. Each change is one
+//! transaction; a change of a file held elsewhere first brings its data back
+//! into rows ([`recall`]).
+//!
+//! The file is cut into slots of [`EXTENT_SIZE`] bytes. A row never crosses
+//! a slot's end, and a slot holds either one extent from its start or, after
+//! appends, several pieces: an append inserts a row holding just its bytes
+//! (an update of the slot's row would rewrite all of it, and the database
+//! writes every byte of a rewritten blob to its redo log again). Reads lay a
+//! slot's rows out in key order ([`assemble`]); [`merge`] later joins a slot's
+//! contiguous pieces into one row, off the writers' path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
 
 use mysql::Transaction;
 use mysql::prelude::Queryable;
@@ -63,12 +72,35 @@ pub fn span(s: &impl Access, space: u32, ino: u64, first: u64, last: u64) -> Sha
             size: *size,
         });
     }
-    let mut out: Vec<(u64, Vec<u8>)> = rows
+    let mut pieces: Vec<(u64, Vec<u8>)> = rows
         .into_iter()
         .filter_map(|(o, d, ..)| o.map(|o| (o, d)))
         .collect();
-    out.sort_unstable_by_key(|(o, _)| *o);
-    Ok(Span::Extents(out))
+    pieces.sort_unstable_by_key(|(o, _)| *o);
+    Ok(Span::Extents(assemble(pieces)))
+}
+
+/// The extents of a run of rows sorted by offset: the rows of each slot
+/// laid out from the slot's start, gaps between them zero-filled.
+pub fn assemble(rows: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Vec<(u64, Vec<u8>)> {
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    for (off, data) in rows {
+        let slot = off - off % E;
+        let at = (off - slot) as usize;
+        match out.last_mut() {
+            Some((s, buf)) if *s == slot => {
+                buf.resize(at, 0); // rows never overlap: never shrinks
+                buf.extend_from_slice(&data);
+            }
+            _ if at == 0 => out.push((slot, data)),
+            _ => {
+                let mut buf = vec![0u8; at];
+                buf.extend_from_slice(&data);
+                out.push((slot, buf));
+            }
+        }
+    }
+    out
 }
 
 /// The S3 host and key of the object holding a live file's data, if it is
@@ -101,7 +133,9 @@ pub struct NewName<'a> {
 }
 
 /// Writes a pending create, buffered extents and the new size in one
-/// transaction (a flush of a mount's buffers).
+/// transaction (a flush of a mount's buffers). A buffer that only added to
+/// the end of its slot is written as a piece; returns the slots that now
+/// hold several rows (see [`merge`]).
 pub fn commit(
     s: &impl Access,
     stores: &dyn Stores,
@@ -110,7 +144,7 @@ pub fn commit(
     size: u64,
     now: i64,
     pending: Option<NewName<'_>>,
-) -> ShardResult<()> {
+) -> ShardResult<Vec<u64>> {
     s.run("flush", |tx| {
         let mut fresh = false;
         if let Some(p) = &pending {
@@ -134,7 +168,7 @@ pub fn commit(
             }
         }
         let (Some(lo), Some(hi)) = (bufs.first().map(|b| b.off), bufs.last().map(|b| b.off)) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         if !fresh {
             // Moved to the object store since the mount loaded its buffers:
@@ -142,42 +176,65 @@ pub fn commit(
             // file unchanged).
             recall(tx, stores, space, ino, true)?;
         }
-        let old: BTreeMap<u64, u64> = if fresh {
-            BTreeMap::new() // a new file has no extents yet
-        } else {
-            tx.exec::<(u64, u64), _, _>(
-                "SELECT off, len FROM extents WHERE space_id = ? AND ino = ? AND off BETWEEN ? AND ? FOR UPDATE",
-                (space, ino, lo, hi),
-            )?
-            .into_iter()
-            .collect()
-        };
+        // Per slot: where its rows end, the bytes they hold, how many.
+        let mut old: BTreeMap<u64, (u64, u64, usize)> = BTreeMap::new();
+        if !fresh {
+            let rows: Vec<(u64, u64)> = tx.exec(
+                "SELECT off, len FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ? FOR UPDATE",
+                (space, ino, lo, hi + E),
+            )?;
+            for (off, len) in rows {
+                let slot = old.entry(off - off % E).or_default();
+                slot.0 = slot.0.max(off % E + len);
+                slot.1 += len;
+                slot.2 += 1;
+            }
+        }
         let mut delta: i64 = 0;
+        let mut rows: Vec<(u64, &[u8])> = Vec::new();
+        let mut pieced = Vec::new();
         for b in bufs {
-            let old_len = old.get(&b.off).copied();
-            let appending =
-                b.base_len > 0 && b.dirty_from >= b.base_len && old_len == Some(b.base_len as u64);
-            if appending {
+            let (end, bytes, count) = old.get(&b.off).copied().unwrap_or_default();
+            if b.dirty_from >= b.base_len && end == b.base_len as u64 {
+                // Only added to the end of what the slot holds: a piece.
+                if b.data.len() > b.base_len {
+                    rows.push((b.off + b.base_len as u64, &b.data[b.base_len..]));
+                    delta += (b.data.len() - b.base_len) as i64;
+                    if count > 0 {
+                        pieced.push(b.off);
+                    }
+                }
+                continue;
+            }
+            if count > 0 {
                 tx.exec_drop(
-                    "UPDATE extents SET data = CONCAT(data, ?), len = ? WHERE space_id = ? AND ino = ? AND off = ?",
-                    (&b.data[b.base_len..], b.data.len(), space, ino, b.off),
-                )?;
-            } else {
-                tx.exec_drop(
-                    "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)
-                     ON DUPLICATE KEY UPDATE len = VALUES(len), data = VALUES(data)",
-                    (space, ino, b.off, b.data.len(), b.data),
+                    "DELETE FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ?",
+                    (space, ino, b.off, b.off + E),
                 )?;
             }
-            delta += b.data.len() as i64 - old_len.unwrap_or(0) as i64;
+            rows.push((b.off, b.data));
+            delta += b.data.len() as i64 - bytes as i64;
+        }
+        for (off, data) in &rows {
+            tx.exec_drop(
+                "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)",
+                (space, ino, off, data.len(), data),
+            )?;
         }
         tx.exec_drop(
             "UPDATE inodes SET size = GREATEST(size, ?), stored = CAST(stored AS SIGNED) + ?, mtime = ?, ctime = ?
              WHERE space_id = ? AND ino = ?",
             (size, delta, now, now, space, ino),
         )?;
-        Ok(())
+        Ok(pieced.clone())
     })
+}
+
+/// One `O_APPEND` write of a group commit (see [`append_batch`]).
+pub struct AppendReq<'a> {
+    pub space: u32,
+    pub ino: u64,
+    pub data: &'a [u8],
 }
 
 /// Appends `data` at the database's end of file in one transaction
@@ -191,18 +248,234 @@ pub fn append(
     now: i64,
     max_size: u64,
 ) -> ShardResult<u64> {
-    s.run("append", |tx| {
-        let (eof, _) = recall(tx, stores, space, ino, true)?.ok_or(ShardError::NotFound)?;
-        let end = eof + data.len() as u64;
-        if end > max_size {
-            return Err(ShardError::TooBig.into());
+    let req = [AppendReq { space, ino, data }];
+    let mut r = s.run("append", |tx| append_batch(tx, stores, &req, now, max_size))?;
+    r.pop().expect("one result per append")
+}
+
+/// Appends each of `reqs` at its file's end in the caller's transaction, in
+/// order: appends to one file land end to end, each one contiguous. Every
+/// append gets its own result (the offset it landed at, or why it was
+/// refused: no such file, or past `max_size`); a refused one writes nothing,
+/// the others go on. Each append inserts only its own bytes, as pieces that
+/// do not cross a slot's end. Files are locked in `(space, inode)` order, one
+/// statement per space, and all rows and sizes are written in one more round
+/// trip. A failure of the database or of a recall from the object store
+/// fails the whole transaction.
+pub fn append_batch(
+    tx: &mut Transaction<'_>,
+    stores: &dyn Stores,
+    reqs: &[AppendReq<'_>],
+    now: i64,
+    max_size: u64,
+) -> Result<Vec<ShardResult<u64>>, Body<ShardError>> {
+    // Per file: its end of file as this transaction goes, and bytes added.
+    let mut files: BTreeMap<(u32, u64), Option<(u64, u64)>> =
+        reqs.iter().map(|r| ((r.space, r.ino), None)).collect();
+    let spaces: BTreeSet<u32> = files.keys().map(|k| k.0).collect();
+    for space in spaces {
+        let inos: Vec<String> = files
+            .range((space, 0)..=(space, u64::MAX))
+            .map(|(k, _)| k.1.to_string())
+            .collect();
+        let rows: Vec<(u64, u64, bool)> = tx.query(format!(
+            "SELECT ino, size, s3_key IS NOT NULL OR import_path IS NOT NULL FROM inodes
+             WHERE space_id = {space} AND ino IN ({}) ORDER BY ino FOR UPDATE",
+            inos.join(",")
+        ))?;
+        for (ino, mut size, elsewhere) in rows {
+            if elsewhere {
+                size = recall(tx, stores, space, ino, true)?.map_or(size, |r| r.0);
+            }
+            files.insert((space, ino), Some((size, 0)));
         }
-        let stored = write_at(tx, space, ino, eof, data)?;
-        tx.exec_drop(
-            "UPDATE inodes SET size = ?, stored = stored + ?, mtime = ?, ctime = ? WHERE space_id = ? AND ino = ?",
-            (end, stored, now, now, space, ino),
+    }
+    let mut results = Vec::with_capacity(reqs.len());
+    let mut sql = String::new();
+    for r in reqs {
+        let Some(Some((eof, added))) = files.get_mut(&(r.space, r.ino)) else {
+            results.push(Err(ShardError::NotFound));
+            continue;
+        };
+        let end = *eof + r.data.len() as u64;
+        if end > max_size {
+            results.push(Err(ShardError::TooBig));
+            continue;
+        }
+        let mut at = *eof;
+        for piece in slot_pieces(*eof, r.data) {
+            row_values(&mut sql, r.space, r.ino, at, piece);
+            at += piece.len() as u64;
+        }
+        results.push(Ok(*eof));
+        *eof = end;
+        *added += r.data.len() as u64;
+    }
+    if sql.is_empty() {
+        return Ok(results);
+    }
+    let mut sql = format!("INSERT INTO extents (space_id, ino, off, len, data) VALUES {sql}");
+    for ((space, ino), f) in &files {
+        if let Some((size, added)) = f.filter(|f| f.1 > 0) {
+            sql.push_str(&format!(
+                "; UPDATE inodes SET size = {size}, stored = stored + {added}, mtime = {now}, ctime = {now}
+                 WHERE space_id = {space} AND ino = {ino}"
+            ));
+        }
+    }
+    tx.query_drop(sql)?;
+    Ok(results)
+}
+
+/// What became of a group commit sent as one request.
+pub enum OneTrip {
+    /// Committed. Per append, where it landed, or `None` for one the
+    /// procedure left alone (file gone, held elsewhere, or too big): the
+    /// caller runs those on their own, where they are brought back or
+    /// refused.
+    Landed(Vec<Option<u64>>),
+    /// The server refused a statement before the commit (a move's fence, a
+    /// deadlock, no procedure yet on an old node): nothing was applied, the
+    /// caller runs the batch the slower way.
+    Refused,
+    /// The connection failed: the commit may or may not have happened.
+    /// Running the appends again could apply them twice.
+    Unknown(String),
+}
+
+/// Runs a group commit's appends as one request, one round trip: a
+/// multi-statement text that opens a transaction, calls `tshs_append` (see
+/// the schema) once per file with that file's appends end to end, files in
+/// `(space, inode)` order, and commits.
+pub fn append_in_one_trip(
+    conn: &mut mysql::PooledConn,
+    reqs: &[AppendReq<'_>],
+    now: i64,
+    max_size: u64,
+) -> OneTrip {
+    let mut files: BTreeMap<(u32, u64), Vec<usize>> = BTreeMap::new();
+    for (n, r) in reqs.iter().enumerate() {
+        files.entry((r.space, r.ino)).or_default().push(n);
+    }
+    let mut sql = String::from("START TRANSACTION");
+    for ((space, ino), which) in &files {
+        let _ = write!(sql, "; CALL tshs_append({space}, {ino}, X'");
+        for &n in which {
+            push_hex(&mut sql, reqs[n].data);
+        }
+        let _ = write!(sql, "', {now}, {max_size})");
+    }
+    sql.push_str("; COMMIT");
+    let landed = (|| -> Result<Vec<Option<u64>>, mysql::Error> {
+        let mut result = conn.query_iter(sql)?;
+        let mut landed = Vec::with_capacity(files.len());
+        while let Some(set) = result.iter() {
+            if set.columns().as_ref().len() == 1 {
+                for row in set {
+                    landed.push(mysql::from_row::<Option<u64>>(row?));
+                }
+            } else {
+                for row in set {
+                    row?;
+                }
+            }
+        }
+        Ok(landed)
+    })();
+    let landed = match landed {
+        Ok(l) if l.len() == files.len() => l,
+        Err(mysql::Error::MySqlError(e)) => {
+            // The server stopped at a statement before COMMIT (or refused
+            // the COMMIT, rolling back): what the request left open goes.
+            log::debug!("group commit refused: {e}");
+            let _ = conn.query_drop("ROLLBACK");
+            return OneTrip::Refused;
+        }
+        Ok(l) => {
+            let _ = conn.query_drop("ROLLBACK");
+            return OneTrip::Unknown(format!("{} answers for {} files", l.len(), files.len()));
+        }
+        Err(e) => return OneTrip::Unknown(e.to_string()),
+    };
+    let mut out = vec![None; reqs.len()];
+    for (which, at) in files.values().zip(landed) {
+        let Some(mut at) = at else { continue };
+        for &n in which {
+            out[n] = Some(at);
+            at += reqs[n].data.len() as u64;
+        }
+    }
+    OneTrip::Landed(out)
+}
+
+/// `data` written at `at`, cut where slots end.
+pub fn slot_pieces(at: u64, data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let first = ((E - at % E) as usize).min(data.len());
+    let (head, rest) = data.split_at(first);
+    std::iter::once(head)
+        .filter(|h| !h.is_empty())
+        .chain(rest.chunks(E as usize))
+}
+
+/// Appends `(space, ino, off, len, data)` to a multi-row `VALUES` list, the
+/// data as a hex literal (a text statement: its size changes with every
+/// batch, and a prepared one would be prepared anew each time).
+fn row_values(sql: &mut String, space: u32, ino: u64, off: u64, data: &[u8]) {
+    if !sql.is_empty() {
+        sql.push(',');
+    }
+    let _ = write!(sql, "({space},{ino},{off},{},X'", data.len());
+    push_hex(sql, data);
+    sql.push_str("')");
+}
+
+/// `data` in hex digits, for a hex literal.
+fn push_hex(sql: &mut String, data: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    sql.reserve(data.len() * 2);
+    for b in data {
+        sql.push(HEX[usize::from(b >> 4)] as char);
+        sql.push(HEX[usize::from(b & 15)] as char);
+    }
+}
+
+/// Joins each run of contiguous rows of slot `slot` of a file into one row,
+/// so reads get the slot in one piece; the bytes do not change. Returns
+/// whether anything was joined.
+pub fn merge(s: &impl Access, space: u32, ino: u64, slot: u64) -> ShardResult<bool> {
+    s.run("merge", |tx| {
+        // Lengths first: most slots asked about hold one run already.
+        let rows: Vec<(u64, u64)> = tx.exec(
+            "SELECT off, len FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ? ORDER BY off FOR UPDATE",
+            (space, ino, slot, slot + E),
         )?;
-        Ok(eof)
+        let mut runs: Vec<(u64, u64, usize)> = Vec::new(); // (from, to, rows)
+        for (off, len) in rows {
+            match runs.last_mut() {
+                Some((_, to, n)) if *to == off => {
+                    *to += len;
+                    *n += 1;
+                }
+                _ => runs.push((off, off + len, 1)),
+            }
+        }
+        let mut merged = false;
+        for &(from, to, _) in runs.iter().filter(|r| r.2 > 1) {
+            let data: Vec<Vec<u8>> = tx.exec(
+                "SELECT data FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ? ORDER BY off",
+                (space, ino, from, to),
+            )?;
+            tx.exec_drop(
+                "DELETE FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ?",
+                (space, ino, from, to),
+            )?;
+            tx.exec_drop(
+                "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)",
+                (space, ino, from, to - from, data.concat()),
+            )?;
+            merged = true;
+        }
+        Ok(merged)
     })
 }
 
@@ -338,52 +611,9 @@ pub fn copy_in<Er: From<mysql::Error>>(
     Ok(stored)
 }
 
-/// Writes `data` at `pos` where `pos` is at or past every extent's end (an
-/// append): extends the last extent with `CONCAT`, starts new ones as needed.
-/// Returns the bytes added to `stored` (data plus zero fill of gaps).
-fn write_at(
-    tx: &mut Transaction<'_>,
-    space: u32,
-    ino: u64,
-    pos: u64,
-    data: &[u8],
-) -> Result<u64, mysql::Error> {
-    let mut added = 0u64;
-    let mut p = pos;
-    let mut rest = data;
-    while !rest.is_empty() {
-        let ext = p - p % E;
-        let n = rest.len().min((ext + E - p) as usize);
-        let len: Option<u64> = tx.exec_first(
-            "SELECT len FROM extents WHERE space_id = ? AND ino = ? AND off = ? FOR UPDATE",
-            (space, ino, ext),
-        )?;
-        let have = len.unwrap_or(0);
-        let gap = (p - ext).saturating_sub(have) as usize;
-        let mut piece = vec![0u8; gap];
-        piece.extend_from_slice(&rest[..n]);
-        if len.is_some() {
-            tx.exec_drop(
-                "UPDATE extents SET data = CONCAT(LEFT(data, ?), ?), len = ? WHERE space_id = ? AND ino = ? AND off = ?",
-                (p - ext - gap as u64, &piece, p - ext + n as u64, space, ino, ext),
-            )?;
-            added += (p - ext + n as u64).saturating_sub(have);
-        } else {
-            tx.exec_drop(
-                "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)",
-                (space, ino, ext, piece.len(), &piece),
-            )?;
-            added += piece.len() as u64;
-        }
-        p += n as u64;
-        rest = &rest[n..];
-    }
-    Ok(added)
-}
-
-/// Zeroes `[from, to)`: extents wholly inside go (holes read as zeros),
-/// the ones at its ends are cut or zeroed in place. Returns the bytes still
-/// stored.
+/// Zeroes `[from, to)`: the rows of slots wholly inside go (holes read as
+/// zeros); those of the (at most two) slots at its ends become one extent,
+/// zeroed in the range. Returns the bytes still stored.
 pub fn zero_range(
     tx: &mut Transaction<'_>,
     space: u32,
@@ -392,8 +622,8 @@ pub fn zero_range(
     to: u64,
 ) -> Result<u64, mysql::Error> {
     if from < to {
-        // Extents wholly inside go in one statement; only the (at most
-        // two) extents at the ends are read and edited.
+        // Slots wholly inside go in one statement; only the (at most two)
+        // slots at the ends are read and edited.
         let (inner_from, inner_to) = (from.div_ceil(E) * E, to - to % E);
         if inner_from < inner_to {
             tx.exec_drop(
@@ -405,33 +635,31 @@ pub fn zero_range(
         if to - to % E != ends[0] && !to.is_multiple_of(E) {
             ends.push(to - to % E);
         }
-        let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
-        for off in ends {
-            let data: Option<Vec<u8>> = tx.exec_first(
-                "SELECT data FROM extents WHERE space_id = ? AND ino = ? AND off = ? FOR UPDATE",
-                (space, ino, off),
+        for slot in ends {
+            // The slot's rows become one extent, zeroed in the range.
+            let rows: Vec<(u64, Vec<u8>)> = tx.exec(
+                "SELECT off, data FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ? ORDER BY off FOR UPDATE",
+                (space, ino, slot, slot + E),
             )?;
-            rows.extend(data.map(|d| (off, d)));
-        }
-        for (off, mut data) in rows {
-            let a = from.saturating_sub(off).min(data.len() as u64) as usize;
-            let b = (to - off).min(data.len() as u64) as usize;
+            let Some((_, mut data)) = assemble(rows).pop() else {
+                continue;
+            };
+            let a = from.saturating_sub(slot).min(data.len() as u64) as usize;
+            let b = (to - slot).min(data.len() as u64) as usize;
             if a >= b {
                 continue;
             }
             data[a..b].fill(0);
+            tx.exec_drop(
+                "DELETE FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ?",
+                (space, ino, slot, slot + E),
+            )?;
             // Trailing zeros need no storage: short extents read as zeros.
             let keep = data.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1);
-            if keep == 0 {
+            if keep > 0 {
                 tx.exec_drop(
-                    "DELETE FROM extents WHERE space_id = ? AND ino = ? AND off = ?",
-                    (space, ino, off),
-                )?;
-            } else {
-                data.truncate(keep);
-                tx.exec_drop(
-                    "UPDATE extents SET data = ?, len = ? WHERE space_id = ? AND ino = ? AND off = ?",
-                    (&data, keep, space, ino, off),
+                    "INSERT INTO extents (space_id, ino, off, len, data) VALUES (?, ?, ?, ?, ?)",
+                    (space, ino, slot, keep, &data[..keep]),
                 )?;
             }
         }
@@ -464,12 +692,13 @@ pub fn seek(
     if elsewhere.is_some() {
         return Ok(Some(if data { offset } else { size }));
     }
+    // Rows in order: a gap between them, or after the last, is a hole.
     let mut pos = offset;
     let mut after = offset - offset % E;
     loop {
         let rows: Vec<(u64, u64)> = s.query("seek", |c| {
             c.exec(
-                "SELECT off, len FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND len > 0 ORDER BY off LIMIT 64",
+                "SELECT off, len FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND len > 0 ORDER BY off LIMIT 256",
                 (space, ino, after),
             )
         })?;
@@ -477,8 +706,7 @@ pub fn seek(
             return Ok(if data { None } else { Some(pos.min(size)) });
         };
         for (off, len) in &rows {
-            let end = off + len;
-            if end <= pos {
+            if off + len <= pos {
                 continue;
             }
             if data {
@@ -487,13 +715,12 @@ pub fn seek(
             if *off > pos {
                 return Ok(Some(pos));
             }
-            pos = end;
-            if len % E != 0 || pos >= size {
-                // A short extent: a hole follows it (or the end).
-                return Ok(Some(pos.min(size)));
+            pos = off + len;
+            if pos >= size {
+                return Ok(Some(size));
             }
         }
-        after = last + E;
+        after = last + 1;
     }
 }
 
@@ -504,17 +731,16 @@ pub fn truncate(
     ino: u64,
     size: u64,
 ) -> Result<u64, mysql::Error> {
-    let keep_from = size - size % E;
     tx.exec_drop(
         "DELETE FROM extents WHERE space_id = ? AND ino = ? AND off >= ?",
-        (space, ino, size.div_ceil(E) * E),
+        (space, ino, size),
     )?;
-    if !size.is_multiple_of(E) {
-        tx.exec_drop(
-            "UPDATE extents SET data = LEFT(data, ?), len = ? WHERE space_id = ? AND ino = ? AND off = ? AND len > ?",
-            (size - keep_from, size - keep_from, space, ino, keep_from, size - keep_from),
-        )?;
-    }
+    // The one row (if any) that crosses the new end.
+    tx.exec_drop(
+        "UPDATE extents SET data = LEFT(data, ? - off), len = ? - off
+         WHERE space_id = ? AND ino = ? AND off >= ? AND off < ? AND off + len > ?",
+        (size, size, space, ino, size.saturating_sub(E), size, size),
+    )?;
     stored_bytes(tx, space, ino)
 }
 
@@ -524,4 +750,60 @@ fn stored_bytes(tx: &mut Transaction<'_>, space: u32, ino: u64) -> Result<u64, m
         (space, ino),
     )?;
     Ok(stored.flatten().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assemble_lays_pieces_out_per_slot_with_zeroed_gaps() {
+        let rows = vec![
+            (0, vec![1, 2]),
+            (2, vec![3]),
+            (5, vec![4]),
+            (E, vec![5]),
+            (2 * E + 3, vec![6]),
+        ];
+        assert_eq!(
+            assemble(rows),
+            vec![
+                (0, vec![1, 2, 3, 0, 0, 4]),
+                (E, vec![5]),
+                (2 * E, vec![0, 0, 0, 6]),
+            ]
+        );
+        assert!(assemble(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn slot_pieces_cut_where_slots_end() {
+        let data = vec![7u8; (E + 10) as usize];
+        let lens = |at: u64, n: usize| -> Vec<usize> {
+            slot_pieces(at, &data[..n]).map(<[u8]>::len).collect()
+        };
+        assert_eq!(lens(0, 10), vec![10]);
+        assert_eq!(lens(E - 4, 10), vec![4, 6]);
+        assert_eq!(lens(E, 10), vec![10]);
+        assert_eq!(lens(5, (E + 10) as usize), vec![(E - 5) as usize, 15]);
+        assert_eq!(lens(E - 1, 0), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn the_append_procedure_cuts_pieces_at_the_slot_size() {
+        let sql = super::super::MIGRATIONS
+            .iter()
+            .flat_map(|m| m.1.iter())
+            .find(|s| s.contains("PROCEDURE tshs_append"))
+            .unwrap();
+        assert!(sql.contains(&format!("{E} - (eof + pos - 1) % {E}")));
+    }
+
+    #[test]
+    fn row_values_are_hex_literals() {
+        let mut sql = String::new();
+        row_values(&mut sql, 3, 9, 17, &[0x00, 0xab, 0x7f]);
+        row_values(&mut sql, 3, 9, 20, b"");
+        assert_eq!(sql, "(3,9,17,3,X'00ab7f'),(3,9,20,0,X'')");
+    }
 }

@@ -32,9 +32,8 @@ pub struct InodeFacts {
     pub size: u64,
     /// Some directory entry names it.
     pub named: bool,
-    /// Where its last extent ends (none: no extents). Extents start at
-    /// multiples of [`super::EXTENT_SIZE`] and are at most that long, so
-    /// the last one ends furthest.
+    /// Where its last row of data ends (none: no rows). Rows never
+    /// overlap, so the last one ends furthest.
     pub data_end: Option<u64>,
     /// The object holding its data: (S3 host, key).
     pub object: Option<(u32, String)>,

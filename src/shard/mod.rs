@@ -4,11 +4,12 @@
 //! be copied, purged or moved as a unit, and every operation inside one space
 //! is a single-database transaction.
 //!
-//! File data lives in extents of at most [`EXTENT_SIZE`] bytes keyed by
-//! `(space, inode, offset)` with `offset` a multiple of `EXTENT_SIZE`. An
-//! extent holds the bytes `[off, off + len)`; bytes below the file size that
-//! no extent holds read as zeros (holes). `inodes.stored` is the sum of the
-//! extents' lengths, so `st_blocks` is honest for sparse files.
+//! File data lives in rows keyed by `(space, inode, offset)`, each holding
+//! the bytes `[off, off + len)` inside one slot of [`EXTENT_SIZE`] bytes: one
+//! extent from the slot's start, or pieces that appends added (see
+//! [`extents`]). Bytes below the file size that no row holds read as zeros
+//! (holes). `inodes.stored` is the sum of the rows' lengths, so `st_blocks`
+//! is honest for sparse files.
 
 mod access;
 pub mod attrs;

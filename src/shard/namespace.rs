@@ -141,7 +141,7 @@ pub fn getattr(s: &impl Access, space: u32, ino: u64) -> ShardResult<Attr> {
         .ok_or(ShardError::NotFound)
 }
 
-/// The attributes, and when `small` and the file fits in one extent, its
+/// The attributes, and when `small` and the file fits in one slot, its
 /// data (empty for a hole or an empty file), from one query.
 pub fn getattr_with_head(
     s: &impl Access,
@@ -152,19 +152,30 @@ pub fn getattr_with_head(
     if !small {
         return Ok((getattr(s, space, ino)?, None));
     }
-    let row: Option<Row> = s.query("read", |conn| {
-        conn.exec_first(
+    // One row per row of data in the first slot (pieces after appends).
+    let rows: Vec<Row> = s.query("read", |conn| {
+        conn.exec(
             format!(
-                "SELECT {I_COLUMNS}, IF(i.size <= ? AND i.mode & ? = ? AND i.s3_key IS NULL AND i.import_path IS NULL, COALESCE(e.data, ''), NULL)
-                 FROM inodes i LEFT JOIN extents e ON e.space_id = i.space_id AND e.ino = i.ino AND e.off = 0
-                 WHERE i.space_id = ? AND i.ino = ? AND i.state < {DELETED}"
+                "SELECT {I_COLUMNS}, IF(i.size <= ? AND i.mode & ? = ? AND i.s3_key IS NULL AND i.import_path IS NULL, COALESCE(e.data, ''), NULL), e.off
+                 FROM inodes i LEFT JOIN extents e ON e.space_id = i.space_id AND e.ino = i.ino AND e.off < ?
+                 WHERE i.space_id = ? AND i.ino = ? AND i.state < {DELETED} ORDER BY e.off"
             ),
-            (super::EXTENT_SIZE, libc::S_IFMT, libc::S_IFREG, space, ino),
+            (super::EXTENT_SIZE, libc::S_IFMT, libc::S_IFREG, super::EXTENT_SIZE, space, ino),
         )
     })?;
-    let row = row.ok_or(ShardError::NotFound)?;
-    let head: Option<Vec<u8>> = row.get::<Option<Vec<u8>>, _>(12).flatten();
-    Ok((inode::from_row(space, &row), head))
+    let first = rows.first().ok_or(ShardError::NotFound)?;
+    let attr = inode::from_row(space, first);
+    if first.get::<Option<Vec<u8>>, _>(12).flatten().is_none() {
+        return Ok((attr, None));
+    }
+    let pieces = rows.into_iter().filter_map(|mut r| {
+        let off = r.take::<Option<u64>, _>(13).flatten()?;
+        Some((off, r.take::<Option<Vec<u8>>, _>(12).flatten()?))
+    });
+    let head = super::extents::assemble(pieces)
+        .pop()
+        .map_or(Vec::new(), |e| e.1);
+    Ok((attr, Some(head)))
 }
 
 pub fn lookup(s: &impl Access, space: u32, parent: u64, name: &[u8]) -> ShardResult<Attr> {

@@ -37,7 +37,7 @@
 //! alone. No fence triggers: the rows are not copied when a space moves
 //! (mounts renew them on the new node), and not backed up.
 //!
-//! Migration 7: `applied_ops` records, per process (`writer`, random) and
+//! Migration 8: `applied_ops` records, per process (`writer`, random) and
 //! thread (`lane`), the last operation applied (`seq`), in the operation's
 //! own transaction, so an append or create whose COMMIT got no answer is
 //! not applied twice when run again (see `db::once`). One row per lane;
@@ -58,7 +58,7 @@ pub const TABLES: &[&str] = &[
     "applied_ops",
 ];
 
-/// How a Storage Node records its applied operations (migration 7).
+/// How a Storage Node records its applied operations (migration 8).
 pub const APPLIED_OPS: crate::db::OpLog = crate::db::OpLog {
     check: "SELECT seq FROM applied_ops WHERE writer = ? AND lane = ? FOR UPDATE",
     record: "INSERT INTO applied_ops (writer, lane, seq, at) VALUES (?, ?, ?, ?)
@@ -225,6 +225,42 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
     ),
     (
         7,
+        // One file's appends of a group commit, laid at its end of file in
+        // pieces that do not cross a slot's end (262144 = EXTENT_SIZE), so a
+        // batch is one round trip (see `extents::append_in_one_trip`).
+        // Answers where the data landed, or NULL, writing nothing, for a
+        // file that is gone, held elsewhere (object store, imported disk:
+        // it must be brought back first) or would grow past `most`.
+        &[
+            "CREATE OR REPLACE PROCEDURE tshs_append(IN s INT UNSIGNED, IN i BIGINT UNSIGNED,
+                IN d LONGBLOB, IN t BIGINT, IN most BIGINT UNSIGNED)
+           BEGIN
+             DECLARE eof BIGINT UNSIGNED DEFAULT NULL;
+             DECLARE away BOOL DEFAULT TRUE;
+             DECLARE n BIGINT UNSIGNED DEFAULT LENGTH(d);
+             DECLARE pos BIGINT UNSIGNED DEFAULT 1;
+             DECLARE k BIGINT UNSIGNED;
+             DECLARE CONTINUE HANDLER FOR NOT FOUND SET eof = NULL;
+             SELECT size, s3_key IS NOT NULL OR import_path IS NOT NULL INTO eof, away
+               FROM inodes WHERE space_id = s AND ino = i FOR UPDATE;
+             IF eof IS NULL OR away OR eof + n > most THEN
+               SELECT NULL;
+             ELSE
+               WHILE pos <= n DO
+                 SET k = LEAST(n - pos + 1, 262144 - (eof + pos - 1) % 262144);
+                 INSERT INTO extents (space_id, ino, off, len, data)
+                   VALUES (s, i, eof + pos - 1, k, SUBSTRING(d, pos, k));
+                 SET pos = pos + k;
+               END WHILE;
+               UPDATE inodes SET size = eof + n, stored = stored + n, mtime = t, ctime = t
+                 WHERE space_id = s AND ino = i;
+               SELECT eof;
+             END IF;
+           END",
+        ],
+    ),
+    (
+        8,
         &["CREATE TABLE IF NOT EXISTS applied_ops (
             writer BINARY(8) NOT NULL,
             lane INT UNSIGNED NOT NULL,

@@ -23,9 +23,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
+mod group;
+mod merge;
 mod read;
+
+pub use group::AppendQueues;
+pub use merge::{Merger, Pieces};
 
 use super::attr::Attr;
 use super::cache::DataCache;
@@ -249,13 +254,24 @@ pub struct OpenInode {
     pub shard: Route,
     pub opens: Mutex<usize>,
     state: Mutex<FileState>,
-    /// Held by this mount's changes of the file's data (writes, appends,
-    /// truncates), before `state`: they take turns here, so an append can
-    /// run its transaction without `state`, and readers, stat and opens of
-    /// a log that is appended to all the time do not wait for its commits.
-    data_turn: Mutex<()>,
-    /// An append's transaction is running (see [`OpenInode::read`]).
-    appending: AtomicBool,
+    /// Held by this mount's changes of the file's data before `state`:
+    /// shared by appends (the group commit orders them), exclusive for
+    /// writes, flushes and truncates. So an append runs its transaction
+    /// without `state`, and readers, stat and opens of a log that is
+    /// appended to all the time do not wait for its commits.
+    data_turn: RwLock<()>,
+    /// Appends of this mount whose transaction is running (see
+    /// [`OpenInode::read`]).
+    appending: AtomicUsize,
+    /// Where slots that hold pieces are sent to be joined.
+    merger: Merger,
+    /// The mount's attribute epoch (see `Fs::changing`): commits of data
+    /// move it too.
+    attr_epoch: Arc<AtomicU64>,
+    /// The attributes last read from the database, with this mount's
+    /// appends since applied: when, and the attribute epoch before the
+    /// read (see [`OpenInode::cached_attr`]).
+    attr: Mutex<Option<(Attr, std::time::Instant, u64)>>,
     /// Signalled when a background flush finishes.
     idle: Condvar,
     /// The mount's count of pending creates.
@@ -293,6 +309,8 @@ impl OpenInode {
         generation: u64,
         pending: Option<PendingCreate>,
         pending_gauge: Arc<AtomicUsize>,
+        merger: Merger,
+        attr_epoch: Arc<AtomicU64>,
     ) -> OpenInode {
         if pending.is_some() {
             pending_gauge.fetch_add(1, Ordering::AcqRel);
@@ -320,8 +338,11 @@ impl OpenInode {
                 info_ticket: 0,
                 last_stamp: None,
             }),
-            data_turn: Mutex::default(),
-            appending: AtomicBool::new(false),
+            data_turn: RwLock::default(),
+            appending: AtomicUsize::new(0),
+            merger,
+            attr_epoch,
+            attr: Mutex::default(),
             idle: Condvar::new(),
             pending_gauge,
             pending_flag,
@@ -342,6 +363,35 @@ impl OpenInode {
     pub fn set_owner_mode(&self, gid: u32, mode: u32) {
         self.owner_mode
             .store(u64::from(gid) << 32 | u64::from(mode), Ordering::Release);
+    }
+
+    /// The attributes kept from the database, if read after every change
+    /// of attributes this mount began (`epoch` is the mount's epoch now)
+    /// and less than `ttl` ago: a stat of a log being appended to and read
+    /// costs no query, and what other mounts change shows within the TTL,
+    /// as the kernel's own attribute cache allows.
+    pub fn cached_attr(&self, epoch: u64, ttl: std::time::Duration) -> Option<Attr> {
+        let kept = self.attr.lock().unwrap();
+        let (a, at, e) = kept.as_ref()?;
+        (*e == epoch && at.elapsed() < ttl).then_some(*a)
+    }
+
+    /// Keeps attributes read from the database when the mount's attribute
+    /// epoch was `epoch`, by a query that began after [`ticket`] `asked`:
+    /// not if a commit or append of this mount landed since (they would be
+    /// older than what the file shows).
+    pub fn keep_attr(&self, a: Attr, epoch: u64, asked: u64) {
+        let st = self.state();
+        if asked > st.info_ticket {
+            *self.attr.lock().unwrap() = Some((a, std::time::Instant::now(), epoch));
+        }
+    }
+
+    /// The data changed here other than by an append: kept attributes are
+    /// stale.
+    fn data_changed(&self) {
+        self.attr_epoch.fetch_add(1, Ordering::AcqRel);
+        *self.attr.lock().unwrap() = None;
     }
 
     /// The attributes of a file whose create is not committed yet.
@@ -399,7 +449,7 @@ impl OpenInode {
         if end > MAX_FILE_SIZE {
             return Err(Error::EFBIG);
         }
-        let _turn = self.data_turn.lock().unwrap();
+        let _turn = self.data_turn.write().unwrap();
         let mut st = self.state();
         st.write_seq += 1;
         let mut ext = off - off % E;
@@ -562,7 +612,7 @@ impl OpenInode {
             name: &p.name,
             attr: &p.attr,
         });
-        Ok(extents::commit(
+        let pieced = extents::commit(
             &self.shard,
             self.shard.cluster(),
             (self.space, self.ino),
@@ -570,7 +620,22 @@ impl OpenInode {
             size,
             now,
             pending,
-        )?)
+        )?;
+        for slot in pieced {
+            self.pieces(slot, slot + E <= size);
+        }
+        Ok(())
+    }
+
+    /// Slot `slot` holds pieces: have them joined.
+    fn pieces(&self, slot: u64, complete: bool) {
+        self.merger.pieces(Pieces {
+            route: self.shard.clone(),
+            space: self.space,
+            ino: self.ino,
+            slot,
+            complete,
+        });
     }
 
     /// After a commit: the written extents become clean cached data.
@@ -584,6 +649,7 @@ impl OpenInode {
     ) {
         let generation = st.generation;
         st.write_seq += 1;
+        self.data_changed();
         for (off, b) in bufs {
             if !st.dirty.contains_key(&off) {
                 cache.put(self.space, self.ino, generation, off, Arc::new(b.data));
@@ -594,47 +660,88 @@ impl OpenInode {
         cache.restamp(self.space, self.ino, generation, (now, now, st.size));
     }
 
-    /// Appends at the database's end of file in one transaction (`O_APPEND`)
-    /// for thread `tid`. Returns the offset the data landed at, which is
+    /// Appends at the database's end of file (`O_APPEND`) for thread
+    /// `tid`, in a group commit with other appends to the file's node (see
+    /// [`AppendQueues`]). Returns the offset the data landed at, which is
     /// also remembered for that thread ([`OpenInode::last_append`]).
     ///
     /// The transaction runs without the file's state lock: no write, flush
     /// or truncate of this mount can start meanwhile (they wait for
     /// `data_turn`), and a reader that fetches meanwhile caches what it got
     /// only if the file's version is unchanged afterwards, or has it removed
-    /// below.
-    pub fn append(&self, cache: &DataCache, data: &[u8], tid: u32) -> FsResult<u64> {
-        let _turn = self.data_turn.lock().unwrap();
+    /// by [`OpenInode::appended`].
+    pub fn append(
+        self: &Arc<Self>,
+        cache: &DataCache,
+        queues: &AppendQueues,
+        data: &[u8],
+        tid: u32,
+    ) -> FsResult<u64> {
+        let _turn = self.data_turn.read().unwrap();
         drop(self.flush_locked(cache, self.state())?);
-        let (space, ino, now) = (self.space, self.ino, now_ns());
-        self.appending.store(true, Ordering::Release);
-        let eof = extents::append(
-            &self.shard,
-            self.shard.cluster(),
-            (space, ino),
-            data,
-            now,
-            MAX_FILE_SIZE,
-        )
-        .map_err(Error::from);
-        let mut st = self.state();
-        self.appending.store(false, Ordering::Release);
+        self.appending.fetch_add(1, Ordering::AcqRel);
+        let eof = queues.append(cache, self, data);
+        self.appending.fetch_sub(1, Ordering::AcqRel);
         let eof = eof?;
+        self.appended.lock().unwrap().record(tid, eof);
+        Ok(eof)
+    }
+
+    /// An append's outcome is unknown: what this mount cached of the file
+    /// and its attributes may be behind the database.
+    fn lost_track(&self) {
+        let mut st = self.state();
+        st.write_seq += 1;
+        *self.attr.lock().unwrap() = None;
+        st.info_ticket = ticket();
+        // Re-read at the next open, as after another mount's change.
+        st.last_stamp = None;
+    }
+
+    /// After an append of `data` landed at `eof` (committed at `now`), in
+    /// the order appends landed: this mount's view of the file follows. The
+    /// appended bytes join the cached extents (appends change no byte below
+    /// the end), unless another mount appended since this one last knew the
+    /// end.
+    fn appended(&self, cache: &DataCache, eof: u64, data: &[u8], now: i64) {
         let end = eof + data.len() as u64;
+        let mut st = self.state();
         st.write_seq += 1;
         if eof != st.db_size {
             // Another mount appended meanwhile: what we cached is stale.
-            st.generation = cache.invalidate(space, ino);
+            st.generation = cache.invalidate(self.space, self.ino);
+            *self.attr.lock().unwrap() = None;
         } else {
-            cache.restamp(space, ino, st.generation, (now, now, end));
+            cache.restamp(self.space, self.ino, st.generation, (now, now, end));
+            if let Some((a, ..)) = self.attr.lock().unwrap().as_mut() {
+                (a.size, a.mtime, a.ctime) = (end, now, now);
+            }
+            let mut at = eof;
+            for piece in extents::slot_pieces(eof, data) {
+                let slot = at - at % E;
+                let key = (self.space, self.ino, st.generation, slot);
+                if at == slot {
+                    // Nothing was in this slot: the piece is all of it.
+                    cache.put(key.0, key.1, key.2, slot, Arc::new(piece.to_vec()));
+                } else if !cache.extend(key, (at - slot) as usize, piece) {
+                    cache.remove(key.0, key.1, key.2, slot);
+                }
+                at += piece.len() as u64;
+            }
         }
-        self.uncache(cache, &st, eof, end);
         st.size = st.size.max(end);
         st.db_size = st.db_size.max(end);
         st.info_ticket = ticket();
         drop(st);
-        self.appended.lock().unwrap().record(tid, eof);
-        Ok(eof)
+        // The slot the append started in, if it began mid-slot: filled up
+        // now, or the file's last one.
+        let slot = eof - eof % E;
+        if eof > slot {
+            self.pieces(slot, end >= slot + E);
+        }
+        if !end.is_multiple_of(E) && end - end % E > slot {
+            self.pieces(end - end % E, false);
+        }
     }
 
     /// The offset at which thread `tid`'s last `O_APPEND` write to this
@@ -696,9 +803,11 @@ impl OpenInode {
         cache: &DataCache,
         apply: impl FnOnce() -> FsResult<Attr>,
     ) -> FsResult<Attr> {
-        let _turn = self.data_turn.lock().unwrap();
+        let _turn = self.data_turn.write().unwrap();
         let mut st = self.flush_locked(cache, self.state())?;
-        let a = apply()?;
+        let a = apply();
+        self.data_changed();
+        let a = a?;
         st.write_seq += 1;
         st.size = a.size;
         st.db_size = a.size;

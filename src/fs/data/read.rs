@@ -41,7 +41,7 @@ impl OpenInode {
         let mut own: Option<Arc<Loading>> = None;
         let (end, version, jobs) = {
             let mut st = self.state();
-            if off + u64::from(len) > st.size && self.appending.load(Ordering::Acquire) {
+            if off + u64::from(len) > st.size && self.appending.load(Ordering::Acquire) > 0 {
                 // Asked past the end while an append of ours runs: its
                 // commit may be in, and the kernel may know the new size
                 // (a stat reads the database); the part of a short answer

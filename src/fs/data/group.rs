@@ -1,0 +1,208 @@
+//! Group commit of `O_APPEND` writes: one transaction, one commit, for the
+//! appends of many threads to files of one Storage Node.
+//!
+//! Each node has a queue. An append that finds no transaction in flight for
+//! its node runs at once, alone (a lone writer waits for nobody); appends
+//! that arrive while one is in flight wait, and when it ends, one of them
+//! takes every waiting append into the next transaction (the way MariaDB's
+//! own binlog group commit works). In that transaction each append lands
+//! at its file's end as the database has it, in arrival order, each one
+//! whole and contiguous, so appends from other mounts stay exactly once. A
+//! write returns after the commit that carries it, so an `fsync` after it
+//! has nothing left to wait for.
+//!
+//! A batch is first sent as one request, one round trip
+//! ([`extents::append_in_one_trip`]); appends it leaves (a file held in the
+//! object store, one that would grow too big) run on their own. If that
+//! request fails, the batch runs as a transaction of separate statements
+//! ([`extents::append_batch`], which brings files back from elsewhere), and
+//! if that is refused as a whole (a space of it fenced by a move), append by
+//! append, each on its own route: one bad append fails only itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::super::cache::DataCache;
+use super::super::error::{Error, FsResult, failed};
+use super::super::now_ns;
+use super::{MAX_FILE_SIZE, OpenInode};
+use crate::db::Failed;
+use crate::shard::extents::{self, AppendReq, OneTrip};
+use crate::shard::{ShardError, is_fenced};
+
+/// Bytes of appends gathered into one transaction at most (the rest wait
+/// for the next): keeps a statement far below `max_allowed_packet` (the
+/// data travels as hex).
+const BATCH_BYTES: usize = 4 << 20;
+
+/// The group commit queues of a mount, one per Storage Node.
+#[derive(Default)]
+pub struct AppendQueues(Mutex<HashMap<u32, Arc<Queue>>>);
+
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    turn: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// A transaction of this queue is in flight.
+    busy: bool,
+    waiting: Vec<Arc<Append>>,
+}
+
+/// One append waiting for, or carried by, a transaction.
+struct Append {
+    node: Arc<OpenInode>,
+    data: Vec<u8>,
+    /// Where it landed, or why not; set by whoever ran its transaction.
+    result: Mutex<Option<FsResult<u64>>>,
+}
+
+impl AppendQueues {
+    /// Appends `data` to `node`'s file at the database's end of file and
+    /// returns the offset it landed at, once committed. This mount's view
+    /// of the file (size, cache) is updated by whoever ran the transaction,
+    /// in the order the appends landed.
+    pub fn append(&self, cache: &DataCache, node: &Arc<OpenInode>, data: &[u8]) -> FsResult<u64> {
+        let id = node.shard.node_now().map_err(Error::from)?;
+        let queue = self.0.lock().unwrap().entry(id).or_default().clone();
+        let me = Arc::new(Append {
+            node: node.clone(),
+            data: data.to_vec(),
+            result: Mutex::default(),
+        });
+        let mut st = queue.state.lock().unwrap();
+        st.waiting.push(me.clone());
+        loop {
+            if let Some(r) = me.result.lock().unwrap().take() {
+                return r;
+            }
+            if !st.busy {
+                // Lead the next transaction: everything waiting, in order.
+                st.busy = true;
+                let batch = take_batch(&mut st.waiting);
+                drop(st);
+                run(cache, id, &batch);
+                st = queue.state.lock().unwrap();
+                st.busy = false;
+                queue.turn.notify_all();
+                continue;
+            }
+            st = queue.turn.wait(st).unwrap();
+        }
+    }
+}
+
+/// The first waiting appends, up to [`BATCH_BYTES`] (at least one).
+fn take_batch(waiting: &mut Vec<Arc<Append>>) -> Vec<Arc<Append>> {
+    let mut bytes = 0;
+    let n = waiting
+        .iter()
+        .take_while(|a| {
+            bytes += a.data.len();
+            bytes <= BATCH_BYTES
+        })
+        .count()
+        .max(1);
+    waiting.drain(..n).collect()
+}
+
+/// Runs one batch on node `id` and hands each append its result.
+fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
+    let route = &batch[0].node.shard;
+    let reqs: Vec<AppendReq<'_>> = batch
+        .iter()
+        .map(|a| AppendReq {
+            space: a.node.space,
+            ino: a.node.ino,
+            data: &a.data,
+        })
+        .collect();
+    let now = now_ns();
+    // One round trip; what it leaves (or all of it, if it was refused) the
+    // slower way.
+    match route.one_trip_on_node(id, |c| {
+        extents::append_in_one_trip(c, &reqs, now, MAX_FILE_SIZE)
+    }) {
+        Some(OneTrip::Landed(landed)) => {
+            let mut rest = Vec::new();
+            for (a, at) in batch.iter().zip(landed) {
+                match at {
+                    Some(off) => {
+                        a.node.appended(cache, off, &a.data, now);
+                        *a.result.lock().unwrap() = Some(Ok(off));
+                    }
+                    None => rest.push(a.clone()),
+                }
+            }
+            if !rest.is_empty() {
+                one_by_one(cache, &rest);
+            }
+            return;
+        }
+        Some(OneTrip::Unknown(why)) => {
+            // Never run twice what may have landed: each append fails, and
+            // the writer decides (as for any commit whose answer was lost).
+            let e = failed(format!(
+                "storage node {id}: the answer to {} appends was lost, they may or may not have landed: {why}",
+                batch.len()
+            ));
+            for a in batch {
+                // This mount no longer knows the file's end.
+                a.node.lost_track();
+                *a.result.lock().unwrap() = Some(Err(e.clone()));
+            }
+            return;
+        }
+        Some(OneTrip::Refused) | None => {}
+    }
+    let r = route.tx_on_node(id, |tx| {
+        extents::append_batch(tx, route.cluster(), &reqs, now, MAX_FILE_SIZE)
+    });
+    let results: Vec<FsResult<u64>> = match r {
+        Ok(results) => results
+            .into_iter()
+            .map(|r| r.map_err(Error::from))
+            .collect(),
+        // The node failed it (after the database layer's own retries):
+        // it fails every append of the batch, logged once.
+        Err(Failed::Tx(e)) if !is_fenced(&e) => {
+            let e = Error::from(ShardError::Tx {
+                node: id,
+                what: "append",
+                source: Box::new(e),
+            });
+            batch.iter().map(|_| Err(e.clone())).collect()
+        }
+        // Refused as a whole: each on its own, on its own route.
+        Err(_) => return one_by_one(cache, batch),
+    };
+    for (a, r) in batch.iter().zip(results) {
+        if let Ok(off) = r {
+            a.node.appended(cache, off, &a.data, now);
+        }
+        *a.result.lock().unwrap() = Some(r);
+    }
+}
+
+/// Runs each append in a transaction of its own, on its own route.
+fn one_by_one(cache: &DataCache, appends: &[Arc<Append>]) {
+    for a in appends {
+        let now = now_ns();
+        let r = extents::append(
+            &a.node.shard,
+            a.node.shard.cluster(),
+            (a.node.space, a.node.ino),
+            &a.data,
+            now,
+            MAX_FILE_SIZE,
+        )
+        .map_err(Error::from);
+        if let Ok(off) = r {
+            a.node.appended(cache, off, &a.data, now);
+        }
+        *a.result.lock().unwrap() = Some(r);
+    }
+}

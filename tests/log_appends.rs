@@ -1,0 +1,269 @@
+//! The log hot path: appends of many threads and two mounts gathered into
+//! group commits, each landing once and whole; the pieces appends leave in
+//! the database, read, cut, punched and sought through as one file, and
+//! joined once a slot fills up or the file goes idle.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::time::{Duration, Instant};
+
+use common::{Mount, TestCluster, pattern, root_conn};
+use mysql::prelude::Queryable;
+
+/// Slot size of the Storage Node (`shard::EXTENT_SIZE`).
+const E: u64 = 256 * 1024;
+
+/// A cluster with one Storage Node (server 1), so a test can count a
+/// file's rows; returns it with the node's database.
+fn one_node() -> (TestCluster, String) {
+    let c = TestCluster::empty();
+    let db = c.new_db(1, "st");
+    c.ok(&[
+        "create-storage-node",
+        &format!("{};database={db}", common::server(1)),
+    ]);
+    c.ok(&["create-volume", "vol01"]);
+    (c, db)
+}
+
+/// (offset, length) of a file's rows, in order.
+fn rows(db: &str, ino: u64) -> Vec<(u64, u64)> {
+    root_conn(1)
+        .exec(
+            format!(
+                "SELECT off, len FROM {db}.extents WHERE space_id = ? AND ino = ? ORDER BY off"
+            ),
+            ((ino >> 32) as u32, ino & 0xffff_ffff),
+        )
+        .unwrap()
+}
+
+fn ino(path: &std::path::Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
+#[test]
+fn concurrent_appends_from_two_mounts_land_once_and_whole() {
+    let (c, _db) = one_node();
+    let m1 = c.mount();
+    let m2 = Mount::new(&c, &[]);
+    let logs: Vec<_> = (0..4).map(|i| format!("log{i}")).collect();
+    for l in &logs {
+        std::fs::write(m1.space(3).join(l), b"").unwrap();
+    }
+    // 16 threads on each mount, 4 per log; records of 1 B to 40 KiB, some
+    // crossing slot ends.
+    let threads: Vec<_> = (0..32u64)
+        .map(|t| {
+            let dir = if t % 2 == 0 { m1.space(3) } else { m2.space(3) };
+            let path = dir.join(&logs[(t % 4) as usize]);
+            std::thread::spawn(move || {
+                let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+                let mut sent = Vec::new();
+                for seq in 0..60u64 {
+                    let len = [1, 100, 700, 4096, 40_000][((t + seq) % 5) as usize];
+                    let mut rec = format!("<{t}:{seq}:").into_bytes();
+                    rec.extend(std::iter::repeat_n(b'a' + (seq % 26) as u8, len));
+                    rec.push(b'>');
+                    assert_eq!(f.write(&rec).unwrap(), rec.len(), "one write(2), whole");
+                    f.sync_all().unwrap();
+                    sent.push(rec);
+                }
+                sent
+            })
+        })
+        .collect();
+    let sent: Vec<Vec<Vec<u8>>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (i, l) in logs.iter().enumerate() {
+        // Read through the other mount: what one mount committed, the other sees.
+        let data = std::fs::read(m2.space(3).join(l)).unwrap();
+        let mut want: Vec<&Vec<u8>> = (0..32)
+            .filter(|t| t % 4 == i)
+            .flat_map(|t| sent[t].iter())
+            .collect();
+        let total: usize = want.iter().map(|r| r.len()).sum();
+        assert_eq!(data.len(), total, "{l}: every record once, nothing else");
+        // Split the log into records and match them one to one.
+        let mut got: Vec<&[u8]> = Vec::new();
+        let mut at = 0;
+        while at < data.len() {
+            assert_eq!(data[at], b'<', "{l}: a record starts at {at}");
+            let end = at + data[at..].iter().position(|&b| b == b'>').unwrap() + 1;
+            got.push(&data[at..end]);
+            at = end;
+        }
+        got.sort();
+        want.sort();
+        assert!(
+            got.iter().zip(&want).all(|(g, w)| g == &w.as_slice()) && got.len() == want.len(),
+            "{l}: the records are the ones written, each whole"
+        );
+    }
+}
+
+#[test]
+fn pieces_read_cut_punch_and_seek_like_one_file_then_join() {
+    let (c, db) = one_node();
+    let m = c.mount();
+    let path = m.space(3).join("last.log");
+    let mut model: Vec<u8> = Vec::new();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    // 300 appends of 1,000 B: slot 0 fills up in pieces, slot 1 starts.
+    for i in 0..300u64 {
+        let rec = pattern(i, 1000);
+        f.write_all(&rec).unwrap();
+        f.sync_all().unwrap();
+        model.extend_from_slice(&rec);
+    }
+    let i = ino(&path);
+    let before = rows(&db, i);
+    assert!(
+        before.len() > 2,
+        "appends left pieces: {} rows",
+        before.len()
+    );
+    assert!(
+        before.iter().all(|(o, l)| o / E == (o + l - 1) / E),
+        "no row crosses a slot's end: {before:?}"
+    );
+    // Read back through a fresh mount (no cache): the pieces as one file.
+    let m2 = Mount::new(&c, &[]);
+    let p2 = m2.space(3).join("last.log");
+    assert_eq!(std::fs::read(&p2).unwrap(), model);
+    let g = std::fs::File::open(&p2).unwrap();
+    let mut buf = vec![0u8; 5000];
+    g.read_exact_at(&mut buf, E - 2500).unwrap();
+    assert_eq!(buf, model[(E - 2500) as usize..(E + 2500) as usize]);
+    drop(g);
+
+    // The slot that filled up is joined at once; the last one once idle.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = rows(&db, i);
+        if r == vec![(0, E), (E, 300_000 - E)] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pieces not joined: {r:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(std::fs::read(&p2).unwrap(), model, "joining kept the bytes");
+
+    // More pieces, then cut inside one, punch across several, seek.
+    for i in 0..20u64 {
+        let rec = pattern(1000 + i, 333);
+        f.write_all(&rec).unwrap();
+        f.sync_all().unwrap();
+        model.extend_from_slice(&rec);
+    }
+    drop(f);
+    let cut = model.len() as u64 - 1234;
+    let w = OpenOptions::new().write(true).open(&path).unwrap();
+    w.set_len(cut).unwrap();
+    model.truncate(cut as usize);
+    let (from, len) = (E + 10_000, 20_000u64);
+    let r = unsafe {
+        libc::fallocate(
+            w.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            from as i64,
+            len as i64,
+        )
+    };
+    assert_eq!(r, 0, "punch hole: {}", std::io::Error::last_os_error());
+    model[from as usize..(from + len) as usize].fill(0);
+    // A hole between pieces: grow the file, then append after the hole.
+    let grown = cut + 100_000;
+    w.set_len(grown).unwrap();
+    model.resize(grown as usize, 0);
+    drop(w);
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    let rec = pattern(3000, 1000);
+    f.write_all(&rec).unwrap();
+    f.sync_all().unwrap();
+    model.extend_from_slice(&rec);
+    drop(f);
+    let m3 = Mount::new(&c, &[]);
+    let p3 = m3.space(3).join("last.log");
+    assert_eq!(
+        std::fs::read(&p3).unwrap(),
+        model,
+        "after cut, punch and hole"
+    );
+    let g = std::fs::File::open(&p3).unwrap();
+    let seek = |off: u64, whence: i32| unsafe { libc::lseek(g.as_raw_fd(), off as i64, whence) };
+    // Punched bytes inside a row stay data (zeros); the gap is a hole.
+    assert_eq!(seek(E + 5, libc::SEEK_HOLE), cut as i64);
+    assert_eq!(seek(cut, libc::SEEK_DATA), grown as i64);
+    assert_eq!(seek(grown, libc::SEEK_HOLE), model.len() as i64);
+    assert_eq!(seek(5, libc::SEEK_DATA), 5);
+
+    // A small file appended to in pieces is read whole at its first open.
+    let small = m.space(3).join("small.log");
+    let mut s = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&small)
+        .unwrap();
+    for i in 0..10u64 {
+        s.write_all(&pattern(2000 + i, 77)).unwrap();
+        s.sync_all().unwrap();
+    }
+    drop(s);
+    let want: Vec<u8> = (0..10u64).flat_map(|i| pattern(2000 + i, 77)).collect();
+    let m4 = Mount::new(&c, &[]);
+    assert_eq!(std::fs::read(m4.space(3).join("small.log")).unwrap(), want);
+}
+
+#[test]
+fn an_append_past_the_largest_size_fails_alone() {
+    let (c, _db) = one_node();
+    let m = c.mount();
+    let big = m.space(3).join("big.log");
+    let small = m.space(3).join("small.log");
+    std::fs::write(&small, b"").unwrap();
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&big)
+        .unwrap();
+    f.set_len((1 << 44) - 1).unwrap();
+    drop(f);
+    // Appends to both files from several threads at once: the ones past
+    // the largest size fail with EFBIG, the others land.
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (big, small) = (big.clone(), small.clone());
+            std::thread::spawn(move || {
+                let mut b = OpenOptions::new().append(true).open(&big).unwrap();
+                let mut s = OpenOptions::new().append(true).open(&small).unwrap();
+                for _ in 0..20 {
+                    let e = b.write(b"xy").unwrap_err();
+                    assert_eq!(e.raw_os_error(), Some(libc::EFBIG));
+                    s.write_all(&[b'a' + t as u8; 10]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(std::fs::metadata(&big).unwrap().len(), (1 << 44) - 1);
+    let data = std::fs::read(&small).unwrap();
+    assert_eq!(data.len(), 8 * 20 * 10);
+    for t in 0..8u8 {
+        assert_eq!(data.iter().filter(|&&b| b == b'a' + t).count(), 200);
+    }
+    // The last byte that fits still lands.
+    let mut b = OpenOptions::new().append(true).open(&big).unwrap();
+    assert_eq!(b.write(b"z").unwrap(), 1);
+    assert_eq!(std::fs::metadata(&big).unwrap().len(), 1 << 44);
+}
