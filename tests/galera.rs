@@ -412,6 +412,12 @@ fn the_member_in_use_killed_under_appenders() {
         lost += l.acked.iter().filter(|i| !seen.contains_key(i)).count();
     }
     let errors: usize = logs.iter().map(|l| l.lock().unwrap().errors.len()).sum();
+    for (w, l) in logs.iter().enumerate() {
+        let l = l.lock().unwrap();
+        if let (Some(first), Some(last)) = (l.errors.first(), l.errors.last()) {
+            eprintln!("writer {w}: {} errors: {first} … {last}", l.errors.len());
+        }
+    }
     let made = logs[4].lock().unwrap();
     let names: std::collections::HashSet<String> = std::fs::read_dir(m.path().join("vol01/7/made"))
         .unwrap()
