@@ -485,8 +485,9 @@ pub struct OpId {
 }
 
 impl OpId {
-    /// The next operation of the calling thread.
-    fn next() -> OpId {
+    /// The next operation of the calling thread. Its transactions must run
+    /// on this thread (a lane's operations never overlap).
+    pub fn next() -> OpId {
         static WRITER: std::sync::OnceLock<[u8; 8]> = std::sync::OnceLock::new();
         static LANES: AtomicU32 = AtomicU32::new(0);
         thread_local! {
@@ -507,6 +508,34 @@ impl OpId {
                 seq: seq.get(),
             }
         })
+    }
+}
+
+impl OpId {
+    /// `log.record`'s parameters for this operation, recorded now: for a
+    /// transaction that records itself in its own statements (e.g. a
+    /// one-round-trip batch; record it first, so its row lock is taken
+    /// before anything else is written).
+    pub fn record_params(&self) -> (Vec<u8>, u32, u64, i64) {
+        (
+            self.writer.to_vec(),
+            self.lane,
+            self.seq,
+            crate::clock::now_ns(),
+        )
+    }
+}
+
+impl Db {
+    /// True if operation `op` was applied here: what to ask, on whatever
+    /// member the Db now uses, before running again a transaction that
+    /// recorded `op` and whose COMMIT got no answer. Waits for a commit of
+    /// it still in flight (the lane row's lock) and, on Galera, for the
+    /// cluster's writes.
+    pub fn was_applied(&self, log: &OpLog, op: &OpId) -> Result<bool, TxError> {
+        let last: Option<u64> =
+            self.tx(|tx| tx.exec_first(log.check, (&op.writer[..], op.lane)))?;
+        Ok(last.is_some_and(|s| s >= op.seq))
     }
 }
 

@@ -500,6 +500,17 @@ fn unknown_commit_outcomes_apply_once_and_conflicts_are_retried() {
     );
     assert_eq!(r.unwrap(), Once::AlreadyDone);
     assert_eq!(runs, 2);
+    // A transaction that records its operation itself (a one-trip batch):
+    // asked afterwards, the node says whether it landed.
+    let op = tshs::db::OpId::next();
+    assert!(!db.was_applied(&log, &op).unwrap());
+    db.tx(|tx| {
+        tx.exec_drop(log.record, op.record_params())?;
+        tx.query_drop("UPDATE t SET n = n + 1 WHERE id = 1")
+    })
+    .unwrap();
+    assert!(db.was_applied(&log, &op).unwrap());
+    assert!(!db.was_applied(&log, &tshs::db::OpId::next()).unwrap());
     // Not committed, answer lost: the run again applies it.
     let mut runs = 0;
     let r = tshs::db::once(
@@ -517,7 +528,7 @@ fn unknown_commit_outcomes_apply_once_and_conflicts_are_retried() {
     let n: Option<i32> = db
         .read(|c| c.query_first("SELECT n FROM t WHERE id = 1"))
         .unwrap();
-    assert_eq!(n, Some(2), "each operation applied exactly once");
+    assert_eq!(n, Some(3), "each operation applied exactly once");
 
     // Two members incrementing one row at once: certification failures
     // (1213) are retried, no increment is lost.
@@ -541,7 +552,7 @@ fn unknown_commit_outcomes_apply_once_and_conflicts_are_retried() {
     let n: Option<i32> = db
         .read(|c| c.query_first("SELECT n FROM t WHERE id = 1"))
         .unwrap();
-    assert_eq!(n, Some(2 + 2 * per));
+    assert_eq!(n, Some(3 + 2 * per));
 }
 
 /// Options naming a dead member first connect to the next one; bad member
