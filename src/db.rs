@@ -382,6 +382,53 @@ pub fn check_members(opts: &ConnOptions) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Each member `opts` names (none if it names one server) and whether it
+/// is synced in its Galera cluster's primary component, or why not: what
+/// `tshs check` reports. Connects with at most 2 s per member.
+pub fn member_states(opts: &ConnOptions) -> Vec<(String, Result<(), String>)> {
+    let members = opts.members();
+    if members.len() == 1 {
+        return Vec::new();
+    }
+    members
+        .iter()
+        .map(|m| {
+            let mut probe = m.with_database(None);
+            probe.connect_timeout = Some(m.connect_timeout.unwrap_or(2).min(2));
+            let state = (|| -> Result<(), String> {
+                let mut c =
+                    mysql::Conn::new(probe.to_mysql()).map_err(|e| classify(m, e).to_string())?;
+                let status: Vec<(String, String)> = c
+                    .query(
+                        "SHOW STATUS WHERE Variable_name IN
+                         ('wsrep_ready', 'wsrep_local_state', 'wsrep_cluster_status')",
+                    )
+                    .map_err(|e| classify(m, e).to_string())?;
+                let get = |n: &str| {
+                    status
+                        .iter()
+                        .find(|(k, _)| k == n)
+                        .map_or("?", |(_, v)| v.as_str())
+                };
+                if get("wsrep_cluster_status") != "Primary" {
+                    return Err(format!(
+                        "not in the primary component ({})",
+                        get("wsrep_cluster_status")
+                    ));
+                }
+                if get("wsrep_ready") != "ON" || get("wsrep_local_state") != "4" {
+                    return Err(format!(
+                        "not synced (wsrep_local_state {})",
+                        get("wsrep_local_state")
+                    ));
+                }
+                Ok(())
+            })();
+            (m.server(), state)
+        })
+        .collect()
+}
+
 /// A pool holding at most `max_conns` connections; connects one at once, so a
 /// bad address fails here.
 fn new_pool(opts: &ConnOptions, max_conns: usize, init: &[String]) -> Result<Pool, DbError> {

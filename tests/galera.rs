@@ -344,6 +344,16 @@ fn the_member_in_use_killed_under_appenders() {
         1,
         "all processes moved to one member: {moved:?}"
     );
+    // tshs check warns: a member of the Admin Node's and the node's cluster is gone.
+    let o = c.tshs(&["check", "--warning", "60000", "--critical", "60000"]);
+    let line = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(1), "{line}");
+    assert!(
+        line.contains("storage node 2: 2 of 3 Galera members synced")
+            && line.contains("Admin Node: 2 of 3 Galera members synced")
+            && line.contains("node2_members=2;;;0;3"),
+        "{line}"
+    );
     std::thread::sleep(Duration::from_secs(3));
 
     // The killed member rejoins (its position recovered: IST, not SST)
