@@ -15,7 +15,7 @@ use fuser::{
 };
 
 use crate::fs::meta::SetAttr;
-use crate::fs::{Attr, Caller, Error, Fs, FsResult, Opened, Written, now_ns};
+use crate::fs::{Attr, Caller, Error, Fs, FsResult, Node, Opened, Written, now_ns};
 use crate::metrics;
 
 pub struct FuseFs {
@@ -212,8 +212,12 @@ impl FuseFs {
         })
     }
 
-    fn attr(&self, r: FsResult<Attr>, reply: ReplyAttr) {
-        answer(r, reply, |reply, a| reply.attr(&self.ttl, &file_attr(&a)))
+    /// Attributes read `age` ago (see `Fs::getattr_aged`) are kept by the
+    /// kernel for the rest of the TTL only.
+    fn attr(&self, r: FsResult<(Attr, Duration)>, reply: ReplyAttr) {
+        answer(r, reply, |reply, (a, age)| {
+            reply.attr(&self.ttl.saturating_sub(age), &file_attr(&a))
+        })
     }
 }
 
@@ -247,14 +251,30 @@ impl Filesystem for FuseFs {
         Ok(())
     }
 
+    /// A name missing inside a space is answered as a negative entry, which
+    /// the kernel keeps for the entry TTL: rsync's stat, open and rename of
+    /// the same missing name cost one request. This mount's own creates
+    /// replace it at once; another mount's are seen within the TTL, as its
+    /// removals are.
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         begin!("lookup", self, req, reply, parent);
-        self.entry(self.fs.lookup(parent.0, name.as_bytes()), reply)
+        match self.fs.lookup(parent.0, name.as_bytes()) {
+            Err(e)
+                if e == Error::ENOENT
+                    && !self.ttl.is_zero()
+                    && matches!(Node::from_ino(parent.0), Node::Space(..)) =>
+            {
+                metrics::global().error(metrics::current_op(), libc::ENOENT);
+                let none = Attr::synthetic_dir(0, 0, 0);
+                reply.entry(&self.ttl, &file_attr(&none), Generation(0))
+            }
+            r => self.entry(r, reply),
+        }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         begin!("getattr", self, req, reply, ino);
-        self.attr(self.fs.getattr(ino.0), reply)
+        self.attr(self.fs.getattr_aged(ino.0), reply)
     }
 
     fn setattr(
@@ -285,7 +305,7 @@ impl Filesystem for FuseFs {
             mtime: tn(mtime),
             ctime: ctime.map(ns),
         };
-        self.attr(self.fs.setattr(ino.0, &s, caller(req)), reply)
+        self.attr(self.fs.setattr_aged(ino.0, &s, caller(req)), reply)
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -304,18 +324,17 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         begin!("mknod", self, req, reply, parent);
-        self.entry(
-            self.fs.mknod(
-                parent.0,
-                name.as_bytes(),
-                mode,
-                umask,
-                rdev,
-                None,
-                caller(req),
-            ),
-            reply,
-        )
+        let r = self.fs.mknod(
+            parent.0,
+            name.as_bytes(),
+            mode,
+            umask,
+            rdev,
+            None,
+            caller(req),
+        );
+        self.fs.attrs_changed();
+        self.entry(r, reply)
     }
 
     fn mkdir(
@@ -329,21 +348,25 @@ impl Filesystem for FuseFs {
     ) {
         begin!("mkdir", self, req, reply, parent);
         let mode = libc::S_IFDIR | (mode & 0o7777);
-        self.entry(
-            self.fs
-                .mknod(parent.0, name.as_bytes(), mode, umask, 0, None, caller(req)),
-            reply,
-        )
+        let r = self
+            .fs
+            .mknod(parent.0, name.as_bytes(), mode, umask, 0, None, caller(req));
+        self.fs.attrs_changed();
+        self.entry(r, reply)
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         begin!("unlink", self, req, reply, parent);
-        empty(self.fs.unlink(parent.0, name.as_bytes(), false), reply)
+        let r = self.fs.unlink(parent.0, name.as_bytes(), false);
+        self.fs.attrs_changed();
+        empty(r, reply)
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         begin!("rmdir", self, req, reply, parent);
-        empty(self.fs.unlink(parent.0, name.as_bytes(), true), reply)
+        let r = self.fs.unlink(parent.0, name.as_bytes(), true);
+        self.fs.attrs_changed();
+        empty(r, reply)
     }
 
     fn symlink(
@@ -364,6 +387,7 @@ impl Filesystem for FuseFs {
             Some(target.as_os_str().as_bytes()),
             caller(req),
         );
+        self.fs.attrs_changed();
         self.entry(r, reply)
     }
 
@@ -378,16 +402,15 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         begin!("rename", self, req, reply, parent, newparent);
-        empty(
-            self.fs.rename(
-                parent.0,
-                name.as_bytes(),
-                newparent.0,
-                newname.as_bytes(),
-                flags.bits(),
-            ),
-            reply,
-        )
+        let r = self.fs.rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            flags.bits(),
+        );
+        self.fs.attrs_changed();
+        empty(r, reply)
     }
 
     fn link(
@@ -399,16 +422,20 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         begin!("link", self, req, reply, ino, newparent);
-        self.entry(self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply)
+        let r = self.fs.link(ino.0, newparent.0, newname.as_bytes());
+        self.fs.attrs_changed();
+        self.entry(r, reply)
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         begin!("open", self, req, reply, ino);
-        answer(
-            self.fs.open(ino.0, flags.0, caller(req)),
-            reply,
-            |reply, o| reply.opened(FileHandle(o.fh), fopen_flags(o, self.direct_mmap)),
-        )
+        let r = self.fs.open(ino.0, flags.0, caller(req));
+        if flags.0 & (libc::O_ACCMODE | libc::O_TRUNC) != libc::O_RDONLY {
+            self.fs.attrs_changed();
+        }
+        answer(r, reply, |reply, o| {
+            reply.opened(FileHandle(o.fh), fopen_flags(o, self.direct_mmap))
+        })
     }
 
     fn read(
@@ -445,6 +472,7 @@ impl Filesystem for FuseFs {
         // The kernel's FUSE_WRITE_KILL_SUIDGID is not needed: the core
         // decides for every write (see `Fs::write`).
         let r = self.fs.write(fh.0, offset, data, caller(req));
+        self.fs.attrs_changed();
         answer(r, reply, |reply, w| {
             metrics::global().bytes_written.inc_by(u64::from(w.len));
             self.attrs_changed(ino, &w);
@@ -461,7 +489,9 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         begin!("flush");
-        empty(self.fs.flush(fh.0), reply)
+        let r = self.fs.flush(fh.0);
+        self.fs.attrs_changed();
+        empty(r, reply)
     }
 
     fn release(
@@ -487,7 +517,9 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         begin!("fsync");
-        empty(self.fs.fsync(fh.0), reply)
+        let r = self.fs.fsync(fh.0);
+        self.fs.attrs_changed();
+        empty(r, reply)
     }
 
     fn readdir(
@@ -575,11 +607,11 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         begin!("setxattr", self, req, reply, ino);
-        empty(
-            self.fs
-                .setxattr(ino.0, name.as_bytes(), value, flags, caller(req)),
-            reply,
-        )
+        let r = self
+            .fs
+            .setxattr(ino.0, name.as_bytes(), value, flags, caller(req));
+        self.fs.attrs_changed();
+        empty(r, reply)
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -599,7 +631,9 @@ impl Filesystem for FuseFs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         begin!("removexattr", self, req, reply, ino);
-        empty(self.fs.removexattr(ino.0, name.as_bytes()), reply)
+        let r = self.fs.removexattr(ino.0, name.as_bytes());
+        self.fs.attrs_changed();
+        empty(r, reply)
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -620,6 +654,7 @@ impl Filesystem for FuseFs {
     ) {
         begin!("fallocate");
         let r = self.fs.fallocate(fh.0, offset, length, mode, caller(req));
+        self.fs.attrs_changed();
         answer(r, reply, |reply, w| {
             self.attrs_changed(ino, &w);
             reply.ok()
@@ -666,6 +701,7 @@ impl Filesystem for FuseFs {
         let r = self
             .fs
             .create(parent.0, name.as_bytes(), mode, umask, flags, caller(req));
+        self.fs.attrs_changed();
         answer(r, reply, |reply, (a, o)| {
             reply.created(
                 &self.ttl,

@@ -113,6 +113,13 @@ impl Fs {
                 );
             }
         }
+        self.attrs.changed();
+    }
+
+    /// Tells the attribute cache that something changed through this mount
+    /// (see [`super::attr_cache`]).
+    pub fn attrs_changed(&self) {
+        self.attrs.changed();
     }
 
     /// Attributes as this mount sees them: with its uncommitted changes.
@@ -144,6 +151,7 @@ impl Fs {
             let r = self
                 .shard_after_import(s)
                 .and_then(|shard| meta::apply_changes(&shard, s, &list));
+            self.attrs.changed();
             match r {
                 Ok(()) => self.changes.forget(s, &list),
                 Err(e) => log::warn!(
@@ -176,6 +184,7 @@ impl Fs {
             Some(order)
         };
         let r = change(&changes);
+        self.attrs.changed();
         if r.is_ok() {
             self.changes.forget(space, &changes);
         }

@@ -9,7 +9,7 @@ use crate::shard::{attrs, namespace, xattrs};
 
 pub use crate::shard::attrs::{AttrChange, SetAttr, SetIdRule};
 pub use crate::shard::namespace::{
-    DirEntry, NewInode, OpenHere, RENAME_EXCHANGE, RENAME_NOREPLACE, new_attr,
+    DirPage, NewInode, OpenHere, RENAME_EXCHANGE, RENAME_NOREPLACE, new_attr,
 };
 pub use crate::shard::xattrs::{XATTR_CREATE, XATTR_REPLACE};
 
@@ -80,7 +80,7 @@ pub fn getattr_with_head(
     Ok(namespace::getattr_with_head(shard, space, ino, small)?)
 }
 
-pub fn lookup(shard: &Route, space: u32, parent: u64, name: &[u8]) -> FsResult<Attr> {
+pub fn lookup(shard: &Route, space: u32, parent: u64, name: &[u8]) -> FsResult<(Attr, bool)> {
     check_len(name)?;
     Ok(namespace::lookup(shard, space, parent, name)?)
 }
@@ -194,12 +194,9 @@ pub fn readdir(
     dir: u64,
     after: u64,
     limit: usize,
-) -> FsResult<Vec<DirEntry>> {
-    Ok(namespace::readdir(shard, space, dir, after, limit)?)
-}
-
-pub fn parent_of(shard: &Route, space: u32, dir: u64) -> FsResult<Option<u64>> {
-    Ok(namespace::parent_of(shard, space, dir)?)
+    parent: bool,
+) -> FsResult<DirPage> {
+    Ok(namespace::readdir(shard, space, dir, after, limit, parent)?)
 }
 
 pub fn is_empty_dir(shard: &Route, space: u32, dir: u64) -> FsResult<bool> {

@@ -25,6 +25,7 @@
 pub mod acl;
 mod admin_view;
 pub mod attr;
+mod attr_cache;
 pub mod cache;
 pub mod caller;
 pub mod data;
@@ -70,7 +71,8 @@ pub struct FsConfig {
     /// Besides root, members of this group (primary gid) may use a
     /// deactivated space.
     pub admin_gid: Option<u32>,
-    /// How long xattrs read from the database are reused (the attribute TTL).
+    /// How long xattrs and attributes read from the database are reused
+    /// (the attribute TTL).
     pub xattr_ttl: Duration,
 }
 
@@ -129,6 +131,8 @@ pub struct Fs {
     handles: Handles,
     pub cache: Arc<DataCache>,
     xattrs: xattr_cache::XattrCache,
+    /// Attributes read lately (see [`attr_cache`]).
+    attrs: attr_cache::AttrCache,
     /// The last statfs count and when it was taken.
     usage: Mutex<Option<(Instant, (u64, u64))>>,
     /// Hands files whose buffers passed the threshold to the flush workers.
@@ -232,6 +236,7 @@ impl Fs {
             reserved_ids: Mutex::default(),
             importing: Mutex::default(),
             xattrs: xattr_cache::XattrCache::new(100_000, cfg.xattr_ttl),
+            attrs: attr_cache::AttrCache::new(4096, cfg.xattr_ttl),
             usage: Mutex::default(),
             cache,
             cfg,

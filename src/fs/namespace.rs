@@ -5,6 +5,7 @@
 //! answers.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::error::failed;
 use super::meta::{NewInode, SetAttr};
@@ -13,41 +14,73 @@ use super::{Attr, Caller, Error, Fs, FsResult, Node, acl, meta, now_ns};
 /// Directory entries: (offset of the next entry, name, attributes).
 pub(super) type Listing = Vec<(u64, Vec<u8>, Attr)>;
 
+/// The offset after a directory's last entry (that of ext4, `i64::MAX`):
+/// asked for what follows it, readdir answers nothing without a query.
+const END: u64 = i64::MAX as u64;
+
 impl Fs {
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        self.getattr_aged(ino).map(|(a, _)| a)
+    }
+
+    /// The attributes, and how old the stored ones they come from are (see
+    /// [`super::attr_cache`]): the kernel keeps them for what is left of the TTL.
+    pub fn getattr_aged(&self, ino: u64) -> FsResult<(Attr, Duration)> {
+        let fresh = |a| (a, Duration::ZERO);
         match Node::from_ino(ino) {
-            Node::Root => self.root_attr(ino),
-            Node::Volume(v) => self.volume_attr(ino, v),
+            Node::Root => self.root_attr(ino).map(fresh),
+            Node::Volume(v) => self.volume_attr(ino, v).map(fresh),
             Node::Space(space, i) => {
+                let epoch = self.attrs.epoch();
                 let change = self.changes.get(space, i);
                 let open = self.open.lock().unwrap().get(&(space, i)).cloned();
                 if let Some(mut a) = open.as_ref().and_then(|o| o.pending_attr()) {
                     if let Some(c) = change {
                         c.apply(&mut a);
                     }
-                    return Ok(a);
+                    return Ok(fresh(a));
                 }
-                if i == 1
-                    && let Some(dir) = self.space(space)?.0.import_from
-                {
-                    // Not imported yet: `ls -l` of a volume must not import
-                    // every space in it.
-                    return super::attr::of_disk_dir(ino, &dir)
-                        .map_err(|e| failed(format!("space {space}: {e:#}")));
-                }
-                let epoch = self.attr_epoch.load(Ordering::Acquire);
-                let kept = open
-                    .as_ref()
-                    .and_then(|o| o.cached_attr(epoch, self.cfg.xattr_ttl));
-                let mut a = match kept {
-                    Some(a) => a,
+                // A closed file: the attributes read lately (see
+                // [`super::attr_cache`]), unless a create is pending (its
+                // commit changes the directory's attributes). An open file
+                // keeps its own (see `OpenInode::cached_attr`).
+                let quiet = || open.is_none() && self.pending.load(Ordering::Acquire) == 0;
+                let cacheable = quiet();
+                let cached = if cacheable {
+                    self.attrs.get(space, i)
+                } else {
+                    None
+                };
+                let (mut a, age) = match cached {
+                    Some(c) => c,
                     None => {
-                        let asked = super::data::ticket();
-                        let a = meta::getattr(&self.shard_after_import(space)?, space, i)?;
-                        if let Some(o) = &open {
-                            o.keep_attr(a, epoch, asked);
+                        if i == 1
+                            && let Some(dir) = self.space(space)?.0.import_from
+                        {
+                            // Not imported yet: `ls -l` of a volume must not
+                            // import every space in it.
+                            return super::attr::of_disk_dir(ino, &dir)
+                                .map(fresh)
+                                .map_err(|e| failed(format!("space {space}: {e:#}")));
                         }
-                        a
+                        let open_epoch = self.attr_epoch.load(Ordering::Acquire);
+                        let kept = open
+                            .as_ref()
+                            .and_then(|o| o.cached_attr(open_epoch, self.cfg.xattr_ttl));
+                        match kept {
+                            Some(a) => fresh(a),
+                            None => {
+                                let asked = super::data::ticket();
+                                let a = meta::getattr(&self.shard_after_import(space)?, space, i)?;
+                                if let Some(o) = &open {
+                                    o.keep_attr(a, open_epoch, asked);
+                                }
+                                if cacheable && quiet() {
+                                    self.attrs.put(space, i, epoch, a);
+                                }
+                                fresh(a)
+                            }
+                        }
                     }
                 };
                 if let Some(c) = change {
@@ -59,7 +92,7 @@ impl Fs {
                         a.size = size;
                     }
                 }
-                Ok(a)
+                Ok((a, age))
             }
         }
     }
@@ -73,8 +106,12 @@ impl Fs {
             Node::Volume(vol) => self.lookup_space(vol, name),
             Node::Space(space, dir) => {
                 self.commit_creates(space);
-                meta::lookup(&self.shard_after_import(space)?, space, dir, name)
-                    .map(|a| self.with_changes(a))
+                let (a, has_xattrs) =
+                    meta::lookup(&self.shard_after_import(space)?, space, dir, name)?;
+                if !has_xattrs {
+                    self.xattrs.put_empty(a.ino);
+                }
+                Ok(self.with_changes(a))
             }
         }
     }
@@ -91,13 +128,24 @@ impl Fs {
     /// set-group-ID of a group that may not execute, Linux's own clears it
     /// for callers outside the group; with atomic `O_TRUNC` it sends nothing).
     pub fn setattr(&self, ino: u64, s: &SetAttr, caller: Caller) -> FsResult<Attr> {
+        self.setattr_aged(ino, s, caller).map(|(a, _)| a)
+    }
+
+    /// [`Fs::setattr`], with the age of the stored attributes the answer
+    /// comes from (see [`Fs::getattr_aged`]).
+    pub fn setattr_aged(
+        &self,
+        ino: u64,
+        s: &SetAttr,
+        caller: Caller,
+    ) -> FsResult<(Attr, Duration)> {
         let _changing = self.changing();
         let Node::Space(space, i) = Node::from_ino(ino) else {
             return Err(Error::EPERM);
         };
         let shard = self.shard_rw_after_import(space)?;
         if s.size.is_none() {
-            let mut a = self.getattr(ino)?;
+            let (mut a, age) = self.getattr_aged(ino)?;
             let change = meta::AttrChange {
                 mode: s.mode,
                 uid: s.uid,
@@ -109,7 +157,7 @@ impl Fs {
             self.changes.defer(space, i, change);
             change.apply(&mut a);
             self.note_owner_mode(space, i, &a);
-            return Ok(a);
+            return Ok((a, age));
         }
         self.commit_pending(space);
         let open = self.open.lock().unwrap().get(&(space, i)).cloned();
@@ -125,9 +173,11 @@ impl Fs {
                 self.cache.invalidate(space, i);
                 meta::setattr(&shard, space, i, s, &setid)
             }
-        }?;
+        };
+        self.attrs.changed();
+        let a = a?;
         self.note_owner_mode(space, i, &a);
-        Ok(a)
+        Ok((a, Duration::ZERO))
     }
 
     /// Keeps an open file's group and mode (see [`super::data::OpenInode::owner_mode`])
@@ -294,7 +344,11 @@ impl Fs {
     }
 
     /// Directory entries after `offset` (0 = from the start), each with the
-    /// offset of the entry after it. `.` and `..` come first.
+    /// offset of the entry after it. `.` and `..` come first. Inside a
+    /// space, one query per page, and the last entry of a short page
+    /// carries [`END`]: the kernel's next request, which would find nothing
+    /// more, costs none (as on ext4, entries added after the end are seen
+    /// from a `rewinddir`).
     pub fn readdir(
         &self,
         ino: u64,
@@ -304,47 +358,55 @@ impl Fs {
         match Node::from_ino(ino) {
             Node::Root => self.list_root(ino, offset),
             Node::Volume(vol) => self.list_volume(ino, vol, offset, limit),
+            Node::Space(_, _) if offset >= END => Ok(Vec::new()),
             Node::Space(space, dir) => {
-                let mut out = Vec::new();
                 let shard = self.shard_after_import(space)?;
                 self.commit_creates(space);
-                if offset < 2 {
+                let dots = offset < 2;
+                let after = offset.saturating_sub(2);
+                let page = meta::readdir(&shard, space, dir, after, limit, dots && dir != 1)?;
+                let mut out = Vec::new();
+                if dots {
                     let parent = if dir == 1 {
                         self.space(space)
                             .map(|(s, _)| Node::Volume(s.volume_id).ino())?
+                    } else if let Some(p) = page.parent {
+                        Node::Space(space, p).ino()
                     } else {
-                        meta::parent_of(&shard, space, dir)?
-                            .map_or(ino, |p| Node::Space(space, p).ino())
+                        // Empty and nameless: removed. As on ext4, a removed
+                        // directory lists nothing, not even `.` and `..`.
+                        return Ok(Vec::new());
                     };
-                    out.extend(self.dots(ino, offset, parent)?);
+                    out.extend(self.dots(ino, offset, parent));
                 }
-                let after = offset.saturating_sub(2);
-                for e in meta::readdir(&shard, space, dir, after, limit)? {
+                let short = page.entries.len() < limit;
+                for e in page.entries {
                     if !e.has_xattrs {
                         self.xattrs.put_empty(e.attr.ino);
                     }
                     out.push((e.seq + 2, e.name, self.with_changes(e.attr)));
+                }
+                if short && let Some(last) = out.last_mut() {
+                    last.0 = END;
                 }
                 Ok(out)
             }
         }
     }
 
-    /// `.` (`ino`) and `..` (`parent`, or `ino` itself if that fails), those
-    /// of them after `offset`.
-    pub(super) fn dots(&self, ino: u64, offset: u64, parent: u64) -> FsResult<Listing> {
+    /// `.` (`ino`) and `..` (`parent`), those of them after `offset`. Only
+    /// their numbers and kind are used: the kernel takes no attributes of
+    /// `.` and `..` from a readdirplus reply, and a readdir's carry none.
+    pub(super) fn dots(&self, ino: u64, offset: u64, parent: u64) -> Listing {
+        let dir = |ino| Attr::synthetic_dir(ino, 2, 0);
         let mut v = Vec::new();
         if offset < 1 {
-            v.push((1, b".".to_vec(), self.getattr(ino)?));
+            v.push((1, b".".to_vec(), dir(ino)));
         }
         if offset < 2 {
-            v.push((
-                2,
-                b"..".to_vec(),
-                self.getattr(parent).or_else(|_| self.getattr(ino))?,
-            ));
+            v.push((2, b"..".to_vec(), dir(parent)));
         }
-        Ok(v)
+        v
     }
 
     /// `fsync` of a directory: its entries are durable once this mount's

@@ -60,7 +60,7 @@ impl Fs {
 
     /// The root's entries after `offset`: `.`, `..`, then the volumes.
     pub(super) fn list_root(&self, ino: u64, offset: u64) -> FsResult<Listing> {
-        let mut out = self.dots(ino, offset, ino)?;
+        let mut out = self.dots(ino, offset, ino);
         let vols = self.view()?.volumes.clone();
         for (i, v) in vols.iter().enumerate() {
             let o = i as u64 + 3;
@@ -84,7 +84,7 @@ impl Fs {
         offset: u64,
         limit: usize,
     ) -> FsResult<Listing> {
-        let mut out = self.dots(ino, offset, attr::ROOT_INO)?;
+        let mut out = self.dots(ino, offset, attr::ROOT_INO);
         let mut ids: Vec<u32> = self
             .view()?
             .spaces

@@ -178,18 +178,22 @@ pub fn getattr_with_head(
     Ok((attr, Some(head)))
 }
 
-pub fn lookup(s: &impl Access, space: u32, parent: u64, name: &[u8]) -> ShardResult<Attr> {
+/// The inode `name` points to, and whether it has any xattrs (so that
+/// `ls -l`'s ACL and security lookups need no query of their own).
+pub fn lookup(s: &impl Access, space: u32, parent: u64, name: &[u8]) -> ShardResult<(Attr, bool)> {
     let row: Option<Row> = s.query("read", |conn| {
         conn.exec_first(
             format!(
-                "SELECT {I_COLUMNS} FROM dentries d JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
+                "SELECT {I_COLUMNS}, EXISTS (SELECT 1 FROM xattrs x WHERE x.space_id = d.space_id AND x.ino = d.ino)
+                 FROM dentries d JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
                  WHERE d.space_id = ? AND d.parent = ? AND d.name = ?"
             ),
             (space, parent, name),
         )
     })?;
-    row.map(|r| inode::from_row(space, &r))
-        .ok_or(ShardError::NotFound)
+    let row = row.ok_or(ShardError::NotFound)?;
+    let has_xattrs = row.get::<u8, _>(12).unwrap_or(1) != 0;
+    Ok((inode::from_row(space, &row), has_xattrs))
 }
 
 /// Creates a file, directory, FIFO, device or symlink. A directory with the
@@ -405,6 +409,50 @@ fn is_within(
     Ok(false)
 }
 
+/// A rename's rows, locked in one round trip: both parents (in a fixed
+/// order, against deadlocks), then the inodes the old and the new name
+/// point to.
+type RenameRows = (Vec<Attr>, Option<Attr>, Option<Attr>);
+
+fn lock_for_rename(
+    tx: &mut Tx<'_>,
+    space: u32,
+    parent: u64,
+    name: &[u8],
+    newparent: u64,
+    newname: &[u8],
+) -> Result<RenameRows, mysql::Error> {
+    let dir = format!(
+        "(SELECT {I_COLUMNS}, 0 FROM inodes i WHERE i.space_id = ? AND i.ino = ? AND i.state < {DELETED} FOR UPDATE)"
+    );
+    let entry = |k: u8| {
+        format!(
+            "(SELECT {I_COLUMNS}, {k} FROM dentries d JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
+              WHERE d.space_id = ? AND d.parent = ? AND d.name = ? AND i.state < {DELETED} FOR UPDATE)"
+        )
+    };
+    let mut params: Vec<mysql::Value> = vec![space.into(), parent.min(newparent).into()];
+    let mut parts = vec![dir.clone()];
+    if parent != newparent {
+        parts.push(dir);
+        params.extend([space.into(), parent.max(newparent).into()]);
+    }
+    parts.extend([entry(1), entry(2)]);
+    params.extend([space.into(), parent.into(), name.into()]);
+    params.extend([space.into(), newparent.into(), newname.into()]);
+    let rows: Vec<Row> = tx.exec(parts.join(" UNION ALL "), mysql::Params::Positional(params))?;
+    let (mut parents, mut src, mut dst) = (Vec::new(), None, None);
+    for r in rows {
+        let a = inode::from_row(space, &r);
+        match r.get::<u8, _>(12) {
+            Some(0) => parents.push(a),
+            Some(1) => src = Some(a),
+            _ => dst = Some(a),
+        }
+    }
+    Ok((parents, src, dst))
+}
+
 pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 2;
 
@@ -425,16 +473,15 @@ pub fn rename(
     let now = now_ns();
     s.run("rename", |tx| {
             attrs::update_attrs(tx, space, changes)?;
-            // Lock both parents in a fixed order to avoid deadlocks.
-            for p in [parent.min(newparent), parent.max(newparent)] {
-                let a = get_attr(tx, space, p, true)?.ok_or(ShardError::NotFound)?;
-                if !a.is_dir() {
-                    return Err(ShardError::NotDir.into());
-                }
+            let (parents, sa, da) = lock_for_rename(tx, space, parent, name, newparent, newname)?;
+            if parents.len() < 1 + usize::from(parent != newparent) {
+                return Err(ShardError::NotFound.into());
             }
-            let sa = entry_attr(tx, space, parent, name)?.ok_or(ShardError::NotFound)?;
+            if parents.iter().any(|a| !a.is_dir()) {
+                return Err(ShardError::NotDir.into());
+            }
+            let sa = sa.ok_or(ShardError::NotFound)?;
             let src = local(sa.ino);
-            let da = entry_attr(tx, space, newparent, newname)?;
             if sa.is_dir() && parent != newparent && is_within(tx, space, newparent, src)? {
                 return Err(ShardError::Invalid.into());
             }
@@ -574,20 +621,37 @@ pub struct DirEntry {
     pub has_xattrs: bool,
 }
 
+/// A page of a directory listing.
+pub struct DirPage {
+    pub entries: Vec<DirEntry>,
+    /// The directory's parent, when asked for (`None` for a space's root
+    /// or a directory removed meanwhile).
+    pub parent: Option<u64>,
+}
+
 /// Up to `limit` entries of `dir` after sequence `after`, in sequence order:
-/// offsets stay valid while entries are added and removed.
+/// offsets stay valid while entries are added and removed. With `parent`,
+/// also the directory's parent (for `..`), in the same query unless the
+/// page is empty.
 pub fn readdir(
     s: &impl Access,
     space: u32,
     dir: u64,
     after: u64,
     limit: usize,
-) -> ShardResult<Vec<DirEntry>> {
+    parent: bool,
+) -> ShardResult<DirPage> {
+    let parent_col = if parent {
+        "(SELECT p.parent FROM dentries p WHERE p.space_id = d.space_id AND p.ino = d.parent LIMIT 1)"
+    } else {
+        "NULL"
+    };
     let rows: Vec<Row> = s.query("read", |conn| {
         conn.exec(
             format!(
                 "SELECT {I_COLUMNS}, d.seq, d.name,
-                        EXISTS (SELECT 1 FROM xattrs x WHERE x.space_id = d.space_id AND x.ino = d.ino)
+                        EXISTS (SELECT 1 FROM xattrs x WHERE x.space_id = d.space_id AND x.ino = d.ino),
+                        {parent_col}
                  FROM dentries d
                  JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
                  WHERE d.space_id = ? AND d.parent = ? AND d.seq > ? ORDER BY d.seq LIMIT {limit}"
@@ -595,7 +659,12 @@ pub fn readdir(
             (space, dir, after),
         )
     })?;
-    Ok(rows
+    let parent = match rows.first() {
+        Some(r) => r.get::<Option<u64>, _>(15).flatten(),
+        None if parent => parent_of(s, space, dir)?,
+        None => None,
+    };
+    let entries = rows
         .into_iter()
         .map(|r| DirEntry {
             attr: inode::from_row(space, &r),
@@ -603,11 +672,12 @@ pub fn readdir(
             name: r.get(13).unwrap_or_default(),
             has_xattrs: r.get::<u8, _>(14).unwrap_or(1) != 0,
         })
-        .collect())
+        .collect();
+    Ok(DirPage { entries, parent })
 }
 
 /// The parent of a directory (for `..`); the space root is its own parent here.
-pub fn parent_of(s: &impl Access, space: u32, dir: u64) -> ShardResult<Option<u64>> {
+fn parent_of(s: &impl Access, space: u32, dir: u64) -> ShardResult<Option<u64>> {
     s.query("read", |conn| {
         conn.exec_first(
             "SELECT parent FROM dentries WHERE space_id = ? AND ino = ? LIMIT 1",
