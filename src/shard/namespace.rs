@@ -222,7 +222,7 @@ pub fn create(
     match done {
         Once::Done(a) => Ok(a),
         // A run whose COMMIT got no answer made it: not EEXIST.
-        Once::AlreadyDone => lookup(s, space, parent, name),
+        Once::AlreadyDone => lookup(s, space, parent, name).map(|(a, _)| a),
     }
 }
 
