@@ -5,6 +5,11 @@
 //! `;`-separated list of `name=value` MySQL option names. They are stored in
 //! the Admin Node verbatim (normalised) and are never printed with the
 //! password in clear: use [`ConnOptions::masked`].
+//!
+//! `host` may name several servers of one Galera cluster, each with its own
+//! port: `host=db1:3306,db2:3307,db3` (`port` is the default for those
+//! without one). Every process writes through one member at a time (see
+//! `db.rs`); [`ConnOptions::members`] gives each as options of its own.
 
 use std::fmt;
 use std::path::Path;
@@ -95,7 +100,29 @@ impl ConnOptions {
             Ok(s)
         };
         match canonical.as_str() {
-            "host" => self.host = Some(text()?),
+            "host" => {
+                let hosts = text()?;
+                let mut list = Vec::new();
+                for item in hosts.split(',') {
+                    let (h, port) = split_host(item.trim()).map_err(|e| {
+                        anyhow!(
+                            "connection option 'host': '{item}' {e} (expected host or host:port)"
+                        )
+                    })?;
+                    list.push(match port {
+                        Some(p) if h.contains(':') => format!("[{h}]:{p}"),
+                        Some(p) => format!("{h}:{p}"),
+                        None => h.to_string(),
+                    });
+                }
+                let mut unique = list.clone();
+                unique.sort();
+                unique.dedup();
+                if unique.len() != list.len() {
+                    bail!("connection option 'host': '{hosts}' names a server twice");
+                }
+                self.host = Some(list.join(","))
+            }
             "port" => {
                 let port: u16 = value.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
                     anyhow!("connection option 'port': '{value}' is not a port number (1..65535)")
@@ -131,16 +158,45 @@ impl ConnOptions {
             .ok_or_else(|| anyhow!("connection options name no database (add database=…)"))
     }
 
-    /// A short description of the server for error messages: `host:port` or the socket.
+    /// A short description of the server for error messages: `host:port`
+    /// (comma-separated for several members) or the socket.
     pub fn server(&self) -> String {
         match (&self.socket, &self.host) {
             (Some(s), None) => s.clone(),
-            _ => format!(
-                "{}:{}",
-                self.host.as_deref().unwrap_or("localhost"),
-                self.port.unwrap_or(3306)
-            ),
+            _ => self
+                .members()
+                .iter()
+                .map(|m| {
+                    let h = m.host.as_deref().unwrap_or("localhost");
+                    let h = if h.contains(':') {
+                        format!("[{h}]")
+                    } else {
+                        h.to_string()
+                    };
+                    format!("{h}:{}", m.port.unwrap_or(3306))
+                })
+                .collect::<Vec<_>>()
+                .join(","),
         }
+    }
+
+    /// One set of options per server `host` names (itself when it names one
+    /// or none): each with a single host and its port.
+    pub fn members(&self) -> Vec<ConnOptions> {
+        let Some(hosts) = self.host.as_deref() else {
+            return vec![self.clone()];
+        };
+        hosts
+            .split(',')
+            .map(|item| {
+                let (h, port) = split_host(item).expect("validated by set");
+                ConnOptions {
+                    host: Some(h.to_string()),
+                    port: port.or(self.port),
+                    ..self.clone()
+                }
+            })
+            .collect()
     }
 
     /// The canonical text form with the password in clear: what the Admin Node stores.
@@ -188,7 +244,8 @@ impl ConnOptions {
         }
     }
 
-    /// Options for the `mysql` crate, with bounded timeouts.
+    /// Options for the `mysql` crate, with bounded timeouts; for the first
+    /// member when `host` names several.
     // Exception to "only db.rs, shard/, cluster/ name mysql::": option mapping beside its defaults, no SQL.
     pub fn to_mysql(&self) -> mysql::Opts {
         let secs = |v: Option<u64>, d| Some(Duration::from_secs(v.unwrap_or(d)));
@@ -208,11 +265,10 @@ impl ConnOptions {
         match (&self.socket, &self.host) {
             (Some(sock), None) => b = b.socket(Some(sock.clone())),
             _ => {
+                let first = self.members().swap_remove(0);
                 b = b
-                    .ip_or_hostname(Some(
-                        self.host.clone().unwrap_or_else(|| "localhost".into()),
-                    ))
-                    .tcp_port(self.port.unwrap_or(3306))
+                    .ip_or_hostname(Some(first.host.unwrap_or_else(|| "localhost".into())))
+                    .tcp_port(first.port.unwrap_or(3306))
             }
         }
         b.into()
@@ -224,6 +280,40 @@ impl fmt::Display for ConnOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.masked())
     }
+}
+
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port` (a bare IPv6 address
+/// has no port).
+fn split_host(item: &str) -> Result<(&str, Option<u16>)> {
+    let port = |p: &str| -> Result<u16> {
+        p.parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| anyhow!("has a bad port '{p}'"))
+    };
+    let (host, p) = if let Some(rest) = item.strip_prefix('[') {
+        let (h, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| anyhow!("lacks its ']'"))?;
+        match tail {
+            "" => (h, None),
+            t => (
+                h,
+                Some(port(
+                    t.strip_prefix(':').ok_or_else(|| anyhow!("is malformed"))?,
+                )?),
+            ),
+        }
+    } else if item.matches(':').count() == 1 {
+        let (h, p) = item.split_once(':').unwrap();
+        (h, Some(port(p)?))
+    } else {
+        (item, None)
+    };
+    if host.is_empty() {
+        bail!("has no host name");
+    }
+    Ok((host, p))
 }
 
 fn unquote(v: &str) -> &str {
@@ -315,6 +405,28 @@ mod tests {
         );
         assert!(!format!("{o}").contains("s3cret"));
         assert_eq!(ConnOptions::parse(&o.to_stored()).unwrap(), o);
+    }
+
+    #[test]
+    fn several_members() {
+        let o = ConnOptions::parse("host=db1:3321, db2 ,[::1]:3323;port=3310;database=x").unwrap();
+        assert_eq!(o.host.as_deref(), Some("db1:3321,db2,[::1]:3323"));
+        let m = o.members();
+        assert_eq!(m.len(), 3);
+        assert_eq!((m[0].host.as_deref(), m[0].port), (Some("db1"), Some(3321)));
+        assert_eq!((m[1].host.as_deref(), m[1].port), (Some("db2"), Some(3310)));
+        assert_eq!((m[2].host.as_deref(), m[2].port), (Some("::1"), Some(3323)));
+        assert_eq!(m[1].database.as_deref(), Some("x"));
+        assert_eq!(o.server(), "db1:3321,db2:3310,[::1]:3323");
+        assert_eq!(ConnOptions::parse(&o.to_stored()).unwrap(), o);
+        let one = ConnOptions::parse("host=db1;port=3307").unwrap();
+        assert_eq!(one.members(), vec![one.clone()]);
+        assert_eq!(one.server(), "db1:3307");
+        let err = |s: &str| format!("{:#}", ConnOptions::parse(s).unwrap_err());
+        assert!(err("host=db1:0").contains("bad port '0'"));
+        assert!(err("host=db1,,db2").contains("has no host name"));
+        assert!(err("host=db1:3306,db1:3306").contains("names a server twice"));
+        assert!(err("host=[::1").contains("lacks its ']'"));
     }
 
     #[test]

@@ -1,9 +1,22 @@
 //! Database access shared by the Admin Node and the Storage Nodes: a bounded
 //! connection pool per database, errors classified into what an administrator
 //! can act on, and transparent retry of deadlocks and lost connections.
+//!
+//! A database may live on several members of one MariaDB Galera cluster
+//! (`host=db1,db2,db3`). A [`Db`] then writes through one member at a time
+//! (sticky: fences, triggers' share locks and ends of files stay on one
+//! member, and certification conflicts stay rare), and moves to the next
+//! member, in the order the options name them, when its member is lost or
+//! not synced (`wsrep_ready`, `wsrep_local_state` 4). Every read waits for
+//! the cluster's writes (`wsrep_sync_wait`), so a process that moved reads
+//! what it wrote through the member it left, and processes on different
+//! members read each other's commits. A certification failure
+//! (another member's conflicting write) is error 1213, retried like a
+//! deadlock. A COMMIT answered by a lost connection has an unknown outcome:
+//! [`once`] makes such a transaction safe to run again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
@@ -46,6 +59,9 @@ pub mod code {
     pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
     pub const DEADLOCK: u16 = 1213;
     pub const DUP_ENTRY: u16 = 1062;
+    /// Galera: "WSREP has not yet prepared node for application use" (the
+    /// member is not synced or not in the primary component).
+    pub const WSREP_NOT_READY: u16 = 1047;
 }
 
 /// One database (Admin Node or a Storage Node shard) behind a bounded pool.
@@ -58,6 +74,12 @@ pub struct Db {
     pool: Arc<RwLock<Pool>>,
     broken: Arc<AtomicBool>,
     opts: ConnOptions,
+    /// The servers `opts` names (one unless a Galera cluster's members).
+    members: Arc<Vec<ConnOptions>>,
+    /// The member in use, an index into `members`.
+    current: Arc<AtomicUsize>,
+    /// Held while a new pool is built, so one thread picks the member.
+    switching: Arc<Mutex<()>>,
     max_conns: usize,
     /// Statements every new connection runs first.
     init: Vec<String>,
@@ -84,23 +106,43 @@ impl Db {
         max_conns: usize,
         init: Vec<String>,
     ) -> Result<Db, DbError> {
-        Ok(Db {
-            pool: Arc::new(RwLock::new(new_pool(opts, max_conns, &init)?)),
-            broken: Arc::default(),
-            opts: opts.clone(),
-            max_conns,
-            init,
-        })
+        let members = opts.members();
+        let mut last = None;
+        // The first member that answers and is synced.
+        for i in 0..members.len() {
+            match open_member(&members, i, max_conns, &init) {
+                Ok(pool) => {
+                    return Ok(Db {
+                        pool: Arc::new(RwLock::new(pool)),
+                        broken: Arc::default(),
+                        opts: opts.clone(),
+                        members: Arc::new(members),
+                        current: Arc::new(AtomicUsize::new(i)),
+                        switching: Arc::default(),
+                        max_conns,
+                        init,
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one member"))
     }
 
     pub fn opts(&self) -> &ConnOptions {
         &self.opts
     }
 
-    /// Maps a driver error to a [`DbError`] naming this database's server;
-    /// a lost server marks the pool for rebuilding.
+    /// The server in use (one of the members `opts` names).
+    pub fn member(&self) -> &ConnOptions {
+        &self.members[self.current.load(Ordering::Acquire)]
+    }
+
+    /// Maps a driver error to a [`DbError`] naming the server in use; a
+    /// lost server marks the pool for rebuilding (on the next member of a
+    /// Galera cluster if this one is gone).
     pub fn err(&self, e: mysql::Error) -> DbError {
-        let e = classify(&self.opts, e);
+        let e = classify(self.member(), e);
         if e.is_transient() {
             self.broken.store(true, Ordering::Release);
         }
@@ -109,12 +151,45 @@ impl Db {
 
     pub fn conn(&self) -> Result<PooledConn, DbError> {
         if self.broken.load(Ordering::Acquire) {
-            let fresh = new_pool(&self.opts, self.max_conns, &self.init)?;
-            *self.pool.write().unwrap() = fresh;
-            self.broken.store(false, Ordering::Release);
+            self.reconnect()?;
         }
         let pool = self.pool.read().unwrap().clone();
         pool.try_get_conn(CHECKOUT_TIMEOUT).map_err(|e| self.err(e))
+    }
+
+    /// A new pool on the member in use if it still answers and is synced,
+    /// else on the next one that does.
+    fn reconnect(&self) -> Result<(), DbError> {
+        let _one = self.switching.lock().unwrap();
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(()); // another thread did it
+        }
+        let n = self.members.len();
+        let from = self.current.load(Ordering::Acquire);
+        let mut last = None;
+        for k in 0..n {
+            let i = (from + k) % n;
+            match open_member(&self.members, i, self.max_conns, &self.init) {
+                Ok(pool) => {
+                    if k > 0 {
+                        log::warn!(
+                            "database {}: moved from {} to {} ({})",
+                            self.opts.database.as_deref().unwrap_or(""),
+                            self.members[from].server(),
+                            self.members[i].server(),
+                            last.as_ref()
+                                .map_or(String::new(), |e: &DbError| e.to_string())
+                        );
+                    }
+                    *self.pool.write().unwrap() = pool;
+                    self.current.store(i, Ordering::Release);
+                    self.broken.store(false, Ordering::Release);
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one member"))
     }
 
     /// Runs `f` in a transaction and commits; retries the whole transaction
@@ -147,8 +222,13 @@ impl Db {
                     Body::Sql(e) => Failed::Tx(self.tx_err(e)),
                     Body::Abort(e) => Failed::Abort(e),
                 })?;
-                tx.commit()
-                    .map_err(|e| Failed::Tx(TxError::Commit(self.err(e))))?;
+                tx.commit().map_err(|e| match &e {
+                    // Galera's certification refused it: nothing committed.
+                    mysql::Error::MySqlError(m) if m.code == code::DEADLOCK => {
+                        Failed::Tx(TxError::Retry(self.err(e)))
+                    }
+                    _ => Failed::Tx(TxError::Commit(self.err(e))),
+                })?;
                 Ok(v)
             })();
             match r {
@@ -201,6 +281,152 @@ impl Db {
     pub fn exec_drop(&self, sql: &str) -> Result<(), DbError> {
         self.conn()?.query_drop(sql).map_err(|e| self.err(e))
     }
+}
+
+/// A pool on member `i`. When the database has several members, the member
+/// must first answer and be synced with its Galera cluster, and every
+/// connection's reads wait for the cluster's writes (`wsrep_sync_wait`): a
+/// process that moved reads what it wrote through the member it left, and
+/// processes on different members (some moved, some not yet) read each
+/// other's commits — the close-to-open consistency of one server.
+fn open_member(
+    members: &[ConnOptions],
+    i: usize,
+    max_conns: usize,
+    init: &[String],
+) -> Result<Pool, DbError> {
+    let m = &members[i];
+    if members.len() == 1 {
+        return new_pool(m, max_conns, init);
+    }
+    let mut probe = mysql::Conn::new(m.to_mysql()).map_err(|e| classify(m, e))?;
+    let status: Vec<(String, String)> = probe
+        .query("SHOW STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state')")
+        .map_err(|e| classify(m, e))?;
+    let get = |name: &str| {
+        status
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let galera = get("wsrep_local_state").is_some();
+    if galera && (get("wsrep_ready") != Some("ON") || get("wsrep_local_state") != Some("4")) {
+        return Err(DbError::Unreachable {
+            server: m.server(),
+            detail: format!(
+                "not synced with its Galera cluster (wsrep_ready {}, wsrep_local_state {})",
+                get("wsrep_ready").unwrap_or("?"),
+                get("wsrep_local_state").unwrap_or("?")
+            ),
+        });
+    }
+    let mut init = init.to_vec();
+    if galera {
+        init.push("SET SESSION wsrep_sync_wait = 1".into());
+    }
+    new_pool(m, max_conns, &init)
+}
+
+/// Checks that the servers `opts` names (when it names several) are the
+/// synced members of one Galera cluster: what a new node's options must
+/// be. The error says which member is not, and why.
+pub fn check_members(opts: &ConnOptions) -> Result<(), DbError> {
+    let members = opts.members();
+    if members.len() == 1 {
+        return Ok(());
+    }
+    let mut first: Option<(String, String)> = None;
+    for m in &members {
+        // The server's state, before its database is looked at.
+        let mut c =
+            mysql::Conn::new(m.with_database(None).to_mysql()).map_err(|e| classify(m, e))?;
+        let status: Vec<(String, String)> = c
+            .query(
+                "SHOW STATUS WHERE Variable_name IN
+                 ('wsrep_ready', 'wsrep_local_state', 'wsrep_cluster_state_uuid')",
+            )
+            .map_err(|e| classify(m, e))?;
+        let get = |name: &str| {
+            status
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let other = |detail: String| DbError::Other {
+            server: m.server(),
+            detail,
+        };
+        let Some(uuid) = get("wsrep_cluster_state_uuid").filter(|u| !u.is_empty()) else {
+            return Err(other(
+                "not a member of a Galera cluster (several hosts must name one Galera cluster's members)".into(),
+            ));
+        };
+        if get("wsrep_ready").as_deref() != Some("ON")
+            || get("wsrep_local_state").as_deref() != Some("4")
+        {
+            return Err(other(format!(
+                "this member is not synced with its Galera cluster (wsrep_local_state {})",
+                get("wsrep_local_state").unwrap_or_default()
+            )));
+        }
+        match &first {
+            None => first = Some((m.server(), uuid)),
+            Some((s, u)) if *u != uuid => {
+                return Err(other(format!(
+                    "this member and {s} belong to different Galera clusters"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Each member `opts` names (none if it names one server) and whether it
+/// is synced in its Galera cluster's primary component, or why not: what
+/// `tshs check` reports. Connects with at most 2 s per member.
+pub fn member_states(opts: &ConnOptions) -> Vec<(String, Result<(), String>)> {
+    let members = opts.members();
+    if members.len() == 1 {
+        return Vec::new();
+    }
+    members
+        .iter()
+        .map(|m| {
+            let mut probe = m.with_database(None);
+            probe.connect_timeout = Some(m.connect_timeout.unwrap_or(2).min(2));
+            let state = (|| -> Result<(), String> {
+                let mut c =
+                    mysql::Conn::new(probe.to_mysql()).map_err(|e| classify(m, e).to_string())?;
+                let status: Vec<(String, String)> = c
+                    .query(
+                        "SHOW STATUS WHERE Variable_name IN
+                         ('wsrep_ready', 'wsrep_local_state', 'wsrep_cluster_status')",
+                    )
+                    .map_err(|e| classify(m, e).to_string())?;
+                let get = |n: &str| {
+                    status
+                        .iter()
+                        .find(|(k, _)| k == n)
+                        .map_or("?", |(_, v)| v.as_str())
+                };
+                if get("wsrep_cluster_status") != "Primary" {
+                    return Err(format!(
+                        "not in the primary component ({})",
+                        get("wsrep_cluster_status")
+                    ));
+                }
+                if get("wsrep_ready") != "ON" || get("wsrep_local_state") != "4" {
+                    return Err(format!(
+                        "not synced (wsrep_local_state {})",
+                        get("wsrep_local_state")
+                    ));
+                }
+                Ok(())
+            })();
+            (m.server(), state)
+        })
+        .collect()
 }
 
 /// A pool holding at most `max_conns` connections; connects one at once, so a
@@ -276,6 +502,146 @@ impl Failed<std::convert::Infallible> {
     }
 }
 
+/// The statements by which a database records the operations it applied
+/// (see [`once`]): `check` reads the lane's last sequence number `FOR
+/// UPDATE` (params: writer, lane), `record` stores it (writer, lane, seq,
+/// time in ns).
+pub struct OpLog {
+    pub check: &'static str,
+    pub record: &'static str,
+}
+
+/// What a transaction run by [`once`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Once<T> {
+    /// Applied now; the body's value.
+    Done(T),
+    /// An earlier attempt whose COMMIT got no answer had applied it: the
+    /// body did not run again (its value is not known here).
+    AlreadyDone,
+}
+
+/// An operation's identity: this process, the thread's lane, the lane's
+/// sequence number. A lane is one thread's, so its operations never
+/// overlap and one row per lane tells which of them were applied.
+#[derive(Clone, Copy, Debug)]
+pub struct OpId {
+    writer: [u8; 8],
+    lane: u32,
+    seq: u64,
+}
+
+impl OpId {
+    /// The next operation of the calling thread. Its transactions must run
+    /// on this thread (a lane's operations never overlap).
+    pub fn next() -> OpId {
+        static WRITER: std::sync::OnceLock<[u8; 8]> = std::sync::OnceLock::new();
+        static LANES: AtomicU32 = AtomicU32::new(0);
+        thread_local! {
+            static LANE: (u32, std::cell::Cell<u64>) =
+                (LANES.fetch_add(1, Ordering::Relaxed), std::cell::Cell::new(0));
+        }
+        let writer = *WRITER.get_or_init(|| {
+            let mut w = [0u8; 8];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut w)
+                .expect("system randomness");
+            w
+        });
+        LANE.with(|(lane, seq)| {
+            seq.set(seq.get() + 1);
+            OpId {
+                writer,
+                lane: *lane,
+                seq: seq.get(),
+            }
+        })
+    }
+}
+
+impl OpId {
+    /// `log.record`'s parameters for this operation, recorded now: for a
+    /// transaction that records itself in its own statements (e.g. a
+    /// one-round-trip batch; record it first, so its row lock is taken
+    /// before anything else is written).
+    pub fn record_params(&self) -> (Vec<u8>, u32, u64, i64) {
+        (
+            self.writer.to_vec(),
+            self.lane,
+            self.seq,
+            crate::clock::now_ns(),
+        )
+    }
+}
+
+impl Db {
+    /// True if operation `op` was applied here: what to ask, on whatever
+    /// member the Db now uses, before running again a transaction that
+    /// recorded `op` and whose COMMIT got no answer. Waits for a commit of
+    /// it still in flight (the lane row's lock) and, on Galera, for the
+    /// cluster's writes.
+    pub fn was_applied(&self, log: &OpLog, op: &OpId) -> Result<bool, TxError> {
+        let last: Option<u64> =
+            self.tx(|tx| tx.exec_first(log.check, (&op.writer[..], op.lane)))?;
+        Ok(last.is_some_and(|s| s >= op.seq))
+    }
+}
+
+/// The body [`once`] hands its transaction runner.
+pub type OnceBody<'a, T, E> = dyn FnMut(&mut Transaction<'_>) -> Result<Once<T>, Body<E>> + 'a;
+
+/// How often a transaction whose COMMIT got no answer is run again by
+/// [`Db::tx_once`] (each run also retries as [`Db::tx_body`] does).
+const UNKNOWN_OUTCOME_RUNS: usize = 3;
+
+/// Runs a non-idempotent transaction (an append, a create) at most once,
+/// also when a COMMIT's answer is lost (a member killed, a failover): the
+/// transaction first locks and checks the thread's lane row in `log`'s
+/// table and records the operation there, so a run again after an unknown
+/// outcome finds it applied — on the same member, or on another whose copy
+/// of the row is not applied yet (then Galera's certification refuses the
+/// run with 1213 and it is retried). `run` is a transaction runner, e.g.
+/// `|body| db.tx_body(body)` or a route's.
+pub fn once<T, E, R, F>(log: &OpLog, mut run: R, mut f: F) -> Result<Once<T>, Failed<E>>
+where
+    R: FnMut(&mut OnceBody<'_, T, E>) -> Result<Once<T>, Failed<E>>,
+    F: FnMut(&mut Transaction<'_>) -> Result<T, Body<E>>,
+{
+    let op = OpId::next();
+    let mut body = |tx: &mut Transaction<'_>| -> Result<Once<T>, Body<E>> {
+        let last: Option<u64> = tx.exec_first(log.check, (&op.writer[..], op.lane))?;
+        if last.is_some_and(|s| s >= op.seq) {
+            return Ok(Once::AlreadyDone);
+        }
+        let v = f(tx)?;
+        tx.exec_drop(
+            log.record,
+            (&op.writer[..], op.lane, op.seq, crate::clock::now_ns()),
+        )?;
+        Ok(Once::Done(v))
+    };
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        match run(&mut body) {
+            Err(Failed::Tx(TxError::Commit(e))) if runs < UNKNOWN_OUTCOME_RUNS => {
+                log::warn!("{e}: checking whether it was applied before running it again");
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Db {
+    /// [`once`] on this database.
+    pub fn tx_once<T, E>(
+        &self,
+        log: &OpLog,
+        f: impl FnMut(&mut Transaction<'_>) -> Result<T, Body<E>>,
+    ) -> Result<Once<T>, Failed<E>> {
+        once(log, |body: &mut OnceBody<'_, T, E>| self.tx_body(body), f)
+    }
+}
+
 /// Classifies a driver error for one server.
 pub fn classify(opts: &ConnOptions, e: mysql::Error) -> DbError {
     let server = opts.server();
@@ -283,6 +649,11 @@ pub fn classify(opts: &ConnOptions, e: mysql::Error) -> DbError {
     match e {
         mysql::Error::MySqlError(m) => match m.code {
             code::ACCESS_DENIED => DbError::AccessDenied { server },
+            // Another member may be synced: as if the server were gone.
+            code::WSREP_NOT_READY => DbError::Unreachable {
+                server,
+                detail: m.message,
+            },
             code::BAD_DB => DbError::NoDatabase { server, db },
             code::DB_ACCESS_DENIED if !db.is_empty() => DbError::AccessDenied { server },
             code::TABLE_ACCESS_DENIED => DbError::MissingRight {

@@ -27,6 +27,7 @@ fn create_admin_node_is_idempotent() {
         before,
         [
             "access_points",
+            "import_leases",
             "jobs",
             "s3_hosts",
             "schema_migrations",
@@ -60,6 +61,7 @@ fn storage_nodes_spread_the_key_space_and_list_as_in_the_reference() {
     assert_eq!(
         tables(2, &db2),
         [
+            "applied_ops",
             "dentries",
             "extents",
             "inodes",

@@ -629,8 +629,8 @@ fn one_broken_space_does_not_hold_up_the_others() {
 }
 
 /// Processes running perform-import at once do not work on the same space:
-/// one held by another process (its named lock on the Admin Node's server)
-/// is left to it, and taken once let go.
+/// one leased by another process (its row in the Admin Node, renewed while
+/// it works) is left to it, and taken once the lease lapses.
 #[test]
 fn a_space_another_perform_import_works_on_is_left_to_it() {
     let c = TestCluster::with_nodes();
@@ -641,10 +641,12 @@ fn a_space_another_perform_import_works_on_is_left_to_it() {
     c.ok(&["import-volumes", old.to_str().unwrap()]);
     let mut other = common::root_conn(1);
     other.query_drop(format!("USE {}", c.admin_db)).unwrap();
-    let held: Option<u8> = other
-        .query_first("SELECT GET_LOCK(CONCAT('tshs-import-', DATABASE(), '-', 42), 0)")
+    other
+        .query_drop(
+            "INSERT INTO import_leases (space_id, owner, lease_until)
+             VALUES (42, 'perform-import elsewhere', UTC_TIMESTAMP() + INTERVAL 30 SECOND)",
+        )
         .unwrap();
-    assert_eq!(held, Some(1));
     let out = c.ok(&["perform-import"]);
     assert!(
         out.contains("space 42: another perform-import is at it; left to it"),
@@ -652,9 +654,15 @@ fn a_space_another_perform_import_works_on_is_left_to_it() {
     );
     assert!(out.contains("1 left"), "{out}");
     assert_eq!(importing(&c), [42]);
-    // Its process gone (the session closed), the space is free again.
-    drop(other);
+    // Its process gone (the lease no longer renewed), the space is free again.
+    other
+        .query_drop("UPDATE import_leases SET lease_until = UTC_TIMESTAMP() - INTERVAL 1 SECOND")
+        .unwrap();
     assert!(c.ok(&["perform-import"]).contains("the job is IMPORTED"));
+    let left: Option<u32> = other
+        .query_first("SELECT COUNT(*) FROM import_leases")
+        .unwrap();
+    assert_eq!(left, Some(0), "perform-import gives its leases back");
 }
 
 #[test]

@@ -316,6 +316,14 @@ impl Report {
             "{ok} of {} storage nodes ok (slowest {max:.0} ms)",
             nodes.len()
         ));
+        self.members("Admin Node", "admin", cluster.admin().opts());
+        for n in &nodes {
+            self.members(
+                &format!("storage node {}", n.id),
+                &format!("node{}", n.id),
+                &n.conn,
+            );
+        }
 
         let mut backlog = 0;
         for n in nodes.iter().filter(|n| n.phase == Phase::MirrorShard) {
@@ -344,6 +352,34 @@ impl Report {
             }
             Err(e) => self.raise(CRITICAL, format!("access points: {e}")),
         }
+    }
+
+    /// A node on a Galera cluster: WARNING with fewer synced members than
+    /// its options name, CRITICAL with none in a primary component.
+    fn members(&mut self, name: &str, label: &str, opts: &crate::config::ConnOptions) {
+        let states = crate::db::member_states(opts);
+        if states.is_empty() {
+            return;
+        }
+        let synced = states.iter().filter(|(_, s)| s.is_ok()).count();
+        self.perf
+            .push(format!("{label}_members={synced};;;0;{}", states.len()));
+        if synced == states.len() {
+            return;
+        }
+        let why: Vec<String> = states
+            .iter()
+            .filter_map(|(server, s)| s.as_ref().err().map(|e| format!("{server}: {e}")))
+            .collect();
+        let state = if synced == 0 { CRITICAL } else { WARNING };
+        self.raise(
+            state,
+            format!(
+                "{name}: {synced} of {} Galera members synced ({})",
+                states.len(),
+                why.join("; ")
+            ),
+        );
     }
 
     fn finish(self) -> (i32, String) {

@@ -6,11 +6,14 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use mysql::prelude::Queryable;
 
 use super::Cluster;
+use crate::db::Db;
 use crate::placement;
 
 /// A volume found on disk and its spaces (ID, directory).
@@ -266,40 +269,117 @@ impl Cluster {
 
 /// Which spaces a perform-import process works on, so that processes running at once
 /// (perform-import by hand and by the maintenance runner, or on several
-/// hosts) do not copy or upload the same files: a named lock per space on
-/// the Admin Node's server, held by a session of this process's own, so
-/// that it goes with the process if it dies.
+/// hosts) do not copy or upload the same files: a lease per space in the
+/// Admin Node (`import_leases`), renewed every few seconds by a thread of
+/// this process while it holds it, so it lapses soon after the process
+/// dies. Rows rather than a named lock: on a Galera cluster `GET_LOCK` is
+/// local to one member, while two members' writes of one row conflict.
 pub struct ImportLeases {
-    session: mysql::Conn,
+    admin: Db,
+    owner: String,
+    held: Arc<Mutex<Vec<u32>>>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    renewer: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How long a lease lasts unless renewed, and how often it is renewed.
+const LEASE_SECS: u32 = 30;
+const RENEW_EVERY: Duration = Duration::from_secs(5);
 
 impl ImportLeases {
     pub fn new(cluster: &Cluster) -> Result<ImportLeases> {
-        let opts = cluster.admin().opts();
-        let session = mysql::Conn::new(opts.to_mysql())
-            .map_err(|e| anyhow!("admin node ({}): {e}", opts.masked()))?;
-        Ok(ImportLeases { session })
+        let admin = cluster.admin().clone();
+        let mut tag = [0u8; 6];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut tag)
+            .map_err(|_| anyhow!("no system randomness"))?;
+        let owner = format!("perform-import {} {}", std::process::id(), hex::encode(tag));
+        let held: Arc<Mutex<Vec<u32>>> = Arc::default();
+        let stop: Arc<(Mutex<bool>, Condvar)> = Arc::default();
+        let renewer = {
+            let (admin, owner, held, stop) =
+                (admin.clone(), owner.clone(), held.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("import-leases".into())
+                .spawn(move || {
+                    let (lock, cv) = &*stop;
+                    let mut stopped = lock.lock().unwrap();
+                    while !*stopped {
+                        stopped = cv.wait_timeout(stopped, RENEW_EVERY).unwrap().0;
+                        for space in held.lock().unwrap().clone() {
+                            let r = admin.tx(|tx| {
+                                tx.exec_drop(
+                                    "UPDATE import_leases SET lease_until = UTC_TIMESTAMP() + INTERVAL ? SECOND
+                                     WHERE space_id = ? AND owner = ?",
+                                    (LEASE_SECS, space, &owner),
+                                )
+                            });
+                            if let Err(e) = r {
+                                log::warn!("perform-import: renewing the lease of space {space}: {e}");
+                            }
+                        }
+                    }
+                })?
+        };
+        Ok(ImportLeases {
+            admin,
+            owner,
+            held,
+            stop,
+            renewer: Some(renewer),
+        })
     }
 
-    /// Takes space `space` unless another process has it.
+    /// Takes space `space` unless another process holds a lease on it.
     pub fn take(&mut self, space: u32) -> Result<bool> {
-        let got: Option<Option<u8>> = self
-            .session
-            .exec_first(
-                "SELECT GET_LOCK(CONCAT('tshs-import-', DATABASE(), '-', ?), 0)",
-                (space,),
-            )
+        let got: bool = self
+            .admin
+            .tx(|tx| {
+                // Assignments run left to right: the owner changes only if
+                // the lease lapsed, then the (new or same) owner's lease is
+                // extended.
+                tx.exec_drop(
+                    "INSERT INTO import_leases (space_id, owner, lease_until)
+                     VALUES (?, ?, UTC_TIMESTAMP() + INTERVAL ? SECOND)
+                     ON DUPLICATE KEY UPDATE
+                       owner = IF(lease_until < UTC_TIMESTAMP(), VALUES(owner), owner),
+                       lease_until = IF(owner = VALUES(owner), VALUES(lease_until), lease_until)",
+                    (space, &self.owner, LEASE_SECS),
+                )?;
+                let owner: Option<String> = tx.exec_first(
+                    "SELECT owner FROM import_leases WHERE space_id = ?",
+                    (space,),
+                )?;
+                Ok(owner.as_deref() == Some(self.owner.as_str()))
+            })
             .map_err(|e| anyhow!("admin node: {e}"))?;
-        Ok(got.flatten() == Some(1))
+        if got {
+            self.held.lock().unwrap().push(space);
+        }
+        Ok(got)
     }
 
-    /// Lets space `space` go (a lost session has let it go already).
+    /// Lets space `space` go (a lease not renewed lapses by itself).
     pub fn give_back(&mut self, space: u32) {
-        if let Err(e) = self.session.exec_drop(
-            "DO RELEASE_LOCK(CONCAT('tshs-import-', DATABASE(), '-', ?))",
-            (space,),
-        ) {
+        self.held.lock().unwrap().retain(|s| *s != space);
+        let r = self.admin.tx(|tx| {
+            tx.exec_drop(
+                "DELETE FROM import_leases WHERE space_id = ? AND owner = ?",
+                (space, &self.owner),
+            )
+        });
+        if let Err(e) = r {
             log::warn!("perform-import: admin node: releasing space {space}: {e}");
+        }
+    }
+}
+
+impl Drop for ImportLeases {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap() = true;
+        cv.notify_all();
+        if let Some(t) = self.renewer.take() {
+            let _ = t.join();
         }
     }
 }

@@ -151,6 +151,19 @@ const MIGRATIONS: &[(u32, &[&str])] = &[
             ) ENGINE=InnoDB",
         ],
     ),
+    (
+        5,
+        &[
+            // The space a perform-import process works on: a lease renewed
+            // while it works (rows, not GET_LOCK: a Galera cluster does not
+            // make named locks cluster-wide). See imports.rs.
+            "CREATE TABLE IF NOT EXISTS import_leases (
+                space_id INT UNSIGNED NOT NULL PRIMARY KEY,
+                owner VARCHAR(255) NOT NULL,
+                lease_until DATETIME NOT NULL
+            ) ENGINE=InnoDB",
+        ],
+    ),
 ];
 
 /// The tables migration 1 creates; their presence means the node exists.

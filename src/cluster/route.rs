@@ -104,12 +104,27 @@ impl Router {
             .is_none_or(|l| l.fresh(STALE_AFTER))
     }
 
+    /// The space's node: cached while this process heartbeats; when it
+    /// cannot (the Admin Node unreachable: it may have missed a move), the
+    /// cached node only if that node confirms it still holds the space open
+    /// (its fence row: a move seals the old node's), else the Admin Node's
+    /// answer. So I/O goes on without the Admin Node, and a stale view never
+    /// uses a space that moved away.
     fn node_of(&self, space: u32) -> Result<u32, DbError> {
-        if self.fresh()
-            && let Some((n, g)) = self.nodes.read().unwrap().get(&space)
-            && *g == self.generation.load(Ordering::Acquire)
-        {
-            return Ok(*n);
+        let cached = self
+            .nodes
+            .read()
+            .unwrap()
+            .get(&space)
+            .filter(|(_, g)| *g == self.generation.load(Ordering::Acquire))
+            .map(|(n, _)| *n);
+        if let Some(n) = cached {
+            if self.fresh() {
+                return Ok(n);
+            }
+            if self.shard(n)?.holds_space(space)? {
+                return Ok(n);
+            }
         }
         self.lookup(space)
     }

@@ -31,7 +31,11 @@ impl Fs {
         self.router.topology_changed();
     }
 
-    /// The cached view, read afresh once older than `admin_ttl`.
+    /// The cached view, read afresh once older than `admin_ttl`. While the
+    /// Admin Node cannot be reached, the last view serves (tried again a
+    /// TTL later): spaces' placement is confirmed by their Storage Nodes
+    /// (see `cluster::Router`), and changes of volumes and spaces need the
+    /// Admin Node anyway.
     pub(super) fn view(&self) -> FsResult<RwLockReadGuard<'_, AdminView>> {
         {
             let v = self.view.read().unwrap();
@@ -39,7 +43,14 @@ impl Fs {
                 return Ok(v);
             }
         }
-        self.reload_view()
+        match self.reload_view() {
+            Err(e) if self.view.read().unwrap().loaded.is_some() => {
+                log::warn!("{e}: serving the last known volumes and spaces");
+                self.view.write().unwrap().loaded = Some(Instant::now());
+                Ok(self.view.read().unwrap())
+            }
+            r => r,
+        }
     }
 
     /// Reads volumes and spaces afresh (one query each).

@@ -8,7 +8,7 @@ use mysql::{PooledConn, Transaction};
 
 use super::Shard;
 use super::error::ShardError;
-use crate::db::{Body, DbError, Failed};
+use crate::db::{Body, DbError, Failed, Once, OnceBody};
 
 pub trait Access {
     /// The node's id, for messages.
@@ -34,6 +34,30 @@ pub trait Access {
         f: impl FnMut(&mut Transaction<'_>) -> Result<T, Body<ShardError>>,
     ) -> Result<T, ShardError> {
         self.tx_body(f).map_err(|e| match e {
+            Failed::Abort(e) => e,
+            Failed::Tx(e) => ShardError::Tx {
+                node: self.node(),
+                what,
+                source: Box::new(e),
+            },
+        })
+    }
+
+    /// Like [`Access::run`] for a non-idempotent transaction (an append, a
+    /// create): applied at most once even when a COMMIT's answer is lost
+    /// and it runs again (see [`crate::db::once`]). [`Once::AlreadyDone`]:
+    /// an earlier run had applied it.
+    fn run_once<T>(
+        &self,
+        what: &'static str,
+        f: impl FnMut(&mut Transaction<'_>) -> Result<T, Body<ShardError>>,
+    ) -> Result<Once<T>, ShardError> {
+        crate::db::once(
+            &super::schema::APPLIED_OPS,
+            |body: &mut OnceBody<'_, T, ShardError>| self.tx_body(body),
+            f,
+        )
+        .map_err(|e| match e {
             Failed::Abort(e) => e,
             Failed::Tx(e) => ShardError::Tx {
                 node: self.node(),

@@ -88,6 +88,7 @@ pub const SETTLE_SECS: i64 = 60;
 /// be empty, and let the user create tables. Creates the shard tables; on
 /// failure drops whatever it created, so nothing is left half-made.
 pub fn create_tables(opts: &ConnOptions) -> Result<Db> {
+    crate::db::check_members(opts)?;
     let db = Db::connect(opts, 2)?;
     let (user, missing) = missing_rights(&db)?;
     if !missing.is_empty() {
@@ -229,6 +230,21 @@ impl Shard {
     /// Brings the node's schema up to date; returns the migrations applied.
     pub fn upgrade(&self) -> Result<Vec<u32>, DbError> {
         migrate(&self.db, MIGRATIONS)
+    }
+
+    /// True if space `space` lives on this node and is open for writes:
+    /// its fence row is here and neither set by a move in progress nor
+    /// sealed by one that took it away. What a process whose placement may
+    /// be stale (the Admin Node unreachable) asks before using it.
+    pub fn holds_space(&self, space: u32) -> Result<bool, DbError> {
+        let open: Option<bool> = self.db.read(|c| {
+            c.exec_first(
+                "SELECT fenced_until IS NULL OR fenced_until <= UTC_TIMESTAMP(3)
+                 FROM space_fence WHERE space_id = ?",
+                (space,),
+            )
+        })?;
+        Ok(open == Some(true))
     }
 
     pub fn db(&self) -> &Db {
@@ -430,6 +446,14 @@ impl Shard {
             };
             n += 1;
         }
+        // Lanes of processes long gone (see schema::APPLIED_OPS).
+        self.tx(|tx| {
+            tx.exec_drop(
+                "DELETE FROM applied_ops WHERE at < ?",
+                (crate::clock::now_ns() - schema::APPLIED_OPS_KEEP_NS,),
+            )
+        })
+        .map_err(TxError::into_db)?;
         Ok(n)
     }
 }

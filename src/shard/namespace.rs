@@ -11,7 +11,7 @@ use super::attrs::{self, AttrChange};
 use super::error::{ShardError, ShardResult};
 use super::inode::{self, Attr, COLUMNS, DELETED, I_COLUMNS, Node, ORPHAN};
 use crate::clock::now_ns;
-use crate::db::Body;
+use crate::db::{Body, Once};
 
 /// What to create.
 pub struct NewInode<'a> {
@@ -206,7 +206,7 @@ pub fn create(
     new: &NewInode<'_>,
 ) -> ShardResult<Attr> {
     let now = now_ns();
-    s.run("create", |tx| {
+    let done = s.run_once("create", |tx| {
         let p = get_attr(tx, space, parent, true)?.ok_or(ShardError::NotFound)?;
         let ino = allocate(tx, space)?;
         let a = new_attr(&p, space, ino, new, now)?;
@@ -218,7 +218,12 @@ pub fn create(
             )?;
         }
         Ok(a)
-    })
+    })?;
+    match done {
+        Once::Done(a) => Ok(a),
+        // A run whose COMMIT got no answer made it: not EEXIST.
+        Once::AlreadyDone => lookup(s, space, parent, name).map(|(a, _)| a),
+    }
 }
 
 /// The attributes of a new inode in directory `p`: a set-group-ID directory

@@ -36,6 +36,14 @@
 //! open for writing (see `open_writers.rs`); move-to-s3 leaves those files
 //! alone. No fence triggers: the rows are not copied when a space moves
 //! (mounts renew them on the new node), and not backed up.
+//!
+//! Migration 8: `applied_ops` records, per process (`writer`, random) and
+//! thread (`lane`), the last operation applied (`seq`), in the operation's
+//! own transaction, so an append or create whose COMMIT got no answer is
+//! not applied twice when run again (see `db::once`). One row per lane;
+//! remove-deleted drops the rows of lanes idle for a day. Not copied when a
+//! space moves: an operation whose outcome is unknown at the very moment
+//! of a move's cut-over, run again on the new node, is not found there.
 
 pub const TABLES: &[&str] = &[
     "schema_migrations",
@@ -47,7 +55,18 @@ pub const TABLES: &[&str] = &[
     "space_fence",
     "s3_uploads",
     "open_writers",
+    "applied_ops",
 ];
+
+/// How a Storage Node records its applied operations (migration 8).
+pub const APPLIED_OPS: crate::db::OpLog = crate::db::OpLog {
+    check: "SELECT seq FROM applied_ops WHERE writer = ? AND lane = ? FOR UPDATE",
+    record: "INSERT INTO applied_ops (writer, lane, seq, at) VALUES (?, ?, ?, ?)
+             ON DUPLICATE KEY UPDATE seq = VALUES(seq), at = VALUES(at)",
+};
+
+/// Lanes idle this long belong to processes gone (their retries long over).
+pub const APPLIED_OPS_KEEP_NS: i64 = 24 * 3600 * 1_000_000_000;
 
 /// The stored procedure migration 2 creates (dropped with the tables).
 pub const ROUTINES: &[&str] = &["tshs_check_fence"];
@@ -239,5 +258,16 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
              END IF;
            END",
         ],
+    ),
+    (
+        8,
+        &["CREATE TABLE IF NOT EXISTS applied_ops (
+            writer BINARY(8) NOT NULL,
+            lane INT UNSIGNED NOT NULL,
+            seq BIGINT UNSIGNED NOT NULL,
+            at BIGINT NOT NULL,
+            PRIMARY KEY (writer, lane),
+            KEY (at)
+        ) ENGINE=InnoDB"],
     ),
 ];

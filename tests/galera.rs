@@ -1,0 +1,834 @@
+//! tshs on a 3-member MariaDB Galera cluster (`scripts/services start
+//! galera`, which scripts/test runs; without it these tests fail, never
+//! skip): the Admin Node and a Storage Node each name all three members.
+//! Writers on a real mount append with fsync and create files while the
+//! member they use is killed with SIGKILL: every acknowledged record and
+//! file must be there exactly once, and writes must resume on another member
+//! within a bound, without a remount; the killed member rejoins by IST.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{TestCluster, unique};
+use mysql::prelude::Queryable;
+use tshs::config::ConnOptions;
+use tshs::db::{Body, Db, Failed, Once, TxError};
+
+/// Writes must resume on another member within this long of the kill.
+const FAILOVER_BOUND: Duration = Duration::from_secs(10);
+
+fn state() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".state")
+}
+
+fn services(action: &str, which: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services");
+    let st = Command::new(script).args([action, which]).status().unwrap();
+    assert!(st.success(), "scripts/services {action} {which} failed");
+}
+
+/// The cluster's members' options (no database): `TSHS_GALERA`, else
+/// scripts/services' fixed ports with the test user of server 1.
+fn galera_options() -> String {
+    std::env::var("TSHS_GALERA").unwrap_or_else(|_| {
+        let o = ConnOptions::parse(&common::server(1)).unwrap();
+        format!(
+            "host=127.0.0.1:3321,127.0.0.1:3322,127.0.0.1:3323;user={};password={}",
+            o.user.unwrap(),
+            o.password.unwrap()
+        )
+    })
+}
+
+fn members() -> ConnOptions {
+    ConnOptions::parse(&galera_options()).unwrap()
+}
+
+fn member_conn(i: usize) -> mysql::Conn {
+    let m = &members().members()[i];
+    mysql::Conn::new(m.to_mysql()).unwrap_or_else(|e| {
+        panic!(
+            "Galera member {} is not reachable (scripts/services start galera): {e}",
+            m.server()
+        )
+    })
+}
+
+fn synced(c: &mut mysql::Conn) -> bool {
+    let v: Option<(String, String)> = c
+        .query_first("SHOW STATUS LIKE 'wsrep_local_state'")
+        .unwrap_or(None);
+    v.is_some_and(|(_, s)| s == "4")
+}
+
+/// The tests kill members: one at a time. Each holds the guard.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// All three members up and synced (starting any that is not, e.g. after an
+/// earlier run failed half-way); holds the tests' guard.
+fn all_members_synced() -> std::sync::MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Instant::now();
+    services("start", "galera");
+    for i in 0..3 {
+        while !synced(&mut member_conn(i)) {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "member {i} never synced"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    guard
+}
+
+fn pid_of(member: usize) -> i32 {
+    let f = state().join(format!("galera{}/mysqld.pid", member + 1));
+    std::fs::read_to_string(&f).unwrap().trim().parse().unwrap()
+}
+
+/// Databases made on the Galera cluster for one test, dropped after.
+struct GaleraDbs(Vec<String>);
+
+impl GaleraDbs {
+    fn create(&mut self, tag: &str) -> String {
+        let db = unique(tag);
+        member_conn(0)
+            .query_drop(format!("CREATE DATABASE {db}"))
+            .unwrap();
+        self.0.push(db.clone());
+        db
+    }
+}
+
+impl Drop for GaleraDbs {
+    fn drop(&mut self) {
+        for db in &self.0 {
+            for i in 0..3 {
+                if let Ok(mut c) = mysql::Conn::new(members().members()[i].to_mysql())
+                    && c.query_drop(format!("DROP DATABASE IF EXISTS {db}"))
+                        .is_ok()
+                {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// An Admin Node and one Storage Node, both on the Galera cluster (all
+/// three members named), and volume `vol01`.
+fn galera_cluster(dbs: &mut GaleraDbs) -> TestCluster {
+    galera_admin(dbs, true)
+}
+
+/// An Admin Node on the Galera cluster, a Storage Node on it too or on
+/// MariaDB server 2, and volume `vol01`.
+fn galera_admin(dbs: &mut GaleraDbs, galera_node: bool) -> TestCluster {
+    let t = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let admin_db = dbs.create("gadmin");
+    let m = members();
+    let mycnf = dir.path().join("my.cnf");
+    std::fs::write(
+        &mycnf,
+        format!(
+            "[tshs]\nhost={}\nuser={}\npassword={}\ndatabase={admin_db}\n",
+            m.host.as_deref().unwrap(),
+            m.user.as_deref().unwrap(),
+            m.password.as_deref().unwrap()
+        ),
+    )
+    .unwrap();
+    let c = TestCluster {
+        dir,
+        mycnf,
+        admin_db,
+        dbs: Default::default(),
+        buckets: Default::default(),
+    };
+    c.ok(&["create-admin-node"]);
+    if galera_node {
+        let st = dbs.create("gst");
+        c.ok(&[
+            "create-storage-node",
+            &format!("{};database={st}", galera_options()),
+        ]);
+    } else {
+        let st = c.new_db(2, "st");
+        c.ok(&[
+            "create-storage-node",
+            &format!("{};database={st}", common::server(2)),
+        ]);
+    }
+    c.ok(&["create-volume", "vol01"]);
+    eprintln!("galera: cluster made in {:?}", t.elapsed());
+    c
+}
+
+/// The members that hold connections to database `db` (the ones in use).
+fn members_in_use(db: &str) -> Vec<usize> {
+    (0..3)
+        .filter(|&i| {
+            let Ok(mut c) = mysql::Conn::new(members().members()[i].to_mysql()) else {
+                return false;
+            };
+            // The test user's sessions, not the appliers' (`system user`).
+            let n: Option<u64> = c
+                .exec_first(
+                    "SELECT COUNT(*) FROM information_schema.processlist WHERE db = ? AND user = ?",
+                    (db, members().user.unwrap()),
+                )
+                .unwrap_or(None);
+            n.unwrap_or(0) > 0
+        })
+        .collect()
+}
+
+/// What a writer did: records acknowledged (write and fsync returned) and
+/// the times of its acknowledgements.
+#[derive(Default)]
+struct Log {
+    acked: Vec<u64>,
+    times: Vec<Instant>,
+    errors: Vec<String>,
+}
+
+const RECORD: usize = 26;
+
+fn record(writer: usize, i: u64) -> Vec<u8> {
+    let r = format!("w{writer:02} {i:012} ........\n").into_bytes();
+    assert_eq!(r.len(), RECORD);
+    r
+}
+
+/// Appends fixed-size records with fsync until `stop`; one file per writer.
+fn appender(path: PathBuf, writer: usize, stop: Arc<AtomicBool>, log: Arc<Mutex<Log>>) {
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .unwrap();
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let r = f.write_all(&record(writer, i)).and_then(|_| f.sync_all());
+        let mut l = log.lock().unwrap();
+        match r {
+            Ok(()) => {
+                l.acked.push(i);
+                l.times.push(Instant::now());
+            }
+            Err(e) => {
+                l.errors.push(format!("record {i}: {e}"));
+                drop(l);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Creates files until `stop`; a create that reports EEXIST would be one
+/// applied twice.
+fn creator(dir: PathBuf, stop: Arc<AtomicBool>, log: Arc<Mutex<Log>>) {
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let r = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(dir.join(format!("f{i:06}")))
+            .and_then(|f| f.sync_all());
+        let mut l = log.lock().unwrap();
+        match r {
+            Ok(()) => {
+                l.acked.push(i);
+                l.times.push(Instant::now());
+            }
+            Err(e) => {
+                l.errors.push(format!("file {i}: {e}"));
+                drop(l);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// The longest pause of acknowledgements that spans `t`.
+fn gap_around(times: &[Instant], t: Instant) -> Duration {
+    let before = times.iter().filter(|x| **x <= t).max();
+    let after = times.iter().filter(|x| **x > t).min();
+    match (before, after) {
+        (Some(b), Some(a)) => *a - *b,
+        _ => Duration::MAX,
+    }
+}
+
+fn count(log: &str, what: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(what)
+        .count()
+}
+
+/// The member writers use killed with SIGKILL under 4 appenders (fsync
+/// each record) on 2 mounts and a creator: writes resume on another member
+/// within the bound, every acknowledged record and file is there exactly
+/// once, nothing is duplicated, and the killed member rejoins by IST.
+#[test]
+fn the_member_in_use_killed_under_appenders() {
+    let _serial = all_members_synced();
+    let mut dbs = GaleraDbs(Vec::new());
+    let c = galera_cluster(&mut dbs);
+    let st_db = dbs.0[1].clone();
+    let mounts = [c.mount(), c.mount()];
+    let space = mounts[0].space(7);
+    let stop = Arc::new(AtomicBool::new(false));
+    let logs: Vec<Arc<Mutex<Log>>> = (0..5).map(|_| Arc::default()).collect();
+    let mut threads = Vec::new();
+    for w in 0..4 {
+        let path = mounts[w % 2].path().join(format!("vol01/7/log{w}"));
+        let (stop, log) = (stop.clone(), logs[w].clone());
+        threads.push(std::thread::spawn(move || appender(path, w, stop, log)));
+    }
+    {
+        std::fs::create_dir(space.join("made")).unwrap();
+        let dir = mounts[1].path().join("vol01/7/made");
+        let (stop, log) = (stop.clone(), logs[4].clone());
+        threads.push(std::thread::spawn(move || creator(dir, stop, log)));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+
+    let in_use = members_in_use(&st_db);
+    assert_eq!(in_use.len(), 1, "one member in use (sticky): {in_use:?}");
+    let victim = in_use[0];
+    let donors_bypass: usize = (0..3)
+        .filter(|i| *i != victim)
+        .map(|i| {
+            count(
+                &state()
+                    .join(format!("galera{}/error.log", i + 1))
+                    .to_string_lossy(),
+                "Bypassing state dump",
+            )
+        })
+        .sum();
+    let killed_at = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_of(victim)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let moved = loop {
+        let m = members_in_use(&st_db);
+        if !m.is_empty() && !m.contains(&victim) {
+            break m;
+        }
+        assert!(
+            killed_at.elapsed() < FAILOVER_BOUND * 2,
+            "writers did not move off member {victim}: {m:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        moved.len(),
+        1,
+        "all processes moved to one member: {moved:?}"
+    );
+    // tshs check warns: a member of the Admin Node's and the node's cluster is gone.
+    let o = c.tshs(&["check", "--warning", "60000", "--critical", "60000"]);
+    let line = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(1), "{line}");
+    assert!(
+        line.contains("storage node 2: 2 of 3 Galera members synced")
+            && line.contains("Admin Node: 2 of 3 Galera members synced")
+            && line.contains("node2_members=2;;;0;3"),
+        "{line}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+
+    // The killed member rejoins (its position recovered: IST, not SST)
+    // while the writers go on.
+    let t = Instant::now();
+    services("start", &format!("galera{}", victim + 1));
+    let rejoin = t.elapsed();
+    let donors_bypass_after: usize = (0..3)
+        .filter(|i| *i != victim)
+        .map(|i| {
+            count(
+                &state()
+                    .join(format!("galera{}/error.log", i + 1))
+                    .to_string_lossy(),
+                "Bypassing state dump",
+            )
+        })
+        .sum();
+    assert_eq!(
+        donors_bypass_after,
+        donors_bypass + 1,
+        "the killed member caught up by IST (a donor bypassed the state dump)"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+
+    // Resumed within the bound, on every writer.
+    let mut worst = Duration::ZERO;
+    for (w, l) in logs.iter().enumerate() {
+        let l = l.lock().unwrap();
+        let gap = gap_around(&l.times, killed_at);
+        assert!(
+            gap < FAILOVER_BOUND,
+            "writer {w}: acknowledgements paused {gap:?} around the kill (errors: {:?})",
+            l.errors
+        );
+        worst = worst.max(gap);
+    }
+
+    // Read back through a fresh mount on the (possibly other) member.
+    drop(mounts);
+    let m = c.mount();
+    let mut lost = 0;
+    let mut duplicated = 0;
+    let mut acked_total = 0;
+    for (w, log) in logs.iter().enumerate().take(4) {
+        let data = std::fs::read(m.path().join(format!("vol01/7/log{w}"))).unwrap();
+        assert_eq!(data.len() % RECORD, 0, "writer {w}: torn record");
+        let mut seen = std::collections::HashMap::<u64, usize>::new();
+        for r in data.chunks(RECORD) {
+            let text = std::str::from_utf8(r).unwrap();
+            assert!(
+                text.starts_with(&format!("w{w:02} ")),
+                "writer {w}: foreign record {text:?}"
+            );
+            let i: u64 = text[4..16].parse().unwrap();
+            assert_eq!(r, record(w, i).as_slice(), "writer {w}: bad record");
+            *seen.entry(i).or_default() += 1;
+        }
+        duplicated += seen.values().filter(|n| **n > 1).count();
+        let l = log.lock().unwrap();
+        acked_total += l.acked.len();
+        lost += l.acked.iter().filter(|i| !seen.contains_key(i)).count();
+    }
+    let errors: usize = logs.iter().map(|l| l.lock().unwrap().errors.len()).sum();
+    for (w, l) in logs.iter().enumerate() {
+        let l = l.lock().unwrap();
+        if let (Some(first), Some(last)) = (l.errors.first(), l.errors.last()) {
+            eprintln!("writer {w}: {} errors: {first} … {last}", l.errors.len());
+        }
+    }
+    let made = logs[4].lock().unwrap();
+    let names: std::collections::HashSet<String> = std::fs::read_dir(m.path().join("vol01/7/made"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let files_lost = made
+        .acked
+        .iter()
+        .filter(|i| !names.contains(&format!("f{i:06}")))
+        .count();
+    let eexist = made.errors.iter().filter(|e| e.contains("exists")).count();
+    eprintln!(
+        "galera failover: member {victim} killed; {acked_total} records and {} files acknowledged; \
+         worst pause of acknowledgements {worst:?} (bound {FAILOVER_BOUND:?}); {lost} lost, \
+         {duplicated} duplicated, {files_lost} files lost, {eexist} creates answered EEXIST; \
+         rejoin by IST {rejoin:?}; writer errors: {}",
+        made.acked.len(),
+        errors
+    );
+    assert_eq!(lost, 0, "acknowledged records lost");
+    assert_eq!(duplicated, 0, "records applied twice");
+    assert_eq!(files_lost, 0, "acknowledged files lost");
+    assert_eq!(
+        eexist, 0,
+        "a create applied twice answers EEXIST: {:?}",
+        made.errors
+    );
+    assert!(acked_total > 0 && !made.acked.is_empty());
+}
+
+/// A transaction whose COMMIT was answered by a lost connection runs again
+/// through `db::once` without being applied twice; one that did not
+/// commit is applied by the run again. Certification conflicts of two
+/// members writing one row are retried like deadlocks.
+#[test]
+fn unknown_commit_outcomes_apply_once_and_conflicts_are_retried() {
+    let _serial = all_members_synced();
+    let mut dbs = GaleraDbs(Vec::new());
+    let db_name = dbs.create("gonce");
+    let opts = ConnOptions::parse(&format!("{};database={db_name}", galera_options())).unwrap();
+    let db = Db::connect(&opts, 4).unwrap();
+    db.exec_drop(
+        "CREATE TABLE applied_ops (writer BINARY(8) NOT NULL, lane INT UNSIGNED NOT NULL,
+         seq BIGINT UNSIGNED NOT NULL, at BIGINT NOT NULL, PRIMARY KEY (writer, lane))",
+    )
+    .unwrap();
+    db.exec_drop("CREATE TABLE t (id INT PRIMARY KEY, n INT NOT NULL)")
+        .unwrap();
+    db.exec_drop("INSERT INTO t VALUES (1, 0)").unwrap();
+    // The Storage Node's statements (shard::schema::APPLIED_OPS).
+    let log = tshs::db::OpLog {
+        check: "SELECT seq FROM applied_ops WHERE writer = ? AND lane = ? FOR UPDATE",
+        record: "INSERT INTO applied_ops (writer, lane, seq, at) VALUES (?, ?, ?, ?)
+                 ON DUPLICATE KEY UPDATE seq = VALUES(seq), at = VALUES(at)",
+    };
+    let lost_answer = || {
+        TxError::Commit(tshs::db::DbError::Unreachable {
+            server: "test".into(),
+            detail: "Lost connection to server during query".into(),
+        })
+    };
+    let bump = |tx: &mut mysql::Transaction<'_>| -> Result<(), Body<()>> {
+        tx.query_drop("UPDATE t SET n = n + 1 WHERE id = 1")?;
+        Ok(())
+    };
+    // Committed, but the answer "lost": the run again finds it applied.
+    let mut runs = 0;
+    let r = tshs::db::once(
+        &log,
+        |body: &mut tshs::db::OnceBody<'_, (), ()>| {
+            runs += 1;
+            let r = db.tx_body(body);
+            if runs == 1 {
+                assert_eq!(r.unwrap(), Once::Done(()));
+                return Err(Failed::Tx(lost_answer()));
+            }
+            r
+        },
+        bump,
+    );
+    assert_eq!(r.unwrap(), Once::AlreadyDone);
+    assert_eq!(runs, 2);
+    // A transaction that records its operation itself (a one-trip batch):
+    // asked afterwards, the node says whether it landed.
+    let op = tshs::db::OpId::next();
+    assert!(!db.was_applied(&log, &op).unwrap());
+    db.tx(|tx| {
+        tx.exec_drop(log.record, op.record_params())?;
+        tx.query_drop("UPDATE t SET n = n + 1 WHERE id = 1")
+    })
+    .unwrap();
+    assert!(db.was_applied(&log, &op).unwrap());
+    assert!(!db.was_applied(&log, &tshs::db::OpId::next()).unwrap());
+    // Not committed, answer lost: the run again applies it.
+    let mut runs = 0;
+    let r = tshs::db::once(
+        &log,
+        |body: &mut tshs::db::OnceBody<'_, (), ()>| {
+            runs += 1;
+            if runs == 1 {
+                return Err(Failed::Tx(lost_answer()));
+            }
+            db.tx_body(body)
+        },
+        bump,
+    );
+    assert_eq!(r.unwrap(), Once::Done(()));
+    let n: Option<i32> = db
+        .read(|c| c.query_first("SELECT n FROM t WHERE id = 1"))
+        .unwrap();
+    assert_eq!(n, Some(3), "each operation applied exactly once");
+
+    // Two members incrementing one row at once: certification failures
+    // (1213) are retried, no increment is lost.
+    let per = 100;
+    let threads: Vec<_> = [0usize, 1]
+        .into_iter()
+        .map(|i| {
+            let m = opts.members()[i].clone();
+            std::thread::spawn(move || {
+                let db = Db::connect(&m, 1).unwrap();
+                for _ in 0..per {
+                    db.tx(|tx| tx.query_drop("UPDATE t SET n = n + 1 WHERE id = 1"))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let n: Option<i32> = db
+        .read(|c| c.query_first("SELECT n FROM t WHERE id = 1"))
+        .unwrap();
+    assert_eq!(n, Some(3 + 2 * per));
+}
+
+/// Options naming a dead member first connect to the next one; bad member
+/// lists are refused with the reason.
+#[test]
+fn a_dead_first_member_is_skipped_and_bad_lists_are_refused() {
+    let _serial = all_members_synced();
+    let mut dbs = GaleraDbs(Vec::new());
+    let db_name = dbs.create("gdead");
+    let m = members();
+    let live = m.host.as_deref().unwrap();
+    // Port 1 on loopback: nothing listens there.
+    let opts = ConnOptions::parse(&format!(
+        "host=127.0.0.1:1,{live};user={};password={};database={db_name}",
+        m.user.as_deref().unwrap(),
+        m.password.as_deref().unwrap()
+    ))
+    .unwrap();
+    let db = Db::connect(&opts, 2).unwrap();
+    assert_eq!(db.member().port, members().members()[0].port);
+    // Reads after a move wait for the cluster's writes.
+    let wait: Option<u32> = db
+        .read(|c| c.query_first("SELECT @@SESSION.wsrep_sync_wait"))
+        .unwrap();
+    assert_eq!(wait, Some(1));
+    let err = format!(
+        "{:#}",
+        ConnOptions::parse("host=127.0.0.1:3321,127.0.0.1:3321").unwrap_err()
+    );
+    assert!(err.contains("names a server twice"), "{err}");
+
+    // A node whose members are not one Galera cluster's: refused, nothing made.
+    let c = galera_cluster(&mut dbs);
+    let plain = ConnOptions::parse(&common::server(1)).unwrap();
+    let bad = format!(
+        "host={live},{}:{};user={};password={};database={}",
+        plain.host.as_deref().unwrap(),
+        plain.port.unwrap(),
+        m.user.as_deref().unwrap(),
+        m.password.as_deref().unwrap(),
+        db_name
+    );
+    let err = c.fails(&["create-storage-node", &bad]);
+    assert!(err.contains("not a member of a Galera cluster"), "{err}");
+    assert!(!err.contains(m.password.as_deref().unwrap()), "{err}");
+    assert_eq!(c.cluster().nodes().unwrap().len(), 1);
+    let tables: Vec<String> = member_conn(0)
+        .exec(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ?",
+            (&db_name,),
+        )
+        .unwrap();
+    assert!(tables.is_empty(), "{tables:?}");
+}
+
+/// A move's fence set through one member stops a writer in flight on
+/// another: the triggers' share lock is local to a member, but applying the
+/// fence's row there aborts the transaction holding it (Galera's
+/// brute-force abort, error 1213, retried by tshs), and the retry meets
+/// the fence (1644).
+#[test]
+fn a_fence_set_on_one_member_stops_writers_on_another() {
+    let _serial = all_members_synced();
+    let mut dbs = GaleraDbs(Vec::new());
+    let c = galera_cluster(&mut dbs);
+    let st_db = dbs.0[1].clone();
+    let conn = |i: usize| {
+        let mut c = member_conn(i);
+        c.query_drop(format!("USE {st_db}")).unwrap();
+        c.query_drop("SET SESSION wsrep_sync_wait = 1").unwrap();
+        c
+    };
+    conn(0)
+        .query_drop("INSERT INTO space_fence (space_id) VALUES (5)")
+        .unwrap();
+    let mut writer = conn(1);
+    writer.query_drop("START TRANSACTION").unwrap();
+    writer
+        .query_drop("INSERT INTO xattrs (space_id, ino, name, value) VALUES (5, 1, 'a', 'b')")
+        .unwrap();
+    conn(0)
+        .query_drop(
+            "UPDATE space_fence SET fenced_until = UTC_TIMESTAMP(3) + INTERVAL 1 MINUTE WHERE space_id = 5",
+        )
+        .unwrap();
+    let code = |r: Result<(), mysql::Error>| match r {
+        Err(mysql::Error::MySqlError(e)) => e.code,
+        other => panic!("expected an SQL error, got {other:?}"),
+    };
+    assert_eq!(
+        code(writer.query_drop("COMMIT")),
+        1213,
+        "the writer in flight aborted"
+    );
+    assert_eq!(
+        code(
+            writer.query_drop(
+                "INSERT INTO xattrs (space_id, ino, name, value) VALUES (5, 1, 'a', 'b')"
+            )
+        ),
+        1644,
+        "the retry meets the fence"
+    );
+    let n: Option<u64> = conn(2)
+        .query_first("SELECT COUNT(*) FROM xattrs WHERE space_id = 5")
+        .unwrap();
+    assert_eq!(n, Some(0));
+    drop(c);
+}
+
+/// The Admin Node unreachable (every member of its Galera cluster killed)
+/// for longer than a process trusts its cached placement unconfirmed, under
+/// 2 appenders with fsync on 2 mounts and a creator, the Storage Node (on
+/// server 2) up: the I/O goes on, confirmed by the node's fence rows,
+/// without an error; nothing is lost or duplicated once it is back.
+#[test]
+fn io_goes_on_while_the_admin_node_is_unreachable() {
+    let _serial = all_members_synced();
+    let mut dbs = GaleraDbs(Vec::new());
+    let c = galera_admin(&mut dbs, false);
+    let mounts = [c.mount(), c.mount()];
+    mounts[0].space(9);
+    std::fs::create_dir(mounts[0].path().join("vol01/9/made")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let logs: Vec<Arc<Mutex<Log>>> = (0..3).map(|_| Arc::default()).collect();
+    let mut threads = Vec::new();
+    for w in 0..2 {
+        let path = mounts[w].path().join(format!("vol01/9/log{w}"));
+        let (stop, log) = (stop.clone(), logs[w].clone());
+        threads.push(std::thread::spawn(move || appender(path, w, stop, log)));
+    }
+    {
+        let dir = mounts[1].path().join("vol01/9/made");
+        let (stop, log) = (stop.clone(), logs[2].clone());
+        threads.push(std::thread::spawn(move || creator(dir, stop, log)));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let down_at = Instant::now();
+    for i in 0..3 {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid_of(i)),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    // Past STALE_AFTER (20 s): placement is then confirmed by the node.
+    std::thread::sleep(Duration::from_secs(30));
+    let acked_while_down: Vec<usize> = logs
+        .iter()
+        .map(|l| {
+            l.lock()
+                .unwrap()
+                .times
+                .iter()
+                .filter(|t| **t > down_at + Duration::from_secs(22))
+                .count()
+        })
+        .collect();
+    let t = Instant::now();
+    services("start", "galera");
+    let back = t.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let errors: Vec<String> = logs
+        .iter()
+        .flat_map(|l| l.lock().unwrap().errors.clone())
+        .collect();
+    eprintln!(
+        "admin node down 30 s: acknowledged in its last 8 s {acked_while_down:?} (appenders, creator); \
+         {} errors, first {:?}; cluster back in {back:?}",
+        errors.len(),
+        errors.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(
+        errors.is_empty(),
+        "no error while the Admin Node is down: {errors:?}"
+    );
+    assert!(
+        acked_while_down.iter().all(|n| *n > 0),
+        "writes and creates went on after 22 s without the Admin Node: {acked_while_down:?}"
+    );
+    drop(mounts);
+    let m = c.mount();
+    for (w, log) in logs.iter().enumerate().take(2) {
+        let data = std::fs::read(m.path().join(format!("vol01/9/log{w}"))).unwrap();
+        let got: Vec<u64> = data
+            .chunks(RECORD)
+            .map(|r| std::str::from_utf8(&r[4..16]).unwrap().parse().unwrap())
+            .collect();
+        let l = log.lock().unwrap();
+        assert_eq!(
+            got, l.acked,
+            "writer {w}: every acknowledged record once, in order"
+        );
+    }
+    let names = std::fs::read_dir(m.path().join("vol01/9/made"))
+        .unwrap()
+        .count();
+    assert_eq!(names, logs[2].lock().unwrap().acked.len());
+}
+
+/// A node on MariaDB server 2 split onto a Galera-backed node and its
+/// spaces copied (copy-shards: fences, triggers, copier sessions on a
+/// member) while a mount appends with fsync: every file and acknowledged
+/// record is there afterwards, some spaces now on the Galera node.
+#[test]
+fn split_and_copy_shards_onto_a_galera_node() {
+    let _serial = all_members_synced();
+    let mut dbs = GaleraDbs(Vec::new());
+    let c = TestCluster::empty();
+    let st = c.new_db(2, "st");
+    c.ok(&[
+        "create-storage-node",
+        &format!("{};database={st}", common::server(2)),
+    ]);
+    c.ok(&["create-volume", "vol01"]);
+    let m = c.mount();
+    let spaces: Vec<u32> = (1..=12).map(|i| i * 357_913_941).collect();
+    for &s in &spaces {
+        std::fs::write(m.space(s).join("f"), format!("space {s}\n").repeat(1000)).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let log: Arc<Mutex<Log>> = Arc::default();
+    let writer = {
+        let path = m.path().join(format!("vol01/{}/log", spaces[11]));
+        let (stop, log) = (stop.clone(), log.clone());
+        std::thread::spawn(move || appender(path, 0, stop, log))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let gdb = dbs.create("gsplit");
+    let out = c.ok(&[
+        "split-storage-node",
+        "1",
+        &format!("{};database={gdb}", galera_options()),
+    ]);
+    assert!(out.contains("MIRROR_SHARD"), "{out}");
+    c.ok(&["copy-shards"]);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let list = c.ok(&["list-storage-nodes"]);
+    assert_eq!(list.matches("ACTIVE_SHARD").count(), 2, "{list}");
+    let on_galera: Option<u64> = member_conn(2)
+        .query_first(format!("SELECT COUNT(*) FROM {gdb}.spaces"))
+        .unwrap();
+    assert!(
+        on_galera.unwrap() > 0,
+        "some spaces moved to the Galera node"
+    );
+    drop(m);
+    let m = c.mount();
+    for &s in &spaces {
+        assert_eq!(
+            std::fs::read_to_string(m.path().join(format!("vol01/{s}/f"))).unwrap(),
+            format!("space {s}\n").repeat(1000)
+        );
+    }
+    let data = std::fs::read(m.path().join(format!("vol01/{}/log", spaces[11]))).unwrap();
+    let got: Vec<u64> = data
+        .chunks(RECORD)
+        .map(|r| std::str::from_utf8(&r[4..16]).unwrap().parse().unwrap())
+        .collect();
+    let l = log.lock().unwrap();
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    assert_eq!(got, l.acked, "every acknowledged record once, in order");
+}
