@@ -24,8 +24,8 @@ use mysql::{PooledConn, Transaction};
 
 use super::Cluster;
 use super::access_points::Liveness;
-use crate::db::{Body, DbError, Failed, TxError};
-use crate::shard::{Access, Shard, is_fenced};
+use crate::db::{Body, DbError, Failed, OpId, TxError};
+use crate::shard::{APPLIED_OPS, Access, Shard, is_fenced};
 
 /// How long a write waits for a move's cut-over before it fails. A cut-over
 /// takes well under a second; this covers a copy-shards process that died
@@ -239,18 +239,32 @@ impl Route {
 
     /// Runs `f` on a connection to node `node`, for a request that opens
     /// and commits its own transaction in one round trip (a group commit's
-    /// fast path). `None` if no connection could be had (nothing was sent).
+    /// fast path). `f` reports a failure of the connection through its
+    /// second argument, which returns the message: the node's pool then
+    /// moves on (a fresh connection, another Galera member) as after any
+    /// lost connection. `None` if no connection could be had (nothing was
+    /// sent).
     pub fn one_trip_on_node<T>(
         &self,
         node: u32,
-        f: impl FnOnce(&mut PooledConn) -> T,
+        f: impl FnOnce(&mut PooledConn, &dyn Fn(mysql::Error) -> String) -> T,
     ) -> Option<T> {
         let _running = self.router.enter();
-        let mut conn = self.router.shard(node).ok()?.db().conn().ok()?;
+        let shard = self.router.shard(node).ok()?;
+        let mut conn = shard.db().conn().ok()?;
+        let lost = |e: mysql::Error| shard.db().err(e).to_string();
         let t = Instant::now();
-        let r = f(&mut conn);
+        let r = f(&mut conn, &lost);
         crate::metrics::global().db(node, t, true);
         Some(r)
+    }
+
+    /// Whether operation `op`, whose commit on node `node` got no answer,
+    /// was applied (see [`crate::db::Db::was_applied`]): asked of whichever
+    /// member the node's pool reaches now.
+    pub fn was_applied(&self, node: u32, op: &OpId) -> Result<bool, TxError> {
+        let shard = self.router.shard(node).map_err(TxError::Db)?;
+        shard.db().was_applied(&APPLIED_OPS, op)
     }
 
     /// Runs a transaction on the space's node; a transaction refused because

@@ -344,11 +344,15 @@ pub enum OneTrip {
 }
 
 /// Runs a group commit's appends as one request, one round trip: a
-/// multi-statement text that opens a transaction, calls `tshs_append` (see
-/// the schema) once per file with that file's appends end to end, files in
-/// `(space, inode)` order, and commits.
+/// multi-statement text that opens a transaction, records `op` in
+/// `applied_ops` (so that a lost answer can be told from a lost commit, see
+/// [`crate::db::Db::was_applied`]), calls `tshs_append` (see the schema)
+/// once per file with that file's appends end to end, files in `(space,
+/// inode)` order, and commits.
 pub fn append_in_one_trip(
     conn: &mut mysql::PooledConn,
+    lost: &dyn Fn(mysql::Error) -> String,
+    op: &crate::db::OpId,
     reqs: &[AppendReq<'_>],
     now: i64,
     max_size: u64,
@@ -357,7 +361,15 @@ pub fn append_in_one_trip(
     for (n, r) in reqs.iter().enumerate() {
         files.entry((r.space, r.ino)).or_default().push(n);
     }
-    let mut sql = String::from("START TRANSACTION");
+    let (writer, lane, seq, at) = op.record_params();
+    let mut sql = String::from(
+        "START TRANSACTION; INSERT INTO applied_ops (writer, lane, seq, at) VALUES (X'",
+    );
+    push_hex(&mut sql, &writer);
+    let _ = write!(
+        sql,
+        "', {lane}, {seq}, {at}) ON DUPLICATE KEY UPDATE seq = VALUES(seq), at = VALUES(at)"
+    );
     for ((space, ino), which) in &files {
         let _ = write!(sql, "; CALL tshs_append({space}, {ino}, X'");
         for &n in which {
@@ -395,7 +407,7 @@ pub fn append_in_one_trip(
             let _ = conn.query_drop("ROLLBACK");
             return OneTrip::Unknown(format!("{} answers for {} files", l.len(), files.len()));
         }
-        Err(e) => return OneTrip::Unknown(e.to_string()),
+        Err(e) => return OneTrip::Unknown(lost(e)),
     };
     let mut out = vec![None; reqs.len()];
     for (which, at) in files.values().zip(landed) {

@@ -46,7 +46,7 @@ use mysql::prelude::Queryable;
 use crate::config::ConnOptions;
 use crate::db::{Db, DbError, TxError, migrate, table_names};
 
-pub use schema::{FENCE_MESSAGE, Fenced, MIGRATIONS, is_fenced};
+pub use schema::{APPLIED_OPS, FENCE_MESSAGE, Fenced, MIGRATIONS, is_fenced};
 
 /// Largest extent, in bytes. Small enough to stay far below
 /// `max_allowed_packet` (16 MiB by default), large enough that a 512 MiB

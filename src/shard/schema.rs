@@ -68,8 +68,8 @@ pub const APPLIED_OPS: crate::db::OpLog = crate::db::OpLog {
 /// Lanes idle this long belong to processes gone (their retries long over).
 pub const APPLIED_OPS_KEEP_NS: i64 = 24 * 3600 * 1_000_000_000;
 
-/// The stored procedure migration 2 creates (dropped with the tables).
-pub const ROUTINES: &[&str] = &["tshs_check_fence"];
+/// The stored procedures migrations 2 and 7 create (dropped with the tables).
+pub const ROUTINES: &[&str] = &["tshs_check_fence", "tshs_append"];
 
 /// The message of the error a write to a fenced space gets.
 pub const FENCE_MESSAGE: &str = "tshs: the space is being moved to another storage node";

@@ -26,7 +26,7 @@ use super::super::cache::DataCache;
 use super::super::error::{Error, FsResult, failed};
 use super::super::now_ns;
 use super::{MAX_FILE_SIZE, OpenInode};
-use crate::db::Failed;
+use crate::db::{Failed, OpId};
 use crate::shard::extents::{self, AppendReq, OneTrip};
 use crate::shard::{ShardError, is_fenced};
 
@@ -57,15 +57,21 @@ struct Append {
     node: Arc<OpenInode>,
     data: Vec<u8>,
     /// Where it landed, or why not; set by whoever ran its transaction.
-    result: Mutex<Option<FsResult<u64>>>,
+    result: Mutex<Option<FsResult<Option<u64>>>>,
 }
 
 impl AppendQueues {
     /// Appends `data` to `node`'s file at the database's end of file and
-    /// returns the offset it landed at, once committed. This mount's view
+    /// returns the offset it landed at, once committed (`None` if it landed
+    /// but the answer saying where was lost). This mount's view
     /// of the file (size, cache) is updated by whoever ran the transaction,
     /// in the order the appends landed.
-    pub fn append(&self, cache: &DataCache, node: &Arc<OpenInode>, data: &[u8]) -> FsResult<u64> {
+    pub fn append(
+        &self,
+        cache: &DataCache,
+        node: &Arc<OpenInode>,
+        data: &[u8],
+    ) -> FsResult<Option<u64>> {
         let id = node.shard.node_now().map_err(Error::from)?;
         let queue = self.0.lock().unwrap().entry(id).or_default().clone();
         let me = Arc::new(Append {
@@ -121,10 +127,11 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
         })
         .collect();
     let now = now_ns();
-    // One round trip; what it leaves (or all of it, if it was refused) the
-    // slower way.
-    match route.one_trip_on_node(id, |c| {
-        extents::append_in_one_trip(c, &reqs, now, MAX_FILE_SIZE)
+    // One round trip; what it leaves (or all of it, if it was refused or
+    // surely not applied) the slower way.
+    let op = OpId::next();
+    match route.one_trip_on_node(id, |c, lost| {
+        extents::append_in_one_trip(c, lost, &op, &reqs, now, MAX_FILE_SIZE)
     }) {
         Some(OneTrip::Landed(landed)) => {
             let mut rest = Vec::new();
@@ -132,7 +139,7 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
                 match at {
                     Some(off) => {
                         a.node.appended(cache, off, &a.data, now);
-                        *a.result.lock().unwrap() = Some(Ok(off));
+                        *a.result.lock().unwrap() = Some(Ok(Some(off)));
                     }
                     None => rest.push(a.clone()),
                 }
@@ -142,20 +149,29 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
             }
             return;
         }
-        Some(OneTrip::Unknown(why)) => {
-            // Never run twice what may have landed: each append fails, and
-            // the writer decides (as for any commit whose answer was lost).
-            let e = failed(format!(
-                "storage node {id}: the answer to {} appends was lost, they may or may not have landed: {why}",
-                batch.len()
-            ));
-            for a in batch {
-                // This mount no longer knows the file's end.
-                a.node.lost_track();
-                *a.result.lock().unwrap() = Some(Err(e.clone()));
+        Some(OneTrip::Unknown(why)) => match route.was_applied(id, &op) {
+            // Never run twice what landed: it did, each append once, only
+            // where is not known (this mount reads the file's end afresh).
+            Ok(true) => {
+                for a in batch {
+                    a.node.lost_track();
+                    *a.result.lock().unwrap() = Some(Ok(None));
+                }
+                return;
             }
-            return;
-        }
+            Ok(false) => {} // not applied: run it again below
+            Err(e) => {
+                let e = failed(format!(
+                    "storage node {id}: the answer to {} appends was lost and whether they landed is unknown ({why}; asking: {e})",
+                    batch.len()
+                ));
+                for a in batch {
+                    a.node.lost_track();
+                    *a.result.lock().unwrap() = Some(Err(e.clone()));
+                }
+                return;
+            }
+        },
         Some(OneTrip::Refused) | None => {}
     }
     let r = route.tx_on_node(id, |tx| {
@@ -183,7 +199,7 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
         if let Ok(off) = r {
             a.node.appended(cache, off, &a.data, now);
         }
-        *a.result.lock().unwrap() = Some(r);
+        *a.result.lock().unwrap() = Some(r.map(Some));
     }
 }
 
@@ -203,6 +219,6 @@ fn one_by_one(cache: &DataCache, appends: &[Arc<Append>]) {
         if let Ok(off) = r {
             a.node.appended(cache, off, &a.data, now);
         }
-        *a.result.lock().unwrap() = Some(r);
+        *a.result.lock().unwrap() = Some(r.map(Some));
     }
 }

@@ -189,6 +189,10 @@ impl AppendOffsets {
         self.0.push_back((tid, offset));
     }
 
+    fn forget(&mut self, tid: u32) {
+        self.0.retain(|(t, _)| *t != tid);
+    }
+
     fn get(&self, tid: u32) -> Option<u64> {
         self.0.iter().find(|(t, _)| *t == tid).map(|(_, o)| *o)
     }
@@ -663,8 +667,9 @@ impl OpenInode {
 
     /// Appends at the database's end of file (`O_APPEND`) for thread
     /// `tid`, in a group commit with other appends to the file's node (see
-    /// [`AppendQueues`]). Returns the offset the data landed at, which is
-    /// also remembered for that thread ([`OpenInode::last_append`]).
+    /// [`AppendQueues`]). The offset the data landed at is remembered for
+    /// that thread ([`OpenInode::last_append`]), unless the answer saying
+    /// where was lost (the append landed, once: see `group`).
     ///
     /// The transaction runs without the file's state lock: no write, flush
     /// or truncate of this mount can start meanwhile (they wait for
@@ -677,15 +682,18 @@ impl OpenInode {
         queues: &AppendQueues,
         data: &[u8],
         tid: u32,
-    ) -> FsResult<u64> {
+    ) -> FsResult<()> {
         let _turn = self.data_turn.read().unwrap();
         drop(self.flush_locked(cache, self.state())?);
         self.appending.fetch_add(1, Ordering::AcqRel);
         let eof = queues.append(cache, self, data);
         self.appending.fetch_sub(1, Ordering::AcqRel);
-        let eof = eof?;
-        self.appended.lock().unwrap().record(tid, eof);
-        Ok(eof)
+        let mut offsets = self.appended.lock().unwrap();
+        match eof? {
+            Some(eof) => offsets.record(tid, eof),
+            None => offsets.forget(tid),
+        }
+        Ok(())
     }
 
     /// An append's outcome is unknown: what this mount cached of the file
