@@ -17,19 +17,6 @@ use mysql::prelude::Queryable;
 /// Slot size of the Storage Node (`shard::EXTENT_SIZE`).
 const E: u64 = 256 * 1024;
 
-/// A cluster with one Storage Node (server 1), so a test can count a
-/// file's rows; returns it with the node's database.
-fn one_node() -> (TestCluster, String) {
-    let c = TestCluster::empty();
-    let db = c.new_db(1, "st");
-    c.ok(&[
-        "create-storage-node",
-        &format!("{};database={db}", common::server(1)),
-    ]);
-    c.ok(&["create-volume", "vol01"]);
-    (c, db)
-}
-
 /// (offset, length) of a file's rows, in order.
 fn rows(db: &str, ino: u64) -> Vec<(u64, u64)> {
     root_conn(1)
@@ -48,7 +35,7 @@ fn ino(path: &std::path::Path) -> u64 {
 
 #[test]
 fn concurrent_appends_from_two_mounts_land_once_and_whole() {
-    let (c, _db) = one_node();
+    let (c, _db) = TestCluster::with_one_node();
     let m1 = c.mount();
     let m2 = Mount::new(&c, &[]);
     let logs: Vec<_> = (0..4).map(|i| format!("log{i}")).collect();
@@ -107,7 +94,7 @@ fn concurrent_appends_from_two_mounts_land_once_and_whole() {
 
 #[test]
 fn pieces_read_cut_punch_and_seek_like_one_file_then_join() {
-    let (c, db) = one_node();
+    let (c, db) = TestCluster::with_one_node();
     let m = c.mount();
     let path = m.space(3).join("last.log");
     let mut model: Vec<u8> = Vec::new();
@@ -224,7 +211,7 @@ fn pieces_read_cut_punch_and_seek_like_one_file_then_join() {
 
 #[test]
 fn an_append_past_the_largest_size_fails_alone() {
-    let (c, _db) = one_node();
+    let (c, _db) = TestCluster::with_one_node();
     let m = c.mount();
     let big = m.space(3).join("big.log");
     let small = m.space(3).join("small.log");

@@ -49,21 +49,9 @@ fn wait_unlinked_open(c: &TestCluster, n: u64) {
     }
 }
 
-/// A cluster whose spaces all live on node 1 (server 1): one storage node.
-fn one_node() -> TestCluster {
-    let c = TestCluster::empty();
-    let db = c.new_db(1, "st");
-    c.ok(&[
-        "create-storage-node",
-        &format!("{};database={db}", common::server(1)),
-    ]);
-    c.ok(&["create-volume", "vol01"]);
-    c
-}
-
 #[test]
 fn remove_deleted_purges_spaces_and_inodes_but_not_open_files() {
-    let c = one_node();
+    let c = TestCluster::with_one_node().0;
     let m = Mount::new(&c, &[]);
     // A deleted space: emptied, then rmdir -> DELETE job.
     let gone = m.space(7);
@@ -122,7 +110,7 @@ fn remove_deleted_purges_spaces_and_inodes_but_not_open_files() {
 
 #[test]
 fn list_files_shows_sizes_states_and_paths() {
-    let c = one_node();
+    let c = TestCluster::with_one_node().0;
     let m = Mount::new(&c, &[]);
     let s = m.space(9);
     std::fs::create_dir_all(s.join("protolog")).unwrap();

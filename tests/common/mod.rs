@@ -109,6 +109,19 @@ impl TestCluster {
         c
     }
 
+    /// An Admin Node with one storage node, on server 1 (so every space
+    /// lives there), and volume `vol01`; with that node's database.
+    pub fn with_one_node() -> (TestCluster, String) {
+        let c = TestCluster::empty();
+        let db = c.new_db(1, "st");
+        c.ok(&[
+            "create-storage-node",
+            &format!("{};database={db}", server(1)),
+        ]);
+        c.ok(&["create-volume", "vol01"]);
+        (c, db)
+    }
+
     /// Creates an empty database on server `n`, dropped with the cluster.
     pub fn new_db(&self, n: u8, tag: &str) -> String {
         let db = unique(tag);
