@@ -323,19 +323,24 @@ pub fn append_batch(
             ));
         }
     }
-    tx.query_drop(sql)?;
+    // Every statement's answer is read: dropping the result would lose an
+    // error after the first one (a deadlock rolls the transaction back).
+    let mut answers = tx.query_iter(sql)?;
+    while let Some(set) = answers.iter() {
+        for row in set {
+            row?;
+        }
+    }
     Ok(results)
 }
 
 /// What became of a group commit sent as one request.
 pub enum OneTrip {
-    /// Committed. Per append, where it landed, or `None` for one the
-    /// procedure left alone (file gone, held elsewhere, or too big): the
-    /// caller runs those on their own, where they are brought back or
-    /// refused.
-    Landed(Vec<Option<u64>>),
+    /// Committed: every append landed; where, per append.
+    Landed(Vec<u64>),
     /// The server refused a statement before the commit (a move's fence, a
-    /// deadlock, no procedure yet on an old node): nothing was applied, the
+    /// deadlock, an append to a file gone, held elsewhere or growing too
+    /// big, no procedure yet on an old node): nothing was applied, the
     /// caller runs the batch the slower way.
     Refused,
     /// The connection failed: the commit may or may not have happened.
@@ -378,13 +383,16 @@ pub fn append_in_one_trip(
         let _ = write!(sql, "', {now}, {max_size})");
     }
     sql.push_str("; COMMIT");
-    let landed = (|| -> Result<Vec<Option<u64>>, mysql::Error> {
+    let landed = (|| -> Result<Vec<u64>, mysql::Error> {
         let mut result = conn.query_iter(sql)?;
         let mut landed = Vec::with_capacity(files.len());
         while let Some(set) = result.iter() {
             if set.columns().as_ref().len() == 1 {
                 for row in set {
-                    landed.push(mysql::from_row::<Option<u64>>(row?));
+                    match mysql::from_row_opt::<u64>(row?) {
+                        Ok(at) => landed.push(at),
+                        Err(e) => return Err(mysql::Error::FromRowError(e.0)),
+                    }
                 }
             } else {
                 for row in set {
@@ -409,11 +417,10 @@ pub fn append_in_one_trip(
         }
         Err(e) => return OneTrip::Unknown(lost(e)),
     };
-    let mut out = vec![None; reqs.len()];
-    for (which, at) in files.values().zip(landed) {
-        let Some(mut at) = at else { continue };
+    let mut out = vec![0; reqs.len()];
+    for (which, mut at) in files.values().zip(landed) {
         for &n in which {
-            out[n] = Some(at);
+            out[n] = at;
             at += reqs[n].data.len() as u64;
         }
     }
@@ -452,8 +459,8 @@ fn push_hex(sql: &mut String, data: &[u8]) {
 }
 
 /// Joins each run of contiguous rows of slot `slot` of a file into one row,
-/// so reads get the slot in one piece; the bytes do not change. Returns
-/// whether anything was joined.
+/// so reads get the slot in one piece; the bytes do not change, the
+/// inode's `joined` count does. Returns whether anything was joined.
 pub fn merge(s: &impl Access, space: u32, ino: u64, slot: u64) -> ShardResult<bool> {
     s.run("merge", |tx| {
         // Lengths first: most slots asked about hold one run already.
@@ -486,6 +493,14 @@ pub fn merge(s: &impl Access, space: u32, ino: u64, slot: u64) -> ShardResult<bo
                 (space, ino, from, to - from, data.concat()),
             )?;
             merged = true;
+        }
+        if merged {
+            // Copy-shards compares a file's rows of data again only if its
+            // inode row changed.
+            tx.exec_drop(
+                "UPDATE inodes SET joined = joined + 1 WHERE space_id = ? AND ino = ?",
+                (space, ino),
+            )?;
         }
         Ok(merged)
     })

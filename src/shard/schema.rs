@@ -228,9 +228,12 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
         // One file's appends of a group commit, laid at its end of file in
         // pieces that do not cross a slot's end (262144 = EXTENT_SIZE), so a
         // batch is one round trip (see `extents::append_in_one_trip`).
-        // Answers where the data landed, or NULL, writing nothing, for a
-        // file that is gone, held elsewhere (object store, imported disk:
-        // it must be brought back first) or would grow past `most`.
+        // Answers where the data landed. A file that is gone, held
+        // elsewhere (object store, imported disk: it must be brought back
+        // first) or would grow past `most` refuses the whole batch before
+        // its COMMIT (the caller then runs it statement by statement, where
+        // each append gets its own answer): a batch that committed wrote
+        // every append in it, which a lost answer relies on.
         &[
             "CREATE OR REPLACE PROCEDURE tshs_append(IN s INT UNSIGNED, IN i BIGINT UNSIGNED,
                 IN d LONGBLOB, IN t BIGINT, IN most BIGINT UNSIGNED)
@@ -244,7 +247,8 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
              SELECT size, s3_key IS NOT NULL OR import_path IS NOT NULL INTO eof, away
                FROM inodes WHERE space_id = s AND ino = i FOR UPDATE;
              IF eof IS NULL OR away OR eof + n > most THEN
-               SELECT NULL;
+               SIGNAL SQLSTATE '45000'
+                 SET MESSAGE_TEXT = 'tshs: an append for the statement path', MYSQL_ERRNO = 1643;
              ELSE
                WHILE pos <= n DO
                  SET k = LEAST(n - pos + 1, 262144 - (eof + pos - 1) % 262144);
@@ -269,5 +273,12 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
             PRIMARY KEY (writer, lane),
             KEY (at)
         ) ENGINE=InnoDB"],
+    ),
+    (
+        9,
+        // Moved by every joining of a file's pieces (`extents::merge`), which
+        // changes its extents but not its size or times: copy-shards
+        // compares a file's extents again only when its inode row changed.
+        &["ALTER TABLE inodes ADD COLUMN IF NOT EXISTS joined BIGINT UNSIGNED NOT NULL DEFAULT 0"],
     ),
 ];

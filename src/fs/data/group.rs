@@ -12,12 +12,14 @@
 //! has nothing left to wait for.
 //!
 //! A batch is first sent as one request, one round trip
-//! ([`extents::append_in_one_trip`]); appends it leaves (a file held in the
-//! object store, one that would grow too big) run on their own. If that
-//! request fails, the batch runs as a transaction of separate statements
-//! ([`extents::append_batch`], which brings files back from elsewhere), and
-//! if that is refused as a whole (a space of it fenced by a move), append by
-//! append, each on its own route: one bad append fails only itself.
+//! ([`extents::append_in_one_trip`]). If the server refuses it (an append
+//! to a file held in the object store or growing too big, a deadlock), the
+//! batch runs as a transaction of separate statements
+//! ([`extents::append_batch`], which brings files back from elsewhere and
+//! answers each append), and if that is refused as a whole (a space of it
+//! fenced by a move), append by append, each on its own route: one bad
+//! append fails only itself. If the answer to a batch is lost, the batch's
+//! operation id tells whether it landed (all of it) or not (run again).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -90,14 +92,40 @@ impl AppendQueues {
                 st.busy = true;
                 let batch = take_batch(&mut st.waiting);
                 drop(st);
+                let leading = Leading {
+                    queue: &queue,
+                    batch: &batch,
+                };
                 run(cache, id, &batch);
+                drop(leading);
                 st = queue.state.lock().unwrap();
-                st.busy = false;
-                queue.turn.notify_all();
                 continue;
             }
             st = queue.turn.wait(st).unwrap();
         }
+    }
+}
+
+/// A leader's turn: when it ends, also by a panic, the next may lead, and
+/// an append it did not answer fails instead of waiting forever.
+struct Leading<'a> {
+    queue: &'a Queue,
+    batch: &'a [Arc<Append>],
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        for a in self.batch {
+            let mut r = a.result.lock().unwrap_or_else(|e| e.into_inner());
+            if r.is_none() {
+                *r = Some(Err(failed(
+                    "an append's group commit ended without an answer",
+                )));
+            }
+        }
+        let mut st = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.busy = false;
+        self.queue.turn.notify_all();
     }
 }
 
@@ -134,18 +162,9 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
         extents::append_in_one_trip(c, lost, &op, &reqs, now, MAX_FILE_SIZE)
     }) {
         Some(OneTrip::Landed(landed)) => {
-            let mut rest = Vec::new();
-            for (a, at) in batch.iter().zip(landed) {
-                match at {
-                    Some(off) => {
-                        a.node.appended(cache, off, &a.data, now);
-                        *a.result.lock().unwrap() = Some(Ok(Some(off)));
-                    }
-                    None => rest.push(a.clone()),
-                }
-            }
-            if !rest.is_empty() {
-                one_by_one(cache, &rest);
+            for (a, off) in batch.iter().zip(landed) {
+                a.node.appended(cache, off, &a.data, now);
+                *a.result.lock().unwrap() = Some(Ok(Some(off)));
             }
             return;
         }
@@ -185,6 +204,11 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
         // The node failed it (after the database layer's own retries):
         // it fails every append of the batch, logged once.
         Err(Failed::Tx(e)) if !is_fenced(&e) => {
+            // Perhaps a commit whose answer was lost: this mount's view of
+            // the files may be behind.
+            for a in batch {
+                a.node.lost_track();
+            }
             let e = Error::from(ShardError::Tx {
                 node: id,
                 what: "append",

@@ -724,7 +724,10 @@ impl OpenInode {
         } else {
             cache.restamp(self.space, self.ino, st.generation, (now, now, end));
             if let Some((a, ..)) = self.attr.lock().unwrap().as_mut() {
-                (a.size, a.mtime, a.ctime) = (end, now, now);
+                // Never back: a stat may have read a later end meanwhile.
+                a.size = a.size.max(end);
+                a.stored += data.len() as u64;
+                (a.mtime, a.ctime) = (a.mtime.max(now), a.ctime.max(now));
             }
             self.attrs.forget(self.space, self.ino);
             let mut at = eof;
