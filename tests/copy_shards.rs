@@ -20,18 +20,6 @@ const SPACES: std::ops::Range<u32> = 101..121;
 /// A file a writer created: its path under the mount and its contents.
 type Created = (PathBuf, Vec<u8>);
 
-/// A cluster with one storage node on server 1 and vol01.
-fn one_node() -> (TestCluster, String) {
-    let c = TestCluster::empty();
-    let db = c.new_db(1, "st");
-    c.ok(&[
-        "create-storage-node",
-        &format!("{};database={db}", server(1)),
-    ]);
-    c.ok(&["create-volume", "vol01"]);
-    (c, db)
-}
-
 fn rows_on(server_no: u8, db: &str, space: u32) -> u64 {
     root_conn(server_no)
         .query_first(format!(
@@ -88,7 +76,7 @@ fn snapshot(dir: &Path) -> HashMap<PathBuf, (u64, Vec<u8>)> {
 
 #[test]
 fn split_and_copy_shards_under_load() {
-    let (c, _db1) = one_node();
+    let (c, _db1) = TestCluster::with_one_node();
     let m1 = Mount::new(&c, &[]);
     let m2 = Mount::new(&c, &[]);
     // 20 spaces with logs, data, a hard link and a symlink each.
@@ -303,7 +291,7 @@ fn split_and_copy_shards_under_load() {
 
 #[test]
 fn split_refuses_bad_input_and_leaves_nothing_behind() {
-    let (c, db1) = one_node();
+    let (c, db1) = TestCluster::with_one_node();
     let tables = |n: u8, db: &str| -> u64 {
         root_conn(n)
             .query_first(format!(
@@ -372,7 +360,7 @@ fn split_refuses_bad_input_and_leaves_nothing_behind() {
 /// unlinked-but-open files).
 #[test]
 fn a_mount_stalled_while_spaces_move_finds_them_on_their_new_node() {
-    let (c, _) = one_node();
+    let (c, _) = TestCluster::with_one_node();
     let m = Mount::new(&c, &[]);
     let spaces = 1..=12u32;
     for s in spaces.clone() {

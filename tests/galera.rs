@@ -202,6 +202,23 @@ struct Log {
     errors: Vec<String>,
 }
 
+/// Records the outcome of operation `i` (`what` names it in errors); after
+/// an error, the caller pauses a little.
+fn note(log: &Mutex<Log>, what: &str, i: u64, r: std::io::Result<()>) {
+    let mut l = log.lock().unwrap();
+    match r {
+        Ok(()) => {
+            l.acked.push(i);
+            l.times.push(Instant::now());
+        }
+        Err(e) => {
+            l.errors.push(format!("{what} {i}: {e}"));
+            drop(l);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 const RECORD: usize = 26;
 
 fn record(writer: usize, i: u64) -> Vec<u8> {
@@ -221,18 +238,7 @@ fn appender(path: PathBuf, writer: usize, stop: Arc<AtomicBool>, log: Arc<Mutex<
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let r = f.write_all(&record(writer, i)).and_then(|_| f.sync_all());
-        let mut l = log.lock().unwrap();
-        match r {
-            Ok(()) => {
-                l.acked.push(i);
-                l.times.push(Instant::now());
-            }
-            Err(e) => {
-                l.errors.push(format!("record {i}: {e}"));
-                drop(l);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        note(&log, "record", i, r);
     }
 }
 
@@ -248,18 +254,7 @@ fn creator(dir: PathBuf, stop: Arc<AtomicBool>, log: Arc<Mutex<Log>>) {
             .mode(0o644)
             .open(dir.join(format!("f{i:06}")))
             .and_then(|f| f.sync_all());
-        let mut l = log.lock().unwrap();
-        match r {
-            Ok(()) => {
-                l.acked.push(i);
-                l.times.push(Instant::now());
-            }
-            Err(e) => {
-                l.errors.push(format!("file {i}: {e}"));
-                drop(l);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        note(&log, "file", i, r);
     }
 }
 
