@@ -33,9 +33,10 @@ use crate::shard::extents::{self, AppendReq, OneTrip};
 use crate::shard::{ShardError, is_fenced};
 
 /// Bytes of appends gathered into one transaction at most (the rest wait
-/// for the next): keeps a statement far below `max_allowed_packet` (the
-/// data travels as hex).
-const BATCH_BYTES: usize = 4 << 20;
+/// for the next). The data travels as hex, so a full batch is a statement
+/// of about 2 MiB, below even an old server's 4 MiB `max_allowed_packet`
+/// (one append of up to 1 MiB, the space server's limit, always fits).
+const BATCH_BYTES: usize = 1 << 20;
 
 /// The group commit queues of a mount, one per Storage Node.
 #[derive(Default)]
