@@ -116,7 +116,9 @@ struct Leading<'a> {
 
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
-        for a in self.batch {
+        // Only a panic leaves appends unanswered (a follower may already
+        // have taken its answer, leaving its slot empty).
+        for a in self.batch.iter().filter(|_| std::thread::panicking()) {
             let mut r = a.result.lock().unwrap_or_else(|e| e.into_inner());
             if r.is_none() {
                 *r = Some(Err(failed(
