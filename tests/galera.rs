@@ -643,6 +643,11 @@ fn a_fence_set_on_one_member_stops_writers_on_another() {
             "UPDATE space_fence SET fenced_until = UTC_TIMESTAMP(3) + INTERVAL 1 MINUTE WHERE space_id = 5",
         )
         .unwrap();
+    // Until member 1 applied the fence, the writer there may still commit
+    // (it was seen so on a loaded machine): a causal read there waits for it.
+    let _: Option<Option<String>> = conn(1)
+        .query_first("SELECT fenced_until FROM space_fence WHERE space_id = 5")
+        .unwrap();
     let code = |r: Result<(), mysql::Error>| match r {
         Err(mysql::Error::MySqlError(e)) => e.code,
         other => panic!("expected an SQL error, got {other:?}"),
