@@ -272,6 +272,10 @@ impl Filesystem for FuseFs {
         }
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         begin!("getattr", self, req, reply, ino);
         self.attr(self.fs.getattr_aged(ino.0), reply)
@@ -530,7 +534,7 @@ impl Filesystem for FuseFs {
     ) {
         begin!("readdir", self, req, reply, ino);
         answer(
-            self.fs.readdir(ino.0, offset, 512),
+            self.fs.readdir(ino.0, offset, 512, false),
             reply,
             |mut reply, entries| {
                 for (off, name, a) in entries {
@@ -553,10 +557,11 @@ impl Filesystem for FuseFs {
     ) {
         begin!("readdirplus", self, req, reply, ino);
         answer(
-            self.fs.readdir(ino.0, offset, 256),
+            self.fs.readdir(ino.0, offset, 256, true),
             reply,
             |mut reply, entries| {
-                for (off, name, a) in entries {
+                let mut entries = entries.into_iter();
+                for (off, name, a) in entries.by_ref() {
                     if reply.add(
                         INodeNo(a.ino),
                         off,
@@ -565,7 +570,16 @@ impl Filesystem for FuseFs {
                         &file_attr(&a),
                         Generation(0),
                     ) {
+                        // Not sent: the kernel will not count it.
+                        if name != b"." && name != b".." {
+                            self.fs.forget(a.ino, 1);
+                        }
                         break;
+                    }
+                }
+                for (_, name, a) in entries {
+                    if name != b"." && name != b".." {
+                        self.fs.forget(a.ino, 1);
                     }
                 }
                 reply.ok()

@@ -10,6 +10,7 @@ mod repeat;
 mod runner;
 mod s3;
 mod shell;
+mod snapshot;
 mod stop;
 pub mod table;
 
@@ -284,6 +285,9 @@ pub enum Command {
         /// host=…;port=…;user=…;password=…;database=… of the new database
         connection_options: String,
     },
+    /// Point-in-time, read-only snapshots of spaces and volumes (create, list, delete).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Maintenance task: move settled files to the current S3 host.
     MoveToS3 {
         /// Seconds a file must be unchanged (default 60).
@@ -529,6 +533,7 @@ pub fn execute(
             let id = cluster.create_volume(name)?;
             format!("Volume {id} '{name}' created\n")
         }
+        Command::Snapshot(cmd) => snapshot::run(cluster, cmd)?,
         Command::ListVolumes => {
             let rows = cluster
                 .volumes()?

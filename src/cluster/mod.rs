@@ -14,6 +14,7 @@ mod nodes;
 mod route;
 mod s3_hosts;
 mod settings;
+mod snapshots;
 mod volumes;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ pub use moves::{MOVE_LEASE_SECS, SpaceMove};
 pub use nodes::{NodeRow, NodeTotals, Phase};
 pub use route::{Route, Router};
 pub use settings::{SETTINGS, STORE_SPACE_NAMES};
+pub use snapshots::{MAX_TTL_SECS, SnapSpace, SnapshotRow};
 pub use volumes::{
     SpaceExists, SpaceListing, SpaceRow, SpaceStatus, VolumeRow, VolumeStatus, check_volume_name,
     parse_space_id,
@@ -161,6 +163,29 @@ const MIGRATIONS: &[(u32, &[&str])] = &[
                 space_id INT UNSIGNED NOT NULL PRIMARY KEY,
                 owner VARCHAR(255) NOT NULL,
                 lease_until DATETIME NOT NULL
+            ) ENGINE=InnoDB",
+        ],
+    ),
+    (
+        6,
+        &[
+            // Snapshots (see snapshots.rs): a name, a life, and each space's
+            // moment on its Storage Node (NULL until taken).
+            "CREATE TABLE IF NOT EXISTS snapshots (
+                id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                name VARCHAR(64) NOT NULL,
+                state VARCHAR(16) NOT NULL,
+                created_at DATETIME NOT NULL,
+                expires_at DATETIME NOT NULL,
+                UNIQUE KEY (name)
+            ) ENGINE=InnoDB",
+            "CREATE TABLE IF NOT EXISTS snapshot_spaces (
+                snapshot_id BIGINT UNSIGNED NOT NULL,
+                space_id INT UNSIGNED NOT NULL,
+                volume_id INT UNSIGNED NOT NULL,
+                moment BIGINT UNSIGNED NULL,
+                taken_at DATETIME(3) NULL,
+                PRIMARY KEY (snapshot_id, space_id)
             ) ENGINE=InnoDB",
         ],
     ),

@@ -3,6 +3,7 @@
 //! has one [`OpenInode`], shared by its handles, that buffers its writes
 //! and caches its data (see [`super::data`]).
 
+use super::snapshots::is_snapshot_fh;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,6 +102,9 @@ impl Fs {
     /// `O_APPEND` handles must bypass the kernel's page cache (see
     /// [`Opened::direct`]).
     pub fn open(&self, ino: u64, flags: i32, caller: Caller) -> FsResult<Opened> {
+        if let Node::Snapshot(n) = Node::from_ino(ino) {
+            return self.snapshot_open(n, flags);
+        }
         let Node::Space(space, i) = Node::from_ino(ino) else {
             return Err(Error::EISDIR);
         };
@@ -322,6 +326,9 @@ impl Fs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        if is_snapshot_fh(fh) {
+            return self.snapshot_read(fh, offset, size);
+        }
         let (node, _) = self.handles.get(fh)?;
         node.read(&self.cache, &self.prefetcher, offset, size)
     }
@@ -432,6 +439,9 @@ impl Fs {
     /// lseek(2) with `SEEK_DATA` or `SEEK_HOLE`, from the extent map (what
     /// this mount buffered is committed first, so it counts).
     pub fn seek_data(&self, fh: u64, offset: u64, data: bool) -> FsResult<u64> {
+        if is_snapshot_fh(fh) {
+            return self.snapshot_seek(fh, offset, data);
+        }
         let (node, _) = self.handles.get(fh)?;
         node.flush(&self.cache)?;
         let size = node.state().size;
@@ -441,6 +451,9 @@ impl Fs {
 
     /// Makes buffered writes durable and visible (close, fsync).
     pub fn flush(&self, fh: u64) -> FsResult<()> {
+        if is_snapshot_fh(fh) {
+            return Ok(());
+        }
         let (node, _) = self.handles.get(fh)?;
         node.flush(&self.cache)
     }
@@ -448,6 +461,9 @@ impl Fs {
     /// `fsync`: the file's data, and the attribute changes of its space, are
     /// committed when it returns.
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        if is_snapshot_fh(fh) {
+            return Ok(());
+        }
         let (node, _) = self.handles.get(fh)?;
         node.flush(&self.cache)?;
         self.commit_changes(Some(node.space));
@@ -455,6 +471,10 @@ impl Fs {
     }
 
     pub fn release(&self, fh: u64) -> FsResult<()> {
+        if is_snapshot_fh(fh) {
+            self.snapshot_release(fh);
+            return Ok(());
+        }
         let h = self.handles.remove(fh)?;
         let r = h.node.flush(&self.cache);
         self.release_node(&h.node);

@@ -36,6 +36,7 @@ pub mod meta;
 mod namespace;
 pub mod own_xattrs;
 pub mod reaper;
+mod snapshots;
 mod space_route;
 pub mod statfs;
 mod top;
@@ -149,6 +150,8 @@ pub struct Fs {
     pending: Arc<AtomicUsize>,
     /// Inode numbers reserved for deferred creates, per space: [next, end).
     reserved_ids: Mutex<HashMap<u32, (u64, u64)>>,
+    /// The snapshots' tree (see [`snapshots`]).
+    snapshots: snapshots::Snapshots,
 }
 
 /// See [`Fs::changing`].
@@ -240,6 +243,7 @@ impl Fs {
             view: RwLock::default(),
             open: Mutex::default(),
             handles: Handles::new(),
+            snapshots: snapshots::Snapshots::default(),
         }
     }
 

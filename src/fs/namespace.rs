@@ -18,6 +18,9 @@ pub(super) type Listing = Vec<(u64, Vec<u8>, Attr)>;
 /// asked for what follows it, readdir answers nothing without a query.
 const END: u64 = i64::MAX as u64;
 
+/// The root's hidden directory of snapshots (see [`super::snapshots`]).
+const SNAPSHOTS_DIR: &[u8] = b".snapshots";
+
 impl Fs {
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         self.getattr_aged(ino).map(|(a, _)| a)
@@ -30,6 +33,7 @@ impl Fs {
         match Node::from_ino(ino) {
             Node::Root => self.root_attr(ino).map(fresh),
             Node::Volume(v) => self.volume_attr(ino, v).map(fresh),
+            Node::Snapshot(n) => self.snapshot_getattr(n).map(fresh),
             Node::Space(space, i) => {
                 let epoch = self.attrs.epoch();
                 let change = self.changes.get(space, i);
@@ -102,8 +106,10 @@ impl Fs {
             return Err(Error::ENAMETOOLONG);
         }
         match Node::from_ino(parent) {
+            Node::Root if name == SNAPSHOTS_DIR => self.lookup_snapshots_dir(),
             Node::Root => self.lookup_volume(name),
             Node::Volume(vol) => self.lookup_space(vol, name),
+            Node::Snapshot(n) => self.snapshot_lookup(n, name),
             Node::Space(space, dir) => {
                 self.commit_creates(space);
                 let (a, has_xattrs) =
@@ -139,6 +145,7 @@ impl Fs {
         s: &SetAttr,
         caller: Caller,
     ) -> FsResult<(Attr, Duration)> {
+        self.refuse_in_snapshot(ino)?;
         let _changing = self.changing();
         let Node::Space(space, i) = Node::from_ino(ino) else {
             return Err(Error::EPERM);
@@ -211,6 +218,7 @@ impl Fs {
                 Err(Error::EPERM)
             }
             Node::Volume(vol) => self.create_space(vol, name, mode & !umask, caller),
+            Node::Snapshot(_) => Err(Error::EROFS),
             Node::Space(space, dir) => {
                 self.commit_pending(space);
                 if let Some(t) = target
@@ -262,6 +270,7 @@ impl Fs {
         let _changing = self.changing();
         match Node::from_ino(parent) {
             Node::Root => Err(Error::EPERM),
+            Node::Snapshot(_) => Err(Error::EROFS),
             Node::Volume(vol) => {
                 if !rmdir {
                     return Err(Error::EPERM);
@@ -292,6 +301,8 @@ impl Fs {
         newname: &[u8],
         flags: u32,
     ) -> FsResult<()> {
+        self.refuse_in_snapshot(parent)?;
+        self.refuse_in_snapshot(newparent)?;
         let _changing = self.changing();
         match (Node::from_ino(parent), Node::from_ino(newparent)) {
             (Node::Space(s1, p1), Node::Space(s2, p2)) => {
@@ -322,6 +333,8 @@ impl Fs {
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+        self.refuse_in_snapshot(ino)?;
+        self.refuse_in_snapshot(newparent)?;
         let _changing = self.changing();
         match (Node::from_ino(ino), Node::from_ino(newparent)) {
             (Node::Space(s1, i), Node::Space(s2, p)) => {
@@ -339,6 +352,7 @@ impl Fs {
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         match Node::from_ino(ino) {
             Node::Space(s, i) => meta::readlink(&self.shard_after_import(s)?, s, i),
+            Node::Snapshot(n) => self.snapshot_readlink(n),
             _ => Err(Error::EINVAL),
         }
     }
@@ -348,15 +362,18 @@ impl Fs {
     /// space, one query per page, and the last entry of a short page
     /// carries [`END`]: the kernel's next request, which would find nothing
     /// more, costs none (as on ext4, entries added after the end are seen
-    /// from a `rewinddir`).
+    /// from a `rewinddir`). `plus`: a readdirplus, whose entries the kernel
+    /// counts as lookups.
     pub fn readdir(
         &self,
         ino: u64,
         offset: u64,
         limit: usize,
+        plus: bool,
     ) -> FsResult<Vec<(u64, Vec<u8>, Attr)>> {
         match Node::from_ino(ino) {
             Node::Root => self.list_root(ino, offset),
+            Node::Snapshot(n) => self.snapshot_readdir(ino, n, offset, limit, plus),
             Node::Volume(vol) => self.list_volume(ino, vol, offset, limit),
             Node::Space(_, _) if offset >= END => Ok(Vec::new()),
             Node::Space(space, dir) => {

@@ -26,6 +26,7 @@ impl Fs {
         flags: i32,
         caller: Caller,
     ) -> FsResult<()> {
+        self.refuse_in_snapshot(ino)?;
         let _changing = self.changing();
         let (s, i) = space_node(ino).ok_or(Error::EPERM)?;
         if own_xattrs::is_own(name) {
@@ -95,6 +96,9 @@ impl Fs {
     pub(super) fn xattrs_of(&self, ino: u64) -> FsResult<Option<xattr_cache::Xattrs>> {
         if let Some(x) = self.xattrs.get(ino) {
             return Ok(Some(x));
+        }
+        if let Node::Snapshot(n) = Node::from_ino(ino) {
+            return Ok(Some(Arc::new(self.snapshot_xattrs(n)?)));
         }
         let Some((s, i)) = space_node(ino) else {
             return Ok(None);
@@ -190,6 +194,7 @@ impl Fs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        self.refuse_in_snapshot(ino)?;
         let _changing = self.changing();
         let (s, i) = space_node(ino).ok_or(Error::EPERM)?;
         if own_xattrs::is_own(name) {

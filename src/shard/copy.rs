@@ -25,8 +25,20 @@ use mysql::{Row, Transaction, Value};
 use super::Shard;
 use crate::db::TxError;
 
-/// The tables a space's rows live in, copied in this order.
-const TABLES: &[&str] = &["spaces", "inodes", "dentries", "xattrs", "extents"];
+/// The tables a space's rows live in, copied in this order: its snapshots'
+/// kept rows and moments too (see `snapshot.rs`), so they move with it.
+const TABLES: &[&str] = &[
+    "spaces",
+    "inodes",
+    "dentries",
+    "xattrs",
+    "extents",
+    "inodes_v",
+    "dentries_v",
+    "xattrs_v",
+    "extents_v",
+    "snapshot_moments",
+];
 /// Tables whose rows belong to an inode: compared per changed inode after round 1.
 const PER_INODE: &[&str] = &["xattrs", "extents"];
 /// Far-future fence: the space will not be written here again.
@@ -271,6 +283,26 @@ impl<'a> SpaceCopy<'a> {
             } else {
                 self.sync(t, None, &mut stats, keep_going)?;
             }
+        }
+        // The snapshot epoch: rows copied keep their `born`, so later
+        // snapshots on the receiving node must count on from here.
+        let snap: Option<(u64, u64)> = self
+            .src
+            .db
+            .read(|c| {
+                c.exec_first(
+                    "SELECT snap_epoch, snap_keep FROM space_fence WHERE space_id = ?",
+                    (self.space,),
+                )
+            })
+            .map_err(|e| self.src_msg(e))?;
+        if let Some((epoch, keep)) = snap {
+            self.write_dst(|tx| {
+                tx.exec_drop(
+                    "UPDATE space_fence SET snap_epoch = ?, snap_keep = ? WHERE space_id = ?",
+                    (epoch, keep, self.space),
+                )
+            })?;
         }
         stats.changed_inodes.sort_unstable();
         stats.changed_inodes.dedup();

@@ -3,11 +3,16 @@
 //!
 //! Inode numbers are stable for a file's life, across splits and restores:
 //! `(space id << 32) | per-space inode`. The root is 1 and volume `v` is
-//! `1 + v`, both below 2^32 where no space lives (space IDs start at 1).
+//! `1 + v`, both below 2^31; from 2^31 to 2^32 (where no space lives: space
+//! IDs start at 1) are the nodes of the snapshots' tree, which the mount
+//! numbers as it hands them out.
 
 use mysql::Row;
 
 pub const ROOT_INO: u64 = 1;
+
+/// `/.snapshots`; the nodes below it follow (see `fs::snapshots`).
+pub const SNAPSHOTS_INO: u64 = 1 << 31;
 
 /// What a FUSE inode number names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,13 +21,16 @@ pub enum Node {
     Volume(u32),
     /// (space id, inode number within the space; 1 is the space's root)
     Space(u32, u64),
+    /// A node of the snapshots' tree: 0 is `/.snapshots`.
+    Snapshot(u32),
 }
 
 impl Node {
     pub fn from_ino(ino: u64) -> Node {
         match ino {
             ROOT_INO => Node::Root,
-            i if i < 1 << 32 => Node::Volume((i - 1) as u32),
+            i if i < SNAPSHOTS_INO => Node::Volume((i - 1) as u32),
+            i if i < 1 << 32 => Node::Snapshot((i - SNAPSHOTS_INO) as u32),
             i => Node::Space((i >> 32) as u32, i & 0xffff_ffff),
         }
     }
@@ -32,6 +40,7 @@ impl Node {
             Node::Root => ROOT_INO,
             Node::Volume(v) => 1 + u64::from(v),
             Node::Space(s, i) => (u64::from(s) << 32) | i,
+            Node::Snapshot(n) => SNAPSHOTS_INO + u64::from(n),
         }
     }
 }
@@ -149,6 +158,8 @@ mod tests {
             Node::Root,
             Node::Volume(1),
             Node::Volume(77),
+            Node::Snapshot(0),
+            Node::Snapshot((1 << 31) - 1),
             Node::Space(3, 1),
             Node::Space(u32::MAX, 0xffff_ffff),
         ] {

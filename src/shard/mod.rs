@@ -25,6 +25,7 @@ pub mod namespace;
 pub mod open_writers;
 mod s3;
 mod schema;
+pub mod snapshot;
 pub mod xattrs;
 
 pub use access::{Access, Stores};
@@ -297,6 +298,17 @@ impl Shard {
     /// per transaction, so a big space does not make one huge transaction).
     /// Returns the rows deleted.
     pub fn purge_rows(&self, space: u32, extra: &[&str]) -> Result<u64> {
+        // No rows kept for snapshots while the space's own go (and then
+        // those go too): a purged space leaves its snapshots.
+        self.tx(|tx| {
+            tx.exec_drop("DELETE FROM snapshot_moments WHERE space_id = ?", (space,))?;
+            tx.exec_drop(
+                "UPDATE space_fence SET snap_keep = 0 WHERE space_id = ?",
+                (space,),
+            )
+        })
+        .map_err(tx_failed)
+        .with_context(|| format!("storage node {}: purging space {space}", self.id))?;
         let mut total = 0;
         let tables = [
             ("extents", 64),
@@ -305,6 +317,10 @@ impl Shard {
             ("inodes", 5000),
             ("open_writers", 1000),
             ("spaces", 1),
+            ("extents_v", 64),
+            ("xattrs_v", 1000),
+            ("dentries_v", 5000),
+            ("inodes_v", 5000),
         ];
         for (t, batch) in tables.into_iter().chain(extra.iter().map(|t| (*t, 1))) {
             loop {
@@ -393,14 +409,18 @@ impl Shard {
     }
 
     /// Inodes deleted before `before_ns`, and inodes left unlinked-but-open
-    /// by access points that are no longer alive. The live holders are read
+    /// by access points that are no longer alive, in spaces no live
+    /// snapshot sees (a snapshot may still show them: they wait for its end,
+    /// rather than have their extents copied into its kept rows). The live holders are read
     /// after the candidates: a holder must have registered before its inode
     /// became a candidate, so one that registered meanwhile is not missed.
     fn deleted_inodes(&self, before_ns: i64, live_holders: LiveHolders) -> Result<Vec<(u32, u64)>> {
         let candidates: Vec<(u32, u64, u8, Option<u64>)> = self.db.read(|c| {
             c.exec(
-                "SELECT space_id, ino, state, holder FROM inodes
-                 WHERE (state = ? AND deleted_at < ?) OR state = ? LIMIT 1000",
+                "SELECT space_id, ino, state, holder FROM inodes i
+                 WHERE ((state = ? AND deleted_at < ?) OR state = ?)
+                   AND NOT EXISTS (SELECT 1 FROM snapshot_moments m WHERE m.space_id = i.space_id)
+                 LIMIT 1000",
                 (DELETED, before_ns, ORPHAN),
             )
         })?;

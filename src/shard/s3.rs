@@ -38,10 +38,13 @@ pub struct Orphan {
 /// The files that may move: regular, live, in the database, unchanged
 /// since `settled_before` (data and attributes), not named `last.log`, of
 /// an eligible size (`max` 0: no limit), and not held open for writing by
-/// a mount (see [`super::open_writers`]).
+/// a mount (see [`super::open_writers`]), in a space no live snapshot sees
+/// (moving would copy the file's extents into the snapshot's kept rows:
+/// its files wait until the snapshot is gone).
 const ELIGIBLE: &str = "i.state = LIVE AND i.mode & 0o170000 = 0o100000 AND i.s3_key IS NULL AND i.import_path IS NULL
      AND i.mtime < ? AND i.ctime < ? AND i.size >= ? AND (? = 0 OR i.size <= ?)
-     AND NOT EXISTS (SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log')";
+     AND NOT EXISTS (SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log')
+     AND NOT EXISTS (SELECT 1 FROM snapshot_moments m WHERE m.space_id = i.space_id)";
 
 /// Extents read per query while uploading (16 MiB).
 const READ_EXTENTS: u64 = 64;
@@ -243,15 +246,17 @@ impl Shard {
         Ok(self.db.read(|c| {
             c.exec(
                 "SELECT DISTINCT s3_host FROM s3_uploads
-                 WHERE (state = 'garbage' AND touched_at < ?) OR (state = 'uploading' AND touched_at < ?)
+                 WHERE (state = 'garbage' AND touched_at < ? AND NOT EXISTS (
+                   SELECT 1 FROM inodes_v v WHERE v.s3_host = s3_uploads.s3_host AND v.s3_key = s3_uploads.s3_key)) OR (state = 'uploading' AND touched_at < ?)
                  ORDER BY s3_host",
                 (before, stale_before),
             )
         })?)
     }
 
-    /// Objects of `host` to delete: garbage recorded before `before`, and
-    /// uploads not renewed since `stale_before` (their process is gone).
+    /// Objects of `host` to delete: garbage recorded before `before` that no
+    /// snapshot still sees (kept inode rows name it), and uploads not
+    /// renewed since `stale_before` (their process is gone).
     pub fn s3_orphans(
         &self,
         host: u32,
@@ -264,7 +269,8 @@ impl Shard {
             c.exec(
                 format!(
                     "SELECT id, s3_host, s3_key, upload_id, state FROM s3_uploads
-                     WHERE s3_host = ? AND ((state = 'garbage' AND touched_at < ?) OR (state = 'uploading' AND touched_at < ?))
+                     WHERE s3_host = ? AND ((state = 'garbage' AND touched_at < ? AND NOT EXISTS (
+                   SELECT 1 FROM inodes_v v WHERE v.s3_host = s3_uploads.s3_host AND v.s3_key = s3_uploads.s3_key)) OR (state = 'uploading' AND touched_at < ?))
                      ORDER BY id LIMIT {limit}"
                 ),
                 (host, before, stale_before),
@@ -325,7 +331,8 @@ impl Shard {
         let n: Option<u64> = self.db.read(|c| {
             c.exec_first(
                 "SELECT COUNT(*) FROM s3_uploads
-                 WHERE (state = 'garbage' AND touched_at < ?) OR (state = 'uploading' AND touched_at < ?)",
+                 WHERE (state = 'garbage' AND touched_at < ? AND NOT EXISTS (
+                   SELECT 1 FROM inodes_v v WHERE v.s3_host = s3_uploads.s3_host AND v.s3_key = s3_uploads.s3_key)) OR (state = 'uploading' AND touched_at < ?)",
                 (before, stale_before),
             )
         })?;

@@ -44,6 +44,22 @@
 //! remove-deleted drops the rows of lanes idle for a day. Not copied when a
 //! space moves: an operation whose outcome is unknown at the very moment
 //! of a move's cut-over, run again on the new node, is not found there.
+//!
+//! Migration 10 (snapshots, see `snapshot.rs`): rows are versioned. Every
+//! row of `inodes`, `dentries`, `xattrs` and `extents` carries `born`, the
+//! space's snapshot epoch (`space_fence.snap_epoch`) when it was written.
+//! Taking a snapshot bumps the epoch: its *moment* is the new value, and it
+//! sees the rows with `born < moment`. A row changed or deleted while a
+//! snapshot still needs it (`born < snap_keep`, the newest live snapshot's
+//! moment) is first kept in the table's `_v` twin with `died`, the epoch of
+//! the change: a snapshot sees the kept rows with `born < moment <= died`.
+//! The triggers do it, under the same share lock of the fence row that the
+//! fence check takes, so a snapshot's bump waits for the writers in flight
+//! and later writers see the new epoch: each transaction falls wholly
+//! before or after a moment. Without a live snapshot `snap_keep` is 0 and a
+//! write pays one column more. `snapshot_moments` holds the live snapshots'
+//! moments per space (their names live in the Admin Node). copy-shards
+//! copies all of it, so a snapshot moves with its space.
 
 pub const TABLES: &[&str] = &[
     "schema_migrations",
@@ -56,6 +72,11 @@ pub const TABLES: &[&str] = &[
     "s3_uploads",
     "open_writers",
     "applied_ops",
+    "inodes_v",
+    "dentries_v",
+    "xattrs_v",
+    "extents_v",
+    "snapshot_moments",
 ];
 
 /// How a Storage Node records its applied operations (migration 8).
@@ -68,8 +89,8 @@ pub const APPLIED_OPS: crate::db::OpLog = crate::db::OpLog {
 /// Lanes idle this long belong to processes gone (their retries long over).
 pub const APPLIED_OPS_KEEP_NS: i64 = 24 * 3600 * 1_000_000_000;
 
-/// The stored procedures migrations 2 and 7 create (dropped with the tables).
-pub const ROUTINES: &[&str] = &["tshs_check_fence", "tshs_append"];
+/// The stored procedures migrations 2, 7 and 10 create (dropped with the tables).
+pub const ROUTINES: &[&str] = &["tshs_check_fence", "tshs_append", "tshs_guard"];
 
 /// The message of the error a write to a fenced space gets.
 pub const FENCE_MESSAGE: &str = "tshs: the space is being moved to another storage node";
@@ -280,5 +301,101 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
         // changes its extents but not its size or times: copy-shards
         // compares a file's extents again only when its inode row changed.
         &["ALTER TABLE inodes ADD COLUMN IF NOT EXISTS joined BIGINT UNSIGNED NOT NULL DEFAULT 0"],
+    ),
+    (
+        10,
+        // Snapshots: versioned rows (see the module's header).
+        &[
+            "ALTER TABLE inodes ADD COLUMN IF NOT EXISTS born BIGINT UNSIGNED NOT NULL DEFAULT 0",
+            "ALTER TABLE dentries ADD COLUMN IF NOT EXISTS born BIGINT UNSIGNED NOT NULL DEFAULT 0",
+            "ALTER TABLE xattrs ADD COLUMN IF NOT EXISTS born BIGINT UNSIGNED NOT NULL DEFAULT 0",
+            "ALTER TABLE extents ADD COLUMN IF NOT EXISTS born BIGINT UNSIGNED NOT NULL DEFAULT 0",
+            "ALTER TABLE space_fence ADD COLUMN IF NOT EXISTS snap_epoch BIGINT UNSIGNED NOT NULL DEFAULT 0,
+                                ADD COLUMN IF NOT EXISTS snap_keep BIGINT UNSIGNED NOT NULL DEFAULT 0",
+            "CREATE TABLE IF NOT EXISTS inodes_v LIKE inodes",
+            "ALTER TABLE inodes_v ADD COLUMN IF NOT EXISTS died BIGINT UNSIGNED NOT NULL, DROP KEY IF EXISTS state,
+                 DROP PRIMARY KEY, ADD PRIMARY KEY (space_id, ino, died), ADD KEY IF NOT EXISTS object (s3_host, s3_key)",
+            "CREATE TABLE IF NOT EXISTS dentries_v LIKE dentries",
+            "ALTER TABLE dentries_v ADD COLUMN IF NOT EXISTS died BIGINT UNSIGNED NOT NULL, DROP KEY IF EXISTS readdir, DROP KEY IF EXISTS by_ino,
+                 DROP PRIMARY KEY, ADD PRIMARY KEY (space_id, parent, name, died)",
+            "CREATE TABLE IF NOT EXISTS xattrs_v LIKE xattrs",
+            "ALTER TABLE xattrs_v ADD COLUMN IF NOT EXISTS died BIGINT UNSIGNED NOT NULL,
+                 DROP PRIMARY KEY, ADD PRIMARY KEY (space_id, ino, name, died)",
+            "CREATE TABLE IF NOT EXISTS extents_v LIKE extents",
+            "ALTER TABLE extents_v ADD COLUMN IF NOT EXISTS died BIGINT UNSIGNED NOT NULL,
+                 DROP PRIMARY KEY, ADD PRIMARY KEY (space_id, ino, off, died)",
+            "CREATE TABLE IF NOT EXISTS snapshot_moments (
+                space_id INT UNSIGNED NOT NULL,
+                snapshot_id BIGINT UNSIGNED NOT NULL,
+                moment BIGINT UNSIGNED NOT NULL,
+                PRIMARY KEY (space_id, snapshot_id)
+            ) ENGINE=InnoDB",
+            // The fence check of migration 2, also answering the space's
+            // snapshot epoch and the newest live snapshot's moment (0, 0
+            // for copy-shards' sessions, which copy rows as they are).
+            "CREATE OR REPLACE PROCEDURE tshs_guard(IN s INT UNSIGNED, OUT e BIGINT UNSIGNED, OUT k BIGINT UNSIGNED)
+             BEGIN
+               DECLARE f DATETIME(3) DEFAULT NULL;
+               DECLARE CONTINUE HANDLER FOR NOT FOUND SET f = NULL;
+               SET e = 0, k = 0;
+               IF @tshs_copier IS NULL THEN
+                 SELECT fenced_until, snap_epoch, snap_keep INTO f, e, k
+                   FROM space_fence WHERE space_id = s LOCK IN SHARE MODE;
+                 IF f > UTC_TIMESTAMP(3) THEN
+                   SIGNAL SQLSTATE '45000'
+                     SET MESSAGE_TEXT = 'tshs: the space is being moved to another storage node',
+                         MYSQL_ERRNO = 1644;
+                 END IF;
+               END IF;
+             END",
+            "CREATE OR REPLACE TRIGGER inodes_fence_i BEFORE INSERT ON inodes FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(NEW.space_id, e, k);
+               IF @tshs_copier IS NULL THEN SET NEW.born = e; END IF; END",
+            "CREATE OR REPLACE TRIGGER inodes_fence_u BEFORE UPDATE ON inodes FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(NEW.space_id, e, k);
+               IF @tshs_copier IS NULL THEN
+                 IF OLD.born < k THEN INSERT INTO inodes_v (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target, state, holder, deleted_at, s3_host, s3_key, import_path, import_mtime, joined, born, died) VALUES (OLD.space_id, OLD.ino, OLD.mode, OLD.uid, OLD.gid, OLD.nlink, OLD.size, OLD.stored, OLD.rdev, OLD.atime, OLD.mtime, OLD.ctime, OLD.btime, OLD.target, OLD.state, OLD.holder, OLD.deleted_at, OLD.s3_host, OLD.s3_key, OLD.import_path, OLD.import_mtime, OLD.joined, OLD.born, e); END IF;
+                 SET NEW.born = e;
+               END IF; END",
+            "CREATE OR REPLACE TRIGGER inodes_fence_d BEFORE DELETE ON inodes FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(OLD.space_id, e, k);
+               IF @tshs_copier IS NULL THEN IF OLD.born < k THEN INSERT INTO inodes_v (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target, state, holder, deleted_at, s3_host, s3_key, import_path, import_mtime, joined, born, died) VALUES (OLD.space_id, OLD.ino, OLD.mode, OLD.uid, OLD.gid, OLD.nlink, OLD.size, OLD.stored, OLD.rdev, OLD.atime, OLD.mtime, OLD.ctime, OLD.btime, OLD.target, OLD.state, OLD.holder, OLD.deleted_at, OLD.s3_host, OLD.s3_key, OLD.import_path, OLD.import_mtime, OLD.joined, OLD.born, e); END IF; END IF; END",
+            "CREATE OR REPLACE TRIGGER dentries_fence_i BEFORE INSERT ON dentries FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(NEW.space_id, e, k);
+               IF @tshs_copier IS NULL THEN SET NEW.born = e; END IF; END",
+            "CREATE OR REPLACE TRIGGER dentries_fence_u BEFORE UPDATE ON dentries FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(NEW.space_id, e, k);
+               IF @tshs_copier IS NULL THEN
+                 IF OLD.born < k THEN INSERT INTO dentries_v (space_id, parent, name, ino, seq, born, died) VALUES (OLD.space_id, OLD.parent, OLD.name, OLD.ino, OLD.seq, OLD.born, e); END IF;
+                 SET NEW.born = e;
+               END IF; END",
+            "CREATE OR REPLACE TRIGGER dentries_fence_d BEFORE DELETE ON dentries FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(OLD.space_id, e, k);
+               IF @tshs_copier IS NULL THEN IF OLD.born < k THEN INSERT INTO dentries_v (space_id, parent, name, ino, seq, born, died) VALUES (OLD.space_id, OLD.parent, OLD.name, OLD.ino, OLD.seq, OLD.born, e); END IF; END IF; END",
+            "CREATE OR REPLACE TRIGGER xattrs_fence_i BEFORE INSERT ON xattrs FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(NEW.space_id, e, k);
+               IF @tshs_copier IS NULL THEN SET NEW.born = e; END IF; END",
+            "CREATE OR REPLACE TRIGGER xattrs_fence_u BEFORE UPDATE ON xattrs FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(NEW.space_id, e, k);
+               IF @tshs_copier IS NULL THEN
+                 IF OLD.born < k THEN INSERT INTO xattrs_v (space_id, ino, name, value, born, died) VALUES (OLD.space_id, OLD.ino, OLD.name, OLD.value, OLD.born, e); END IF;
+                 SET NEW.born = e;
+               END IF; END",
+            "CREATE OR REPLACE TRIGGER xattrs_fence_d BEFORE DELETE ON xattrs FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(OLD.space_id, e, k);
+               IF @tshs_copier IS NULL THEN IF OLD.born < k THEN INSERT INTO xattrs_v (space_id, ino, name, value, born, died) VALUES (OLD.space_id, OLD.ino, OLD.name, OLD.value, OLD.born, e); END IF; END IF; END",
+            "CREATE OR REPLACE TRIGGER extents_fence_i BEFORE INSERT ON extents FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(NEW.space_id, e, k);
+               IF @tshs_copier IS NULL THEN SET NEW.born = e; END IF; END",
+            "CREATE OR REPLACE TRIGGER extents_fence_u BEFORE UPDATE ON extents FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(NEW.space_id, e, k);
+               IF @tshs_copier IS NULL THEN
+                 IF OLD.born < k THEN INSERT INTO extents_v (space_id, ino, off, len, data, born, died) VALUES (OLD.space_id, OLD.ino, OLD.off, OLD.len, OLD.data, OLD.born, e); END IF;
+                 SET NEW.born = e;
+               END IF; END",
+            "CREATE OR REPLACE TRIGGER extents_fence_d BEFORE DELETE ON extents FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(OLD.space_id, e, k);
+               IF @tshs_copier IS NULL THEN IF OLD.born < k THEN INSERT INTO extents_v (space_id, ino, off, len, data, born, died) VALUES (OLD.space_id, OLD.ino, OLD.off, OLD.len, OLD.data, OLD.born, e); END IF; END IF; END",
+        ],
     ),
 ];

@@ -18,6 +18,9 @@
 //!   renewing them (interrupted move-to-s3 runs).
 //! - Registrations of files open for writing whose mount stopped renewing
 //!   them (see [`crate::shard::open_writers`]).
+//! - Snapshots past their life, and those a creation left half made
+//!   (first: what they kept may then go too). A deleted space, an inode
+//!   and an object a live snapshot still sees wait for its end.
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -29,6 +32,48 @@ use super::{Outcome, Progress, ProgressFn, TaskOptions};
 use crate::clock::now_ns;
 use crate::cluster::{Cluster, PurgeClaim};
 use crate::shard::Fenced;
+
+/// A snapshot still `creating` this long after it began was left half made.
+const CREATING_STALE_SECS: i64 = 3600;
+
+/// Removes expired and half-made snapshots, and moments nodes keep for
+/// snapshots the Admin Node does not know; returns the snapshots that live on.
+fn expire_snapshots(
+    cluster: &Cluster,
+    opts: &TaskOptions,
+    out: &mut Outcome,
+) -> Result<Vec<crate::cluster::SnapshotRow>> {
+    let now = now_ns() / 1_000_000_000;
+    let mut live = Vec::new();
+    for s in cluster.snapshots()? {
+        let why = if s.expires <= now {
+            "expired"
+        } else if !s.ready() && s.created + CREATING_STALE_SECS <= now {
+            "left half made"
+        } else {
+            live.push(s);
+            continue;
+        };
+        if opts.dry_run {
+            out.lines
+                .push(format!("would remove snapshot {} ({why})", s.name));
+        } else {
+            let freed = cluster.drop_snapshot(s.id)?;
+            out.lines.push(format!(
+                "removed snapshot {} ({why}; {freed} kept rows freed)",
+                s.name
+            ));
+        }
+        out.done += 1;
+    }
+    if !opts.dry_run {
+        let n = cluster.release_unknown_moments()?;
+        if n > 0 {
+            log::info!("remove-deleted: let go {n} snapshot moments the Admin Node does not know");
+        }
+    }
+    Ok(live)
+}
 
 /// Default grace period before anything marked deleted is purged.
 pub const GRACE: Duration = Duration::from_secs(60);
@@ -47,6 +92,8 @@ pub fn run(
         "removed"
     };
 
+    let snapshots = expire_snapshots(cluster, opts, &mut out)?;
+
     // Deleted spaces (DELETE jobs).
     for j in cluster.delete_jobs()? {
         let (job, params, age) = (j.id, j.parameters, j.age_secs);
@@ -61,6 +108,18 @@ pub fn run(
             continue;
         };
         if age < grace.as_secs() {
+            out.remaining += 1;
+            continue;
+        }
+        if let Some(s) = snapshots
+            .iter()
+            .find(|s| s.spaces.iter().any(|p| p.space == space))
+        {
+            log::info!(
+                "remove-deleted: space {space} waits for snapshot {} (expires {})",
+                s.name,
+                s.expires
+            );
             out.remaining += 1;
             continue;
         }
