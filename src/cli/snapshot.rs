@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::Subcommand;
 
 use super::table::{Line, render};
-use crate::cluster::{Cluster, SnapshotRow};
+use crate::cluster::{Cluster, SnapshotRow, SpaceStatus};
 
 /// A snapshot's life when `--ttl` is not given.
 pub const DEFAULT_TTL: &str = "6h";
@@ -102,6 +102,7 @@ fn find(cluster: &Cluster, name: &str) -> Result<SnapshotRow> {
 fn create(cluster: &Cluster, target: &str, name: &Option<String>, ttl: u64) -> Result<String> {
     let spaces: Vec<(u32, u32)> = match crate::cluster::parse_space_id(target) {
         Some(id) => match cluster.space(id)? {
+            Some(s) if s.status == SpaceStatus::Deleted => bail!("space {id} is deleted"),
             Some(s) => vec![(s.id, s.volume_id)],
             None => bail!("space {id} does not exist"),
         },
