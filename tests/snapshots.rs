@@ -58,6 +58,74 @@ fn tree(dir: &Path) -> HashMap<PathBuf, Vec<u8>> {
     out
 }
 
+/// A `tshs-space-server` over `root` on a free loopback port (killed on drop).
+struct SpaceServer {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+const TOKEN: &str = "snapshot-test-token-0123456789";
+
+impl SpaceServer {
+    fn start(root: &Path) -> SpaceServer {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tshs-space-server"))
+            .arg("--root")
+            .arg(root)
+            .args(["--listen", "127.0.0.1:0", "--token-file"])
+            .arg(dir.path().join("token"))
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let addr = first
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_string();
+        SpaceServer {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// PUT `body` at `path`: the HTTP status.
+    fn put(&self, path: &str, body: &[u8]) -> u16 {
+        use std::io::Read;
+        let mut c = std::net::TcpStream::connect(&self.addr).unwrap();
+        write!(
+            c,
+            "PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        c.write_all(body).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for SpaceServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// One writer's acknowledged records: seq → (started, acknowledged).
 type Acks = Vec<(Instant, Instant)>;
 
@@ -86,7 +154,7 @@ fn records_in(w: usize, data: &[u8], what: &str) -> Vec<usize> {
 }
 
 /// 4 writers append fsync'd records to their `last.log` and rotate it every
-/// 25 records; a fifth replaces `state` (write a temporary file, rename).
+/// 25 records; the space server replaces `state` (atomic PUTs) meanwhile.
 /// A snapshot taken meanwhile and copied out with rsync holds, for each
 /// writer, exactly the records 0..k in order across its rotated logs and
 /// `last.log`, with every record acknowledged before the snapshot began
@@ -129,15 +197,16 @@ fn a_snapshot_under_writers_is_one_moment() {
             }
         }));
     }
+    let server = Arc::new(SpaceServer::start(m.path()));
     {
-        let (stop, versions, space) = (stop.clone(), versions.clone(), space.clone());
+        let (stop, versions, server) = (stop.clone(), versions.clone(), server.clone());
         threads.push(std::thread::spawn(move || {
             let mut v = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
                 let body = format!("version {v:08}\n").repeat(1000 + v % 7);
-                std::fs::write(space.join(".state.tmp"), body).unwrap();
-                std::fs::rename(space.join(".state.tmp"), space.join("state")).unwrap();
+                let status = server.put("/vol01/101/state", body.as_bytes());
+                assert!(status == 200 || status == 201, "PUT answered {status}");
                 versions.lock().unwrap().push((t0, Instant::now()));
                 v += 1;
             }
@@ -201,6 +270,11 @@ fn a_snapshot_under_writers_is_one_moment() {
     let v: usize = first.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert_eq!(state.lines().count(), 1000 + v % 7, "state {v} is cut");
     let versions = versions.lock().unwrap();
+    assert!(
+        versions.len() > 5,
+        "the space server replaced state {} times",
+        versions.len()
+    );
     let done_before = versions.iter().filter(|(_, a)| *a < began).count();
     let begun_after = versions
         .iter()
