@@ -462,6 +462,9 @@ fn object_store_files_and_deleted_files_outlive_maintenance() {
         vec![8u8; 6000]
     );
     assert!(!s.join("to-delete").exists());
+    // fsck counts the object the snapshot still names as named, not orphaned.
+    let out = c.ok(&["fsck", "--grace", "0"]);
+    assert!(!out.contains("orphan"), "{out}");
     // A second mount reads the same snapshot.
     let m2 = Mount::new(&c, &[]);
     let snap2 = m2.path().join(".snapshots/s3/vol01/103");

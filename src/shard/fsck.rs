@@ -174,7 +174,8 @@ pub fn path_of(s: &impl Access, space: u32, ino: u64) -> ShardResult<Option<Stri
 }
 
 /// Which of `objects`, (space, inode, key) of objects in the store, a row of
-/// this node names: the inode's `s3_key` (whatever its state), or an
+/// this node names: the inode's `s3_key` (whatever its state, also in the
+/// rows kept for snapshots), or an
 /// `s3_uploads` record (an upload in flight, or garbage remove-deleted is
 /// to delete). A key names its space and inode, so the inodes are found by
 /// their primary key; `s3_uploads` is small (it empties every
@@ -196,9 +197,12 @@ pub fn named_objects(
             let marks = vec!["?"; inos.len()].join(", ");
             let mut params: Vec<mysql::Value> = vec![space.into()];
             params.extend(inos.iter().map(|i| mysql::Value::from(*i)));
+            params.extend_from_slice(&params.clone());
             c.exec(
                 format!(
-                    "SELECT s3_key FROM inodes WHERE space_id = ? AND ino IN ({marks}) AND s3_key IS NOT NULL"
+                    "SELECT s3_key FROM inodes WHERE space_id = ? AND ino IN ({marks}) AND s3_key IS NOT NULL
+                     UNION ALL
+                     SELECT s3_key FROM inodes_v WHERE space_id = ? AND ino IN ({marks}) AND s3_key IS NOT NULL"
                 ),
                 params,
             )
