@@ -59,7 +59,9 @@
 //! before or after a moment. Without a live snapshot `snap_keep` is 0 and a
 //! write pays one column more. `snapshot_moments` holds the live snapshots'
 //! moments per space (their names live in the Admin Node). copy-shards
-//! copies all of it, so a snapshot moves with its space.
+//! copies all of it, so a snapshot moves with its space. A later migration
+//! that adds a column to one of the four tables adds it to its `_v` twin
+//! and to the column list of the table's update and delete triggers.
 
 pub const TABLES: &[&str] = &[
     "schema_migrations",
