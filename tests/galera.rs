@@ -832,3 +832,135 @@ fn split_and_copy_shards_onto_a_galera_node() {
     assert!(l.errors.is_empty(), "{:?}", l.errors);
     assert_eq!(got, l.acked, "every acknowledged record once, in order");
 }
+
+/// The node's id (Galera interleaves AUTO_INCREMENT values by member).
+fn node_id(c: &TestCluster) -> u32 {
+    c.cluster().nodes().unwrap()[0].id
+}
+
+/// Polls `list-storage-nodes` until its output contains every one of `want`.
+fn listing_until(c: &TestCluster, want: &[&str]) -> String {
+    let t = Instant::now();
+    loop {
+        let out = c.ok(&["list-storage-nodes"]);
+        if want.iter().all(|w| out.contains(w)) {
+            return out;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "list-storage-nodes never showed {want:?}:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn check(c: &TestCluster) -> (i32, String) {
+    let o = c.tshs(&["check", "--warning", "60000", "--critical", "60000"]);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+    )
+}
+
+/// Sets member `i`'s Galera isolation (`gmcast.isolate`): isolated, it
+/// leaves the primary component (non-Primary) without being killed.
+fn isolate(i: usize, on: bool) {
+    member_conn(i)
+        .query_drop(format!(
+            "SET GLOBAL wsrep_provider_options = 'gmcast.isolate={}'",
+            u8::from(on)
+        ))
+        .unwrap();
+}
+
+/// `list-storage-nodes` shows each member of a Galera-backed node and its
+/// state, following a killed member (unreachable) and its return; `tshs
+/// check` warns while a member is missing and is CRITICAL, naming the node,
+/// when no member it names is in a primary component.
+#[test]
+fn member_states_in_the_listing_and_in_check() {
+    let _serial = all_members_synced();
+    let t = Instant::now();
+    let mut dbs = GaleraDbs(Vec::new());
+    let c = galera_cluster(&mut dbs);
+    let id = node_id(&c);
+    let synced_line = |p: u16| format!("Member 127.0.0.1:{p}: Synced (Primary, ready)");
+    let out = listing_until(
+        &c,
+        &[&synced_line(3321), &synced_line(3322), &synced_line(3323)],
+    );
+    assert!(out.starts_with("ID Phase"), "{out}");
+    assert_eq!(check(&c).0, 0, "{}", check(&c).1);
+
+    // Member 3 killed: unreachable in the table, check warns.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_of(2)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = listing_until(&c, &["Member 127.0.0.1:3323: unreachable (cannot reach"]);
+    assert!(
+        out.contains(&synced_line(3321)) && out.contains(&synced_line(3322)),
+        "{out}"
+    );
+    let (code, line) = check(&c);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.contains(&format!(
+            "storage node {id}: 2 of 3 Galera members synced (127.0.0.1:3323: unreachable"
+        )),
+        "{line}"
+    );
+    services("start", "galera3");
+    listing_until(&c, &[&synced_line(3323)]);
+
+    // The node's options name member 3 and a server that is gone; member 3
+    // isolated leaves the primary component: CRITICAL, naming the node.
+    let m = members();
+    let port = common::unused_port();
+    let opts = format!(
+        "host=127.0.0.1:3323,127.0.0.1:{port};user={};password={};database={}",
+        m.user.as_deref().unwrap(),
+        m.password.as_deref().unwrap(),
+        dbs.0[1]
+    );
+    member_conn(0)
+        .exec_drop(
+            format!(
+                "UPDATE {}.storage_nodes SET conn_options = ? WHERE id = ?",
+                c.admin_db
+            ),
+            (&opts, id),
+        )
+        .unwrap();
+    isolate(2, true);
+    // Rejoined even if an assertion fails.
+    struct Rejoin;
+    impl Drop for Rejoin {
+        fn drop(&mut self) {
+            isolate(2, false);
+        }
+    }
+    let rejoin = Rejoin;
+    let out = listing_until(&c, &["Member 127.0.0.1:3323: ", "(non-Primary, not ready)"]);
+    eprintln!("{out}");
+    let (code, line) = check(&c);
+    drop(rejoin);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.contains(&format!(
+            "storage node {id}: no Galera member in a primary component (127.0.0.1:3323: not in the primary component (non-Primary)"
+        )),
+        "{line}"
+    );
+    assert!(!line.contains(m.password.as_deref().unwrap()), "{line}");
+    let t0 = Instant::now();
+    while !synced(&mut member_conn(2)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "member 3 never synced again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("galera member states: {:?}", t.elapsed());
+}

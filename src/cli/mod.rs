@@ -731,6 +731,14 @@ fn list_storage_nodes(cluster: &Cluster) -> Result<String> {
             ));
         }
         lines.push(Line::Text(text));
+        // A Galera-backed node: each member and its state.
+        for m in crate::db::member_states(&n.conn) {
+            let state = match &m.state {
+                Ok(w) => w.describe(),
+                Err(e) => format!("unreachable ({e})"),
+            };
+            lines.push(Line::Text(format!("Member {}: {state}", m.server)));
+        }
     }
     Ok(render(
         &[
