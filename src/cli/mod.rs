@@ -174,6 +174,18 @@ pub enum Command {
         /// host=…;port=…;user=…;password=…;database=…
         connection_options: String,
     },
+    /// Point a Storage Node at other servers holding its database, online.
+    ///
+    /// The new servers must hold the node (its identity row) and be caught
+    /// up: synced members of the node's Galera cluster (to add or remove
+    /// members), or a replica of its server. Writes to the node pause
+    /// behind a fence while the options switch and every access point
+    /// acknowledges.
+    UpdateStorageNode {
+        storage_id: u32,
+        /// host=…;port=…;user=…;password=…;database=…
+        connection_options: String,
+    },
     /// Import an on-disk /spacedata tree while it is in use (TSHSImportVolumes).
     ///
     /// Records an IMPORT job and the volumes and spaces under PATH; the
@@ -604,6 +616,31 @@ pub fn execute(
                 "Storage node {id} created (MIRROR_SHARD; run tshs copy-shards)\n{}",
                 list_storage_nodes(cluster)?
             )
+        }
+        Command::UpdateStorageNode {
+            storage_id,
+            connection_options,
+        } => {
+            let opts = ConnOptions::parse(connection_options)?;
+            let u = cluster.update_storage_node(*storage_id, &opts)?;
+            let mut line = if u.old_gone {
+                format!(
+                    "Storage node {storage_id}: connection options updated (its old servers could not be reached: nothing was fenced)"
+                )
+            } else {
+                format!(
+                    "Storage node {storage_id}: connection options updated ({} space(s) fenced for {} ms)",
+                    u.fenced,
+                    u.paused.as_millis()
+                )
+            };
+            if u.unacknowledged > 0 {
+                line += &format!(
+                    "; {} access point(s) did not acknowledge within 20 s (see tshs list-access-points)",
+                    u.unacknowledged
+                );
+            }
+            format!("{line}\n{}", list_storage_nodes(cluster)?)
         }
         Command::ImportVolumes { path, s3_host_id } => import_volumes(cluster, path, *s3_host_id)?,
         Command::PerformImport => {

@@ -44,6 +44,11 @@
 //! remove-deleted drops the rows of lanes idle for a day. Not copied when a
 //! space moves: an operation whose outcome is unknown at the very moment
 //! of a move's cut-over, run again on the new node, is not found there.
+//!
+//! Migration 11: `node_identity`, one row naming the node this database
+//! holds and a random token the Admin Node records too (`identity.rs`).
+//! Written by create-storage-node, split-storage-node and restore-from-s3,
+//! and on first use by the Admin Node for a node made before it.
 
 pub const TABLES: &[&str] = &[
     "schema_migrations",
@@ -56,6 +61,7 @@ pub const TABLES: &[&str] = &[
     "s3_uploads",
     "open_writers",
     "applied_ops",
+    "node_identity",
 ];
 
 /// How a Storage Node records its applied operations (migration 8).
@@ -280,5 +286,14 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
         // changes its extents but not its size or times: copy-shards
         // compares a file's extents again only when its inode row changed.
         &["ALTER TABLE inodes ADD COLUMN IF NOT EXISTS joined BIGINT UNSIGNED NOT NULL DEFAULT 0"],
+    ),
+    (
+        11,
+        &["CREATE TABLE IF NOT EXISTS node_identity (
+            id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+            node_id INT UNSIGNED NOT NULL,
+            token CHAR(32) NOT NULL,
+            switch_mark CHAR(32) NULL
+        ) ENGINE=InnoDB"],
     ),
 ];
