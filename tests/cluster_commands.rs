@@ -65,6 +65,7 @@ fn storage_nodes_spread_the_key_space_and_list_as_in_the_reference() {
             "dentries",
             "extents",
             "inodes",
+            "node_identity",
             "open_writers",
             "s3_uploads",
             "schema_migrations",

@@ -1247,3 +1247,80 @@ fn update_storage_node_refuses_bad_targets() {
     c.ok(&["list-storage-nodes"]);
     eprintln!("update-storage-node refusals: test {:?}", t_test.elapsed());
 }
+
+/// On a plain server (no Galera needed): a node made before identities
+/// gets one on first use; new options for the same database switch under an
+/// appender behind the fence; a node whose old server is gone is pointed
+/// at its database elsewhere by the identity alone, without fences.
+#[test]
+fn update_storage_node_on_a_plain_server() {
+    let t_test = Instant::now();
+    let (c, db) = TestCluster::with_one_node();
+    let m = c.mount();
+    m.space(7);
+    let stop = Arc::new(AtomicBool::new(false));
+    let log: Arc<Mutex<Log>> = Arc::default();
+    let writer = {
+        let (path, stop, log) = (m.path().join("vol01/7/log0"), stop.clone(), log.clone());
+        std::thread::spawn(move || appender(path, 0, stop, log))
+    };
+    // As if made before identities (Storage Node migration 11).
+    let mut root = common::root_conn(1);
+    root.query_drop(format!("DELETE FROM {db}.node_identity"))
+        .unwrap();
+    root.query_drop(format!(
+        "UPDATE {}.storage_nodes SET identity = NULL",
+        c.admin_db
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    let same = format!("{};database={db};connect-timeout=7", common::server(1));
+    let out = c.ok(&["update-storage-node", "1", &same]);
+    assert!(
+        out.starts_with("Storage node 1: connection options updated (1 space(s) fenced for "),
+        "{out}"
+    );
+    let held: Option<(u32, String)> = root
+        .query_first(format!("SELECT node_id, token FROM {db}.node_identity"))
+        .unwrap();
+    let recorded: Option<Option<String>> = root
+        .query_first(format!("SELECT identity FROM {}.storage_nodes", c.admin_db))
+        .unwrap();
+    let (node, token) = held.expect("identity written on first use");
+    assert_eq!((node, Some(token)), (1, recorded.flatten()));
+
+    // The server named is gone (nothing listens there): the identity alone.
+    let gone = format!(
+        "{};database={db};port={}",
+        common::server(1),
+        common::unused_port()
+    );
+    root.exec_drop(
+        format!("UPDATE {}.storage_nodes SET conn_options = ?", c.admin_db),
+        (ConnOptions::parse(&gone).unwrap().to_stored(),),
+    )
+    .unwrap();
+    let back = format!("{};database={db}", common::server(1));
+    let out = c.ok(&["update-storage-node", "1", &back]);
+    assert!(
+        out.starts_with(
+            "Storage node 1: connection options updated (its old servers could not be reached: nothing was fenced)"
+        ),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let l = log.lock().unwrap();
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    let data = std::fs::read(m.path().join("vol01/7/log0")).unwrap();
+    assert_eq!(data.len(), l.acked.len() * RECORD, "every record once");
+    let acked = l.acked.len();
+    drop(l);
+    eprintln!(
+        "plain server: {acked} records, worst pause {:?}; test {:?}",
+        worst_gap(std::slice::from_ref(&log)),
+        t_test.elapsed()
+    );
+}

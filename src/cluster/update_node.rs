@@ -123,6 +123,17 @@ impl Cluster {
         }
         self.refuse_moving(&node)?;
         crate::db::check_members(new).context("the new connection options")?;
+        // The old servers, if any answers: the node's identity from there.
+        let old = Shard::connect(id, &node.conn, 2).ok();
+        let token = match &old {
+            Some(s) => self.ensure_identity_on(s)?,
+            None => self.recorded_identity(id)?.ok_or_else(|| {
+                anyhow!(
+                    "storage node {id}'s servers ({}) cannot be reached and its identity was never recorded: cannot check that the new servers hold it",
+                    node.conn.server()
+                )
+            })?,
+        };
         let target = Db::connect(new, 2).context("the new connection options")?;
         let held = read_identity(&target)?.ok_or_else(|| {
             anyhow!(
@@ -139,17 +150,6 @@ impl Cluster {
                 held.node
             );
         }
-        // The old servers, if any answers: the node's identity from there.
-        let old = Shard::connect(id, &node.conn, 2).ok();
-        let token = match &old {
-            Some(s) => self.ensure_identity_on(s)?,
-            None => self.recorded_identity(id)?.ok_or_else(|| {
-                anyhow!(
-                    "storage node {id}'s servers ({}) cannot be reached and its identity was never recorded: cannot check that the new servers hold it",
-                    node.conn.server()
-                )
-            })?,
-        };
         if held.token != token {
             bail!(
                 "database '{}' on {} holds another copy of storage node {id} (its identity differs)",
@@ -205,8 +205,13 @@ impl Cluster {
         }
         self.switch_options(&node, new).map_err(unfence)?;
         let unacknowledged = self.wait_acks()?;
+        // Also the node's spaces a run that died after sealing left sealed.
+        let mut lift = fenced.clone();
+        lift.extend(self.spaces_on(id)?);
+        lift.sort_unstable();
+        lift.dedup();
         let lifted = Shard::connect(id, new, 2)
-            .and_then(|s| Ok(s.lift_fences(&fenced)?))
+            .and_then(|s| Ok(s.lift_fences(&lift)?))
             .with_context(|| {
                 format!(
                     "storage node {id}: switched, but its fences could not be lifted (they lapse within {FENCE_SECS} s)"
