@@ -1290,6 +1290,23 @@ fn update_storage_node_on_a_plain_server() {
     let (node, token) = held.expect("identity written on first use");
     assert_eq!((node, Some(token)), (1, recorded.flatten()));
 
+    // A switch that died after sealing: the same options again lift it.
+    root.query_drop(format!(
+        "UPDATE {db}.space_fence SET fenced_until = '9999-12-31 00:00:00' WHERE space_id = 7"
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = c.ok(&["update-storage-node", "1", &same]);
+    assert!(
+        out.starts_with("Storage node 1: connection options unchanged; lifted the fences a switch left on 1 space(s)\n"),
+        "{out}"
+    );
+    let err = c.fails(&["update-storage-node", "1", &same]);
+    assert!(
+        err.contains("already has these connection options"),
+        "{err}"
+    );
+
     // The server named is gone (nothing listens there): the identity alone.
     let gone = format!(
         "{};database={db};port={}",

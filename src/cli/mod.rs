@@ -623,7 +623,12 @@ pub fn execute(
         } => {
             let opts = ConnOptions::parse(connection_options)?;
             let u = cluster.update_storage_node(*storage_id, &opts)?;
-            let mut line = if u.old_gone {
+            let mut line = if u.repaired {
+                format!(
+                    "Storage node {storage_id}: connection options unchanged; lifted the fences a switch left on {} space(s)",
+                    u.fenced
+                )
+            } else if u.old_gone {
                 format!(
                     "Storage node {storage_id}: connection options updated (its old servers could not be reached: nothing was fenced)"
                 )
@@ -634,11 +639,15 @@ pub fn execute(
                     u.paused.as_millis()
                 )
             };
-            if u.unacknowledged > 0 {
-                line += &format!(
-                    "; {} access point(s) did not acknowledge within 20 s (see tshs list-access-points)",
-                    u.unacknowledged
-                );
+            match u.unacknowledged {
+                Some(0) => {}
+                Some(n) => {
+                    line += &format!(
+                        "; {n} access point(s) did not acknowledge within 20 s (see tshs list-access-points)"
+                    )
+                }
+                None if u.repaired => {}
+                None => line += "; the acknowledgements could not be counted",
             }
             format!("{line}\n{}", list_storage_nodes(cluster)?)
         }

@@ -46,10 +46,14 @@ pub struct NodeUpdate {
     pub fenced: usize,
     /// How long writes to the node were held (fence to lift).
     pub paused: Duration,
-    /// Live access points that did not acknowledge in time.
-    pub unacknowledged: u64,
+    /// Live access points that did not acknowledge in time (`None`: they
+    /// could not be counted).
+    pub unacknowledged: Option<u64>,
     /// The old servers could not be reached: nothing was fenced.
     pub old_gone: bool,
+    /// The options were unchanged: `fenced` counts the fences a switch
+    /// that died half-way had left, lifted now.
+    pub repaired: bool,
 }
 
 impl Cluster {
@@ -118,10 +122,10 @@ impl Cluster {
         self.require_admin_node()?;
         new.database()?;
         let node = self.node(id)?;
-        if *new == node.conn {
-            bail!("storage node {id} already has these connection options");
-        }
         self.refuse_moving(&node)?;
+        if *new == node.conn {
+            return self.lift_left_fences(id);
+        }
         crate::db::check_members(new).context("the new connection options")?;
         // The old servers, if any answers: the node's identity from there.
         let old = Shard::connect(id, &node.conn, 2).ok();
@@ -159,7 +163,7 @@ impl Cluster {
         }
         let Some(old) = old else {
             self.switch_options(&node, new)?;
-            let unacknowledged = self.wait_acks()?;
+            let unacknowledged = self.wait_acks().ok();
             return Ok(NodeUpdate {
                 unacknowledged,
                 old_gone: true,
@@ -204,7 +208,10 @@ impl Cluster {
             mark_seen(&old, &target, id, new).map_err(unfence)?;
         }
         self.switch_options(&node, new).map_err(unfence)?;
-        let unacknowledged = self.wait_acks()?;
+        let unacknowledged = self
+            .wait_acks()
+            .inspect_err(|e| log::warn!("cannot count the acknowledgements: {e:#}"))
+            .ok();
         // Also the node's spaces a run that died after sealing left sealed.
         let mut lift = fenced.clone();
         lift.extend(self.spaces_on(id)?);
@@ -214,7 +221,7 @@ impl Cluster {
             .and_then(|s| Ok(s.lift_fences(&lift)?))
             .with_context(|| {
                 format!(
-                    "storage node {id}: switched, but its fences could not be lifted (they lapse within {FENCE_SECS} s)"
+                    "storage node {id}: switched, but its fences could not be lifted (run the command again with the same options)"
                 )
             });
         let paused = t.elapsed();
@@ -223,7 +230,24 @@ impl Cluster {
             fenced: fenced.len(),
             paused,
             unacknowledged,
-            old_gone: false,
+            ..NodeUpdate::default()
+        })
+    }
+
+    /// The same options again: lifts the fences a switch that died
+    /// half-way left on the node's spaces (no move holds any: refused
+    /// before), or says there is nothing to do.
+    fn lift_left_fences(&self, id: u32) -> Result<NodeUpdate> {
+        let shard = self.shard(id)?;
+        let left = shard.fenced_among(&self.spaces_on(id)?)?;
+        if left.is_empty() {
+            bail!("storage node {id} already has these connection options");
+        }
+        shard.lift_fences(&left)?;
+        Ok(NodeUpdate {
+            fenced: left.len(),
+            repaired: true,
+            ..NodeUpdate::default()
         })
     }
 

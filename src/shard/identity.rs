@@ -106,6 +106,26 @@ impl Shard {
             .map_err(TxError::into_db)
     }
 
+    /// Which of `spaces` are fenced or sealed here.
+    pub fn fenced_among(&self, spaces: &[u32]) -> Result<Vec<u32>, DbError> {
+        let mut out = Vec::new();
+        for chunk in spaces.chunks(1000) {
+            let list = chunk
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let ids: Vec<u32> = self.db.read(|c| {
+                c.query(format!(
+                    "SELECT space_id FROM space_fence
+                     WHERE space_id IN ({list}) AND fenced_until > UTC_TIMESTAMP(3)"
+                ))
+            })?;
+            out.extend(ids);
+        }
+        Ok(out)
+    }
+
     /// Seals the fences of `spaces` for good, as a move does its old
     /// node's: a writer that still uses this server is refused.
     pub fn seal_fences(&self, spaces: &[u32]) -> Result<(), DbError> {
