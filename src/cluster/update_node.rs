@@ -279,6 +279,15 @@ impl Cluster {
         let changed = self
             .admin
             .tx(|tx| {
+                // A copy-shards move claimed since the command began would
+                // work with the old options (its claim locks these rows).
+                let moves: Option<u64> = tx.exec_first(
+                    "SELECT COUNT(*) FROM space_moves WHERE from_node = ? OR to_node = ? FOR UPDATE",
+                    (node.id, node.id),
+                )?;
+                if moves.unwrap_or(0) > 0 {
+                    return Ok(false);
+                }
                 tx.exec_drop(
                     "UPDATE storage_nodes SET conn_options = ? WHERE id = ? AND conn_options = ?",
                     (new.to_stored(), node.id, node.conn.to_stored()),
@@ -292,7 +301,7 @@ impl Cluster {
             .map_err(|e| anyhow!("admin node: {e}"))?;
         if !changed {
             bail!(
-                "storage node {}'s connection options changed meanwhile; try again",
+                "storage node {} changed meanwhile (its options, or copy-shards began a move); try again",
                 node.id
             );
         }
