@@ -382,51 +382,122 @@ pub fn check_members(opts: &ConnOptions) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Each member `opts` names (none if it names one server) and whether it
-/// is synced in its Galera cluster's primary component, or why not: what
-/// `tshs check` reports. Connects with at most 2 s per member.
-pub fn member_states(opts: &ConnOptions) -> Vec<(String, Result<(), String>)> {
+/// What one Galera member says of itself (`SHOW STATUS`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wsrep {
+    /// `wsrep_local_state_comment`: Synced, Donor/Desynced, Joining, …
+    pub comment: String,
+    /// `wsrep_local_state` (4 is Synced).
+    pub local_state: String,
+    /// `wsrep_cluster_status`: Primary, non-Primary or Disconnected.
+    pub cluster_status: String,
+    /// `wsrep_ready`: the member accepts queries.
+    pub ready: bool,
+}
+
+impl Wsrep {
+    /// In its cluster's primary component (it may still be joining).
+    pub fn primary(&self) -> bool {
+        self.cluster_status == "Primary"
+    }
+
+    /// Usable: synced and ready in the primary component.
+    pub fn synced(&self) -> bool {
+        self.primary() && self.ready && self.local_state == "4"
+    }
+
+    /// `Synced (Primary, ready)`, `Joining (Primary, not ready)`, …
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({}, {})",
+            if self.comment.is_empty() {
+                "?"
+            } else {
+                &self.comment
+            },
+            self.cluster_status,
+            if self.ready { "ready" } else { "not ready" }
+        )
+    }
+}
+
+/// One member `opts` names and its state, or why it could not be asked.
+#[derive(Clone, Debug)]
+pub struct MemberState {
+    pub server: String,
+    pub state: Result<Wsrep, String>,
+}
+
+impl MemberState {
+    pub fn synced(&self) -> bool {
+        self.state.as_ref().is_ok_and(Wsrep::synced)
+    }
+
+    pub fn primary(&self) -> bool {
+        self.state.as_ref().is_ok_and(Wsrep::primary)
+    }
+
+    /// Why the member is not usable; `None` if it is.
+    pub fn problem(&self) -> Option<String> {
+        match &self.state {
+            Err(e) => Some(format!("unreachable: {e}")),
+            Ok(w) if !w.primary() => Some(format!(
+                "not in the primary component ({})",
+                w.cluster_status
+            )),
+            Ok(w) if !w.synced() => Some(format!("not synced ({})", w.describe())),
+            Ok(_) => None,
+        }
+    }
+}
+
+/// Each member `opts` names (none if it names one server) and its Galera
+/// state: what `list-storage-nodes` shows and `tshs check` judges. Asks
+/// the members in parallel, connecting with at most 2 s each.
+pub fn member_states(opts: &ConnOptions) -> Vec<MemberState> {
     let members = opts.members();
     if members.len() == 1 {
         return Vec::new();
     }
-    members
-        .iter()
-        .map(|m| {
-            let mut probe = m.with_database(None);
-            probe.connect_timeout = Some(m.connect_timeout.unwrap_or(2).min(2));
-            let state = (|| -> Result<(), String> {
-                let mut c =
-                    mysql::Conn::new(probe.to_mysql()).map_err(|e| classify(m, e).to_string())?;
-                let status: Vec<(String, String)> = c
-                    .query(
-                        "SHOW STATUS WHERE Variable_name IN
-                         ('wsrep_ready', 'wsrep_local_state', 'wsrep_cluster_status')",
-                    )
-                    .map_err(|e| classify(m, e).to_string())?;
-                let get = |n: &str| {
-                    status
-                        .iter()
-                        .find(|(k, _)| k == n)
-                        .map_or("?", |(_, v)| v.as_str())
-                };
-                if get("wsrep_cluster_status") != "Primary" {
-                    return Err(format!(
-                        "not in the primary component ({})",
-                        get("wsrep_cluster_status")
-                    ));
-                }
-                if get("wsrep_ready") != "ON" || get("wsrep_local_state") != "4" {
-                    return Err(format!(
-                        "not synced (wsrep_local_state {})",
-                        get("wsrep_local_state")
-                    ));
-                }
-                Ok(())
-            })();
-            (m.server(), state)
+    let probes: Vec<_> = members
+        .into_iter()
+        .map(|m| std::thread::spawn(move || (m.server(), member_state(&m))))
+        .collect();
+    probes
+        .into_iter()
+        .map(|p| {
+            let (server, state) = p.join().expect("a member probe does not panic");
+            MemberState { server, state }
         })
         .collect()
+}
+
+fn member_state(m: &ConnOptions) -> Result<Wsrep, String> {
+    let mut probe = m.with_database(None);
+    probe.connect_timeout = Some(m.connect_timeout.unwrap_or(2).min(2));
+    probe.read_timeout = Some(5);
+    let mut c = mysql::Conn::new(probe.to_mysql()).map_err(|e| classify(m, e).to_string())?;
+    let status: Vec<(String, String)> = c
+        .query(
+            "SHOW STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state',
+             'wsrep_local_state_comment', 'wsrep_cluster_status')",
+        )
+        .map_err(|e| classify(m, e).to_string())?;
+    let get = |n: &str| {
+        status
+            .iter()
+            .find(|(k, _)| k == n)
+            .map_or(String::new(), |(_, v)| v.clone())
+    };
+    if get("wsrep_local_state").is_empty() {
+        return Err("not a Galera member (no wsrep status)".into());
+    }
+    Ok(Wsrep {
+        comment: get("wsrep_local_state_comment"),
+        local_state: get("wsrep_local_state"),
+        cluster_status: get("wsrep_cluster_status"),
+        ready: get("wsrep_ready") == "ON",
+    })
 }
 
 /// A pool holding at most `max_conns` connections; connects one at once, so a

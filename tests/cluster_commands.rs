@@ -32,6 +32,8 @@ fn create_admin_node_is_idempotent() {
             "s3_hosts",
             "schema_migrations",
             "settings",
+            "snapshot_spaces",
+            "snapshots",
             "spaces",
             "space_moves",
             "storage_nodes",
@@ -63,14 +65,20 @@ fn storage_nodes_spread_the_key_space_and_list_as_in_the_reference() {
         [
             "applied_ops",
             "dentries",
+            "dentries_v",
             "extents",
+            "extents_v",
             "inodes",
+            "inodes_v",
+            "node_identity",
             "open_writers",
             "s3_uploads",
             "schema_migrations",
+            "snapshot_moments",
             "spaces",
             "space_fence",
-            "xattrs"
+            "xattrs",
+            "xattrs_v"
         ]
     );
     let out = c.ok(&["list-storage-nodes"]);

@@ -134,6 +134,28 @@ fn galera_cluster(dbs: &mut GaleraDbs) -> TestCluster {
 /// MariaDB server 2, and volume `vol01`.
 fn galera_admin(dbs: &mut GaleraDbs, galera_node: bool) -> TestCluster {
     let t = Instant::now();
+    let c = admin_on_galera(dbs);
+    if galera_node {
+        let st = dbs.create("gst");
+        c.ok(&[
+            "create-storage-node",
+            &format!("{};database={st}", galera_options()),
+        ]);
+    } else {
+        let st = c.new_db(2, "st");
+        c.ok(&[
+            "create-storage-node",
+            &format!("{};database={st}", common::server(2)),
+        ]);
+    }
+    c.ok(&["create-volume", "vol01"]);
+    eprintln!("galera: cluster made in {:?}", t.elapsed());
+    c
+}
+
+/// An Admin Node on the Galera cluster (all three members named), no
+/// Storage Node yet.
+fn admin_on_galera(dbs: &mut GaleraDbs) -> TestCluster {
     let dir = tempfile::tempdir().unwrap();
     let admin_db = dbs.create("gadmin");
     let m = members();
@@ -156,21 +178,6 @@ fn galera_admin(dbs: &mut GaleraDbs, galera_node: bool) -> TestCluster {
         buckets: Default::default(),
     };
     c.ok(&["create-admin-node"]);
-    if galera_node {
-        let st = dbs.create("gst");
-        c.ok(&[
-            "create-storage-node",
-            &format!("{};database={st}", galera_options()),
-        ]);
-    } else {
-        let st = c.new_db(2, "st");
-        c.ok(&[
-            "create-storage-node",
-            &format!("{};database={st}", common::server(2)),
-        ]);
-    }
-    c.ok(&["create-volume", "vol01"]);
-    eprintln!("galera: cluster made in {:?}", t.elapsed());
     c
 }
 
@@ -831,4 +838,506 @@ fn split_and_copy_shards_onto_a_galera_node() {
     let l = log.lock().unwrap();
     assert!(l.errors.is_empty(), "{:?}", l.errors);
     assert_eq!(got, l.acked, "every acknowledged record once, in order");
+}
+
+/// The node's id (Galera interleaves AUTO_INCREMENT values by member).
+fn node_id(c: &TestCluster) -> u32 {
+    c.cluster().nodes().unwrap()[0].id
+}
+
+/// Polls `list-storage-nodes` until its output contains every one of `want`.
+fn listing_until(c: &TestCluster, want: &[&str]) -> String {
+    let t = Instant::now();
+    loop {
+        let out = c.ok(&["list-storage-nodes"]);
+        if want.iter().all(|w| out.contains(w)) {
+            return out;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "list-storage-nodes never showed {want:?}:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn check(c: &TestCluster) -> (i32, String) {
+    let o = c.tshs(&["check", "--warning", "60000", "--critical", "60000"]);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+    )
+}
+
+/// Sets member `i`'s Galera isolation (`gmcast.isolate`): isolated, it
+/// leaves the primary component (non-Primary) without being killed.
+fn isolate(i: usize, on: bool) {
+    member_conn(i)
+        .query_drop(format!(
+            "SET GLOBAL wsrep_provider_options = 'gmcast.isolate={}'",
+            u8::from(on)
+        ))
+        .unwrap();
+}
+
+/// `list-storage-nodes` shows each member of a Galera-backed node and its
+/// state, following a killed member (unreachable) and its return; `tshs
+/// check` warns while a member is missing and is CRITICAL, naming the node,
+/// when no member it names is in a primary component.
+#[test]
+fn member_states_in_the_listing_and_in_check() {
+    let _serial = all_members_synced();
+    let t = Instant::now();
+    let mut dbs = GaleraDbs(Vec::new());
+    let c = galera_cluster(&mut dbs);
+    let id = node_id(&c);
+    let synced_line = |p: u16| format!("Member 127.0.0.1:{p}: Synced (Primary, ready)");
+    let out = listing_until(
+        &c,
+        &[&synced_line(3321), &synced_line(3322), &synced_line(3323)],
+    );
+    assert!(out.starts_with("ID Phase"), "{out}");
+    assert_eq!(check(&c).0, 0, "{}", check(&c).1);
+
+    // Member 3 killed: unreachable in the table, check warns.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_of(2)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = listing_until(&c, &["Member 127.0.0.1:3323: unreachable (cannot reach"]);
+    assert!(
+        out.contains(&synced_line(3321)) && out.contains(&synced_line(3322)),
+        "{out}"
+    );
+    let (code, line) = check(&c);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.contains(&format!(
+            "storage node {id}: 2 of 3 Galera members synced (127.0.0.1:3323: unreachable"
+        )),
+        "{line}"
+    );
+    services("start", "galera3");
+    listing_until(&c, &[&synced_line(3323)]);
+
+    // The node's options name member 3 and a server that is gone; member 3
+    // isolated leaves the primary component: CRITICAL, naming the node.
+    let m = members();
+    let port = common::unused_port();
+    let opts = format!(
+        "host=127.0.0.1:3323,127.0.0.1:{port};user={};password={};database={}",
+        m.user.as_deref().unwrap(),
+        m.password.as_deref().unwrap(),
+        dbs.0[1]
+    );
+    member_conn(0)
+        .exec_drop(
+            format!(
+                "UPDATE {}.storage_nodes SET conn_options = ? WHERE id = ?",
+                c.admin_db
+            ),
+            (&opts, id),
+        )
+        .unwrap();
+    isolate(2, true);
+    // Rejoined even if an assertion fails.
+    struct Rejoin;
+    impl Drop for Rejoin {
+        fn drop(&mut self) {
+            isolate(2, false);
+        }
+    }
+    let rejoin = Rejoin;
+    let out = listing_until(&c, &["Member 127.0.0.1:3323: ", "(non-Primary, not ready)"]);
+    eprintln!("{out}");
+    let (code, line) = check(&c);
+    drop(rejoin);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.contains(&format!(
+            "storage node {id}: no Galera member in a primary component (127.0.0.1:3323: not in the primary component (non-Primary)"
+        )),
+        "{line}"
+    );
+    assert!(!line.contains(m.password.as_deref().unwrap()), "{line}");
+    let t0 = Instant::now();
+    while !synced(&mut member_conn(2)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "member 3 never synced again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("galera member states: {:?}", t.elapsed());
+}
+
+/// Options naming `hosts` (`127.0.0.1:3321,…`) and database `db`, with the
+/// test user.
+fn options_on(hosts: &str, db: &str) -> String {
+    let m = members();
+    format!(
+        "host={hosts};user={};password={};database={db}",
+        m.user.as_deref().unwrap(),
+        m.password.as_deref().unwrap()
+    )
+}
+
+/// The Admin Node's rows that update-storage-node may change.
+fn admin_state(c: &TestCluster) -> (Vec<(u32, String, Option<String>)>, u64) {
+    let mut a = member_conn(0);
+    a.query_drop(format!("USE {}", c.admin_db)).unwrap();
+    let nodes = a
+        .query("SELECT id, conn_options, identity FROM storage_nodes ORDER BY id")
+        .unwrap();
+    let epoch: Option<u64> = a
+        .query_first("SELECT epoch FROM topology WHERE id = 1")
+        .unwrap();
+    (nodes, epoch.unwrap())
+}
+
+/// The longest pause between two acknowledgements of any writer.
+fn worst_gap(logs: &[Arc<Mutex<Log>>]) -> Duration {
+    logs.iter()
+        .flat_map(|l| {
+            let l = l.lock().unwrap();
+            l.times.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+        })
+        .max()
+        .unwrap_or_default()
+}
+
+/// `update-storage-node` moves a Galera-backed node from members
+/// (3321, 3322) to (3322, 3323) under 4 appenders with fsync on 2 mounts:
+/// writes pause behind the node's fence for a moment, every access point
+/// acknowledges, no writer sees an error, every acknowledged record is there
+/// exactly once, and no process uses member 3321 for the node any more.
+#[test]
+fn update_storage_node_changes_members_under_writers() {
+    let _serial = all_members_synced();
+    let t_test = Instant::now();
+    let mut dbs = GaleraDbs(Vec::new());
+    let c = admin_on_galera(&mut dbs);
+    let st = dbs.create("gst");
+    c.ok(&[
+        "create-storage-node",
+        &options_on("127.0.0.1:3321,127.0.0.1:3322", &st),
+    ]);
+    c.ok(&["create-volume", "vol01"]);
+    let id = node_id(&c);
+    let mounts = [c.mount(), c.mount()];
+    mounts[0].space(7);
+    let stop = Arc::new(AtomicBool::new(false));
+    let logs: Vec<Arc<Mutex<Log>>> = (0..4).map(|_| Arc::default()).collect();
+    let threads: Vec<_> = (0..4)
+        .map(|w| {
+            let path = mounts[w % 2].path().join(format!("vol01/7/log{w}"));
+            let (stop, log) = (stop.clone(), logs[w].clone());
+            std::thread::spawn(move || appender(path, w, stop, log))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        members_in_use(&st),
+        vec![0],
+        "the node's first member in use"
+    );
+    let before = worst_gap(&logs);
+
+    let new = options_on("127.0.0.1:3322,127.0.0.1:3323", &st);
+    let t = Instant::now();
+    let out = c.ok(&["update-storage-node", &id.to_string(), &new]);
+    let took = t.elapsed();
+    let first = out.lines().next().unwrap().to_string();
+    assert!(
+        first.starts_with(&format!(
+            "Storage node {id}: connection options updated (1 space(s) fenced for "
+        )) && first.ends_with(" ms)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Member 127.0.0.1:3322: Synced")
+            && out.contains("Member 127.0.0.1:3323: Synced")
+            && !out.contains("127.0.0.1:3321"),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let pause = worst_gap(&logs);
+    // The old pools are gone with the epoch's acknowledgement.
+    let t0 = Instant::now();
+    loop {
+        let used = members_in_use(&st);
+        if !used.contains(&0) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "member 3321 still used for the node: {used:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stored = &c.cluster().node(id).unwrap().conn;
+    assert_eq!(*stored, ConnOptions::parse(&new).unwrap());
+
+    drop(mounts);
+    let m = c.mount();
+    let (mut acked, mut lost, mut duplicated) = (0, 0, 0);
+    for (w, log) in logs.iter().enumerate() {
+        let data = std::fs::read(m.path().join(format!("vol01/7/log{w}"))).unwrap();
+        assert_eq!(data.len() % RECORD, 0, "writer {w}: torn record");
+        let mut seen = std::collections::HashMap::<u64, usize>::new();
+        for r in data.chunks(RECORD) {
+            let i: u64 = std::str::from_utf8(&r[4..16]).unwrap().parse().unwrap();
+            assert_eq!(r, record(w, i).as_slice(), "writer {w}: bad record");
+            *seen.entry(i).or_default() += 1;
+        }
+        duplicated += seen.values().filter(|n| **n > 1).count();
+        let l = log.lock().unwrap();
+        assert!(l.errors.is_empty(), "writer {w}: {:?}", l.errors);
+        acked += l.acked.len();
+        lost += l.acked.iter().filter(|i| !seen.contains_key(i)).count();
+    }
+    eprintln!(
+        "update-storage-node under 4 writers: {first} — command {took:?}; worst pause of \
+         acknowledgements {pause:?} (before the update {before:?}); {acked} records \
+         acknowledged, {lost} lost, {duplicated} duplicated; test {:?}",
+        t_test.elapsed()
+    );
+    assert_eq!(lost, 0, "acknowledged records lost");
+    assert_eq!(duplicated, 0, "records applied twice");
+    assert!(pause < Duration::from_secs(10), "writes paused {pause:?}");
+}
+
+/// update-storage-node refuses, with one line and the Admin Node unchanged:
+/// a database holding another node, one holding none, a member that is not
+/// synced, a plain server holding a copy that does not catch up (no
+/// replica), an unknown node, unparsable options, the same options.
+#[test]
+fn update_storage_node_refuses_bad_targets() {
+    let _serial = all_members_synced();
+    let t_test = Instant::now();
+    let mut dbs = GaleraDbs(Vec::new());
+    let c = admin_on_galera(&mut dbs);
+    let (sa, sb) = (dbs.create("gsa"), dbs.create("gsb"));
+    let a_opts = options_on("127.0.0.1:3321,127.0.0.1:3322", &sa);
+    c.ok(&["create-storage-node", &a_opts]);
+    c.ok(&["create-storage-node", &options_on("127.0.0.1:3321", &sb)]);
+    let nodes = c.cluster().nodes().unwrap();
+    let a = nodes
+        .iter()
+        .find(|n| n.conn.database.as_deref() == Some(&*sa))
+        .unwrap()
+        .id;
+    let b = nodes
+        .iter()
+        .find(|n| n.conn.database.as_deref() == Some(&*sb))
+        .unwrap()
+        .id;
+    let before = admin_state(&c);
+    assert!(
+        before.0.iter().all(|(_, _, token)| token.is_some()),
+        "identities recorded: {before:?}"
+    );
+    let pw = members().password.unwrap();
+    let refused = |args: &[&str], want: &str| {
+        let err = c.fails(args);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains(&pw), "{err}");
+        assert_eq!(admin_state(&c), before, "{args:?} changed the Admin Node");
+    };
+    let a_id = a.to_string();
+    refused(
+        &[
+            "update-storage-node",
+            &a_id,
+            &options_on("127.0.0.1:3322,127.0.0.1:3323", &sb),
+        ],
+        &format!("holds storage node {b}, not storage node {a}"),
+    );
+    let empty = dbs.create("gempty");
+    refused(
+        &[
+            "update-storage-node",
+            &a_id,
+            &options_on("127.0.0.1:3323", &empty),
+        ],
+        "holds no storage node",
+    );
+    refused(
+        &["update-storage-node", "999", &a_opts],
+        "there is no storage node 999",
+    );
+    refused(
+        &["update-storage-node", &a_id, "host=127.0.0.1:3322;bogus"],
+        "malformed connection option 'bogus'",
+    );
+    refused(
+        &["update-storage-node", &a_id, &a_opts],
+        "already has these connection options",
+    );
+
+    // A copy of node A on plain server 1 that nothing keeps up to date.
+    let copy = c.new_db(1, "copy");
+    let (node, token): (u32, String) = {
+        let mut m = member_conn(0);
+        m.query_first(format!("SELECT node_id, token FROM {sa}.node_identity"))
+            .unwrap()
+            .unwrap()
+    };
+    {
+        let mut r = common::root_conn(1);
+        r.query_drop(format!(
+            "CREATE TABLE {copy}.node_identity (id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+             node_id INT UNSIGNED NOT NULL, token CHAR(32) NOT NULL, switch_mark CHAR(32) NULL)"
+        ))
+        .unwrap();
+        r.exec_drop(
+            format!("INSERT INTO {copy}.node_identity VALUES (1, ?, ?, NULL)"),
+            (node, &token),
+        )
+        .unwrap();
+    }
+    let t = Instant::now();
+    refused(
+        &[
+            "update-storage-node",
+            &a_id,
+            &format!("{};database={copy}", common::server(1)),
+        ],
+        "did not catch up with storage node",
+    );
+    eprintln!("a copy that does not catch up refused in {:?}", t.elapsed());
+
+    // A member that is not synced (isolated: non-Primary).
+    isolate(2, true);
+    struct Rejoin;
+    impl Drop for Rejoin {
+        fn drop(&mut self) {
+            isolate(2, false);
+        }
+    }
+    let rejoin = Rejoin;
+    let t0 = Instant::now();
+    while synced(&mut member_conn(2)) {
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    refused(
+        &[
+            "update-storage-node",
+            &a_id,
+            &options_on("127.0.0.1:3322,127.0.0.1:3323", &sa),
+        ],
+        "not synced with its Galera cluster",
+    );
+    drop(rejoin);
+    let t0 = Instant::now();
+    while !synced(&mut member_conn(2)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "member 3 never synced again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The node still works where it was.
+    c.ok(&["list-storage-nodes"]);
+    eprintln!("update-storage-node refusals: test {:?}", t_test.elapsed());
+}
+
+/// On a plain server (no Galera needed): a node made before identities
+/// gets one on first use; new options for the same database switch under an
+/// appender behind the fence; a node whose old server is gone is pointed
+/// at its database elsewhere by the identity alone, without fences.
+#[test]
+fn update_storage_node_on_a_plain_server() {
+    let t_test = Instant::now();
+    let (c, db) = TestCluster::with_one_node();
+    let m = c.mount();
+    m.space(7);
+    let stop = Arc::new(AtomicBool::new(false));
+    let log: Arc<Mutex<Log>> = Arc::default();
+    let writer = {
+        let (path, stop, log) = (m.path().join("vol01/7/log0"), stop.clone(), log.clone());
+        std::thread::spawn(move || appender(path, 0, stop, log))
+    };
+    // As if made before identities (Storage Node migration 11).
+    let mut root = common::root_conn(1);
+    root.query_drop(format!("DELETE FROM {db}.node_identity"))
+        .unwrap();
+    root.query_drop(format!(
+        "UPDATE {}.storage_nodes SET identity = NULL",
+        c.admin_db
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    let same = format!("{};database={db};connect-timeout=7", common::server(1));
+    let out = c.ok(&["update-storage-node", "1", &same]);
+    assert!(
+        out.starts_with("Storage node 1: connection options updated (1 space(s) fenced for "),
+        "{out}"
+    );
+    let held: Option<(u32, String)> = root
+        .query_first(format!("SELECT node_id, token FROM {db}.node_identity"))
+        .unwrap();
+    let recorded: Option<Option<String>> = root
+        .query_first(format!("SELECT identity FROM {}.storage_nodes", c.admin_db))
+        .unwrap();
+    let (node, token) = held.expect("identity written on first use");
+    assert_eq!((node, Some(token)), (1, recorded.flatten()));
+
+    // A switch that died after sealing: the same options again lift it.
+    root.query_drop(format!(
+        "UPDATE {db}.space_fence SET fenced_until = '9999-12-31 00:00:00' WHERE space_id = 7"
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = c.ok(&["update-storage-node", "1", &same]);
+    assert!(
+        out.starts_with("Storage node 1: connection options unchanged; lifted the fences a switch left on 1 space(s)\n"),
+        "{out}"
+    );
+    let err = c.fails(&["update-storage-node", "1", &same]);
+    assert!(
+        err.contains("already has these connection options"),
+        "{err}"
+    );
+
+    // The server named is gone (nothing listens there): the identity alone.
+    let gone = format!(
+        "{};database={db};port={}",
+        common::server(1),
+        common::unused_port()
+    );
+    root.exec_drop(
+        format!("UPDATE {}.storage_nodes SET conn_options = ?", c.admin_db),
+        (ConnOptions::parse(&gone).unwrap().to_stored(),),
+    )
+    .unwrap();
+    let back = format!("{};database={db}", common::server(1));
+    let out = c.ok(&["update-storage-node", "1", &back]);
+    assert!(
+        out.starts_with(
+            "Storage node 1: connection options updated (its old servers could not be reached: nothing was fenced)"
+        ),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let l = log.lock().unwrap();
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    let data = std::fs::read(m.path().join("vol01/7/log0")).unwrap();
+    assert_eq!(data.len(), l.acked.len() * RECORD, "every record once");
+    let acked = l.acked.len();
+    drop(l);
+    eprintln!(
+        "plain server: {acked} records, worst pause {:?}; test {:?}",
+        worst_gap(std::slice::from_ref(&log)),
+        t_test.elapsed()
+    );
 }

@@ -355,13 +355,17 @@ impl Report {
     }
 
     /// A node on a Galera cluster: WARNING with fewer synced members than
-    /// its options name, CRITICAL with none in a primary component.
+    /// its options name, CRITICAL with none synced or none in a primary
+    /// component (the node cannot be written).
     fn members(&mut self, name: &str, label: &str, opts: &crate::config::ConnOptions) {
-        let states = crate::db::member_states(opts);
+        self.judge_members(name, label, &crate::db::member_states(opts));
+    }
+
+    fn judge_members(&mut self, name: &str, label: &str, states: &[crate::db::MemberState]) {
         if states.is_empty() {
             return;
         }
-        let synced = states.iter().filter(|(_, s)| s.is_ok()).count();
+        let synced = states.iter().filter(|m| m.synced()).count();
         self.perf
             .push(format!("{label}_members={synced};;;0;{}", states.len()));
         if synced == states.len() {
@@ -369,17 +373,22 @@ impl Report {
         }
         let why: Vec<String> = states
             .iter()
-            .filter_map(|(server, s)| s.as_ref().err().map(|e| format!("{server}: {e}")))
+            .filter_map(|m| m.problem().map(|p| format!("{}: {p}", m.server)))
             .collect();
-        let state = if synced == 0 { CRITICAL } else { WARNING };
-        self.raise(
-            state,
-            format!(
-                "{name}: {synced} of {} Galera members synced ({})",
-                states.len(),
-                why.join("; ")
-            ),
-        );
+        let (state, what) = if !states.iter().any(|m| m.primary()) {
+            (
+                CRITICAL,
+                "no Galera member in a primary component".to_string(),
+            )
+        } else if synced == 0 {
+            (CRITICAL, "no Galera member synced".to_string())
+        } else {
+            (
+                WARNING,
+                format!("{synced} of {} Galera members synced", states.len()),
+            )
+        };
+        self.raise(state, format!("{name}: {what} ({})", why.join("; ")));
     }
 
     fn finish(self) -> (i32, String) {
@@ -416,5 +425,52 @@ mod tests {
         assert_eq!(state, CRITICAL);
         assert_eq!(line.lines().count(), 1);
         assert!(line.starts_with("TSHS CRITICAL - storage node 1 slow (50 ms > 10 ms), storage node 2: refused / gone really, admin 1 ms | admin_ms=1.000;10;100;0 node1_ms=50.000;10;100;0 node2_ms=U;10;100;0"), "{line}");
+    }
+
+    fn member(server: &str, status: &str, comment: &str) -> crate::db::MemberState {
+        crate::db::MemberState {
+            server: server.into(),
+            state: Ok(crate::db::Wsrep {
+                comment: comment.into(),
+                local_state: if comment == "Synced" { "4" } else { "1" }.into(),
+                cluster_status: status.into(),
+                ready: comment == "Synced",
+            }),
+        }
+    }
+
+    #[test]
+    fn galera_members() {
+        let gone = crate::db::MemberState {
+            server: "db3:3306".into(),
+            state: Err("cannot reach MySQL server db3:3306: refused".into()),
+        };
+        let mut r = Report::new(10.0, 100.0);
+        r.judge_members(
+            "storage node 2",
+            "node2",
+            &[
+                member("db1:3306", "Primary", "Synced"),
+                member("db2:3306", "Primary", "Joining"),
+                gone.clone(),
+            ],
+        );
+        let (state, line) = r.finish();
+        assert_eq!(state, WARNING, "{line}");
+        assert!(line.contains("storage node 2: 1 of 3 Galera members synced (db2:3306: not synced (Joining (Primary, not ready)); db3:3306: unreachable: cannot reach"), "{line}");
+        assert!(line.ends_with("| node2_members=1;;;0;3"), "{line}");
+
+        let mut r = Report::new(10.0, 100.0);
+        r.judge_members(
+            "storage node 2",
+            "node2",
+            &[member("db1:3306", "non-Primary", "Initialized"), gone],
+        );
+        let (state, line) = r.finish();
+        assert_eq!(state, CRITICAL, "{line}");
+        assert!(
+            line.contains("storage node 2: no Galera member in a primary component (db1:3306: not in the primary component (non-Primary)"),
+            "{line}"
+        );
     }
 }

@@ -175,6 +175,18 @@ pub enum Command {
         /// host=…;port=…;user=…;password=…;database=…
         connection_options: String,
     },
+    /// Point a Storage Node at other servers holding its database, online.
+    ///
+    /// The new servers must hold the node (its identity row) and be caught
+    /// up: synced members of the node's Galera cluster (to add or remove
+    /// members), or a replica of its server. Writes to the node pause
+    /// behind a fence while the options switch and every access point
+    /// acknowledges.
+    UpdateStorageNode {
+        storage_id: u32,
+        /// host=…;port=…;user=…;password=…;database=…
+        connection_options: String,
+    },
     /// Import an on-disk /spacedata tree while it is in use (TSHSImportVolumes).
     ///
     /// Records an IMPORT job and the volumes and spaces under PATH; the
@@ -610,6 +622,40 @@ pub fn execute(
                 list_storage_nodes(cluster)?
             )
         }
+        Command::UpdateStorageNode {
+            storage_id,
+            connection_options,
+        } => {
+            let opts = ConnOptions::parse(connection_options)?;
+            let u = cluster.update_storage_node(*storage_id, &opts)?;
+            let mut line = if u.repaired {
+                format!(
+                    "Storage node {storage_id}: connection options unchanged; lifted the fences a switch left on {} space(s)",
+                    u.fenced
+                )
+            } else if u.old_gone {
+                format!(
+                    "Storage node {storage_id}: connection options updated (its old servers could not be reached: nothing was fenced)"
+                )
+            } else {
+                format!(
+                    "Storage node {storage_id}: connection options updated ({} space(s) fenced for {} ms)",
+                    u.fenced,
+                    u.paused.as_millis()
+                )
+            };
+            match u.unacknowledged {
+                Some(0) => {}
+                Some(n) => {
+                    line += &format!(
+                        "; {n} access point(s) did not acknowledge within 20 s (see tshs list-access-points)"
+                    )
+                }
+                None if u.repaired => {}
+                None => line += "; the acknowledgements could not be counted",
+            }
+            format!("{line}\n{}", list_storage_nodes(cluster)?)
+        }
         Command::ImportVolumes { path, s3_host_id } => import_volumes(cluster, path, *s3_host_id)?,
         Command::PerformImport => {
             return runner.run_task(cluster, Task::PerformImport, &runner.options(), out);
@@ -736,6 +782,14 @@ fn list_storage_nodes(cluster: &Cluster) -> Result<String> {
             ));
         }
         lines.push(Line::Text(text));
+        // A Galera-backed node: each member and its state.
+        for m in crate::db::member_states(&n.conn) {
+            let state = match &m.state {
+                Ok(w) => w.describe(),
+                Err(e) => format!("unreachable ({e})"),
+            };
+            lines.push(Line::Text(format!("Member {}: {state}", m.server)));
+        }
     }
     Ok(render(
         &[

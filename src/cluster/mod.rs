@@ -15,6 +15,7 @@ mod route;
 mod s3_hosts;
 mod settings;
 mod snapshots;
+mod update_node;
 mod volumes;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ pub use nodes::{NodeRow, NodeTotals, Phase};
 pub use route::{Route, Router};
 pub use settings::{SETTINGS, STORE_SPACE_NAMES};
 pub use snapshots::{MAX_TTL_SECS, SnapSpace, SnapshotRow};
+pub use update_node::NodeUpdate;
 pub use volumes::{
     SpaceExists, SpaceListing, SpaceRow, SpaceStatus, VolumeRow, VolumeStatus, check_volume_name,
     parse_space_id,
@@ -189,6 +191,13 @@ const MIGRATIONS: &[(u32, &[&str])] = &[
             ) ENGINE=InnoDB",
         ],
     ),
+    (
+        7,
+        &[
+            // The token of the node's identity row (see update_node.rs).
+            "ALTER TABLE storage_nodes ADD COLUMN IF NOT EXISTS identity CHAR(32) NULL",
+        ],
+    ),
 ];
 
 /// The tables migration 1 creates; their presence means the node exists.
@@ -252,6 +261,7 @@ impl Cluster {
             if !done.is_empty() {
                 log::info!("storage node {}: applied migrations {done:?}", n.id);
             }
+            self.ensure_identity(n.id)?;
         }
         Ok(applied)
     }

@@ -147,7 +147,14 @@ impl Cluster {
         if created.is_err() {
             let _ = shard::drop_tables(&db);
         }
-        created
+        created.inspect(|&id| self.identify(id))
+    }
+
+    /// Writes a new node's identity (if this fails, its first use does).
+    pub(super) fn identify(&self, id: u32) {
+        if let Err(e) = self.ensure_identity(id) {
+            log::warn!("storage node {id}: identity not written yet: {e:#}");
+        }
     }
 
     /// Deletes a Storage Node while the cluster is empty; its tables are dropped.
@@ -249,7 +256,7 @@ impl Cluster {
         if created.is_err() {
             let _ = shard::drop_tables(&db);
         }
-        created
+        created.inspect(|&id| self.identify(id))
     }
 
     /// Each node with its totals; a node that cannot be reached gets the error text.

@@ -172,6 +172,8 @@ impl Cluster {
             })
             .map_err(|e| anyhow!("admin node: {e}"))?;
         self.shards.lock().unwrap().remove(&id);
+        // The new database is the node: it holds the recorded identity.
+        self.identify(id);
         Ok(())
     }
 

@@ -42,7 +42,7 @@ const TABLES: &[&str] = &[
 /// Tables whose rows belong to an inode: compared per changed inode after round 1.
 const PER_INODE: &[&str] = &["xattrs", "extents"];
 /// Far-future fence: the space will not be written here again.
-const SEALED: &str = "9999-12-31 00:00:00";
+pub(super) const SEALED: &str = "9999-12-31 00:00:00";
 /// Rows per copy batch: blob rows are up to 256 KiB, the packet limit is 16 MiB.
 const BLOB_BATCH: usize = 16;
 const ROW_BATCH: usize = 500;

@@ -18,6 +18,7 @@ mod copy;
 mod error;
 pub mod extents;
 pub mod fsck;
+mod identity;
 mod import;
 pub mod inode;
 mod listing;
@@ -32,6 +33,7 @@ pub use access::{Access, Stores};
 pub use backup::{DentryRow, InodeRow, ReadBackup, SpaceRows};
 pub use copy::{RoundStats, SpaceCopy, open_space, purge_moved};
 pub use error::{ShardError, ShardResult};
+pub use identity::{Identity, cluster_uuid, new_token, read_identity};
 pub use import::{
     IMPORT_PATH_MAX, ImportedInode, OnDisk, TreeError, TreeWriter, count_on_disk, files_on_disk,
 };

@@ -62,6 +62,11 @@
 //! copies all of it, so a snapshot moves with its space. A later migration
 //! that adds a column to one of the four tables adds it to its `_v` twin
 //! and to the column list of the table's update and delete triggers.
+//!
+//! Migration 11: `node_identity`, one row naming the node this database
+//! holds and a random token the Admin Node records too (`identity.rs`).
+//! Written by create-storage-node, split-storage-node and restore-from-s3,
+//! and on first use by the Admin Node for a node made before it.
 
 pub const TABLES: &[&str] = &[
     "schema_migrations",
@@ -79,6 +84,7 @@ pub const TABLES: &[&str] = &[
     "xattrs_v",
     "extents_v",
     "snapshot_moments",
+    "node_identity",
 ];
 
 /// How a Storage Node records its applied operations (migration 8).
@@ -399,5 +405,14 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
              BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(OLD.space_id, e, k);
                IF @tshs_copier IS NULL THEN IF OLD.born < k THEN INSERT INTO extents_v (space_id, ino, off, len, data, born, died) VALUES (OLD.space_id, OLD.ino, OLD.off, OLD.len, OLD.data, OLD.born, e); END IF; END IF; END",
         ],
+    ),
+    (
+        11,
+        &["CREATE TABLE IF NOT EXISTS node_identity (
+            id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+            node_id INT UNSIGNED NOT NULL,
+            token CHAR(32) NOT NULL,
+            switch_mark CHAR(32) NULL
+        ) ENGINE=InnoDB"],
     ),
 ];
