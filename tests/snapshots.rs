@@ -503,16 +503,33 @@ fn object_store_files_and_deleted_files_outlive_maintenance() {
 #[test]
 fn a_snapshot_moves_with_its_space() {
     let (c, _db) = TestCluster::with_one_node();
+    let (ak, sk) = s3_keys();
+    let b = c.new_bucket("snapmove");
+    c.ok(&[
+        "add-s3-host",
+        "GENERIC",
+        &common::env("TSHS_S3_ENDPOINT"),
+        &b,
+        ak,
+        sk,
+        "MinSize=1K",
+    ]);
     let m = c.mount();
     let spaces: Vec<u32> = (201..209).collect();
+    let object = |sp: u32| vec![sp as u8; 5000];
     for sp in &spaces {
         let d = m.space(*sp);
         std::fs::write(d.join("f"), format!("space {sp} before")).unwrap();
+        std::fs::write(d.join("in-s3"), object(*sp)).unwrap();
     }
+    let out = c.ok(&["move-to-s3", "--settle", "0"]);
+    assert!(out.contains("move-to-s3: 8 files"), "{out}");
     let out = c.ok(&["snapshot", "create", "vol01", "--name", "vol"]);
     assert!(out.contains("of 8 space(s)"), "{out}");
     for sp in &spaces {
         std::fs::write(m.space(*sp).join("f"), format!("space {sp} after")).unwrap();
+        // Its object becomes garbage, recorded on node 1 whatever moves.
+        std::fs::write(m.space(*sp).join("in-s3"), b"rewritten").unwrap();
     }
     let db2 = c.new_db(2, "st2");
     c.ok(&[
@@ -527,7 +544,16 @@ fn a_snapshot_moves_with_its_space() {
         .filter(|s| cl.space(**s).unwrap().unwrap().node_id != 1)
         .count();
     assert!(moved > 0, "no space moved");
+    std::thread::sleep(Duration::from_millis(1100));
+    c.ok(&["remove-deleted", "--grace", "0"]);
     let snap = m.path().join(".snapshots/vol/vol01");
+    for sp in &spaces {
+        assert_eq!(
+            std::fs::read(snap.join(sp.to_string()).join("in-s3")).unwrap(),
+            object(*sp),
+            "space {sp}: the object its snapshot names was deleted"
+        );
+    }
     for sp in &spaces {
         assert_eq!(
             std::fs::read_to_string(snap.join(sp.to_string()).join("f")).unwrap(),
@@ -583,6 +609,18 @@ fn expiry_and_bad_input() {
     assert!(!c.ok(&["snapshot", "list"]).contains("short"));
     assert_eq!(rows(&db, "inodes_v"), 0);
     assert_eq!(rows(&db, "snapshot_moments"), 0);
+
+    // A snapshot deleted while a file of it is open: its reads fail
+    // (ESTALE) rather than show half-freed rows.
+    c.ok(&["snapshot", "create", "104", "--name", "gone"]);
+    let f = std::fs::File::open(m.path().join(".snapshots/gone/vol01/104/f")).unwrap();
+    c.ok(&["snapshot", "delete", "gone"]);
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        errno_of(std::os::unix::fs::FileExt::read_at(&f, &mut buf, 0)),
+        libc::ESTALE
+    );
+    drop(f);
 
     c.ok(&["snapshot", "create", "104", "--name", "keep"]);
     let before = c.ok(&["snapshot", "list"]);

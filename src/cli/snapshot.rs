@@ -18,7 +18,7 @@ pub enum SnapshotCommand {
     Create {
         /// A space ID, or a volume name
         target: String,
-        /// The snapshot's name (default: <target>-<UTC time>)
+        /// The snapshot's name (default: <space ID>-<UTC time> or vol<volume ID>-<UTC time>)
         #[arg(long)]
         name: Option<String>,
         /// How long it lives: seconds, or a number with s, m, h or d
@@ -120,9 +120,15 @@ fn create(cluster: &Cluster, target: &str, name: &Option<String>, ttl: u64) -> R
     let name = match name {
         Some(n) => n.clone(),
         None => {
+            // IDs, not the volume's name: not every name a volume may have
+            // would make a snapshot's.
+            let what = match (crate::cluster::parse_space_id(target), spaces.first()) {
+                (None, Some((_, vol))) => format!("vol{vol}"),
+                _ => target.to_string(),
+            };
             let now = crate::clock::now_ns() / 1_000_000_000;
             format!(
-                "{target}-{}",
+                "{what}-{}",
                 utc(now).replace([' ', ':'], "").replace('-', "")
             )
         }
@@ -159,9 +165,14 @@ fn list(cluster: &Cluster) -> Result<String> {
             ])
         })
         .collect();
-    Ok(render(
-        &["Name", "State", "Created (UTC)", "Expires (UTC)", "Spaces"],
-        &rows,
+    let (kept, bytes) = cluster.kept_for_snapshots()?;
+    Ok(format!(
+        "{}Kept for snapshots: {kept} rows, {} MiB of file data\n",
+        render(
+            &["Name", "State", "Created (UTC)", "Expires (UTC)", "Spaces"],
+            &rows,
+        ),
+        bytes.div_ceil(1 << 20)
     ))
 }
 

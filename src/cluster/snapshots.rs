@@ -30,6 +30,10 @@ pub struct SnapshotRow {
     /// Unix seconds.
     pub created: i64,
     pub expires: i64,
+    /// Past its life (by the Admin Node's clock).
+    pub expired: bool,
+    /// Seconds since it was created (by the Admin Node's clock).
+    pub age_secs: i64,
     pub spaces: Vec<SnapSpace>,
 }
 
@@ -73,10 +77,12 @@ impl Cluster {
     /// Every snapshot with its spaces, oldest first.
     pub fn snapshots(&self) -> Result<Vec<SnapshotRow>> {
         let mut conn = self.admin.conn()?;
-        let rows: Vec<(u64, String, String, i64, i64)> = conn
+        type Row = (u64, String, String, i64, i64, bool, i64);
+        let rows: Vec<Row> = conn
             .query(
                 "SELECT id, name, state, CAST(UNIX_TIMESTAMP(created_at) AS SIGNED),
-                        CAST(UNIX_TIMESTAMP(expires_at) AS SIGNED)
+                        CAST(UNIX_TIMESTAMP(expires_at) AS SIGNED), expires_at <= NOW(),
+                        TIMESTAMPDIFF(SECOND, created_at, NOW())
                  FROM snapshots ORDER BY id",
             )
             .map_err(|e| self.admin.err(e))?;
@@ -90,23 +96,27 @@ impl Cluster {
             .map_err(|e| self.admin.err(e))?;
         Ok(rows
             .into_iter()
-            .map(|(id, name, state, created, expires)| SnapshotRow {
-                id,
-                name,
-                state,
-                created,
-                expires,
-                spaces: spaces
-                    .iter()
-                    .filter(|s| s.0 == id)
-                    .map(|s| SnapSpace {
-                        space: s.1,
-                        volume: s.2,
-                        moment: s.3,
-                        taken_ms: s.4,
-                    })
-                    .collect(),
-            })
+            .map(
+                |(id, name, state, created, expires, expired, age_secs)| SnapshotRow {
+                    id,
+                    name,
+                    state,
+                    created,
+                    expires,
+                    expired,
+                    age_secs,
+                    spaces: spaces
+                        .iter()
+                        .filter(|s| s.0 == id)
+                        .map(|s| SnapSpace {
+                            space: s.1,
+                            volume: s.2,
+                            moment: s.3,
+                            taken_ms: s.4,
+                        })
+                        .collect(),
+                },
+            )
             .collect())
     }
 
@@ -239,7 +249,11 @@ impl Cluster {
         // was recorded, so one taken meanwhile is known to the list below.
         let mut held = Vec::new();
         for node in self.nodes()? {
-            held.extend(snapshot::moments(&self.shard(node.id)?)?);
+            // A node that does not answer keeps its moments for a later run.
+            match self.shard(node.id).and_then(|s| Ok(snapshot::moments(&s)?)) {
+                Ok(m) => held.extend(m),
+                Err(e) => log::warn!("storage node {}: snapshot moments not read: {e:#}", node.id),
+            }
         }
         let known: std::collections::HashSet<(u64, u32)> = self
             .snapshots()?
@@ -255,6 +269,17 @@ impl Cluster {
             }
         }
         Ok(n)
+    }
+
+    /// Rows kept for snapshots and the bytes of file data among them, over
+    /// the nodes that answer.
+    pub fn kept_for_snapshots(&self) -> Result<(u64, u64)> {
+        let mut total = (0, 0);
+        for node in self.nodes()? {
+            let (rows, bytes) = snapshot::kept(&self.shard(node.id)?)?;
+            total = (total.0 + rows, total.1 + bytes);
+        }
+        Ok(total)
     }
 }
 

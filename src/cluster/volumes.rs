@@ -114,6 +114,9 @@ pub fn check_volume_name(name: &str) -> Result<()> {
     if name.chars().all(|c| c.is_ascii_digit()) {
         bail!("volume name '{name}' is numeric: numeric names are space IDs");
     }
+    if name == ".snapshots" {
+        bail!("volume name '.snapshots' is the mount's directory of snapshots");
+    }
     Ok(())
 }
 

@@ -68,7 +68,8 @@ errnos!(
     EMLINK,
     E2BIG,
     EOPNOTSUPP,
-    ENXIO
+    ENXIO,
+    ESTALE
 );
 
 impl Error {

@@ -41,8 +41,25 @@ enum SnapNode {
 #[derive(Default)]
 struct Ids {
     by_node: HashMap<SnapNode, u32>,
-    by_id: HashMap<u32, (SnapNode, u64)>,
+    by_id: HashMap<u32, Entry>,
+    /// Entries with no lookup and no pin (see [`Ids::drop_uncounted`]).
+    uncounted: usize,
     next: u32,
+}
+
+struct Entry {
+    node: SnapNode,
+    /// Lookups the kernel holds.
+    count: u64,
+    /// Kept for the snapshot's life: a file with several links keeps its
+    /// number (rsync -H, find -samefile) even while the kernel forgets it.
+    pinned: bool,
+}
+
+impl Entry {
+    fn loose(&self) -> bool {
+        self.count == 0 && !self.pinned
+    }
 }
 
 impl Ids {
@@ -50,7 +67,7 @@ impl Ids {
         if id == 0 {
             return Some(SnapNode::Top);
         }
-        self.by_id.get(&id).map(|(n, _)| *n)
+        self.by_id.get(&id).map(|e| e.node)
     }
 
     /// The number of `n`, handed out if new; `counted`: the kernel will
@@ -62,7 +79,7 @@ impl Ids {
         let id = match self.by_node.get(&n) {
             Some(id) => *id,
             None => {
-                if self.by_id.len() >= UNCOUNTED_LIMIT {
+                if self.uncounted >= UNCOUNTED_LIMIT {
                     self.drop_uncounted();
                 }
                 let id = loop {
@@ -76,37 +93,89 @@ impl Ids {
                     }
                 };
                 self.by_node.insert(n, id);
-                self.by_id.insert(id, (n, 0));
+                self.by_id.insert(
+                    id,
+                    Entry {
+                        node: n,
+                        count: 0,
+                        pinned: false,
+                    },
+                );
+                self.uncounted += 1;
                 id
             }
         };
         if counted && let Some(e) = self.by_id.get_mut(&id) {
-            e.1 += 1;
+            if e.loose() {
+                self.uncounted -= 1;
+            }
+            e.count += 1;
         }
         id
+    }
+
+    fn pin(&mut self, id: u32) {
+        if let Some(e) = self.by_id.get_mut(&id)
+            && !e.pinned
+        {
+            if e.loose() {
+                self.uncounted -= 1;
+            }
+            e.pinned = true;
+        }
+    }
+
+    /// Unpins the numbers of snapshots no longer in `live`.
+    fn unpin_gone(&mut self, live: &std::collections::HashSet<u64>) {
+        let gone = |n: &SnapNode| match n {
+            SnapNode::Inode(snap, ..) | SnapNode::Snapshot(snap) | SnapNode::Volume(snap, _) => {
+                !live.contains(snap)
+            }
+            SnapNode::Top => false,
+        };
+        let ids: Vec<u32> = self
+            .by_id
+            .iter()
+            .filter(|(_, e)| e.pinned && gone(&e.node))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let e = self.by_id.get_mut(&id).expect("listed above");
+            e.pinned = false;
+            if e.count == 0 {
+                let node = e.node;
+                self.by_id.remove(&id);
+                self.by_node.remove(&node);
+            }
+        }
     }
 
     /// Numbers the kernel holds no lookup of (given in a plain readdir, or
     /// as a `..`) are only used in passing: dropped when many.
     fn drop_uncounted(&mut self) {
         let by_node = &mut self.by_node;
-        self.by_id.retain(|_, (node, count)| {
-            let keep = *count > 0;
+        self.by_id.retain(|_, e| {
+            let keep = !e.loose();
             if !keep {
-                by_node.remove(node);
+                by_node.remove(&e.node);
             }
             keep
         });
+        self.uncounted = 0;
     }
 
     /// The kernel dropped `n` lookups of `id`.
     fn forget(&mut self, id: u32, n: u64) {
         if let Some(e) = self.by_id.get_mut(&id) {
-            e.1 = e.1.saturating_sub(n);
-            if e.1 == 0 {
-                let node = e.0;
+            let was_loose = e.loose();
+            e.count = e.count.saturating_sub(n);
+            if e.count == 0 && !e.pinned {
+                let node = e.node;
                 self.by_id.remove(&id);
                 self.by_node.remove(&node);
+                if was_loose {
+                    self.uncounted -= 1;
+                }
             }
         }
         if self.by_id.len() < self.by_id.capacity() / 4 {
@@ -116,8 +185,8 @@ impl Ids {
     }
 }
 
-/// Node numbers held at most before those without lookups are dropped.
-const UNCOUNTED_LIMIT: usize = 1 << 20;
+/// Loose node numbers (see [`Ids::drop_uncounted`]) held at most.
+const UNCOUNTED_LIMIT: usize = 1 << 16;
 
 /// A file of a snapshot open for reading.
 struct SnapFile {
@@ -168,6 +237,8 @@ impl Fs {
                 .filter(SnapshotRow::ready)
                 .collect::<Vec<_>>(),
         );
+        let live = c.iter().map(|s| s.id).collect();
+        s.ids.lock().unwrap().unpin_gone(&live);
         *s.catalog.write().unwrap() = Some((Instant::now(), c.clone()));
         Ok(c)
     }
@@ -200,6 +271,21 @@ impl Fs {
         }
     }
 
+    /// Runs a read of the space at `at`, then makes sure the snapshot was
+    /// not let go meanwhile (its kept rows may be half deleted): `ESTALE`.
+    fn held<T>(
+        &self,
+        at: At,
+        read: impl FnOnce(&crate::cluster::Route) -> crate::shard::ShardResult<T>,
+    ) -> FsResult<T> {
+        let route = self.router.route(at.space);
+        let v = read(&route)?;
+        if !snapshot::held(&route, at)? {
+            return Err(Error::ESTALE);
+        }
+        Ok(v)
+    }
+
     /// `/.snapshots` itself, found by name in the root.
     pub(super) fn lookup_snapshots_dir(&self) -> FsResult<Attr> {
         self.snap_attr(SnapNode::Top, true)
@@ -224,7 +310,7 @@ impl Fs {
                 Ok(a)
             }
             SnapNode::Inode(_, at, ino) => {
-                let i = snapshot::inode(&self.router.route(at.space), at, ino)?;
+                let i = self.held(at, |r| snapshot::inode(r, at, ino))?;
                 Ok(self.inode_attr(n, &i, counted))
             }
         }
@@ -232,7 +318,12 @@ impl Fs {
 
     fn inode_attr(&self, n: SnapNode, i: &SnapInode, counted: bool) -> Attr {
         let mut a = i.attr;
-        a.ino = self.snap_ino(n, counted);
+        let mut ids = self.snapshots.ids.lock().unwrap();
+        let id = ids.id(n, counted);
+        if a.nlink > 1 && !a.is_dir() {
+            ids.pin(id);
+        }
+        a.ino = SNAPSHOTS_INO + u64::from(id);
         a
     }
 
@@ -272,7 +363,7 @@ impl Fs {
                 self.snap_attr(SnapNode::Inode(id, at, 1), true)
             }
             SnapNode::Inode(id, at, dir) => {
-                let i = snapshot::lookup(&self.router.route(at.space), at, dir, name)?;
+                let i = self.held(at, |r| snapshot::lookup(r, at, dir, name))?;
                 let Node::Space(_, ino) = Node::from_ino(i.attr.ino) else {
                     return Err(Error::ENOENT);
                 };
@@ -356,7 +447,7 @@ impl Fs {
                         continue;
                     };
                     let node = SnapNode::Inode(id, at, 1);
-                    match snapshot::inode(&self.router.route(p.space), at, 1) {
+                    match self.held(at, |r| snapshot::inode(r, at, 1)) {
                         Ok(i) => out.push((
                             u64::from(p.space) + 2,
                             p.space.to_string().into_bytes(),
@@ -368,7 +459,6 @@ impl Fs {
                 Ok(out)
             }
             SnapNode::Inode(id, at, dir) => {
-                let route = self.router.route(at.space);
                 let mut out = Vec::new();
                 if offset < 2 {
                     let parent = if dir == 1 {
@@ -381,12 +471,13 @@ impl Fs {
                             .ok_or(Error::ENOENT)?;
                         self.snap_ino(SnapNode::Volume(id, vol), false)
                     } else {
-                        let p = snapshot::parent_of(&route, at, dir)?;
+                        let p = self.held(at, |r| snapshot::parent_of(r, at, dir))?;
                         self.snap_ino(SnapNode::Inode(id, at, p), false)
                     };
                     out.extend(self.dots(ino, offset, parent));
                 }
-                let page = snapshot::list(&route, at, dir, offset.saturating_sub(2), limit)?;
+                let after = offset.saturating_sub(2);
+                let page = self.held(at, |r| snapshot::list(r, at, dir, after, limit))?;
                 for (seq, name, i) in page {
                     let Node::Space(_, child) = Node::from_ino(i.attr.ino) else {
                         continue;
@@ -406,16 +497,14 @@ impl Fs {
         let SnapNode::Inode(_, at, ino) = self.snap_node(n)? else {
             return Err(Error::EINVAL);
         };
-        snapshot::inode(&self.router.route(at.space), at, ino)?
+        self.held(at, |r| snapshot::inode(r, at, ino))?
             .target
             .ok_or(Error::EINVAL)
     }
 
     pub(super) fn snapshot_xattrs(&self, n: u32) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
         match self.snap_node(n)? {
-            SnapNode::Inode(_, at, ino) => {
-                Ok(snapshot::xattrs(&self.router.route(at.space), at, ino)?)
-            }
+            SnapNode::Inode(_, at, ino) => self.held(at, |r| snapshot::xattrs(r, at, ino)),
             _ => Ok(Vec::new()),
         }
     }
@@ -428,7 +517,7 @@ impl Fs {
         let SnapNode::Inode(snap, at, ino) = self.snap_node(n)? else {
             return Err(Error::EISDIR);
         };
-        let inode = snapshot::inode(&self.router.route(at.space), at, ino)?;
+        let inode = self.held(at, |r| snapshot::inode(r, at, ino))?;
         let fh = FH_BIT | self.snapshots.next_fh.fetch_add(1, Ordering::Relaxed);
         self.snapshots
             .files
@@ -473,7 +562,6 @@ impl Fs {
         }
         let first = off - off % EXTENT_SIZE;
         let last = end.div_ceil(EXTENT_SIZE) * EXTENT_SIZE;
-        let route = self.router.route(f.at.space);
         let failed = |e: String| {
             super::error::failed(format!(
                 "snapshot {} space {} inode {}: {e}",
@@ -483,7 +571,7 @@ impl Fs {
             ))
         };
         let mut out = vec![0u8; (end - off) as usize];
-        match snapshot::span(&route, f.at, &f.inode, first, last)? {
+        match self.held(f.at, |r| snapshot::span(r, f.at, &f.inode, first, last))? {
             Span::Extents(rows) => {
                 for (o, d) in rows {
                     copy_into(&mut out, off, o, &d);
@@ -544,6 +632,39 @@ mod tests {
         assert_eq!(ids.node(id), None);
         assert_eq!(ids.id(SnapNode::Top, true), 0);
         assert_eq!(ids.node(0), Some(SnapNode::Top));
+    }
+
+    #[test]
+    fn pinned_ids_last_while_their_snapshot_does() {
+        let mut ids = Ids::default();
+        let at = At {
+            space: 3,
+            moment: 1,
+        };
+        let linked = SnapNode::Inode(7, at, 10);
+        let id = ids.id(linked, true);
+        ids.pin(id);
+        ids.forget(id, 1);
+        assert_eq!(ids.id(linked, false), id, "pinned: the same number again");
+        ids.unpin_gone(&[7].into_iter().collect());
+        assert_eq!(ids.node(id), Some(linked));
+        ids.unpin_gone(&Default::default());
+        assert_eq!(ids.node(id), None, "its snapshot is gone");
+        assert_eq!(ids.uncounted, 0);
+    }
+
+    #[test]
+    fn loose_ids_are_dropped_in_bulk() {
+        let mut ids = Ids::default();
+        let held = ids.id(SnapNode::Snapshot(1), true);
+        for n in 0..UNCOUNTED_LIMIT as u64 {
+            ids.id(SnapNode::Volume(n, 1), false);
+        }
+        assert_eq!(ids.uncounted, UNCOUNTED_LIMIT);
+        ids.id(SnapNode::Volume(u64::MAX, 1), false);
+        assert_eq!(ids.uncounted, 1);
+        assert_eq!(ids.by_id.len(), 2);
+        assert_eq!(ids.node(held), Some(SnapNode::Snapshot(1)));
     }
 
     #[test]

@@ -50,6 +50,7 @@ use crate::config::ConnOptions;
 use crate::db::{Db, DbError, TxError, migrate, table_names};
 
 pub use schema::{APPLIED_OPS, FENCE_MESSAGE, Fenced, MIGRATIONS, is_fenced};
+pub use snapshot::HeldBySnapshot;
 
 /// Largest extent, in bytes. Small enough to stay far below
 /// `max_allowed_packet` (16 MiB by default), large enough that a 512 MiB
@@ -289,6 +290,16 @@ impl Shard {
     /// in the store are recorded as garbage first (remove-deleted deletes
     /// them; a rerun after a crash records them again, which is harmless).
     pub fn purge_space(&self, space: u32) -> Result<()> {
+        // A snapshot taken since the caller looked still shows the space.
+        let held: Option<u8> = self.db.read(|c| {
+            c.exec_first(
+                "SELECT 1 FROM snapshot_moments WHERE space_id = ? LIMIT 1",
+                (space,),
+            )
+        })?;
+        if held.is_some() {
+            return Err(HeldBySnapshot.into());
+        }
         self.tx(|tx| garbage_objects_of(tx, "space_id = ?", (space,).into()))
             .map_err(tx_failed)
             .with_context(|| format!("storage node {}: purging space {space}", self.id))?;

@@ -46,6 +46,23 @@ const ELIGIBLE: &str = "i.state = LIVE AND i.mode & 0o170000 = 0o100000 AND i.s3
      AND NOT EXISTS (SELECT 1 FROM dentries d WHERE d.space_id = i.space_id AND d.ino = i.ino AND d.name = 'last.log')
      AND NOT EXISTS (SELECT 1 FROM snapshot_moments m WHERE m.space_id = i.space_id)";
 
+/// The garbage recorded before the first `?` that may go: no row kept for
+/// a snapshot on this node names it, and its space is none of `held`, the
+/// spaces live snapshots hold (a space moved away with a snapshot took its
+/// kept rows along; its garbage records stayed here).
+fn garbage_due(held: &[u32]) -> String {
+    let mut sql = String::from(
+        "(state = 'garbage' AND touched_at < ? AND NOT EXISTS (
+           SELECT 1 FROM inodes_v v WHERE v.s3_host = s3_uploads.s3_host AND v.s3_key = s3_uploads.s3_key)",
+    );
+    if !held.is_empty() {
+        let ids: Vec<String> = held.iter().map(u32::to_string).collect();
+        sql.push_str(&format!(" AND space_id NOT IN ({})", ids.join(", ")));
+    }
+    sql.push(')');
+    sql
+}
+
 /// Extents read per query while uploading (16 MiB).
 const READ_EXTENTS: u64 = 64;
 
@@ -242,26 +259,34 @@ impl Shard {
     }
 
     /// The S3 hosts that have orphans (see [`Shard::s3_orphans`]).
-    pub fn s3_orphan_hosts(&self, before: i64, stale_before: i64) -> Result<Vec<u32>> {
+    pub fn s3_orphan_hosts(
+        &self,
+        before: i64,
+        stale_before: i64,
+        held: &[u32],
+    ) -> Result<Vec<u32>> {
         Ok(self.db.read(|c| {
             c.exec(
-                "SELECT DISTINCT s3_host FROM s3_uploads
-                 WHERE (state = 'garbage' AND touched_at < ? AND NOT EXISTS (
-                   SELECT 1 FROM inodes_v v WHERE v.s3_host = s3_uploads.s3_host AND v.s3_key = s3_uploads.s3_key)) OR (state = 'uploading' AND touched_at < ?)
-                 ORDER BY s3_host",
+                format!(
+                    "SELECT DISTINCT s3_host FROM s3_uploads
+                     WHERE {} OR (state = 'uploading' AND touched_at < ?)
+                     ORDER BY s3_host",
+                    garbage_due(held)
+                ),
                 (before, stale_before),
             )
         })?)
     }
 
     /// Objects of `host` to delete: garbage recorded before `before` that no
-    /// snapshot still sees (kept inode rows name it), and uploads not
-    /// renewed since `stale_before` (their process is gone).
+    /// snapshot still sees (see [`garbage_due`]), and uploads not renewed
+    /// since `stale_before` (their process is gone).
     pub fn s3_orphans(
         &self,
         host: u32,
         before: i64,
         stale_before: i64,
+        held: &[u32],
         limit: usize,
     ) -> Result<Vec<Orphan>> {
         type Row = (u64, u32, Vec<u8>, Option<Vec<u8>>, String);
@@ -269,9 +294,9 @@ impl Shard {
             c.exec(
                 format!(
                     "SELECT id, s3_host, s3_key, upload_id, state FROM s3_uploads
-                     WHERE s3_host = ? AND ((state = 'garbage' AND touched_at < ? AND NOT EXISTS (
-                   SELECT 1 FROM inodes_v v WHERE v.s3_host = s3_uploads.s3_host AND v.s3_key = s3_uploads.s3_key)) OR (state = 'uploading' AND touched_at < ?))
-                     ORDER BY id LIMIT {limit}"
+                     WHERE s3_host = ? AND ({} OR (state = 'uploading' AND touched_at < ?))
+                     ORDER BY id LIMIT {limit}",
+                    garbage_due(held)
                 ),
                 (host, before, stale_before),
             )
@@ -327,12 +352,14 @@ impl Shard {
     }
 
     /// How many orphaned objects wait for deletion (for a dry run).
-    pub fn count_orphans(&self, before: i64, stale_before: i64) -> Result<u64> {
+    pub fn count_orphans(&self, before: i64, stale_before: i64, held: &[u32]) -> Result<u64> {
         let n: Option<u64> = self.db.read(|c| {
             c.exec_first(
-                "SELECT COUNT(*) FROM s3_uploads
-                 WHERE (state = 'garbage' AND touched_at < ? AND NOT EXISTS (
-                   SELECT 1 FROM inodes_v v WHERE v.s3_host = s3_uploads.s3_host AND v.s3_key = s3_uploads.s3_key)) OR (state = 'uploading' AND touched_at < ?)",
+                format!(
+                    "SELECT COUNT(*) FROM s3_uploads
+                     WHERE {} OR (state = 'uploading' AND touched_at < ?)",
+                    garbage_due(held)
+                ),
                 (before, stale_before),
             )
         })?;

@@ -324,7 +324,7 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
             "ALTER TABLE inodes_v ADD COLUMN IF NOT EXISTS died BIGINT UNSIGNED NOT NULL, DROP KEY IF EXISTS state,
                  DROP PRIMARY KEY, ADD PRIMARY KEY (space_id, ino, died), ADD KEY IF NOT EXISTS object (s3_host, s3_key)",
             "CREATE TABLE IF NOT EXISTS dentries_v LIKE dentries",
-            "ALTER TABLE dentries_v ADD COLUMN IF NOT EXISTS died BIGINT UNSIGNED NOT NULL, DROP KEY IF EXISTS readdir, DROP KEY IF EXISTS by_ino,
+            "ALTER TABLE dentries_v ADD COLUMN IF NOT EXISTS died BIGINT UNSIGNED NOT NULL, DROP KEY IF EXISTS readdir,
                  DROP PRIMARY KEY, ADD PRIMARY KEY (space_id, parent, name, died)",
             "CREATE TABLE IF NOT EXISTS xattrs_v LIKE xattrs",
             "ALTER TABLE xattrs_v ADD COLUMN IF NOT EXISTS died BIGINT UNSIGNED NOT NULL,

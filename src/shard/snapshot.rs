@@ -21,6 +21,11 @@ use super::error::{ShardError, ShardResult};
 use super::extents::{Span, assemble};
 use super::inode::{self, Attr, Node};
 
+/// A space a live snapshot still shows cannot be purged.
+#[derive(Debug, thiserror::Error)]
+#[error("a snapshot still shows the space")]
+pub struct HeldBySnapshot;
+
 /// A space as it was at a snapshot's moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct At {
@@ -92,15 +97,23 @@ const KEPT: &[(&str, u32)] = &[
 /// snapshot go twice is harmless.
 pub fn release(s: &impl Access, space: u32, snapshot: u64) -> ShardResult<u64> {
     s.run("let a snapshot go", |tx| {
+        // The fence row first: a take (which bumps it) waits, so the
+        // newest moment read below stays the newest.
+        tx.exec_drop(
+            "SELECT snap_epoch FROM space_fence WHERE space_id = ? FOR UPDATE",
+            (space,),
+        )?;
         tx.exec_drop(
             "DELETE FROM snapshot_moments WHERE space_id = ? AND snapshot_id = ?",
             (space, snapshot),
         )?;
+        let keep: Option<u64> = tx.exec_first(
+            "SELECT IFNULL(MAX(moment), 0) FROM snapshot_moments WHERE space_id = ?",
+            (space,),
+        )?;
         tx.exec_drop(
-            "UPDATE space_fence SET snap_keep =
-               (SELECT IFNULL(MAX(moment), 0) FROM snapshot_moments WHERE space_id = ?)
-             WHERE space_id = ?",
-            (space, space),
+            "UPDATE space_fence SET snap_keep = ? WHERE space_id = ?",
+            (keep.unwrap_or(0), space),
         )?;
         Ok(())
     })?;
@@ -126,6 +139,19 @@ pub fn release(s: &impl Access, space: u32, snapshot: u64) -> ShardResult<u64> {
         }
     }
     Ok(total)
+}
+
+/// Is moment `at` still held (its snapshot not let go)? Asked after a read:
+/// [`release`] forgets the moment before it deletes any kept row, so a read
+/// followed by a yes saw every row its snapshot sees.
+pub fn held(s: &impl Access, at: At) -> ShardResult<bool> {
+    let one: Option<u8> = s.query("read a snapshot", |c| {
+        c.exec_first(
+            "SELECT 1 FROM snapshot_moments WHERE space_id = ? AND moment = ?",
+            (at.space, at.moment),
+        )
+    })?;
+    Ok(one.is_some())
 }
 
 /// Every snapshot moment recorded on the node: (space, snapshot id, moment).

@@ -31,7 +31,7 @@ use super::move_to_s3::UPLOAD_STALE;
 use super::{Outcome, Progress, ProgressFn, TaskOptions};
 use crate::clock::now_ns;
 use crate::cluster::{Cluster, PurgeClaim};
-use crate::shard::Fenced;
+use crate::shard::{Fenced, HeldBySnapshot};
 
 /// A snapshot still `creating` this long after it began was left half made.
 const CREATING_STALE_SECS: i64 = 3600;
@@ -43,12 +43,11 @@ fn expire_snapshots(
     opts: &TaskOptions,
     out: &mut Outcome,
 ) -> Result<Vec<crate::cluster::SnapshotRow>> {
-    let now = now_ns() / 1_000_000_000;
     let mut live = Vec::new();
     for s in cluster.snapshots()? {
-        let why = if s.expires <= now {
+        let why = if s.expired {
             "expired"
-        } else if !s.ready() && s.created + CREATING_STALE_SECS <= now {
+        } else if !s.ready() && s.age_secs >= CREATING_STALE_SECS {
             "left half made"
         } else {
             live.push(s);
@@ -93,6 +92,11 @@ pub fn run(
     };
 
     let snapshots = expire_snapshots(cluster, opts, &mut out)?;
+    // Spaces whose garbage objects a live snapshot may still need.
+    let held: Vec<u32> = snapshots
+        .iter()
+        .flat_map(|s| s.spaces.iter().map(|p| p.space))
+        .collect();
 
     // Deleted spaces (DELETE jobs).
     for j in cluster.delete_jobs()? {
@@ -194,9 +198,14 @@ pub fn run(
         }
         let shard = cluster.shard(n.id)?;
         let k = if opts.dry_run {
-            shard.count_orphans(before, stale_before)?
+            shard.count_orphans(before, stale_before, &held)?
         } else {
-            delete_orphans(cluster, &shard, before, stale_before, opts, stop)?
+            let window = Window {
+                before,
+                stale_before,
+                held: &held,
+            };
+            delete_orphans(cluster, &shard, &window, opts, stop)?
         };
         if k > 0 {
             out.done += k;
@@ -215,21 +224,28 @@ pub fn run(
     Ok(out)
 }
 
+/// Which orphaned objects go: garbage recorded before `before` in a space
+/// no live snapshot holds (`held`), uploads not renewed since `stale_before`.
+struct Window<'a> {
+    before: i64,
+    stale_before: i64,
+    held: &'a [u32],
+}
+
 /// Deletes the orphaned objects recorded on one node; returns how many. A
 /// host that fails is skipped for the rest of the run (the others go on);
 /// the first failure is the result.
 fn delete_orphans(
     cluster: &Cluster,
     shard: &crate::shard::Shard,
-    before: i64,
-    stale_before: i64,
+    w: &Window<'_>,
     opts: &TaskOptions,
     stop: &AtomicBool,
 ) -> Result<u64> {
     let mut n = 0;
     let mut failed = None;
-    for host in shard.s3_orphan_hosts(before, stale_before)? {
-        match delete_orphans_of(cluster, shard, host, before, stale_before, opts, stop) {
+    for host in shard.s3_orphan_hosts(w.before, w.stale_before, w.held)? {
+        match delete_orphans_of(cluster, shard, host, w, opts, stop) {
             Ok(k) => n += k,
             Err((k, e)) => {
                 n += k;
@@ -250,8 +266,7 @@ fn delete_orphans_of(
     cluster: &Cluster,
     shard: &crate::shard::Shard,
     host: u32,
-    before: i64,
-    stale_before: i64,
+    w: &Window<'_>,
     opts: &TaskOptions,
     stop: &AtomicBool,
 ) -> Result<u64, (u64, anyhow::Error)> {
@@ -259,13 +274,13 @@ fn delete_orphans_of(
     let store = cluster.object_store(host).map_err(|e| (0, e))?;
     loop {
         let batch = shard
-            .s3_orphans(host, before, stale_before, 500)
+            .s3_orphans(host, w.before, w.stale_before, w.held, 500)
             .map_err(|e| (n, e))?;
         if batch.is_empty() || opts.should_stop(stop) {
             return Ok(n);
         }
         for o in batch {
-            if !shard.claim_orphan(&o, stale_before).map_err(|e| (n, e))? {
+            if !shard.claim_orphan(&o, w.stale_before).map_err(|e| (n, e))? {
                 continue; // its upload finished meanwhile
             }
             if let Some(u) = &o.upload_id {
@@ -289,7 +304,7 @@ fn purge_space(cluster: &Cluster, job: u64, space: u32) -> Result<bool> {
     if let Some(node) = node {
         match cluster.shard(node).and_then(|s| s.purge_space(space)) {
             Ok(()) => {}
-            Err(e) if e.is::<Fenced>() => {
+            Err(e) if e.is::<Fenced>() || e.is::<HeldBySnapshot>() => {
                 let _ = cluster.release_purge(space);
                 return Ok(false);
             }
