@@ -272,6 +272,12 @@ impl Filesystem for FuseFs {
         }
     }
 
+    /// What this mount caches about the inode for the TTL goes with it
+    /// (fuser's `batch_forget` calls this for each inode).
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.fs.forget(ino.0);
+    }
+
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         begin!("getattr", self, req, reply, ino);
         self.attr(self.fs.getattr_aged(ino.0), reply)

@@ -41,6 +41,7 @@ pub fn spawn(fs: Arc<Fs>) -> Reaper {
             let mut tick = 0;
             while !s.load(Ordering::Acquire) {
                 fs.commit_changes(None);
+                fs.trim();
                 // Give freed extent buffers back to the system.
                 unsafe { libc::malloc_trim(0) };
                 if tick % super::handles::SWEEP_EVERY == 0 {
