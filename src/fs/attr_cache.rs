@@ -34,9 +34,7 @@ pub struct AttrCache {
 impl AttrCache {
     pub fn new(entries: usize, ttl: Duration) -> AttrCache {
         AttrCache {
-            map: Mutex::new(LruCache::sparse(
-                NonZeroUsize::new(entries.max(1)).unwrap(),
-            )),
+            map: Mutex::new(LruCache::sparse(NonZeroUsize::new(entries.max(1)).unwrap())),
             epoch: AtomicU64::new(0),
             ttl,
         }
@@ -83,9 +81,7 @@ impl AttrCache {
     pub fn sweep(&self) {
         let epoch = self.epoch();
         let mut m = self.map.lock().unwrap();
-        super::xattr_cache::sweep_lru(&mut m, |(at, e, _)| {
-            *e != epoch || at.elapsed() >= self.ttl
-        });
+        super::xattr_cache::sweep_lru(&mut m, |(at, e, _)| *e != epoch || at.elapsed() >= self.ttl);
     }
 
     /// Something changed through this mount: nothing cached so far is used.

@@ -31,9 +31,7 @@ impl XattrCache {
     pub fn new(entries: usize, ttl: Duration) -> XattrCache {
         XattrCache {
             // Sparse: the map grows with what is cached, not to the bound.
-            map: Mutex::new(LruCache::sparse(
-                NonZeroUsize::new(entries.max(1)).unwrap(),
-            )),
+            map: Mutex::new(LruCache::sparse(NonZeroUsize::new(entries.max(1)).unwrap())),
             ttl,
             empty: Arc::default(),
         }
