@@ -192,6 +192,23 @@ impl Db {
         Err(last.expect("at least one member"))
     }
 
+    /// Replaces the pool by a new one (one connection) on the member in use:
+    /// the old pool's connections close as they are given back. Each
+    /// connection keeps packet buffers as large as the largest packets it
+    /// carried (4 MiB and more), so without this the connections a burst
+    /// opened would hold their memory for the life of the process. A
+    /// failure leaves the pool as it was.
+    pub fn recycle(&self) -> Result<(), DbError> {
+        let _one = self.switching.lock().unwrap();
+        if self.broken.load(Ordering::Acquire) {
+            return Ok(()); // the next checkout builds a new one anyway
+        }
+        let i = self.current.load(Ordering::Acquire);
+        let pool = open_member(&self.members, i, self.max_conns, &self.init)?;
+        *self.pool.write().unwrap() = pool;
+        Ok(())
+    }
+
     /// Runs `f` in a transaction and commits; retries the whole transaction
     /// on deadlock, lock-wait timeout or a lost connection — but never after
     /// the commit was sent, whose outcome is then unknown (an append must not

@@ -272,6 +272,9 @@ impl Filesystem for FuseFs {
         }
     }
 
+    /// What this mount caches about the inode for the TTL goes with it, and
+    /// a snapshot node's number once the kernel holds no lookup of it
+    /// (fuser's `batch_forget` calls this for each inode).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.fs.forget(ino.0, nlookup);
     }
@@ -572,14 +575,14 @@ impl Filesystem for FuseFs {
                     ) {
                         // Not sent: the kernel will not count it.
                         if name != b"." && name != b".." {
-                            self.fs.forget(a.ino, 1);
+                            self.fs.not_sent(a.ino);
                         }
                         break;
                     }
                 }
                 for (_, name, a) in entries {
                     if name != b"." && name != b".." {
-                        self.fs.forget(a.ino, 1);
+                        self.fs.not_sent(a.ino);
                     }
                 }
                 reply.ok()

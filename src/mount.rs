@@ -348,6 +348,13 @@ fn serve(
     // cache size. (Making every extent an mmap of its own kept RSS lower
     // still but halved cold-read speed: page faults on every buffer.)
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    // Blocks of 2 MiB or more (each FUSE thread's 16 MiB request buffer,
+    // each database connection's 4 MiB packet buffers) get mappings of their
+    // own: only the pages used count, and all go back when freed. Without
+    // this glibc raises the threshold as it sees such blocks freed, and
+    // later ones land in the heap, zeroed (all resident) and kept.
+    // Extents (256 KiB) and read replies (1 MiB) stay in the heap.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 2 << 20) };
     let cluster = crate::cluster::Cluster::connect(admin, opts.connections)?;
     let fs = Fs::new(
         cluster.clone(),

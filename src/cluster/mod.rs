@@ -294,6 +294,23 @@ impl Cluster {
     }
 
     /// The Storage Node `id`, connected on first use.
+    /// Gives back the connections beyond one per pool (see [`Db::recycle`]):
+    /// the mount does it now and then, so a burst's connections and their
+    /// buffers do not stay. A pool that cannot be renewed is kept (logged).
+    pub fn recycle_pools(&self) {
+        let shards: Vec<Shard> = self.shards.lock().unwrap().values().cloned().collect();
+        let dbs = std::iter::once(("the Admin Node".to_string(), &self.admin)).chain(
+            shards
+                .iter()
+                .map(|s| (format!("storage node {}", s.id()), s.db())),
+        );
+        for (what, db) in dbs {
+            if let Err(e) = db.recycle() {
+                log::debug!("{what}: renewing the connection pool: {e}");
+            }
+        }
+    }
+
     pub fn shard(&self, id: u32) -> Result<Shard> {
         if let Some(s) = self.shards.lock().unwrap().get(&id) {
             return Ok(s.clone());

@@ -34,7 +34,7 @@ pub struct AttrCache {
 impl AttrCache {
     pub fn new(entries: usize, ttl: Duration) -> AttrCache {
         AttrCache {
-            map: Mutex::new(LruCache::new(NonZeroUsize::new(entries.max(1)).unwrap())),
+            map: Mutex::new(LruCache::sparse(NonZeroUsize::new(entries.max(1)).unwrap())),
             epoch: AtomicU64::new(0),
             ttl,
         }
@@ -77,6 +77,13 @@ impl AttrCache {
         self.map.lock().unwrap().pop(&(space, ino));
     }
 
+    /// Drops the entries past the TTL or from before the last change.
+    pub fn sweep(&self) {
+        let epoch = self.epoch();
+        let mut m = self.map.lock().unwrap();
+        super::xattr_cache::sweep_lru(&mut m, |(at, e, _)| *e != epoch || at.elapsed() >= self.ttl);
+    }
+
     /// Something changed through this mount: nothing cached so far is used.
     pub fn changed(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -106,6 +113,17 @@ mod tests {
         c.put(1, 4, c.epoch(), attr(4));
         std::thread::sleep(Duration::from_millis(60));
         assert!(c.get(1, 4).is_none());
+    }
+
+    #[test]
+    fn a_sweep_keeps_only_valid_entries() {
+        let c = AttrCache::new(10, Duration::from_secs(5));
+        c.put(1, 2, c.epoch(), attr(2));
+        c.changed();
+        c.put(1, 3, c.epoch(), attr(3));
+        c.sweep();
+        assert_eq!(c.map.lock().unwrap().len(), 1);
+        assert_eq!(c.get(1, 3).map(|(a, _)| a.ino), Some(3));
     }
 
     #[test]

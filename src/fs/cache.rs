@@ -3,7 +3,9 @@
 //! Entries are keyed by a per-inode *generation*: when an open finds the file
 //! changed by someone else (close-to-open), the generation moves on and the
 //! stale entries simply age out. The byte total never exceeds the configured
-//! capacity.
+//! capacity; it counts what an entry costs in memory (its buffer's capacity
+//! and the entry itself), not only its length, so that many small files
+//! (or extents grown by appends) cannot hold more than the capacity.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,14 +30,59 @@ struct Inner {
     /// Bytes being fetched (see [`DataCache::reserve`]).
     reserved: usize,
     /// Per inode: (generation, the stamp the cached data belongs to).
-    gens: HashMap<(u32, u64), (u64, Stamp)>,
+    gens: Gens,
     next_gen: u64,
     hits: u64,
     misses: u64,
 }
 
-/// Most inodes whose generation the cache remembers.
-const MAX_GENS: usize = 1 << 20;
+/// What an entry costs besides its buffer's capacity: the LRU node, its
+/// slot in the map, the `Arc` and the allocator's headers.
+const ENTRY_COST: usize = 160;
+
+/// The memory `data` holds in the cache.
+fn cost(data: &Vec<u8>) -> usize {
+    data.capacity() + ENTRY_COST
+}
+
+/// Most inodes whose generation the cache remembers (about 50 bytes each).
+/// An inode forgotten gets a new generation at its next open: its cached
+/// extents (if any are left) age out and the kernel drops its pages, a
+/// re-read, nothing else.
+const MAX_GENS: usize = 1 << 16;
+
+/// The inodes' generations, the recently used ones: two tables, the
+/// current one and the one before it, which is dropped when the current
+/// one is full (an approximate LRU in two flat tables: no allocation per
+/// inode to pin heap pages long after the inode was last seen).
+#[derive(Default)]
+struct Gens {
+    now: HashMap<(u32, u64), (u64, Stamp)>,
+    before: HashMap<(u32, u64), (u64, Stamp)>,
+}
+
+impl Gens {
+    fn get(&mut self, k: (u32, u64)) -> Option<(u64, Stamp)> {
+        if let Some(v) = self.now.get(&k) {
+            return Some(*v);
+        }
+        let v = self.before.remove(&k)?;
+        self.insert(k, v);
+        Some(v)
+    }
+
+    fn insert(&mut self, k: (u32, u64), v: (u64, Stamp)) {
+        if self.now.len() >= MAX_GENS / 2 && !self.now.contains_key(&k) {
+            self.before = std::mem::take(&mut self.now);
+        }
+        self.now.insert(k, v);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.now.len() + self.before.len()
+    }
+}
 
 impl DataCache {
     pub fn new(capacity: usize) -> DataCache {
@@ -44,7 +91,7 @@ impl DataCache {
                 lru: LruCache::unbounded(),
                 bytes: 0,
                 reserved: 0,
-                gens: HashMap::new(),
+                gens: Gens::default(),
                 next_gen: 1,
                 hits: 0,
                 misses: 0,
@@ -57,13 +104,10 @@ impl DataCache {
     /// cached data of it is still valid (the kernel may keep its page cache).
     pub fn generation_for(&self, space: u32, ino: u64, stamp: Stamp) -> (u64, bool) {
         let mut g = self.inner.lock().unwrap();
-        if let Some(&(generation, s)) = g.gens.get(&(space, ino))
+        if let Some((generation, s)) = g.gens.get((space, ino))
             && s == stamp
         {
             return (generation, true);
-        }
-        if g.gens.len() >= MAX_GENS {
-            g.gens.clear();
         }
         let generation = g.next_gen;
         g.next_gen += 1;
@@ -101,13 +145,13 @@ impl DataCache {
     }
 
     pub fn put(&self, space: u32, ino: u64, generation: u64, off: u64, data: Arc<Vec<u8>>) {
-        if data.len() > self.capacity {
+        if cost(&data) > self.capacity {
             return;
         }
         let mut g = self.inner.lock().unwrap();
-        g.bytes += data.len();
+        g.bytes += cost(&data);
         if let Some(old) = g.lru.put((space, ino, generation, off), data) {
-            g.bytes -= old.len();
+            g.bytes -= cost(&old);
         }
         self.evict(&mut g);
     }
@@ -124,8 +168,10 @@ impl DataCache {
         if v.len() != at {
             return false;
         }
+        let before = cost(v);
         Arc::make_mut(v).extend_from_slice(data);
-        g.bytes += data.len();
+        let after = cost(v);
+        g.bytes = g.bytes + after - before;
         self.evict(&mut g);
         true
     }
@@ -135,7 +181,7 @@ impl DataCache {
     fn evict(&self, g: &mut Inner) {
         while g.bytes + g.reserved > self.capacity && g.lru.len() > 1 {
             if let Some((_, v)) = g.lru.pop_lru() {
-                g.bytes -= v.len();
+                g.bytes -= cost(&v);
             }
         }
     }
@@ -157,7 +203,7 @@ impl DataCache {
     pub fn remove(&self, space: u32, ino: u64, generation: u64, off: u64) {
         let mut g = self.inner.lock().unwrap();
         if let Some(v) = g.lru.pop(&(space, ino, generation, off)) {
-            g.bytes -= v.len();
+            g.bytes -= cost(&v);
         }
     }
 
@@ -184,11 +230,37 @@ impl Drop for Reservation<'_> {
 mod tests {
     use super::*;
 
+    /// A buffer that costs `bytes` in the cache.
+    fn buf(bytes: usize) -> Arc<Vec<u8>> {
+        Arc::new(vec![0; bytes - ENTRY_COST])
+    }
+
+    #[test]
+    fn small_entries_count_what_they_cost() {
+        let c = DataCache::new(100 * (ENTRY_COST + 10));
+        for i in 0..1000 {
+            c.put(1, i, 1, 0, Arc::new(vec![7; 10]));
+        }
+        assert_eq!(c.inner.lock().unwrap().lru.len(), 100);
+        // An extent grown by appends counts its buffer's capacity.
+        let c = DataCache::new(1 << 20);
+        let mut v = Vec::with_capacity(4096);
+        v.push(1);
+        c.put(1, 1, 1, 0, Arc::new(v));
+        assert_eq!(c.stats().0, 4096 + ENTRY_COST);
+        assert!(c.extend((1, 1, 1, 0), 1, &[2; 5000]));
+        let held = c.get(1, 1, 1, 0).unwrap().capacity();
+        assert!(held >= 5001);
+        assert_eq!(c.stats().0, held + ENTRY_COST);
+        c.remove(1, 1, 1, 0);
+        assert_eq!(c.stats().0, 0);
+    }
+
     #[test]
     fn stays_within_capacity() {
         let c = DataCache::new(1000);
         for i in 0..100 {
-            c.put(1, 1, 1, i, Arc::new(vec![0; 300]));
+            c.put(1, 1, 1, i, buf(300));
             assert!(c.stats().0 <= 1000);
         }
         assert!(c.get(1, 1, 1, 99).is_some());
@@ -199,7 +271,7 @@ mod tests {
     fn bytes_being_fetched_count_against_the_capacity() {
         let c = DataCache::new(1000);
         for i in 0..3 {
-            c.put(1, 1, 1, i, Arc::new(vec![0; 300]));
+            c.put(1, 1, 1, i, buf(300));
         }
         let room = c.reserve(500);
         assert_eq!(
@@ -207,10 +279,10 @@ mod tests {
             300,
             "900 cached + 500 on the way: two had to go"
         );
-        c.put(1, 1, 1, 3, Arc::new(vec![0; 300]));
+        c.put(1, 1, 1, 3, buf(300));
         assert!(c.get(1, 1, 1, 3).is_some() && c.get(1, 1, 1, 2).is_none());
         drop(room);
-        c.put(1, 1, 1, 4, Arc::new(vec![0; 300]));
+        c.put(1, 1, 1, 4, buf(300));
         assert!(c.get(1, 1, 1, 3).is_some() && c.get(1, 1, 1, 4).is_some());
     }
 
@@ -224,7 +296,45 @@ mod tests {
         assert!(c.extend((1, 1, 1, 0), 2, &[3, 4]));
         assert_eq!(*c.get(1, 1, 1, 0).unwrap(), vec![1, 2, 3, 4]);
         assert_eq!(*reader, vec![1, 2], "a reader's copy does not change");
-        assert_eq!(c.stats().0, 4);
+        let held = c.get(1, 1, 1, 0).unwrap().capacity();
+        assert_eq!(c.stats().0, held + ENTRY_COST);
+    }
+
+    #[test]
+    fn generations_are_bounded_and_never_reused() {
+        let c = DataCache::new(1000);
+        let (first, _) = c.generation_for(1, 0, (1, 1, 1));
+        let mut last = first;
+        for ino in 1..=MAX_GENS as u64 {
+            let (g, valid) = c.generation_for(1, ino, (1, 1, 1));
+            assert!(!valid && g > last);
+            last = g;
+        }
+        assert!(c.inner.lock().unwrap().gens.len() <= MAX_GENS);
+        // The least recently used inode was forgotten: a new generation.
+        let (again, valid) = c.generation_for(1, 0, (1, 1, 1));
+        assert!(!valid && again > last);
+        // A recent one is remembered.
+        assert_eq!(
+            c.generation_for(1, MAX_GENS as u64, (1, 1, 1)),
+            (last, true)
+        );
+    }
+
+    #[test]
+    fn an_inode_in_use_keeps_its_generation() {
+        let mut g = Gens::default();
+        g.insert((1, 0), (7, (1, 1, 1)));
+        for ino in 1..MAX_GENS as u64 * 2 {
+            g.insert((1, ino), (ino, (1, 1, 1)));
+            // Asked for now and then: never forgotten.
+            if ino % 1000 == 0 {
+                assert_eq!(g.get((1, 0)), Some((7, (1, 1, 1))));
+            }
+            assert!(g.len() <= MAX_GENS);
+        }
+        assert_eq!(g.get((1, 0)), Some((7, (1, 1, 1))));
+        assert_eq!(g.get((1, 1)), None);
     }
 
     #[test]

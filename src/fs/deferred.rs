@@ -49,6 +49,10 @@ impl Changes {
         }
     }
 
+    pub(super) fn shrink(&self) {
+        super::memory::shrink(&mut self.map.lock().unwrap());
+    }
+
     /// Drops committed changes, unless a newer change replaced them meanwhile.
     fn forget(&self, space: u32, committed: &[(u64, AttrChange)]) {
         let mut changes = self.map.lock().unwrap();

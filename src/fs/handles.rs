@@ -94,6 +94,10 @@ impl Handles {
     fn remove(&self, fh: u64) -> FsResult<Handle> {
         self.table.lock().unwrap().remove(&fh).ok_or(Error::EBADF)
     }
+
+    pub(super) fn shrink(&self) {
+        super::memory::shrink(&mut self.table.lock().unwrap());
+    }
 }
 
 impl Fs {

@@ -32,6 +32,7 @@ pub mod data;
 mod deferred;
 pub mod error;
 mod handles;
+mod memory;
 pub mod meta;
 mod namespace;
 pub mod own_xattrs;

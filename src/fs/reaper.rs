@@ -1,9 +1,11 @@
 //! A mount's background work: each second it commits deferred attribute
-//! changes; every ten seconds it renews the registrations of the files it
-//! holds open for writing (so move-to-s3 leaves them alone), and the reaper
-//! purges the rows of inodes that lost their last link — after a grace
-//! period (another mount may still read them), or at once when the mount
-//! that held them open is gone (it crashed). Cancellable; a failing node is
+//! changes and sweeps expired cache entries; every ten seconds it renews
+//! the registrations of the files it holds open for writing (so move-to-s3
+//! leaves them alone), and the reaper purges the rows of inodes that lost
+//! their last link — after a grace period (another mount may still read
+//! them), or at once when the mount that held them open is gone (it
+//! crashed); each minute it renews its database connection pools (so the
+//! connections of a burst do not stay). Cancellable; a failing node is
 //! logged and retried next round.
 
 use std::sync::Arc;
@@ -16,6 +18,9 @@ use super::{Fs, now_ns};
 const TICK: Duration = Duration::from_secs(1);
 /// Ticks between reaper rounds.
 const REAP_EVERY: u32 = 10;
+/// Ticks between renewals of the database connection pools (see
+/// `Cluster::recycle_pools`): a connect per pool each minute.
+const RECYCLE_EVERY: u32 = 60;
 
 pub struct Reaper {
     stop: Arc<AtomicBool>,
@@ -41,6 +46,7 @@ pub fn spawn(fs: Arc<Fs>) -> Reaper {
             let mut tick = 0;
             while !s.load(Ordering::Acquire) {
                 fs.commit_changes(None);
+                fs.trim();
                 // Give freed extent buffers back to the system.
                 unsafe { libc::malloc_trim(0) };
                 if tick % super::handles::SWEEP_EVERY == 0 {
@@ -48,6 +54,9 @@ pub fn spawn(fs: Arc<Fs>) -> Reaper {
                 }
                 if tick % REAP_EVERY == 0 {
                     round(&fs);
+                }
+                if tick % RECYCLE_EVERY == RECYCLE_EVERY - 1 {
+                    fs.cluster().recycle_pools();
                 }
                 tick += 1;
                 std::thread::park_timeout(TICK);

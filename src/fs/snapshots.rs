@@ -264,11 +264,17 @@ impl Fs {
         SNAPSHOTS_INO + u64::from(self.snapshots.ids.lock().unwrap().id(n, counted))
     }
 
-    /// The kernel forgot `nlookup` lookups of node `ino`.
-    pub fn forget(&self, ino: u64, nlookup: u64) {
+    /// The kernel forgot `nlookup` lookups of node `ino` (see `Fs::forget`).
+    pub(super) fn forget_snapshot_node(&self, ino: u64, nlookup: u64) {
         if let Node::Snapshot(n) = Node::from_ino(ino) {
             self.snapshots.ids.lock().unwrap().forget(n, nlookup);
         }
+    }
+
+    /// An entry of a readdirplus reply that did not fit: the kernel did
+    /// not count it as a lookup.
+    pub fn not_sent(&self, ino: u64) {
+        self.forget_snapshot_node(ino, 1);
     }
 
     /// Runs a read of the space at `at`, then makes sure the snapshot was
