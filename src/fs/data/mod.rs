@@ -716,8 +716,12 @@ impl OpenInode {
         let end = eof + data.len() as u64;
         let mut st = self.state();
         st.write_seq += 1;
-        if eof != st.db_size {
+        if eof != st.db_size || st.size > end {
             // Another mount appended meanwhile: what we cached is stale.
+            // Also after ours: a read that met our commit before this
+            // (`grown`) took the database's end, which may hold another
+            // mount's appends after ours, so our bytes alone would not fill
+            // the slots up to the size readers now use.
             st.generation = cache.invalidate(self.space, self.ino);
             *self.attr.lock().unwrap() = None;
             self.attrs.forget(self.space, self.ino);
