@@ -774,6 +774,212 @@ fn io_goes_on_while_the_admin_node_is_unreachable() {
     assert_eq!(names, logs[2].lock().unwrap().acked.len());
 }
 
+/// A split under way when the Admin Node dies: the node on server 2 is
+/// split onto a new node on server 1 and `copy-shards` is moving its spaces
+/// when every member of the Admin Node's Galera cluster is killed, for
+/// 60 s, under 2 appenders with fsync on 2 mounts and a creator. No writer
+/// sees an error; copy-shards, which cannot reach the Admin Node, exits at
+/// once with one line of error (one that waited would have to finish by
+/// itself); once the Admin Node is back a rerun finishes the split, taking
+/// over the move the dead run held (its 30 s lease lapsed): the new
+/// node is ACTIVE_SHARD, every space is on the node its key says, every
+/// acknowledged record and file is there once.
+#[test]
+fn a_split_under_way_finishes_after_the_admin_node_was_unreachable() {
+    let _serial = all_members_synced();
+    let t0 = Instant::now();
+    let mut dbs = GaleraDbs(Vec::new());
+    let c = galera_admin(&mut dbs, false);
+    let mounts = [c.mount(), c.mount()];
+    // Enough spaces that copy-shards is still moving them at the kill.
+    let spaces: Vec<u32> = (1..=40).map(|i| i * 104_395_301).collect();
+    for &s in &spaces {
+        std::fs::write(
+            mounts[0].space(s).join("f"),
+            common::pattern(s.into(), 1 << 20),
+        )
+        .unwrap();
+    }
+    mounts[0].space(9);
+    std::fs::create_dir(mounts[0].path().join("vol01/9/made")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let logs: Vec<Arc<Mutex<Log>>> = (0..3).map(|_| Arc::default()).collect();
+    let mut threads = Vec::new();
+    for w in 0..2 {
+        let path = mounts[w].path().join(format!("vol01/9/log{w}"));
+        let (stop, log) = (stop.clone(), logs[w].clone());
+        threads.push(std::thread::spawn(move || appender(path, w, stop, log)));
+    }
+    {
+        let dir = mounts[1].path().join("vol01/9/made");
+        let (stop, log) = (stop.clone(), logs[2].clone());
+        threads.push(std::thread::spawn(move || creator(dir, stop, log)));
+    }
+    let old = node_id(&c);
+    let new_db = c.new_db(1, "split");
+    let out = c.ok(&[
+        "split-storage-node",
+        &old.to_string(),
+        &format!("{};database={new_db}", common::server(1)),
+    ]);
+    assert!(out.contains("MIRROR_SHARD"), "{out}");
+    let mut copier = Command::new(env!("CARGO_BIN_EXE_tshs"))
+        .arg("--mysql-cfg-file")
+        .arg(&c.mycnf)
+        .arg("copy-shards")
+        .env("TSHS_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        copier.try_wait().unwrap().is_none(),
+        "copy-shards already done before the kill: too little to move"
+    );
+    let moved_before = c.ok(&["list-storage-nodes"]);
+    let down_at = Instant::now();
+    for i in 0..3 {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid_of(i)),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    // Watch copy-shards while the Admin Node is gone.
+    let mut exited_down = None;
+    while down_at.elapsed() < Duration::from_secs(60) {
+        if exited_down.is_none()
+            && let Some(st) = copier.try_wait().unwrap()
+        {
+            exited_down = Some((down_at.elapsed(), st));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let acked_while_down: Vec<usize> = logs
+        .iter()
+        .map(|l| {
+            l.lock()
+                .unwrap()
+                .times
+                .iter()
+                .filter(|t| {
+                    **t > down_at + Duration::from_secs(22)
+                        && **t < down_at + Duration::from_secs(60)
+                })
+                .count()
+        })
+        .collect();
+    let t = Instant::now();
+    services("start", "galera");
+    let back = t.elapsed();
+    let back_at = Instant::now();
+    // A copy-shards still running (it waited) finishes by itself.
+    let st = copier.wait().unwrap();
+    let waited = back_at.elapsed();
+    let stdout = std::io::read_to_string(copier.stdout.take().unwrap()).unwrap();
+    let stderr = std::io::read_to_string(copier.stderr.take().unwrap()).unwrap();
+    eprintln!(
+        "copy-shards during the outage: exited {exited_down:?}, {st} (after the Admin Node came back: {waited:?})\nstdout: {stdout}stderr: {stderr}"
+    );
+    let mut reruns = 0;
+    if !st.success() {
+        assert!(
+            exited_down.is_some(),
+            "copy-shards failed only after the Admin Node was back: {stderr}"
+        );
+        // Logged warnings aside, one line: the error, naming the member
+        // it could not reach.
+        let errors: Vec<&str> = stderr.lines().filter(|l| !l.contains(" WARN ")).collect();
+        assert_eq!(errors.len(), 1, "one line of error: {stderr}");
+        assert!(
+            errors[0]
+                .starts_with("tshs: error: copy-shards: cannot reach MySQL server 127.0.0.1:332"),
+            "{stderr}"
+        );
+        // The dead run's lease (30 s) lapsed during the outage: a rerun
+        // takes its move over.
+        while c.ok(&["list-storage-nodes"]).contains("MIRROR_SHARD") {
+            reruns += 1;
+            assert!(reruns <= 3, "the split never finished");
+            eprintln!("rerun {reruns}: {}", c.ok(&["copy-shards"]));
+        }
+    }
+    let split_done = back_at.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let errors: Vec<String> = logs
+        .iter()
+        .flat_map(|l| l.lock().unwrap().errors.clone())
+        .collect();
+    eprintln!(
+        "admin node down 60 s: acknowledged 22-60 s after the kill {acked_while_down:?} (appenders, creator); \
+         {} errors, first {:?}; cluster back in {back:?}; split done {split_done:?} later ({reruns} reruns); \
+         before the kill: {moved_before}",
+        errors.len(),
+        errors.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(
+        errors.is_empty(),
+        "no error while the Admin Node is down: {errors:?}"
+    );
+    assert!(
+        acked_while_down.iter().all(|n| *n > 0),
+        "writes and creates went on without the Admin Node: {acked_while_down:?}"
+    );
+    let cl = c.cluster();
+    let nodes = cl.nodes().unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n.phase == tshs::cluster::Phase::ActiveShard),
+        "{}",
+        c.ok(&["list-storage-nodes"])
+    );
+    let mut moved = 0;
+    for &s in spaces.iter().chain([9].iter()) {
+        let row = cl.space(s).unwrap().unwrap();
+        let want = nodes
+            .iter()
+            .find(|n| n.range.contains(tshs::placement::hash32(s)))
+            .unwrap();
+        assert_eq!(row.node_id, want.id, "space {s}");
+        moved += usize::from(want.id != old);
+    }
+    assert!(moved >= 5, "too few spaces moved ({moved})");
+    drop(mounts);
+    let m = c.mount();
+    for &s in &spaces {
+        assert!(
+            std::fs::read(m.path().join(format!("vol01/{s}/f"))).unwrap()
+                == common::pattern(s.into(), 1 << 20),
+            "space {s}: contents differ"
+        );
+    }
+    for (w, log) in logs.iter().enumerate().take(2) {
+        let data = std::fs::read(m.path().join(format!("vol01/9/log{w}"))).unwrap();
+        let got: Vec<u64> = data
+            .chunks(RECORD)
+            .map(|r| std::str::from_utf8(&r[4..16]).unwrap().parse().unwrap())
+            .collect();
+        let l = log.lock().unwrap();
+        assert_eq!(
+            got, l.acked,
+            "writer {w}: every acknowledged record once, in order"
+        );
+    }
+    let names = std::fs::read_dir(m.path().join("vol01/9/made"))
+        .unwrap()
+        .count();
+    assert_eq!(names, logs[2].lock().unwrap().acked.len());
+    eprintln!("wall time {:?}", t0.elapsed());
+}
+
 /// A node on MariaDB server 2 split onto a Galera-backed node and its
 /// spaces copied (copy-shards: fences, triggers, copier sessions on a
 /// member) while a mount appends with fsync: every file and acknowledged
