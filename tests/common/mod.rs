@@ -146,6 +146,22 @@ impl TestCluster {
             200,
             "creating bucket {b}"
         );
+        // SeaweedFS grows a bucket's first volume at its first write, which
+        // a loaded machine can answer with 500: wait until a write goes
+        // through, so the test meets a store that takes writes.
+        let probe = format!("/{b}/.tshs-probe");
+        let t = Instant::now();
+        loop {
+            match s3_put_empty(&probe) {
+                200 => break,
+                code if t.elapsed() < Duration::from_secs(60) => {
+                    eprintln!("bucket {b}: a first write answered {code}; again");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                code => panic!("bucket {b} takes no writes: HTTP {code}"),
+            }
+        }
+        assert_eq!(s3_request("DELETE", &probe), 204, "deleting {probe}");
         self.buckets.lock().unwrap().push(b.clone());
         b
     }
@@ -353,9 +369,19 @@ fn shown(args: &[&str]) -> String {
 /// A SigV4-signed request to the local S3 server (curl; the keys go in on
 /// stdin, so no command line or message shows them). Returns the HTTP status.
 pub fn s3_request(method: &str, path: &str) -> u16 {
+    s3_curl(&["-X", method], path)
+}
+
+/// A signed PUT of an empty object at `path`: the HTTP status.
+pub fn s3_put_empty(path: &str) -> u16 {
+    s3_curl(&["-T", "/dev/null"], path)
+}
+
+fn s3_curl(how: &[&str], path: &str) -> u16 {
     use std::io::Write;
     let (ak, sk) = s3_keys();
     let url = format!("{}{path}", env("TSHS_S3_ENDPOINT"));
+    let method = how.join(" ");
     let mut child = Command::new("curl")
         .args([
             "-s",
@@ -366,7 +392,9 @@ pub fn s3_request(method: &str, path: &str) -> u16 {
             "--max-time",
             "30",
         ])
-        .args(["-K", "-", "-X", method, &url])
+        .args(["-K", "-"])
+        .args(how)
+        .arg(&url)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -383,7 +411,7 @@ pub fn s3_request(method: &str, path: &str) -> u16 {
     status
         .trim()
         .parse()
-        .unwrap_or_else(|_| panic!("curl -X {method} {url}: no HTTP status ({status})"))
+        .unwrap_or_else(|_| panic!("curl {method} {url}: no HTTP status ({status})"))
 }
 
 /// A loopback port nobody listens on, for a process the test starts (or a
