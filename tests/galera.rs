@@ -265,6 +265,94 @@ fn creator(dir: PathBuf, stop: Arc<AtomicBool>, log: Arc<Mutex<Log>>) {
     }
 }
 
+/// No writer met an error, and each was acknowledged while the Admin Node
+/// was away (`acked`: see [`SpaceNineLoad::acked_between`]).
+fn went_on_without_the_admin_node(errors: &[String], acked: &[usize]) {
+    assert!(
+        errors.is_empty(),
+        "no error while the Admin Node is down: {errors:?}"
+    );
+    assert!(
+        acked.iter().all(|n| *n > 0),
+        "writes and creates went on without the Admin Node: {acked:?}"
+    );
+}
+
+/// Load on space 9 while the Admin Node is away: 2 appenders with fsync
+/// (one per mount) and a creator (through the second mount).
+struct SpaceNineLoad {
+    stop: Arc<AtomicBool>,
+    logs: Vec<Arc<Mutex<Log>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl SpaceNineLoad {
+    fn start(mounts: &[common::Mount; 2]) -> SpaceNineLoad {
+        mounts[0].space(9);
+        std::fs::create_dir(mounts[0].path().join("vol01/9/made")).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let logs: Vec<Arc<Mutex<Log>>> = (0..3).map(|_| Arc::default()).collect();
+        let mut threads = Vec::new();
+        for (w, mount) in mounts.iter().enumerate() {
+            let path = mount.path().join(format!("vol01/9/log{w}"));
+            let (stop, log) = (stop.clone(), logs[w].clone());
+            threads.push(std::thread::spawn(move || appender(path, w, stop, log)));
+        }
+        let dir = mounts[1].path().join("vol01/9/made");
+        let (stop2, log) = (stop.clone(), logs[2].clone());
+        threads.push(std::thread::spawn(move || creator(dir, stop2, log)));
+        SpaceNineLoad {
+            stop,
+            logs,
+            threads,
+        }
+    }
+
+    /// Each one's acknowledgements between `from` and `to`.
+    fn acked_between(&self, from: Instant, to: Instant) -> Vec<usize> {
+        self.logs
+            .iter()
+            .map(|l| {
+                let l = l.lock().unwrap();
+                l.times.iter().filter(|t| **t > from && **t < to).count()
+            })
+            .collect()
+    }
+
+    /// Stops them: the errors they met.
+    fn stop(&mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().unwrap();
+        }
+        self.logs
+            .iter()
+            .flat_map(|l| l.lock().unwrap().errors.clone())
+            .collect()
+    }
+
+    /// Through `m`: every acknowledged record once, in order, and every
+    /// acknowledged file.
+    fn check(&self, m: &common::Mount) {
+        for (w, log) in self.logs.iter().enumerate().take(2) {
+            let data = std::fs::read(m.path().join(format!("vol01/9/log{w}"))).unwrap();
+            let got: Vec<u64> = data
+                .chunks(RECORD)
+                .map(|r| std::str::from_utf8(&r[4..16]).unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(
+                got,
+                log.lock().unwrap().acked,
+                "writer {w}: every acknowledged record once, in order"
+            );
+        }
+        let names = std::fs::read_dir(m.path().join("vol01/9/made"))
+            .unwrap()
+            .count();
+        assert_eq!(names, self.logs[2].lock().unwrap().acked.len());
+    }
+}
+
 /// The longest pause of acknowledgements that spans `t`.
 fn gap_around(times: &[Instant], t: Instant) -> Duration {
     let before = times.iter().filter(|x| **x <= t).max();
@@ -330,11 +418,7 @@ fn the_member_in_use_killed_under_appenders() {
     };
     let donors_bypass = donors_bypass_count();
     let killed_at = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid_of(victim)),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill_member(victim);
     let moved = loop {
         let m = members_in_use(&st_db);
         if !m.is_empty() && !m.contains(&victim) {
@@ -691,87 +775,30 @@ fn io_goes_on_while_the_admin_node_is_unreachable() {
     let mut dbs = GaleraDbs(Vec::new());
     let c = galera_admin(&mut dbs, false);
     let mounts = [c.mount(), c.mount()];
-    mounts[0].space(9);
-    std::fs::create_dir(mounts[0].path().join("vol01/9/made")).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let logs: Vec<Arc<Mutex<Log>>> = (0..3).map(|_| Arc::default()).collect();
-    let mut threads = Vec::new();
-    for w in 0..2 {
-        let path = mounts[w].path().join(format!("vol01/9/log{w}"));
-        let (stop, log) = (stop.clone(), logs[w].clone());
-        threads.push(std::thread::spawn(move || appender(path, w, stop, log)));
-    }
-    {
-        let dir = mounts[1].path().join("vol01/9/made");
-        let (stop, log) = (stop.clone(), logs[2].clone());
-        threads.push(std::thread::spawn(move || creator(dir, stop, log)));
-    }
+    let mut load = SpaceNineLoad::start(&mounts);
     std::thread::sleep(Duration::from_secs(2));
     let down_at = Instant::now();
     for i in 0..3 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid_of(i)),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        kill_member(i);
     }
     // Past STALE_AFTER (20 s): placement is then confirmed by the node.
     std::thread::sleep(Duration::from_secs(30));
-    let acked_while_down: Vec<usize> = logs
-        .iter()
-        .map(|l| {
-            l.lock()
-                .unwrap()
-                .times
-                .iter()
-                .filter(|t| **t > down_at + Duration::from_secs(22))
-                .count()
-        })
-        .collect();
+    let acked_while_down = load.acked_between(down_at + Duration::from_secs(22), Instant::now());
     let t = Instant::now();
     services("start", "galera");
     let back = t.elapsed();
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
-    let errors: Vec<String> = logs
-        .iter()
-        .flat_map(|l| l.lock().unwrap().errors.clone())
-        .collect();
+    let errors = load.stop();
     eprintln!(
         "admin node down 30 s: acknowledged in its last 8 s {acked_while_down:?} (appenders, creator); \
          {} errors, first {:?}; cluster back in {back:?}",
         errors.len(),
         errors.iter().take(3).collect::<Vec<_>>()
     );
-    assert!(
-        errors.is_empty(),
-        "no error while the Admin Node is down: {errors:?}"
-    );
-    assert!(
-        acked_while_down.iter().all(|n| *n > 0),
-        "writes and creates went on after 22 s without the Admin Node: {acked_while_down:?}"
-    );
+    went_on_without_the_admin_node(&errors, &acked_while_down);
     drop(mounts);
     let m = c.mount();
-    for (w, log) in logs.iter().enumerate().take(2) {
-        let data = std::fs::read(m.path().join(format!("vol01/9/log{w}"))).unwrap();
-        let got: Vec<u64> = data
-            .chunks(RECORD)
-            .map(|r| std::str::from_utf8(&r[4..16]).unwrap().parse().unwrap())
-            .collect();
-        let l = log.lock().unwrap();
-        assert_eq!(
-            got, l.acked,
-            "writer {w}: every acknowledged record once, in order"
-        );
-    }
-    let names = std::fs::read_dir(m.path().join("vol01/9/made"))
-        .unwrap()
-        .count();
-    assert_eq!(names, logs[2].lock().unwrap().acked.len());
+    load.check(&m);
 }
 
 /// A split under way when the Admin Node dies: the node on server 2 is
@@ -800,21 +827,7 @@ fn a_split_under_way_finishes_after_the_admin_node_was_unreachable() {
         )
         .unwrap();
     }
-    mounts[0].space(9);
-    std::fs::create_dir(mounts[0].path().join("vol01/9/made")).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let logs: Vec<Arc<Mutex<Log>>> = (0..3).map(|_| Arc::default()).collect();
-    let mut threads = Vec::new();
-    for w in 0..2 {
-        let path = mounts[w].path().join(format!("vol01/9/log{w}"));
-        let (stop, log) = (stop.clone(), logs[w].clone());
-        threads.push(std::thread::spawn(move || appender(path, w, stop, log)));
-    }
-    {
-        let dir = mounts[1].path().join("vol01/9/made");
-        let (stop, log) = (stop.clone(), logs[2].clone());
-        threads.push(std::thread::spawn(move || creator(dir, stop, log)));
-    }
+    let mut load = SpaceNineLoad::start(&mounts);
     let old = node_id(&c);
     let new_db = c.new_db(1, "split");
     let out = c.ok(&[
@@ -841,11 +854,7 @@ fn a_split_under_way_finishes_after_the_admin_node_was_unreachable() {
     let moved_before = c.ok(&["list-storage-nodes"]);
     let down_at = Instant::now();
     for i in 0..3 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid_of(i)),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        kill_member(i);
     }
     // Watch copy-shards while the Admin Node is gone.
     let mut exited_down = None;
@@ -857,20 +866,10 @@ fn a_split_under_way_finishes_after_the_admin_node_was_unreachable() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let acked_while_down: Vec<usize> = logs
-        .iter()
-        .map(|l| {
-            l.lock()
-                .unwrap()
-                .times
-                .iter()
-                .filter(|t| {
-                    **t > down_at + Duration::from_secs(22)
-                        && **t < down_at + Duration::from_secs(60)
-                })
-                .count()
-        })
-        .collect();
+    let acked_while_down = load.acked_between(
+        down_at + Duration::from_secs(22),
+        down_at + Duration::from_secs(60),
+    );
     let t = Instant::now();
     services("start", "galera");
     let back = t.elapsed();
@@ -908,14 +907,7 @@ fn a_split_under_way_finishes_after_the_admin_node_was_unreachable() {
     }
     let split_done = back_at.elapsed();
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
-    let errors: Vec<String> = logs
-        .iter()
-        .flat_map(|l| l.lock().unwrap().errors.clone())
-        .collect();
+    let errors = load.stop();
     eprintln!(
         "admin node down 60 s: acknowledged 22-60 s after the kill {acked_while_down:?} (appenders, creator); \
          {} errors, first {:?}; cluster back in {back:?}; split done {split_done:?} later ({reruns} reruns); \
@@ -923,14 +915,7 @@ fn a_split_under_way_finishes_after_the_admin_node_was_unreachable() {
         errors.len(),
         errors.iter().take(3).collect::<Vec<_>>()
     );
-    assert!(
-        errors.is_empty(),
-        "no error while the Admin Node is down: {errors:?}"
-    );
-    assert!(
-        acked_while_down.iter().all(|n| *n > 0),
-        "writes and creates went on without the Admin Node: {acked_while_down:?}"
-    );
+    went_on_without_the_admin_node(&errors, &acked_while_down);
     let cl = c.cluster();
     let nodes = cl.nodes().unwrap();
     assert_eq!(nodes.len(), 2);
@@ -961,22 +946,7 @@ fn a_split_under_way_finishes_after_the_admin_node_was_unreachable() {
             "space {s}: contents differ"
         );
     }
-    for (w, log) in logs.iter().enumerate().take(2) {
-        let data = std::fs::read(m.path().join(format!("vol01/9/log{w}"))).unwrap();
-        let got: Vec<u64> = data
-            .chunks(RECORD)
-            .map(|r| std::str::from_utf8(&r[4..16]).unwrap().parse().unwrap())
-            .collect();
-        let l = log.lock().unwrap();
-        assert_eq!(
-            got, l.acked,
-            "writer {w}: every acknowledged record once, in order"
-        );
-    }
-    let names = std::fs::read_dir(m.path().join("vol01/9/made"))
-        .unwrap()
-        .count();
-    assert_eq!(names, logs[2].lock().unwrap().acked.len());
+    load.check(&m);
     eprintln!("wall time {:?}", t0.elapsed());
 }
 
@@ -1075,6 +1045,32 @@ fn check(c: &TestCluster) -> (i32, String) {
     )
 }
 
+/// SIGKILL to member `i`.
+fn kill_member(i: usize) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_of(i)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// Member `i` cut off from the others (non-Primary) until dropped, also
+/// when an assertion fails.
+struct Isolated(usize);
+
+impl Isolated {
+    fn member(i: usize) -> Isolated {
+        isolate(i, true);
+        Isolated(i)
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        isolate(self.0, false);
+    }
+}
+
 /// Sets member `i`'s Galera isolation (`gmcast.isolate`): isolated, it
 /// leaves the primary component (non-Primary) without being killed.
 fn isolate(i: usize, on: bool) {
@@ -1106,11 +1102,7 @@ fn member_states_in_the_listing_and_in_check() {
     assert_eq!(check(&c).0, 0, "{}", check(&c).1);
 
     // Member 3 killed: unreachable in the table, check warns.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid_of(2)),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill_member(2);
     let out = listing_until(&c, &["Member 127.0.0.1:3323: unreachable (cannot reach"]);
     assert!(
         out.contains(&synced_line(3321)) && out.contains(&synced_line(3322)),
@@ -1146,15 +1138,7 @@ fn member_states_in_the_listing_and_in_check() {
             (&opts, id),
         )
         .unwrap();
-    isolate(2, true);
-    // Rejoined even if an assertion fails.
-    struct Rejoin;
-    impl Drop for Rejoin {
-        fn drop(&mut self) {
-            isolate(2, false);
-        }
-    }
-    let rejoin = Rejoin;
+    let rejoin = Isolated::member(2);
     let out = listing_until(&c, &["Member 127.0.0.1:3323: ", "(non-Primary, not ready)"]);
     eprintln!("{out}");
     let (code, line) = check(&c);
@@ -1419,14 +1403,7 @@ fn update_storage_node_refuses_bad_targets() {
     eprintln!("a copy that does not catch up refused in {:?}", t.elapsed());
 
     // A member that is not synced (isolated: non-Primary).
-    isolate(2, true);
-    struct Rejoin;
-    impl Drop for Rejoin {
-        fn drop(&mut self) {
-            isolate(2, false);
-        }
-    }
-    let rejoin = Rejoin;
+    let rejoin = Isolated::member(2);
     let t0 = Instant::now();
     while synced(&mut member_conn(2)) {
         assert!(t0.elapsed() < Duration::from_secs(30));

@@ -449,8 +449,13 @@ impl Fs {
                     .filter(|p| u64::from(p.space) + 2 > offset)
                     .take(limit)
                 {
-                    let Ok(at) = self.snap_at(id, p.space, Some(vol)) else {
+                    // From the row in hand: no lookup of the snapshot per space.
+                    let Some(moment) = p.moment else {
                         continue;
+                    };
+                    let at = At {
+                        space: p.space,
+                        moment,
                     };
                     let node = SnapNode::Inode(id, at, 1);
                     match self.held(at, |r| snapshot::inode(r, at, 1)) {

@@ -110,11 +110,7 @@ impl Shard {
     pub fn fenced_among(&self, spaces: &[u32]) -> Result<Vec<u32>, DbError> {
         let mut out = Vec::new();
         for chunk in spaces.chunks(1000) {
-            let list = chunk
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
+            let list = super::id_list(chunk);
             let ids: Vec<u32> = self.db.read(|c| {
                 c.query(format!(
                     "SELECT space_id FROM space_fence
@@ -139,11 +135,7 @@ impl Shard {
 
     fn set_fences(&self, spaces: &[u32], until: Option<&str>) -> Result<(), DbError> {
         for chunk in spaces.chunks(1000) {
-            let list = chunk
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
+            let list = super::id_list(chunk);
             self.db
                 .tx(|tx| {
                     tx.exec_drop(

@@ -179,6 +179,12 @@ fn missing_rights(db: &Db) -> Result<(String, Vec<&'static str>), DbError> {
     Ok((user, missing))
 }
 
+/// Space IDs written into a statement as `1,2,3` (numbers: nothing to
+/// escape), for `IN (…)` lists longer than placeholders are worth.
+fn id_list(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
 /// A transaction's failure for a command: a move's fence becomes [`Fenced`]
 /// (the caller waits for the move), anything else the database's error.
 fn tx_failed(e: TxError) -> anyhow::Error {

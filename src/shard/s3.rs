@@ -56,8 +56,7 @@ fn garbage_due(held: &[u32]) -> String {
            SELECT 1 FROM inodes_v v WHERE v.s3_host = s3_uploads.s3_host AND v.s3_key = s3_uploads.s3_key)",
     );
     if !held.is_empty() {
-        let ids: Vec<String> = held.iter().map(u32::to_string).collect();
-        sql.push_str(&format!(" AND space_id NOT IN ({})", ids.join(", ")));
+        sql.push_str(&format!(" AND space_id NOT IN ({})", super::id_list(held)));
     }
     sql.push(')');
     sql
