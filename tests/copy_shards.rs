@@ -289,6 +289,70 @@ fn split_and_copy_shards_under_load() {
     assert!(!list.contains("MIRROR_SHARD"), "{list}");
 }
 
+/// Appends that wait in their mount's group commit queue while their
+/// spaces move away (a test hook delays every batch by 10 s; the move,
+/// old rows dropped, takes less) land on the new node, each once.
+#[test]
+fn appends_queued_while_their_spaces_move_land_on_the_new_node() {
+    const DELAY: Duration = Duration::from_secs(10);
+    let (c, db1) = TestCluster::with_one_node();
+    let m = Mount::with_env(
+        &c,
+        &[],
+        &[("TSHS_TEST_APPEND_DELAY_MS", &DELAY.as_millis().to_string())],
+    );
+    let spaces = 1..=8u32;
+    for s in spaces.clone() {
+        std::fs::write(m.space(s).join("last.log"), format!("space {s}\n")).unwrap();
+    }
+    // Each append's node is asked as it queues, before the split.
+    let appenders: Vec<_> = spaces
+        .clone()
+        .map(|s| {
+            let log = m.space(s).join("last.log");
+            std::thread::spawn(move || {
+                let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+                f.write_all(format!("appended to {s}\n").as_bytes())
+                    .map_err(|e| format!("space {s}: {e}"))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let db2 = c.new_db(2, "st");
+    c.ok(&[
+        "split-storage-node",
+        "1",
+        &format!("{};database={db2}", server(2)),
+    ]);
+    c.ok(&["copy-shards"]);
+    let moving = t.elapsed();
+    assert!(
+        moving + Duration::from_millis(300) < DELAY,
+        "the move took {moving:?}: too long to end before the queued appends ran"
+    );
+    let cl = c.cluster();
+    let moved: Vec<u32> = spaces
+        .clone()
+        .filter(|&s| cl.space(s).unwrap().unwrap().node_id == 2)
+        .collect();
+    assert!(!moved.is_empty(), "no space moved");
+    for s in &moved {
+        assert_eq!(rows_on(1, &db1, *s), 0, "space {s} left rows on node 1");
+    }
+    for a in appenders {
+        a.join().unwrap().unwrap();
+    }
+    for s in spaces {
+        assert_eq!(
+            std::fs::read_to_string(m.space(s).join("last.log")).unwrap(),
+            format!("space {s}\nappended to {s}\n"),
+            "space {s} (moved: {})",
+            moved.contains(&s)
+        );
+    }
+}
+
 #[test]
 fn split_refuses_bad_input_and_leaves_nothing_behind() {
     let (c, db1) = TestCluster::with_one_node();

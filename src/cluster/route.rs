@@ -155,6 +155,11 @@ impl Router {
     }
 }
 
+/// Placement held in use (see [`Route::pin`]).
+pub struct Pinned<'a> {
+    _running: Running<'a>,
+}
+
 /// An operation in flight, counted against its generation until dropped.
 struct Running<'a> {
     router: &'a Router,
@@ -211,9 +216,21 @@ impl Route {
     }
 
     /// The node the space is on now, as this process knows it (looked up
-    /// if it does not): group commit gathers operations by it.
+    /// if it does not): group commit gathers operations by it. Valid only
+    /// under a [`Route::pin`] taken before it was asked: without one, a
+    /// move may end (its old rows dropped) before the node is used.
     pub fn node_now(&self) -> Result<u32, DbError> {
         self.router.node_of(self.space)
+    }
+
+    /// Keeps this process's placement in use until dropped: a topology
+    /// change, and with it the acknowledgement that lets a move drop a
+    /// space's old rows, waits for it. Nodes asked with
+    /// [`Route::node_now`] under a pin stay right while it is held.
+    pub fn pin(&self) -> Pinned<'_> {
+        Pinned {
+            _running: self.router.enter(),
+        }
     }
 
     /// Runs one transaction on node `node` for the operations of several

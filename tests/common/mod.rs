@@ -241,6 +241,11 @@ pub struct Mount {
 
 impl Mount {
     pub fn new(c: &TestCluster, opts: &[&str]) -> Mount {
+        Mount::with_env(c, opts, &[])
+    }
+
+    /// A mount whose daemon runs with `env` set (test hooks).
+    pub fn with_env(c: &TestCluster, opts: &[&str], env: &[(&str, &str)]) -> Mount {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tshs"));
         cmd.arg("--mysql-cfg-file")
@@ -253,6 +258,7 @@ impl Mount {
         }
         let child = cmd
             .env("TSHS_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .unwrap();

@@ -22,7 +22,8 @@
 //! operation id tells whether it landed (all of it) or not (run again).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
 
 use super::super::cache::DataCache;
 use super::super::error::{Error, FsResult, failed};
@@ -37,6 +38,21 @@ use crate::shard::{ShardError, is_fenced};
 /// of about 2 MiB, below even an old server's 4 MiB `max_allowed_packet`
 /// (one append of up to 1 MiB, the space server's limit, always fits).
 const BATCH_BYTES: usize = 1 << 20;
+
+/// Test hook: milliseconds each batch waits before it runs, so a test can
+/// finish a move between an append's queueing and its batch.
+const DELAY_ENV: &str = "TSHS_TEST_APPEND_DELAY_MS";
+
+fn test_delay() {
+    static DELAY: OnceLock<Duration> = OnceLock::new();
+    let d = *DELAY.get_or_init(|| {
+        let ms = std::env::var(DELAY_ENV).ok().and_then(|v| v.parse().ok());
+        Duration::from_millis(ms.unwrap_or(0))
+    });
+    if !d.is_zero() {
+        std::thread::sleep(d);
+    }
+}
 
 /// The group commit queues of a mount, one per Storage Node.
 #[derive(Default)]
@@ -75,6 +91,7 @@ impl AppendQueues {
         node: &Arc<OpenInode>,
         data: &[u8],
     ) -> FsResult<Option<u64>> {
+        // The queue only: the batch asks again under a pin (see `run`).
         let id = node.shard.node_now().map_err(Error::from)?;
         let queue = self.0.lock().unwrap().entry(id).or_default().clone();
         let me = Arc::new(Append {
@@ -147,7 +164,30 @@ fn take_batch(waiting: &mut Vec<Arc<Append>>) -> Vec<Arc<Append>> {
 }
 
 /// Runs one batch on node `id` and hands each append its result.
+///
+/// The node each append queued for was asked before the batch formed: a
+/// move may have ended since, its rows already gone from `id`. So the
+/// placement is pinned first and every append's node asked again under
+/// the pin; an append whose space left `id`, and a batch a move's fence
+/// refused, go one by one on their own routes after the pin is dropped
+/// (those wait for the cut-over, which must not wait for this pin).
 fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
+    test_delay();
+    let pinned = batch[0].node.shard.pin();
+    let (here, mut alone): (Vec<_>, Vec<_>) = batch
+        .iter()
+        .cloned()
+        .partition(|a| a.node.shard.node_now().is_ok_and(|n| n == id));
+    if !here.is_empty() {
+        alone.extend(run_on(cache, id, &here));
+    }
+    drop(pinned);
+    one_by_one(cache, &alone);
+}
+
+/// Runs a batch on node `id` (under a pin); returns the appends left to
+/// run one by one (all of them, if a move's fence refused the batch).
+fn run_on(cache: &DataCache, id: u32, batch: &[Arc<Append>]) -> Vec<Arc<Append>> {
     let route = &batch[0].node.shard;
     let reqs: Vec<AppendReq<'_>> = batch
         .iter()
@@ -169,7 +209,7 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
                 a.node.appended(cache, off, &a.data, now);
                 *a.result.lock().unwrap() = Some(Ok(Some(off)));
             }
-            return;
+            return Vec::new();
         }
         Some(OneTrip::Unknown(why)) => match route.was_applied(id, &op) {
             // Never run twice what landed: it did, each append once, only
@@ -179,7 +219,7 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
                     a.node.lost_track();
                     *a.result.lock().unwrap() = Some(Ok(None));
                 }
-                return;
+                return Vec::new();
             }
             Ok(false) => {} // not applied: run it again below
             Err(e) => {
@@ -191,7 +231,7 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
                     a.node.lost_track();
                     *a.result.lock().unwrap() = Some(Err(e.clone()));
                 }
-                return;
+                return Vec::new();
             }
         },
         Some(OneTrip::Refused) | None => {}
@@ -220,7 +260,7 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
             batch.iter().map(|_| Err(e.clone())).collect()
         }
         // Refused as a whole: each on its own, on its own route.
-        Err(_) => return one_by_one(cache, batch),
+        Err(_) => return batch.to_vec(),
     };
     for (a, r) in batch.iter().zip(results) {
         if let Ok(off) = r {
@@ -228,6 +268,7 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
         }
         *a.result.lock().unwrap() = Some(r.map(Some));
     }
+    Vec::new()
 }
 
 /// Runs each append in a transaction of its own, on its own route.
