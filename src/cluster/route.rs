@@ -104,13 +104,16 @@ impl Router {
             .is_none_or(|l| l.fresh(STALE_AFTER))
     }
 
-    /// The space's node: cached while this process heartbeats; when it
-    /// cannot (the Admin Node unreachable: it may have missed a move), the
-    /// cached node only if that node confirms it still holds the space open
-    /// (its fence row: a move seals the old node's), else the Admin Node's
-    /// answer. So I/O goes on without the Admin Node, and a stale view never
-    /// uses a space that moved away.
-    fn node_of(&self, space: u32) -> Result<u32, DbError> {
+    /// The space's node (cached, else asked of the Admin Node), and whether
+    /// the node must confirm in each operation that it still holds the
+    /// space: when this process cannot heartbeat (the Admin Node
+    /// unreachable), moves no longer wait for it, so what it knows may be
+    /// stale. Its reads check the fence row in their own snapshot
+    /// ([`Shard::read_if_held`]), its transactions share-lock it first
+    /// (`tshs_check_fence`: a move's seal waits for them, a sealed space
+    /// refuses them). So I/O goes on without the Admin Node, and a stale
+    /// view never uses a space that moved away.
+    fn node_of(&self, space: u32) -> Result<(u32, bool), DbError> {
         let cached = self
             .nodes
             .read()
@@ -118,15 +121,11 @@ impl Router {
             .get(&space)
             .filter(|(_, g)| *g == self.generation.load(Ordering::Acquire))
             .map(|(n, _)| *n);
-        if let Some(n) = cached {
-            if self.fresh() {
-                return Ok(n);
-            }
-            if self.shard(n)?.holds_space(space)? {
-                return Ok(n);
-            }
-        }
-        self.lookup(space)
+        let node = match cached {
+            Some(n) => n,
+            None => self.lookup(space)?,
+        };
+        Ok((node, !self.fresh()))
     }
 
     /// Asks the Admin Node where the space lives now. The answer is cached
@@ -205,22 +204,58 @@ impl Route {
     /// Runs a read on the space's node.
     pub fn read<T>(
         &self,
-        f: impl FnMut(&mut PooledConn) -> Result<T, mysql::Error>,
+        mut f: impl FnMut(&mut PooledConn) -> Result<T, mysql::Error>,
     ) -> Result<T, DbError> {
         let _running = self.router.enter();
-        let node = self.router.node_of(self.space)?;
+        let (mut node, confirm) = self.router.node_of(self.space)?;
         let start = Instant::now();
-        let r = self.router.shard(node)?.db().read(f);
+        let r = if confirm {
+            self.confirmed_read(&mut node, &mut f)
+        } else {
+            self.router.shard(node)?.db().read(&mut f)
+        };
         crate::metrics::global().db(node, start, r.is_ok());
         r
     }
 
-    /// The node the space is on now, as this process knows it (looked up
-    /// if it does not): group commit gathers operations by it. Valid only
-    /// under a [`Route::pin`] taken before it was asked: without one, a
-    /// move may end (its old rows dropped) before the node is used.
-    pub fn node_now(&self) -> Result<u32, DbError> {
-        self.router.node_of(self.space)
+    /// A read on placement that the node must confirm (see
+    /// [`Router::node_of`]): where the space is sealed, the Admin Node is
+    /// asked again, for as long as a write waits for a move's cut-over.
+    fn confirmed_read<T>(
+        &self,
+        node: &mut u32,
+        f: &mut impl FnMut(&mut PooledConn) -> Result<T, mysql::Error>,
+    ) -> Result<T, DbError> {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            if let Some(v) = self
+                .router
+                .shard(*node)?
+                .read_if_held(self.space, &mut *f)?
+            {
+                return Ok(v);
+            }
+            if start.elapsed() > MOVE_WAIT {
+                return Err(DbError::Other {
+                    server: format!("storage node {node}"),
+                    detail: format!("space {} is being moved", self.space),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(200));
+            *node = self.router.lookup(self.space)?;
+        }
+    }
+
+    /// The node the space is on now, as this process knows it, if that is
+    /// known to be current (see [`Router::node_of`]): group commit gathers
+    /// operations by it. Right only under a [`Route::pin`] taken before it
+    /// was asked: without one, a move may end (its old rows dropped) before
+    /// the node is used.
+    pub fn node_now(&self) -> Result<Option<u32>, DbError> {
+        let (node, confirm) = self.router.node_of(self.space)?;
+        Ok((!confirm).then_some(node))
     }
 
     /// Keeps this process's placement in use until dropped: a topology
@@ -305,7 +340,7 @@ impl Route {
         loop {
             let r = {
                 let _running = self.router.enter();
-                let node = self
+                let (node, confirm) = self
                     .router
                     .node_of(self.space)
                     .map_err(|e| Failed::Tx(TxError::Db(e)))?;
@@ -314,7 +349,13 @@ impl Route {
                     .shard(node)
                     .map_err(|e| Failed::Tx(TxError::Db(e)))?;
                 let t = Instant::now();
-                let r = shard.db().tx_body(&mut f);
+                let r = shard.db().tx_body(|tx| {
+                    if confirm {
+                        tx.exec_drop("CALL tshs_check_fence(?)", (self.space,))
+                            .map_err(Body::Sql)?;
+                    }
+                    f(tx)
+                });
                 crate::metrics::global().db(node, t, !matches!(r, Err(Failed::Tx(_))));
                 r
             };

@@ -43,8 +43,8 @@ pub use listing::{DataPlace, ListedDentry, ListedInode};
 pub use s3::{Candidate, Orphan, garbage_objects_of};
 
 use anyhow::{Context, Result, bail};
-use mysql::Transaction;
 use mysql::prelude::Queryable;
+use mysql::{PooledConn, Transaction};
 
 use crate::config::ConnOptions;
 use crate::db::{Db, DbError, TxError, migrate, table_names};
@@ -242,19 +242,36 @@ impl Shard {
         migrate(&self.db, MIGRATIONS)
     }
 
-    /// True if space `space` lives on this node and is open for writes:
-    /// its fence row is here and neither set by a move in progress nor
-    /// sealed by one that took it away. What a process whose placement may
-    /// be stale (the Admin Node unreachable) asks before using it.
-    pub fn holds_space(&self, space: u32) -> Result<bool, DbError> {
-        let open: Option<bool> = self.db.read(|c| {
-            c.exec_first(
-                "SELECT fenced_until IS NULL OR fenced_until <= UTC_TIMESTAMP(3)
-                 FROM space_fence WHERE space_id = ?",
-                (space,),
-            )
-        })?;
-        Ok(open == Some(true))
+    /// Runs the read `f` if this node holds `space`, in one snapshot with
+    /// that check: its fence row is here and not sealed by a move that took
+    /// the space away (a move in progress still has every row). A move
+    /// that seals the space and drops its rows meanwhile cannot make `f`
+    /// find them gone. `None`: the node does not hold the space.
+    pub fn read_if_held<T>(
+        &self,
+        space: u32,
+        mut f: impl FnMut(&mut PooledConn) -> Result<T, mysql::Error>,
+    ) -> Result<Option<T>, DbError> {
+        let held = format!(
+            "SELECT fenced_until IS NULL OR fenced_until < '{}' FROM space_fence WHERE space_id = ?",
+            copy::SEALED
+        );
+        self.db.read(|c| {
+            // The snapshot begins with the first read (after Galera's sync wait).
+            c.query_drop("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")?;
+            c.query_drop("START TRANSACTION READ ONLY")?;
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                match c.exec_first::<bool, _, _>(&held, (space,))? {
+                    Some(true) => f(c).map(Some),
+                    _ => Ok(None),
+                }
+            }));
+            // Also after a panic: the pool does not reset connections.
+            let end = c.query_drop("ROLLBACK");
+            let v = r.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+            end?;
+            Ok(v)
+        })
     }
 
     pub fn db(&self) -> &Db {

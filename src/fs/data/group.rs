@@ -39,18 +39,16 @@ use crate::shard::{ShardError, is_fenced};
 /// (one append of up to 1 MiB, the space server's limit, always fits).
 const BATCH_BYTES: usize = 1 << 20;
 
-/// Test hook: milliseconds each batch waits before it runs, so a test can
-/// finish a move between an append's queueing and its batch.
-const DELAY_ENV: &str = "TSHS_TEST_APPEND_DELAY_MS";
+/// Test hook: while the file this names exists, batches wait before they
+/// run, so a test can finish a move between an append's queueing and its
+/// batch.
+const HOLD_ENV: &str = "TSHS_TEST_APPEND_HOLD";
 
-fn test_delay() {
-    static DELAY: OnceLock<Duration> = OnceLock::new();
-    let d = *DELAY.get_or_init(|| {
-        let ms = std::env::var(DELAY_ENV).ok().and_then(|v| v.parse().ok());
-        Duration::from_millis(ms.unwrap_or(0))
-    });
-    if !d.is_zero() {
-        std::thread::sleep(d);
+fn test_hold() {
+    static HOLD: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+    let hold = HOLD.get_or_init(|| std::env::var_os(HOLD_ENV).map(Into::into));
+    while hold.as_ref().is_some_and(|p| p.exists()) {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -92,7 +90,9 @@ impl AppendQueues {
         data: &[u8],
     ) -> FsResult<Option<u64>> {
         // The queue only: the batch asks again under a pin (see `run`).
-        let id = node.shard.node_now().map_err(Error::from)?;
+        // Placement that must be confirmed goes to queue 0, whose appends
+        // run one by one on their routes (which confirm it).
+        let id = node.shard.node_now().map_err(Error::from)?.unwrap_or(0);
         let queue = self.0.lock().unwrap().entry(id).or_default().clone();
         let me = Arc::new(Append {
             node: node.clone(),
@@ -168,16 +168,17 @@ fn take_batch(waiting: &mut Vec<Arc<Append>>) -> Vec<Arc<Append>> {
 /// The node each append queued for was asked before the batch formed: a
 /// move may have ended since, its rows already gone from `id`. So the
 /// placement is pinned first and every append's node asked again under
-/// the pin; an append whose space left `id`, and a batch a move's fence
+/// the pin; an append whose space left `id` or whose placement must be
+/// confirmed (this process cannot heartbeat), and a batch a move's fence
 /// refused, go one by one on their own routes after the pin is dropped
 /// (those wait for the cut-over, which must not wait for this pin).
 fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
-    test_delay();
+    test_hold();
     let pinned = batch[0].node.shard.pin();
     let (here, mut alone): (Vec<_>, Vec<_>) = batch
         .iter()
         .cloned()
-        .partition(|a| a.node.shard.node_now().is_ok_and(|n| n == id));
+        .partition(|a| id != 0 && a.node.shard.node_now().is_ok_and(|n| n == Some(id)));
     if !here.is_empty() {
         alone.extend(run_on(cache, id, &here));
     }
