@@ -318,18 +318,9 @@ fn appends_queued_while_their_spaces_move_land_on_the_new_node() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let db2 = c.new_db(2, "st");
-    c.ok(&[
-        "split-storage-node",
-        "1",
-        &format!("{};database={db2}", server(2)),
-    ]);
+    c.split_node_1("st");
     c.ok(&["copy-shards"]);
-    let cl = c.cluster();
-    let moved: Vec<u32> = spaces
-        .clone()
-        .filter(|&s| cl.space(s).unwrap().unwrap().node_id == 2)
-        .collect();
+    let moved = c.spaces_on(spaces.clone(), 2);
     assert!(!moved.is_empty(), "no space moved");
     for s in &moved {
         assert_eq!(rows_on(1, &db1, *s), 0, "space {s} left rows on node 1");
@@ -481,23 +472,14 @@ fn a_mount_stalled_while_spaces_move_finds_them_on_their_new_node() {
         |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid() as i32), sig).unwrap();
     signal(nix::sys::signal::Signal::SIGSTOP);
     let t = Instant::now();
-    let db2 = c.new_db(2, "st");
-    c.ok(&[
-        "split-storage-node",
-        "1",
-        &format!("{};database={db2}", server(2)),
-    ]);
+    c.split_node_1("st");
     let out = c.ok(&["copy-shards"]);
     signal(nix::sys::signal::Signal::SIGCONT);
     assert!(
         t.elapsed() >= Duration::from_secs(20),
         "the move did not wait for the stopped mount: {out}"
     );
-    let cluster = c.cluster();
-    let moved: Vec<u32> = spaces
-        .clone()
-        .filter(|&s| cluster.space(s).unwrap().unwrap().node_id == 2)
-        .collect();
+    let moved = c.spaces_on(spaces.clone(), 2);
     assert!(!moved.is_empty(), "{out}");
     for s in spaces {
         assert_eq!(
@@ -508,6 +490,7 @@ fn a_mount_stalled_while_spaces_move_finds_them_on_their_new_node() {
         );
     }
     let t = Instant::now();
+    let cluster = c.cluster();
     let unacked = || cluster.unacknowledged(cluster.epoch().unwrap()).unwrap();
     while unacked() > 0 && t.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(50));

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Mount, TestCluster, root_conn, s3_keys, server, sh};
+use common::{Mount, TestCluster, root_conn, s3_keys, sh};
 use mysql::prelude::Queryable;
 
 /// Rows of a Storage Node table (`table WHERE …`) in database `db` of server 1.
@@ -531,19 +531,12 @@ fn a_snapshot_moves_with_its_space() {
         // Its object becomes garbage, recorded on node 1 whatever moves.
         std::fs::write(m.space(*sp).join("in-s3"), b"rewritten").unwrap();
     }
-    let db2 = c.new_db(2, "st2");
-    c.ok(&[
-        "split-storage-node",
-        "1",
-        &format!("{};database={db2}", server(2)),
-    ]);
+    c.split_node_1("st2");
     c.ok(&["copy-shards"]);
-    let cl = c.cluster();
-    let moved = spaces
-        .iter()
-        .filter(|s| cl.space(**s).unwrap().unwrap().node_id != 1)
-        .count();
-    assert!(moved > 0, "no space moved");
+    assert!(
+        !c.spaces_on(spaces.iter().copied(), 2).is_empty(),
+        "no space moved"
+    );
     std::thread::sleep(Duration::from_millis(1100));
     c.ok(&["remove-deleted", "--grace", "0"]);
     let snap = m.path().join(".snapshots/vol/vol01");

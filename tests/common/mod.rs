@@ -132,6 +132,26 @@ impl TestCluster {
         db
     }
 
+    /// Splits storage node 1 onto a new database on server 2 (storage node
+    /// 2, MIRROR_SHARD); returns split-storage-node's output.
+    pub fn split_node_1(&self, tag: &str) -> String {
+        let db = self.new_db(2, tag);
+        self.ok(&[
+            "split-storage-node",
+            "1",
+            &format!("{};database={db}", server(2)),
+        ])
+    }
+
+    /// Those of `spaces` that live on storage node `node`.
+    pub fn spaces_on(&self, spaces: impl IntoIterator<Item = u32>, node: u32) -> Vec<u32> {
+        let cl = self.cluster();
+        spaces
+            .into_iter()
+            .filter(|&s| cl.space(s).unwrap().unwrap().node_id == node)
+            .collect()
+    }
+
     /// Makes an empty bucket on the local S3 server, deleted (with what it
     /// holds) with the cluster.
     pub fn new_bucket(&self, tag: &str) -> String {
