@@ -948,3 +948,78 @@ fn a_file_changed_a_moment_ago_can_be_mapped() {
     assert!(mapped == &data[..]);
     unsafe { libc::munmap(map, data.len()) };
 }
+
+/// A mount keeps what it cached of a log below the end it knew when
+/// another mount only appended, and drops it when the other mount changed
+/// the file otherwise, even if the file then grew past that end (a
+/// truncate and a rewrite, then appends): its own appends and its opens
+/// read the file as it is, byte for byte.
+#[test]
+fn cached_bytes_of_a_log_survive_appends_elsewhere_but_not_rewrites() {
+    let c = TestCluster::with_nodes();
+    let m1 = common::Mount::new(&c, &[]);
+    let m2 = common::Mount::new(&c, &[]);
+    let l1 = m1.space(23).join("last.log");
+    let l2 = m2.path().join("vol01/23/last.log");
+    let old = common::pattern(1, 600_000);
+    fs::write(&l1, &old).unwrap();
+    let mut a1 = OpenOptions::new().append(true).open(&l1).unwrap();
+    let mut r1 = fs::File::open(&l1).unwrap();
+    let read_all = |f: &mut fs::File| {
+        let mut b = Vec::new();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut b).unwrap();
+        b
+    };
+    assert!(read_all(&mut r1) == old);
+
+    // Only appends through the other mount, then one through this one.
+    let mut want = old.clone();
+    let more = common::pattern(2, 300_000);
+    OpenOptions::new()
+        .append(true)
+        .open(&l2)
+        .unwrap()
+        .write_all(&more)
+        .unwrap();
+    want.extend_from_slice(&more);
+    a1.write_all(b"one\n").unwrap();
+    want.extend_from_slice(b"one\n");
+    assert!(read_all(&mut r1) == want, "after appends elsewhere");
+    assert!(
+        fs::read(&l1).unwrap() == want,
+        "a new open after appends elsewhere"
+    );
+
+    // A rewrite elsewhere that ends longer than this mount knew the file.
+    let new = common::pattern(3, want.len() + 100_000);
+    fs::write(&l2, &new).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(&l2)
+        .unwrap()
+        .write_all(b"two\n")
+        .unwrap();
+    a1.write_all(b"three\n").unwrap();
+    let mut want = new;
+    want.extend_from_slice(b"two\nthree\n");
+    let got = read_all(&mut r1);
+    assert_eq!(got.len(), want.len());
+    assert!(
+        got == want,
+        "after a rewrite elsewhere: first difference at {:?}",
+        got.iter().zip(&want).position(|(a, b)| a != b)
+    );
+    assert!(
+        fs::read(&l1).unwrap() == want,
+        "a new open after a rewrite elsewhere"
+    );
+
+    // The same through opens only: a rewrite elsewhere to a longer file.
+    let newer = common::pattern(4, want.len() + 50_000);
+    fs::write(&l2, &newer).unwrap();
+    assert!(
+        fs::read(&l1).unwrap() == newer,
+        "an open after another rewrite"
+    );
+}

@@ -12,12 +12,19 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
+use crate::shard::EXTENT_SIZE as E;
+
 type Key = (u32, u64, u64, u64); // (space, ino, generation, extent offset)
 
 /// What identifies a version of a file's data: (mtime, ctime, size). ctime
 /// is in it because tools restore mtime after rewriting a file (`cp -p`,
 /// tar, rsync), while ctime cannot be set.
 pub type Stamp = (i64, i64, u64);
+
+/// What an inode's generation stands for: the stamp its cached data
+/// belongs to and, when known, the file's change counter then (the
+/// database's `inodes.chg`, which appends leave as it is).
+type Version = (u64, Stamp, Option<u64>);
 
 pub struct DataCache {
     inner: Mutex<Inner>,
@@ -29,7 +36,7 @@ struct Inner {
     bytes: usize,
     /// Bytes being fetched (see [`DataCache::reserve`]).
     reserved: usize,
-    /// Per inode: (generation, the stamp the cached data belongs to).
+    /// Per inode: its generation and what that stands for.
     gens: Gens,
     next_gen: u64,
     hits: u64,
@@ -57,12 +64,12 @@ const MAX_GENS: usize = 1 << 16;
 /// inode to pin heap pages long after the inode was last seen).
 #[derive(Default)]
 struct Gens {
-    now: HashMap<(u32, u64), (u64, Stamp)>,
-    before: HashMap<(u32, u64), (u64, Stamp)>,
+    now: HashMap<(u32, u64), Version>,
+    before: HashMap<(u32, u64), Version>,
 }
 
 impl Gens {
-    fn get(&mut self, k: (u32, u64)) -> Option<(u64, Stamp)> {
+    fn get(&mut self, k: (u32, u64)) -> Option<Version> {
         if let Some(v) = self.now.get(&k) {
             return Some(*v);
         }
@@ -71,7 +78,7 @@ impl Gens {
         Some(v)
     }
 
-    fn insert(&mut self, k: (u32, u64), v: (u64, Stamp)) {
+    fn insert(&mut self, k: (u32, u64), v: Version) {
         if self.now.len() >= MAX_GENS / 2 && !self.now.contains_key(&k) {
             self.before = std::mem::take(&mut self.now);
         }
@@ -100,25 +107,71 @@ impl DataCache {
         }
     }
 
-    /// The generation for an inode whose current stamp is `stamp`, and whether
-    /// cached data of it is still valid (the kernel may keep its page cache).
-    pub fn generation_for(&self, space: u32, ino: u64, stamp: Stamp) -> (u64, bool) {
+    /// The generation for an inode whose current stamp is `stamp` and change
+    /// counter `chg`, and whether cached data of it is still valid (the
+    /// kernel may keep its page cache). A file that only grew by appends
+    /// since (same counter, longer) keeps its generation: only the
+    /// extents from the old end on are dropped (the one holding it was
+    /// cached shorter), and the kernel's pages go.
+    pub fn generation_for(&self, space: u32, ino: u64, stamp: Stamp, chg: u64) -> (u64, bool) {
         let mut g = self.inner.lock().unwrap();
-        if let Some((generation, s)) = g.gens.get((space, ino))
-            && s == stamp
-        {
-            return (generation, true);
+        match g.gens.get((space, ino)) {
+            Some((generation, s, c)) if s == stamp => {
+                g.gens
+                    .insert((space, ino), (generation, stamp, c.or(Some(chg))));
+                return (generation, true);
+            }
+            Some((generation, s, Some(c))) if c == chg && stamp.2 > s.2 => {
+                Self::drop_range(&mut g, (space, ino, generation), s.2, stamp.2);
+                g.gens.insert((space, ino), (generation, stamp, Some(chg)));
+                return (generation, false);
+            }
+            _ => {}
         }
         let generation = g.next_gen;
         g.next_gen += 1;
-        g.gens.insert((space, ino), (generation, stamp));
+        g.gens.insert((space, ino), (generation, stamp, Some(chg)));
         (generation, false)
     }
 
-    /// Records that our own writes moved the file to `stamp` (cache still valid).
-    pub fn restamp(&self, space: u32, ino: u64, generation: u64, stamp: Stamp) {
+    /// Records that our own writes moved the file to `stamp` (cache still
+    /// valid), and its change counter if known (an append's answer).
+    pub fn restamp(&self, space: u32, ino: u64, generation: u64, stamp: Stamp, chg: Option<u64>) {
         let mut g = self.inner.lock().unwrap();
-        g.gens.insert((space, ino), (generation, stamp));
+        g.gens.insert((space, ino), (generation, stamp, chg));
+    }
+
+    /// An append of ours landed past the end this mount knew, at change
+    /// counter `chg`: if that is the counter `generation` stands for, only
+    /// appends came in between, and the cached extents below `from` stay
+    /// (those holding `[from, to)` are dropped); true then. False if the
+    /// file changed otherwise (or the counter is not known): nothing done.
+    pub fn grown_by_appends(
+        &self,
+        (space, ino, generation): (u32, u64, u64),
+        chg: u64,
+        from: u64,
+        to: u64,
+    ) -> bool {
+        let mut g = self.inner.lock().unwrap();
+        match g.gens.get((space, ino)) {
+            Some((gen_, s, Some(c))) if gen_ == generation && c == chg => {
+                Self::drop_range(&mut g, (space, ino, generation), from.min(s.2), to);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops the cached extents of a generation holding `[from, to)`.
+    fn drop_range(g: &mut Inner, (space, ino, generation): (u32, u64, u64), from: u64, to: u64) {
+        let mut ext = from - from % E;
+        while ext < to {
+            if let Some(v) = g.lru.pop(&(space, ino, generation, ext)) {
+                g.bytes -= cost(&v);
+            }
+            ext += E;
+        }
     }
 
     /// A fresh generation: everything cached of the inode is stale.
@@ -127,7 +180,7 @@ impl DataCache {
         let generation = g.next_gen;
         g.next_gen += 1;
         g.gens
-            .insert((space, ino), (generation, (i64::MIN, i64::MIN, 0)));
+            .insert((space, ino), (generation, (i64::MIN, i64::MIN, 0), None));
         generation
     }
 
@@ -303,20 +356,20 @@ mod tests {
     #[test]
     fn generations_are_bounded_and_never_reused() {
         let c = DataCache::new(1000);
-        let (first, _) = c.generation_for(1, 0, (1, 1, 1));
+        let (first, _) = c.generation_for(1, 0, (1, 1, 1), 0);
         let mut last = first;
         for ino in 1..=MAX_GENS as u64 {
-            let (g, valid) = c.generation_for(1, ino, (1, 1, 1));
+            let (g, valid) = c.generation_for(1, ino, (1, 1, 1), 0);
             assert!(!valid && g > last);
             last = g;
         }
         assert!(c.inner.lock().unwrap().gens.len() <= MAX_GENS);
         // The least recently used inode was forgotten: a new generation.
-        let (again, valid) = c.generation_for(1, 0, (1, 1, 1));
+        let (again, valid) = c.generation_for(1, 0, (1, 1, 1), 0);
         assert!(!valid && again > last);
         // A recent one is remembered.
         assert_eq!(
-            c.generation_for(1, MAX_GENS as u64, (1, 1, 1)),
+            c.generation_for(1, MAX_GENS as u64, (1, 1, 1), 0),
             (last, true)
         );
     }
@@ -324,26 +377,65 @@ mod tests {
     #[test]
     fn an_inode_in_use_keeps_its_generation() {
         let mut g = Gens::default();
-        g.insert((1, 0), (7, (1, 1, 1)));
+        g.insert((1, 0), (7, (1, 1, 1), None));
         for ino in 1..MAX_GENS as u64 * 2 {
-            g.insert((1, ino), (ino, (1, 1, 1)));
+            g.insert((1, ino), (ino, (1, 1, 1), None));
             // Asked for now and then: never forgotten.
             if ino % 1000 == 0 {
-                assert_eq!(g.get((1, 0)), Some((7, (1, 1, 1))));
+                assert_eq!(g.get((1, 0)), Some((7, (1, 1, 1), None)));
             }
             assert!(g.len() <= MAX_GENS);
         }
-        assert_eq!(g.get((1, 0)), Some((7, (1, 1, 1))));
+        assert_eq!(g.get((1, 0)), Some((7, (1, 1, 1), None)));
         assert_eq!(g.get((1, 1)), None);
     }
 
     #[test]
     fn generation_moves_when_stamp_changes() {
         let c = DataCache::new(1000);
-        let (g1, valid) = c.generation_for(1, 2, (5, 5, 10));
+        let (g1, valid) = c.generation_for(1, 2, (5, 5, 10), 0);
         assert!(!valid);
-        assert_eq!(c.generation_for(1, 2, (5, 5, 10)), (g1, true));
-        let (g2, valid) = c.generation_for(1, 2, (5, 6, 10));
+        assert_eq!(c.generation_for(1, 2, (5, 5, 10), 0), (g1, true));
+        let (g2, valid) = c.generation_for(1, 2, (5, 6, 10), 0);
         assert!(!valid && g2 != g1);
+    }
+
+    /// Grown by appends only (same change counter, longer): the extents
+    /// below the old end stay, the one holding it and later ones go.
+    #[test]
+    fn appends_elsewhere_keep_what_lies_below_the_old_end() {
+        let c = DataCache::new(10 << 20);
+        let (g, _) = c.generation_for(1, 2, (5, 5, 2 * E + 10), 7);
+        for slot in [0, E, 2 * E] {
+            c.put(1, 2, g, slot, Arc::new(vec![1; 10]));
+        }
+        // At an open: same counter, longer.
+        assert_eq!(c.generation_for(1, 2, (6, 6, 3 * E), 7), (g, false));
+        assert!(c.get(1, 2, g, 0).is_some() && c.get(1, 2, g, E).is_some());
+        assert!(
+            c.get(1, 2, g, 2 * E).is_none(),
+            "the old end's extent stays"
+        );
+        // Another counter (rewritten), or shorter: a new generation.
+        assert_ne!(c.generation_for(1, 2, (7, 7, 4 * E), 8).0, g);
+        let (g, _) = c.generation_for(1, 3, (5, 5, E + 5), 7);
+        assert_ne!(c.generation_for(1, 3, (6, 6, E), 7).0, g);
+
+        // At an append of ours past the end we knew.
+        let (g, _) = c.generation_for(1, 4, (5, 5, E + 5), 9);
+        c.put(1, 4, g, 0, Arc::new(vec![1; 10]));
+        c.put(1, 4, g, E, Arc::new(vec![1; 5]));
+        assert!(
+            !c.grown_by_appends((1, 4, g), 10, E + 5, E + 50),
+            "other counter"
+        );
+        assert!(c.get(1, 4, g, E).is_some(), "nothing dropped");
+        assert!(c.grown_by_appends((1, 4, g), 9, E + 5, E + 50));
+        assert!(c.get(1, 4, g, 0).is_some() && c.get(1, 4, g, E).is_none());
+        c.restamp(1, 4, g, (6, 6, E + 50), None);
+        assert!(
+            !c.grown_by_appends((1, 4, g), 9, E + 50, E + 60),
+            "counter unknown"
+        );
     }
 }

@@ -123,7 +123,7 @@ impl Fs {
         // small file read-only its data too, in one round trip.
         let epoch = self.attrs.epoch();
         let asked = data::ticket();
-        let (a, head) = meta::getattr_with_head(&shard, space, i, !writing)?;
+        let (a, chg, head) = meta::getattr_with_head(&shard, space, i, !writing)?;
         if a.is_dir() {
             return Err(Error::EISDIR);
         }
@@ -135,7 +135,7 @@ impl Fs {
                 .or_insert_with(|| {
                     let (generation, valid) =
                         self.cache
-                            .generation_for(space, i, (a.mtime, a.ctime, a.size));
+                            .generation_for(space, i, (a.mtime, a.ctime, a.size), chg);
                     keep = valid;
                     if let Some(data) = head {
                         self.cache.put(space, i, generation, 0, Arc::new(data));
@@ -162,10 +162,15 @@ impl Fs {
         node.set_owner_mode(now.gid, now.mode);
         node.keep_attr(a, epoch, asked);
         // Also when this open made the node: another may have found it since.
-        let refreshed = node.refresh(&self.cache, (a.mtime, a.ctime, a.size), asked, || {
-            let a = meta::getattr(&shard, space, i)?;
-            Ok((a.mtime, a.ctime, a.size))
-        });
+        let refreshed = node.refresh(
+            &self.cache,
+            ((a.mtime, a.ctime, a.size), chg),
+            asked,
+            || {
+                let (a, chg, _) = meta::getattr_with_head(&shard, space, i, false)?;
+                Ok(((a.mtime, a.ctime, a.size), chg))
+            },
+        );
         if let Err(e) = refreshed {
             self.release_node(&node);
             return Err(e);

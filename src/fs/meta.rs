@@ -76,7 +76,7 @@ pub fn getattr_with_head(
     space: u32,
     ino: u64,
     small: bool,
-) -> FsResult<(Attr, Option<Vec<u8>>)> {
+) -> FsResult<(Attr, u64, Option<Vec<u8>>)> {
     Ok(namespace::getattr_with_head(shard, space, ino, small)?)
 }
 

@@ -23,6 +23,7 @@ use super::access::{Access, Stores};
 use super::error::{ShardError, ShardResult};
 use super::inode::{Attr, DELETED};
 use super::namespace::insert_new;
+use super::schema::APPENDS_ONLY;
 use crate::clock::now_ns;
 use crate::db::Body;
 
@@ -237,9 +238,22 @@ pub struct AppendReq<'a> {
     pub data: &'a [u8],
 }
 
+/// A file of a batch of appends as its transaction goes: its end of file,
+/// the bytes added, and its change counter (appends leave it as it is).
+#[derive(Clone, Copy)]
+struct FileEnd {
+    eof: u64,
+    added: u64,
+    chg: u64,
+}
+
+/// Where an append landed, and its file's change counter (`inodes.chg`,
+/// which appends leave as it is).
+pub type Landed = (u64, u64);
+
 /// Appends `data` at the database's end of file in one transaction
-/// (`O_APPEND`); the file may not grow past `max_size`. Returns the offset
-/// the data landed at.
+/// (`O_APPEND`); the file may not grow past `max_size`. Returns where the
+/// data landed.
 pub fn append(
     s: &impl Access,
     stores: &dyn Stores,
@@ -247,7 +261,7 @@ pub fn append(
     data: &[u8],
     now: i64,
     max_size: u64,
-) -> ShardResult<u64> {
+) -> ShardResult<Landed> {
     let req = [AppendReq { space, ino, data }];
     let mut r = s.run("append", |tx| append_batch(tx, stores, &req, now, max_size))?;
     r.pop().expect("one result per append")
@@ -268,9 +282,8 @@ pub fn append_batch(
     reqs: &[AppendReq<'_>],
     now: i64,
     max_size: u64,
-) -> Result<Vec<ShardResult<u64>>, Body<ShardError>> {
-    // Per file: its end of file as this transaction goes, and bytes added.
-    let mut files: BTreeMap<(u32, u64), Option<(u64, u64)>> =
+) -> Result<Vec<ShardResult<Landed>>, Body<ShardError>> {
+    let mut files: BTreeMap<(u32, u64), Option<FileEnd>> =
         reqs.iter().map(|r| ((r.space, r.ino), None)).collect();
     let spaces: BTreeSet<u32> = files.keys().map(|k| k.0).collect();
     for space in spaces {
@@ -278,22 +291,32 @@ pub fn append_batch(
             .range((space, 0)..=(space, u64::MAX))
             .map(|(k, _)| k.1.to_string())
             .collect();
-        let rows: Vec<(u64, u64, bool)> = tx.query(format!(
-            "SELECT ino, size, s3_key IS NOT NULL OR import_path IS NOT NULL FROM inodes
+        let rows: Vec<(u64, u64, u64, bool)> = tx.query(format!(
+            "SELECT ino, size, chg, s3_key IS NOT NULL OR import_path IS NOT NULL FROM inodes
              WHERE space_id = {space} AND ino IN ({}) ORDER BY ino FOR UPDATE",
             inos.join(",")
         ))?;
-        for (ino, mut size, elsewhere) in rows {
+        for (ino, mut size, mut chg, elsewhere) in rows {
             if elsewhere {
                 size = recall(tx, stores, space, ino, true)?.map_or(size, |r| r.0);
+                // The recall moved it: unknown here, so what mounts hold is
+                // re-read (a counter no mount can have).
+                chg = u64::MAX;
             }
-            files.insert((space, ino), Some((size, 0)));
+            files.insert(
+                (space, ino),
+                Some(FileEnd {
+                    eof: size,
+                    added: 0,
+                    chg,
+                }),
+            );
         }
     }
     let mut results = Vec::with_capacity(reqs.len());
     let mut sql = String::new();
     for r in reqs {
-        let Some(Some((eof, added))) = files.get_mut(&(r.space, r.ino)) else {
+        let Some(Some(FileEnd { eof, added, chg })) = files.get_mut(&(r.space, r.ino)) else {
             results.push(Err(ShardError::NotFound));
             continue;
         };
@@ -307,7 +330,7 @@ pub fn append_batch(
             row_values(&mut sql, r.space, r.ino, at, piece);
             at += piece.len() as u64;
         }
-        results.push(Ok(*eof));
+        results.push(Ok((*eof, *chg)));
         *eof = end;
         *added += r.data.len() as u64;
     }
@@ -316,9 +339,13 @@ pub fn append_batch(
     }
     let mut sql = format!("INSERT INTO extents (space_id, ino, off, len, data) VALUES {sql}");
     for ((space, ino), f) in &files {
-        if let Some((size, added)) = f.filter(|f| f.1 > 0) {
+        if let Some(FileEnd {
+            eof: size, added, ..
+        }) = f.filter(|f| f.added > 0)
+        {
             sql.push_str(&format!(
-                "; UPDATE inodes SET size = {size}, stored = stored + {added}, mtime = {now}, ctime = {now}
+                "; UPDATE inodes SET size = {size}, stored = stored + {added}, mtime = {now}, ctime = {now},
+                     chg = chg | {APPENDS_ONLY}
                  WHERE space_id = {space} AND ino = {ino}"
             ));
         }
@@ -337,7 +364,7 @@ pub fn append_batch(
 /// What became of a group commit sent as one request.
 pub enum OneTrip {
     /// Committed: every append landed; where, per append.
-    Landed(Vec<u64>),
+    Landed(Vec<Landed>),
     /// The server refused a statement before the commit (a move's fence, a
     /// deadlock, an append to a file gone, held elsewhere or growing too
     /// big, no procedure yet on an old node): nothing was applied, the
@@ -376,20 +403,20 @@ pub fn append_in_one_trip(
         "', {lane}, {seq}, {at}) ON DUPLICATE KEY UPDATE seq = VALUES(seq), at = VALUES(at)"
     );
     for ((space, ino), which) in &files {
-        let _ = write!(sql, "; CALL tshs_append({space}, {ino}, X'");
+        let _ = write!(sql, "; CALL tshs_append_with_chg({space}, {ino}, X'");
         for &n in which {
             push_hex(&mut sql, reqs[n].data);
         }
         let _ = write!(sql, "', {now}, {max_size})");
     }
     sql.push_str("; COMMIT");
-    let landed = (|| -> Result<Vec<u64>, mysql::Error> {
+    let landed = (|| -> Result<Vec<Landed>, mysql::Error> {
         let mut result = conn.query_iter(sql)?;
         let mut landed = Vec::with_capacity(files.len());
         while let Some(set) = result.iter() {
-            if set.columns().as_ref().len() == 1 {
+            if set.columns().as_ref().len() == 2 {
                 for row in set {
-                    match mysql::from_row_opt::<u64>(row?) {
+                    match mysql::from_row_opt::<Landed>(row?) {
                         Ok(at) => landed.push(at),
                         Err(e) => return Err(mysql::Error::FromRowError(e.0)),
                     }
@@ -417,10 +444,10 @@ pub fn append_in_one_trip(
         }
         Err(e) => return OneTrip::Unknown(lost(e)),
     };
-    let mut out = vec![0; reqs.len()];
-    for (which, mut at) in files.values().zip(landed) {
+    let mut out = vec![(0, 0); reqs.len()];
+    for (which, (mut at, chg)) in files.values().zip(landed) {
         for &n in which {
-            out[n] = at;
+            out[n] = (at, chg);
             at += reqs[n].data.len() as u64;
         }
     }
@@ -498,7 +525,7 @@ pub fn merge(s: &impl Access, space: u32, ino: u64, slot: u64) -> ShardResult<bo
             // Copy-shards compares a file's rows of data again only if its
             // inode row changed.
             tx.exec_drop(
-                "UPDATE inodes SET joined = joined + 1 WHERE space_id = ? AND ino = ?",
+                format!("UPDATE inodes SET joined = joined + 1, chg = chg | {APPENDS_ONLY} WHERE space_id = ? AND ino = ?"),
                 (space, ino),
             )?;
         }

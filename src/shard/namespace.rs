@@ -141,41 +141,40 @@ pub fn getattr(s: &impl Access, space: u32, ino: u64) -> ShardResult<Attr> {
         .ok_or(ShardError::NotFound)
 }
 
-/// The attributes, and when `small` and the file fits in one slot, its
-/// data (empty for a hole or an empty file), from one query.
+/// The attributes, the change counter (`inodes.chg`: moved by every change
+/// but appends), and when `small` and the file fits in one slot, its data
+/// (empty for a hole or an empty file), from one query.
 pub fn getattr_with_head(
     s: &impl Access,
     space: u32,
     ino: u64,
     small: bool,
-) -> ShardResult<(Attr, Option<Vec<u8>>)> {
-    if !small {
-        return Ok((getattr(s, space, ino)?, None));
-    }
+) -> ShardResult<(Attr, u64, Option<Vec<u8>>)> {
     // One row per row of data in the first slot (pieces after appends).
     let rows: Vec<Row> = s.query("read", |conn| {
         conn.exec(
             format!(
-                "SELECT {I_COLUMNS}, IF(i.size <= ? AND i.mode & ? = ? AND i.s3_key IS NULL AND i.import_path IS NULL, COALESCE(e.data, ''), NULL), e.off
-                 FROM inodes i LEFT JOIN extents e ON e.space_id = i.space_id AND e.ino = i.ino AND e.off < ?
+                "SELECT {I_COLUMNS}, i.chg, IF(? AND i.size <= ? AND i.mode & ? = ? AND i.s3_key IS NULL AND i.import_path IS NULL, COALESCE(e.data, ''), NULL), e.off
+                 FROM inodes i LEFT JOIN extents e ON ? AND e.space_id = i.space_id AND e.ino = i.ino AND e.off < ?
                  WHERE i.space_id = ? AND i.ino = ? AND i.state < {DELETED} ORDER BY e.off"
             ),
-            (super::EXTENT_SIZE, libc::S_IFMT, libc::S_IFREG, super::EXTENT_SIZE, space, ino),
+            (small, super::EXTENT_SIZE, libc::S_IFMT, libc::S_IFREG, small, super::EXTENT_SIZE, space, ino),
         )
     })?;
     let first = rows.first().ok_or(ShardError::NotFound)?;
     let attr = inode::from_row(space, first);
-    if first.get::<Option<Vec<u8>>, _>(12).flatten().is_none() {
-        return Ok((attr, None));
+    let chg = first.get::<u64, _>(12).unwrap_or(0);
+    if first.get::<Option<Vec<u8>>, _>(13).flatten().is_none() {
+        return Ok((attr, chg, None));
     }
     let pieces = rows.into_iter().filter_map(|mut r| {
-        let off = r.take::<Option<u64>, _>(13).flatten()?;
-        Some((off, r.take::<Option<Vec<u8>>, _>(12).flatten()?))
+        let off = r.take::<Option<u64>, _>(14).flatten()?;
+        Some((off, r.take::<Option<Vec<u8>>, _>(13).flatten()?))
     });
     let head = super::extents::assemble(pieces)
         .pop()
         .map_or(Vec::new(), |e| e.1);
-    Ok((attr, Some(head)))
+    Ok((attr, chg, Some(head)))
 }
 
 /// The inode `name` points to, and whether it has any xattrs (so that

@@ -67,6 +67,19 @@
 //! holds and a random token the Admin Node records too (`identity.rs`).
 //! Written by create-storage-node, split-storage-node and restore-from-s3,
 //! and on first use by the Admin Node for a node made before it.
+//!
+//! Migration 12: `inodes.chg` counts an inode's changes other than appends.
+//! The update trigger moves it on every update, except one that marks
+//! itself as only adding bytes at the end or joining pieces (it sets the
+//! top bit, [`APPENDS_ONLY`], which the trigger clears): a mount that saw
+//! the same counter before and after another mount's appends keeps the
+//! file's cached bytes below the end it knew. A row starts at the time of
+//! its insert in microseconds (so an inode made again under the same
+//! number, in a space restored or made again, never repeats a counter),
+//! and a row from before the migration gets that at its first update. `tshs_append_with_chg` is
+//! `tshs_append` answering the counter too (the old one stays for old
+//! binaries: its updates move the counter, which only costs their readers
+//! a re-read).
 
 pub const TABLES: &[&str] = &[
     "schema_migrations",
@@ -97,8 +110,17 @@ pub const APPLIED_OPS: crate::db::OpLog = crate::db::OpLog {
 /// Lanes idle this long belong to processes gone (their retries long over).
 pub const APPLIED_OPS_KEEP_NS: i64 = 24 * 3600 * 1_000_000_000;
 
-/// The stored procedures migrations 2, 7 and 10 create (dropped with the tables).
-pub const ROUTINES: &[&str] = &["tshs_check_fence", "tshs_append", "tshs_guard"];
+/// The stored procedures migrations 2, 7, 10 and 12 create (dropped with the tables).
+pub const ROUTINES: &[&str] = &[
+    "tshs_check_fence",
+    "tshs_append",
+    "tshs_guard",
+    "tshs_append_with_chg",
+];
+
+/// Set in `inodes.chg` by an update that only appends or joins pieces: the
+/// trigger then keeps the change counter (see migration 12).
+pub const APPENDS_ONLY: &str = "9223372036854775808";
 
 /// The message of the error a write to a fenced space gets.
 pub const FENCE_MESSAGE: &str = "tshs: the space is being moved to another storage node";
@@ -414,5 +436,57 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
             token CHAR(32) NOT NULL,
             switch_mark CHAR(32) NULL
         ) ENGINE=InnoDB"],
+    ),
+    (
+        12,
+        &[
+            "ALTER TABLE inodes ADD COLUMN IF NOT EXISTS chg BIGINT UNSIGNED NOT NULL DEFAULT 0",
+            "ALTER TABLE inodes_v ADD COLUMN IF NOT EXISTS chg BIGINT UNSIGNED NOT NULL DEFAULT 0",
+            "CREATE OR REPLACE TRIGGER inodes_fence_u BEFORE UPDATE ON inodes FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(NEW.space_id, e, k);
+               IF @tshs_copier IS NULL THEN
+                 IF OLD.born < k THEN INSERT INTO inodes_v (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target, state, holder, deleted_at, s3_host, s3_key, import_path, import_mtime, joined, chg, born, died) VALUES (OLD.space_id, OLD.ino, OLD.mode, OLD.uid, OLD.gid, OLD.nlink, OLD.size, OLD.stored, OLD.rdev, OLD.atime, OLD.mtime, OLD.ctime, OLD.btime, OLD.target, OLD.state, OLD.holder, OLD.deleted_at, OLD.s3_host, OLD.s3_key, OLD.import_path, OLD.import_mtime, OLD.joined, OLD.chg, OLD.born, e); END IF;
+                 SET NEW.born = e;
+                 IF OLD.chg = 0 THEN SET NEW.chg = CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS UNSIGNED);
+                 ELSEIF NEW.chg >= 9223372036854775808 THEN SET NEW.chg = OLD.chg;
+                 ELSE SET NEW.chg = OLD.chg + 1; END IF;
+               END IF; END",
+            "CREATE OR REPLACE TRIGGER inodes_fence_i BEFORE INSERT ON inodes FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(NEW.space_id, e, k);
+               IF @tshs_copier IS NULL THEN
+                 SET NEW.born = e, NEW.chg = CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS UNSIGNED);
+               END IF; END",
+            "CREATE OR REPLACE TRIGGER inodes_fence_d BEFORE DELETE ON inodes FOR EACH ROW
+             BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(OLD.space_id, e, k);
+               IF @tshs_copier IS NULL THEN IF OLD.born < k THEN INSERT INTO inodes_v (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target, state, holder, deleted_at, s3_host, s3_key, import_path, import_mtime, joined, chg, born, died) VALUES (OLD.space_id, OLD.ino, OLD.mode, OLD.uid, OLD.gid, OLD.nlink, OLD.size, OLD.stored, OLD.rdev, OLD.atime, OLD.mtime, OLD.ctime, OLD.btime, OLD.target, OLD.state, OLD.holder, OLD.deleted_at, OLD.s3_host, OLD.s3_key, OLD.import_path, OLD.import_mtime, OLD.joined, OLD.chg, OLD.born, e); END IF; END IF; END",
+            "CREATE OR REPLACE PROCEDURE tshs_append_with_chg(IN s INT UNSIGNED, IN i BIGINT UNSIGNED,
+                IN d LONGBLOB, IN t BIGINT, IN most BIGINT UNSIGNED)
+           BEGIN
+             DECLARE eof BIGINT UNSIGNED DEFAULT NULL;
+             DECLARE c BIGINT UNSIGNED DEFAULT 0;
+             DECLARE away BOOL DEFAULT TRUE;
+             DECLARE n BIGINT UNSIGNED DEFAULT LENGTH(d);
+             DECLARE pos BIGINT UNSIGNED DEFAULT 1;
+             DECLARE k BIGINT UNSIGNED;
+             DECLARE CONTINUE HANDLER FOR NOT FOUND SET eof = NULL;
+             SELECT size, chg, s3_key IS NOT NULL OR import_path IS NOT NULL INTO eof, c, away
+               FROM inodes WHERE space_id = s AND ino = i FOR UPDATE;
+             IF eof IS NULL OR away OR eof + n > most THEN
+               SIGNAL SQLSTATE '45000'
+                 SET MESSAGE_TEXT = 'tshs: an append for the statement path', MYSQL_ERRNO = 1643;
+             ELSE
+               WHILE pos <= n DO
+                 SET k = LEAST(n - pos + 1, 262144 - (eof + pos - 1) % 262144);
+                 INSERT INTO extents (space_id, ino, off, len, data)
+                   VALUES (s, i, eof + pos - 1, k, SUBSTRING(d, pos, k));
+                 SET pos = pos + k;
+               END WHILE;
+               UPDATE inodes SET size = eof + n, stored = stored + n, mtime = t, ctime = t,
+                   chg = chg | 9223372036854775808
+                 WHERE space_id = s AND ino = i;
+               SELECT eof, c;
+             END IF;
+           END",
+        ],
     ),
 ];

@@ -208,7 +208,7 @@ fn run_on(cache: &DataCache, id: u32, batch: &[Arc<Append>]) -> Vec<Arc<Append>>
         Some(OneTrip::Landed(landed)) => {
             for (a, off) in batch.iter().zip(landed) {
                 a.node.appended(cache, off, &a.data, now);
-                *a.result.lock().unwrap() = Some(Ok(Some(off)));
+                *a.result.lock().unwrap() = Some(Ok(Some(off.0)));
             }
             return Vec::new();
         }
@@ -240,7 +240,7 @@ fn run_on(cache: &DataCache, id: u32, batch: &[Arc<Append>]) -> Vec<Arc<Append>>
     let r = route.tx_on_node(id, |tx| {
         extents::append_batch(tx, route.cluster(), &reqs, now, MAX_FILE_SIZE)
     });
-    let results: Vec<FsResult<u64>> = match r {
+    let results: Vec<FsResult<extents::Landed>> = match r {
         Ok(results) => results
             .into_iter()
             .map(|r| r.map_err(Error::from))
@@ -267,7 +267,7 @@ fn run_on(cache: &DataCache, id: u32, batch: &[Arc<Append>]) -> Vec<Arc<Append>>
         if let Ok(off) = r {
             a.node.appended(cache, off, &a.data, now);
         }
-        *a.result.lock().unwrap() = Some(r.map(Some));
+        *a.result.lock().unwrap() = Some(r.map(|(off, _)| Some(off)));
     }
     Vec::new()
 }
@@ -288,6 +288,6 @@ fn one_by_one(cache: &DataCache, appends: &[Arc<Append>]) {
         if let Ok(off) = r {
             a.node.appended(cache, off, &a.data, now);
         }
-        *a.result.lock().unwrap() = Some(r.map(Some));
+        *a.result.lock().unwrap() = Some(r.map(|(off, _)| Some(off)));
     }
 }

@@ -662,7 +662,8 @@ impl OpenInode {
         }
         st.db_size = st.db_size.max(size);
         st.info_ticket = ticket();
-        cache.restamp(self.space, self.ino, generation, (now, now, st.size));
+        // Our write moved the change counter to a value not known here.
+        cache.restamp(self.space, self.ino, generation, (now, now, st.size), None);
     }
 
     /// Appends at the database's end of file (`O_APPEND`) for thread
@@ -707,26 +708,47 @@ impl OpenInode {
         st.last_stamp = None;
     }
 
-    /// After an append of `data` landed at `eof` (committed at `now`), in
-    /// the order appends landed: this mount's view of the file follows. The
-    /// appended bytes join the cached extents (appends change no byte below
-    /// the end), unless another mount appended since this one last knew the
-    /// end.
-    fn appended(&self, cache: &DataCache, eof: u64, data: &[u8], now: i64) {
+    /// After an append of `data` landed at `eof` (committed at `now`) with
+    /// the file's change counter at `chg`, in the order appends landed:
+    /// this mount's view of the file follows. The appended bytes join the
+    /// cached extents (appends change no byte below the end), unless
+    /// another mount appended since this one last knew the end.
+    fn appended(&self, cache: &DataCache, (eof, chg): (u64, u64), data: &[u8], now: i64) {
         let end = eof + data.len() as u64;
         let mut st = self.state();
         st.write_seq += 1;
         if eof != st.db_size || st.size > end {
-            // Another mount appended meanwhile: what we cached is stale.
-            // Also after ours: a read that met our commit before this
-            // (`grown`) took the database's end, which may hold another
-            // mount's appends after ours, so our bytes alone would not fill
-            // the slots up to the size readers now use.
-            st.generation = cache.invalidate(self.space, self.ino);
+            // Another mount appended meanwhile: the slot holding the end we
+            // knew lacks its bytes. Also after ours: a read that met our
+            // commit before this (`grown`) took the database's end, which
+            // may hold another mount's appends after ours, so our bytes
+            // alone would not fill the slots up to the size readers now
+            // use. If nothing but appends happened (the change counter is
+            // the one our cached data stands for), what lies below the end
+            // we knew stays cached; else all of it is stale.
+            let from = st.db_size.min(st.size).min(eof);
+            let key = (self.space, self.ino, st.generation);
+            if cache.grown_by_appends(key, chg, from, end.max(st.size)) {
+                cache.restamp(
+                    self.space,
+                    self.ino,
+                    st.generation,
+                    (now, now, end),
+                    Some(chg),
+                );
+            } else {
+                st.generation = cache.invalidate(self.space, self.ino);
+            }
             *self.attr.lock().unwrap() = None;
             self.attrs.forget(self.space, self.ino);
         } else {
-            cache.restamp(self.space, self.ino, st.generation, (now, now, end));
+            cache.restamp(
+                self.space,
+                self.ino,
+                st.generation,
+                (now, now, end),
+                Some(chg),
+            );
             if let Some((a, ..)) = self.attr.lock().unwrap().as_mut() {
                 // Never back: a stat may have read a later end meanwhile.
                 a.size = a.size.max(end);
@@ -784,16 +806,16 @@ impl OpenInode {
     pub fn refresh(
         &self,
         cache: &DataCache,
-        stamp: super::cache::Stamp,
+        (stamp, chg): (super::cache::Stamp, u64),
         asked: u64,
-        ask: impl FnOnce() -> FsResult<super::cache::Stamp>,
+        ask: impl FnOnce() -> FsResult<(super::cache::Stamp, u64)>,
     ) -> FsResult<()> {
         let mut st = self.state();
         if !st.dirty.is_empty() || st.inflight.is_some() || self.is_pending() {
             return Ok(());
         }
-        let stamp = if asked > st.info_ticket {
-            stamp
+        let (stamp, chg) = if asked > st.info_ticket {
+            (stamp, chg)
         } else if st.last_stamp == Some(stamp) {
             return Ok(()); // nothing newer in it (the common case)
         } else {
@@ -803,7 +825,7 @@ impl OpenInode {
         // if its query began after this (so it saw at least as much).
         st.info_ticket = ticket();
         st.last_stamp = Some(stamp);
-        let (generation, valid) = cache.generation_for(self.space, self.ino, stamp);
+        let (generation, valid) = cache.generation_for(self.space, self.ino, stamp, chg);
         if !valid || generation != st.generation {
             st.generation = generation;
             st.size = stamp.2;
