@@ -150,15 +150,25 @@ pub fn getattr_with_head(
     ino: u64,
     small: bool,
 ) -> ShardResult<(Attr, u64, Option<Vec<u8>>)> {
-    // One row per row of data in the first slot (pieces after appends).
+    // One row per row of data in the first slot (pieces after appends);
+    // one row only when the data is not wanted.
     let rows: Vec<Row> = s.query("read", |conn| {
+        if !small {
+            return conn.exec(
+                format!(
+                    "SELECT {I_COLUMNS}, i.chg, NULL, NULL FROM inodes i
+                     WHERE i.space_id = ? AND i.ino = ? AND i.state < {DELETED}"
+                ),
+                (space, ino),
+            );
+        }
         conn.exec(
             format!(
-                "SELECT {I_COLUMNS}, i.chg, IF(? AND i.size <= ? AND i.mode & ? = ? AND i.s3_key IS NULL AND i.import_path IS NULL, COALESCE(e.data, ''), NULL), e.off
-                 FROM inodes i LEFT JOIN extents e ON ? AND e.space_id = i.space_id AND e.ino = i.ino AND e.off < ?
+                "SELECT {I_COLUMNS}, i.chg, IF(i.size <= ? AND i.mode & ? = ? AND i.s3_key IS NULL AND i.import_path IS NULL, COALESCE(e.data, ''), NULL), e.off
+                 FROM inodes i LEFT JOIN extents e ON e.space_id = i.space_id AND e.ino = i.ino AND e.off < ?
                  WHERE i.space_id = ? AND i.ino = ? AND i.state < {DELETED} ORDER BY e.off"
             ),
-            (small, super::EXTENT_SIZE, libc::S_IFMT, libc::S_IFREG, small, super::EXTENT_SIZE, space, ino),
+            (super::EXTENT_SIZE, libc::S_IFMT, libc::S_IFREG, super::EXTENT_SIZE, space, ino),
         )
     })?;
     let first = rows.first().ok_or(ShardError::NotFound)?;
