@@ -991,6 +991,20 @@ fn cached_bytes_of_a_log_survive_appends_elsewhere_but_not_rewrites() {
         "a new open after appends elsewhere"
     );
 
+    // A write in place elsewhere (same size), then an append here at the
+    // end this mount knew.
+    let mut w = OpenOptions::new().write(true).open(&l2).unwrap();
+    w.seek(SeekFrom::Start(1000)).unwrap();
+    w.write_all(&[0xAB; 100]).unwrap();
+    drop(w);
+    want[1000..1100].fill(0xAB);
+    a1.write_all(b"four\n").unwrap();
+    want.extend_from_slice(b"four\n");
+    assert!(
+        fs::read(&l1).unwrap() == want,
+        "a new open after a write in place elsewhere"
+    );
+
     // A rewrite elsewhere that ends longer than this mount knew the file.
     let new = common::pattern(3, want.len() + 100_000);
     fs::write(&l2, &new).unwrap();

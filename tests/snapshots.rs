@@ -583,14 +583,17 @@ fn expiry_and_bad_input() {
     let (c, db) = TestCluster::with_one_node();
     let m = c.mount();
     std::fs::write(m.space(104).join("f"), b"x").unwrap();
-    c.ok(&["snapshot", "create", "104", "--name", "short", "--ttl", "1"]);
+    // Long enough for the checks before expiry on a loaded machine.
+    let ttl = Duration::from_secs(6);
+    let made = std::time::Instant::now();
+    c.ok(&["snapshot", "create", "104", "--name", "short", "--ttl", "6"]);
     std::fs::write(m.space(104).join("f"), b"y").unwrap();
     assert!(rows(&db, "inodes_v") > 0);
     let list = c.ok(&["snapshot", "list"]);
     assert!(list.contains("short") && list.contains("ready"), "{list}");
     let dry = c.ok(&["remove-deleted", "--dry-run"]);
     assert!(!dry.contains("snapshot short"), "not expired yet: {dry}");
-    std::thread::sleep(Duration::from_millis(2100));
+    std::thread::sleep((ttl + Duration::from_millis(1100)).saturating_sub(made.elapsed()));
     let dry = c.ok(&["remove-deleted", "--dry-run"]);
     assert!(
         dry.contains("would remove snapshot short (expired)"),

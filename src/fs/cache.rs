@@ -52,6 +52,11 @@ fn cost(data: &Vec<u8>) -> usize {
     data.capacity() + ENTRY_COST
 }
 
+/// The most a file may have grown by appends elsewhere for its cached
+/// extents below the old end to be kept (the extents in between are
+/// dropped one by one under the cache's lock); past that, a new generation.
+const MAX_KEPT_GROWTH: u64 = 64 * E;
+
 /// Most inodes whose generation the cache remembers (about 50 bytes each).
 /// An inode forgotten gets a new generation at its next open: its cached
 /// extents (if any are left) age out and the kernel drops its pages, a
@@ -110,18 +115,19 @@ impl DataCache {
     /// The generation for an inode whose current stamp is `stamp` and change
     /// counter `chg`, and whether cached data of it is still valid (the
     /// kernel may keep its page cache). A file that only grew by appends
-    /// since (same counter, longer) keeps its generation: only the
+    /// since (same counter, longer by at most [`MAX_KEPT_GROWTH`]) keeps its
+    /// generation: only the
     /// extents from the old end on are dropped (the one holding it was
     /// cached shorter), and the kernel's pages go.
     pub fn generation_for(&self, space: u32, ino: u64, stamp: Stamp, chg: u64) -> (u64, bool) {
         let mut g = self.inner.lock().unwrap();
         match g.gens.get((space, ino)) {
-            Some((generation, s, c)) if s == stamp => {
-                g.gens
-                    .insert((space, ino), (generation, stamp, c.or(Some(chg))));
-                return (generation, true);
-            }
-            Some((generation, s, Some(c))) if c == chg && stamp.2 > s.2 => {
+            // (A counter not known stays unknown: this mount's own writes
+            // left it so, and its cache is not known to match the new one.)
+            Some((generation, s, _)) if s == stamp => return (generation, true),
+            Some((generation, s, Some(c)))
+                if c == chg && stamp.2 > s.2 && stamp.2 - s.2 <= MAX_KEPT_GROWTH =>
+            {
                 Self::drop_range(&mut g, (space, ino, generation), s.2, stamp.2);
                 g.gens.insert((space, ino), (generation, stamp, Some(chg)));
                 return (generation, false);
@@ -141,11 +147,21 @@ impl DataCache {
         g.gens.insert((space, ino), (generation, stamp, chg));
     }
 
+    /// The change counter `generation` of the inode stands for, if known.
+    pub fn counter(&self, (space, ino, generation): (u32, u64, u64)) -> Option<u64> {
+        let mut g = self.inner.lock().unwrap();
+        match g.gens.get((space, ino)) {
+            Some((gen_, _, c)) if gen_ == generation => c,
+            _ => None,
+        }
+    }
+
     /// An append of ours landed past the end this mount knew, at change
     /// counter `chg`: if that is the counter `generation` stands for, only
     /// appends came in between, and the cached extents below `from` stay
     /// (those holding `[from, to)` are dropped); true then. False if the
-    /// file changed otherwise (or the counter is not known): nothing done.
+    /// file changed otherwise (or the counter is not known, or it grew by
+    /// more than [`MAX_KEPT_GROWTH`]): nothing done.
     pub fn grown_by_appends(
         &self,
         (space, ino, generation): (u32, u64, u64),
@@ -155,7 +171,11 @@ impl DataCache {
     ) -> bool {
         let mut g = self.inner.lock().unwrap();
         match g.gens.get((space, ino)) {
-            Some((gen_, s, Some(c))) if gen_ == generation && c == chg => {
+            Some((gen_, s, Some(c)))
+                if gen_ == generation
+                    && c == chg
+                    && to.saturating_sub(from.min(s.2)) <= MAX_KEPT_GROWTH =>
+            {
                 Self::drop_range(&mut g, (space, ino, generation), from.min(s.2), to);
                 true
             }
@@ -174,13 +194,14 @@ impl DataCache {
         }
     }
 
-    /// A fresh generation: everything cached of the inode is stale.
-    pub fn invalidate(&self, space: u32, ino: u64) -> u64 {
+    /// A fresh generation: everything cached of the inode is stale. `chg`:
+    /// the change counter it starts at, if known.
+    pub fn invalidate(&self, space: u32, ino: u64, chg: Option<u64>) -> u64 {
         let mut g = self.inner.lock().unwrap();
         let generation = g.next_gen;
         g.next_gen += 1;
         g.gens
-            .insert((space, ino), (generation, (i64::MIN, i64::MIN, 0), None));
+            .insert((space, ino), (generation, (i64::MIN, i64::MIN, 0), chg));
         generation
     }
 
@@ -437,5 +458,16 @@ mod tests {
             !c.grown_by_appends((1, 4, g), 9, E + 50, E + 60),
             "counter unknown"
         );
+        // An open that finds the stamp our own write left keeps the counter
+        // unknown: the cache is not known to match it.
+        assert_eq!(c.generation_for(1, 4, (6, 6, E + 50), 9), (g, true));
+        assert_eq!(c.counter((1, 4, g)), None);
+
+        // Grown by more than is worth dropping extent by extent.
+        let (g, _) = c.generation_for(1, 5, (5, 5, 10), 3);
+        let far = 10 + MAX_KEPT_GROWTH + 1;
+        assert_ne!(c.generation_for(1, 5, (6, 6, far), 3).0, g);
+        let (g, _) = c.generation_for(1, 6, (5, 5, 10), 3);
+        assert!(!c.grown_by_appends((1, 6, g), 3, 10, far));
     }
 }

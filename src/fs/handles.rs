@@ -258,7 +258,7 @@ impl Fs {
             xattrs: &[],
         };
         let a = meta::new_attr(&p, space, ino, &new, now_ns())?;
-        let generation = self.cache.invalidate(space, ino);
+        let generation = self.cache.invalidate(space, ino, None);
         self.xattrs.put_empty(a.ino);
         let pending = data::PendingCreate {
             parent: dir,

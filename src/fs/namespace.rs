@@ -177,7 +177,7 @@ impl Fs {
                 o.rewrite(&self.cache, || meta::setattr(&shard, space, i, s, &setid))
             }
             _ => {
-                self.cache.invalidate(space, i);
+                self.cache.invalidate(space, i, None);
                 meta::setattr(&shard, space, i, s, &setid)
             }
         };

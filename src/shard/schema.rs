@@ -447,14 +447,14 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
                IF @tshs_copier IS NULL THEN
                  IF OLD.born < k THEN INSERT INTO inodes_v (space_id, ino, mode, uid, gid, nlink, size, stored, rdev, atime, mtime, ctime, btime, target, state, holder, deleted_at, s3_host, s3_key, import_path, import_mtime, joined, chg, born, died) VALUES (OLD.space_id, OLD.ino, OLD.mode, OLD.uid, OLD.gid, OLD.nlink, OLD.size, OLD.stored, OLD.rdev, OLD.atime, OLD.mtime, OLD.ctime, OLD.btime, OLD.target, OLD.state, OLD.holder, OLD.deleted_at, OLD.s3_host, OLD.s3_key, OLD.import_path, OLD.import_mtime, OLD.joined, OLD.chg, OLD.born, e); END IF;
                  SET NEW.born = e;
-                 IF OLD.chg = 0 THEN SET NEW.chg = CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS UNSIGNED);
+                 IF OLD.chg = 0 THEN SET NEW.chg = COALESCE(UNIX_TIMESTAMP() * 1000000 + MICROSECOND(NOW(6)), 1);
                  ELSEIF NEW.chg >= 9223372036854775808 THEN SET NEW.chg = OLD.chg;
                  ELSE SET NEW.chg = OLD.chg + 1; END IF;
                END IF; END",
             "CREATE OR REPLACE TRIGGER inodes_fence_i BEFORE INSERT ON inodes FOR EACH ROW
              BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(NEW.space_id, e, k);
                IF @tshs_copier IS NULL THEN
-                 SET NEW.born = e, NEW.chg = CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS UNSIGNED);
+                 SET NEW.born = e, NEW.chg = COALESCE(UNIX_TIMESTAMP() * 1000000 + MICROSECOND(NOW(6)), 1);
                END IF; END",
             "CREATE OR REPLACE TRIGGER inodes_fence_d BEFORE DELETE ON inodes FOR EACH ROW
              BEGIN DECLARE e, k BIGINT UNSIGNED; CALL tshs_guard(OLD.space_id, e, k);

@@ -717,7 +717,12 @@ impl OpenInode {
         let end = eof + data.len() as u64;
         let mut st = self.state();
         st.write_seq += 1;
-        if eof != st.db_size || st.size > end {
+        let key = (self.space, self.ino, st.generation);
+        // Our cached data stands for this counter: nothing but appends
+        // happened since (another mount's write in place, same size, moves
+        // it: then nothing cached is kept, wherever the append landed).
+        let same = cache.counter(key) == Some(chg);
+        if !same || eof != st.db_size || st.size > end {
             // Another mount appended meanwhile: the slot holding the end we
             // knew lacks its bytes. Also after ours: a read that met our
             // commit before this (`grown`) took the database's end, which
@@ -727,8 +732,7 @@ impl OpenInode {
             // the one our cached data stands for), what lies below the end
             // we knew stays cached; else all of it is stale.
             let from = st.db_size.min(st.size).min(eof);
-            let key = (self.space, self.ino, st.generation);
-            if cache.grown_by_appends(key, chg, from, end.max(st.size)) {
+            if same && cache.grown_by_appends(key, chg, from, end.max(st.size)) {
                 cache.restamp(
                     self.space,
                     self.ino,
@@ -737,7 +741,7 @@ impl OpenInode {
                     Some(chg),
                 );
             } else {
-                st.generation = cache.invalidate(self.space, self.ino);
+                st.generation = cache.invalidate(self.space, self.ino, Some(chg));
             }
             *self.attr.lock().unwrap() = None;
             self.attrs.forget(self.space, self.ino);
@@ -852,7 +856,7 @@ impl OpenInode {
         st.size = a.size;
         st.db_size = a.size;
         st.info_ticket = ticket();
-        st.generation = cache.invalidate(self.space, self.ino);
+        st.generation = cache.invalidate(self.space, self.ino, None);
         Ok(a)
     }
 }

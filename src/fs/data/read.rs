@@ -374,7 +374,11 @@ impl OpenInode {
         let rows = self.load_span(first, last)?;
         let rows: Vec<(u64, Arc<Vec<u8>>)> =
             rows.into_iter().map(|(o, d)| (o, Arc::new(d))).collect();
-        if *self.opens.lock().unwrap() == 0 {
+        // Held while caching: a last close waits, so what is put here is
+        // put while the file is open (the next open drops what its old end
+        // made stale), not after.
+        let opens = self.opens.lock().unwrap();
+        if *opens == 0 {
             // Closed meanwhile: a new open may already use a newer version.
             return Ok(rows);
         }
