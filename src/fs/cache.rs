@@ -142,7 +142,12 @@ impl DataCache {
 
     /// Records that our own writes moved the file to `stamp` (cache still
     /// valid), and its change counter if known (an append's answer).
-    pub fn restamp(&self, space: u32, ino: u64, generation: u64, stamp: Stamp, chg: Option<u64>) {
+    pub fn restamp(
+        &self,
+        (space, ino, generation): (u32, u64, u64),
+        stamp: Stamp,
+        chg: Option<u64>,
+    ) {
         let mut g = self.inner.lock().unwrap();
         g.gens.insert((space, ino), (generation, stamp, chg));
     }
@@ -453,7 +458,7 @@ mod tests {
         assert!(c.get(1, 4, g, E).is_some(), "nothing dropped");
         assert!(c.grown_by_appends((1, 4, g), 9, E + 5, E + 50));
         assert!(c.get(1, 4, g, 0).is_some() && c.get(1, 4, g, E).is_none());
-        c.restamp(1, 4, g, (6, 6, E + 50), None);
+        c.restamp((1, 4, g), (6, 6, E + 50), None);
         assert!(
             !c.grown_by_appends((1, 4, g), 9, E + 50, E + 60),
             "counter unknown"

@@ -663,7 +663,11 @@ impl OpenInode {
         st.db_size = st.db_size.max(size);
         st.info_ticket = ticket();
         // Our write moved the change counter to a value not known here.
-        cache.restamp(self.space, self.ino, generation, (now, now, st.size), None);
+        cache.restamp(
+            (self.space, self.ino, generation),
+            (now, now, st.size),
+            None,
+        );
     }
 
     /// Appends at the database's end of file (`O_APPEND`) for thread
@@ -733,26 +737,14 @@ impl OpenInode {
             // we knew stays cached; else all of it is stale.
             let from = st.db_size.min(st.size).min(eof);
             if same && cache.grown_by_appends(key, chg, from, end.max(st.size)) {
-                cache.restamp(
-                    self.space,
-                    self.ino,
-                    st.generation,
-                    (now, now, end),
-                    Some(chg),
-                );
+                cache.restamp(key, (now, now, end), Some(chg));
             } else {
                 st.generation = cache.invalidate(self.space, self.ino, Some(chg));
             }
             *self.attr.lock().unwrap() = None;
             self.attrs.forget(self.space, self.ino);
         } else {
-            cache.restamp(
-                self.space,
-                self.ino,
-                st.generation,
-                (now, now, end),
-                Some(chg),
-            );
+            cache.restamp(key, (now, now, end), Some(chg));
             if let Some((a, ..)) = self.attr.lock().unwrap().as_mut() {
                 // Never back: a stat may have read a later end meanwhile.
                 a.size = a.size.max(end);
