@@ -152,40 +152,37 @@ impl DataCache {
         g.gens.insert((space, ino), (generation, stamp, chg));
     }
 
-    /// The change counter `generation` of the inode stands for, if known.
-    pub fn counter(&self, (space, ino, generation): (u32, u64, u64)) -> Option<u64> {
-        let mut g = self.inner.lock().unwrap();
-        match g.gens.get((space, ino)) {
-            Some((gen_, _, c)) if gen_ == generation => c,
-            _ => None,
-        }
-    }
-
-    /// An append of ours landed past the end this mount knew, at change
-    /// counter `chg`: if that is the counter `generation` stands for, only
-    /// appends came in between, and the cached extents below `from` stay
-    /// (those holding `[from, to)` are dropped); true then. False if the
-    /// file changed otherwise (or the counter is not known, or it grew by
-    /// more than [`MAX_KEPT_GROWTH`]): nothing done.
-    pub fn grown_by_appends(
+    /// An append of ours landed with the file at change counter `chg`, and
+    /// the file is now at `stamp`. If `generation` stands for that counter
+    /// (only appends happened since), it goes on at `stamp`, and with
+    /// `stale` the cached extents holding `[from, to)` are dropped (another
+    /// mount's appends came before ours, so the extent that held the end we
+    /// knew lacks them); true then. False, changing nothing, if the file
+    /// changed otherwise, the counter is not known, or more than
+    /// [`MAX_KEPT_GROWTH`] would have to be dropped.
+    pub fn appended(
         &self,
         (space, ino, generation): (u32, u64, u64),
         chg: u64,
-        from: u64,
-        to: u64,
+        stamp: Stamp,
+        stale: Option<(u64, u64)>,
     ) -> bool {
         let mut g = self.inner.lock().unwrap();
-        match g.gens.get((space, ino)) {
-            Some((gen_, s, Some(c)))
-                if gen_ == generation
-                    && c == chg
-                    && to.saturating_sub(from.min(s.2)) <= MAX_KEPT_GROWTH =>
-            {
-                Self::drop_range(&mut g, (space, ino, generation), from.min(s.2), to);
-                true
-            }
-            _ => false,
+        let Some((gen_, s, Some(c))) = g.gens.get((space, ino)) else {
+            return false;
+        };
+        if gen_ != generation || c != chg {
+            return false;
         }
+        if let Some((from, to)) = stale {
+            let from = from.min(s.2);
+            if to.saturating_sub(from) > MAX_KEPT_GROWTH {
+                return false;
+            }
+            Self::drop_range(&mut g, (space, ino, generation), from, to);
+        }
+        g.gens.insert((space, ino), (generation, stamp, Some(chg)));
+        true
     }
 
     /// Drops the cached extents of a generation holding `[from, to)`.
@@ -451,28 +448,32 @@ mod tests {
         let (g, _) = c.generation_for(1, 4, (5, 5, E + 5), 9);
         c.put(1, 4, g, 0, Arc::new(vec![1; 10]));
         c.put(1, 4, g, E, Arc::new(vec![1; 5]));
+        let stale = Some((E + 5, E + 50));
         assert!(
-            !c.grown_by_appends((1, 4, g), 10, E + 5, E + 50),
+            !c.appended((1, 4, g), 10, (6, 6, E + 50), stale),
             "other counter"
         );
         assert!(c.get(1, 4, g, E).is_some(), "nothing dropped");
-        assert!(c.grown_by_appends((1, 4, g), 9, E + 5, E + 50));
+        assert!(c.appended((1, 4, g), 9, (6, 6, E + 50), stale));
         assert!(c.get(1, 4, g, 0).is_some() && c.get(1, 4, g, E).is_none());
-        c.restamp((1, 4, g), (6, 6, E + 50), None);
+        // At the end we knew: nothing dropped, the stamp moves on.
+        assert!(c.appended((1, 4, g), 9, (7, 7, E + 60), None));
+        assert_eq!(c.generation_for(1, 4, (7, 7, E + 60), 9), (g, true));
+        c.restamp((1, 4, g), (8, 8, E + 70), None);
         assert!(
-            !c.grown_by_appends((1, 4, g), 9, E + 50, E + 60),
+            !c.appended((1, 4, g), 9, (9, 9, E + 80), None),
             "counter unknown"
         );
         // An open that finds the stamp our own write left keeps the counter
         // unknown: the cache is not known to match it.
-        assert_eq!(c.generation_for(1, 4, (6, 6, E + 50), 9), (g, true));
-        assert_eq!(c.counter((1, 4, g)), None);
+        assert_eq!(c.generation_for(1, 4, (8, 8, E + 70), 9), (g, true));
+        assert!(!c.appended((1, 4, g), 9, (9, 9, E + 80), None));
 
         // Grown by more than is worth dropping extent by extent.
         let (g, _) = c.generation_for(1, 5, (5, 5, 10), 3);
         let far = 10 + MAX_KEPT_GROWTH + 1;
         assert_ne!(c.generation_for(1, 5, (6, 6, far), 3).0, g);
         let (g, _) = c.generation_for(1, 6, (5, 5, 10), 3);
-        assert!(!c.grown_by_appends((1, 6, g), 3, 10, far));
+        assert!(!c.appended((1, 6, g), 3, (6, 6, far), Some((10, far))));
     }
 }

@@ -721,30 +721,26 @@ impl OpenInode {
         let end = eof + data.len() as u64;
         let mut st = self.state();
         st.write_seq += 1;
+        // Another mount appended meanwhile, so the extent holding the end we
+        // knew lacks its bytes. Or after ours: a read that met our commit
+        // before this (`grown`) took the database's end, which may hold
+        // another mount's appends after ours, so our bytes alone would not
+        // fill the slots up to the size readers now use.
+        let behind = eof != st.db_size || st.size > end;
+        let stale = behind.then(|| (st.db_size.min(st.size).min(eof), end.max(st.size)));
+        // If nothing but appends happened since our cached data (the change
+        // counter it stands for), what lies below the end we knew stays;
+        // else (a write in place elsewhere, even of the same size) all of
+        // it is stale.
         let key = (self.space, self.ino, st.generation);
-        // Our cached data stands for this counter: nothing but appends
-        // happened since (another mount's write in place, same size, moves
-        // it: then nothing cached is kept, wherever the append landed).
-        let same = cache.counter(key) == Some(chg);
-        if !same || eof != st.db_size || st.size > end {
-            // Another mount appended meanwhile: the slot holding the end we
-            // knew lacks its bytes. Also after ours: a read that met our
-            // commit before this (`grown`) took the database's end, which
-            // may hold another mount's appends after ours, so our bytes
-            // alone would not fill the slots up to the size readers now
-            // use. If nothing but appends happened (the change counter is
-            // the one our cached data stands for), what lies below the end
-            // we knew stays cached; else all of it is stale.
-            let from = st.db_size.min(st.size).min(eof);
-            if same && cache.grown_by_appends(key, chg, from, end.max(st.size)) {
-                cache.restamp(key, (now, now, end), Some(chg));
-            } else {
+        let kept = cache.appended(key, chg, (now, now, end), stale);
+        if !kept || behind {
+            if !kept {
                 st.generation = cache.invalidate(self.space, self.ino, Some(chg));
             }
             *self.attr.lock().unwrap() = None;
             self.attrs.forget(self.space, self.ino);
         } else {
-            cache.restamp(key, (now, now, end), Some(chg));
             if let Some((a, ..)) = self.attr.lock().unwrap().as_mut() {
                 // Never back: a stat may have read a later end meanwhile.
                 a.size = a.size.max(end);
