@@ -858,10 +858,11 @@ fn whole_records(log: &[u8]) -> Result<usize, String> {
 }
 
 /// A log appended to through two mounts (records of 7–97 KB) while readers
-/// on one of them read it whole again and again, by new opens and through
-/// a handle kept open: no reader ever sees a byte that is not the log's
-/// (the kernel's cached page at an old end must not read as zeros once the
-/// log grew), and never less than it saw before.
+/// on one of them read it again and again up to the size a stat gives, by
+/// new opens and through a handle kept open: every byte of that size is
+/// there, no reader ever sees a byte that is not the log's (the kernel's
+/// cached page at an old end must not read as zeros once the log grew),
+/// and never less than it saw before.
 #[test]
 fn readers_of_a_growing_log_see_only_its_bytes() {
     let c = TestCluster::with_nodes();
