@@ -10,6 +10,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use common::{TestCluster, sh};
 
@@ -856,10 +858,11 @@ fn whole_records(log: &[u8]) -> Result<usize, String> {
 }
 
 /// A log appended to through two mounts (records of 7–97 KB) while readers
-/// on one of them read it whole again and again, by new opens and through
-/// a handle kept open: no reader ever sees a byte that is not the log's
-/// (the kernel's cached page at an old end must not read as zeros once the
-/// log grew), and never less than it saw before.
+/// on one of them read it again and again up to the size a stat gives, by
+/// new opens and through a handle kept open: every byte of that size is
+/// there, no reader ever sees a byte that is not the log's (the kernel's
+/// cached page at an old end must not read as zeros once the log grew),
+/// and never less than it saw before.
 #[test]
 fn readers_of_a_growing_log_see_only_its_bytes() {
     let c = TestCluster::with_nodes();
@@ -869,34 +872,51 @@ fn readers_of_a_growing_log_see_only_its_bytes() {
     let l1 = m1.space(19).join("last.log");
     fs::write(&l1, b"").unwrap();
     let l2 = m2.path().join("vol01/19/last.log");
+    // Each writer appends at least `per` records, and goes on until the
+    // readers have read the log often enough (appends that return before
+    // their commit write fast).
     let per = 60;
     let stop = common::StopFlag::new();
+    let read_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writers: Vec<_> = (0..4u32)
         .map(|w| {
             let log = if w % 2 == 0 { l1.clone() } else { l2.clone() };
+            let read_count = read_count.clone();
             std::thread::spawn(move || {
                 let mut h = OpenOptions::new().append(true).open(&log).unwrap();
-                for i in 0..per {
+                let mut i = 0;
+                while i < per || (read_count.load(Ordering::Acquire) < 40 && i < 20 * per) {
                     h.write_all(&log_record(w, i)).unwrap();
+                    i += 1;
                 }
+                i as usize
             })
         })
         .collect();
     let readers: Vec<_> = (0..4)
         .map(|k| {
-            let (log, stop) = (l1.clone(), stop.0.clone());
+            let (log, stop, read_count) = (l1.clone(), stop.0.clone(), read_count.clone());
             std::thread::spawn(move || {
                 let mut held = fs::File::open(&log).unwrap();
                 let (mut seen, mut reads) = (0, 0);
-                while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                    let now = if k % 2 == 0 {
-                        fs::read(&log).unwrap()
+                while !stop.load(Ordering::Acquire) {
+                    // Up to the size a stat gives (the log grows faster
+                    // than a reader chasing its end): every byte of it
+                    // must be there.
+                    let (size, now) = if k % 2 == 0 {
+                        let mut f = fs::File::open(&log).unwrap();
+                        let size = f.metadata().unwrap().len();
+                        let mut b = Vec::new();
+                        (&mut f).take(size).read_to_end(&mut b).unwrap();
+                        (size, b)
                     } else {
+                        let size = held.metadata().unwrap().len();
                         let mut b = Vec::new();
                         held.seek(SeekFrom::Start(0)).unwrap();
-                        held.read_to_end(&mut b).unwrap();
-                        b
+                        (&mut held).take(size).read_to_end(&mut b).unwrap();
+                        (size, b)
                     };
+                    assert_eq!(now.len() as u64, size, "reader {k}: a short read");
                     if let Err(e) = whole_records(&now) {
                         panic!("reader {k}, read {reads}: {e}");
                     }
@@ -907,20 +927,56 @@ fn readers_of_a_growing_log_see_only_its_bytes() {
                     );
                     seen = now.len();
                     reads += 1;
+                    read_count.fetch_add(1, Ordering::AcqRel);
                 }
                 reads
             })
         })
         .collect();
-    for w in writers {
-        w.join().unwrap();
-    }
+    let written: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
     stop.raise();
     let reads: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
     assert!(reads > 20, "{reads} reads");
     let log = fs::read(&l1).unwrap();
-    assert_eq!(whole_records(&log), Ok(4 * per as usize));
+    assert_eq!(whole_records(&log), Ok(written));
     assert!(log == fs::read(&l2).unwrap(), "the mounts differ");
+}
+
+/// A handle kept open on one mount reads every byte of the size a stat
+/// gives, when another mount's appends made the log that long: the read
+/// path learns the end the kernel was told, not only its own appends'.
+#[test]
+fn a_held_reader_reads_up_to_the_size_a_stat_gave() {
+    let c = TestCluster::with_nodes();
+    let m1 = common::Mount::new(&c, &["ttl=0"]);
+    let m2 = common::Mount::new(&c, &["ttl=0"]);
+    let l1 = m1.space(19).join("last.log");
+    fs::write(&l1, vec![b'a'; 5000]).unwrap();
+    let mut held = fs::File::open(&l1).unwrap();
+    let mut b = Vec::new();
+    held.read_to_end(&mut b).unwrap();
+    assert_eq!(b.len(), 5000);
+    let mut other = OpenOptions::new()
+        .append(true)
+        .open(m2.path().join("vol01/19/last.log"))
+        .unwrap();
+    other.write_all(&[b'b'; 3000]).unwrap();
+    other.sync_all().unwrap();
+    // By a stat of the handle, and by a lookup of the name.
+    assert_eq!(held.metadata().unwrap().len(), 8000);
+    let mut now = Vec::new();
+    held.seek(SeekFrom::Start(0)).unwrap();
+    (&mut held).take(8000).read_to_end(&mut now).unwrap();
+    assert_eq!(now.len(), 8000, "a short read");
+    assert!(now[..5000].iter().all(|&x| x == b'a') && now[5000..].iter().all(|&x| x == b'b'));
+    other.write_all(&[b'c'; 2000]).unwrap();
+    other.sync_all().unwrap();
+    assert_eq!(fs::metadata(&l1).unwrap().len(), 10_000);
+    let mut now = Vec::new();
+    held.seek(SeekFrom::Start(7000)).unwrap();
+    held.read_to_end(&mut now).unwrap();
+    assert_eq!(now.len(), 3000, "a short read after a lookup");
+    assert!(now[..1000].iter().all(|&x| x == b'b') && now[1000..].iter().all(|&x| x == b'c'));
 }
 
 /// A file written a moment ago (opened for direct I/O, see

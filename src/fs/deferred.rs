@@ -127,15 +127,22 @@ impl Fs {
     }
 
     /// Attributes as this mount sees them: with its uncommitted changes.
-    pub(super) fn with_changes(&self, mut a: Attr) -> Attr {
+    ///
+    /// `a` was read from the database after [`super::data::ticket`] `asked`; the
+    /// kernel is told its size: an open file's read path learns it too
+    /// (see [`OpenInode::told`]).
+    pub(super) fn with_changes(&self, mut a: Attr, asked: u64) -> Attr {
         if let Node::Space(s, i) = Node::from_ino(a.ino) {
             if let Some(c) = self.changes.get(s, i) {
                 c.apply(&mut a);
             }
             // And with the size of data this mount has buffered.
             let open = self.open.lock().unwrap().get(&(s, i)).cloned();
-            if let Some(size) = open.and_then(|o| o.local_size()) {
-                a.size = size;
+            if let Some(o) = open {
+                match o.local_size() {
+                    Some(size) => a.size = size,
+                    None => o.told(&self.cache, a.size, asked),
+                }
             }
         }
         a

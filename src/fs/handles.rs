@@ -158,7 +158,7 @@ impl Fs {
             node
         };
         // With this mount's deferred chmod (see `OpenInode::owner_mode`).
-        let now = self.with_changes(a);
+        let now = self.with_changes(a, asked);
         node.set_owner_mode(now.gid, now.mode);
         node.keep_attr(a, epoch, asked);
         // Also when this open made the node: another may have found it since.

@@ -55,6 +55,8 @@ impl Fs {
                 } else {
                     None
                 };
+                // The ticket before the database was asked (0: not now).
+                let mut asked = 0;
                 let (mut a, age) = match cached {
                     Some(c) => c,
                     None => {
@@ -74,7 +76,7 @@ impl Fs {
                         match kept {
                             Some(a) => fresh(a),
                             None => {
-                                let asked = super::data::ticket();
+                                asked = super::data::ticket();
                                 let a = meta::getattr(&self.shard_after_import(space)?, space, i)?;
                                 if let Some(o) = &open {
                                     o.keep_attr(a, open_epoch, asked);
@@ -92,8 +94,9 @@ impl Fs {
                 }
                 if let Some(o) = &open {
                     o.set_owner_mode(a.gid, a.mode);
-                    if let Some(size) = o.local_size() {
-                        a.size = size;
+                    match o.local_size() {
+                        Some(size) => a.size = size,
+                        None => o.told(&self.cache, a.size, asked),
                     }
                 }
                 Ok((a, age))
@@ -112,12 +115,13 @@ impl Fs {
             Node::Snapshot(n) => self.snapshot_lookup(n, name),
             Node::Space(space, dir) => {
                 self.commit_creates(space);
+                let asked = super::data::ticket();
                 let (a, has_xattrs) =
                     meta::lookup(&self.shard_after_import(space)?, space, dir, name)?;
                 if !has_xattrs {
                     self.xattrs.put_empty(a.ino);
                 }
-                Ok(self.with_changes(a))
+                Ok(self.with_changes(a, asked))
             }
         }
     }
@@ -381,6 +385,7 @@ impl Fs {
                 self.commit_creates(space);
                 let dots = offset < 2;
                 let after = offset.saturating_sub(2);
+                let asked = super::data::ticket();
                 let page = meta::readdir(&shard, space, dir, after, limit, dots && dir != 1)?;
                 let mut out = Vec::new();
                 if dots {
@@ -401,7 +406,7 @@ impl Fs {
                     if !e.has_xattrs {
                         self.xattrs.put_empty(e.attr.ino);
                     }
-                    out.push((e.seq + 2, e.name, self.with_changes(e.attr)));
+                    out.push((e.seq + 2, e.name, self.with_changes(e.attr, asked)));
                 }
                 if short && let Some(last) = out.last_mut() {
                     last.0 = END;

@@ -250,6 +250,11 @@ pub struct FileState {
     info_ticket: u64,
     /// The last stamp [`OpenInode::refresh`] applied.
     last_stamp: Option<super::cache::Stamp>,
+    /// The largest size this mount told the kernel the file has (a stat
+    /// or lookup read it from the database): the kernel lets a reader ask
+    /// up to there, so a read past `size` asks the database for its end
+    /// while this is larger (see [`OpenInode::told`]).
+    told: u64,
 }
 
 /// An inode open in this mount.
@@ -342,6 +347,7 @@ impl OpenInode {
                 write_seq: 0,
                 info_ticket: 0,
                 last_stamp: None,
+                told: size,
             }),
             data_turn: RwLock::default(),
             appending: AtomicUsize::new(0),
@@ -843,6 +849,7 @@ impl OpenInode {
         st.write_seq += 1;
         st.size = a.size;
         st.db_size = a.size;
+        st.told = a.size;
         st.info_ticket = ticket();
         st.generation = cache.invalidate(self.space, self.ino, None);
         Ok(a)

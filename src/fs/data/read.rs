@@ -41,16 +41,21 @@ impl OpenInode {
         let mut own: Option<Arc<Loading>> = None;
         let (end, version, jobs) = {
             let mut st = self.state();
-            if off + u64::from(len) > st.size && self.appending.load(Ordering::Acquire) > 0 {
-                // Asked past the end while an append of ours runs: its
-                // commit may be in, and the kernel may know the new size
-                // (a stat reads the database); the part of a short answer
-                // inside that size would be cached as zeros. Answer up to
-                // the database's end.
+            if off + u64::from(len) > st.size
+                && (st.told > st.size || self.appending.load(Ordering::Acquire) > 0)
+            {
+                // Asked past the end, and the kernel may know a larger
+                // size: a stat told it one this read path did not take
+                // (another mount's appends), or an append of ours runs
+                // whose commit may be in. A short answer would end the
+                // reader's read early, and the part of it inside that size
+                // would be cached as zeros. Answer up to the database's end.
                 drop(st);
                 let size = super::super::meta::getattr(&self.shard, self.space, self.ino)?.size;
                 st = self.state();
                 self.grown(cache, &mut st, size);
+                // Smaller: truncated since. The reader gets its end.
+                st.told = st.told.min(size.max(st.size));
             }
             let end = (off + u64::from(len)).min(st.size);
             if off >= end {
@@ -186,6 +191,22 @@ impl OpenInode {
     /// this mount has not recorded yet): takes the new size and drops the
     /// cached extents from the old end on (the one holding it was cached
     /// shorter). The append, recording its commit, starts a new version.
+    /// The kernel was told the file is `size` long, by an answer to a
+    /// stat or lookup read from the database after [`ticket`] `asked` (0:
+    /// not read now). The read path takes that end at once if nothing of
+    /// this mount changed the file since the query began (else the answer
+    /// may be older than what the file shows); else a read past its own
+    /// end asks the database.
+    ///
+    /// [`ticket`]: super::ticket
+    pub fn told(&self, cache: &DataCache, size: u64, asked: u64) {
+        let mut st = self.state();
+        st.told = st.told.max(size);
+        if asked > st.info_ticket && !self.is_pending() {
+            self.grown(cache, &mut st, size);
+        }
+    }
+
     fn grown(&self, cache: &DataCache, st: &mut FileState, size: u64) {
         if size <= st.size || !st.dirty.is_empty() || st.inflight.is_some() {
             return;
