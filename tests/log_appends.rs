@@ -254,3 +254,79 @@ fn an_append_past_the_largest_size_fails_alone() {
     assert_eq!(b.write(b"z").unwrap(), 1);
     assert_eq!(std::fs::metadata(&big).unwrap().len(), 1 << 44);
 }
+
+/// `tshs_append_files`, the group commit's one call, on its own: each
+/// file's data lands at its end, cut where slots end, the answer says
+/// where and with which change counter; a file it cannot take (gone)
+/// refuses the whole call, and its transaction leaves nothing.
+#[test]
+fn the_batch_procedure_lands_each_file_at_its_end() {
+    let (c, db) = TestCluster::with_one_node();
+    let m = c.mount();
+    let a = m.space(3).join("a.log");
+    let b = m.space(3).join("b.log");
+    std::fs::write(&a, vec![b'a'; (E - 3) as usize]).unwrap();
+    std::fs::write(&b, b"bb").unwrap();
+    let (ia, ib) = (ino(&a), ino(&b));
+    let (space, ia, ib) = ((ia >> 32) as u32, ia & 0xffff_ffff, ib & 0xffff_ffff);
+    let mut conn = root_conn(1);
+    conn.query_drop(format!("USE {db}")).unwrap();
+    let chg = |conn: &mut mysql::Conn, i: u64| -> u64 {
+        conn.exec_first(
+            "SELECT chg FROM inodes WHERE space_id = ? AND ino = ?",
+            (space, i),
+        )
+        .unwrap()
+        .unwrap()
+    };
+    let (ca, cb) = (chg(&mut conn, ia), chg(&mut conn, ib));
+    let files = format!("{space},{ia},10;{space},{ib},4;");
+    let answer: Option<String> = conn
+        .exec_first(
+            "CALL tshs_append_files(?, ?, 1, 1099511627776)",
+            (files, b"0123456789WXYZ".to_vec()),
+        )
+        .unwrap();
+    assert_eq!(answer.unwrap(), format!("{},{ca};2,{cb};", E - 3));
+    // Appends keep the change counter.
+    assert_eq!((chg(&mut conn, ia), chg(&mut conn, ib)), (ca, cb));
+    drop(conn);
+    // Read through a new mount: the first one's kernel keeps the old size
+    // for its attribute TTL.
+    let m2 = Mount::new(&c, &[]);
+    let (a, b) = (m2.space(3).join("a.log"), m2.space(3).join("b.log"));
+    let mut want = vec![b'a'; (E - 3) as usize];
+    want.extend_from_slice(b"0123456789");
+    let got = std::fs::read(&a).unwrap();
+    let first_diff = got.iter().zip(&want).position(|(x, y)| x != y);
+    assert!(
+        got == want,
+        "{} bytes, first difference at {first_diff:?}",
+        got.len()
+    );
+    assert_eq!(std::fs::read(&b).unwrap(), b"bbWXYZ");
+    // The piece that crossed the slot's end was cut there.
+    let ra = rows(&db, (u64::from(space) << 32) | ia);
+    assert_eq!(&ra[ra.len() - 2..], &[(E - 3, 3), (E, 7)]);
+
+    let mut conn = root_conn(1);
+    conn.query_drop(format!("USE {db}")).unwrap();
+    // As the group commit sends it: in a transaction it rolls back.
+    conn.query_drop("START TRANSACTION").unwrap();
+    let files = format!("{space},{ia},1;{space},999999,1;");
+    let e = conn
+        .exec_drop(
+            "CALL tshs_append_files(?, ?, 1, 1099511627776)",
+            (files, b"!?".to_vec()),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("statement path"), "{e}");
+    conn.query_drop("ROLLBACK").unwrap();
+    drop(conn);
+    let m3 = Mount::new(&c, &[]);
+    assert_eq!(
+        std::fs::metadata(m3.space(3).join("a.log")).unwrap().len(),
+        E + 7
+    );
+    drop(m);
+}

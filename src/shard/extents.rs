@@ -378,8 +378,8 @@ pub enum OneTrip {
 /// Runs a group commit's appends as one request, one round trip: a
 /// multi-statement text that opens a transaction, records `op` in
 /// `applied_ops` (so that a lost answer can be told from a lost commit, see
-/// [`crate::db::Db::was_applied`]), calls `tshs_append` (see the schema)
-/// once per file with that file's appends end to end, files in `(space,
+/// [`crate::db::Db::was_applied`]), calls `tshs_append_files` (see the
+/// schema) once with every file's appends end to end, files in `(space,
 /// inode)` order, and commits.
 pub fn append_in_one_trip(
     conn: &mut mysql::PooledConn,
@@ -402,28 +402,26 @@ pub fn append_in_one_trip(
         sql,
         "', {lane}, {seq}, {at}) ON DUPLICATE KEY UPDATE seq = VALUES(seq), at = VALUES(at)"
     );
+    sql.push_str("; CALL tshs_append_files('");
     for ((space, ino), which) in &files {
-        let _ = write!(sql, "; CALL tshs_append_with_chg({space}, {ino}, X'");
+        let n: usize = which.iter().map(|&n| reqs[n].data.len()).sum();
+        let _ = write!(sql, "{space},{ino},{n};");
+    }
+    sql.push_str("', X'");
+    for which in files.values() {
         for &n in which {
             push_hex(&mut sql, reqs[n].data);
         }
-        let _ = write!(sql, "', {now}, {max_size})");
     }
-    sql.push_str("; COMMIT");
+    let _ = write!(sql, "', {now}, {max_size}); COMMIT");
     let landed = (|| -> Result<Vec<Landed>, mysql::Error> {
         let mut result = conn.query_iter(sql)?;
         let mut landed = Vec::with_capacity(files.len());
         while let Some(set) = result.iter() {
-            if set.columns().as_ref().len() == 2 {
-                for row in set {
-                    match mysql::from_row_opt::<Landed>(row?) {
-                        Ok(at) => landed.push(at),
-                        Err(e) => return Err(mysql::Error::FromRowError(e.0)),
-                    }
-                }
-            } else {
-                for row in set {
-                    row?;
+            for row in set {
+                let row = row?;
+                if let Some(answer) = row.get_opt::<String, _>(0).and_then(Result::ok) {
+                    landed.extend(parse_landed(&answer));
                 }
             }
         }
@@ -452,6 +450,15 @@ pub fn append_in_one_trip(
         }
     }
     OneTrip::Landed(out)
+}
+
+/// `tshs_append_files`' answer, `eof,chg;` per file; what does not parse
+/// is left out (the caller counts the answers).
+fn parse_landed(answer: &str) -> impl Iterator<Item = Landed> + '_ {
+    answer.split_terminator(';').filter_map(|f| {
+        let (eof, chg) = f.split_once(',')?;
+        Some((eof.parse().ok()?, chg.parse().ok()?))
+    })
 }
 
 /// `data` written at `at`, cut where slots end.
@@ -851,6 +858,20 @@ mod tests {
             .find(|s| s.contains("PROCEDURE tshs_append"))
             .unwrap();
         assert!(sql.contains(&format!("{E} - (eof + pos - 1) % {E}")));
+        let sql = super::super::MIGRATIONS
+            .iter()
+            .flat_map(|m| m.1.iter())
+            .find(|s| s.contains("PROCEDURE tshs_append_files"))
+            .unwrap();
+        assert!(sql.contains(&format!("{E} - (eof + pos) % {E}")));
+    }
+
+    #[test]
+    fn the_append_answer_parses_per_file() {
+        let got: Vec<Landed> = parse_landed("0,5;262144,18446744073709551615;").collect();
+        assert_eq!(got, vec![(0, 5), (262144, u64::MAX)]);
+        assert_eq!(parse_landed("").count(), 0);
+        assert_eq!(parse_landed("7,x;").count(), 0);
     }
 
     #[test]

@@ -80,6 +80,11 @@
 //! `tshs_append` answering the counter too (the old one stays for old
 //! binaries: its updates move the counter, which only costs their readers
 //! a re-read).
+//!
+//! Migration 13: `tshs_append_files` is a group commit's appends in one
+//! call: one statement and one answer per batch instead of one per file
+//! (a call and its result set cost the server more than the rows it
+//! writes). The older procedures stay for older binaries.
 
 pub const TABLES: &[&str] = &[
     "schema_migrations",
@@ -110,12 +115,13 @@ pub const APPLIED_OPS: crate::db::OpLog = crate::db::OpLog {
 /// Lanes idle this long belong to processes gone (their retries long over).
 pub const APPLIED_OPS_KEEP_NS: i64 = 24 * 3600 * 1_000_000_000;
 
-/// The stored procedures migrations 2, 7, 10 and 12 create (dropped with the tables).
+/// The stored procedures migrations 2, 7, 10, 12 and 13 create (dropped with the tables).
 pub const ROUTINES: &[&str] = &[
     "tshs_check_fence",
     "tshs_append",
     "tshs_guard",
     "tshs_append_with_chg",
+    "tshs_append_files",
 ];
 
 /// Set in `inodes.chg` by an update that only appends or joins pieces: the
@@ -488,5 +494,55 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
              END IF;
            END",
         ],
+    ),
+    (
+        13,
+        // `files`: `space,ino,len;` per file, in (space, inode) order, and
+        // `d` their data end to end. Each file's appends land at its end as
+        // the database has it, cut where slots end; the answer is one row,
+        // `eof,chg;` per file (where its data landed, its change counter
+        // before). Anything the procedure cannot do (a file gone, held in
+        // the object store or imported, growing past `most`) refuses the
+        // whole call: the caller runs the batch the statement way.
+        &["CREATE OR REPLACE PROCEDURE tshs_append_files(IN files TEXT, IN d LONGBLOB,
+                IN t BIGINT, IN most BIGINT UNSIGNED)
+           BEGIN
+             DECLARE s INT UNSIGNED;
+             DECLARE i, n, eof, c, pos, k BIGINT UNSIGNED;
+             DECLARE away BOOL;
+             DECLARE at BIGINT UNSIGNED DEFAULT 1;
+             DECLARE cur INT UNSIGNED DEFAULT 1;
+             DECLARE semi INT UNSIGNED;
+             DECLARE one TEXT;
+             DECLARE answer TEXT DEFAULT '';
+             DECLARE CONTINUE HANDLER FOR NOT FOUND SET eof = NULL;
+             WHILE cur <= LENGTH(files) DO
+               SET semi = LOCATE(';', files, cur);
+               SET one = SUBSTRING(files, cur, semi - cur), cur = semi + 1;
+               SET s = SUBSTRING_INDEX(one, ',', 1),
+                   i = SUBSTRING_INDEX(SUBSTRING_INDEX(one, ',', 2), ',', -1),
+                   n = SUBSTRING_INDEX(one, ',', -1),
+                   eof = NULL, away = TRUE;
+               SELECT size, chg, s3_key IS NOT NULL OR import_path IS NOT NULL INTO eof, c, away
+                 FROM inodes WHERE space_id = s AND ino = i FOR UPDATE;
+               IF eof IS NULL OR away OR eof + n > most THEN
+                 SIGNAL SQLSTATE '45000'
+                   SET MESSAGE_TEXT = 'tshs: an append for the statement path', MYSQL_ERRNO = 1643;
+               END IF;
+               SET pos = 0;
+               WHILE pos < n DO
+                 SET k = LEAST(n - pos, 262144 - (eof + pos) % 262144);
+                 INSERT INTO extents (space_id, ino, off, len, data)
+                   VALUES (s, i, eof + pos, k, SUBSTRING(d, at + pos, k));
+                 SET pos = pos + k;
+               END WHILE;
+               SET at = at + n;
+               UPDATE inodes SET size = eof + n, stored = stored + n, mtime = t, ctime = t,
+                   chg = chg | 9223372036854775808
+                 WHERE space_id = s AND ino = i;
+               SET answer = CONCAT(answer, eof, ',', c, ';');
+             END WHILE;
+             SELECT answer AS landed;
+           END"],
     ),
 ];
