@@ -255,78 +255,71 @@ fn an_append_past_the_largest_size_fails_alone() {
     assert_eq!(std::fs::metadata(&big).unwrap().len(), 1 << 44);
 }
 
-/// `tshs_append_files`, the group commit's one call, on its own: each
-/// file's data lands at its end, cut where slots end, the answer says
-/// where and with which change counter; a file it cannot take (gone)
-/// refuses the whole call, and its transaction leaves nothing.
+/// A group commit's one request (`extents::append_in_one_trip`: one call
+/// of `tshs_append_files`) on its own: each file's appends land at its
+/// end in arrival order, cut where slots end, and the answer says where and
+/// with which change counter; a file the call cannot take (gone) refuses
+/// the whole request, leaving nothing.
 #[test]
-fn the_batch_procedure_lands_each_file_at_its_end() {
+fn one_request_lands_each_file_at_its_end() {
+    use tshs::shard::extents::{AppendReq, OneTrip, append_in_one_trip};
     let (c, db) = TestCluster::with_one_node();
     let m = c.mount();
     let a = m.space(3).join("a.log");
     let b = m.space(3).join("b.log");
     std::fs::write(&a, vec![b'a'; (E - 3) as usize]).unwrap();
     std::fs::write(&b, b"bb").unwrap();
-    let (ia, ib) = (ino(&a), ino(&b));
-    let (space, ia, ib) = ((ia >> 32) as u32, ia & 0xffff_ffff, ib & 0xffff_ffff);
-    let mut conn = root_conn(1);
-    conn.query_drop(format!("USE {db}")).unwrap();
-    let chg = |conn: &mut mysql::Conn, i: u64| -> u64 {
+    let (ia, ib) = (ino(&a) & 0xffff_ffff, ino(&b) & 0xffff_ffff);
+    drop(m);
+    let opts =
+        tshs::config::ConnOptions::parse(&format!("{};database={db}", common::server(1))).unwrap();
+    let pool = mysql::Pool::new(opts.to_mysql()).unwrap();
+    let mut conn = pool.get_conn().unwrap();
+    let chg = |conn: &mut mysql::PooledConn, i: u64| -> u64 {
         conn.exec_first(
-            "SELECT chg FROM inodes WHERE space_id = ? AND ino = ?",
-            (space, i),
+            "SELECT chg FROM inodes WHERE space_id = 3 AND ino = ?",
+            (i,),
         )
         .unwrap()
         .unwrap()
     };
     let (ca, cb) = (chg(&mut conn, ia), chg(&mut conn, ib));
-    let files = format!("{space},{ia},10;{space},{ib},4;");
-    let answer: Option<String> = conn
-        .exec_first(
-            "CALL tshs_append_files(?, ?, 1, 1099511627776)",
-            (files, b"0123456789WXYZ".to_vec()),
-        )
-        .unwrap();
-    assert_eq!(answer.unwrap(), format!("{},{ca};2,{cb};", E - 3));
+    let lost = |e: mysql::Error| e.to_string();
+    let req = |ino, data| AppendReq {
+        space: 3,
+        ino,
+        data,
+    };
+    let reqs = [req(ia, &b"0123"[..]), req(ib, b"WXYZ"), req(ia, b"456789")];
+    let op = tshs::db::OpId::next();
+    match append_in_one_trip(&mut conn, &lost, &op, &reqs, 1, 1 << 40) {
+        OneTrip::Landed(l) => assert_eq!(l, vec![(E - 3, ca), (2, cb), (E + 1, ca)]),
+        OneTrip::Refused => panic!("refused"),
+        OneTrip::Unknown(why) => panic!("unknown: {why}"),
+    }
     // Appends keep the change counter.
     assert_eq!((chg(&mut conn, ia), chg(&mut conn, ib)), (ca, cb));
+    let ra = rows(&db, (3 << 32) | ia);
+    // A file's appends of one request are one run: the piece that
+    // crossed the slot's end was cut there.
+    assert_eq!(&ra[ra.len() - 2..], &[(E - 3, 3), (E, 7)]);
+
+    let reqs = [req(ia, &b"!"[..]), req(999_999, b"?")];
+    let op = tshs::db::OpId::next();
+    assert!(matches!(
+        append_in_one_trip(&mut conn, &lost, &op, &reqs, 1, 1 << 40),
+        OneTrip::Refused
+    ));
     drop(conn);
-    // Read through a new mount: the first one's kernel keeps the old size
-    // for its attribute TTL.
     let m2 = Mount::new(&c, &[]);
-    let (a, b) = (m2.space(3).join("a.log"), m2.space(3).join("b.log"));
     let mut want = vec![b'a'; (E - 3) as usize];
     want.extend_from_slice(b"0123456789");
-    let got = std::fs::read(&a).unwrap();
+    let got = std::fs::read(m2.space(3).join("a.log")).unwrap();
     let first_diff = got.iter().zip(&want).position(|(x, y)| x != y);
     assert!(
         got == want,
         "{} bytes, first difference at {first_diff:?}",
         got.len()
     );
-    assert_eq!(std::fs::read(&b).unwrap(), b"bbWXYZ");
-    // The piece that crossed the slot's end was cut there.
-    let ra = rows(&db, (u64::from(space) << 32) | ia);
-    assert_eq!(&ra[ra.len() - 2..], &[(E - 3, 3), (E, 7)]);
-
-    let mut conn = root_conn(1);
-    conn.query_drop(format!("USE {db}")).unwrap();
-    // As the group commit sends it: in a transaction it rolls back.
-    conn.query_drop("START TRANSACTION").unwrap();
-    let files = format!("{space},{ia},1;{space},999999,1;");
-    let e = conn
-        .exec_drop(
-            "CALL tshs_append_files(?, ?, 1, 1099511627776)",
-            (files, b"!?".to_vec()),
-        )
-        .unwrap_err();
-    assert!(e.to_string().contains("statement path"), "{e}");
-    conn.query_drop("ROLLBACK").unwrap();
-    drop(conn);
-    let m3 = Mount::new(&c, &[]);
-    assert_eq!(
-        std::fs::metadata(m3.space(3).join("a.log")).unwrap().len(),
-        E + 7
-    );
-    drop(m);
+    assert_eq!(std::fs::read(m2.space(3).join("b.log")).unwrap(), b"bbWXYZ");
 }

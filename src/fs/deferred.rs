@@ -128,9 +128,9 @@ impl Fs {
 
     /// Attributes as this mount sees them: with its uncommitted changes.
     ///
-    /// `a` was read from the database after [`super::data::ticket`] `asked`; the
-    /// kernel is told its size: an open file's read path learns it too
-    /// (see [`OpenInode::told`]).
+    /// `a` was read from the database after [`super::data::ticket`]
+    /// `asked`. A lookup or readdir tells the kernel its size: an open
+    /// file's read path learns it too (see [`OpenInode::size_to_tell`]).
     pub(super) fn with_changes(&self, mut a: Attr, asked: u64) -> Attr {
         if let Node::Space(s, i) = Node::from_ino(a.ino) {
             if let Some(c) = self.changes.get(s, i) {
@@ -139,10 +139,7 @@ impl Fs {
             // And with the size of data this mount has buffered.
             let open = self.open.lock().unwrap().get(&(s, i)).cloned();
             if let Some(o) = open {
-                match o.local_size() {
-                    Some(size) => a.size = size,
-                    None => o.told(&self.cache, a.size, asked),
-                }
+                a.size = o.size_to_tell(&self.cache, a.size, asked);
             }
         }
         a

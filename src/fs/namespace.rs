@@ -94,10 +94,7 @@ impl Fs {
                 }
                 if let Some(o) = &open {
                     o.set_owner_mode(a.gid, a.mode);
-                    match o.local_size() {
-                        Some(size) => a.size = size,
-                        None => o.told(&self.cache, a.size, asked),
-                    }
+                    a.size = o.size_to_tell(&self.cache, a.size, asked);
                 }
                 Ok((a, age))
             }

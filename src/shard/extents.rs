@@ -432,7 +432,7 @@ pub fn append_in_one_trip(
         Err(mysql::Error::MySqlError(e)) => {
             // The server stopped at a statement before COMMIT (or refused
             // the COMMIT, rolling back): what the request left open goes.
-            log::debug!("group commit refused: {e}");
+            warn_unexpected_refusal(&e);
             let _ = conn.query_drop("ROLLBACK");
             return OneTrip::Refused;
         }
@@ -450,6 +450,24 @@ pub fn append_in_one_trip(
         }
     }
     OneTrip::Landed(out)
+}
+
+/// Logs why the server refused a group commit's request: expected
+/// refusals (an append for the statement path, a move's fence, a deadlock
+/// or lock wait) at debug level, anything else (a node without migration
+/// 13, say) once per error code as a warning, since every batch then takes
+/// the slower way.
+fn warn_unexpected_refusal(e: &mysql::error::MySqlError) {
+    static WARNED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    if matches!(e.code, 1643 | 1644 | 1205 | 1213) {
+        log::debug!("group commit refused: {e}");
+        return;
+    }
+    let mut warned = WARNED.lock().unwrap();
+    if !warned.contains(&e.code) {
+        warned.push(e.code);
+        log::warn!("group commits take the slower way: {e}");
+    }
 }
 
 /// `tshs_append_files`' answer, `eof,chg;` per file; what does not parse

@@ -503,8 +503,9 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
         // `eof,chg;` per file (where its data landed, its change counter
         // before). Anything the procedure cannot do (a file gone, held in
         // the object store or imported, growing past `most`) refuses the
-        // whole call: the caller runs the batch the statement way.
-        &["CREATE OR REPLACE PROCEDURE tshs_append_files(IN files TEXT, IN d LONGBLOB,
+        // whole call: the caller runs the batch the statement way. So
+        // do lengths that do not add up to the data.
+        &["CREATE OR REPLACE PROCEDURE tshs_append_files(IN files LONGTEXT, IN d LONGBLOB,
                 IN t BIGINT, IN most BIGINT UNSIGNED)
            BEGIN
              DECLARE s INT UNSIGNED;
@@ -514,7 +515,7 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
              DECLARE cur INT UNSIGNED DEFAULT 1;
              DECLARE semi INT UNSIGNED;
              DECLARE one TEXT;
-             DECLARE answer TEXT DEFAULT '';
+             DECLARE answer LONGTEXT DEFAULT '';
              DECLARE CONTINUE HANDLER FOR NOT FOUND SET eof = NULL;
              WHILE cur <= LENGTH(files) DO
                SET semi = LOCATE(';', files, cur);
@@ -542,6 +543,10 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
                  WHERE space_id = s AND ino = i;
                SET answer = CONCAT(answer, eof, ',', c, ';');
              END WHILE;
+             IF at <> LENGTH(d) + 1 THEN
+               SIGNAL SQLSTATE '45000'
+                 SET MESSAGE_TEXT = 'tshs: the lengths do not add up to the data', MYSQL_ERRNO = 1643;
+             END IF;
              SELECT answer AS landed;
            END"],
     ),

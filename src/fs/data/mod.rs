@@ -253,8 +253,11 @@ pub struct FileState {
     /// The largest size this mount told the kernel the file has (a stat
     /// or lookup read it from the database): the kernel lets a reader ask
     /// up to there, so a read past `size` asks the database for its end
-    /// while this is larger (see [`OpenInode::told`]).
+    /// while this is larger (see [`OpenInode::size_to_tell`]).
     told: u64,
+    /// Moved each time `told` grows: the read path lowers `told` (after a
+    /// truncate elsewhere) only if nothing raised it while it asked.
+    told_seq: u64,
 }
 
 /// An inode open in this mount.
@@ -348,6 +351,7 @@ impl OpenInode {
                 info_ticket: 0,
                 last_stamp: None,
                 told: size,
+                told_seq: 0,
             }),
             data_turn: RwLock::default(),
             appending: AtomicUsize::new(0),

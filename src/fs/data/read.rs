@@ -41,21 +41,35 @@ impl OpenInode {
         let mut own: Option<Arc<Loading>> = None;
         let (end, version, jobs) = {
             let mut st = self.state();
-            if off + u64::from(len) > st.size
-                && (st.told > st.size || self.appending.load(Ordering::Acquire) > 0)
-            {
-                // Asked past the end, and the kernel may know a larger
-                // size: a stat told it one this read path did not take
-                // (another mount's appends), or an append of ours runs
-                // whose commit may be in. A short answer would end the
-                // reader's read early, and the part of it inside that size
-                // would be cached as zeros. Answer up to the database's end.
+            // Asked past the end, where the kernel may know a larger size:
+            // a stat or lookup told it one this read path did not take
+            // (another mount's appends), or an append of ours runs whose
+            // commit may be in. A short answer would end the reader's read
+            // early, and the part of it inside that size would be cached
+            // as zeros. Answer up to the database's end, unless a change
+            // of this mount landed while it was asked (then once more).
+            let past_end = |st: &FileState| {
+                off + u64::from(len) > st.size
+                    && ((off < st.told && st.told > st.size)
+                        || self.appending.load(Ordering::Acquire) > 0)
+            };
+            for _ in 0..2 {
+                if !past_end(&st) {
+                    break;
+                }
+                let (asked, raised) = (super::ticket(), st.told_seq);
                 drop(st);
                 let size = super::super::meta::getattr(&self.shard, self.space, self.ino)?.size;
                 st = self.state();
-                self.grown(cache, &mut st, size);
-                // Smaller: truncated since. The reader gets its end.
-                st.told = st.told.min(size.max(st.size));
+                if asked > st.info_ticket {
+                    self.grown(cache, &mut st, size);
+                    // Smaller: truncated since, and nothing told the kernel
+                    // more meanwhile. The reader gets the end.
+                    if st.told_seq == raised {
+                        st.told = st.told.min(size.max(st.size));
+                    }
+                    break;
+                }
             }
             let end = (off + u64::from(len)).min(st.size);
             if off >= end {
@@ -187,26 +201,35 @@ impl OpenInode {
         Ok(out)
     }
 
-    /// The file grew to `size` in the database (an append's commit that
-    /// this mount has not recorded yet): takes the new size and drops the
-    /// cached extents from the old end on (the one holding it was cached
-    /// shorter). The append, recording its commit, starts a new version.
-    /// The kernel was told the file is `size` long, by an answer to a
-    /// stat or lookup read from the database after [`ticket`] `asked` (0:
-    /// not read now). The read path takes that end at once if nothing of
-    /// this mount changed the file since the query began (else the answer
-    /// may be older than what the file shows); else a read past its own
-    /// end asks the database.
+    /// The size to tell the kernel for an answer to a stat or lookup that
+    /// read `size` from the database after [`ticket`] `asked` (0: not read
+    /// now): this mount's own while it has data buffered; else `size`,
+    /// which the read path then answers up to. It takes that end at once
+    /// if nothing of this mount changed the file since the query began
+    /// (else the answer may be older than what the file shows); else a
+    /// read past its own end asks the database.
     ///
     /// [`ticket`]: super::ticket
-    pub fn told(&self, cache: &DataCache, size: u64, asked: u64) {
+    pub fn size_to_tell(&self, cache: &DataCache, size: u64, asked: u64) -> u64 {
         let mut st = self.state();
-        st.told = st.told.max(size);
+        if !st.dirty.is_empty() || st.inflight.is_some() {
+            return st.size;
+        }
+        if size > st.told {
+            st.told = size;
+            st.told_seq += 1;
+        }
         if asked > st.info_ticket && !self.is_pending() {
             self.grown(cache, &mut st, size);
         }
+        size
     }
 
+    /// The file grew to `size` in the database (another mount's appends,
+    /// or an append's commit that this mount has not recorded yet): takes
+    /// the new size and drops the cached extents from the old end on (the
+    /// one holding it was cached shorter). The append, recording its
+    /// commit, starts a new version.
     fn grown(&self, cache: &DataCache, st: &mut FileState, size: u64) {
         if size <= st.size || !st.dirty.is_empty() || st.inflight.is_some() {
             return;
@@ -214,6 +237,8 @@ impl OpenInode {
         self.uncache(cache, st, st.size, size);
         st.write_seq += 1;
         st.size = size;
+        // A write from here on extends what the database holds.
+        st.db_size = st.db_size.max(size);
     }
 
     /// Drops the cached extents holding `[from, to)`.
