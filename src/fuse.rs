@@ -471,17 +471,19 @@ impl Filesystem for FuseFs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         begin!("write");
+        // The file's flags now (`fcntl` may have changed them since open).
+        let sync = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
         // The kernel's FUSE_WRITE_KILL_SUIDGID is not needed: the core
         // decides for every write (see `Fs::write`).
         // Attributes: a write clearing set-id bits, and each commit of
         // buffered data, move the epoch in the core; an append updates the
         // file's own.
-        let r = self.fs.write(fh.0, offset, data, caller(req));
+        let r = self.fs.write(fh.0, offset, data, caller(req), sync);
         answer(r, reply, |reply, w| {
             metrics::global().bytes_written.inc_by(u64::from(w.len));
             self.attrs_changed(ino, &w);

@@ -343,11 +343,20 @@ impl Fs {
     }
 
     /// Writes for `caller`, whose thread's `O_APPEND` offsets are
-    /// remembered (see [`super::own_xattrs`]). A caller without `CAP_FSETID`
+    /// remembered (see [`super::own_xattrs`]). An append to a file open
+    /// `O_SYNC` or `O_DSYNC` (`sync`) returns once committed, any other once
+    /// queued (see [`super::data`]). A caller without `CAP_FSETID`
     /// clears set-user-ID and set-group-ID, as on a local disk, on every
     /// path: the kernel leaves it to us for direct I/O, and its own rule
     /// for cached writes keeps set-group-ID that Linux clears.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], caller: Caller) -> FsResult<Written> {
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        caller: Caller,
+        sync: bool,
+    ) -> FsResult<Written> {
         let (node, append) = self.handles.get(fh)?;
         // Only a write that clears set-id bits changes attributes here (a
         // flush of buffered data moves the epoch itself).
@@ -362,7 +371,7 @@ impl Fs {
             return Err(Error::EROFS);
         }
         if append {
-            node.append(&self.cache, &self.appends, data, tid)?;
+            node.append(&self.cache, &self.appends, data, tid, !sync)?;
         } else if node.write(&self.cache, offset, data)? {
             // The workers live as long as the Fs: sending cannot fail.
             let _ = self.flusher.send(node);

@@ -229,7 +229,7 @@ impl Fs {
                     |p: data::Prefetch, c| p.node.prefetch(c, &p),
                 ),
             },
-            appends: data::AppendQueues::default(),
+            appends: data::AppendQueues::new(cache.clone()),
             merger: data::Merger::start(),
             pending: Arc::default(),
             changes: Changes::default(),

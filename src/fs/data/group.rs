@@ -7,9 +7,16 @@
 //! takes every waiting append into the next transaction (the way MariaDB's
 //! own binlog group commit works). In that transaction each append lands
 //! at its file's end as the database has it, in arrival order, each one
-//! whole and contiguous, so appends from other mounts stay exactly once. A
-//! write returns after the commit that carries it, so an `fsync` after it
-//! has nothing left to wait for.
+//! whole and contiguous, so appends from other mounts stay exactly once.
+//!
+//! An append either waits for the commit that carries it ([`AppendQueues::
+//! append`]), or is queued behind its write ([`AppendQueues::submit`]): the
+//! write returns at once and a later `fsync`, close or read of the bytes
+//! waits ([`Append::wait`]). The kernel holds a FUSE file's lock through
+//! each `O_APPEND` write and each `fsync`, so with writes that wait, one
+//! log's writers commit one at a time; queued behind their writes, the
+//! appends of all of them meet in the next transaction. Each queue has a
+//! committer thread that runs what is queued when nobody waits for it.
 //!
 //! A batch is first sent as one request, one round trip
 //! ([`extents::append_in_one_trip`]). If the server refuses it (an append
@@ -22,7 +29,7 @@
 //! operation id tells whether it landed (all of it) or not (run again).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use super::super::cache::DataCache;
@@ -53,12 +60,19 @@ fn test_hold() {
 }
 
 /// The group commit queues of a mount, one per Storage Node.
-#[derive(Default)]
-pub struct AppendQueues(Mutex<HashMap<u32, Arc<Queue>>>);
+pub struct AppendQueues {
+    cache: Arc<DataCache>,
+    queues: Mutex<HashMap<u32, Arc<Queue>>>,
+}
 
-#[derive(Default)]
 struct Queue {
+    /// The node (0: appends whose placement must be confirmed, which run
+    /// one by one on their routes).
+    id: u32,
+    cache: Arc<DataCache>,
     state: Mutex<QueueState>,
+    /// Signalled when a transaction ends and when an append is queued
+    /// behind its write to an idle queue.
     turn: Condvar,
 }
 
@@ -67,60 +81,190 @@ struct QueueState {
     /// A transaction of this queue is in flight.
     busy: bool,
     waiting: Vec<Arc<Append>>,
+    /// Transactions ended so far.
+    batches: u64,
+    /// The mount is going: the committer thread ends.
+    closed: bool,
 }
 
 /// One append waiting for, or carried by, a transaction.
-struct Append {
+pub struct Append {
+    queue: Arc<Queue>,
     node: Arc<OpenInode>,
     data: Vec<u8>,
+    /// Queued behind its write, which returned (see [`OpenInode::append`]).
+    behind: bool,
     /// Where it landed, or why not; set by whoever ran its transaction.
     result: Mutex<Option<FsResult<Option<u64>>>>,
 }
 
+/// How long an append queued behind its write to an idle queue is left
+/// for an `fsync` to carry (which then waits for no thread to wake)
+/// before the committer runs it.
+const BEHIND_GRACE: Duration = Duration::from_millis(1);
+
 impl AppendQueues {
+    pub fn new(cache: Arc<DataCache>) -> AppendQueues {
+        AppendQueues {
+            cache,
+            queues: Mutex::default(),
+        }
+    }
+
     /// Appends `data` to `node`'s file at the database's end of file and
     /// returns the offset it landed at, once committed (`None` if it landed
     /// but the answer saying where was lost). This mount's view
     /// of the file (size, cache) is updated by whoever ran the transaction,
     /// in the order the appends landed.
-    pub fn append(
-        &self,
-        cache: &DataCache,
-        node: &Arc<OpenInode>,
-        data: &[u8],
-    ) -> FsResult<Option<u64>> {
-        // The queue only: the batch asks again under a pin (see `run`).
-        // Placement that must be confirmed goes to queue 0, whose appends
-        // run one by one on their routes (which confirm it).
-        let id = node.shard.node_now().map_err(Error::from)?.unwrap_or(0);
-        let queue = self.0.lock().unwrap().entry(id).or_default().clone();
+    pub fn append(&self, node: &Arc<OpenInode>, data: &[u8]) -> FsResult<Option<u64>> {
+        let id = self.queue_of(node)?;
+        self.queue(node, id, data, false).wait()
+    }
+
+    /// The queue `node`'s appends go to now: its node's. The batch asks
+    /// again under a pin (see `run`). Placement that must be confirmed goes
+    /// to queue 0, whose appends run one by one on their routes (which
+    /// confirm it).
+    pub fn queue_of(&self, node: &OpenInode) -> FsResult<u32> {
+        Ok(node.shard.node_now().map_err(Error::from)?.unwrap_or(0))
+    }
+
+    /// Queues `data` to be appended to `node`'s file in queue `id` behind a
+    /// write that returns now; [`Append::wait`] waits for its commit.
+    pub fn submit(&self, node: &Arc<OpenInode>, id: u32, data: &[u8]) -> Arc<Append> {
+        self.queue(node, id, data, true)
+    }
+
+    fn queue(&self, node: &Arc<OpenInode>, id: u32, data: &[u8], behind: bool) -> Arc<Append> {
+        let queue = self
+            .queues
+            .lock()
+            .unwrap()
+            .entry(id)
+            .or_insert_with(|| Queue::start(id, self.cache.clone()))
+            .clone();
         let me = Arc::new(Append {
+            queue: queue.clone(),
             node: node.clone(),
             data: data.to_vec(),
+            behind,
             result: Mutex::default(),
         });
         let mut st = queue.state.lock().unwrap();
         st.waiting.push(me.clone());
+        if behind && !st.busy {
+            queue.turn.notify_all();
+        }
+        me
+    }
+}
+
+impl Drop for AppendQueues {
+    fn drop(&mut self) {
+        for q in self.queues.lock().unwrap().values() {
+            q.state.lock().unwrap().closed = true;
+            q.turn.notify_all();
+        }
+    }
+}
+
+impl Queue {
+    fn start(id: u32, cache: Arc<DataCache>) -> Arc<Queue> {
+        let q = Arc::new(Queue {
+            id,
+            cache,
+            state: Mutex::default(),
+            turn: Condvar::new(),
+        });
+        let committer = q.clone();
+        std::thread::Builder::new()
+            .name(format!("tshs-append-{id}"))
+            .spawn(move || committer.commit_behind())
+            .expect("starting an append committer thread");
+        q
+    }
+
+    /// The committer thread: runs appends queued behind their writes that
+    /// nobody waits for. Right after a transaction it takes what waits at
+    /// once; an append queued to an idle queue it leaves [`BEHIND_GRACE`]
+    /// to the `fsync` that usually follows.
+    fn commit_behind(&self) {
+        let mut st = self.state.lock().unwrap();
+        // Transactions ended when it last slept, and whether it gave the
+        // appends of an idle queue their moment.
+        let (mut seen, mut graced) = (0, false);
         loop {
-            if let Some(r) = me.result.lock().unwrap().take() {
-                return r;
+            if st.closed {
+                return;
             }
-            if !st.busy {
-                // Lead the next transaction: everything waiting, in order.
-                st.busy = true;
-                let batch = take_batch(&mut st.waiting);
-                drop(st);
-                let leading = Leading {
-                    queue: &queue,
-                    batch: &batch,
-                };
-                run(cache, id, &batch);
-                drop(leading);
-                st = queue.state.lock().unwrap();
+            if st.busy || st.waiting.is_empty() {
+                (seen, graced) = (st.batches, false);
+                st = self.turn.wait(st).unwrap();
                 continue;
             }
-            st = queue.turn.wait(st).unwrap();
+            if st.batches == seen && !graced {
+                st = self.turn.wait_timeout(st, BEHIND_GRACE).unwrap().0;
+                graced = true;
+                continue;
+            }
+            st = self.lead(st);
         }
+    }
+
+    /// Runs the next transaction: everything waiting, in order.
+    fn lead<'a>(&'a self, mut st: MutexGuard<'a, QueueState>) -> MutexGuard<'a, QueueState> {
+        st.busy = true;
+        let batch = take_batch(&mut st.waiting);
+        drop(st);
+        let leading = Leading {
+            queue: self,
+            batch: &batch,
+        };
+        run(&self.cache, self.id, &batch);
+        drop(leading);
+        self.state.lock().unwrap()
+    }
+}
+
+impl Append {
+    /// Waits for the commit that carries this append (running it, if no
+    /// transaction of its queue is in flight) and answers where it landed.
+    pub fn wait(&self) -> FsResult<Option<u64>> {
+        let q = &self.queue;
+        let mut st = q.state.lock().unwrap();
+        loop {
+            if let Some(r) = self.result.lock().unwrap().as_ref() {
+                return r.clone();
+            }
+            st = if st.busy {
+                q.turn.wait(st).unwrap()
+            } else {
+                q.lead(st)
+            };
+        }
+    }
+
+    /// Where it landed, or why not, once its transaction ended.
+    pub fn outcome(&self) -> Option<FsResult<Option<u64>>> {
+        self.result.lock().unwrap().clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The queue it went to.
+    pub fn queue_id(&self) -> u32 {
+        self.queue.id
+    }
+
+    /// Hands the append its outcome; one queued behind its write that did
+    /// not land where known no longer counts in its file's size.
+    fn answer(&self, r: FsResult<Option<u64>>) {
+        if self.behind && !matches!(r, Ok(Some(_))) {
+            self.node.behind_gone(self.data.len());
+        }
+        *self.result.lock().unwrap() = Some(r);
     }
 }
 
@@ -136,15 +280,16 @@ impl Drop for Leading<'_> {
         // Only a panic leaves appends unanswered (a follower may already
         // have taken its answer, leaving its slot empty).
         for a in self.batch.iter().filter(|_| std::thread::panicking()) {
-            let mut r = a.result.lock().unwrap_or_else(|e| e.into_inner());
-            if r.is_none() {
-                *r = Some(Err(failed(
+            let unanswered = a.result.lock().unwrap_or_else(|e| e.into_inner()).is_none();
+            if unanswered {
+                a.answer(Err(failed(
                     "an append's group commit ended without an answer",
                 )));
             }
         }
         let mut st = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
         st.busy = false;
+        st.batches += 1;
         self.queue.turn.notify_all();
     }
 }
@@ -207,8 +352,8 @@ fn run_on(cache: &DataCache, id: u32, batch: &[Arc<Append>]) -> Vec<Arc<Append>>
     }) {
         Some(OneTrip::Landed(landed)) => {
             for (a, off) in batch.iter().zip(landed) {
-                a.node.appended(cache, off, &a.data, now);
-                *a.result.lock().unwrap() = Some(Ok(Some(off.0)));
+                a.node.appended(cache, off, &a.data, now, a.behind);
+                a.answer(Ok(Some(off.0)));
             }
             return Vec::new();
         }
@@ -218,7 +363,7 @@ fn run_on(cache: &DataCache, id: u32, batch: &[Arc<Append>]) -> Vec<Arc<Append>>
             Ok(true) => {
                 for a in batch {
                     a.node.lost_track();
-                    *a.result.lock().unwrap() = Some(Ok(None));
+                    a.answer(Ok(None));
                 }
                 return Vec::new();
             }
@@ -230,7 +375,7 @@ fn run_on(cache: &DataCache, id: u32, batch: &[Arc<Append>]) -> Vec<Arc<Append>>
                 ));
                 for a in batch {
                     a.node.lost_track();
-                    *a.result.lock().unwrap() = Some(Err(e.clone()));
+                    a.answer(Err(e.clone()));
                 }
                 return Vec::new();
             }
@@ -265,9 +410,9 @@ fn run_on(cache: &DataCache, id: u32, batch: &[Arc<Append>]) -> Vec<Arc<Append>>
     };
     for (a, r) in batch.iter().zip(results) {
         if let Ok(off) = r {
-            a.node.appended(cache, off, &a.data, now);
+            a.node.appended(cache, off, &a.data, now, a.behind);
         }
-        *a.result.lock().unwrap() = Some(r.map(|(off, _)| Some(off)));
+        a.answer(r.map(|(off, _)| Some(off)));
     }
     Vec::new()
 }
@@ -286,8 +431,8 @@ fn one_by_one(cache: &DataCache, appends: &[Arc<Append>]) {
         )
         .map_err(Error::from);
         if let Ok(off) = r {
-            a.node.appended(cache, off, &a.data, now);
+            a.node.appended(cache, off, &a.data, now, a.behind);
         }
-        *a.result.lock().unwrap() = Some(r.map(|(off, _)| Some(off)));
+        a.answer(r.map(|(off, _)| Some(off)));
     }
 }

@@ -9,8 +9,13 @@
 //! worker while the writer goes on filling new buffers (at most one flush
 //! in flight per file, so a file holds at most twice the threshold); close
 //! and fsync wait for it and report its error. `O_APPEND` writes skip the buffer: each is
-//! a transaction that appends at the database's end of file, so appenders on
-//! different mounts never overwrite each other or interleave.
+//! appended at the database's end of file in a group commit (see
+//! [`AppendQueues`]), so appenders on different mounts never overwrite each
+//! other or interleave. Unless the file is open `O_SYNC`/`O_DSYNC`, an
+//! append is queued behind its write, which returns at once: like a write
+//! into a local disk's page cache, it is durable at `fsync` or close, which
+//! wait for it and report its failure; a read of its bytes or a change of
+//! the file here waits for it too, and a stat counts it in the size.
 //!
 //! A file that move-to-s3 moved to the object store has no extents: its
 //! inode names the object. Reads find that out in the same query that looks
@@ -29,6 +34,7 @@ mod group;
 mod merge;
 mod read;
 
+use group::Append;
 pub use group::AppendQueues;
 pub use merge::{Merger, Pieces};
 
@@ -173,6 +179,28 @@ type Inflight = (
 /// outlast the appends of other threads in between.
 const APPEND_THREADS: usize = 256;
 
+/// Bytes of a file's appends queued behind their writes at most: a write
+/// that would queue more first waits for those queued.
+const BEHIND_BYTES: usize = 1 << 20;
+
+/// A file's appends queued behind their writes, in the order queued, with
+/// the thread of each; and the first failure of one, owed to the next
+/// flush, fsync or close.
+#[derive(Default)]
+struct Behind {
+    queued: VecDeque<Queued>,
+    /// Numbers the appends queued.
+    seq: u64,
+    bytes: usize,
+    owed: Option<Error>,
+}
+
+struct Queued {
+    seq: u64,
+    tid: u32,
+    append: Arc<Append>,
+}
+
 /// Where each thread's last `O_APPEND` write to a file landed, newest last:
 /// (thread id, offset). Lives as long as the file is open in this mount.
 #[derive(Default)]
@@ -258,6 +286,9 @@ pub struct FileState {
     /// Moved each time `told` grows: the read path lowers `told` (after a
     /// truncate elsewhere) only if nothing raised it while it asked.
     told_seq: u64,
+    /// Bytes of appends queued behind their writes that have not landed:
+    /// a stat counts them in the size.
+    behind: u64,
 }
 
 /// An inode open in this mount.
@@ -302,6 +333,8 @@ pub struct OpenInode {
     /// Where each thread's last append landed (its own lock: asking must
     /// not wait for another thread's append transaction).
     appended: Mutex<AppendOffsets>,
+    /// Appends queued behind their writes (see [`OpenInode::append`]).
+    behind: Mutex<Behind>,
     /// The file's group and mode (`gid << 32 | mode`) as this mount last
     /// saw them (open, stat, chmod here): a write tells from them, without
     /// a query, whether it must clear set-user-ID or set-group-ID.
@@ -352,6 +385,7 @@ impl OpenInode {
                 last_stamp: None,
                 told: size,
                 told_seq: 0,
+                behind: 0,
             }),
             data_turn: RwLock::default(),
             appending: AtomicUsize::new(0),
@@ -364,6 +398,7 @@ impl OpenInode {
             unlinked: AtomicBool::new(false),
             registered: AtomicBool::new(false),
             appended: Mutex::default(),
+            behind: Mutex::default(),
             owner_mode: AtomicU64::new(u64::from(gid) << 32 | u64::from(mode)),
             in_object: AtomicBool::new(false),
         }
@@ -436,9 +471,13 @@ impl OpenInode {
         self.state.lock().unwrap()
     }
 
-    /// The size to report while this file has buffered writes.
+    /// The size to report while this file has buffered writes or appends
+    /// queued behind their writes.
     pub fn local_size(&self) -> Option<u64> {
         let st = self.state();
+        if st.behind > 0 {
+            return Some(st.size.max(st.db_size + st.behind));
+        }
         (!st.dirty.is_empty() || st.inflight.is_some()).then_some(st.size)
     }
 
@@ -465,6 +504,7 @@ impl OpenInode {
             return Err(Error::EFBIG);
         }
         let _turn = self.data_turn.write().unwrap();
+        self.settle();
         let mut st = self.state();
         st.write_seq += 1;
         let mut ext = off - off % E;
@@ -567,9 +607,13 @@ impl OpenInode {
         self.idle.notify_all();
     }
 
-    /// Writes the buffers in one transaction.
+    /// Writes the buffers in one transaction, after the appends queued
+    /// behind their writes landed; reports the first failure of those.
     pub fn flush(&self, cache: &DataCache) -> FsResult<()> {
-        self.flush_locked(cache, self.state()).map(drop)
+        self.settle();
+        let owed = self.behind.lock().unwrap().owed.take();
+        drop(self.flush_locked(cache, self.state())?);
+        owed.map_or(Ok(()), Err)
     }
 
     fn flush_locked<'a>(
@@ -686,22 +730,53 @@ impl OpenInode {
     /// that thread ([`OpenInode::last_append`]), unless the answer saying
     /// where was lost (the append landed, once: see `group`).
     ///
+    /// `behind`: returns once the append is queued, behind those queued
+    /// before it (see [`OpenInode::settle`]); else once it is committed,
+    /// after those queued.
+    ///
     /// The transaction runs without the file's state lock: no write, flush
     /// or truncate of this mount can start meanwhile (they wait for
-    /// `data_turn`), and a reader that fetches meanwhile caches what it got
-    /// only if the file's version is unchanged afterwards, or has it removed
-    /// by [`OpenInode::appended`].
+    /// `data_turn`, then for the appends queued), and a reader that fetches
+    /// meanwhile caches what it got only if the file's version is unchanged
+    /// afterwards, or has it removed by [`OpenInode::appended`].
     pub fn append(
         self: &Arc<Self>,
         cache: &DataCache,
         queues: &AppendQueues,
         data: &[u8],
         tid: u32,
+        behind: bool,
     ) -> FsResult<()> {
         let _turn = self.data_turn.read().unwrap();
-        drop(self.flush_locked(cache, self.state())?);
+        let st = self.flush_locked(cache, self.state())?;
+        // One that may pass the largest size waits for its `EFBIG`.
+        let fits = st.size.max(st.db_size) + st.behind + data.len() as u64 <= MAX_FILE_SIZE;
+        drop(st);
+        if behind && fits {
+            let queue = queues.queue_of(self)?;
+            loop {
+                let mut b = self.behind.lock().unwrap();
+                // Forget the ones landed (their thread's offset kept).
+                while let Some(r) = b.queued.front().and_then(|q| q.append.outcome()) {
+                    let q = b.queued.pop_front().expect("checked");
+                    Self::settled(&mut b, &self.appended, q.tid, q.append.len(), r);
+                }
+                // More than enough queued, or queued for another node (the
+                // space moved): those land first, to keep the order.
+                let Some(last) = b.queued.back() else {
+                    break self.queue_behind(b, queues, queue, tid, data);
+                };
+                if b.bytes + data.len() <= BEHIND_BYTES && last.append.queue_id() == queue {
+                    break self.queue_behind(b, queues, queue, tid, data);
+                }
+                drop(b);
+                self.settle();
+            }
+            return Ok(());
+        }
+        self.settle();
         self.appending.fetch_add(1, Ordering::AcqRel);
-        let eof = queues.append(cache, self, data);
+        let eof = queues.append(self, data);
         self.appending.fetch_sub(1, Ordering::AcqRel);
         let mut offsets = self.appended.lock().unwrap();
         match eof? {
@@ -709,6 +784,76 @@ impl OpenInode {
             None => offsets.forget(tid),
         }
         Ok(())
+    }
+
+    fn queue_behind(
+        self: &Arc<Self>,
+        mut b: MutexGuard<'_, Behind>,
+        queues: &AppendQueues,
+        queue: u32,
+        tid: u32,
+        data: &[u8],
+    ) {
+        self.state().behind += data.len() as u64;
+        let append = queues.submit(self, queue, data);
+        b.bytes += append.len();
+        b.seq += 1;
+        let seq = b.seq;
+        b.queued.push_back(Queued { seq, tid, append });
+    }
+
+    /// Waits until the appends queued behind their writes so far landed
+    /// (leading their transaction, if none is in flight; not those queued
+    /// meanwhile): their threads' offsets are recorded, a failure is owed
+    /// to the next flush.
+    fn settle(&self) {
+        let Some(last) = self.behind.lock().unwrap().queued.back().map(|q| q.seq) else {
+            return;
+        };
+        loop {
+            let mut b = self.behind.lock().unwrap();
+            let Some(first) = b.queued.front().filter(|q| q.seq <= last) else {
+                return;
+            };
+            match first.append.outcome() {
+                Some(r) => {
+                    let q = b.queued.pop_front().expect("checked");
+                    Self::settled(&mut b, &self.appended, q.tid, q.append.len(), r);
+                }
+                None => {
+                    let a = first.append.clone();
+                    drop(b);
+                    a.wait().ok();
+                }
+            }
+        }
+    }
+
+    /// An append queued behind its write, taken off the queue once landed
+    /// (or failed).
+    fn settled(
+        b: &mut Behind,
+        offsets: &Mutex<AppendOffsets>,
+        tid: u32,
+        len: usize,
+        r: FsResult<Option<u64>>,
+    ) {
+        b.bytes -= len;
+        let mut offsets = offsets.lock().unwrap();
+        match r {
+            Ok(Some(eof)) => offsets.record(tid, eof),
+            Ok(None) => offsets.forget(tid),
+            Err(e) => {
+                offsets.forget(tid);
+                b.owed.get_or_insert(e);
+            }
+        }
+    }
+
+    /// An append queued behind its write will not be in the size as such:
+    /// it failed, or landed where this mount does not know.
+    fn behind_gone(&self, len: usize) {
+        self.state().behind -= len as u64;
     }
 
     /// An append's outcome is unknown: what this mount cached of the file
@@ -727,10 +872,20 @@ impl OpenInode {
     /// this mount's view of the file follows. The appended bytes join the
     /// cached extents (appends change no byte below the end), unless
     /// another mount appended since this one last knew the end.
-    fn appended(&self, cache: &DataCache, (eof, chg): (u64, u64), data: &[u8], now: i64) {
+    fn appended(
+        &self,
+        cache: &DataCache,
+        (eof, chg): (u64, u64),
+        data: &[u8],
+        now: i64,
+        behind: bool,
+    ) {
         let end = eof + data.len() as u64;
         let mut st = self.state();
         st.write_seq += 1;
+        if behind {
+            st.behind -= data.len() as u64;
+        }
         // Another mount appended meanwhile, so the extent holding the end we
         // knew lacks its bytes. Or after ours: a read that met our commit
         // before this (`grown`) took the database's end, which may hold
@@ -789,6 +944,7 @@ impl OpenInode {
     /// The offset at which thread `tid`'s last `O_APPEND` write to this
     /// file (while it stayed open here) landed.
     pub fn last_append(&self, tid: u32) -> Option<u64> {
+        self.settle();
         self.appended.lock().unwrap().get(tid)
     }
 
@@ -846,6 +1002,7 @@ impl OpenInode {
         apply: impl FnOnce() -> FsResult<Attr>,
     ) -> FsResult<Attr> {
         let _turn = self.data_turn.write().unwrap();
+        self.settle();
         let mut st = self.flush_locked(cache, self.state())?;
         let a = apply();
         self.data_changed();

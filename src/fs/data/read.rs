@@ -41,6 +41,13 @@ impl OpenInode {
         let mut own: Option<Arc<Loading>> = None;
         let (end, version, jobs) = {
             let mut st = self.state();
+            if off + u64::from(len) > st.size && st.behind > 0 {
+                // Asked for bytes of an append queued behind its write (a
+                // stat counts them): they are read once landed.
+                drop(st);
+                self.settle();
+                st = self.state();
+            }
             // Asked past the end, where the kernel may know a larger size:
             // a stat or lookup told it one this read path did not take
             // (another mount's appends), or an append of ours runs whose
@@ -212,7 +219,7 @@ impl OpenInode {
     /// [`ticket`]: super::ticket
     pub fn size_to_tell(&self, cache: &DataCache, size: u64, asked: u64) -> u64 {
         let mut st = self.state();
-        if !st.dirty.is_empty() || st.inflight.is_some() {
+        if !st.dirty.is_empty() || st.inflight.is_some() || st.behind > 0 {
             return st.size;
         }
         if size > st.told {
