@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -311,7 +311,15 @@ fn appends_queued_while_their_spaces_move_land_on_the_new_node() {
         .map(|s| {
             let log = m.space(s).join("last.log");
             std::thread::spawn(move || {
-                let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+                // O_SYNC: the write itself waits for its batch. (Queued
+                // behind a plain write, the append would make every close
+                // of the descriptor wait, and the children this test
+                // spawns close their inherited copies at exec.)
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .custom_flags(libc::O_SYNC)
+                    .open(&log)
+                    .unwrap();
                 f.write_all(format!("appended to {s}\n").as_bytes())
                     .map_err(|e| format!("space {s}: {e}"))
             })

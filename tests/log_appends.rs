@@ -7,7 +7,7 @@ mod common;
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -322,4 +322,112 @@ fn one_request_lands_each_file_at_its_end() {
         got.len()
     );
     assert_eq!(std::fs::read(m2.space(3).join("b.log")).unwrap(), b"bbWXYZ");
+
+/// An append returns once queued behind its write: this mount sees it at
+/// once (stat, read through another descriptor), other mounts once an
+/// fsync or close returned, which wait for its commit; on a descriptor
+/// opened `O_SYNC` the write itself waits. A test hook holds every batch
+/// until a gate file goes.
+#[test]
+fn appends_queued_behind_their_writes_are_durable_at_fsync() {
+    let (c, _db) = TestCluster::with_one_node();
+    let gate = tempfile::NamedTempFile::new().unwrap();
+    let gate_path = gate.path().to_owned();
+    let m1 = Mount::with_env(
+        &c,
+        &["ttl=0"],
+        &[("TSHS_TEST_APPEND_HOLD", gate_path.to_str().unwrap())],
+    );
+    let m2 = Mount::new(&c, &["ttl=0"]);
+    let log = m1.space(3).join("last.log");
+    let other = m2.space(3).join("last.log");
+    std::fs::write(&log, b"first\n").unwrap();
+
+    let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"second\n").unwrap();
+    // Seen here at once, by size and by content; not yet elsewhere.
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 13);
+    let reader = std::thread::spawn({
+        let log = log.clone();
+        move || std::fs::read(&log).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(std::fs::read(&other).unwrap(), b"first\n");
+    // The fsync waits for the commit (and so does the read of its bytes).
+    let fsync = std::thread::spawn(move || {
+        f.sync_all().unwrap();
+        f
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!fsync.is_finished(), "fsync returned before the commit");
+    assert!(!reader.is_finished(), "a read of the bytes did not wait");
+    std::fs::remove_file(&gate_path).unwrap();
+    let mut f = fsync.join().unwrap();
+    assert_eq!(reader.join().unwrap(), b"first\nsecond\n");
+    assert_eq!(std::fs::read(&other).unwrap(), b"first\nsecond\n");
+
+    // O_SYNC: the write returns after its commit.
+    std::fs::write(&gate_path, b"").unwrap();
+    let sync = std::thread::spawn({
+        let log = log.clone();
+        move || {
+            let mut s = OpenOptions::new()
+                .append(true)
+                .custom_flags(libc::O_SYNC)
+                .open(&log)
+                .unwrap();
+            s.write_all(b"third\n").unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !sync.is_finished(),
+        "an O_SYNC append returned before its commit"
+    );
+    std::fs::remove_file(&gate_path).unwrap();
+    sync.join().unwrap();
+    assert_eq!(std::fs::read(&other).unwrap(), b"first\nsecond\nthird\n");
+
+    // Close waits too: what is appended and closed is seen elsewhere.
+    for i in 0..100 {
+        f.write_all(format!("{i}\n").as_bytes()).unwrap();
+    }
+    drop(f);
+    let want: String = std::iter::once("first\nsecond\nthird\n".to_string())
+        .chain((0..100).map(|i| format!("{i}\n")))
+        .collect();
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), want);
+}
+
+/// An append queued behind its write that fails (here: another mount made
+/// the file as large as a file may be, which this mount did not know)
+/// fails the fsync after it, not the write; the file is as before, and the
+/// next append lands.
+#[test]
+fn a_queued_append_that_fails_fails_the_fsync() {
+    let (c, _db) = TestCluster::with_one_node();
+    let m1 = Mount::new(&c, &["ttl=0"]);
+    let m2 = Mount::new(&c, &["ttl=0"]);
+    let log = m1.space(3).join("big.log");
+    std::fs::write(&log, b"").unwrap();
+    let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(m2.space(3).join("big.log"))
+        .unwrap()
+        .set_len((1 << 44) - 1)
+        .unwrap();
+    assert_eq!(f.write(b"xy").unwrap(), 2, "the write is only queued");
+    let e = f.sync_all().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EFBIG), "{e}");
+    f.sync_all().unwrap();
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), (1 << 44) - 1);
+    assert_eq!(f.write(b"z").unwrap(), 1);
+    drop(f);
+    assert_eq!(
+        std::fs::metadata(m2.space(3).join("big.log"))
+            .unwrap()
+            .len(),
+        1 << 44
+    );
 }

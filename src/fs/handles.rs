@@ -91,6 +91,12 @@ impl Handles {
         Ok((h.node.clone(), h.append))
     }
 
+    /// Whether handle `fh` was opened for writing.
+    fn is_writer(&self, fh: u64) -> bool {
+        let h = self.table.lock().unwrap();
+        h.get(&fh).is_some_and(|h| h.writing_since.is_some())
+    }
+
     fn remove(&self, fh: u64) -> FsResult<Handle> {
         self.table.lock().unwrap().remove(&fh).ok_or(Error::EBADF)
     }
@@ -467,13 +473,19 @@ impl Fs {
             .ok_or(Error::ENXIO)
     }
 
-    /// Makes buffered writes durable and visible (close, fsync).
+    /// Makes buffered writes durable and visible (close). The close of a
+    /// handle open for writing also waits for the appends queued behind
+    /// their writes (close-to-open); a reader's close does not.
     pub fn flush(&self, fh: u64) -> FsResult<()> {
         if is_snapshot_fh(fh) {
             return Ok(());
         }
         let (node, _) = self.handles.get(fh)?;
-        node.flush(&self.cache)
+        if self.handles.is_writer(fh) {
+            node.flush(&self.cache)
+        } else {
+            node.flush_buffers(&self.cache)
+        }
     }
 
     /// `fsync`: the file's data, and the attribute changes of its space, are
@@ -494,7 +506,11 @@ impl Fs {
             return Ok(());
         }
         let h = self.handles.remove(fh)?;
-        let r = h.node.flush(&self.cache);
+        let r = if h.writing_since.is_some() {
+            h.node.flush(&self.cache)
+        } else {
+            h.node.flush_buffers(&self.cache)
+        };
         self.release_node(&h.node);
         r
     }

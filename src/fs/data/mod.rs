@@ -612,8 +612,14 @@ impl OpenInode {
     pub fn flush(&self, cache: &DataCache) -> FsResult<()> {
         self.settle();
         let owed = self.behind.lock().unwrap().owed.take();
-        drop(self.flush_locked(cache, self.state())?);
+        self.flush_buffers(cache)?;
         owed.map_or(Ok(()), Err)
+    }
+
+    /// Writes the buffers in one transaction (appends queued behind their
+    /// writes go on).
+    pub fn flush_buffers(&self, cache: &DataCache) -> FsResult<()> {
+        self.flush_locked(cache, self.state()).map(drop)
     }
 
     fn flush_locked<'a>(

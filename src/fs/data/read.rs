@@ -219,7 +219,10 @@ impl OpenInode {
     /// [`ticket`]: super::ticket
     pub fn size_to_tell(&self, cache: &DataCache, size: u64, asked: u64) -> u64 {
         let mut st = self.state();
-        if !st.dirty.is_empty() || st.inflight.is_some() || st.behind > 0 {
+        if st.behind > 0 {
+            return st.size.max(st.db_size + st.behind);
+        }
+        if !st.dirty.is_empty() || st.inflight.is_some() {
             return st.size;
         }
         if size > st.told {
