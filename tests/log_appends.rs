@@ -431,3 +431,31 @@ fn a_queued_append_that_fails_fails_the_fsync() {
         1 << 44
     );
 }
+
+/// A truncating open after appends queued behind their writes empties the
+/// file: the appends land first, then the truncate.
+#[test]
+fn a_truncating_open_lands_queued_appends_first() {
+    let (c, _db) = TestCluster::with_one_node();
+    let m = c.mount();
+    let log = m.space(3).join("last.log");
+    std::fs::write(&log, b"").unwrap();
+    let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    for _ in 0..50 {
+        f.write_all(b"x").unwrap();
+        drop(
+            OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&log)
+                .unwrap(),
+        );
+        assert_eq!(
+            std::fs::read(&log).unwrap(),
+            b"",
+            "appended bytes outlived a truncate"
+        );
+    }
+    f.sync_all().unwrap();
+    assert_eq!(std::fs::read(&log).unwrap(), b"");
+}

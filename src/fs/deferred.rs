@@ -241,7 +241,9 @@ impl Fs {
         };
         for n in nodes {
             if n.local_size().is_some() {
-                let _ = n.flush(&self.cache);
+                // A queued append's failure stays owed to the writer.
+                n.settle();
+                let _ = n.flush_buffers(&self.cache);
             }
         }
     }

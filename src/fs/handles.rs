@@ -185,6 +185,10 @@ impl Fs {
         // Also an empty file with set-user-ID or set-group-ID: a truncate
         // may clear them (with atomic O_TRUNC the kernel leaves it to us).
         let setid = now.mode & (libc::S_ISUID | libc::S_ISGID) != 0;
+        if flags & libc::O_TRUNC != 0 {
+            // Appends queued behind their writes land first (they count).
+            node.settle();
+        }
         if flags & libc::O_TRUNC != 0 && (a.size > 0 || node.state().size > 0 || setid) {
             if let Err(e) = self.setattr(
                 ino,
@@ -467,7 +471,8 @@ impl Fs {
             return self.snapshot_seek(fh, offset, data);
         }
         let (node, _) = self.handles.get(fh)?;
-        node.flush(&self.cache)?;
+        node.settle();
+        node.flush_buffers(&self.cache)?;
         let size = node.state().size;
         crate::shard::extents::seek(&node.shard, node.space, node.ino, size, offset, data)?
             .ok_or(Error::ENXIO)

@@ -320,14 +320,32 @@ fn take_batch(waiting: &mut Vec<Arc<Append>>) -> Vec<Arc<Append>> {
 fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
     test_hold();
     let pinned = batch[0].node.shard.pin();
-    let (here, mut alone): (Vec<_>, Vec<_>) = batch
-        .iter()
-        .cloned()
-        .partition(|a| id != 0 && a.node.shard.node_now().is_ok_and(|n| n == Some(id)));
+    // Once one append of a file goes alone, the later ones of that file go
+    // alone too, and alone ones run in batch order: a file's appends land
+    // in the order they came, also when the answer changes mid-batch.
+    let mut alone_files = std::collections::HashSet::new();
+    let (here, alone): (Vec<_>, Vec<_>) = batch.iter().cloned().enumerate().partition(|(_, a)| {
+        let file = (a.node.space, a.node.ino);
+        let here = !alone_files.contains(&file)
+            && id != 0
+            && a.node.shard.node_now().is_ok_and(|n| n == Some(id));
+        if !here {
+            alone_files.insert(file);
+        }
+        here
+    });
+    let mut alone: Vec<(usize, Arc<Append>)> = alone;
     if !here.is_empty() {
-        alone.extend(run_on(cache, id, &here));
+        let appends: Vec<Arc<Append>> = here.iter().map(|(_, a)| a.clone()).collect();
+        let refused = run_on(cache, id, &appends);
+        alone.extend(
+            here.into_iter()
+                .filter(|(_, a)| refused.iter().any(|r| Arc::ptr_eq(r, a))),
+        );
     }
     drop(pinned);
+    alone.sort_by_key(|(n, _)| *n);
+    let alone: Vec<Arc<Append>> = alone.into_iter().map(|(_, a)| a).collect();
     one_by_one(cache, &alone);
 }
 

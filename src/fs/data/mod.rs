@@ -812,7 +812,7 @@ impl OpenInode {
     /// (leading their transaction, if none is in flight; not those queued
     /// meanwhile): their threads' offsets are recorded, a failure is owed
     /// to the next flush.
-    fn settle(&self) {
+    pub fn settle(&self) {
         let Some(last) = self.behind.lock().unwrap().queued.back().map(|q| q.seq) else {
             return;
         };
