@@ -401,10 +401,11 @@ fn appends_queued_behind_their_writes_are_durable_at_fsync() {
 
 /// An append queued behind its write that fails (here: another mount made
 /// the file as large as a file may be, which this mount did not know)
-/// fails the fsync after it, not the write; the file is as before, and the
-/// next append lands.
+/// fails the fsync after it, not the write, and the fsync of every other
+/// handle open then, once each; the file is as before, and the next
+/// append lands.
 #[test]
-fn a_queued_append_that_fails_fails_the_fsync() {
+fn a_queued_append_that_fails_fails_the_fsync_of_each_handle() {
     let (c, _db) = TestCluster::with_one_node();
     let m1 = Mount::new(&c, &["ttl=0"]);
     let m2 = Mount::new(&c, &["ttl=0"]);
@@ -417,10 +418,20 @@ fn a_queued_append_that_fails_fails_the_fsync() {
         .unwrap()
         .set_len((1 << 44) - 1)
         .unwrap();
+    // Open before the failure: it reports it too, once (as Linux reports
+    // a writeback error to each open file description).
+    let g = OpenOptions::new().append(true).open(&log).unwrap();
     assert_eq!(f.write(b"xy").unwrap(), 2, "the write is only queued");
     let e = f.sync_all().unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EFBIG), "{e}");
     f.sync_all().unwrap();
+    let e = g.sync_all().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EFBIG), "{e}");
+    g.sync_all().unwrap();
+    // Opened after it: nothing to report.
+    let h = OpenOptions::new().append(true).open(&log).unwrap();
+    h.sync_all().unwrap();
+    drop((g, h));
     assert_eq!(std::fs::metadata(&log).unwrap().len(), (1 << 44) - 1);
     assert_eq!(f.write(b"z").unwrap(), 1);
     drop(f);

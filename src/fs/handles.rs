@@ -43,6 +43,9 @@ struct Handle {
     append: bool,
     /// When it was opened, for a handle open for writing.
     writing_since: Option<Instant>,
+    /// The file's failed queued appends this handle has reported (or that
+    /// came before its open): see [`OpenInode::flush`].
+    failures_seen: Arc<AtomicU64>,
 }
 
 /// This mount's open file handles, by number (from 1).
@@ -63,6 +66,7 @@ impl Handles {
     fn insert(&self, node: Arc<OpenInode>, flags: i32) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed);
         let h = Handle {
+            failures_seen: Arc::new(AtomicU64::new(node.failures())),
             node,
             append: flags & libc::O_APPEND != 0,
             writing_since: (flags & libc::O_ACCMODE != libc::O_RDONLY).then(Instant::now),
@@ -91,10 +95,16 @@ impl Handles {
         Ok((h.node.clone(), h.append))
     }
 
-    /// Whether handle `fh` was opened for writing.
-    fn is_writer(&self, fh: u64) -> bool {
+    /// The file of handle `fh`, what the handle has reported of failed
+    /// queued appends, and whether it was opened for writing.
+    fn get_for_flush(&self, fh: u64) -> FsResult<(Arc<OpenInode>, Arc<AtomicU64>, bool)> {
         let h = self.table.lock().unwrap();
-        h.get(&fh).is_some_and(|h| h.writing_since.is_some())
+        let h = h.get(&fh).ok_or(Error::EBADF)?;
+        Ok((
+            h.node.clone(),
+            h.failures_seen.clone(),
+            h.writing_since.is_some(),
+        ))
     }
 
     fn remove(&self, fh: u64) -> FsResult<Handle> {
@@ -480,14 +490,15 @@ impl Fs {
 
     /// Makes buffered writes durable and visible (close). The close of a
     /// handle open for writing also waits for the appends queued behind
-    /// their writes (close-to-open); a reader's close does not.
+    /// their writes (close-to-open), for [`data::CLOSE_WAIT`] at most; a
+    /// reader's close does not.
     pub fn flush(&self, fh: u64) -> FsResult<()> {
         if is_snapshot_fh(fh) {
             return Ok(());
         }
-        let (node, _) = self.handles.get(fh)?;
-        if self.handles.is_writer(fh) {
-            node.flush(&self.cache)
+        let (node, seen, writer) = self.handles.get_for_flush(fh)?;
+        if writer {
+            node.flush(&self.cache, &seen, Some(data::CLOSE_WAIT))
         } else {
             node.flush_buffers(&self.cache)
         }
@@ -499,8 +510,8 @@ impl Fs {
         if is_snapshot_fh(fh) {
             return Ok(());
         }
-        let (node, _) = self.handles.get(fh)?;
-        node.flush(&self.cache)?;
+        let (node, seen, _) = self.handles.get_for_flush(fh)?;
+        node.flush(&self.cache, &seen, None)?;
         self.commit_changes(Some(node.space));
         Ok(())
     }
@@ -512,7 +523,7 @@ impl Fs {
         }
         let h = self.handles.remove(fh)?;
         let r = if h.writing_since.is_some() {
-            h.node.flush(&self.cache)
+            h.node.flush(&self.cache, &h.failures_seen, None)
         } else {
             h.node.flush_buffers(&self.cache)
         };

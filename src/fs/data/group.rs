@@ -177,9 +177,17 @@ impl Queue {
             turn: Condvar::new(),
         });
         let committer = q.clone();
+        // Restarted after a panic: appends queued behind their writes that
+        // nobody waits for would otherwise never land.
         std::thread::Builder::new()
             .name(format!("tshs-append-{id}"))
-            .spawn(move || committer.commit_behind())
+            .spawn(move || {
+                let run = || committer.commit_behind();
+                while std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
+                    log::error!("the append committer of queue {id} panicked: restarting it");
+                    committer.state.clear_poison();
+                }
+            })
             .expect("starting an append committer thread");
         q
     }
@@ -241,6 +249,23 @@ impl Append {
             } else {
                 q.lead(st)
             };
+        }
+    }
+
+    /// Like [`Append::wait`] until `deadline` at most (`None` then), and
+    /// never leading a transaction: the committer thread runs it.
+    pub fn wait_until(&self, deadline: std::time::Instant) -> Option<FsResult<Option<u64>>> {
+        let q = &self.queue;
+        let mut st = q.state.lock().unwrap();
+        loop {
+            if let Some(r) = self.result.lock().unwrap().as_ref() {
+                return Some(r.clone());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            st = q.turn.wait_timeout(st, left).unwrap().0;
         }
     }
 

@@ -184,16 +184,25 @@ const APPEND_THREADS: usize = 256;
 const BEHIND_BYTES: usize = 1 << 20;
 
 /// A file's appends queued behind their writes, in the order queued, with
-/// the thread of each; and the first failure of one, owed to the next
-/// flush, fsync or close.
+/// the thread of each; and how many of them failed, with the last failure:
+/// each handle reports a failure once, at its next fsync or close (see
+/// [`OpenInode::flush`]).
 #[derive(Default)]
 struct Behind {
     queued: VecDeque<Queued>,
     /// Numbers the appends queued.
     seq: u64,
     bytes: usize,
-    owed: Option<Error>,
+    failures: u64,
+    last_failure: Option<Error>,
 }
+
+/// How long the close of a handle open for writing waits for the appends
+/// queued behind its writes (close-to-open): longer only under a move's
+/// fence or a node's outage, when a close must not wait for what the
+/// closing process may itself have to do (a child's close at `exec` of a
+/// command that lifts the fence). `fsync` waits for all of them.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Queued {
     seq: u64,
@@ -607,11 +616,32 @@ impl OpenInode {
         self.idle.notify_all();
     }
 
+    /// Failures of appends queued behind their writes so far: a handle
+    /// takes this at its open (see [`OpenInode::flush`]).
+    pub fn failures(&self) -> u64 {
+        self.behind.lock().unwrap().failures
+    }
+
     /// Writes the buffers in one transaction, after the appends queued
-    /// behind their writes landed; reports the first failure of those.
-    pub fn flush(&self, cache: &DataCache) -> FsResult<()> {
-        self.settle();
-        let owed = self.behind.lock().unwrap().owed.take();
+    /// behind their writes landed (`wait`: waiting at most that long), and
+    /// reports a failure of those that a handle that had seen `seen` of
+    /// them has not reported yet: as Linux reports a writeback error once
+    /// to each open file description.
+    pub fn flush(
+        &self,
+        cache: &DataCache,
+        seen: &AtomicU64,
+        wait: Option<std::time::Duration>,
+    ) -> FsResult<()> {
+        match wait {
+            None => self.settle(),
+            Some(d) => self.settle_until(std::time::Instant::now() + d),
+        }
+        let owed = {
+            let b = self.behind.lock().unwrap();
+            let before = seen.fetch_max(b.failures, Ordering::AcqRel);
+            (b.failures > before).then(|| b.last_failure.clone()).flatten()
+        };
         self.flush_buffers(cache)?;
         owed.map_or(Ok(()), Err)
     }
@@ -813,6 +843,16 @@ impl OpenInode {
     /// meanwhile): their threads' offsets are recorded, a failure is owed
     /// to the next flush.
     pub fn settle(&self) {
+        self.settle_by(None);
+    }
+
+    /// [`OpenInode::settle`], waiting until `deadline` at most, and
+    /// leading no transaction (the committer thread runs them).
+    fn settle_until(&self, deadline: std::time::Instant) {
+        self.settle_by(Some(deadline));
+    }
+
+    fn settle_by(&self, deadline: Option<std::time::Instant>) {
         let Some(last) = self.behind.lock().unwrap().queued.back().map(|q| q.seq) else {
             return;
         };
@@ -829,7 +869,14 @@ impl OpenInode {
                 None => {
                     let a = first.append.clone();
                     drop(b);
-                    a.wait().ok();
+                    match deadline {
+                        None => drop(a.wait()),
+                        Some(d) => {
+                            if a.wait_until(d).is_none() {
+                                return;
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -851,7 +898,8 @@ impl OpenInode {
             Ok(None) => offsets.forget(tid),
             Err(e) => {
                 offsets.forget(tid);
-                b.owed.get_or_insert(e);
+                b.failures += 1;
+                b.last_failure = Some(e);
             }
         }
     }
@@ -859,7 +907,10 @@ impl OpenInode {
     /// An append queued behind its write will not be in the size as such:
     /// it failed, or landed where this mount does not know.
     fn behind_gone(&self, len: usize) {
-        self.state().behind -= len as u64;
+        let mut st = self.state();
+        // Saturating: a panic between an append's landing and its answer
+        // counts it gone twice.
+        st.behind = st.behind.saturating_sub(len as u64);
     }
 
     /// An append's outcome is unknown: what this mount cached of the file
@@ -890,7 +941,7 @@ impl OpenInode {
         let mut st = self.state();
         st.write_seq += 1;
         if behind {
-            st.behind -= data.len() as u64;
+            st.behind = st.behind.saturating_sub(data.len() as u64);
         }
         // Another mount appended meanwhile, so the extent holding the end we
         // knew lacks its bytes. Or after ours: a read that met our commit
