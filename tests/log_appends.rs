@@ -322,6 +322,7 @@ fn one_request_lands_each_file_at_its_end() {
         got.len()
     );
     assert_eq!(std::fs::read(m2.space(3).join("b.log")).unwrap(), b"bbWXYZ");
+}
 
 /// An append returns once queued behind its write: this mount sees it at
 /// once (stat, read through another descriptor), other mounts once an
@@ -412,15 +413,15 @@ fn a_queued_append_that_fails_fails_the_fsync_of_each_handle() {
     let log = m1.space(3).join("big.log");
     std::fs::write(&log, b"").unwrap();
     let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    // Open before the failure: it reports it too, once (as Linux reports
+    // a writeback error to each open file description).
+    let g = OpenOptions::new().append(true).open(&log).unwrap();
     OpenOptions::new()
         .write(true)
         .open(m2.space(3).join("big.log"))
         .unwrap()
         .set_len((1 << 44) - 1)
         .unwrap();
-    // Open before the failure: it reports it too, once (as Linux reports
-    // a writeback error to each open file description).
-    let g = OpenOptions::new().append(true).open(&log).unwrap();
     assert_eq!(f.write(b"xy").unwrap(), 2, "the write is only queued");
     let e = f.sync_all().unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EFBIG), "{e}");

@@ -110,8 +110,10 @@ impl Fs {
             .cloned()
             .collect();
         for n in nodes {
-            // A commit moves the attribute epoch itself.
-            if let Err(e) = n.flush(&self.cache) {
+            // A commit moves the attribute epoch itself. A queued append's
+            // failure stays for the writer's handles to report.
+            n.settle();
+            if let Err(e) = n.flush_buffers(&self.cache) {
                 log::warn!(
                     "space {space}: committing a new file failed: errno {}",
                     e.errno()

@@ -640,7 +640,9 @@ impl OpenInode {
         let owed = {
             let b = self.behind.lock().unwrap();
             let before = seen.fetch_max(b.failures, Ordering::AcqRel);
-            (b.failures > before).then(|| b.last_failure.clone()).flatten()
+            (b.failures > before)
+                .then(|| b.last_failure.clone())
+                .flatten()
         };
         self.flush_buffers(cache)?;
         owed.map_or(Ok(()), Err)
