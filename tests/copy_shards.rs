@@ -311,10 +311,9 @@ fn appends_queued_while_their_spaces_move_land_on_the_new_node() {
         .map(|s| {
             let log = m.space(s).join("last.log");
             std::thread::spawn(move || {
-                // O_SYNC: the write itself waits for its batch. (Queued
-                // behind a plain write, the append would make every close
-                // of the descriptor wait, and the children this test
-                // spawns close their inherited copies at exec.)
+                // O_SYNC: the write itself waits for its batch, which the
+                // test's gate holds while the spaces move (a plain write
+                // would return once queued, before the move).
                 let mut f = std::fs::OpenOptions::new()
                     .append(true)
                     .custom_flags(libc::O_SYNC)

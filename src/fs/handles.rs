@@ -522,8 +522,13 @@ impl Fs {
             return Ok(());
         }
         let h = self.handles.remove(fh)?;
+        // Bounded as a close is: the kernel sends this in the background,
+        // and a FUSE thread held here for a fence's duration is one the
+        // whole mount lacks. What is still queued lands on its own (a
+        // failure then is logged).
         let r = if h.writing_since.is_some() {
-            h.node.flush(&self.cache, &h.failures_seen, None)
+            h.node
+                .flush(&self.cache, &h.failures_seen, Some(data::CLOSE_WAIT))
         } else {
             h.node.flush_buffers(&self.cache)
         };

@@ -29,6 +29,7 @@
 //! operation id tells whether it landed (all of it) or not (run again).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -63,13 +64,22 @@ fn test_hold() {
 pub struct AppendQueues {
     cache: Arc<DataCache>,
     queues: Mutex<HashMap<u32, Arc<Queue>>>,
+    /// Bytes of appends queued behind their writes, in all queues.
+    behind_bytes: Arc<AtomicUsize>,
 }
+
+/// Bytes of appends queued behind their writes in a mount at most: past
+/// this, an append waits for its commit, so memory stays bounded however
+/// many files are appended to while a move's fence or an outage holds the
+/// commits.
+const BEHIND_TOTAL: usize = 32 << 20;
 
 struct Queue {
     /// The node (0: appends whose placement must be confirmed, which run
     /// one by one on their routes).
     id: u32,
     cache: Arc<DataCache>,
+    behind_bytes: Arc<AtomicUsize>,
     state: Mutex<QueueState>,
     /// Signalled when a transaction ends and when an append is queued
     /// behind its write to an idle queue.
@@ -108,7 +118,14 @@ impl AppendQueues {
         AppendQueues {
             cache,
             queues: Mutex::default(),
+            behind_bytes: Arc::default(),
         }
+    }
+
+    /// Whether an append of `len` bytes may be queued behind its write
+    /// (see [`BEHIND_TOTAL`]).
+    pub fn has_room(&self, len: usize) -> bool {
+        self.behind_bytes.load(Ordering::Acquire) + len <= BEHIND_TOTAL
     }
 
     /// Appends `data` to `node`'s file at the database's end of file and
@@ -141,7 +158,7 @@ impl AppendQueues {
             .lock()
             .unwrap()
             .entry(id)
-            .or_insert_with(|| Queue::start(id, self.cache.clone()))
+            .or_insert_with(|| Queue::start(id, self.cache.clone(), self.behind_bytes.clone()))
             .clone();
         let me = Arc::new(Append {
             queue: queue.clone(),
@@ -150,6 +167,9 @@ impl AppendQueues {
             behind,
             result: Mutex::default(),
         });
+        if behind {
+            self.behind_bytes.fetch_add(data.len(), Ordering::AcqRel);
+        }
         let mut st = queue.state.lock().unwrap();
         st.waiting.push(me.clone());
         if behind && !st.busy {
@@ -169,10 +189,11 @@ impl Drop for AppendQueues {
 }
 
 impl Queue {
-    fn start(id: u32, cache: Arc<DataCache>) -> Arc<Queue> {
+    fn start(id: u32, cache: Arc<DataCache>, behind_bytes: Arc<AtomicUsize>) -> Arc<Queue> {
         let q = Arc::new(Queue {
             id,
             cache,
+            behind_bytes,
             state: Mutex::default(),
             turn: Condvar::new(),
         });
@@ -286,10 +307,28 @@ impl Append {
     /// Hands the append its outcome; one queued behind its write that did
     /// not land where known no longer counts in its file's size.
     fn answer(&self, r: FsResult<Option<u64>>) {
-        if self.behind && !matches!(r, Ok(Some(_))) {
-            self.node.behind_gone(self.data.len());
+        if self.behind {
+            if let Err(e) = &r {
+                // Reported at the next fsync or close of the file's
+                // handles, if one comes: logged in any case.
+                log::error!(
+                    "space {} inode {}: an append of {} bytes queued behind its write failed: {e}",
+                    self.node.space,
+                    self.node.ino,
+                    self.data.len()
+                );
+            }
+            if !matches!(r, Ok(Some(_))) {
+                self.node.behind_gone(self.data.len());
+            }
         }
-        *self.result.lock().unwrap() = Some(r);
+        let mut result = self.result.lock().unwrap_or_else(|e| e.into_inner());
+        if result.is_none() && self.behind {
+            self.queue
+                .behind_bytes
+                .fetch_sub(self.data.len(), Ordering::AcqRel);
+        }
+        *result = Some(r);
     }
 }
 

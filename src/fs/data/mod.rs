@@ -13,9 +13,10 @@
 //! [`AppendQueues`]), so appenders on different mounts never overwrite each
 //! other or interleave. Unless the file is open `O_SYNC`/`O_DSYNC`, an
 //! append is queued behind its write, which returns at once: like a write
-//! into a local disk's page cache, it is durable at `fsync` or close, which
-//! wait for it and report its failure; a read of its bytes or a change of
-//! the file here waits for it too, and a stat counts it in the size.
+//! into a local disk's page cache, it is durable at `fsync`, which waits
+//! for it and reports its failure (a writer's close waits too, for
+//! [`CLOSE_WAIT`] at most); a read of its bytes or a change of the file
+//! here waits for it too, and a stat counts it in the size.
 //!
 //! A file that move-to-s3 moved to the object store has no extents: its
 //! inode names the object. Reads find that out in the same query that looks
@@ -195,6 +196,9 @@ struct Behind {
     bytes: usize,
     failures: u64,
     last_failure: Option<Error>,
+    /// The last failure was reported by no handle yet: a handle opened
+    /// now reports it (Linux does so for an unseen writeback error).
+    unseen: bool,
 }
 
 /// How long the close of a handle open for writing waits for the appends
@@ -616,10 +620,11 @@ impl OpenInode {
         self.idle.notify_all();
     }
 
-    /// Failures of appends queued behind their writes so far: a handle
-    /// takes this at its open (see [`OpenInode::flush`]).
+    /// Failures of appends queued behind their writes so far, less one
+    /// that no handle reported yet: a handle takes this at its open (see [`OpenInode::flush`]).
     pub fn failures(&self) -> u64 {
-        self.behind.lock().unwrap().failures
+        let b = self.behind.lock().unwrap();
+        b.failures - u64::from(b.unseen)
     }
 
     /// Writes the buffers in one transaction, after the appends queued
@@ -638,14 +643,17 @@ impl OpenInode {
             Some(d) => self.settle_until(std::time::Instant::now() + d),
         }
         let owed = {
-            let b = self.behind.lock().unwrap();
+            let mut b = self.behind.lock().unwrap();
             let before = seen.fetch_max(b.failures, Ordering::AcqRel);
-            (b.failures > before)
+            let owed = (b.failures > before)
                 .then(|| b.last_failure.clone())
-                .flatten()
+                .flatten();
+            b.unseen &= owed.is_none();
+            owed
         };
-        self.flush_buffers(cache)?;
-        owed.map_or(Ok(()), Err)
+        // The append's failure first: the handle reports it now or never.
+        let r = self.flush_buffers(cache);
+        owed.map_or(r, Err)
     }
 
     /// Writes the buffers in one transaction (appends queued behind their
@@ -790,7 +798,7 @@ impl OpenInode {
         // One that may pass the largest size waits for its `EFBIG`.
         let fits = st.size.max(st.db_size) + st.behind + data.len() as u64 <= MAX_FILE_SIZE;
         drop(st);
-        if behind && fits {
+        if behind && fits && queues.has_room(data.len()) {
             let queue = queues.queue_of(self)?;
             loop {
                 let mut b = self.behind.lock().unwrap();
@@ -902,6 +910,7 @@ impl OpenInode {
                 offsets.forget(tid);
                 b.failures += 1;
                 b.last_failure = Some(e);
+                b.unseen = true;
             }
         }
     }

@@ -220,7 +220,8 @@ impl OpenInode {
     pub fn size_to_tell(&self, cache: &DataCache, size: u64, asked: u64) -> u64 {
         let mut st = self.state();
         if st.behind > 0 {
-            return st.size.max(st.db_size + st.behind);
+            // Ours land after whatever the database holds now.
+            return size.max(st.size).max(st.db_size + st.behind);
         }
         if !st.dirty.is_empty() || st.inflight.is_some() {
             return st.size;
