@@ -327,8 +327,8 @@ fn one_request_lands_each_file_at_its_end() {
 /// An append returns once queued behind its write: this mount sees it at
 /// once (stat, read through another descriptor), other mounts once an
 /// fsync or close returned, which wait for its commit; on a descriptor
-/// opened `O_SYNC` the write itself waits. A test hook holds every batch
-/// until a gate file goes.
+/// opened `O_SYNC` the write itself waits; a close waits a second at
+/// most. A test hook holds every batch until a gate file goes.
 #[test]
 fn appends_queued_behind_their_writes_are_durable_at_fsync() {
     let (c, _db) = TestCluster::with_one_node();
@@ -398,6 +398,33 @@ fn appends_queued_behind_their_writes_are_durable_at_fsync() {
         .chain((0..100).map(|i| format!("{i}\n")))
         .collect();
     assert_eq!(std::fs::read_to_string(&other).unwrap(), want);
+
+    // A close held longer (a fence, an outage) returns after a second;
+    // the append lands once the commit can go.
+    std::fs::write(&gate_path, b"").unwrap();
+    let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"held\n").unwrap();
+    let t = std::time::Instant::now();
+    let close = std::thread::spawn(move || drop(f));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!close.is_finished(), "the close did not wait");
+    close.join().unwrap();
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "the close waited {waited:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), want);
+    std::fs::remove_file(&gate_path).unwrap();
+    let want = want + "held\n";
+    let t = std::time::Instant::now();
+    while std::fs::read_to_string(&other).unwrap() != want {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the held append did not land"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// An append queued behind its write that fails (here: another mount made
