@@ -526,9 +526,14 @@ impl Fs {
         // and a FUSE thread held here for a fence's duration is one the
         // whole mount lacks. What is still queued lands on its own (a
         // failure then is logged).
+        // Reports nothing (the kernel drops what this answers): a failure
+        // settled now stays for the next opener.
         let r = if h.writing_since.is_some() {
-            h.node
-                .flush(&self.cache, &h.failures_seen, Some(data::CLOSE_WAIT))
+            h.node.flush(
+                &self.cache,
+                &AtomicU64::new(u64::MAX),
+                Some(data::CLOSE_WAIT),
+            )
         } else {
             h.node.flush_buffers(&self.cache)
         };

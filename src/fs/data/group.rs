@@ -179,11 +179,36 @@ impl AppendQueues {
     }
 }
 
+/// How long an unmount waits for the appends still queued behind their
+/// writes (a close waits a second at most, so some may be left).
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
+
 impl Drop for AppendQueues {
+    /// The mount is going: the committers run what is still queued, for
+    /// [`DRAIN_WAIT`] at most; what is left then is logged, never dropped
+    /// silently.
     fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + DRAIN_WAIT;
         for q in self.queues.lock().unwrap().values() {
-            q.state.lock().unwrap().closed = true;
+            let mut st = q.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.closed = true;
             q.turn.notify_all();
+            while st.busy || !st.waiting.is_empty() {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    log::error!(
+                        "unmounting: {} append(s) queued for storage node {} did not land",
+                        st.waiting.len() + usize::from(st.busy),
+                        q.id
+                    );
+                    break;
+                }
+                st = q
+                    .turn
+                    .wait_timeout(st, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
         }
     }
 }
@@ -223,7 +248,8 @@ impl Queue {
         // appends of an idle queue their moment.
         let (mut seen, mut graced) = (0, false);
         loop {
-            if st.closed {
+            // Closed: what waits still runs (see `AppendQueues::drop`).
+            if st.closed && !st.busy && st.waiting.is_empty() {
                 return;
             }
             if st.busy || st.waiting.is_empty() {
@@ -231,7 +257,7 @@ impl Queue {
                 st = self.turn.wait(st).unwrap();
                 continue;
             }
-            if st.batches == seen && !graced {
+            if st.batches == seen && !graced && !st.closed {
                 st = self.turn.wait_timeout(st, BEHIND_GRACE).unwrap().0;
                 graced = true;
                 continue;
@@ -329,6 +355,11 @@ impl Append {
                 .fetch_sub(self.data.len(), Ordering::AcqRel);
         }
         *result = Some(r);
+        drop(result);
+        // A close waiting for it need not wait for the rest of the batch
+        // (which may wait at a move's fence).
+        let _st = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.queue.turn.notify_all();
     }
 }
 
