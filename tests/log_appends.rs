@@ -342,9 +342,14 @@ fn appends_queued_behind_their_writes_are_durable_at_fsync() {
     let m2 = Mount::new(&c, &["ttl=0"]);
     let log = m1.space(3).join("last.log");
     let other = m2.space(3).join("last.log");
-    std::fs::write(&log, b"first\n").unwrap();
+    std::fs::write(&log, b"").unwrap();
 
     let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    // The first append through an open file waits for its commit; the
+    // ones after it are queued.
+    std::fs::remove_file(&gate_path).unwrap();
+    f.write_all(b"first\n").unwrap();
+    std::fs::write(&gate_path, b"").unwrap();
     f.write_all(b"second\n").unwrap();
     // Seen here at once, by size and by content; not yet elsewhere.
     assert_eq!(std::fs::metadata(&log).unwrap().len(), 13);
@@ -401,8 +406,10 @@ fn appends_queued_behind_their_writes_are_durable_at_fsync() {
 
     // A close held longer (a fence, an outage) returns after a second;
     // the append lands once the commit can go.
-    std::fs::write(&gate_path, b"").unwrap();
     let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"pre\n").unwrap();
+    let want = want + "pre\n";
+    std::fs::write(&gate_path, b"").unwrap();
     f.write_all(b"held\n").unwrap();
     let t = std::time::Instant::now();
     let close = std::thread::spawn(move || drop(f));
@@ -443,6 +450,8 @@ fn a_queued_append_that_fails_fails_the_fsync_of_each_handle() {
     // Open before the failure: it reports it too, once (as Linux reports
     // a writeback error to each open file description).
     let g = OpenOptions::new().append(true).open(&log).unwrap();
+    // The first append through an open file waits for its commit.
+    f.write_all(b"a").unwrap();
     OpenOptions::new()
         .write(true)
         .open(m2.space(3).join("big.log"))

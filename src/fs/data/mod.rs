@@ -346,6 +346,10 @@ pub struct OpenInode {
     /// Where each thread's last append landed (its own lock: asking must
     /// not wait for another thread's append transaction).
     appended: Mutex<AppendOffsets>,
+    /// An append through this open file landed: the file takes appends
+    /// in the database (not held in the object store, imported), so later
+    /// ones may be queued behind their writes.
+    took_append: AtomicBool,
     /// Appends queued behind their writes (see [`OpenInode::append`]).
     behind: Mutex<Behind>,
     /// The file's group and mode (`gid << 32 | mode`) as this mount last
@@ -411,6 +415,7 @@ impl OpenInode {
             unlinked: AtomicBool::new(false),
             registered: AtomicBool::new(false),
             appended: Mutex::default(),
+            took_append: AtomicBool::new(false),
             behind: Mutex::default(),
             owner_mode: AtomicU64::new(u64::from(gid) << 32 | u64::from(mode)),
             in_object: AtomicBool::new(false),
@@ -777,8 +782,8 @@ impl OpenInode {
     /// where was lost (the append landed, once: see `group`).
     ///
     /// `behind`: returns once the append is queued, behind those queued
-    /// before it (see [`OpenInode::settle`]); else once it is committed,
-    /// after those queued.
+    /// before it (see [`OpenInode::settle`]), once one append through the
+    /// open file landed; else once it is committed, after those queued.
     ///
     /// The transaction runs without the file's state lock: no write, flush
     /// or truncate of this mount can start meanwhile (they wait for
@@ -798,7 +803,10 @@ impl OpenInode {
         // One that may pass the largest size waits for its `EFBIG`.
         let fits = st.size.max(st.db_size) + st.behind + data.len() as u64 <= MAX_FILE_SIZE;
         drop(st);
-        if behind && fits && queues.has_room(data.len()) {
+        // The first append waits for its commit: one that must bring the
+        // file back from the object store fails in its write, as before.
+        let took = self.took_append.load(Ordering::Acquire);
+        if behind && took && fits && queues.has_room(data.len()) {
             let queue = queues.queue_of(self)?;
             loop {
                 let mut b = self.behind.lock().unwrap();
@@ -829,6 +837,7 @@ impl OpenInode {
             Some(eof) => offsets.record(tid, eof),
             None => offsets.forget(tid),
         }
+        self.took_append.store(true, Ordering::Release);
         Ok(())
     }
 
