@@ -408,6 +408,10 @@ fn appends_queued_behind_their_writes_are_durable_at_fsync() {
     // the append lands once the commit can go.
     let mut f = OpenOptions::new().append(true).open(&log).unwrap();
     f.write_all(b"pre\n").unwrap();
+    // Not necessarily the first append through the open file: the last
+    // handle's RELEASE comes in the background, and may come after this
+    // open, so "pre" may be queued. The fsync lands it either way.
+    f.sync_all().unwrap();
     let want = want + "pre\n";
     std::fs::write(&gate_path, b"").unwrap();
     f.write_all(b"held\n").unwrap();
