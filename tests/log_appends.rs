@@ -511,3 +511,137 @@ fn a_truncating_open_lands_queued_appends_first() {
     f.sync_all().unwrap();
     assert_eq!(std::fs::read(&log).unwrap(), b"");
 }
+
+/// Appends queued behind their writes are bounded: 1 MiB per file, 32 MiB
+/// per mount; past that a write waits for its commit (here held by the
+/// test hook), and nothing of it shows. Once the commits go, every byte
+/// lands once, in order.
+#[test]
+fn queued_appends_are_bounded_per_file_and_per_mount() {
+    const CHUNK: usize = 64 << 10;
+    let (c, _db) = TestCluster::with_one_node();
+    let gate = tempfile::NamedTempFile::new().unwrap();
+    let gate_path = gate.path().to_owned();
+    let m1 = Mount::with_env(
+        &c,
+        &["ttl=0"],
+        &[("TSHS_TEST_APPEND_HOLD", gate_path.to_str().unwrap())],
+    );
+    let m2 = Mount::new(&c, &["ttl=0"]);
+    std::fs::remove_file(&gate_path).unwrap();
+    // 33 logs, each with a first append landed (that one waits for its
+    // commit), then the gate: every later append is held.
+    let logs: Vec<_> = (0..33)
+        .map(|i| m1.space(3).join(format!("{i}.log")))
+        .collect();
+    let mut files: Vec<_> = logs
+        .iter()
+        .map(|p| {
+            let mut f = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(p)
+                .unwrap();
+            f.write_all(b"<").unwrap();
+            f
+        })
+        .collect();
+    std::fs::write(&gate_path, b"").unwrap();
+    let chunk = |log: usize, n: usize| pattern((log * 100 + n) as u64, CHUNK);
+
+    // One file: 16 chunks (1 MiB) are queued, the 17th waits.
+    let mut first = files.remove(0);
+    let writer = std::thread::spawn(move || {
+        for n in 0..17 {
+            first.write_all(&chunk(0, n)).unwrap();
+        }
+        first
+    });
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    let t = Instant::now();
+    while size(&logs[0]) < 1 + (1 << 20) {
+        assert!(t.elapsed() < Duration::from_secs(10), "1 MiB not queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!writer.is_finished(), "more than 1 MiB queued for one file");
+    assert_eq!(size(&logs[0]), 1 + (1 << 20));
+
+    // 31 more files with 1 MiB each: 32 MiB queued in the mount, so an
+    // append to the last file waits too.
+    for (i, f) in files.iter_mut().enumerate().take(31) {
+        for n in 0..16 {
+            f.write_all(&chunk(i + 1, n)).unwrap();
+        }
+    }
+    let mut last = files.pop().unwrap();
+    let blocked = std::thread::spawn(move || {
+        last.write_all(b">").unwrap();
+        last
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!blocked.is_finished(), "more than 32 MiB queued in a mount");
+    assert_eq!(size(&logs[32]), 1);
+
+    std::fs::remove_file(&gate_path).unwrap();
+    drop((writer.join().unwrap(), blocked.join().unwrap(), files));
+    for (i, p) in logs.iter().enumerate() {
+        let got = std::fs::read(m2.space(3).join(p.file_name().unwrap())).unwrap();
+        let want: Vec<u8> = match i {
+            0 => (0..17).flat_map(|n| chunk(0, n)).collect(),
+            32 => b">".to_vec(),
+            _ => (0..16).flat_map(|n| chunk(i, n)).collect(),
+        };
+        let want = [b"<".as_slice(), &want].concat();
+        assert!(
+            got == want,
+            "log {i}: {} bytes, {} wanted",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// An unmount lands the appends a close left queued (a close waits a
+/// second at most): the daemon stays until they land.
+#[test]
+fn an_unmount_lands_appends_a_close_left_queued() {
+    let (c, _db) = TestCluster::with_one_node();
+    let gate = tempfile::NamedTempFile::new().unwrap();
+    let gate_path = gate.path().to_owned();
+    let m1 = Mount::with_env(
+        &c,
+        &[],
+        &[("TSHS_TEST_APPEND_HOLD", gate_path.to_str().unwrap())],
+    );
+    std::fs::remove_file(&gate_path).unwrap();
+    let log = m1.space(3).join("last.log");
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log)
+        .unwrap();
+    f.write_all(b"first\n").unwrap();
+    std::fs::write(&gate_path, b"").unwrap();
+    for i in 0..3 {
+        f.write_all(format!("{i}\n").as_bytes()).unwrap();
+    }
+    drop(f);
+    let pid = m1.pid();
+    let unmount = std::thread::spawn(move || {
+        let mut m1 = m1;
+        m1.unmount();
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists() && !unmount.is_finished(),
+        "the daemon left with appends queued"
+    );
+    std::fs::remove_file(&gate_path).unwrap();
+    unmount.join().unwrap();
+    let m2 = c.mount();
+    assert_eq!(
+        std::fs::read(m2.space(3).join("last.log")).unwrap(),
+        b"first\n0\n1\n2\n"
+    );
+}

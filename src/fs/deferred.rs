@@ -110,9 +110,9 @@ impl Fs {
             .cloned()
             .collect();
         for n in nodes {
-            // A commit moves the attribute epoch itself. A queued append's
-            // failure stays for the writer's handles to report.
-            n.settle();
+            // A commit moves the attribute epoch itself. (No append is
+            // queued behind a pending create: the first append through an
+            // open file commits it and waits for its own commit.)
             if let Err(e) = n.flush_buffers(&self.cache) {
                 log::warn!(
                     "space {space}: committing a new file failed: errno {}",

@@ -266,6 +266,15 @@ impl Queue {
         }
     }
 
+    /// Wakes whoever waits for an answer already given. The end of a
+    /// transaction wakes them anyway; this is for answers given before it
+    /// ends: a close waiting for one need not wait for the rest of the
+    /// batch, which may wait at a move's fence.
+    fn wake(&self) {
+        let _st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.turn.notify_all();
+    }
+
     /// Runs the next transaction: everything waiting, in order.
     fn lead<'a>(&'a self, mut st: MutexGuard<'a, QueueState>) -> MutexGuard<'a, QueueState> {
         st.busy = true;
@@ -355,11 +364,6 @@ impl Append {
                 .fetch_sub(self.data.len(), Ordering::AcqRel);
         }
         *result = Some(r);
-        drop(result);
-        // A close waiting for it need not wait for the rest of the batch
-        // (which may wait at a move's fence).
-        let _st = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
-        self.queue.turn.notify_all();
     }
 }
 
@@ -439,6 +443,10 @@ fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
         );
     }
     drop(pinned);
+    if alone.is_empty() {
+        return;
+    }
+    batch[0].queue.wake();
     alone.sort_by_key(|(n, _)| *n);
     let alone: Vec<Arc<Append>> = alone.into_iter().map(|(_, a)| a).collect();
     one_by_one(cache, &alone);
@@ -547,5 +555,6 @@ fn one_by_one(cache: &DataCache, appends: &[Arc<Append>]) {
             a.node.appended(cache, off, &a.data, now, a.behind);
         }
         a.answer(r.map(|(off, _)| Some(off)));
+        a.queue.wake();
     }
 }

@@ -810,11 +810,7 @@ impl OpenInode {
             let queue = queues.queue_of(self)?;
             loop {
                 let mut b = self.behind.lock().unwrap();
-                // Forget the ones landed (their thread's offset kept).
-                while let Some(r) = b.queued.front().and_then(|q| q.append.outcome()) {
-                    let q = b.queued.pop_front().expect("checked");
-                    Self::settled(&mut b, &self.appended, q.tid, q.append.len(), r);
-                }
+                self.pop_landed(&mut b, u64::MAX);
                 // More than enough queued, or queued for another node (the
                 // space moved): those land first, to keep the order.
                 let Some(last) = b.queued.back() else {
@@ -876,29 +872,32 @@ impl OpenInode {
             return;
         };
         loop {
-            let mut b = self.behind.lock().unwrap();
-            let Some(first) = b.queued.front().filter(|q| q.seq <= last) else {
+            let Some(a) = self.pop_landed(&mut self.behind.lock().unwrap(), last) else {
                 return;
             };
-            match first.append.outcome() {
-                Some(r) => {
-                    let q = b.queued.pop_front().expect("checked");
-                    Self::settled(&mut b, &self.appended, q.tid, q.append.len(), r);
-                }
-                None => {
-                    let a = first.append.clone();
-                    drop(b);
-                    match deadline {
-                        None => drop(a.wait()),
-                        Some(d) => {
-                            if a.wait_until(d).is_none() {
-                                return;
-                            }
-                        }
+            match deadline {
+                None => drop(a.wait()),
+                Some(d) => {
+                    if a.wait_until(d).is_none() {
+                        return;
                     }
                 }
             }
         }
+    }
+
+    /// Takes the appends queued up to `last` (by `Queued::seq`) that landed
+    /// (or failed) off the queue, in order; answers the first still in
+    /// flight, if any.
+    fn pop_landed(&self, b: &mut Behind, last: u64) -> Option<Arc<Append>> {
+        while let Some(first) = b.queued.front().filter(|q| q.seq <= last) {
+            let Some(r) = first.append.outcome() else {
+                return Some(first.append.clone());
+            };
+            let q = b.queued.pop_front().expect("checked");
+            Self::settled(b, &self.appended, q.tid, q.append.len(), r);
+        }
+        None
     }
 
     /// An append queued behind its write, taken off the queue once landed
