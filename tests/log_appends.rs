@@ -645,3 +645,48 @@ fn an_unmount_lands_appends_a_close_left_queued() {
         b"first\n0\n1\n2\n"
     );
 }
+
+/// Appends a close left queued (its wait ran out) are still this mount's:
+/// a stat here counts them and a new open's read waits for them, while
+/// other mounts see them once they landed.
+#[test]
+fn an_open_after_a_close_that_left_appends_queued_sees_them() {
+    let (c, _db) = TestCluster::with_one_node();
+    let gate = tempfile::NamedTempFile::new().unwrap();
+    let gate_path = gate.path().to_owned();
+    let m1 = Mount::with_env(
+        &c,
+        &["ttl=0"],
+        &[("TSHS_TEST_APPEND_HOLD", gate_path.to_str().unwrap())],
+    );
+    let m2 = Mount::new(&c, &["ttl=0"]);
+    std::fs::remove_file(&gate_path).unwrap();
+    let log = m1.space(3).join("last.log");
+    let other = m2.space(3).join("last.log");
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log)
+        .unwrap();
+    f.write_all(b"first\n").unwrap();
+    std::fs::write(&gate_path, b"").unwrap();
+    f.write_all(b"held\n").unwrap();
+    drop(f); // returns after a second, the append still queued
+    // The kernel's RELEASE, which follows in the background, waits a
+    // second too: after it the mount has the file open no more.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 11);
+    let reader = std::thread::spawn({
+        let log = log.clone();
+        move || std::fs::read(&log).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !reader.is_finished(),
+        "a read of the queued bytes did not wait"
+    );
+    assert_eq!(std::fs::read(&other).unwrap(), b"first\n");
+    std::fs::remove_file(&gate_path).unwrap();
+    assert_eq!(reader.join().unwrap(), b"first\nheld\n");
+    assert_eq!(std::fs::read(&other).unwrap(), b"first\nheld\n");
+}

@@ -551,8 +551,36 @@ impl Fs {
             if *opens > 0 {
                 return;
             }
+            // Appends a close left queued (it waits a second at most): the
+            // node stays until they landed (`release_lingering`), so a stat
+            // or an open here meanwhile sees them, and a read waits for them.
+            if node.has_queued_appends() {
+                return;
+            }
             map.remove(&(node.space, node.ino));
         }
+        self.forget_node(node);
+    }
+
+    /// Each second (the reaper's tick): the nodes kept only for appends
+    /// their last close left queued go once those landed.
+    pub(super) fn release_lingering(&self) {
+        let mut gone = Vec::new();
+        self.open.lock().unwrap().retain(|_, n| {
+            let idle = *n.opens.lock().unwrap() == 0 && !n.has_queued_appends();
+            if idle {
+                gone.push(n.clone());
+            }
+            !idle
+        });
+        for n in gone {
+            self.forget_node(&n);
+        }
+    }
+
+    /// A node no longer open here (and out of the open map): its
+    /// registration and, if its last name went meanwhile, its rows go.
+    fn forget_node(&self, node: &OpenInode) {
         if node.registered.load(Ordering::SeqCst) {
             self.unregister(node);
         }

@@ -47,6 +47,7 @@ pub fn spawn(fs: Arc<Fs>) -> Reaper {
             while !s.load(Ordering::Acquire) {
                 fs.commit_changes(None);
                 fs.trim();
+                fs.release_lingering();
                 // Give freed extent buffers back to the system.
                 unsafe { libc::malloc_trim(0) };
                 if tick % super::handles::SWEEP_EVERY == 0 {

@@ -886,6 +886,12 @@ impl OpenInode {
         }
     }
 
+    /// Appends queued behind their writes have not all landed yet.
+    pub fn has_queued_appends(&self) -> bool {
+        self.pop_landed(&mut self.behind.lock().unwrap(), u64::MAX)
+            .is_some()
+    }
+
     /// Takes the appends queued up to `last` (by `Queued::seq`) that landed
     /// (or failed) off the queue, in order; answers the first still in
     /// flight, if any.
