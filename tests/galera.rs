@@ -436,7 +436,18 @@ fn the_member_in_use_killed_under_appenders() {
         "all processes moved to one member: {moved:?}"
     );
     // tshs check warns: a member of the Admin Node's and the node's cluster is gone.
-    let o = c.tshs(&["check", "--warning", "60000", "--critical", "60000"]);
+    // (Given 30 s: a member may hold a query until the cluster's new view
+    // forms, which Galera's suspect timeout, 5 s, can delay; once the check
+    // failed with "Admin Node: no answer within 5 s".)
+    let o = c.tshs(&[
+        "check",
+        "--warning",
+        "60000",
+        "--critical",
+        "60000",
+        "--timeout",
+        "30",
+    ]);
     let line = String::from_utf8_lossy(&o.stdout).to_string();
     assert_eq!(o.status.code(), Some(1), "{line}");
     // The node's id depends on the member that took the insert (Galera
