@@ -445,7 +445,11 @@ fn serve(
     }
     let result = session.run();
     log::info!("unmounted {}", mountpoint.display());
+    // While this mount still holds its open files (its access point): the
+    // appends their closes left queued land, then those files are let go.
+    fs.drain_appends();
     reaper.stop();
+    fs.release_lingering();
     drop(ap);
     result.map_err(Into::into)
 }

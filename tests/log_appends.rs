@@ -632,7 +632,8 @@ fn an_unmount_lands_appends_a_close_left_queued() {
         let mut m1 = m1;
         m1.unmount();
     });
-    std::thread::sleep(Duration::from_millis(1000));
+    // Longer than the background RELEASE's own wait (a second).
+    std::thread::sleep(Duration::from_millis(2500));
     assert!(
         std::path::Path::new(&format!("/proc/{pid}")).exists() && !unmount.is_finished(),
         "the daemon left with appends queued"
@@ -686,7 +687,33 @@ fn an_open_after_a_close_that_left_appends_queued_sees_them() {
         "a read of the queued bytes did not wait"
     );
     assert_eq!(std::fs::read(&other).unwrap(), b"first\n");
+    // A change of its times now stays deferred behind the append (whose
+    // commit sets mtime), and holds no namespace change of the space up.
+    common::sh(&format!("touch -m -d @1000000000 '{}'", log.display()));
+    let renamed = std::thread::spawn({
+        let dir = m1.space(3);
+        move || {
+            std::fs::write(dir.join("a"), b"a").unwrap();
+            std::fs::rename(dir.join("a"), dir.join("b")).unwrap();
+        }
+    });
+    let t = Instant::now();
+    while !renamed.is_finished() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let held = t.elapsed();
     std::fs::remove_file(&gate_path).unwrap();
+    renamed.join().unwrap();
+    assert!(held < Duration::from_secs(3), "a rename waited {held:?}");
     assert_eq!(reader.join().unwrap(), b"first\nheld\n");
     assert_eq!(std::fs::read(&other).unwrap(), b"first\nheld\n");
+    let t = Instant::now();
+    loop {
+        let m = std::fs::metadata(&other).unwrap();
+        if std::os::unix::fs::MetadataExt::mtime(&m) == 1_000_000_000 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the touch was lost");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -213,7 +213,14 @@ impl Fs {
         changes
             .iter()
             .filter(|((s, _), _)| space.is_none_or(|x| x == *s))
-            .filter(|(k, _)| !open.get(k).is_some_and(|n| n.is_pending()))
+            // Nor of one with appends queued (a commit held by a fence or
+            // an outage): their commit sets mtime, and the change may have
+            // come after them (a `touch` of a log).
+            .filter(|(k, _)| {
+                !open
+                    .get(k)
+                    .is_some_and(|n| n.is_pending() || n.has_queued_appends())
+            })
             .map(|(k, c)| (*k, *c))
             .collect()
     }
@@ -223,7 +230,11 @@ impl Fs {
     /// commit sets mtime, and a utimes that came after the write (tar:
     /// write, utimes, chmod, setxattr, then close) must land after it, as
     /// on a local disk. Rare: a file still being written whose times or
-    /// mode changed. A failed flush is reported at close or fsync.
+    /// mode changed. A failed flush is reported at close or fsync. Queued
+    /// appends are waited for a second at most (as a close does): this runs
+    /// in the reaper and before namespace changes, which a fence's or an
+    /// outage's length must not hold; the change of a file whose appends
+    /// are still queued then waits for a later commit.
     fn flush_changed_files(&self, space: Option<u32>) {
         let keys: Vec<(u32, u64)> = self
             .changes
@@ -241,11 +252,14 @@ impl Fs {
             let open = self.open.lock().unwrap();
             keys.iter().filter_map(|k| open.get(k).cloned()).collect()
         };
+        let deadline = std::time::Instant::now() + super::data::CLOSE_WAIT;
         for n in nodes {
             if n.local_size().is_some() {
                 // A queued append's failure stays owed to the writer.
-                n.settle();
-                let _ = n.flush_buffers(&self.cache);
+                n.settle_until(deadline);
+                if !n.has_queued_appends() {
+                    let _ = n.flush_buffers(&self.cache);
+                }
             }
         }
     }

@@ -562,9 +562,9 @@ impl Fs {
         self.forget_node(node);
     }
 
-    /// Each second (the reaper's tick): the nodes kept only for appends
-    /// their last close left queued go once those landed.
-    pub(super) fn release_lingering(&self) {
+    /// Each second (the reaper's tick), and at unmount: the nodes kept
+    /// only for appends their last close left queued go once those landed.
+    pub fn release_lingering(&self) {
         let mut gone = Vec::new();
         self.open.lock().unwrap().retain(|_, n| {
             let idle = *n.opens.lock().unwrap() == 0 && !n.has_queued_appends();
@@ -576,6 +576,12 @@ impl Fs {
         for n in gone {
             self.forget_node(&n);
         }
+    }
+
+    /// The mount is going: the appends still queued land (see
+    /// [`data::AppendQueues::drain`]).
+    pub fn drain_appends(&self) {
+        self.appends.drain();
     }
 
     /// A node no longer open here (and out of the open map): its
@@ -603,7 +609,22 @@ impl Fs {
     pub(super) fn renew_open_writers(&self) {
         let holder = self.holder.load(Ordering::Acquire);
         let mut by_space: HashMap<u32, Vec<Arc<OpenInode>>> = HashMap::new();
-        for node in self.handles.writing_for(REGISTER_AFTER) {
+        // And those a close left with appends queued (`release_node`):
+        // they stay registered until those land.
+        let lingering: Vec<Arc<OpenInode>> = self
+            .open
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|n| *n.opens.lock().unwrap() == 0 && n.registered.load(Ordering::SeqCst))
+            .cloned()
+            .collect();
+        for node in self
+            .handles
+            .writing_for(REGISTER_AFTER)
+            .into_iter()
+            .chain(lingering)
+        {
             by_space.entry(node.space).or_default().push(node);
         }
         for (space, nodes) in by_space {
@@ -618,7 +639,9 @@ impl Fs {
                 continue;
             }
             // Closed meanwhile: that close may have missed the row.
-            for n in nodes.iter().filter(|n| *n.opens.lock().unwrap() == 0) {
+            let closed =
+                |n: &&Arc<OpenInode>| *n.opens.lock().unwrap() == 0 && !n.has_queued_appends();
+            for n in nodes.iter().filter(closed) {
                 self.unregister(n);
             }
         }

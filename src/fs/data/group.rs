@@ -29,7 +29,7 @@
 //! operation id tells whether it landed (all of it) or not (run again).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -66,6 +66,8 @@ pub struct AppendQueues {
     queues: Mutex<HashMap<u32, Arc<Queue>>>,
     /// Bytes of appends queued behind their writes, in all queues.
     behind_bytes: Arc<AtomicUsize>,
+    /// [`AppendQueues::drain`] ran.
+    drained: AtomicBool,
 }
 
 /// Bytes of appends queued behind their writes in a mount at most: past
@@ -119,6 +121,7 @@ impl AppendQueues {
             cache,
             queues: Mutex::default(),
             behind_bytes: Arc::default(),
+            drained: AtomicBool::new(false),
         }
     }
 
@@ -177,17 +180,14 @@ impl AppendQueues {
         }
         me
     }
-}
 
-/// How long an unmount waits for the appends still queued behind their
-/// writes (a close waits a second at most, so some may be left).
-const DRAIN_WAIT: Duration = Duration::from_secs(30);
-
-impl Drop for AppendQueues {
     /// The mount is going: the committers run what is still queued, for
-    /// [`DRAIN_WAIT`] at most; what is left then is logged, never dropped
-    /// silently.
-    fn drop(&mut self) {
+    /// [`DRAIN_WAIT`] at most, and end; what is left then is logged, never
+    /// dropped silently.
+    pub fn drain(&self) {
+        if self.drained.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let deadline = std::time::Instant::now() + DRAIN_WAIT;
         for q in self.queues.lock().unwrap().values() {
             let mut st = q.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -210,6 +210,16 @@ impl Drop for AppendQueues {
                     .0;
             }
         }
+    }
+}
+
+/// How long an unmount waits for the appends still queued behind their
+/// writes (a close waits a second at most, so some may be left).
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
+
+impl Drop for AppendQueues {
+    fn drop(&mut self) {
+        self.drain();
     }
 }
 

@@ -863,7 +863,7 @@ impl OpenInode {
 
     /// [`OpenInode::settle`], waiting until `deadline` at most, and
     /// leading no transaction (the committer thread runs them).
-    fn settle_until(&self, deadline: std::time::Instant) {
+    pub fn settle_until(&self, deadline: std::time::Instant) {
         self.settle_by(Some(deadline));
     }
 
