@@ -350,6 +350,61 @@ fn appends_queued_while_their_spaces_move_land_on_the_new_node() {
     }
 }
 
+/// Appends queued behind their writes (the writes returned) while their
+/// spaces move away, their batch held until the move is done: they land
+/// on the new node, each once, and the fsync after them succeeds.
+#[test]
+fn appends_queued_behind_their_writes_while_their_spaces_move_land_once() {
+    let (c, db1) = TestCluster::with_one_node();
+    let hold = tempfile::NamedTempFile::new().unwrap();
+    let hold_path = hold.path().to_owned();
+    let m = Mount::with_env(
+        &c,
+        &[],
+        &[("TSHS_TEST_APPEND_HOLD", hold_path.to_str().unwrap())],
+    );
+    std::fs::remove_file(&hold_path).unwrap();
+    let spaces = 1..=8u32;
+    let mut logs: Vec<std::fs::File> = spaces
+        .clone()
+        .map(|s| {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(m.space(s).join("last.log"))
+                .unwrap();
+            // The first append through an open file waits for its commit.
+            f.write_all(format!("space {s}\n").as_bytes()).unwrap();
+            f
+        })
+        .collect();
+    std::fs::write(&hold_path, b"").unwrap();
+    for (f, s) in logs.iter_mut().zip(spaces.clone()) {
+        f.write_all(format!("queued to {s}\n").as_bytes()).unwrap();
+    }
+    c.split_node_1("st");
+    c.ok(&["copy-shards"]);
+    let moved = c.spaces_on(spaces.clone(), 2);
+    assert!(!moved.is_empty(), "no space moved");
+    for s in &moved {
+        assert_eq!(rows_on(1, &db1, *s), 0, "space {s} left rows on node 1");
+    }
+    std::fs::remove_file(&hold_path).unwrap();
+    for (f, s) in logs.iter().zip(spaces.clone()) {
+        f.sync_all().unwrap_or_else(|e| panic!("space {s}: {e}"));
+    }
+    drop(logs);
+    let other = Mount::new(&c, &[]);
+    for s in spaces {
+        assert_eq!(
+            std::fs::read_to_string(other.space(s).join("last.log")).unwrap(),
+            format!("space {s}\nqueued to {s}\n"),
+            "space {s} (moved: {})",
+            moved.contains(&s)
+        );
+    }
+}
+
 /// A process that cannot heartbeat confirms its cached placement in the
 /// read's own snapshot: rows a move drops after the check stay visible to
 /// that read, and a sealed space is not read at all.
