@@ -472,7 +472,7 @@ impl Filesystem for FuseFs {
         data: &[u8],
         _write_flags: WriteFlags,
         flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         begin!("write");
@@ -483,7 +483,10 @@ impl Filesystem for FuseFs {
         // Attributes: a write clearing set-id bits, and each commit of
         // buffered data, move the epoch in the core; an append updates the
         // file's own.
-        let r = self.fs.write(fh.0, offset, data, caller(req), sync);
+        // Sent with direct I/O writes (every append): a close waits only
+        // for its own process's appends.
+        let owner = lock_owner.map(|o| o.0);
+        let r = self.fs.write(fh.0, offset, data, caller(req), sync, owner);
         answer(r, reply, |reply, w| {
             metrics::global().bytes_written.inc_by(u64::from(w.len));
             self.attrs_changed(ino, &w);
@@ -496,11 +499,11 @@ impl Filesystem for FuseFs {
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         begin!("flush");
-        empty(self.fs.flush(fh.0), reply)
+        empty(self.fs.flush(fh.0, lock_owner.0), reply)
     }
 
     fn release(

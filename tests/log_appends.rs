@@ -717,3 +717,56 @@ fn an_open_after_a_close_that_left_appends_queued_sees_them() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A close waits only for the appends its own process wrote: a child that
+/// inherited a log's descriptor and closes it (at its exit) does not wait
+/// for its parent's appends held by a commit, while the parent's close
+/// does (a second at most).
+#[test]
+fn a_child_closing_an_inherited_descriptor_does_not_wait_for_the_parents_appends() {
+    let (c, _db) = TestCluster::with_one_node();
+    let gate = tempfile::NamedTempFile::new().unwrap();
+    let gate_path = gate.path().to_owned();
+    let m1 = Mount::with_env(
+        &c,
+        &["ttl=0"],
+        &[("TSHS_TEST_APPEND_HOLD", gate_path.to_str().unwrap())],
+    );
+    std::fs::remove_file(&gate_path).unwrap();
+    let log = m1.space(3).join("last.log");
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log)
+        .unwrap();
+    f.write_all(b"first\n").unwrap();
+    std::fs::write(&gate_path, b"").unwrap();
+    f.write_all(b"held\n").unwrap();
+    // Inherited by the child (Rust opens with O_CLOEXEC).
+    assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, 0) }, 0);
+    let t = Instant::now();
+    let st = std::process::Command::new("true").status().unwrap();
+    assert!(st.success());
+    let child = t.elapsed();
+    let t = Instant::now();
+    drop(f);
+    let parent = t.elapsed();
+    std::fs::remove_file(&gate_path).unwrap();
+    assert!(
+        child < Duration::from_millis(500),
+        "the child's close waited {child:?}"
+    );
+    assert!(
+        parent >= Duration::from_millis(900),
+        "the parent's close waited only {parent:?}"
+    );
+    let m2 = Mount::new(&c, &["ttl=0"]);
+    let t = Instant::now();
+    while std::fs::read(m2.space(3).join("last.log")).unwrap() != b"first\nheld\n" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the append did not land"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

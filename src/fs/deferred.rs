@@ -256,7 +256,7 @@ impl Fs {
         for n in nodes {
             if n.local_size().is_some() {
                 // A queued append's failure stays owed to the writer.
-                n.settle_until(deadline);
+                n.settle_until(deadline, None);
                 if !n.has_queued_appends() {
                     let _ = n.flush_buffers(&self.cache);
                 }

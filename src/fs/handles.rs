@@ -376,6 +376,7 @@ impl Fs {
         data: &[u8],
         caller: Caller,
         sync: bool,
+        lock_owner: Option<u64>,
     ) -> FsResult<Written> {
         let (node, append) = self.handles.get(fh)?;
         // Only a write that clears set-id bits changes attributes here (a
@@ -391,7 +392,7 @@ impl Fs {
             return Err(Error::EROFS);
         }
         if append {
-            node.append(&self.cache, &self.appends, data, tid, !sync)?;
+            node.append(&self.cache, &self.appends, data, (tid, lock_owner), !sync)?;
         } else if node.write(&self.cache, offset, data)? {
             // The workers live as long as the Fs: sending cannot fail.
             let _ = self.flusher.send(node);
@@ -490,15 +491,22 @@ impl Fs {
 
     /// Makes buffered writes durable and visible (close). The close of a
     /// handle open for writing also waits for the appends queued behind
-    /// their writes (close-to-open), for [`data::CLOSE_WAIT`] at most; a
-    /// reader's close does not.
-    pub fn flush(&self, fh: u64) -> FsResult<()> {
+    /// their writes (close-to-open), for [`data::CLOSE_WAIT`] at most, and
+    /// only for those written under its `lock_owner` (the closing process's
+    /// descriptor table): a child that inherited the descriptor and closes
+    /// it at `exec` or exit does not wait for its parent's appends. A
+    /// reader's close does not wait.
+    pub fn flush(&self, fh: u64, lock_owner: u64) -> FsResult<()> {
         if is_snapshot_fh(fh) {
             return Ok(());
         }
         let (node, seen, writer) = self.handles.get_for_flush(fh)?;
         if writer {
-            node.flush(&self.cache, &seen, Some(data::CLOSE_WAIT))
+            node.flush(
+                &self.cache,
+                &seen,
+                Some((data::CLOSE_WAIT, Some(lock_owner))),
+            )
         } else {
             node.flush_buffers(&self.cache)
         }
@@ -532,7 +540,7 @@ impl Fs {
             h.node.flush(
                 &self.cache,
                 &AtomicU64::new(u64::MAX),
-                Some(data::CLOSE_WAIT),
+                Some((data::CLOSE_WAIT, None)),
             )
         } else {
             h.node.flush_buffers(&self.cache)

@@ -211,6 +211,9 @@ pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 struct Queued {
     seq: u64,
     tid: u32,
+    /// The FUSE lock owner of its write (the writer's descriptor table),
+    /// if the kernel sent one: a close waits only for its own.
+    owner: Option<u64>,
     append: Arc<Append>,
 }
 
@@ -633,7 +636,8 @@ impl OpenInode {
     }
 
     /// Writes the buffers in one transaction, after the appends queued
-    /// behind their writes landed (`wait`: waiting at most that long), and
+    /// behind their writes landed (`wait`: waiting at most that long, and
+    /// with a lock owner, only for the appends it wrote), and
     /// reports a failure of those that a handle that had seen `seen` of
     /// them has not reported yet: as Linux reports a writeback error once
     /// to each open file description.
@@ -641,11 +645,11 @@ impl OpenInode {
         &self,
         cache: &DataCache,
         seen: &AtomicU64,
-        wait: Option<std::time::Duration>,
+        wait: Option<(std::time::Duration, Option<u64>)>,
     ) -> FsResult<()> {
         match wait {
             None => self.settle(),
-            Some(d) => self.settle_until(std::time::Instant::now() + d),
+            Some((d, owner)) => self.settle_until(std::time::Instant::now() + d, owner),
         }
         let owed = {
             let mut b = self.behind.lock().unwrap();
@@ -795,7 +799,7 @@ impl OpenInode {
         cache: &DataCache,
         queues: &AppendQueues,
         data: &[u8],
-        tid: u32,
+        (tid, owner): (u32, Option<u64>),
         behind: bool,
     ) -> FsResult<()> {
         let _turn = self.data_turn.read().unwrap();
@@ -814,10 +818,10 @@ impl OpenInode {
                 // More than enough queued, or queued for another node (the
                 // space moved): those land first, to keep the order.
                 let Some(last) = b.queued.back() else {
-                    break self.queue_behind(b, queues, queue, tid, data);
+                    break self.queue_behind(b, queues, queue, (tid, owner), data);
                 };
                 if b.bytes + data.len() <= BEHIND_BYTES && last.append.queue_id() == queue {
-                    break self.queue_behind(b, queues, queue, tid, data);
+                    break self.queue_behind(b, queues, queue, (tid, owner), data);
                 }
                 drop(b);
                 self.settle();
@@ -842,7 +846,7 @@ impl OpenInode {
         mut b: MutexGuard<'_, Behind>,
         queues: &AppendQueues,
         queue: u32,
-        tid: u32,
+        (tid, owner): (u32, Option<u64>),
         data: &[u8],
     ) {
         self.state().behind += data.len() as u64;
@@ -850,7 +854,12 @@ impl OpenInode {
         b.bytes += append.len();
         b.seq += 1;
         let seq = b.seq;
-        b.queued.push_back(Queued { seq, tid, append });
+        b.queued.push_back(Queued {
+            seq,
+            tid,
+            owner,
+            append,
+        });
     }
 
     /// Waits until the appends queued behind their writes so far landed
@@ -858,17 +867,28 @@ impl OpenInode {
     /// meanwhile): their threads' offsets are recorded, a failure is owed
     /// to the next flush.
     pub fn settle(&self) {
-        self.settle_by(None);
+        self.settle_by(None, None);
     }
 
     /// [`OpenInode::settle`], waiting until `deadline` at most, and
-    /// leading no transaction (the committer thread runs them).
-    pub fn settle_until(&self, deadline: std::time::Instant) {
-        self.settle_by(Some(deadline));
+    /// leading no transaction (the committer thread runs them). With
+    /// `owner`, only up to the last append written by that lock owner (or
+    /// by one not known).
+    pub fn settle_until(&self, deadline: std::time::Instant, owner: Option<u64>) {
+        self.settle_by(Some(deadline), owner);
     }
 
-    fn settle_by(&self, deadline: Option<std::time::Instant>) {
-        let Some(last) = self.behind.lock().unwrap().queued.back().map(|q| q.seq) else {
+    fn settle_by(&self, deadline: Option<std::time::Instant>, owner: Option<u64>) {
+        let last = {
+            let b = self.behind.lock().unwrap();
+            let mut queued = b.queued.iter().rev();
+            match owner {
+                None => queued.next(),
+                Some(o) => queued.find(|q| q.owner.is_none_or(|w| w == o)),
+            }
+            .map(|q| q.seq)
+        };
+        let Some(last) = last else {
             return;
         };
         loop {
