@@ -687,24 +687,29 @@ fn an_open_after_a_close_that_left_appends_queued_sees_them() {
         "a read of the queued bytes did not wait"
     );
     assert_eq!(std::fs::read(&other).unwrap(), b"first\n");
-    // A change of its times now stays deferred behind the append (whose
-    // commit sets mtime), and holds no namespace change of the space up.
-    common::sh(&format!("touch -m -d @1000000000 '{}'", log.display()));
-    let renamed = std::thread::spawn({
-        let dir = m1.space(3);
-        move || {
-            std::fs::write(dir.join("a"), b"a").unwrap();
-            std::fs::rename(dir.join("a"), dir.join("b")).unwrap();
-        }
+    // A change of its times waits for the appends queued before it (whose
+    // commit sets mtime); a namespace change of the space does not.
+    let touch = std::thread::spawn({
+        let log = log.clone();
+        move || common::sh(&format!("touch -m -d @1000000000 '{}'", log.display()))
     });
     let t = Instant::now();
-    while !renamed.is_finished() && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let held = t.elapsed();
+    let dir = m1.space(3);
+    std::fs::write(dir.join("a"), b"a").unwrap();
+    std::fs::rename(dir.join("a"), dir.join("b")).unwrap();
+    let renamed = t.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let touched = touch.is_finished();
     std::fs::remove_file(&gate_path).unwrap();
-    renamed.join().unwrap();
-    assert!(held < Duration::from_secs(3), "a rename waited {held:?}");
+    touch.join().unwrap();
+    assert!(
+        !touched,
+        "a touch did not wait for the appends queued before it"
+    );
+    assert!(
+        renamed < Duration::from_secs(2),
+        "a rename waited {renamed:?}"
+    );
     assert_eq!(reader.join().unwrap(), b"first\nheld\n");
     assert_eq!(std::fs::read(&other).unwrap(), b"first\nheld\n");
     let t = Instant::now();
@@ -718,12 +723,13 @@ fn an_open_after_a_close_that_left_appends_queued_sees_them() {
     }
 }
 
-/// A close waits only for the appends its own process wrote: a child that
-/// inherited a log's descriptor and closes it (at its exit) does not wait
-/// for its parent's appends held by a commit, while the parent's close
-/// does (a second at most).
+/// A close waits only for the appends its own process wrote, and reports
+/// only their failure: a child that inherited a log's descriptor and
+/// closes it (at its exit) neither waits for its parent's appends held by
+/// a commit nor takes their failure, which the parent's fsync reports; the
+/// parent's close waits (a second at most).
 #[test]
-fn a_child_closing_an_inherited_descriptor_does_not_wait_for_the_parents_appends() {
+fn a_child_closing_an_inherited_descriptor_leaves_the_parents_appends_alone() {
     let (c, _db) = TestCluster::with_one_node();
     let gate = tempfile::NamedTempFile::new().unwrap();
     let gate_path = gate.path().to_owned();
@@ -732,6 +738,7 @@ fn a_child_closing_an_inherited_descriptor_does_not_wait_for_the_parents_appends
         &["ttl=0"],
         &[("TSHS_TEST_APPEND_HOLD", gate_path.to_str().unwrap())],
     );
+    let m2 = Mount::new(&c, &["ttl=0"]);
     std::fs::remove_file(&gate_path).unwrap();
     let log = m1.space(3).join("last.log");
     let mut f = OpenOptions::new()
@@ -742,25 +749,38 @@ fn a_child_closing_an_inherited_descriptor_does_not_wait_for_the_parents_appends
     f.write_all(b"first\n").unwrap();
     std::fs::write(&gate_path, b"").unwrap();
     f.write_all(b"held\n").unwrap();
-    // Inherited by the child (Rust opens with O_CLOEXEC).
-    assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, 0) }, 0);
-    let t = Instant::now();
-    let st = std::process::Command::new("true").status().unwrap();
-    assert!(st.success());
-    let child = t.elapsed();
+    // The descriptor inherited as the child's fd 3 (dup2 in the child, so
+    // the parent's copy keeps O_CLOEXEC and other tests' children do not
+    // inherit it), closed at its exit.
+    let child = |f: &std::fs::File| {
+        use std::os::unix::process::CommandExt;
+        let fd = f.as_raw_fd();
+        let mut cmd = std::process::Command::new("true");
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let t = Instant::now();
+        assert!(cmd.status().unwrap().success());
+        t.elapsed()
+    };
+    let waited = child(&f);
+    assert!(
+        waited < Duration::from_millis(500),
+        "the child's close waited {waited:?}"
+    );
     let t = Instant::now();
     drop(f);
     let parent = t.elapsed();
-    std::fs::remove_file(&gate_path).unwrap();
-    assert!(
-        child < Duration::from_millis(500),
-        "the child's close waited {child:?}"
-    );
     assert!(
         parent >= Duration::from_millis(900),
         "the parent's close waited only {parent:?}"
     );
-    let m2 = Mount::new(&c, &["ttl=0"]);
+    std::fs::remove_file(&gate_path).unwrap();
     let t = Instant::now();
     while std::fs::read(m2.space(3).join("last.log")).unwrap() != b"first\nheld\n" {
         assert!(
@@ -769,4 +789,23 @@ fn a_child_closing_an_inherited_descriptor_does_not_wait_for_the_parents_appends
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // A queued append that fails (another mount made the file as large as
+    // a file may be): a child's close does not take its failure.
+    let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"a").unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(m2.space(3).join("last.log"))
+        .unwrap()
+        .set_len((1 << 44) - 1)
+        .unwrap();
+    f.write_all(b"xy").unwrap();
+    // Its failure is known here once this thread's offset is asked for.
+    let mut buf = [0u8; 64];
+    let name = c"user.tshs.append_offset";
+    unsafe { libc::fgetxattr(f.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), 64) };
+    child(&f);
+    let e = f.sync_all().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EFBIG), "{e}");
 }

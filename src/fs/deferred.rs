@@ -213,14 +213,7 @@ impl Fs {
         changes
             .iter()
             .filter(|((s, _), _)| space.is_none_or(|x| x == *s))
-            // Nor of one with appends queued (a commit held by a fence or
-            // an outage): their commit sets mtime, and the change may have
-            // come after them (a `touch` of a log).
-            .filter(|(k, _)| {
-                !open
-                    .get(k)
-                    .is_some_and(|n| n.is_pending() || n.has_queued_appends())
-            })
+            .filter(|(k, _)| !open.get(k).is_some_and(|n| n.is_pending()))
             .map(|(k, c)| (*k, *c))
             .collect()
     }
@@ -230,11 +223,10 @@ impl Fs {
     /// commit sets mtime, and a utimes that came after the write (tar:
     /// write, utimes, chmod, setxattr, then close) must land after it, as
     /// on a local disk. Rare: a file still being written whose times or
-    /// mode changed. A failed flush is reported at close or fsync. Queued
-    /// appends are waited for a second at most (as a close does): this runs
-    /// in the reaper and before namespace changes, which a fence's or an
-    /// outage's length must not hold; the change of a file whose appends
-    /// are still queued then waits for a later commit.
+    /// mode changed. A failed flush is reported at close or fsync. Appends
+    /// queued behind their writes are not waited for: they came after the
+    /// change (a change waits for those queued before it, see
+    /// `Fs::setattr`), and their write dropped its mtime (`written`).
     fn flush_changed_files(&self, space: Option<u32>) {
         let keys: Vec<(u32, u64)> = self
             .changes
@@ -252,14 +244,9 @@ impl Fs {
             let open = self.open.lock().unwrap();
             keys.iter().filter_map(|k| open.get(k).cloned()).collect()
         };
-        let deadline = std::time::Instant::now() + super::data::CLOSE_WAIT;
         for n in nodes {
-            if n.local_size().is_some() {
-                // A queued append's failure stays owed to the writer.
-                n.settle_until(deadline, None);
-                if !n.has_queued_appends() {
-                    let _ = n.flush_buffers(&self.cache);
-                }
+            if n.local_size().is_some() && !n.has_queued_appends() {
+                let _ = n.flush_buffers(&self.cache);
             }
         }
     }

@@ -153,6 +153,12 @@ impl Fs {
         };
         let shard = self.shard_rw_after_import(space)?;
         if s.size.is_none() {
+            // After the appends queued before it, as a write or truncate of
+            // the file here: their commit sets mtime.
+            let open = self.open.lock().unwrap().get(&(space, i)).cloned();
+            if let Some(o) = open {
+                o.settle();
+            }
             let (mut a, age) = self.getattr_aged(ino)?;
             let change = meta::AttrChange {
                 mode: s.mode,

@@ -196,6 +196,9 @@ struct Behind {
     bytes: usize,
     failures: u64,
     last_failure: Option<Error>,
+    /// The lock owner that wrote the append that failed last (None: not
+    /// known): a close of another owner leaves it to be reported.
+    last_failure_owner: Option<u64>,
     /// The last failure was reported by no handle yet: a handle opened
     /// now reports it (Linux does so for an unseen writeback error).
     unseen: bool,
@@ -647,13 +650,22 @@ impl OpenInode {
         seen: &AtomicU64,
         wait: Option<(std::time::Duration, Option<u64>)>,
     ) -> FsResult<()> {
+        let closer = wait.and_then(|(_, owner)| owner);
         match wait {
             None => self.settle(),
             Some((d, owner)) => self.settle_until(std::time::Instant::now() + d, owner),
         }
         let owed = {
             let mut b = self.behind.lock().unwrap();
-            let before = seen.fetch_max(b.failures, Ordering::AcqRel);
+            // A close reports only its own process's failure (or one of an
+            // owner not known): a child closing an inherited descriptor
+            // must not take the failure its parent's fsync or close reports.
+            let others = closer.is_some_and(|c| b.last_failure_owner.is_some_and(|o| o != c));
+            let before = if others {
+                u64::MAX
+            } else {
+                seen.fetch_max(b.failures, Ordering::AcqRel)
+            };
             let owed = (b.failures > before)
                 .then(|| b.last_failure.clone())
                 .flatten();
@@ -921,7 +933,7 @@ impl OpenInode {
                 return Some(first.append.clone());
             };
             let q = b.queued.pop_front().expect("checked");
-            Self::settled(b, &self.appended, q.tid, q.append.len(), r);
+            Self::settled(b, &self.appended, (q.tid, q.owner), q.append.len(), r);
         }
         None
     }
@@ -931,7 +943,7 @@ impl OpenInode {
     fn settled(
         b: &mut Behind,
         offsets: &Mutex<AppendOffsets>,
-        tid: u32,
+        (tid, owner): (u32, Option<u64>),
         len: usize,
         r: FsResult<Option<u64>>,
     ) {
@@ -944,6 +956,7 @@ impl OpenInode {
                 offsets.forget(tid);
                 b.failures += 1;
                 b.last_failure = Some(e);
+                b.last_failure_owner = owner;
                 b.unseen = true;
             }
         }
