@@ -29,6 +29,29 @@ fn rows(db: &str, ino: u64) -> Vec<(u64, u64)> {
         .unwrap()
 }
 
+/// The test hook's gate (`TSHS_TEST_APPEND_HOLD`): while it is held, every
+/// group commit of a mount made with it waits. Held when made.
+struct Gate(tempfile::NamedTempFile);
+
+impl Gate {
+    fn new() -> Gate {
+        Gate(tempfile::NamedTempFile::new().unwrap())
+    }
+
+    fn mount(&self, c: &TestCluster, opts: &[&str]) -> Mount {
+        let path = self.0.path().to_str().unwrap();
+        Mount::with_env(c, opts, &[("TSHS_TEST_APPEND_HOLD", path)])
+    }
+
+    fn hold(&self) {
+        std::fs::write(self.0.path(), b"").unwrap();
+    }
+
+    fn release(&self) {
+        std::fs::remove_file(self.0.path()).unwrap();
+    }
+}
+
 fn ino(path: &std::path::Path) -> u64 {
     std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
 }
@@ -332,13 +355,8 @@ fn one_request_lands_each_file_at_its_end() {
 #[test]
 fn appends_queued_behind_their_writes_are_durable_at_fsync() {
     let (c, _db) = TestCluster::with_one_node();
-    let gate = tempfile::NamedTempFile::new().unwrap();
-    let gate_path = gate.path().to_owned();
-    let m1 = Mount::with_env(
-        &c,
-        &["ttl=0"],
-        &[("TSHS_TEST_APPEND_HOLD", gate_path.to_str().unwrap())],
-    );
+    let gate = Gate::new();
+    let m1 = gate.mount(&c, &["ttl=0"]);
     let m2 = Mount::new(&c, &["ttl=0"]);
     let log = m1.space(3).join("last.log");
     let other = m2.space(3).join("last.log");
@@ -347,9 +365,9 @@ fn appends_queued_behind_their_writes_are_durable_at_fsync() {
     let mut f = OpenOptions::new().append(true).open(&log).unwrap();
     // The first append through an open file waits for its commit; the
     // ones after it are queued.
-    std::fs::remove_file(&gate_path).unwrap();
+    gate.release();
     f.write_all(b"first\n").unwrap();
-    std::fs::write(&gate_path, b"").unwrap();
+    gate.hold();
     f.write_all(b"second\n").unwrap();
     // Seen here at once, by size and by content; not yet elsewhere.
     assert_eq!(std::fs::metadata(&log).unwrap().len(), 13);
@@ -367,13 +385,13 @@ fn appends_queued_behind_their_writes_are_durable_at_fsync() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(!fsync.is_finished(), "fsync returned before the commit");
     assert!(!reader.is_finished(), "a read of the bytes did not wait");
-    std::fs::remove_file(&gate_path).unwrap();
+    gate.release();
     let mut f = fsync.join().unwrap();
     assert_eq!(reader.join().unwrap(), b"first\nsecond\n");
     assert_eq!(std::fs::read(&other).unwrap(), b"first\nsecond\n");
 
     // O_SYNC: the write returns after its commit.
-    std::fs::write(&gate_path, b"").unwrap();
+    gate.hold();
     let sync = std::thread::spawn({
         let log = log.clone();
         move || {
@@ -390,7 +408,7 @@ fn appends_queued_behind_their_writes_are_durable_at_fsync() {
         !sync.is_finished(),
         "an O_SYNC append returned before its commit"
     );
-    std::fs::remove_file(&gate_path).unwrap();
+    gate.release();
     sync.join().unwrap();
     assert_eq!(std::fs::read(&other).unwrap(), b"first\nsecond\nthird\n");
 
@@ -413,7 +431,7 @@ fn appends_queued_behind_their_writes_are_durable_at_fsync() {
     // open, so "pre" may be queued. The fsync lands it either way.
     f.sync_all().unwrap();
     let want = want + "pre\n";
-    std::fs::write(&gate_path, b"").unwrap();
+    gate.hold();
     f.write_all(b"held\n").unwrap();
     let t = std::time::Instant::now();
     let close = std::thread::spawn(move || drop(f));
@@ -426,7 +444,7 @@ fn appends_queued_behind_their_writes_are_durable_at_fsync() {
         "the close waited {waited:?}"
     );
     assert_eq!(std::fs::read_to_string(&other).unwrap(), want);
-    std::fs::remove_file(&gate_path).unwrap();
+    gate.release();
     let want = want + "held\n";
     let t = std::time::Instant::now();
     while std::fs::read_to_string(&other).unwrap() != want {
@@ -520,15 +538,10 @@ fn a_truncating_open_lands_queued_appends_first() {
 fn queued_appends_are_bounded_per_file_and_per_mount() {
     const CHUNK: usize = 64 << 10;
     let (c, _db) = TestCluster::with_one_node();
-    let gate = tempfile::NamedTempFile::new().unwrap();
-    let gate_path = gate.path().to_owned();
-    let m1 = Mount::with_env(
-        &c,
-        &["ttl=0"],
-        &[("TSHS_TEST_APPEND_HOLD", gate_path.to_str().unwrap())],
-    );
+    let gate = Gate::new();
+    let m1 = gate.mount(&c, &["ttl=0"]);
     let m2 = Mount::new(&c, &["ttl=0"]);
-    std::fs::remove_file(&gate_path).unwrap();
+    gate.release();
     // 33 logs, each with a first append landed (that one waits for its
     // commit), then the gate: every later append is held.
     let logs: Vec<_> = (0..33)
@@ -546,7 +559,7 @@ fn queued_appends_are_bounded_per_file_and_per_mount() {
             f
         })
         .collect();
-    std::fs::write(&gate_path, b"").unwrap();
+    gate.hold();
     let chunk = |log: usize, n: usize| pattern((log * 100 + n) as u64, CHUNK);
 
     // One file: 16 chunks (1 MiB) are queued, the 17th waits.
@@ -583,7 +596,7 @@ fn queued_appends_are_bounded_per_file_and_per_mount() {
     assert!(!blocked.is_finished(), "more than 32 MiB queued in a mount");
     assert_eq!(size(&logs[32]), 1);
 
-    std::fs::remove_file(&gate_path).unwrap();
+    gate.release();
     drop((writer.join().unwrap(), blocked.join().unwrap(), files));
     for (i, p) in logs.iter().enumerate() {
         let got = std::fs::read(m2.space(3).join(p.file_name().unwrap())).unwrap();
@@ -607,14 +620,9 @@ fn queued_appends_are_bounded_per_file_and_per_mount() {
 #[test]
 fn an_unmount_lands_appends_a_close_left_queued() {
     let (c, _db) = TestCluster::with_one_node();
-    let gate = tempfile::NamedTempFile::new().unwrap();
-    let gate_path = gate.path().to_owned();
-    let m1 = Mount::with_env(
-        &c,
-        &[],
-        &[("TSHS_TEST_APPEND_HOLD", gate_path.to_str().unwrap())],
-    );
-    std::fs::remove_file(&gate_path).unwrap();
+    let gate = Gate::new();
+    let m1 = gate.mount(&c, &[]);
+    gate.release();
     let log = m1.space(3).join("last.log");
     let mut f = OpenOptions::new()
         .append(true)
@@ -622,7 +630,7 @@ fn an_unmount_lands_appends_a_close_left_queued() {
         .open(&log)
         .unwrap();
     f.write_all(b"first\n").unwrap();
-    std::fs::write(&gate_path, b"").unwrap();
+    gate.hold();
     for i in 0..3 {
         f.write_all(format!("{i}\n").as_bytes()).unwrap();
     }
@@ -638,7 +646,7 @@ fn an_unmount_lands_appends_a_close_left_queued() {
         std::path::Path::new(&format!("/proc/{pid}")).exists() && !unmount.is_finished(),
         "the daemon left with appends queued"
     );
-    std::fs::remove_file(&gate_path).unwrap();
+    gate.release();
     unmount.join().unwrap();
     let m2 = c.mount();
     assert_eq!(
@@ -653,15 +661,10 @@ fn an_unmount_lands_appends_a_close_left_queued() {
 #[test]
 fn an_open_after_a_close_that_left_appends_queued_sees_them() {
     let (c, _db) = TestCluster::with_one_node();
-    let gate = tempfile::NamedTempFile::new().unwrap();
-    let gate_path = gate.path().to_owned();
-    let m1 = Mount::with_env(
-        &c,
-        &["ttl=0"],
-        &[("TSHS_TEST_APPEND_HOLD", gate_path.to_str().unwrap())],
-    );
+    let gate = Gate::new();
+    let m1 = gate.mount(&c, &["ttl=0"]);
     let m2 = Mount::new(&c, &["ttl=0"]);
-    std::fs::remove_file(&gate_path).unwrap();
+    gate.release();
     let log = m1.space(3).join("last.log");
     let other = m2.space(3).join("last.log");
     let mut f = OpenOptions::new()
@@ -670,7 +673,7 @@ fn an_open_after_a_close_that_left_appends_queued_sees_them() {
         .open(&log)
         .unwrap();
     f.write_all(b"first\n").unwrap();
-    std::fs::write(&gate_path, b"").unwrap();
+    gate.hold();
     f.write_all(b"held\n").unwrap();
     drop(f); // returns after a second, the append still queued
     // The kernel's RELEASE, which follows in the background, waits a
@@ -700,7 +703,7 @@ fn an_open_after_a_close_that_left_appends_queued_sees_them() {
     let renamed = t.elapsed();
     std::thread::sleep(Duration::from_millis(300));
     let touched = touch.is_finished();
-    std::fs::remove_file(&gate_path).unwrap();
+    gate.release();
     touch.join().unwrap();
     assert!(
         !touched,
@@ -731,15 +734,10 @@ fn an_open_after_a_close_that_left_appends_queued_sees_them() {
 #[test]
 fn a_child_closing_an_inherited_descriptor_leaves_the_parents_appends_alone() {
     let (c, _db) = TestCluster::with_one_node();
-    let gate = tempfile::NamedTempFile::new().unwrap();
-    let gate_path = gate.path().to_owned();
-    let m1 = Mount::with_env(
-        &c,
-        &["ttl=0"],
-        &[("TSHS_TEST_APPEND_HOLD", gate_path.to_str().unwrap())],
-    );
+    let gate = Gate::new();
+    let m1 = gate.mount(&c, &["ttl=0"]);
     let m2 = Mount::new(&c, &["ttl=0"]);
-    std::fs::remove_file(&gate_path).unwrap();
+    gate.release();
     let log = m1.space(3).join("last.log");
     let mut f = OpenOptions::new()
         .append(true)
@@ -747,7 +745,7 @@ fn a_child_closing_an_inherited_descriptor_leaves_the_parents_appends_alone() {
         .open(&log)
         .unwrap();
     f.write_all(b"first\n").unwrap();
-    std::fs::write(&gate_path, b"").unwrap();
+    gate.hold();
     f.write_all(b"held\n").unwrap();
     // The descriptor inherited as the child's fd 3 (dup2 in the child, so
     // the parent's copy keeps O_CLOEXEC and other tests' children do not
@@ -780,7 +778,7 @@ fn a_child_closing_an_inherited_descriptor_leaves_the_parents_appends_alone() {
         parent >= Duration::from_millis(900),
         "the parent's close waited only {parent:?}"
     );
-    std::fs::remove_file(&gate_path).unwrap();
+    gate.release();
     let t = Instant::now();
     while std::fs::read(m2.space(3).join("last.log")).unwrap() != b"first\nheld\n" {
         assert!(
