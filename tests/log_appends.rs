@@ -52,6 +52,25 @@ impl Gate {
     }
 }
 
+/// Two mounts of `c`, the first made with a gate; through it, `last.log`
+/// of space 3 with "first\n" landed and "held\n" queued, the gate held.
+fn held_log(c: &TestCluster) -> (Gate, Mount, Mount, std::path::PathBuf, std::fs::File) {
+    let gate = Gate::new();
+    let m1 = gate.mount(c, &["ttl=0"]);
+    let m2 = Mount::new(c, &["ttl=0"]);
+    gate.release();
+    let log = m1.space(3).join("last.log");
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log)
+        .unwrap();
+    f.write_all(b"first\n").unwrap();
+    gate.hold();
+    f.write_all(b"held\n").unwrap();
+    (gate, m1, m2, log, f)
+}
+
 fn ino(path: &std::path::Path) -> u64 {
     std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
 }
@@ -661,20 +680,8 @@ fn an_unmount_lands_appends_a_close_left_queued() {
 #[test]
 fn an_open_after_a_close_that_left_appends_queued_sees_them() {
     let (c, _db) = TestCluster::with_one_node();
-    let gate = Gate::new();
-    let m1 = gate.mount(&c, &["ttl=0"]);
-    let m2 = Mount::new(&c, &["ttl=0"]);
-    gate.release();
-    let log = m1.space(3).join("last.log");
+    let (gate, m1, m2, log, f) = held_log(&c);
     let other = m2.space(3).join("last.log");
-    let mut f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&log)
-        .unwrap();
-    f.write_all(b"first\n").unwrap();
-    gate.hold();
-    f.write_all(b"held\n").unwrap();
     drop(f); // returns after a second, the append still queued
     // The kernel's RELEASE, which follows in the background, waits a
     // second too: after it the mount has the file open no more.
@@ -734,19 +741,7 @@ fn an_open_after_a_close_that_left_appends_queued_sees_them() {
 #[test]
 fn a_child_closing_an_inherited_descriptor_leaves_the_parents_appends_alone() {
     let (c, _db) = TestCluster::with_one_node();
-    let gate = Gate::new();
-    let m1 = gate.mount(&c, &["ttl=0"]);
-    let m2 = Mount::new(&c, &["ttl=0"]);
-    gate.release();
-    let log = m1.space(3).join("last.log");
-    let mut f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&log)
-        .unwrap();
-    f.write_all(b"first\n").unwrap();
-    gate.hold();
-    f.write_all(b"held\n").unwrap();
+    let (gate, _m1, m2, log, f) = held_log(&c);
     // The descriptor inherited as the child's fd 3 (dup2 in the child, so
     // the parent's copy keeps O_CLOEXEC and other tests' children do not
     // inherit it), closed at its exit.
