@@ -47,15 +47,19 @@ use crate::shard::{ShardError, is_fenced};
 /// (one append of up to 1 MiB, the space server's limit, always fits).
 const BATCH_BYTES: usize = 1 << 20;
 
-/// Test hook: while the file this names exists, batches wait before they
-/// run, so a test can finish a move between an append's queueing and its
-/// batch.
+/// Test hook: while the file this names exists, batches wait, so a test
+/// can finish a move between an append's queueing and its batch. Empty, it
+/// holds them before they run; holding `landed`, after their commit and
+/// before this mount records it.
 const HOLD_ENV: &str = "TSHS_TEST_APPEND_HOLD";
 
-fn test_hold() {
+fn test_hold(stage: &[u8]) {
     static HOLD: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
     let hold = HOLD.get_or_init(|| std::env::var_os(HOLD_ENV).map(Into::into));
-    while hold.as_ref().is_some_and(|p| p.exists()) {
+    while hold
+        .as_ref()
+        .is_some_and(|p| std::fs::read(p).is_ok_and(|held| held == stage))
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -427,7 +431,7 @@ fn take_batch(waiting: &mut Vec<Arc<Append>>) -> Vec<Arc<Append>> {
 /// refused, go one by one on their own routes after the pin is dropped
 /// (those wait for the cut-over, which must not wait for this pin).
 fn run(cache: &DataCache, id: u32, batch: &[Arc<Append>]) {
-    test_hold();
+    test_hold(b"");
     let pinned = batch[0].node.shard.pin();
     // Once one append of a file goes alone, the later ones of that file go
     // alone too, and alone ones run in batch order: a file's appends land
@@ -482,6 +486,7 @@ fn run_on(cache: &DataCache, id: u32, batch: &[Arc<Append>]) -> Vec<Arc<Append>>
         extents::append_in_one_trip(c, lost, &op, &reqs, now, MAX_FILE_SIZE)
     }) {
         Some(OneTrip::Landed(landed)) => {
+            test_hold(b"landed");
             for (a, off) in batch.iter().zip(landed) {
                 a.node.appended(cache, off, &a.data, now, a.behind);
                 a.answer(Ok(Some(off.0)));

@@ -310,6 +310,20 @@ pub struct FileState {
     behind: u64,
 }
 
+impl FileState {
+    /// An append of `len` bytes queued behind its write landed or failed.
+    fn behind_gone(&mut self, len: usize) {
+        // Saturating: a panic between an append's landing and its answer
+        // counts it gone twice.
+        self.behind = self.behind.saturating_sub(len as u64);
+        if self.behind == 0 {
+            // None of ours is in flight: an end taken from the database
+            // while some were (`grown`, `refresh`) is all in it.
+            self.db_size = self.db_size.max(self.size);
+        }
+    }
+}
+
 /// An inode open in this mount.
 pub struct OpenInode {
     pub space: u32,
@@ -965,10 +979,7 @@ impl OpenInode {
     /// An append queued behind its write will not be in the size as such:
     /// it failed, or landed where this mount does not know.
     fn behind_gone(&self, len: usize) {
-        let mut st = self.state();
-        // Saturating: a panic between an append's landing and its answer
-        // counts it gone twice.
-        st.behind = st.behind.saturating_sub(len as u64);
+        self.state().behind_gone(len);
     }
 
     /// An append's outcome is unknown: what this mount cached of the file
@@ -999,7 +1010,7 @@ impl OpenInode {
         let mut st = self.state();
         st.write_seq += 1;
         if behind {
-            st.behind = st.behind.saturating_sub(data.len() as u64);
+            st.behind_gone(data.len());
         }
         // Another mount appended meanwhile, so the extent holding the end we
         // knew lacks its bytes. Or after ours: a read that met our commit
@@ -1102,7 +1113,14 @@ impl OpenInode {
         if !valid || generation != st.generation {
             st.generation = generation;
             st.size = stamp.2;
-            st.db_size = stamp.2;
+            // With appends of ours queued, the stamp may hold some of them
+            // committed and not yet recorded here, which count once, in
+            // `behind` (see `OpenInode::grown`).
+            st.db_size = if st.behind > 0 {
+                st.db_size.min(stamp.2)
+            } else {
+                stamp.2
+            };
             st.write_seq += 1;
         }
         Ok(())

@@ -220,7 +220,14 @@ impl OpenInode {
     pub fn size_to_tell(&self, cache: &DataCache, size: u64, asked: u64) -> u64 {
         let mut st = self.state();
         if st.behind > 0 {
-            // Ours land after whatever the database holds now.
+            // `size` may hold one of ours committed and not yet recorded
+            // here, and other mounts' appends after it: once ours landed,
+            // the read path still answers up to it.
+            if size > st.told {
+                st.told = size;
+                st.told_seq += 1;
+            }
+            // The rest of ours land after whatever the database holds now.
             return size.max(st.size).max(st.db_size + st.behind);
         }
         if !st.dirty.is_empty() || st.inflight.is_some() {
@@ -248,8 +255,12 @@ impl OpenInode {
         self.uncache(cache, st, st.size, size);
         st.write_seq += 1;
         st.size = size;
-        // A write from here on extends what the database holds.
-        st.db_size = st.db_size.max(size);
+        // A write from here on extends what the database holds. Not while
+        // appends of ours are queued: `size` may hold some of them committed
+        // and not yet recorded here, which count once, in `behind`.
+        if st.behind == 0 {
+            st.db_size = st.db_size.max(size);
+        }
     }
 
     /// Drops the cached extents holding `[from, to)`.
