@@ -97,26 +97,41 @@ fn a_stat_while_an_append_is_recorded_reads_up_to_its_size() {
         .open(&log)
         .unwrap();
     f.write_all(b"first\n").unwrap();
-    gate.hold_landed();
-    f.write_all(b"ours\n").unwrap();
-    let t = std::time::Instant::now();
-    while std::fs::metadata(&other).unwrap().len() != 11 {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "ours never committed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    let mut want = String::from("first\n");
+    // A reader opened before (its open did not see the database's end:
+    // the read path must answer up to what the stat told), then one
+    // opened in the window (its open took the end the stat gives).
+    let early = std::fs::File::open(&log).unwrap();
+    for round in ["early", "late"] {
+        gate.hold_landed();
+        let ours = format!("ours {round}\n");
+        f.write_all(ours.as_bytes()).unwrap();
+        want += &ours;
+        let t = Instant::now();
+        while std::fs::metadata(&other).unwrap().len() != want.len() as u64 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "ours never committed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let theirs = format!("theirs {round}\n");
+        let mut h = OpenOptions::new().append(true).open(&other).unwrap();
+        h.write_all(theirs.as_bytes()).unwrap();
+        h.sync_all().unwrap();
+        want += &theirs;
+        let mut reader = match round {
+            "early" => early.try_clone().unwrap(),
+            _ => std::fs::File::open(&log).unwrap(),
+        };
+        let size = reader.metadata().unwrap().len();
+        assert_eq!(size, want.len() as u64, "{round}: the size a stat gave");
+        gate.release();
+        f.sync_all().unwrap();
+        let mut b = Vec::new();
+        (&mut reader).take(size).read_to_end(&mut b).unwrap();
+        assert_eq!(String::from_utf8_lossy(&b), want, "{round}: read");
     }
-    let mut theirs = OpenOptions::new().append(true).open(&other).unwrap();
-    theirs.write_all(b"theirs\n").unwrap();
-    let mut reader = std::fs::File::open(&log).unwrap();
-    let size = reader.metadata().unwrap().len();
-    assert_eq!(size, 18);
-    gate.release();
-    f.sync_all().unwrap();
-    let mut b = Vec::new();
-    (&mut reader).take(size).read_to_end(&mut b).unwrap();
-    assert_eq!(String::from_utf8_lossy(&b), "first\nours\ntheirs\n");
 }
 
 fn ino(path: &std::path::Path) -> u64 {

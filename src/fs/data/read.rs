@@ -220,15 +220,16 @@ impl OpenInode {
     pub fn size_to_tell(&self, cache: &DataCache, size: u64, asked: u64) -> u64 {
         let mut st = self.state();
         if st.behind > 0 {
-            // `size` may hold one of ours committed and not yet recorded
-            // here, and other mounts' appends after it: once ours landed,
-            // the read path still answers up to it.
-            if size > st.told {
-                st.told = size;
+            // Ours land after whatever the database holds now. `size` may
+            // hold one of them committed and not yet recorded here, and
+            // other mounts' appends after it: once ours landed, the read
+            // path still answers up to what was told.
+            let tell = size.max(st.size).max(st.db_size + st.behind);
+            if tell > st.told {
+                st.told = tell;
                 st.told_seq += 1;
             }
-            // The rest of ours land after whatever the database holds now.
-            return size.max(st.size).max(st.db_size + st.behind);
+            return tell;
         }
         if !st.dirty.is_empty() || st.inflight.is_some() {
             return st.size;
