@@ -47,6 +47,11 @@ impl Gate {
         std::fs::write(self.0.path(), b"").unwrap();
     }
 
+    /// Batches that land are taken as ones whose answer was lost.
+    fn lose_answers(&self) {
+        std::fs::write(self.0.path(), b"lose").unwrap();
+    }
+
     /// Holds batches after their commit, before the mount records it.
     fn hold_landed(&self) {
         std::fs::write(self.0.path(), b"landed").unwrap();
@@ -131,6 +136,58 @@ fn a_stat_while_an_append_is_recorded_reads_up_to_its_size() {
         let mut b = Vec::new();
         (&mut reader).take(size).read_to_end(&mut b).unwrap();
         assert_eq!(String::from_utf8_lossy(&b), want, "{round}: read");
+    }
+}
+
+/// An append whose answer was lost landed, where the mount does not know:
+/// a write after it, into the slot past the end the mount knew, keeps the
+/// appended bytes around it, and the file keeps its whole length.
+#[test]
+fn a_write_after_an_append_whose_answer_was_lost_keeps_its_bytes() {
+    let (c, _db) = TestCluster::with_one_node();
+    let gate = Gate::new();
+    let m1 = gate.mount(&c, &[]);
+    let m2 = Mount::new(&c, &[]);
+    gate.release();
+    let path = m1.space(3).join("data");
+    let mut want = pattern(4, 262_000);
+    std::fs::write(&path, &want).unwrap();
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    // Opened before the loss, so no open learns the end meanwhile.
+    let w = OpenOptions::new().write(true).open(&path).unwrap();
+    let r = std::fs::File::open(&path).unwrap();
+    f.write_all(b"x").unwrap();
+    gate.lose_answers();
+    let record = pattern(5, 300);
+    f.write_all(&record).unwrap();
+    f.sync_all().unwrap();
+    gate.release();
+    want.push(b'x');
+    want.extend_from_slice(&record);
+    // A read past the end the mount knew reads the landed bytes.
+    let mut tail = vec![0; 301];
+    let n = r.read_at(&mut tail, 262_000).unwrap();
+    assert!(
+        tail[..n] == want[262_000..],
+        "a read past the end the mount knew: {n} bytes of 301"
+    );
+    // Past the end the mount knew (262,001), in the next slot (262,144).
+    w.write_all_at(b"0123456789", 262_250).unwrap();
+    want[262_250..262_260].copy_from_slice(b"0123456789");
+    drop(w);
+    drop(f);
+    for (what, p) in [
+        ("here", path.clone()),
+        ("elsewhere", m2.space(3).join("data")),
+    ] {
+        let got = std::fs::read(&p).unwrap();
+        let first_bad = got.iter().zip(&want).position(|(a, b)| a != b);
+        assert!(
+            got.len() == want.len() && first_bad.is_none(),
+            "{what}: {} bytes (want {}), first difference at {first_bad:?}",
+            got.len(),
+            want.len()
+        );
     }
 }
 

@@ -50,16 +50,19 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Test hook: while the file this names exists, batches wait, so a test
 /// can finish a move between an append's queueing and its batch. Empty, it
 /// holds them before they run; holding `landed`, after their commit and
-/// before this mount records it.
+/// before this mount records it; holding `lose`, a batch that landed is
+/// taken as one whose answer was lost.
 const HOLD_ENV: &str = "TSHS_TEST_APPEND_HOLD";
 
-fn test_hold(stage: &[u8]) {
+/// What the test hook's file holds, if there is one.
+fn test_hook() -> Option<Vec<u8>> {
     static HOLD: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
     let hold = HOLD.get_or_init(|| std::env::var_os(HOLD_ENV).map(Into::into));
-    while hold
-        .as_ref()
-        .is_some_and(|p| std::fs::read(p).is_ok_and(|held| held == stage))
-    {
+    hold.as_ref().and_then(|p| std::fs::read(p).ok())
+}
+
+fn test_hold(stage: &[u8]) {
+    while test_hook().is_some_and(|held| held == stage) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -482,9 +485,16 @@ fn run_on(cache: &DataCache, id: u32, batch: &[Arc<Append>]) -> Vec<Arc<Append>>
     // One round trip; what it leaves (or all of it, if it was refused or
     // surely not applied) the slower way.
     let op = OpId::next();
-    match route.one_trip_on_node(id, |c, lost| {
+    let trip = route.one_trip_on_node(id, |c, lost| {
         extents::append_in_one_trip(c, lost, &op, &reqs, now, MAX_FILE_SIZE)
-    }) {
+    });
+    let trip = match trip {
+        Some(OneTrip::Landed(_)) if test_hook().is_some_and(|h| h == b"lose") => {
+            Some(OneTrip::Unknown("the test hook lost the answer".into()))
+        }
+        trip => trip,
+    };
+    match trip {
         Some(OneTrip::Landed(landed)) => {
             test_hold(b"landed");
             for (a, off) in batch.iter().zip(landed) {

@@ -308,6 +308,10 @@ pub struct FileState {
     /// Bytes of appends queued behind their writes that have not landed:
     /// a stat counts them in the size.
     behind: u64,
+    /// An append of ours landed where this mount does not know (its answer
+    /// was lost): `size` and `db_size` may be short of the database's end
+    /// until it is read again (see [`OpenInode::find_end`]).
+    end_lost: bool,
 }
 
 impl FileState {
@@ -420,6 +424,7 @@ impl OpenInode {
                 write_seq: 0,
                 info_ticket: 0,
                 last_stamp: None,
+                end_lost: false,
                 told: size,
                 told_seq: 0,
                 behind: 0,
@@ -543,6 +548,7 @@ impl OpenInode {
         }
         let _turn = self.data_turn.write().unwrap();
         self.settle();
+        self.find_end(cache)?;
         let mut st = self.state();
         st.write_seq += 1;
         let mut ext = off - off % E;
@@ -991,6 +997,20 @@ impl OpenInode {
         st.info_ticket = ticket();
         // Re-read at the next open, as after another mount's change.
         st.last_stamp = None;
+        st.end_lost = true;
+    }
+
+    /// Reads the file's end from the database if an append's answer was
+    /// lost since: a write past the end this mount knew would otherwise
+    /// take a slot holding the landed bytes for a new one (and zero them).
+    /// Called after `settle`, under `data_turn` held for writing.
+    fn find_end(&self, cache: &DataCache) -> FsResult<()> {
+        if !self.state().end_lost {
+            return Ok(());
+        }
+        let size = super::meta::getattr(&self.shard, self.space, self.ino)?.size;
+        self.grown(cache, &mut self.state(), size);
+        Ok(())
     }
 
     /// After an append of `data` landed at `eof` (committed at `now`) with

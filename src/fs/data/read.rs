@@ -51,13 +51,15 @@ impl OpenInode {
             // Asked past the end, where the kernel may know a larger size:
             // a stat or lookup told it one this read path did not take
             // (another mount's appends), or an append of ours runs whose
-            // commit may be in. A short answer would end the reader's read
+            // commit may be in, or landed where this mount does not know
+            // (its answer was lost). A short answer would end the reader's read
             // early, and the part of it inside that size would be cached
             // as zeros. Answer up to the database's end, unless a change
             // of this mount landed while it was asked (then once more).
             let past_end = |st: &FileState| {
                 off + u64::from(len) > st.size
                     && ((off < st.told && st.told > st.size)
+                        || st.end_lost
                         || self.appending.load(Ordering::Acquire) > 0)
             };
             for _ in 0..2 {
@@ -249,8 +251,13 @@ impl OpenInode {
     /// the new size and drops the cached extents from the old end on (the
     /// one holding it was cached shorter). The append, recording its
     /// commit, starts a new version.
-    fn grown(&self, cache: &DataCache, st: &mut FileState, size: u64) {
-        if size <= st.size || !st.dirty.is_empty() || st.inflight.is_some() {
+    pub(super) fn grown(&self, cache: &DataCache, st: &mut FileState, size: u64) {
+        if !st.dirty.is_empty() || st.inflight.is_some() {
+            return;
+        }
+        // The database's end is known again.
+        st.end_lost = false;
+        if size <= st.size {
             return;
         }
         self.uncache(cache, st, st.size, size);
