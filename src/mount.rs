@@ -379,7 +379,7 @@ fn serve(
     let fuse_fs = FuseFs {
         fs: fs.clone(),
         ttl: opts.ttl,
-        direct_mmap: false,
+        direct_growing: false,
         acl: opts.acl,
         notifier: Arc::default(),
     };
@@ -416,6 +416,7 @@ fn serve(
     }
     .with_context(|| format!("cannot mount {}", mountpoint.display()))?;
     let _ = notifier.set(session.notifier());
+    spawn_kernel_notifier(&fs, session.notifier())?;
     log::info!(
         "mounted {} (access point {})",
         mountpoint.display(),
@@ -458,6 +459,22 @@ fn serve(
 /// fuse.tshs`, `umount -a -t fuse.tshs` and monitoring find it; fuser's
 /// own mount(2) says only `fuse`). Needs root: `None` when not permitted,
 /// and the caller lets fusermount3 mount instead.
+/// The thread that tells the kernel of its stale pages of files (see
+/// `DataCache::kernel_stale`); it ends with the mount's core.
+fn spawn_kernel_notifier(fs: &Fs, notifier: fuser::Notifier) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    fs.cache.tell_kernel(tx);
+    std::thread::Builder::new()
+        .name("kernel-inval".into())
+        .spawn(move || {
+            for ino in rx {
+                // From offset 0, no length: all its pages.
+                let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
+            }
+        })?;
+    Ok(())
+}
+
 fn mount_fuse_tshs(mountpoint: &Path, opts: &MountOptions) -> Result<Option<std::os::fd::OwnedFd>> {
     use nix::mount::MsFlags;
     use std::os::fd::AsRawFd;

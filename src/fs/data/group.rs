@@ -51,7 +51,8 @@ const BATCH_BYTES: usize = 1 << 20;
 /// can finish a move between an append's queueing and its batch. Empty, it
 /// holds them before they run; holding `landed`, after their commit and
 /// before this mount records it; holding `lose`, a batch that landed is
-/// taken as one whose answer was lost.
+/// taken as one whose answer was lost; holding `write`, an append waits
+/// before the mount takes it (see `OpenInode::append`).
 const HOLD_ENV: &str = "TSHS_TEST_APPEND_HOLD";
 
 /// What the test hook's file holds, if there is one.
@@ -61,7 +62,7 @@ fn test_hook() -> Option<Vec<u8>> {
     hold.as_ref().and_then(|p| std::fs::read(p).ok())
 }
 
-fn test_hold(stage: &[u8]) {
+pub(super) fn test_hold(stage: &[u8]) {
     while test_hook().is_some_and(|held| held == stage) {
         std::thread::sleep(Duration::from_millis(20));
     }
