@@ -455,10 +455,6 @@ fn serve(
     result.map_err(Into::into)
 }
 
-/// Mounts /dev/fuse at `mountpoint` as type `fuse.tshs` (so `findmnt -t
-/// fuse.tshs`, `umount -a -t fuse.tshs` and monitoring find it; fuser's
-/// own mount(2) says only `fuse`). Needs root: `None` when not permitted,
-/// and the caller lets fusermount3 mount instead.
 /// The thread that tells the kernel of its stale pages of files (see
 /// `DataCache::kernel_stale`); it ends with the mount's core.
 fn spawn_kernel_notifier(fs: &Fs, notifier: fuser::Notifier) -> Result<()> {
@@ -475,6 +471,10 @@ fn spawn_kernel_notifier(fs: &Fs, notifier: fuser::Notifier) -> Result<()> {
     Ok(())
 }
 
+/// Mounts /dev/fuse at `mountpoint` as type `fuse.tshs` (so `findmnt -t
+/// fuse.tshs`, `umount -a -t fuse.tshs` and monitoring find it; fuser's
+/// own mount(2) says only `fuse`). Needs root: `None` when not permitted,
+/// and the caller lets fusermount3 mount instead.
 fn mount_fuse_tshs(mountpoint: &Path, opts: &MountOptions) -> Result<Option<std::os::fd::OwnedFd>> {
     use nix::mount::MsFlags;
     use std::os::fd::AsRawFd;

@@ -123,10 +123,11 @@ impl DataCache {
         let _ = self.kernel.set(tx);
     }
 
-    /// The kernel's cached pages of inode `fuse_ino` are stale: this mount
-    /// learned that another mount changed the file other than by appends.
-    /// (A change of size alone drops them in the kernel when it takes the
-    /// new size; a rewrite to the same size would not.) A thread of the
+    /// The kernel's cached pages and attributes of inode `fuse_ino` are
+    /// stale: this mount learned that another mount changed the file other
+    /// than by appends (a change of size alone drops them in the kernel
+    /// when it takes the new size; a rewrite to the same size would not),
+    /// or an append whose bytes the kernel counted failed. A thread of the
     /// mount's own tells the kernel: dropping pages waits for reads of
     /// them, which may wait for this mount's appends.
     pub fn kernel_stale(&self, fuse_ino: u64) {

@@ -370,6 +370,10 @@ impl Append {
                     self.node.ino,
                     self.data.len()
                 );
+                // The kernel took the size with it from the write's answer:
+                // a page read at that end would hold zeros for its bytes.
+                let fuse_ino = super::super::Node::Space(self.node.space, self.node.ino).ino();
+                self.queue.cache.kernel_stale(fuse_ino);
             }
             if !matches!(r, Ok(Some(_))) {
                 self.node.behind_gone(self.data.len());

@@ -1075,6 +1075,9 @@ impl OpenInode {
         }
         st.size = st.size.max(end);
         st.db_size = st.db_size.max(end);
+        // Landed at the database's end: past any append of ours whose
+        // answer was lost.
+        st.end_lost = false;
         st.info_ticket = ticket();
         drop(st);
         if !kept {
@@ -1168,6 +1171,7 @@ impl OpenInode {
         st.write_seq += 1;
         st.size = a.size;
         st.db_size = a.size;
+        st.end_lost = false;
         st.told = a.size;
         st.info_ticket = ticket();
         st.generation = cache.invalidate(self.space, self.ino, None);
