@@ -22,10 +22,9 @@ pub struct FuseFs {
     pub fs: Arc<Fs>,
     /// Entry and attribute time-to-live handed to the kernel.
     pub ttl: Duration,
-    /// Files that may be growing are opened for direct I/O (see
-    /// `fopen_flags`): the kernel maps such files (Linux 6.6 on) but does
-    /// not drop the pages a direct write covered after it (before 6.18).
-    pub direct_growing: bool,
+    /// The kernel maps files opened for direct I/O (Linux 6.6 on), so
+    /// files that may be growing can be opened that way (see `fopen_flags`).
+    pub direct_mmap: bool,
     /// Ask the kernel to enforce POSIX ACLs (mount option `acl`, the default).
     pub acl: bool,
     /// Tells the kernel of attribute changes it did not ask for (set once
@@ -87,33 +86,20 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-/// A file that changed lately may be a log that grows while it is read.
-/// A reader through the page cache may read the page holding its end just
-/// before an append through this mount arrives: zeros past the old end.
-/// From Linux 6.18 the kernel drops the pages a direct write covered after
-/// it, so such files go through the page cache like any other (another
-/// mount's appends drop the kernel's pages when it takes the larger size,
-/// and what the mount learns of them it tells: `DataCache::kernel_stale`).
-/// Before that, they are read past it (direct I/O), where the mount
-/// answers each read (and caches the data itself).
-fn fopen_flags(o: Opened, direct_growing: bool) -> FopenFlags {
+/// A file that changed lately is read past the kernel's page cache: while
+/// it grows (a log appended to, here or through another mount), a page
+/// read at its old end and cached there would read as zeros past that end
+/// once the kernel learns the new size (a reply that crosses a stat's or an
+/// append's). This mount caches its data anyway.
+fn fopen_flags(o: Opened, direct_mmap: bool) -> FopenFlags {
     let mut f = FopenFlags::empty();
     if o.keep_cache {
         f |= FopenFlags::FOPEN_KEEP_CACHE;
     }
-    if o.direct || (o.changing && direct_growing) {
+    if o.direct || (o.changing && direct_mmap) {
         f |= FopenFlags::FOPEN_DIRECT_IO;
     }
     f
-}
-
-/// Whether the running kernel drops the page cache a direct write covered
-/// after the write (Linux 6.18 on), from its release ("6.18.44-…").
-fn kernel_drops_pages_after_direct_writes() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release.trim().split(['.', '-']);
-    let mut number = || parts.next().and_then(|p| p.parse::<u32>().ok());
-    matches!((number(), number()), (Some(major), Some(minor)) if (major, minor) >= (6, 18))
 }
 
 fn caller(req: &Request) -> Caller {
@@ -252,11 +238,10 @@ impl Filesystem for FuseFs {
                 "the kernel cannot enforce POSIX ACLs on FUSE: only the mode bits are checked"
             );
         }
-        let direct_mmap = config
+        self.direct_mmap = config
             .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
             .is_ok();
-        self.direct_growing = direct_mmap && !kernel_drops_pages_after_direct_writes();
-        if !direct_mmap {
+        if !self.direct_mmap {
             log::warn!(
                 "the kernel cannot map files opened for direct I/O (Linux < 6.6): files being appended to are read through its page cache, where a reader may briefly see zeros at their end"
             );
@@ -456,7 +441,7 @@ impl Filesystem for FuseFs {
             self.fs.attrs_changed();
         }
         answer(r, reply, |reply, o| {
-            reply.opened(FileHandle(o.fh), fopen_flags(o, self.direct_growing))
+            reply.opened(FileHandle(o.fh), fopen_flags(o, self.direct_mmap))
         })
     }
 
@@ -743,7 +728,7 @@ impl Filesystem for FuseFs {
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(o.fh),
-                fopen_flags(o, self.direct_growing),
+                fopen_flags(o, self.direct_mmap),
             )
         })
     }

@@ -379,7 +379,7 @@ fn serve(
     let fuse_fs = FuseFs {
         fs: fs.clone(),
         ttl: opts.ttl,
-        direct_growing: false,
+        direct_mmap: false,
         acl: opts.acl,
         notifier: Arc::default(),
     };
@@ -416,7 +416,6 @@ fn serve(
     }
     .with_context(|| format!("cannot mount {}", mountpoint.display()))?;
     let _ = notifier.set(session.notifier());
-    spawn_kernel_notifier(&fs, session.notifier())?;
     log::info!(
         "mounted {} (access point {})",
         mountpoint.display(),
@@ -453,22 +452,6 @@ fn serve(
     fs.release_lingering();
     drop(ap);
     result.map_err(Into::into)
-}
-
-/// The thread that tells the kernel of its stale pages of files (see
-/// `DataCache::kernel_stale`); it ends with the mount's core.
-fn spawn_kernel_notifier(fs: &Fs, notifier: fuser::Notifier) -> Result<()> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    fs.cache.tell_kernel(tx);
-    std::thread::Builder::new()
-        .name("kernel-inval".into())
-        .spawn(move || {
-            for ino in rx {
-                // From offset 0, no length: all its pages.
-                let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
-            }
-        })?;
-    Ok(())
 }
 
 /// Mounts /dev/fuse at `mountpoint` as type `fuse.tshs` (so `findmnt -t

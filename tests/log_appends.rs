@@ -52,11 +52,6 @@ impl Gate {
         std::fs::write(self.0.path(), b"lose").unwrap();
     }
 
-    /// Holds appends before the mount takes them.
-    fn hold_writes(&self) {
-        std::fs::write(self.0.path(), b"write").unwrap();
-    }
-
     /// Holds batches after their commit, before the mount records it.
     fn hold_landed(&self) {
         std::fs::write(self.0.path(), b"landed").unwrap();
@@ -194,41 +189,6 @@ fn a_write_after_an_append_whose_answer_was_lost_keeps_its_bytes() {
             want.len()
         );
     }
-}
-
-/// A reader through the kernel's page cache reads the page holding the
-/// log's end while an append of the same mount is on its way (the kernel
-/// sent it, the mount has not taken it yet): that page holds zeros past the
-/// old end. Once the append is answered, a read shows its bytes there, not
-/// the zeros.
-#[test]
-fn a_page_read_while_an_append_is_on_its_way_is_read_again() {
-    let (c, _db) = TestCluster::with_one_node();
-    let gate = Gate::new();
-    let m = gate.mount(&c, &[]);
-    gate.release();
-    let log = m.space(3).join("last.log");
-    std::fs::write(&log, b"first\n").unwrap();
-    let r = std::fs::File::open(&log).unwrap();
-    let mut w = OpenOptions::new().append(true).open(&log).unwrap();
-    gate.hold_writes();
-    let writer = std::thread::spawn(move || {
-        w.write_all(b"second\n").unwrap();
-        w
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let mut b = vec![0; 4096];
-    let n = r.read_at(&mut b, 0).unwrap();
-    assert_eq!(&b[..n], b"first\n", "before the append is taken");
-    gate.release();
-    let w = writer.join().unwrap();
-    let n = r.read_at(&mut b, 0).unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&b[..n]),
-        "first\nsecond\n",
-        "after the append's answer"
-    );
-    drop(w);
 }
 
 fn ino(path: &std::path::Path) -> u64 {

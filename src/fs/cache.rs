@@ -8,8 +8,7 @@
 //! (or extents grown by appends) cannot hold more than the capacity.
 
 use std::collections::HashMap;
-use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
@@ -30,10 +29,6 @@ type Version = (u64, Stamp, Option<u64>);
 pub struct DataCache {
     inner: Mutex<Inner>,
     capacity: usize,
-    /// Where the kernel is told that its cached pages of a file (by FUSE
-    /// inode number) went stale (see [`DataCache::kernel_stale`]); set by
-    /// the mount.
-    kernel: OnceLock<Sender<u64>>,
 }
 
 struct Inner {
@@ -114,25 +109,6 @@ impl DataCache {
                 misses: 0,
             }),
             capacity,
-            kernel: OnceLock::new(),
-        }
-    }
-
-    /// Where to tell the kernel of stale pages from now on.
-    pub fn tell_kernel(&self, tx: Sender<u64>) {
-        let _ = self.kernel.set(tx);
-    }
-
-    /// The kernel's cached pages and attributes of inode `fuse_ino` are
-    /// stale: this mount learned that another mount changed the file other
-    /// than by appends (a change of size alone drops them in the kernel
-    /// when it takes the new size; a rewrite to the same size would not),
-    /// or an append whose bytes the kernel counted failed. A thread of the
-    /// mount's own tells the kernel: dropping pages waits for reads of
-    /// them, which may wait for this mount's appends.
-    pub fn kernel_stale(&self, fuse_ino: u64) {
-        if let Some(tx) = self.kernel.get() {
-            let _ = tx.send(fuse_ino);
         }
     }
 

@@ -51,8 +51,7 @@ const BATCH_BYTES: usize = 1 << 20;
 /// can finish a move between an append's queueing and its batch. Empty, it
 /// holds them before they run; holding `landed`, after their commit and
 /// before this mount records it; holding `lose`, a batch that landed is
-/// taken as one whose answer was lost; holding `write`, an append waits
-/// before the mount takes it (see `OpenInode::append`).
+/// taken as one whose answer was lost.
 const HOLD_ENV: &str = "TSHS_TEST_APPEND_HOLD";
 
 /// What the test hook's file holds, if there is one.
@@ -62,7 +61,7 @@ fn test_hook() -> Option<Vec<u8>> {
     hold.as_ref().and_then(|p| std::fs::read(p).ok())
 }
 
-pub(super) fn test_hold(stage: &[u8]) {
+fn test_hold(stage: &[u8]) {
     while test_hook().is_some_and(|held| held == stage) {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -370,10 +369,6 @@ impl Append {
                     self.node.ino,
                     self.data.len()
                 );
-                // The kernel took the size with it from the write's answer:
-                // a page read at that end would hold zeros for its bytes.
-                let fuse_ino = super::super::Node::Space(self.node.space, self.node.ino).ino();
-                self.queue.cache.kernel_stale(fuse_ino);
             }
             if !matches!(r, Ok(Some(_))) {
                 self.node.behind_gone(self.data.len());

@@ -834,7 +834,6 @@ impl OpenInode {
         (tid, owner): (u32, Option<u64>),
         behind: bool,
     ) -> FsResult<()> {
-        group::test_hold(b"write");
         let _turn = self.data_turn.read().unwrap();
         let st = self.flush_locked(cache, self.state())?;
         // One that may pass the largest size waits for its `EFBIG`.
@@ -1080,10 +1079,6 @@ impl OpenInode {
         st.end_lost = false;
         st.info_ticket = ticket();
         drop(st);
-        if !kept {
-            // Rewritten elsewhere: so is what the kernel caches of it.
-            cache.kernel_stale(super::Node::Space(self.space, self.ino).ino());
-        }
         // The slot the append started in, if it began mid-slot: filled up
         // now, or the file's last one.
         let slot = eof - eof % E;
