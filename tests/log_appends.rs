@@ -62,9 +62,12 @@ impl Gate {
     }
 }
 
-/// Two mounts of `c`, the first made with a gate; through it, `last.log`
-/// of space 3 with "first\n" landed and "held\n" queued, the gate held.
-fn held_log(c: &TestCluster) -> (Gate, Mount, Mount, std::path::PathBuf, std::fs::File) {
+/// A log, a gate, two mounts and a descriptor: what the gated tests share.
+type GatedLog = (Gate, Mount, Mount, std::path::PathBuf, std::fs::File);
+
+/// Two mounts of `c` (`ttl=0`), the first made with a gate; through it,
+/// `last.log` of space 3 with "first\n" landed, the gate open.
+fn landed_log(c: &TestCluster) -> GatedLog {
     let gate = Gate::new();
     let m1 = gate.mount(c, &["ttl=0"]);
     let m2 = Mount::new(c, &["ttl=0"]);
@@ -76,6 +79,12 @@ fn held_log(c: &TestCluster) -> (Gate, Mount, Mount, std::path::PathBuf, std::fs
         .open(&log)
         .unwrap();
     f.write_all(b"first\n").unwrap();
+    (gate, m1, m2, log, f)
+}
+
+/// [`landed_log`], then "held\n" queued, the gate held.
+fn held_log(c: &TestCluster) -> GatedLog {
+    let (gate, m1, m2, log, mut f) = landed_log(c);
     gate.hold();
     f.write_all(b"held\n").unwrap();
     (gate, m1, m2, log, f)
@@ -90,18 +99,8 @@ fn held_log(c: &TestCluster) -> (Gate, Mount, Mount, std::path::PathBuf, std::fs
 #[test]
 fn a_stat_while_an_append_is_recorded_reads_up_to_its_size() {
     let (c, _db) = TestCluster::with_one_node();
-    let gate = Gate::new();
-    let m1 = gate.mount(&c, &["ttl=0"]);
-    let m2 = Mount::new(&c, &["ttl=0"]);
-    gate.release();
-    let log = m1.space(3).join("last.log");
+    let (gate, _m1, m2, log, mut f) = landed_log(&c);
     let other = m2.space(3).join("last.log");
-    let mut f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&log)
-        .unwrap();
-    f.write_all(b"first\n").unwrap();
     let mut want = String::from("first\n");
     // A reader opened before (its open did not see the database's end:
     // the read path must answer up to what the stat told), then one
