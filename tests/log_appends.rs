@@ -758,16 +758,7 @@ fn queued_appends_are_bounded_per_file_and_per_mount() {
 #[test]
 fn an_unmount_lands_appends_a_close_left_queued() {
     let (c, _db) = TestCluster::with_one_node();
-    let gate = Gate::new();
-    let m1 = gate.mount(&c, &[]);
-    gate.release();
-    let log = m1.space(3).join("last.log");
-    let mut f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&log)
-        .unwrap();
-    f.write_all(b"first\n").unwrap();
+    let (gate, m1, m2, _log, mut f) = landed_log(&c);
     gate.hold();
     for i in 0..3 {
         f.write_all(format!("{i}\n").as_bytes()).unwrap();
@@ -786,7 +777,6 @@ fn an_unmount_lands_appends_a_close_left_queued() {
     );
     gate.release();
     unmount.join().unwrap();
-    let m2 = c.mount();
     assert_eq!(
         std::fs::read(m2.space(3).join("last.log")).unwrap(),
         b"first\n0\n1\n2\n"

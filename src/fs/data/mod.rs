@@ -548,8 +548,7 @@ impl OpenInode {
         }
         let _turn = self.data_turn.write().unwrap();
         self.settle();
-        self.find_end(cache)?;
-        let mut st = self.state();
+        let mut st = self.find_end(cache, self.state())?;
         st.write_seq += 1;
         let mut ext = off - off % E;
         while ext < end {
@@ -1003,14 +1002,21 @@ impl OpenInode {
     /// Reads the file's end from the database if an append's answer was
     /// lost since: a write past the end this mount knew would otherwise
     /// take a slot holding the landed bytes for a new one (and zero them).
-    /// Called after `settle`, under `data_turn` held for writing.
-    fn find_end(&self, cache: &DataCache) -> FsResult<()> {
-        if !self.state().end_lost {
-            return Ok(());
+    /// Called after `settle`, under `data_turn` held for writing; the
+    /// query runs without the file's state lock, which is handed back.
+    fn find_end<'a>(
+        &'a self,
+        cache: &DataCache,
+        st: MutexGuard<'a, FileState>,
+    ) -> FsResult<MutexGuard<'a, FileState>> {
+        if !st.end_lost {
+            return Ok(st);
         }
+        drop(st);
         let size = super::meta::getattr(&self.shard, self.space, self.ino)?.size;
-        self.grown(cache, &mut self.state(), size);
-        Ok(())
+        let mut st = self.state();
+        self.grown(cache, &mut st, size);
+        Ok(st)
     }
 
     /// After an append of `data` landed at `eof` (committed at `now`) with

@@ -52,9 +52,9 @@ impl OpenInode {
             // a stat or lookup told it one this read path did not take
             // (another mount's appends), or an append of ours runs whose
             // commit may be in, or landed where this mount does not know
-            // (its answer was lost). A short answer would end the reader's read
-            // early, and the part of it inside that size would be cached
-            // as zeros. Answer up to the database's end, unless a change
+            // (its answer was lost). A short answer would end the reader's
+            // read early, and the part of it inside that size would be
+            // cached as zeros. Answer up to the database's end, unless a change
             // of this mount landed while it was asked (then once more).
             let past_end = |st: &FileState| {
                 off + u64::from(len) > st.size
