@@ -1,7 +1,8 @@
 //! Extended attributes: stored ones (cached for the attribute TTL, see
 //! [`super::xattr_cache`]), POSIX ACLs kept in step with the mode (see
 //! [`super::acl`]), and the mount's own, answered and never stored (see
-//! [`super::own_xattrs`]).
+//! [`super::own_xattrs`]). SELinux labels are not carried (see
+//! [`SELINUX`]).
 
 use std::sync::Arc;
 
@@ -17,6 +18,15 @@ fn space_node(ino: u64) -> Option<(u32, u64)> {
     }
 }
 
+/// SELinux labels are not carried: `security.selinux` is refused with
+/// `EOPNOTSUPP` (read, written, removed) and never listed. A host that
+/// enforces SELinux labels a FUSE mount by its policy (`genfscon`), never
+/// asking the filesystem, so only hosts without SELinux ever ask; and for
+/// those `ls -l` asks every entry's label, unless the file system says it
+/// has none: it then stops asking for the whole mount. A cold `ls -lR`
+/// makes half as many requests.
+pub const SELINUX: &[u8] = b"security.selinux";
+
 impl Fs {
     pub fn setxattr(
         &self,
@@ -26,6 +36,9 @@ impl Fs {
         flags: i32,
         caller: Caller,
     ) -> FsResult<()> {
+        if name == SELINUX {
+            return Err(Error::EOPNOTSUPP);
+        }
         self.refuse_in_snapshot(ino)?;
         let _changing = self.changing();
         let (s, i) = space_node(ino).ok_or(Error::EPERM)?;
@@ -118,6 +131,9 @@ impl Fs {
 
     /// An xattr; the mount's own ([`own_xattrs`]) as seen by thread `tid`.
     pub fn getxattr(&self, ino: u64, name: &[u8], tid: u32, caller: Caller) -> FsResult<Vec<u8>> {
+        if name == SELINUX {
+            return Err(Error::EOPNOTSUPP);
+        }
         if own_xattrs::is_own(name) {
             return self.own_xattr(ino, name, tid, caller);
         }
@@ -144,7 +160,10 @@ impl Fs {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for (n, _) in x.iter().filter(|(n, _)| !own_xattrs::is_own(n)) {
+        for (n, _) in x
+            .iter()
+            .filter(|(n, _)| !own_xattrs::is_own(n) && n != SELINUX)
+        {
             out.extend_from_slice(n);
             out.push(0);
         }
@@ -194,6 +213,9 @@ impl Fs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        if name == SELINUX {
+            return Err(Error::EOPNOTSUPP);
+        }
         self.refuse_in_snapshot(ino)?;
         let _changing = self.changing();
         let (s, i) = space_node(ino).ok_or(Error::EPERM)?;
