@@ -25,7 +25,7 @@ fn space_node(ino: u64) -> Option<(u32, u64)> {
 /// those `ls -l` asks every entry's label, unless the file system says it
 /// has none: it then stops asking for the whole mount. A cold `ls -lR`
 /// makes half as many requests.
-pub const SELINUX: &[u8] = b"security.selinux";
+const SELINUX: &[u8] = b"security.selinux";
 
 impl Fs {
     pub fn setxattr(
