@@ -774,6 +774,20 @@ pub fn classify(opts: &ConnOptions, e: mysql::Error) -> DbError {
 }
 
 /// Names of the tables in the connection's current database.
+/// Runs `sql`, statements separated by `;`, as one request. The first
+/// that fails is the error (the server runs none after it): dropping a
+/// multi-statement result unread would skip the errors of all but the
+/// first statement.
+pub fn run_statements(conn: &mut impl Queryable, sql: &str) -> Result<(), mysql::Error> {
+    let mut result = conn.query_iter(sql)?;
+    while let Some(set) = result.iter() {
+        for row in set {
+            row?;
+        }
+    }
+    Ok(())
+}
+
 pub fn table_names(conn: &mut impl Queryable) -> Result<Vec<String>, mysql::Error> {
     conn.query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
 }

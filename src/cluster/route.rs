@@ -394,4 +394,19 @@ impl Access for Route {
     ) -> Result<T, Failed<E>> {
         Route::tx_body(self, f)
     }
+
+    /// On the space's node now, under a pin (see [`Route::pin`]); a move's
+    /// fence refuses the request, and the caller's transaction then waits
+    /// for the cut-over.
+    fn one_trip<T>(
+        &self,
+        f: impl FnOnce(&mut PooledConn, &dyn Fn(mysql::Error) -> String) -> T,
+    ) -> Option<T> {
+        let _running = self.router.enter();
+        let (node, confirm) = self.router.node_of(self.space).ok()?;
+        if confirm {
+            return None;
+        }
+        self.one_trip_on_node(node, f)
+    }
 }

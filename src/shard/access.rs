@@ -26,6 +26,16 @@ pub trait Access {
         f: impl FnMut(&mut Transaction<'_>) -> Result<T, Body<E>>,
     ) -> Result<T, Failed<E>>;
 
+    /// Runs `f` on a connection to the node, for a request that opens and
+    /// commits its own transaction in one round trip; `f` reports a lost
+    /// connection through its second argument (which returns the message).
+    /// `None`: no connection, or a placement to be confirmed first, which
+    /// only a transaction does: nothing was sent.
+    fn one_trip<T>(
+        &self,
+        f: impl FnOnce(&mut PooledConn, &dyn Fn(mysql::Error) -> String) -> T,
+    ) -> Option<T>;
+
     /// Runs a transaction of Storage Node statements: a body's
     /// [`ShardError`] rolls it back and is returned as it is.
     fn run<T>(
@@ -98,6 +108,15 @@ impl Access for Shard {
         f: impl FnMut(&mut Transaction<'_>) -> Result<T, Body<E>>,
     ) -> Result<T, Failed<E>> {
         self.db().tx_body(f)
+    }
+
+    fn one_trip<T>(
+        &self,
+        f: impl FnOnce(&mut PooledConn, &dyn Fn(mysql::Error) -> String) -> T,
+    ) -> Option<T> {
+        let mut conn = self.db().conn().ok()?;
+        let lost = |e: mysql::Error| self.db().err(e).to_string();
+        Some(f(&mut conn, &lost))
     }
 }
 

@@ -69,26 +69,37 @@ pub(super) fn update_attrs(
     space: u32,
     changes: &[(u64, AttrChange)],
 ) -> Result<(), mysql::Error> {
-    for (ino, c) in changes {
-        tx.exec_drop(
-            "UPDATE inodes SET mode = IF(? IS NULL, mode, (mode & ?) | ?), uid = COALESCE(?, uid),
-             gid = COALESCE(?, gid), atime = COALESCE(?, atime), mtime = COALESCE(?, mtime), ctime = GREATEST(ctime, ?)
-             WHERE space_id = ? AND ino = ?",
-            mysql::Params::Positional(vec![
-                c.mode.into(),
-                libc::S_IFMT.into(),
-                c.mode.unwrap_or(0).into(),
-                c.uid.into(),
-                c.gid.into(),
-                c.atime.into(),
-                c.mtime.into(),
-                c.ctime.into(),
-                space.into(),
-                ino.into(),
-            ]),
-        )?;
+    if changes.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    crate::db::run_statements(tx, &update_attrs_sql(space, changes))
+}
+
+/// The statements applying deferred attribute changes, `;`-separated, as
+/// one request (all values are numbers).
+pub(super) fn update_attrs_sql(space: u32, changes: &[(u64, AttrChange)]) -> String {
+    fn or_null<T: std::fmt::Display>(v: Option<T>) -> String {
+        v.map_or_else(|| "NULL".to_owned(), |v| v.to_string())
+    }
+    let statements: Vec<String> = changes
+        .iter()
+        .map(|(ino, c)| {
+            format!(
+                "UPDATE inodes SET mode = IF({} IS NULL, mode, (mode & {}) | {}), uid = COALESCE({}, uid), \
+                 gid = COALESCE({}, gid), atime = COALESCE({}, atime), mtime = COALESCE({}, mtime), \
+                 ctime = GREATEST(ctime, {}) WHERE space_id = {space} AND ino = {ino}",
+                or_null(c.mode),
+                libc::S_IFMT,
+                c.mode.unwrap_or(0),
+                or_null(c.uid),
+                or_null(c.gid),
+                or_null(c.atime),
+                or_null(c.mtime),
+                c.ctime,
+            )
+        })
+        .collect();
+    statements.join("; ")
 }
 
 /// Clears set-user-ID/set-group-ID as `rule` decides on the locked row;

@@ -146,6 +146,11 @@ pub fn commit(
     now: i64,
     pending: Option<NewName<'_>>,
 ) -> ShardResult<Vec<u64>> {
+    if let Some(p) = &pending
+        && create_in_one_trip(s, (space, ino), bufs, size, now, p)
+    {
+        return Ok(Vec::new());
+    }
     s.run("flush", |tx| {
         let mut fresh = false;
         if let Some(p) = &pending {
@@ -229,6 +234,83 @@ pub fn commit(
         )?;
         Ok(pieced.clone())
     })
+}
+
+/// Bytes of data a new file's first commit sends in one request at most
+/// (as hex: about twice that, below an old server's 4 MiB packet limit).
+const CREATE_TRIP_BYTES: usize = 1 << 20;
+
+/// A new regular file's first commit as one request (migration 14): its
+/// row with its size and times as [`commit`]'s statements leave them, its
+/// entry, its directory's times, its data rows, COMMIT. False if not
+/// taken, refused (nothing applied; [`commit`]'s statements then tell a
+/// removed directory or a taken name apart) or left without an answer
+/// (perhaps applied: the statements then find the file there and write
+/// the same bytes again).
+fn create_in_one_trip(
+    s: &impl Access,
+    (space, ino): (u32, u64),
+    bufs: &[Buffered<'_>],
+    size: u64,
+    now: i64,
+    p: &NewName<'_>,
+) -> bool {
+    let a = p.attr;
+    let bytes: usize = bufs.iter().map(|b| b.data.len()).sum();
+    let fresh = bufs.iter().all(|b| b.base_len == 0 && b.dirty_from == 0);
+    if !a.is_reg() || !fresh || bytes > CREATE_TRIP_BYTES {
+        return false;
+    }
+    let (mtime, ctime) = if bufs.is_empty() {
+        (a.mtime, a.ctime)
+    } else {
+        (now, now)
+    };
+    let mut sql = format!(
+        "START TRANSACTION; CALL tshs_create_file({space}, {}, X'",
+        p.parent
+    );
+    push_hex(&mut sql, p.name);
+    let _ = write!(
+        sql,
+        "', {ino}, {}, {}, {}, {}, {}, {bytes}, {}, {}, {mtime}, {ctime}, {}, {}, 0)",
+        a.mode,
+        a.uid,
+        a.gid,
+        a.nlink,
+        size.max(a.size),
+        a.rdev,
+        a.atime,
+        a.btime,
+        a.ctime,
+    );
+    for (n, b) in bufs.iter().filter(|b| !b.data.is_empty()).enumerate() {
+        sql.push_str(if n == 0 {
+            "; INSERT INTO extents (space_id, ino, off, len, data) VALUES "
+        } else {
+            ", "
+        });
+        let _ = write!(sql, "({space}, {ino}, {}, {}, X'", b.off, b.data.len());
+        push_hex(&mut sql, b.data);
+        sql.push_str("')");
+    }
+    sql.push_str("; COMMIT");
+    s.one_trip(|c, lost| match crate::db::run_statements(c, &sql) {
+        Ok(()) => true,
+        Err(mysql::Error::MySqlError(e)) => {
+            warn_unexpected_refusal("new files' commits", &e);
+            let _ = c.query_drop("ROLLBACK");
+            false
+        }
+        Err(e) => {
+            log::debug!(
+                "space {space} inode {ino}: a create's commit got no answer: {}",
+                lost(e)
+            );
+            false
+        }
+    })
+    .unwrap_or(false)
 }
 
 /// One `O_APPEND` write of a group commit (see [`append_batch`]).
@@ -432,7 +514,7 @@ pub fn append_in_one_trip(
         Err(mysql::Error::MySqlError(e)) => {
             // The server stopped at a statement before COMMIT (or refused
             // the COMMIT, rolling back): what the request left open goes.
-            warn_unexpected_refusal(&e);
+            warn_unexpected_refusal("group commits", &e);
             let _ = conn.query_drop("ROLLBACK");
             return OneTrip::Refused;
         }
@@ -452,21 +534,21 @@ pub fn append_in_one_trip(
     OneTrip::Landed(out)
 }
 
-/// Logs why the server refused a group commit's request: expected
-/// refusals (an append for the statement path, a move's fence, a deadlock
-/// or lock wait) at debug level, anything else (a node without migration
-/// 13, say) once per error code as a warning, since every batch then takes
-/// the slower way.
-fn warn_unexpected_refusal(e: &mysql::error::MySqlError) {
+/// Logs why the server refused a one-request commit (`what`: whose):
+/// expected refusals (one for the statement path, a move's fence, a
+/// deadlock or lock wait) at debug level, anything else (a node without
+/// migration 13 or 14, say) once per error code as a warning, since every
+/// such commit then takes the slower way.
+pub(super) fn warn_unexpected_refusal(what: &str, e: &mysql::error::MySqlError) {
     static WARNED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     if matches!(e.code, 1643 | 1644 | 1205 | 1213) {
-        log::debug!("group commit refused: {e}");
+        log::debug!("{what}: refused: {e}");
         return;
     }
     let mut warned = WARNED.lock().unwrap();
     if !warned.contains(&e.code) {
         warned.push(e.code);
-        log::warn!("group commits take the slower way: {e}");
+        log::warn!("{what} take the slower way: {e}");
     }
 }
 

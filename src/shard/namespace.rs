@@ -3,6 +3,8 @@
 //! unlink are atomic. Inode numbers here are per-space (`1` is the space's
 //! root); the [`Attr`]s returned carry FUSE inode numbers.
 
+use std::fmt::Write;
+
 use mysql::prelude::Queryable;
 use mysql::{Row, Transaction};
 
@@ -11,7 +13,7 @@ use super::attrs::{self, AttrChange};
 use super::error::{ShardError, ShardResult};
 use super::inode::{self, Attr, COLUMNS, DELETED, I_COLUMNS, Node, ORPHAN};
 use crate::clock::now_ns;
-use crate::db::{Body, Once};
+use crate::db::{Body, DbError, Once, TxError};
 
 /// What to create.
 pub struct NewInode<'a> {
@@ -480,6 +482,21 @@ pub fn rename(
     open_here: OpenHere<'_>,
 ) -> ShardResult<()> {
     let now = now_ns();
+    if flags & RENAME_EXCHANGE == 0 {
+        let names = ((parent, name), (newparent, newname));
+        match rename_in_one_trip(s, space, names, changes, now) {
+            OneTrip::Done => return Ok(()),
+            OneTrip::Lost(detail) => {
+                let server = format!("storage node {}", s.node());
+                return Err(ShardError::Tx {
+                    node: s.node(),
+                    what: "rename",
+                    source: Box::new(TxError::Commit(DbError::Other { server, detail })),
+                });
+            }
+            OneTrip::NotTaken => {}
+        }
+    }
     s.run("rename", |tx| {
             attrs::update_attrs(tx, space, changes)?;
             let (parents, sa, da) = lock_for_rename(tx, space, parent, name, newparent, newname)?;
@@ -564,6 +581,51 @@ pub fn rename(
             }
             Ok(())
         })
+}
+
+/// A name in a directory: (directory, name).
+type Entry<'a> = (u64, &'a [u8]);
+
+/// How a one-request rename went.
+enum OneTrip {
+    Done,
+    /// Not sent, or refused (nothing applied).
+    NotTaken,
+    /// Sent, no answer: whether it was applied is unknown.
+    Lost(String),
+}
+
+/// The common rename (a file to a free name) with the deferred attribute
+/// changes it carries, as one request (`tshs_rename_file`, migration 14);
+/// anything else the server refuses, having changed nothing.
+fn rename_in_one_trip(
+    s: &impl Access,
+    space: u32,
+    ((parent, name), (newparent, newname)): (Entry<'_>, Entry<'_>),
+    changes: &[(u64, AttrChange)],
+    now: i64,
+) -> OneTrip {
+    let mut sql = String::from("START TRANSACTION; ");
+    if !changes.is_empty() {
+        sql.push_str(&attrs::update_attrs_sql(space, changes));
+        sql.push_str("; ");
+    }
+    let _ = write!(
+        sql,
+        "CALL tshs_rename_file({space}, {parent}, X'{}', {newparent}, X'{}', {now}); COMMIT",
+        hex::encode(name),
+        hex::encode(newname)
+    );
+    s.one_trip(|c, lost| match crate::db::run_statements(c, &sql) {
+        Ok(()) => OneTrip::Done,
+        Err(mysql::Error::MySqlError(e)) => {
+            super::extents::warn_unexpected_refusal("renames", &e);
+            let _ = c.query_drop("ROLLBACK");
+            OneTrip::NotTaken
+        }
+        Err(e) => OneTrip::Lost(lost(e)),
+    })
+    .unwrap_or(OneTrip::NotTaken)
 }
 
 pub fn link(

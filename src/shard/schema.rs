@@ -85,6 +85,15 @@
 //! call: one statement and one answer per batch instead of one per file
 //! (a call and its result set cost the server more than the rows it
 //! writes). The older procedures stay for older binaries.
+//!
+//! Migration 14: `tshs_create_file` is a new file's first commit (its
+//! row with its size and times, its entry, its directory's times) in one
+//! call, sent with the file's data rows and the COMMIT as one request
+//! (`extents::commit`): one round trip instead of eight.
+//! `tshs_rename_file` is the common rename (a file to a free name), sent
+//! with the deferred attribute changes it carries and the COMMIT
+//! (`namespace::rename`): one round trip instead of seven. Both refuse
+//! anything else, which then runs as before.
 
 pub const TABLES: &[&str] = &[
     "schema_migrations",
@@ -115,13 +124,15 @@ pub const APPLIED_OPS: crate::db::OpLog = crate::db::OpLog {
 /// Lanes idle this long belong to processes gone (their retries long over).
 pub const APPLIED_OPS_KEEP_NS: i64 = 24 * 3600 * 1_000_000_000;
 
-/// The stored procedures migrations 2, 7, 10, 12 and 13 create (dropped with the tables).
+/// The stored procedures migrations 2, 7, 10, 12, 13 and 14 create (dropped with the tables).
 pub const ROUTINES: &[&str] = &[
     "tshs_check_fence",
     "tshs_append",
     "tshs_guard",
     "tshs_append_with_chg",
     "tshs_append_files",
+    "tshs_create_file",
+    "tshs_rename_file",
 ];
 
 /// Set in `inodes.chg` by an update that only appends or joins pieces: the
@@ -548,6 +559,70 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
                  SET MESSAGE_TEXT = 'tshs: the lengths do not add up to the data', MYSQL_ERRNO = 1643;
              END IF;
              SELECT answer AS landed;
+           END"],
+    ),
+    (
+        14,
+        // A file this mount created and now commits for the first time:
+        // refused (1643, nothing done) unless its directory is still there
+        // and the name still free; the caller then takes the statement way,
+        // which tells those cases apart (and a commit run again after a
+        // lost answer, which finds the file there).
+        &["CREATE OR REPLACE PROCEDURE tshs_create_file(IN s INT UNSIGNED,
+                IN dir BIGINT UNSIGNED, IN nm VARBINARY(255), IN i BIGINT UNSIGNED,
+                IN m INT UNSIGNED, IN u INT UNSIGNED, IN g INT UNSIGNED, IN nl INT UNSIGNED,
+                IN sz BIGINT UNSIGNED, IN st BIGINT UNSIGNED, IN r INT UNSIGNED,
+                IN at BIGINT, IN mt BIGINT, IN ct BIGINT, IN bt BIGINT,
+                IN dir_t BIGINT, IN dir_links INT)
+           BEGIN
+             DECLARE n INT UNSIGNED DEFAULT NULL;
+             DECLARE there BIGINT UNSIGNED DEFAULT NULL;
+             DECLARE CONTINUE HANDLER FOR NOT FOUND SET n = NULL;
+             SELECT p.nlink, (SELECT d.ino FROM dentries d
+                              WHERE d.space_id = s AND d.parent = dir AND d.name = nm)
+               INTO n, there
+               FROM inodes p WHERE p.space_id = s AND p.ino = dir AND p.state < 2 FOR UPDATE;
+             IF n IS NULL OR n = 0 OR there IS NOT NULL THEN
+               SIGNAL SQLSTATE '45000'
+                 SET MESSAGE_TEXT = 'tshs: a create for the statement path', MYSQL_ERRNO = 1643;
+             END IF;
+             INSERT INTO inodes (space_id, ino, mode, uid, gid, nlink, size, stored, rdev,
+                                 atime, mtime, ctime, btime, target)
+               VALUES (s, i, m, u, g, nl, sz, st, r, at, mt, ct, bt, NULL);
+             INSERT INTO dentries (space_id, parent, name, ino, seq) VALUES (s, dir, nm, i, i);
+             UPDATE inodes SET mtime = dir_t, ctime = dir_t, nlink = CAST(nlink AS SIGNED) + dir_links
+               WHERE space_id = s AND ino = dir;
+           END",
+          // A rename of a file (not a directory) to a free name, with both
+          // directories there; anything else is refused (1643, nothing
+          // done) for the statement way. Rows are locked in the order the
+          // statement way locks them: directories by number, the entry,
+          // the target name.
+          "CREATE OR REPLACE PROCEDURE tshs_rename_file(IN s INT UNSIGNED,
+                IN dir BIGINT UNSIGNED, IN nm VARBINARY(255),
+                IN new_dir BIGINT UNSIGNED, IN new_nm VARBINARY(255), IN t BIGINT)
+           BEGIN
+             DECLARE dirs INT DEFAULT 0;
+             DECLARE src, taken BIGINT UNSIGNED DEFAULT NULL;
+             DECLARE m INT UNSIGNED DEFAULT NULL;
+             DECLARE CONTINUE HANDLER FOR NOT FOUND BEGIN END;
+             SELECT COUNT(*) INTO dirs FROM inodes
+               WHERE space_id = s AND ino IN (dir, new_dir) AND state < 2 AND mode & 61440 = 16384
+               FOR UPDATE;
+             SELECT i.ino, i.mode INTO src, m
+               FROM dentries d JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
+               WHERE d.space_id = s AND d.parent = dir AND d.name = nm AND i.state < 2 FOR UPDATE;
+             SELECT d.ino INTO taken FROM dentries d
+               WHERE d.space_id = s AND d.parent = new_dir AND d.name = new_nm FOR UPDATE;
+             IF dirs <> IF(dir = new_dir, 1, 2) OR src IS NULL OR m & 61440 = 16384
+                OR taken IS NOT NULL THEN
+               SIGNAL SQLSTATE '45000'
+                 SET MESSAGE_TEXT = 'tshs: a rename for the statement path', MYSQL_ERRNO = 1643;
+             END IF;
+             UPDATE dentries SET parent = new_dir, name = new_nm
+               WHERE space_id = s AND parent = dir AND name = nm;
+             UPDATE inodes SET ctime = t WHERE space_id = s AND ino = src;
+             UPDATE inodes SET mtime = t, ctime = t WHERE space_id = s AND ino IN (dir, new_dir);
            END"],
     ),
 ];
