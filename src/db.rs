@@ -773,7 +773,6 @@ pub fn classify(opts: &ConnOptions, e: mysql::Error) -> DbError {
     }
 }
 
-/// Names of the tables in the connection's current database.
 /// Runs `sql`, statements separated by `;`, as one request. The first
 /// that fails is the error (the server runs none after it): dropping a
 /// multi-statement result unread would skip the errors of all but the
@@ -788,6 +787,7 @@ pub fn run_statements(conn: &mut impl Queryable, sql: &str) -> Result<(), mysql:
     Ok(())
 }
 
+/// Names of the tables in the connection's current database.
 pub fn table_names(conn: &mut impl Queryable) -> Result<Vec<String>, mysql::Error> {
     conn.query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
 }

@@ -31,6 +31,14 @@ pub struct NodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WayLabel {
+    pub op: &'static str,
+    /// `one`: one request; `statements`: left to the transaction of
+    /// statements (refused, or its answer lost).
+    pub way: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabel {
     pub task: &'static str,
 }
@@ -54,6 +62,7 @@ pub struct Metrics {
     pub cache_misses: Counter,
     pub db_seconds: NodeLatency,
     pub db_errors: Family<NodeLabel, Counter>,
+    pub one_requests: Family<WayLabel, Counter>,
     pub task_runs: Family<TaskLabel, Counter>,
     pub task_errors: Family<TaskLabel, Counter>,
     pub task_units: Family<TaskLabel, Counter>,
@@ -73,6 +82,7 @@ impl Metrics {
             cache_misses: Counter::default(),
             db_seconds: Family::new_with_constructor(seconds),
             db_errors: Family::default(),
+            one_requests: Family::default(),
             task_runs: Family::default(),
             task_errors: Family::default(),
             task_units: Family::default(),
@@ -120,6 +130,11 @@ impl Metrics {
             "Storage Node failures by node",
             m.db_errors.clone(),
         );
+        r.register(
+            "one_requests",
+            "New files' first commits and renames sent as one request, or left to statements",
+            m.one_requests.clone(),
+        );
         r.register("task_runs", "Maintenance task runs", m.task_runs.clone());
         r.register(
             "task_errors",
@@ -160,6 +175,13 @@ impl Metrics {
 
     pub fn error(&self, op: &'static str, errno: i32) {
         self.errors.get_or_create(&ErrLabel { op, errno }).inc();
+    }
+
+    /// A commit of kind `op` that went as one request (`one`) or, refused
+    /// or unanswered, by its statements.
+    pub fn one_request(&self, op: &'static str, one: bool) {
+        let way = if one { "one" } else { "statements" };
+        self.one_requests.get_or_create(&WayLabel { op, way }).inc();
     }
 
     pub fn db(&self, node: u32, start: Instant, ok: bool) {

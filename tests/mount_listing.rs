@@ -2,9 +2,7 @@
 //! directory page is one query carrying what `stat` and the xattr lookups
 //! of `ls -l` need, missing names are cached for the entry TTL, and a
 //! burst of requests about one file is answered from one read — each
-//! without losing what this mount or another one changed. What the
-//! one-request create and rename leave to their statements runs as before
-//! (part 2, see also `tests/one_request.rs`).
+//! without losing what this mount or another one changed.
 
 mod common;
 
@@ -16,30 +14,8 @@ use common::{Mount, TestCluster, sh};
 use mysql::prelude::Queryable;
 
 /// The mount's Storage Node round trips and FUSE requests of one kind so far.
-/// Asked without starting a process: a child would inherit open files and
-/// close them, and a close commits.
 fn counters(port: u16, op: &str) -> (f64, f64) {
-    use std::io::{Read, Write};
-    let t = Instant::now();
-    let text = loop {
-        let got = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| {
-            c.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-            let mut text = String::new();
-            c.read_to_string(&mut text)?;
-            Ok(text)
-        });
-        match got {
-            Ok(text) if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") => {
-                break text;
-            }
-            _ => {}
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "no metrics on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let text = common::metrics(port);
     let sum = |prefix: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(prefix))
@@ -413,60 +389,4 @@ fn selinux_labels_are_not_carried_and_ls_asks_for_one_once() {
     let (_, g1) = counters(port, "getxattr");
     assert_eq!(g1 - g0, 25.0, "getxattr requests of ls -lR");
     assert!(!listed.contains('+'), "{listed}");
-}
-
-#[test]
-fn creates_and_renames_the_one_request_way_refuses_run_as_before() {
-    use std::io::Write;
-    let c = TestCluster::with_nodes();
-    let m = Mount::new(&c, &[]);
-    let other = Mount::new(&c, &[]);
-    let (s, s2) = (m.space(3), other.space(3));
-    let errno = |r: std::io::Result<()>| r.unwrap_err().raw_os_error().unwrap();
-    // The directory removed by another mount before the file's commit.
-    std::fs::create_dir(s.join("gone")).unwrap();
-    let mut f = std::fs::File::create_new(s.join("gone/x")).unwrap();
-    f.write_all(b"hello").unwrap();
-    std::fs::remove_dir(s2.join("gone")).unwrap();
-    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
-    // SAFETY: the descriptor was just taken from the file, closed once.
-    assert_eq!(unsafe { libc::close(fd) }, -1);
-    assert_eq!(
-        std::io::Error::last_os_error().raw_os_error(),
-        Some(libc::ENOENT)
-    );
-    std::thread::sleep(Duration::from_millis(1100));
-    assert!(std::fs::symlink_metadata(s.join("gone")).is_err());
-    // The name taken by another mount first: theirs stays.
-    std::fs::create_dir(s.join("t")).unwrap();
-    std::thread::sleep(Duration::from_millis(1100));
-    let mut f = std::fs::File::create_new(s.join("t/y")).unwrap();
-    f.write_all(b"mine").unwrap();
-    std::fs::write(s2.join("t/y"), b"theirs").unwrap();
-    assert_eq!(errno(f.sync_all()), libc::EEXIST);
-    drop(f);
-    std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(std::fs::read(s.join("t/y")).unwrap(), b"theirs");
-    // Renames the one-request way leaves to the statements: onto a name
-    // that exists, of a directory, and of a missing name.
-    std::fs::write(s.join("t/a"), b"a").unwrap();
-    std::fs::write(s.join("t/b"), b"b").unwrap();
-    std::fs::rename(s.join("t/a"), s.join("t/b")).unwrap();
-    std::fs::create_dir(s.join("t/sub")).unwrap();
-    std::fs::rename(s.join("t/sub"), s.join("sub2")).unwrap();
-    assert_eq!(
-        errno(std::fs::rename(s.join("t/none"), s.join("t/z"))),
-        libc::ENOENT
-    );
-    std::thread::sleep(Duration::from_millis(1100));
-    let mut names: Vec<String> = std::fs::read_dir(s2.join("t"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["b", "y"]);
-    assert_eq!(std::fs::read(s2.join("t/b")).unwrap(), b"a");
-    assert!(std::fs::metadata(s2.join("sub2")).unwrap().is_dir());
-    assert_eq!(std::fs::metadata(s2.join("t")).unwrap().nlink(), 2);
-    assert_eq!(std::fs::metadata(s2.join("sub2")).unwrap().nlink(), 2);
 }

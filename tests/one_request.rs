@@ -1,42 +1,57 @@
 //! A new file's first commit and the common rename are one request each
 //! (issue 14, part 2): rsync's close and rename no longer send a statement
-//! per row. The statement way sends them as prepared statements, the one
-//! request as text: the server's count of prepared statements run tells
-//! the two apart. This binary holds one test, so that count is its mounts'
-//! (test binaries run one after another), give or take a statement of
-//! their background work.
+//! per row. The mount counts which way each went
+//! (`tshs_one_requests_total`); what another mount then sees shows the
+//! result is the one the statements gave. What the procedures refuse runs
+//! as before.
 
 mod common;
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::time::Duration;
 
 use common::{Mount, TestCluster, sh};
-use mysql::prelude::Queryable;
 
-/// Prepared statements server 1 ran during `f`.
-fn prepared(f: impl FnOnce()) -> u64 {
-    let count = || -> u64 {
-        let row: Option<(String, u64)> = common::root_conn(1)
-            .query_first("SHOW GLOBAL STATUS LIKE 'Com_stmt_execute'")
-            .unwrap();
-        row.unwrap().1
-    };
-    let before = count();
-    f();
-    count() - before
+/// How many commits of kind `op` went `way` (`one` or `statements`).
+fn went(port: u16, op: &str, way: &str) -> u64 {
+    let line = format!("tshs_one_requests_total{{op=\"{op}\",way=\"{way}\"}} ");
+    common::metrics(port)
+        .lines()
+        .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+        .unwrap_or(0)
 }
 
-/// Fewer than the statement way sends: a new file's first commit sends 6
-/// (a check, its row, its entry, its directory, a data row, its size), a
-/// rename 4 (a locking read, the entry, its time, the directory).
-const FEWER: u64 = 4;
+/// (one request, statements) of kind `op` during `f`.
+fn ways(port: u16, op: &str, f: impl FnOnce()) -> (u64, u64) {
+    let before = (went(port, op, "one"), went(port, op, "statements"));
+    f();
+    (
+        went(port, op, "one") - before.0,
+        went(port, op, "statements") - before.1,
+    )
+}
 
+/// A file's modification time to the nanosecond.
+fn mtime(p: &Path) -> (i64, i64) {
+    let m = std::fs::metadata(p).unwrap();
+    (m.mtime(), m.mtime_nsec())
+}
+
+/// One test: a file another thread's child inherits is closed by that
+/// child (close-on-exec), and a close commits, so tests that hold new files
+/// open must not run beside tests that start processes.
 #[test]
-fn a_new_files_commit_and_its_rename_are_one_request_each() {
-    let (c, _) = TestCluster::with_one_node();
-    let m = Mount::new(&c, &[]);
+fn one_request_commits_and_what_they_leave_to_statements() {
+    new_files_and_renames_go_as_one_request();
+    what_the_procedures_refuse_runs_as_before();
+}
+
+fn new_files_and_renames_go_as_one_request() {
+    let c = TestCluster::with_nodes();
+    let port = common::unused_port();
+    let m = Mount::new(&c, &[&format!("metrics={port}")]);
     let other = Mount::new(&c, &[]);
     let (s, s2) = (m.space(3), other.space(3));
     std::fs::create_dir(s.join("d")).unwrap();
@@ -46,26 +61,23 @@ fn a_new_files_commit_and_its_rename_are_one_request_each() {
     let tmp = s.join("d/.f.tmp");
     let mut f = std::fs::File::create_new(&tmp).unwrap();
     f.write_all(&data).unwrap();
-    let n = prepared(|| drop(f));
-    assert!(n < FEWER, "a new file's close: {n} prepared statements");
+    assert_eq!(
+        ways(port, "create", || drop(f)),
+        (1, 0),
+        "a new file's close"
+    );
     assert_eq!(std::fs::read(s2.join("d/.f.tmp")).unwrap(), data);
 
-    // rsync's way: mode and times (deferred), then the rename carrying them.
+    // rsync's way: mode and times (deferred), then the rename carrying
+    // them (unless the mount's tick committed them just before).
+    let dir_before = mtime(&s2.join("d"));
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640)).unwrap();
     sh(&format!("touch -m -d @1600000000 '{}'", tmp.display()));
-    let dir_before = std::fs::metadata(s.join("d")).unwrap().mtime_nsec();
-    // The names asked first: their lookups are not the rename's.
-    let warm = |names: &[&str]| {
-        for n in names {
-            let _ = std::fs::symlink_metadata(s.join(n));
-        }
-    };
-    warm(&["d", "d/.f.tmp", "d/f"]);
     let rename = || std::fs::rename(&tmp, s.join("d/f")).unwrap();
-    let n = prepared(rename);
-    assert!(
-        n < FEWER,
-        "a rename to a free name: {n} prepared statements"
+    assert_eq!(
+        ways(port, "rename", rename),
+        (1, 0),
+        "a rename to a free name"
     );
     std::thread::sleep(Duration::from_millis(1100)); // the other mount's TTL
     let got = std::fs::metadata(s2.join("d/f")).unwrap();
@@ -75,35 +87,94 @@ fn a_new_files_commit_and_its_rename_are_one_request_each() {
         (0o640, 1_600_000_000, 300_000, 1)
     );
     assert!(std::fs::symlink_metadata(s2.join("d/.f.tmp")).is_err());
-    assert_ne!(
-        std::fs::metadata(s2.join("d")).unwrap().mtime_nsec(),
-        dir_before
-    );
+    assert_ne!(mtime(&s2.join("d")), dir_before);
 
     // Into another directory: both directories' times move.
-    let times = |p: &str| std::fs::metadata(s2.join(p)).unwrap().mtime_nsec();
-    let (d0, e0) = (times("d"), times("e"));
-    warm(&["d", "e", "d/f", "e/g"]);
+    let (d0, e0) = (mtime(&s2.join("d")), mtime(&s2.join("e")));
     let across = || std::fs::rename(s.join("d/f"), s.join("e/g")).unwrap();
-    let n = prepared(across);
-    assert!(
-        n < FEWER,
-        "a rename into another directory: {n} prepared statements"
+    assert_eq!(
+        ways(port, "rename", across),
+        (1, 0),
+        "a rename into another directory"
     );
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(std::fs::read(s2.join("e/g")).unwrap(), data);
     assert!(std::fs::symlink_metadata(s2.join("d/f")).is_err());
-    assert_ne!(times("d"), d0);
-    assert_ne!(times("e"), e0);
+    assert_ne!(mtime(&s2.join("d")), d0);
+    assert_ne!(mtime(&s2.join("e")), e0);
 
     // Onto a name that exists: refused by the procedure (nothing done),
     // then the statements replace the name.
     std::fs::write(s.join("e/h"), b"h").unwrap();
-    warm(&["e", "e/g", "e/h"]);
     let onto = || std::fs::rename(s.join("e/g"), s.join("e/h")).unwrap();
-    let n = prepared(onto);
-    assert!(n >= FEWER, "a rename onto a name: {n} prepared statements");
+    assert_eq!(ways(port, "rename", onto), (0, 1), "a rename onto a name");
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(std::fs::read(s2.join("e/h")).unwrap(), data);
     assert!(std::fs::symlink_metadata(s2.join("e/g")).is_err());
+}
+
+/// The errno of a call that must fail.
+#[track_caller]
+fn errno(r: std::io::Result<()>) -> i32 {
+    match r {
+        Ok(()) => panic!("succeeded"),
+        Err(e) => e.raw_os_error().unwrap(),
+    }
+}
+
+fn what_the_procedures_refuse_runs_as_before() {
+    let c = TestCluster::with_nodes();
+    let m = Mount::new(&c, &[]);
+    let other = Mount::new(&c, &[]);
+    let (s, s2) = (m.space(3), other.space(3));
+    // The directory removed by another mount before the file's commit.
+    std::fs::create_dir(s.join("gone")).unwrap();
+    let mut f = std::fs::File::create_new(s.join("gone/x")).unwrap();
+    f.write_all(b"hello").unwrap();
+    std::fs::remove_dir(s2.join("gone")).unwrap();
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+    // SAFETY: the descriptor was just taken from the file, closed once.
+    assert_eq!(unsafe { libc::close(fd) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENOENT)
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(std::fs::symlink_metadata(s.join("gone")).is_err());
+    // The name taken by another mount first: theirs stays.
+    std::fs::create_dir(s.join("t")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut f = std::fs::File::create_new(s.join("t/y")).unwrap();
+    f.write_all(b"mine").unwrap();
+    std::fs::write(s2.join("t/y"), b"theirs").unwrap();
+    assert_eq!(errno(f.sync_all()), libc::EEXIST);
+    drop(f);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(std::fs::read(s.join("t/y")).unwrap(), b"theirs");
+    // Renames the one-request way leaves to the statements: onto a name
+    // that exists, of a directory, and of a missing name.
+    std::fs::write(s.join("t/a"), b"a").unwrap();
+    std::fs::write(s.join("t/b"), b"b").unwrap();
+    std::fs::rename(s.join("t/a"), s.join("t/b")).unwrap();
+    std::fs::create_dir(s.join("t/sub")).unwrap();
+    std::fs::rename(s.join("t/sub"), s.join("sub2")).unwrap();
+    // A name this mount still knows, removed by another: the rename
+    // reaches the mount, whose procedure finds no such entry.
+    std::fs::write(s.join("t/c"), b"c").unwrap();
+    std::fs::remove_file(s2.join("t/c")).unwrap();
+    assert_eq!(
+        errno(std::fs::rename(s.join("t/c"), s.join("t/z"))),
+        libc::ENOENT
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut names: Vec<String> = std::fs::read_dir(s2.join("t"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["b", "y"]);
+    assert_eq!(std::fs::read(s2.join("t/b")).unwrap(), b"a");
+    assert!(std::fs::metadata(s2.join("sub2")).unwrap().is_dir());
+    assert_eq!(std::fs::metadata(s2.join("t")).unwrap().nlink(), 2);
+    assert_eq!(std::fs::metadata(s2.join("sub2")).unwrap().nlink(), 2);
 }

@@ -409,4 +409,9 @@ impl Access for Route {
         }
         self.one_trip_on_node(node, f)
     }
+
+    fn was_applied(&self, op: &OpId) -> Result<bool, TxError> {
+        let (node, _) = self.router.node_of(self.space).map_err(TxError::Db)?;
+        Route::was_applied(self, node, op)
+    }
 }

@@ -8,7 +8,7 @@ use mysql::{PooledConn, Transaction};
 
 use super::Shard;
 use super::error::ShardError;
-use crate::db::{Body, DbError, Failed, Once, OnceBody};
+use crate::db::{Body, DbError, Failed, Once, OnceBody, OpId, TxError};
 
 pub trait Access {
     /// The node's id, for messages.
@@ -35,6 +35,11 @@ pub trait Access {
         &self,
         f: impl FnOnce(&mut PooledConn, &dyn Fn(mysql::Error) -> String) -> T,
     ) -> Option<T>;
+
+    /// Whether operation `op`, sent by [`Access::one_trip`] and left
+    /// without an answer, was applied (it recorded itself in
+    /// `applied_ops`).
+    fn was_applied(&self, op: &OpId) -> Result<bool, TxError>;
 
     /// Runs a transaction of Storage Node statements: a body's
     /// [`ShardError`] rolls it back and is returned as it is.
@@ -117,6 +122,10 @@ impl Access for Shard {
         let mut conn = self.db().conn().ok()?;
         let lost = |e: mysql::Error| self.db().err(e).to_string();
         Some(f(&mut conn, &lost))
+    }
+
+    fn was_applied(&self, op: &OpId) -> Result<bool, TxError> {
+        self.db().was_applied(&super::APPLIED_OPS, op)
     }
 }
 

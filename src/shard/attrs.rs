@@ -69,10 +69,11 @@ pub(super) fn update_attrs(
     space: u32,
     changes: &[(u64, AttrChange)],
 ) -> Result<(), mysql::Error> {
-    if changes.is_empty() {
-        return Ok(());
+    // Bounded requests, however many changes piled up (an outage).
+    for some in changes.chunks(256) {
+        crate::db::run_statements(tx, &update_attrs_sql(space, some))?;
     }
-    crate::db::run_statements(tx, &update_attrs_sql(space, changes))
+    Ok(())
 }
 
 /// The statements applying deferred attribute changes, `;`-separated, as

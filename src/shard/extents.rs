@@ -258,7 +258,7 @@ fn create_in_one_trip(
     let a = p.attr;
     let bytes: usize = bufs.iter().map(|b| b.data.len()).sum();
     let fresh = bufs.iter().all(|b| b.base_len == 0 && b.dirty_from == 0);
-    if !a.is_reg() || !fresh || bytes > CREATE_TRIP_BYTES {
+    if !a.is_reg() || !fresh || bytes > CREATE_TRIP_BYTES || lacks(s.node(), "create") {
         return false;
     }
     let (mtime, ctime) = if bufs.is_empty() {
@@ -295,11 +295,11 @@ fn create_in_one_trip(
         sql.push_str("')");
     }
     sql.push_str("; COMMIT");
-    s.one_trip(|c, lost| match crate::db::run_statements(c, &sql) {
+    let Some(done) = s.one_trip(|c, lost| match crate::db::run_statements(c, &sql) {
         Ok(()) => true,
         Err(mysql::Error::MySqlError(e)) => {
-            warn_unexpected_refusal("new files' commits", &e);
-            let _ = c.query_drop("ROLLBACK");
+            refused(s.node(), "create", &e);
+            roll_back(c, lost);
             false
         }
         Err(e) => {
@@ -309,8 +309,50 @@ fn create_in_one_trip(
             );
             false
         }
-    })
-    .unwrap_or(false)
+    }) else {
+        return false;
+    };
+    crate::metrics::global().one_request("create", done);
+    done
+}
+
+/// The statement recording `op` in `applied_ops`, for a request that
+/// commits itself (see [`crate::db::Db::was_applied`]).
+pub(super) fn record_op(op: &crate::db::OpId) -> String {
+    let (writer, lane, seq, at) = op.record_params();
+    let mut sql = String::from("INSERT INTO applied_ops (writer, lane, seq, at) VALUES (X'");
+    push_hex(&mut sql, &writer);
+    let _ = write!(
+        sql,
+        "', {lane}, {seq}, {at}) ON DUPLICATE KEY UPDATE seq = VALUES(seq), at = VALUES(at)"
+    );
+    sql
+}
+
+/// Ends what a refused one-request commit left open. A connection that
+/// cannot roll back is reported lost, so that its pool moves on.
+pub(super) fn roll_back(c: &mut mysql::PooledConn, lost: &dyn Fn(mysql::Error) -> String) {
+    if let Err(e) = c.query_drop("ROLLBACK") {
+        log::debug!("a rollback failed: {}", lost(e));
+    }
+}
+
+/// (node, kind) of one-request commits whose procedure a node lacks (a
+/// node not upgraded to migration 14): those go by their statements
+/// without asking again.
+static LACKING: std::sync::Mutex<Vec<(u32, &str)>> = std::sync::Mutex::new(Vec::new());
+
+pub(super) fn lacks(node: u32, what: &'static str) -> bool {
+    LACKING.lock().unwrap().contains(&(node, what))
+}
+
+/// Notes why node `node` refused a one-request commit of kind `what`.
+pub(super) fn refused(node: u32, what: &'static str, e: &mysql::error::MySqlError) {
+    const NO_SUCH_PROCEDURE: u16 = 1305;
+    if e.code == NO_SUCH_PROCEDURE {
+        LACKING.lock().unwrap().push((node, what));
+    }
+    warn_unexpected_refusal(what, e);
 }
 
 /// One `O_APPEND` write of a group commit (see [`append_batch`]).
@@ -475,15 +517,7 @@ pub fn append_in_one_trip(
     for (n, r) in reqs.iter().enumerate() {
         files.entry((r.space, r.ino)).or_default().push(n);
     }
-    let (writer, lane, seq, at) = op.record_params();
-    let mut sql = String::from(
-        "START TRANSACTION; INSERT INTO applied_ops (writer, lane, seq, at) VALUES (X'",
-    );
-    push_hex(&mut sql, &writer);
-    let _ = write!(
-        sql,
-        "', {lane}, {seq}, {at}) ON DUPLICATE KEY UPDATE seq = VALUES(seq), at = VALUES(at)"
-    );
+    let mut sql = format!("START TRANSACTION; {}", record_op(op));
     sql.push_str("; CALL tshs_append_files('");
     for ((space, ino), which) in &files {
         let n: usize = which.iter().map(|&n| reqs[n].data.len()).sum();
@@ -515,11 +549,11 @@ pub fn append_in_one_trip(
             // The server stopped at a statement before COMMIT (or refused
             // the COMMIT, rolling back): what the request left open goes.
             warn_unexpected_refusal("group commits", &e);
-            let _ = conn.query_drop("ROLLBACK");
+            roll_back(conn, lost);
             return OneTrip::Refused;
         }
         Ok(l) => {
-            let _ = conn.query_drop("ROLLBACK");
+            roll_back(conn, lost);
             return OneTrip::Unknown(format!("{} answers for {} files", l.len(), files.len()));
         }
         Err(e) => return OneTrip::Unknown(lost(e)),

@@ -595,9 +595,14 @@ enum OneTrip {
     Lost(String),
 }
 
+/// Deferred attribute changes a one-request rename carries at most (each
+/// is a statement of ~330 bytes; more go by the statements).
+const RENAME_TRIP_CHANGES: usize = 64;
+
 /// The common rename (a file to a free name) with the deferred attribute
 /// changes it carries, as one request (`tshs_rename_file`, migration 14);
-/// anything else the server refuses, having changed nothing.
+/// anything else the server refuses, having changed nothing. The request
+/// records itself in `applied_ops`, so a lost answer is told apart.
 fn rename_in_one_trip(
     s: &impl Access,
     space: u32,
@@ -605,7 +610,11 @@ fn rename_in_one_trip(
     changes: &[(u64, AttrChange)],
     now: i64,
 ) -> OneTrip {
-    let mut sql = String::from("START TRANSACTION; ");
+    if changes.len() > RENAME_TRIP_CHANGES || super::extents::lacks(s.node(), "rename") {
+        return OneTrip::NotTaken;
+    }
+    let op = crate::db::OpId::next();
+    let mut sql = format!("START TRANSACTION; {}; ", super::extents::record_op(&op));
     if !changes.is_empty() {
         sql.push_str(&attrs::update_attrs_sql(space, changes));
         sql.push_str("; ");
@@ -616,16 +625,28 @@ fn rename_in_one_trip(
         hex::encode(name),
         hex::encode(newname)
     );
-    s.one_trip(|c, lost| match crate::db::run_statements(c, &sql) {
+    let r = s.one_trip(|c, lost| match crate::db::run_statements(c, &sql) {
         Ok(()) => OneTrip::Done,
         Err(mysql::Error::MySqlError(e)) => {
-            super::extents::warn_unexpected_refusal("renames", &e);
-            let _ = c.query_drop("ROLLBACK");
+            super::extents::refused(s.node(), "rename", &e);
+            super::extents::roll_back(c, lost);
             OneTrip::NotTaken
         }
         Err(e) => OneTrip::Lost(lost(e)),
-    })
-    .unwrap_or(OneTrip::NotTaken)
+    });
+    let r = match r {
+        None => return OneTrip::NotTaken,
+        // A connection that broke before the request went (a restarted
+        // server, say) applied nothing: the statements run it.
+        Some(OneTrip::Lost(why)) => match s.was_applied(&op) {
+            Ok(true) => OneTrip::Done,
+            Ok(false) => OneTrip::NotTaken,
+            Err(e) => OneTrip::Lost(format!("{why}; asking whether it landed: {e}")),
+        },
+        Some(r) => r,
+    };
+    crate::metrics::global().one_request("rename", matches!(r, OneTrip::Done));
+    r
 }
 
 pub fn link(

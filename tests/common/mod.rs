@@ -362,6 +362,32 @@ impl Drop for Mount {
     }
 }
 
+/// A mount's metrics (its `metrics=PORT`), asked without starting a
+/// process: a child would inherit the caller's open files and close them,
+/// and a close commits.
+pub fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let t = std::time::Instant::now();
+    loop {
+        let got = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| {
+            c.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+            let mut text = String::new();
+            c.read_to_string(&mut text)?;
+            Ok(text)
+        });
+        if let Ok(text) = got
+            && (text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200"))
+        {
+            return text;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "no metrics on {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Runs a shell command, asserting success; returns stdout.
 pub fn sh(cmd: &str) -> String {
     let o = Command::new("bash").arg("-c").arg(cmd).output().unwrap();
