@@ -124,7 +124,8 @@ fn errno(r: std::io::Result<()>) -> i32 {
 
 fn what_the_procedures_refuse_runs_as_before() {
     let c = TestCluster::with_nodes();
-    let m = Mount::new(&c, &[]);
+    let port = common::unused_port();
+    let m = Mount::new(&c, &[&format!("metrics={port}")]);
     let other = Mount::new(&c, &[]);
     let (s, s2) = (m.space(3), other.space(3));
     // The directory removed by another mount before the file's commit.
@@ -133,8 +134,15 @@ fn what_the_procedures_refuse_runs_as_before() {
     f.write_all(b"hello").unwrap();
     std::fs::remove_dir(s2.join("gone")).unwrap();
     let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+    let mut closed = 0;
     // SAFETY: the descriptor was just taken from the file, closed once.
-    assert_eq!(unsafe { libc::close(fd) }, -1);
+    let close = || closed = unsafe { libc::close(fd) };
+    assert_eq!(
+        ways(port, "create", close),
+        (0, 1),
+        "refused, then statements"
+    );
+    assert_eq!(closed, -1);
     assert_eq!(
         std::io::Error::last_os_error().raw_os_error(),
         Some(libc::ENOENT)
@@ -147,25 +155,28 @@ fn what_the_procedures_refuse_runs_as_before() {
     let mut f = std::fs::File::create_new(s.join("t/y")).unwrap();
     f.write_all(b"mine").unwrap();
     std::fs::write(s2.join("t/y"), b"theirs").unwrap();
-    assert_eq!(errno(f.sync_all()), libc::EEXIST);
+    let mut synced = Ok(());
+    assert_eq!(ways(port, "create", || synced = f.sync_all()), (0, 1));
+    assert_eq!(errno(synced), libc::EEXIST);
     drop(f);
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(std::fs::read(s.join("t/y")).unwrap(), b"theirs");
-    // Renames the one-request way leaves to the statements: onto a name
-    // that exists, of a directory, and of a missing name.
+    // Renames the procedure refuses and the statements do: onto a name
+    // that exists, of a directory, and of a name another mount removed
+    // (which this mount still knows: the rename reaches it).
     std::fs::write(s.join("t/a"), b"a").unwrap();
     std::fs::write(s.join("t/b"), b"b").unwrap();
-    std::fs::rename(s.join("t/a"), s.join("t/b")).unwrap();
+    let onto = || std::fs::rename(s.join("t/a"), s.join("t/b")).unwrap();
+    assert_eq!(ways(port, "rename", onto), (0, 1), "onto a name");
     std::fs::create_dir(s.join("t/sub")).unwrap();
-    std::fs::rename(s.join("t/sub"), s.join("sub2")).unwrap();
-    // A name this mount still knows, removed by another: the rename
-    // reaches the mount, whose procedure finds no such entry.
+    let dir = || std::fs::rename(s.join("t/sub"), s.join("sub2")).unwrap();
+    assert_eq!(ways(port, "rename", dir), (0, 1), "a directory");
     std::fs::write(s.join("t/c"), b"c").unwrap();
     std::fs::remove_file(s2.join("t/c")).unwrap();
-    assert_eq!(
-        errno(std::fs::rename(s.join("t/c"), s.join("t/z"))),
-        libc::ENOENT
-    );
+    let mut renamed = Ok(());
+    let gone = || renamed = std::fs::rename(s.join("t/c"), s.join("t/z"));
+    assert_eq!(ways(port, "rename", gone), (0, 1), "a removed name");
+    assert_eq!(errno(renamed), libc::ENOENT);
     std::thread::sleep(Duration::from_millis(1100));
     let mut names: Vec<String> = std::fs::read_dir(s2.join("t"))
         .unwrap()

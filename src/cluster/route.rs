@@ -400,18 +400,17 @@ impl Access for Route {
     /// for the cut-over.
     fn one_trip<T>(
         &self,
-        f: impl FnOnce(&mut PooledConn, &dyn Fn(mysql::Error) -> String) -> T,
+        f: impl FnOnce(&mut PooledConn, &dyn Fn(mysql::Error) -> String, u32) -> T,
     ) -> Option<T> {
         let _running = self.router.enter();
         let (node, confirm) = self.router.node_of(self.space).ok()?;
         if confirm {
             return None;
         }
-        self.one_trip_on_node(node, f)
+        self.one_trip_on_node(node, |c, lost| f(c, lost, node))
     }
 
-    fn was_applied(&self, op: &OpId) -> Result<bool, TxError> {
-        let (node, _) = self.router.node_of(self.space).map_err(TxError::Db)?;
-        Route::was_applied(self, node, op)
+    fn landed(&self, node: u32, op: &OpId) -> Result<bool, TxError> {
+        self.was_applied(node, op)
     }
 }

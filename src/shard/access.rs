@@ -27,19 +27,21 @@ pub trait Access {
     ) -> Result<T, Failed<E>>;
 
     /// Runs `f` on a connection to the node, for a request that opens and
-    /// commits its own transaction in one round trip; `f` reports a lost
-    /// connection through its second argument (which returns the message).
-    /// `None`: no connection, or a placement to be confirmed first, which
-    /// only a transaction does: nothing was sent.
+    /// commits its own transaction in one round trip; `f` gets the node's
+    /// id and reports a lost connection through its second argument
+    /// (which returns the message). `None`: no connection, or a placement
+    /// to be confirmed first, which only a transaction does: nothing was
+    /// sent.
     fn one_trip<T>(
         &self,
-        f: impl FnOnce(&mut PooledConn, &dyn Fn(mysql::Error) -> String) -> T,
+        f: impl FnOnce(&mut PooledConn, &dyn Fn(mysql::Error) -> String, u32) -> T,
     ) -> Option<T>;
 
-    /// Whether operation `op`, sent by [`Access::one_trip`] and left
-    /// without an answer, was applied (it recorded itself in
-    /// `applied_ops`).
-    fn was_applied(&self, op: &OpId) -> Result<bool, TxError>;
+    /// Whether operation `op`, sent by [`Access::one_trip`] to node `node`
+    /// and left without an answer, landed (it recorded itself in that
+    /// node's `applied_ops`, which a move does not copy: the node it went
+    /// to is asked, not the space's node now).
+    fn landed(&self, node: u32, op: &OpId) -> Result<bool, TxError>;
 
     /// Runs a transaction of Storage Node statements: a body's
     /// [`ShardError`] rolls it back and is returned as it is.
@@ -117,14 +119,14 @@ impl Access for Shard {
 
     fn one_trip<T>(
         &self,
-        f: impl FnOnce(&mut PooledConn, &dyn Fn(mysql::Error) -> String) -> T,
+        f: impl FnOnce(&mut PooledConn, &dyn Fn(mysql::Error) -> String, u32) -> T,
     ) -> Option<T> {
         let mut conn = self.db().conn().ok()?;
         let lost = |e: mysql::Error| self.db().err(e).to_string();
-        Some(f(&mut conn, &lost))
+        Some(f(&mut conn, &lost, self.id()))
     }
 
-    fn was_applied(&self, op: &OpId) -> Result<bool, TxError> {
+    fn landed(&self, _node: u32, op: &OpId) -> Result<bool, TxError> {
         self.db().was_applied(&super::APPLIED_OPS, op)
     }
 }

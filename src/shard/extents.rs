@@ -258,7 +258,7 @@ fn create_in_one_trip(
     let a = p.attr;
     let bytes: usize = bufs.iter().map(|b| b.data.len()).sum();
     let fresh = bufs.iter().all(|b| b.base_len == 0 && b.dirty_from == 0);
-    if !a.is_reg() || !fresh || bytes > CREATE_TRIP_BYTES || lacks(s.node(), "create") {
+    if !a.is_reg() || !fresh || bytes > CREATE_TRIP_BYTES {
         return false;
     }
     let (mtime, ctime) = if bufs.is_empty() {
@@ -295,21 +295,27 @@ fn create_in_one_trip(
         sql.push_str("')");
     }
     sql.push_str("; COMMIT");
-    let Some(done) = s.one_trip(|c, lost| match crate::db::run_statements(c, &sql) {
-        Ok(()) => true,
-        Err(mysql::Error::MySqlError(e)) => {
-            refused(s.node(), "create", &e);
-            roll_back(c, lost);
-            false
+    let sent = s.one_trip(|c, lost, node| {
+        if lacks(node, "create") {
+            return None;
         }
-        Err(e) => {
-            log::debug!(
-                "space {space} inode {ino}: a create's commit got no answer: {}",
-                lost(e)
-            );
-            false
-        }
-    }) else {
+        Some(match crate::db::run_statements(c, &sql) {
+            Ok(()) => true,
+            Err(mysql::Error::MySqlError(e)) => {
+                refused(node, "create", &e);
+                roll_back(c, lost);
+                false
+            }
+            Err(e) => {
+                log::debug!(
+                    "space {space} inode {ino}: a create's commit got no answer: {}",
+                    lost(e)
+                );
+                false
+            }
+        })
+    });
+    let Some(Some(done)) = sent else {
         return false;
     };
     crate::metrics::global().one_request("create", done);
@@ -330,16 +336,18 @@ pub(super) fn record_op(op: &crate::db::OpId) -> String {
 }
 
 /// Ends what a refused one-request commit left open. A connection that
-/// cannot roll back is reported lost, so that its pool moves on.
+/// cannot roll back is reported lost (so that its pool moves on) and reset
+/// when it goes back to the pool (which ends its transaction, or drops it).
 pub(super) fn roll_back(c: &mut mysql::PooledConn, lost: &dyn Fn(mysql::Error) -> String) {
     if let Err(e) = c.query_drop("ROLLBACK") {
         log::debug!("a rollback failed: {}", lost(e));
+        c.reset_connection(true);
     }
 }
 
 /// (node, kind) of one-request commits whose procedure a node lacks (a
 /// node not upgraded to migration 14): those go by their statements
-/// without asking again.
+/// without asking again, until the process restarts.
 static LACKING: std::sync::Mutex<Vec<(u32, &str)>> = std::sync::Mutex::new(Vec::new());
 
 pub(super) fn lacks(node: u32, what: &'static str) -> bool {
@@ -349,9 +357,11 @@ pub(super) fn lacks(node: u32, what: &'static str) -> bool {
 /// Notes why node `node` refused a one-request commit of kind `what`.
 pub(super) fn refused(node: u32, what: &'static str, e: &mysql::error::MySqlError) {
     const NO_SUCH_PROCEDURE: u16 = 1305;
-    if e.code == NO_SUCH_PROCEDURE {
-        LACKING.lock().unwrap().push((node, what));
+    let mut lacking = LACKING.lock().unwrap();
+    if e.code == NO_SUCH_PROCEDURE && !lacking.contains(&(node, what)) {
+        lacking.push((node, what));
     }
+    drop(lacking);
     warn_unexpected_refusal(what, e);
 }
 

@@ -610,7 +610,7 @@ fn rename_in_one_trip(
     changes: &[(u64, AttrChange)],
     now: i64,
 ) -> OneTrip {
-    if changes.len() > RENAME_TRIP_CHANGES || super::extents::lacks(s.node(), "rename") {
+    if changes.len() > RENAME_TRIP_CHANGES {
         return OneTrip::NotTaken;
     }
     let op = crate::db::OpId::next();
@@ -625,27 +625,39 @@ fn rename_in_one_trip(
         hex::encode(name),
         hex::encode(newname)
     );
-    let r = s.one_trip(|c, lost| match crate::db::run_statements(c, &sql) {
-        Ok(()) => OneTrip::Done,
-        Err(mysql::Error::MySqlError(e)) => {
-            super::extents::refused(s.node(), "rename", &e);
-            super::extents::roll_back(c, lost);
-            OneTrip::NotTaken
+    let sent = s.one_trip(|c, lost, node| {
+        if super::extents::lacks(node, "rename") {
+            return None;
         }
-        Err(e) => OneTrip::Lost(lost(e)),
+        Some(match crate::db::run_statements(c, &sql) {
+            Ok(()) => OneTrip::Done,
+            Err(mysql::Error::MySqlError(e)) => {
+                super::extents::refused(node, "rename", &e);
+                super::extents::roll_back(c, lost);
+                OneTrip::NotTaken
+            }
+            // A connection that broke before the request went (a server
+            // restarted since) applied nothing: the statements run it. The
+            // node it went to is asked, also if a move ended since.
+            Err(e) => {
+                let why = lost(e);
+                match s.landed(node, &op) {
+                    Ok(true) => OneTrip::Done,
+                    Ok(false) => OneTrip::NotTaken,
+                    Err(asking) => {
+                        OneTrip::Lost(format!("{why}; asking whether it landed: {asking}"))
+                    }
+                }
+            }
+        })
     });
-    let r = match r {
-        None => return OneTrip::NotTaken,
-        // A connection that broke before the request went (a restarted
-        // server, say) applied nothing: the statements run it.
-        Some(OneTrip::Lost(why)) => match s.was_applied(&op) {
-            Ok(true) => OneTrip::Done,
-            Ok(false) => OneTrip::NotTaken,
-            Err(e) => OneTrip::Lost(format!("{why}; asking whether it landed: {e}")),
-        },
-        Some(r) => r,
+    let Some(Some(r)) = sent else {
+        return OneTrip::NotTaken;
     };
-    crate::metrics::global().one_request("rename", matches!(r, OneTrip::Done));
+    // Counted when sent and answered (an unknown outcome fails the rename).
+    if !matches!(r, OneTrip::Lost(_)) {
+        crate::metrics::global().one_request("rename", matches!(r, OneTrip::Done));
+    }
     r
 }
 
