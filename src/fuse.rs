@@ -416,7 +416,6 @@ impl Filesystem for FuseFs {
             newname.as_bytes(),
             flags.bits(),
         );
-        self.fs.attrs_changed();
         empty(r, reply)
     }
 
@@ -721,7 +720,6 @@ impl Filesystem for FuseFs {
         let r = self
             .fs
             .create(parent.0, name.as_bytes(), mode, umask, flags, caller(req));
-        self.fs.attrs_changed();
         answer(r, reply, |reply, (a, o)| {
             reply.created(
                 &self.ttl,

@@ -23,8 +23,18 @@ use super::Attr;
 /// (when read, the epoch it was read in, the attributes).
 type Entry = (Instant, u64, Attr);
 
+/// Names a lookup lately found absent, by (space, directory, name).
+type Absent = LruCache<(u32, u64, Vec<u8>), (Instant, u64)>;
+
+/// How many absent names are kept.
+const ABSENT_NAMES: usize = 1024;
+
 pub struct AttrCache {
     map: Mutex<LruCache<(u32, u64), Entry>>,
+    /// When and in which epoch: a create of such a name right after
+    /// (`open(O_CREAT)`: the kernel's lookup, then the create) need not ask
+    /// again whether it is free (see [`AttrCache::take_absent`]).
+    absent: Mutex<Absent>,
     /// Moves on with every change through this mount (the open files' kept
     /// attributes follow it too: `OpenInode::cached_attr`).
     epoch: AtomicU64,
@@ -35,6 +45,7 @@ impl AttrCache {
     pub fn new(entries: usize, ttl: Duration) -> AttrCache {
         AttrCache {
             map: Mutex::new(LruCache::sparse(NonZeroUsize::new(entries.max(1)).unwrap())),
+            absent: Mutex::new(LruCache::new(NonZeroUsize::new(ABSENT_NAMES).unwrap())),
             epoch: AtomicU64::new(0),
             ttl,
         }
@@ -82,11 +93,82 @@ impl AttrCache {
         let epoch = self.epoch();
         let mut m = self.map.lock().unwrap();
         super::xattr_cache::sweep_lru(&mut m, |(at, e, _)| *e != epoch || at.elapsed() >= self.ttl);
+        drop(m);
+        let mut absent = self.absent.lock().unwrap();
+        super::xattr_cache::sweep_lru(&mut absent, |(at, e)| {
+            *e != epoch || at.elapsed() >= self.ttl
+        });
+    }
+
+    /// A lookup that started in `epoch` found `name` absent from `dir`.
+    pub fn put_absent(&self, space: u32, dir: u64, name: &[u8], epoch: u64) {
+        if self.ttl.is_zero() || self.epoch() != epoch {
+            return;
+        }
+        self.absent
+            .lock()
+            .unwrap()
+            .put((space, dir, name.to_vec()), (Instant::now(), epoch));
+    }
+
+    /// The attributes of `dir`, kept, if a lookup found `name` absent from
+    /// it since the last change through this mount and within the TTL:
+    /// what a create's own check would have read (the database decides
+    /// at the create's commit, as after that check).
+    pub fn take_absent(&self, space: u32, dir: u64, name: &[u8]) -> Option<Attr> {
+        let epoch = self.epoch();
+        let (at, e) = self
+            .absent
+            .lock()
+            .unwrap()
+            .pop(&(space, dir, name.to_vec()))?;
+        if e != epoch || at.elapsed() >= self.ttl {
+            return None;
+        }
+        self.get(space, dir).map(|(a, _)| a)
     }
 
     /// Something changed through this mount: nothing cached so far is used.
     pub fn changed(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A change through this mount, begun in epoch `before`, whose
+    /// outcome is known without asking: the directories `dirs` got the
+    /// times `t` and nothing else of theirs changed, and inode `new.0`
+    /// (a new file) has the attributes `new.1`. [`AttrCache::changed`],
+    /// and what is known is kept if nothing else changed meanwhile (which
+    /// could have changed it too): a directory only if it was kept before,
+    /// and as old as it was. Returns the epoch it is kept in.
+    pub fn changed_knowing(
+        &self,
+        before: u64,
+        space: u32,
+        (dirs, t): (&[u64], i64),
+        new: Option<(u64, Attr)>,
+    ) -> Option<u64> {
+        let mut m = self.map.lock().unwrap();
+        let after = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        if after != before + 1 || self.ttl.is_zero() {
+            return None;
+        }
+        for &dir in dirs {
+            if let Some((at, e, d)) = m.peek(&(space, dir)).copied()
+                && e == before
+                && at.elapsed() < self.ttl
+            {
+                let d = Attr {
+                    mtime: t,
+                    ctime: t,
+                    ..d
+                };
+                m.put((space, dir), (at, after, d));
+            }
+        }
+        if let Some((ino, a)) = new {
+            m.put((space, ino), (Instant::now(), after, a));
+        }
+        Some(after)
     }
 }
 
@@ -113,6 +195,72 @@ mod tests {
         c.put(1, 4, c.epoch(), attr(4));
         std::thread::sleep(Duration::from_millis(60));
         assert!(c.get(1, 4).is_none());
+    }
+
+    #[test]
+    fn a_known_outcome_is_kept_only_if_nothing_else_changed() {
+        let c = AttrCache::new(10, Duration::from_secs(5));
+        let before = c.epoch();
+        c.put(1, 2, before, attr(2));
+        c.put(1, 8, before, attr(8));
+        assert_eq!(
+            c.changed_knowing(before, 1, (&[2], 77), Some((3, attr(3)))),
+            Some(before + 1)
+        );
+        assert_eq!(c.get(1, 3).map(|(a, _)| a.ino), Some(3));
+        let (dir, _) = c.get(1, 2).unwrap();
+        assert_eq!((dir.ino, dir.mtime, dir.ctime), (2, 77, 77));
+        // Inodes not named are not kept.
+        assert!(c.get(1, 8).is_none());
+        // A rename: both directories.
+        let before = c.epoch();
+        c.put(1, 8, before, attr(8));
+        assert!(c.changed_knowing(before, 1, (&[2, 8], 80), None).is_some());
+        assert_eq!(c.get(1, 2).map(|(a, _)| a.mtime), Some(80));
+        assert_eq!(c.get(1, 8).map(|(a, _)| a.ctime), Some(80));
+        // A directory not kept before is not made up.
+        let before = c.epoch();
+        assert!(
+            c.changed_knowing(before, 1, (&[9], 77), Some((4, attr(4))))
+                .is_some()
+        );
+        assert!(c.get(1, 9).is_none());
+        // Another change began meanwhile: its effect is not known here.
+        let before = c.epoch();
+        c.changed();
+        assert_eq!(
+            c.changed_knowing(before, 1, (&[2], 78), Some((5, attr(5)))),
+            None
+        );
+        assert!(c.get(1, 5).is_none() && c.get(1, 2).is_none());
+        // And one after it ends what was kept.
+        let before = c.epoch();
+        assert!(
+            c.changed_knowing(before, 1, (&[2], 79), Some((6, attr(6))))
+                .is_some()
+        );
+        c.changed();
+        assert!(c.get(1, 6).is_none());
+    }
+
+    #[test]
+    fn an_absent_name_answers_a_create_once_until_a_change() {
+        let c = AttrCache::new(10, Duration::from_secs(5));
+        let e = c.epoch();
+        c.put(1, 2, e, attr(2));
+        c.put_absent(1, 2, b"x", e);
+        assert_eq!(c.take_absent(1, 2, b"x").map(|a| a.ino), Some(2));
+        assert!(c.take_absent(1, 2, b"x").is_none());
+        // Not without the directory's attributes, nor after a change.
+        c.put_absent(1, 3, b"x", e);
+        assert!(c.take_absent(1, 3, b"x").is_none());
+        c.put_absent(1, 2, b"y", e);
+        c.changed();
+        c.put(1, 2, c.epoch(), attr(2));
+        assert!(c.take_absent(1, 2, b"y").is_none());
+        // A lookup that began before a change is not kept.
+        c.put_absent(1, 2, b"z", e);
+        assert!(c.take_absent(1, 2, b"z").is_none());
     }
 
     #[test]

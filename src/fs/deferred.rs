@@ -174,11 +174,14 @@ impl Fs {
 
     /// Runs `change`, a namespace change in `space` that commits the space's
     /// deferred attribute changes it is given in its own transaction; they
-    /// are forgotten when it succeeds.
+    /// are forgotten when it succeeds, after `end` ended the attribute
+    /// epoch (see [`super::attr_cache`]), knowing the outcome and what was
+    /// carried.
     pub(super) fn commit_changes_with<T>(
         &self,
         space: u32,
         change: impl FnOnce(&[(u64, AttrChange)]) -> FsResult<T>,
+        end: impl FnOnce(&FsResult<T>, &[(u64, AttrChange)]),
     ) -> FsResult<T> {
         self.flush_changed_files(Some(space));
         let order = self.changes.order.lock().unwrap();
@@ -194,7 +197,7 @@ impl Fs {
             Some(order)
         };
         let r = change(&changes);
-        self.attrs.changed();
+        end(&r, &changes);
         if r.is_ok() {
             self.changes.forget(space, &changes);
         }

@@ -248,7 +248,9 @@ impl Fs {
             // Logs: several mounts may create `last.log` at the same moment
             // (after a rotation). Create now, in one transaction, or open the
             // file another process created first — never fail later. A file
-            // that inherits ACLs is created now too, with them.
+            // that inherits ACLs is created now too, with them. (A deferred
+            // create changes no attributes until its commit.)
+            let _changing = self.changing();
             let new = NewInode {
                 mode,
                 uid: caller.uid,
@@ -263,7 +265,11 @@ impl Fs {
                 Err(opened) => Ok(opened),
             };
         }
-        let check = || meta::check_create(&shard, space, dir, name);
+        // The kernel's lookup just found the name free, most often.
+        let check = || match self.attrs.take_absent(space, dir, name) {
+            Some(p) => meta::check_name(name).map(|()| p),
+            None => meta::check_create(&shard, space, dir, name),
+        };
         let p = match self.create_or_open(parent, name, flags, caller, check)? {
             Ok(p) => p,
             Err(opened) => return Ok(opened),

@@ -130,7 +130,7 @@ pub fn rename(
     flags: u32,
     changes: &[(u64, AttrChange)],
     open_here: OpenHere<'_>,
-) -> FsResult<()> {
+) -> FsResult<Option<i64>> {
     check_name(newname)?;
     check_len(name)?;
     if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0

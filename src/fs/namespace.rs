@@ -113,8 +113,20 @@ impl Fs {
             Node::Space(space, dir) => {
                 self.commit_creates(space);
                 let asked = super::data::ticket();
-                let (a, has_xattrs) =
-                    meta::lookup(&self.shard_after_import(space)?, space, dir, name)?;
+                let epoch = self.attrs.epoch();
+                let found = meta::lookup(&self.shard_after_import(space)?, space, dir, name);
+                if matches!(&found, Err(e) if *e == Error::ENOENT) {
+                    self.attrs.put_absent(space, dir, name, epoch);
+                }
+                let (a, has_xattrs) = found?;
+                // Kept as a getattr's answer is (a lookup after the entry's
+                // TTL refreshes the kernel's attributes with it).
+                let i = a.ino & 0xffff_ffff;
+                let quiet = self.pending.load(Ordering::Acquire) == 0
+                    && !self.open.lock().unwrap().contains_key(&(space, i));
+                if quiet {
+                    self.attrs.put(space, i, epoch, a);
+                }
                 if !has_xattrs {
                     self.xattrs.put_empty(a.ino);
                 }
@@ -147,14 +159,16 @@ impl Fs {
         caller: Caller,
     ) -> FsResult<(Attr, Duration)> {
         self.refuse_in_snapshot(ino)?;
-        let _changing = self.changing();
         let Node::Space(space, i) = Node::from_ino(ino) else {
             return Err(Error::EPERM);
         };
         let shard = self.shard_rw_after_import(space)?;
         if s.size.is_none() {
-            // After the appends queued before it, as a write or truncate of
-            // the file here: their commit sets mtime.
+            // Nothing changes in the database yet: the cached attributes
+            // stay valid, every answer lays the deferred change over them,
+            // and its commit ends them (see `Fs::commit_changes`). After
+            // the appends queued before it, as a write or truncate of the
+            // file here: their commit sets mtime.
             let open = self.open.lock().unwrap().get(&(space, i)).cloned();
             if let Some(o) = open {
                 o.settle();
@@ -173,6 +187,7 @@ impl Fs {
             self.note_owner_mode(space, i, &a);
             return Ok((a, age));
         }
+        let _changing = self.changing();
         self.commit_pending(space);
         let open = self.open.lock().unwrap().get(&(space, i)).cloned();
         // Decided on the row the transaction locks, not on a cached mode.
@@ -310,7 +325,6 @@ impl Fs {
     ) -> FsResult<()> {
         self.refuse_in_snapshot(parent)?;
         self.refuse_in_snapshot(newparent)?;
-        let _changing = self.changing();
         match (Node::from_ino(parent), Node::from_ino(newparent)) {
             (Node::Space(s1, p1), Node::Space(s2, p2)) => {
                 if s1 != s2 {
@@ -319,20 +333,38 @@ impl Fs {
                 let shard = self.shard_rw_after_import(s1)?;
                 self.commit_creates(s1);
                 // Deferred attribute changes ride in the rename's transaction
-                // (rsync: chmod, chown, utimes, then rename the temporary file).
-                self.commit_changes_with(s1, |changes| {
-                    meta::rename(
-                        &shard,
-                        s1,
-                        p1,
-                        name,
-                        p2,
-                        newname,
-                        flags,
-                        changes,
-                        &self.mark_unlinked_if_open(s1),
-                    )
-                })
+                // (rsync: chmod, chown, utimes, then rename the temporary
+                // file). Whatever happens, the rename ends the attribute
+                // epoch; the common one keeps its directories' attributes,
+                // with its time (rsync's next file asks for them).
+                let before = self.attrs.epoch();
+                let end = |r: &FsResult<Option<i64>>, carried: &[(u64, meta::AttrChange)]| {
+                    let dirs = [p1, p2];
+                    match r {
+                        Ok(Some(t)) if !carried.iter().any(|(i, _)| dirs.contains(i)) => {
+                            self.attrs.changed_knowing(before, s1, (&dirs, *t), None);
+                        }
+                        _ => self.attrs.changed(),
+                    }
+                };
+                let r = self.commit_changes_with(
+                    s1,
+                    |changes| {
+                        meta::rename(
+                            &shard,
+                            s1,
+                            p1,
+                            name,
+                            p2,
+                            newname,
+                            flags,
+                            changes,
+                            &self.mark_unlinked_if_open(s1),
+                        )
+                    },
+                    end,
+                );
+                r.map(drop)
             }
             (Node::Space(..), _) | (_, Node::Space(..)) => Err(Error::EXDEV),
             _ => Err(Error::EPERM),

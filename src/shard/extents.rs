@@ -236,6 +236,24 @@ pub fn commit(
     })
 }
 
+/// The row a new file's first commit leaves, both ways ([`commit`]'s
+/// statements or one request): its size, the bytes of its `buffers`, and
+/// with data the commit's time as mtime and ctime.
+pub fn first_commit_attr(a: &Attr, buffers: usize, bytes: u64, size: u64, now: i64) -> Attr {
+    let (mtime, ctime) = if buffers == 0 {
+        (a.mtime, a.ctime)
+    } else {
+        (now, now)
+    };
+    Attr {
+        size: size.max(a.size),
+        stored: bytes,
+        mtime,
+        ctime,
+        ..*a
+    }
+}
+
 /// Bytes of data a new file's first commit sends in one request at most
 /// (as hex: about twice that, below an old server's 4 MiB packet limit).
 const CREATE_TRIP_BYTES: usize = 1 << 20;
@@ -255,17 +273,12 @@ fn create_in_one_trip(
     now: i64,
     p: &NewName<'_>,
 ) -> bool {
-    let a = p.attr;
     let bytes: usize = bufs.iter().map(|b| b.data.len()).sum();
     let fresh = bufs.iter().all(|b| b.base_len == 0 && b.dirty_from == 0);
-    if !a.is_reg() || !fresh || bytes > CREATE_TRIP_BYTES {
+    if !p.attr.is_reg() || !fresh || bytes > CREATE_TRIP_BYTES {
         return false;
     }
-    let (mtime, ctime) = if bufs.is_empty() {
-        (a.mtime, a.ctime)
-    } else {
-        (now, now)
-    };
+    let a = first_commit_attr(p.attr, bufs.len(), bytes as u64, size, now);
     let mut sql = format!(
         "START TRANSACTION; CALL tshs_create_file({space}, {}, X'",
         p.parent
@@ -273,16 +286,19 @@ fn create_in_one_trip(
     push_hex(&mut sql, p.name);
     let _ = write!(
         sql,
-        "', {ino}, {}, {}, {}, {}, {}, {bytes}, {}, {}, {mtime}, {ctime}, {}, {}, 0)",
+        "', {ino}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, 0)",
         a.mode,
         a.uid,
         a.gid,
         a.nlink,
-        size.max(a.size),
+        a.size,
+        a.stored,
         a.rdev,
         a.atime,
-        a.btime,
+        a.mtime,
         a.ctime,
+        a.btime,
+        p.attr.ctime,
     );
     for (n, b) in bufs.iter().filter(|b| !b.data.is_empty()).enumerate() {
         sql.push_str(if n == 0 {

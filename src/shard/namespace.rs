@@ -467,8 +467,10 @@ fn lock_for_rename(
 pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 2;
 
-/// Renames within one space, atomically. Returns the inode a replaced name
-/// pointed to, if it lost its last link.
+/// Renames within one space, atomically. Returns the rename's time if it
+/// was the common one (a file to a free name, in one request): then it
+/// changed nothing but the name, the file's ctime and both directories'
+/// times, to that time (and the deferred `changes`).
 #[allow(clippy::too_many_arguments)]
 pub fn rename(
     s: &impl Access,
@@ -480,12 +482,12 @@ pub fn rename(
     flags: u32,
     changes: &[(u64, AttrChange)],
     open_here: OpenHere<'_>,
-) -> ShardResult<()> {
+) -> ShardResult<Option<i64>> {
     let now = now_ns();
     if flags & RENAME_EXCHANGE == 0 {
         let names = ((parent, name), (newparent, newname));
         match rename_in_one_trip(s, space, names, changes, now) {
-            OneTrip::Done => return Ok(()),
+            OneTrip::Done => return Ok(Some(now)),
             OneTrip::Lost(detail) => {
                 let server = format!("storage node {}", s.node());
                 return Err(ShardError::Tx {
@@ -581,6 +583,7 @@ pub fn rename(
             }
             Ok(())
         })
+        .map(|()| None)
 }
 
 /// A name in a directory: (directory, name).

@@ -87,6 +87,17 @@ pub struct Prefetch {
     pub version: (u64, u64),
 }
 
+/// A file gone from this mount with its create never committed (its close
+/// reported why) no longer counts as pending: while one does, attributes
+/// are not answered from the attribute cache (see `Fs::getattr_aged`).
+impl Drop for OpenInode {
+    fn drop(&mut self) {
+        if self.pending_flag.load(Ordering::Acquire) {
+            self.pending_gauge.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 impl Drop for Prefetch {
     fn drop(&mut self) {
         self.node.loaded(&self.loading);
@@ -487,6 +498,23 @@ impl OpenInode {
         *self.attr.lock().unwrap() = None;
     }
 
+    /// The file's first commit, begun in attribute epoch `before`, left the
+    /// row `a` and gave its directory the create's time: kept, so that the
+    /// stats after a close (rsync: two, with its `utimes` between, and the
+    /// directory's) cost no query.
+    fn created_as(&self, before: u64, p: &PendingCreate, a: Attr) {
+        let mut kept = self.attr.lock().unwrap();
+        *kept = self
+            .attrs
+            .changed_knowing(
+                before,
+                self.space,
+                (&[p.parent], p.attr.ctime),
+                Some((self.ino, a)),
+            )
+            .map(|epoch| (a, std::time::Instant::now(), epoch));
+    }
+
     /// The attributes of a file whose create is not committed yet.
     pub fn pending_attr(&self) -> Option<Attr> {
         let st = self.state();
@@ -611,7 +639,7 @@ impl OpenInode {
         let Some((bufs, size, pending)) = self.state().inflight.clone() else {
             return;
         };
-        let now = now_ns();
+        let (now, before) = (now_ns(), self.attrs.epoch());
         let r = self.commit(&bufs, size, now, pending.as_deref());
         let mut st = self.state();
         match r {
@@ -619,7 +647,8 @@ impl OpenInode {
                 st.inflight = None;
                 // The last reference now: move the buffers into the cache.
                 let bufs = Arc::try_unwrap(bufs).unwrap_or_else(|b| (*b).clone());
-                self.committed(cache, &mut st, bufs, size, now);
+                let created = pending.as_deref().map(|p| (before, p));
+                self.committed(cache, &mut st, bufs, size, now, created);
                 if pending.is_some() {
                     self.created();
                 }
@@ -714,13 +743,14 @@ impl OpenInode {
         if st.dirty.is_empty() && st.pending.is_none() {
             return Ok(st);
         }
-        let (size, now) = (st.size, now_ns());
+        let (size, now, before) = (st.size, now_ns(), self.attrs.epoch());
         let bufs = std::mem::take(&mut st.dirty);
         st.dirty_bytes = 0;
         let pending = st.pending.take();
         match self.commit(&bufs, size, now, pending.as_deref()) {
             Ok(()) => {
-                self.committed(cache, &mut st, bufs, size, now);
+                let created = pending.as_deref().map(|p| (before, p));
+                self.committed(cache, &mut st, bufs, size, now, created);
                 if pending.is_some() {
                     self.created();
                 }
@@ -783,7 +813,8 @@ impl OpenInode {
         });
     }
 
-    /// After a commit: the written extents become clean cached data.
+    /// After a commit (with the file's create, begun in attribute epoch
+    /// `created.0`): the written extents become clean cached data.
     fn committed(
         &self,
         cache: &DataCache,
@@ -791,10 +822,18 @@ impl OpenInode {
         bufs: BTreeMap<u64, ExtentBuf>,
         size: u64,
         now: i64,
+        created: Option<(u64, &PendingCreate)>,
     ) {
         let generation = st.generation;
         st.write_seq += 1;
-        self.data_changed();
+        match created {
+            Some((before, p)) => {
+                let bytes = bufs.values().map(|b| b.data.len() as u64).sum();
+                let a = extents::first_commit_attr(&p.attr, bufs.len(), bytes, size, now);
+                self.created_as(before, p, a);
+            }
+            None => self.data_changed(),
+        }
         for (off, b) in bufs {
             if !st.dirty.contains_key(&off) {
                 cache.put(self.space, self.ino, generation, off, Arc::new(b.data));
