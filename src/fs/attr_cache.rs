@@ -23,11 +23,24 @@ use super::Attr;
 /// (when read, the epoch it was read in, the attributes).
 type Entry = (Instant, u64, Attr);
 
+/// When a read began, as [`AttrCache::put`] compares it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Stamp {
+    epoch: u64,
+    forgets: u64,
+}
+
 /// Names a lookup lately found absent, by (space, directory, name).
 type Absent = LruCache<(u32, u64, Vec<u8>), (Instant, u64)>;
 
 /// How many absent names are kept.
 const ABSENT_NAMES: usize = 1024;
+
+/// How long an absent name serves a create: the kernel's lookup comes
+/// right before its create, but keeps a missing name for the entry TTL
+/// and then sends the create alone, which must ask the database (another
+/// mount may have made the name meanwhile).
+const ABSENT_FOR: Duration = Duration::from_millis(50);
 
 pub struct AttrCache {
     map: Mutex<LruCache<(u32, u64), Entry>>,
@@ -38,6 +51,9 @@ pub struct AttrCache {
     /// Moves on with every change through this mount (the open files' kept
     /// attributes follow it too: `OpenInode::cached_attr`).
     epoch: AtomicU64,
+    /// Moves on with every [`AttrCache::forget`] (an append): a read that
+    /// began before one is not kept, whichever file it was about.
+    forgets: AtomicU64,
     ttl: Duration,
 }
 
@@ -47,6 +63,7 @@ impl AttrCache {
             map: Mutex::new(LruCache::sparse(NonZeroUsize::new(entries.max(1)).unwrap())),
             absent: Mutex::new(LruCache::new(NonZeroUsize::new(ABSENT_NAMES).unwrap())),
             epoch: AtomicU64::new(0),
+            forgets: AtomicU64::new(0),
             ttl,
         }
     }
@@ -55,6 +72,15 @@ impl AttrCache {
     /// so that a change racing with it keeps its answer out.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// What a read starting now must find unchanged to be kept (see
+    /// [`AttrCache::put`]): the epoch, and the appends' forgets.
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            epoch: self.epoch(),
+            forgets: self.forgets.load(Ordering::Acquire),
+        }
     }
 
     /// The cached attributes and their age, if read within the TTL and
@@ -71,21 +97,24 @@ impl AttrCache {
         }
     }
 
-    /// Keeps attributes read by a query that started in `epoch`.
-    pub fn put(&self, space: u32, ino: u64, epoch: u64, a: Attr) {
-        if self.ttl.is_zero() || self.epoch() != epoch {
+    /// Keeps attributes read by a query that started at `stamp`, unless a
+    /// change or an append through this mount came since.
+    pub fn put(&self, space: u32, ino: u64, stamp: Stamp, a: Attr) {
+        if self.ttl.is_zero() {
             return;
         }
-        self.map
-            .lock()
-            .unwrap()
-            .put((space, ino), (Instant::now(), epoch, a));
+        let mut m = self.map.lock().unwrap();
+        if self.stamp() == stamp {
+            m.put((space, ino), (Instant::now(), stamp.epoch, a));
+        }
     }
 
     /// One file's data changed through this mount (an append): only its
     /// entry is stale.
     pub fn forget(&self, space: u32, ino: u64) {
-        self.map.lock().unwrap().pop(&(space, ino));
+        let mut m = self.map.lock().unwrap();
+        self.forgets.fetch_add(1, Ordering::AcqRel);
+        m.pop(&(space, ino));
     }
 
     /// Drops the entries past the TTL or from before the last change.
@@ -112,7 +141,7 @@ impl AttrCache {
     }
 
     /// The attributes of `dir`, kept, if a lookup found `name` absent from
-    /// it since the last change through this mount and within the TTL:
+    /// it since the last change through this mount, just now:
     /// what a create's own check would have read (the database decides
     /// at the create's commit, as after that check).
     pub fn take_absent(&self, space: u32, dir: u64, name: &[u8]) -> Option<Attr> {
@@ -122,7 +151,7 @@ impl AttrCache {
             .lock()
             .unwrap()
             .pop(&(space, dir, name.to_vec()))?;
-        if e != epoch || at.elapsed() >= self.ttl {
+        if e != epoch || at.elapsed() >= ABSENT_FOR.min(self.ttl) {
             return None;
         }
         self.get(space, dir).map(|(a, _)| a)
@@ -183,16 +212,21 @@ mod tests {
     #[test]
     fn a_change_or_the_ttl_ends_an_entry() {
         let c = AttrCache::new(10, Duration::from_millis(50));
-        c.put(1, 2, c.epoch(), attr(2));
+        c.put(1, 2, c.stamp(), attr(2));
         assert_eq!(c.get(1, 2).map(|(a, _)| a.ino), Some(2));
         c.changed();
         assert!(c.get(1, 2).is_none());
-        // A read that started before a change is not kept.
-        let before = c.epoch();
+        // A read that started before a change is not kept, nor one that
+        // started before an append (of any file).
+        let before = c.stamp();
         c.changed();
         c.put(1, 3, before, attr(3));
         assert!(c.get(1, 3).is_none());
-        c.put(1, 4, c.epoch(), attr(4));
+        let before = c.stamp();
+        c.forget(1, 9);
+        c.put(1, 3, before, attr(3));
+        assert!(c.get(1, 3).is_none());
+        c.put(1, 4, c.stamp(), attr(4));
         std::thread::sleep(Duration::from_millis(60));
         assert!(c.get(1, 4).is_none());
     }
@@ -201,8 +235,8 @@ mod tests {
     fn a_known_outcome_is_kept_only_if_nothing_else_changed() {
         let c = AttrCache::new(10, Duration::from_secs(5));
         let before = c.epoch();
-        c.put(1, 2, before, attr(2));
-        c.put(1, 8, before, attr(8));
+        c.put(1, 2, c.stamp(), attr(2));
+        c.put(1, 8, c.stamp(), attr(8));
         assert_eq!(
             c.changed_knowing(before, 1, (&[2], 77), Some((3, attr(3)))),
             Some(before + 1)
@@ -214,7 +248,7 @@ mod tests {
         assert!(c.get(1, 8).is_none());
         // A rename: both directories.
         let before = c.epoch();
-        c.put(1, 8, before, attr(8));
+        c.put(1, 8, c.stamp(), attr(8));
         assert!(c.changed_knowing(before, 1, (&[2, 8], 80), None).is_some());
         assert_eq!(c.get(1, 2).map(|(a, _)| a.mtime), Some(80));
         assert_eq!(c.get(1, 8).map(|(a, _)| a.ctime), Some(80));
@@ -247,7 +281,7 @@ mod tests {
     fn an_absent_name_answers_a_create_once_until_a_change() {
         let c = AttrCache::new(10, Duration::from_secs(5));
         let e = c.epoch();
-        c.put(1, 2, e, attr(2));
+        c.put(1, 2, c.stamp(), attr(2));
         c.put_absent(1, 2, b"x", e);
         assert_eq!(c.take_absent(1, 2, b"x").map(|a| a.ino), Some(2));
         assert!(c.take_absent(1, 2, b"x").is_none());
@@ -256,7 +290,7 @@ mod tests {
         assert!(c.take_absent(1, 3, b"x").is_none());
         c.put_absent(1, 2, b"y", e);
         c.changed();
-        c.put(1, 2, c.epoch(), attr(2));
+        c.put(1, 2, c.stamp(), attr(2));
         assert!(c.take_absent(1, 2, b"y").is_none());
         // A lookup that began before a change is not kept.
         c.put_absent(1, 2, b"z", e);
@@ -266,9 +300,9 @@ mod tests {
     #[test]
     fn a_sweep_keeps_only_valid_entries() {
         let c = AttrCache::new(10, Duration::from_secs(5));
-        c.put(1, 2, c.epoch(), attr(2));
+        c.put(1, 2, c.stamp(), attr(2));
         c.changed();
-        c.put(1, 3, c.epoch(), attr(3));
+        c.put(1, 3, c.stamp(), attr(3));
         c.sweep();
         assert_eq!(c.map.lock().unwrap().len(), 1);
         assert_eq!(c.get(1, 3).map(|(a, _)| a.ino), Some(3));
@@ -277,7 +311,7 @@ mod tests {
     #[test]
     fn a_zero_ttl_keeps_nothing() {
         let c = AttrCache::new(10, Duration::ZERO);
-        c.put(1, 2, c.epoch(), attr(2));
+        c.put(1, 2, c.stamp(), attr(2));
         assert!(c.get(1, 2).is_none());
     }
 }

@@ -290,6 +290,7 @@ impl Fs {
             parent: dir,
             name: name.to_vec(),
             attr: a,
+            failed: Default::default(),
         };
         let node = Arc::new(OpenInode::new(
             space,

@@ -35,7 +35,7 @@ impl Fs {
             Node::Volume(v) => self.volume_attr(ino, v).map(fresh),
             Node::Snapshot(n) => self.snapshot_getattr(n).map(fresh),
             Node::Space(space, i) => {
-                let epoch = self.attrs.epoch();
+                let stamp = self.attrs.stamp();
                 let change = self.changes.get(space, i);
                 let open = self.open.lock().unwrap().get(&(space, i)).cloned();
                 if let Some(mut a) = open.as_ref().and_then(|o| o.pending_attr()) {
@@ -82,7 +82,7 @@ impl Fs {
                                     o.keep_attr(a, open_epoch, asked);
                                 }
                                 if cacheable && quiet() {
-                                    self.attrs.put(space, i, epoch, a);
+                                    self.attrs.put(space, i, stamp, a);
                                 }
                                 fresh(a)
                             }
@@ -113,6 +113,7 @@ impl Fs {
             Node::Space(space, dir) => {
                 self.commit_creates(space);
                 let asked = super::data::ticket();
+                let stamp = self.attrs.stamp();
                 let epoch = self.attrs.epoch();
                 let found = meta::lookup(&self.shard_after_import(space)?, space, dir, name);
                 if matches!(&found, Err(e) if *e == Error::ENOENT) {
@@ -125,7 +126,7 @@ impl Fs {
                 let quiet = self.pending.load(Ordering::Acquire) == 0
                     && !self.open.lock().unwrap().contains_key(&(space, i));
                 if quiet {
-                    self.attrs.put(space, i, epoch, a);
+                    self.attrs.put(space, i, stamp, a);
                 }
                 if !has_xattrs {
                     self.xattrs.put_empty(a.ino);

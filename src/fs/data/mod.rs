@@ -176,6 +176,10 @@ pub struct PendingCreate {
     pub parent: u64,
     pub name: Vec<u8>,
     pub attr: Attr,
+    /// A commit of it failed: perhaps it landed (its answer lost), and the
+    /// statements that run it again leave its directory's times as they
+    /// find them.
+    pub failed: AtomicBool,
 }
 
 /// Buffers a background flush is writing, the size it records, and the
@@ -515,6 +519,15 @@ impl OpenInode {
             .map(|epoch| (a, std::time::Instant::now(), epoch));
     }
 
+    /// A commit failed: it may have landed all the same (an answer lost),
+    /// so nothing kept from before is used.
+    fn commit_failed(&self, pending: Option<&PendingCreate>) {
+        if let Some(p) = pending {
+            p.failed.store(true, Ordering::Release);
+        }
+        self.data_changed();
+    }
+
     /// The attributes of a file whose create is not committed yet.
     pub fn pending_attr(&self) -> Option<Attr> {
         let st = self.state();
@@ -654,6 +667,7 @@ impl OpenInode {
                 }
             }
             Err(e) => {
+                self.commit_failed(pending.as_deref());
                 if pending.is_some() {
                     st.pending = pending;
                 }
@@ -757,6 +771,7 @@ impl OpenInode {
                 Ok(st)
             }
             Err(e) => {
+                self.commit_failed(pending.as_deref());
                 st.dirty_bytes = bufs.values().map(|b| b.data.len()).sum();
                 st.dirty = bufs;
                 st.pending = pending;
@@ -826,7 +841,7 @@ impl OpenInode {
     ) {
         let generation = st.generation;
         st.write_seq += 1;
-        match created {
+        match created.filter(|(_, p)| !p.failed.load(Ordering::Acquire)) {
             Some((before, p)) => {
                 let bytes = bufs.values().map(|b| b.data.len() as u64).sum();
                 let a = extents::first_commit_attr(&p.attr, bufs.len(), bytes, size, now);
@@ -1032,6 +1047,7 @@ impl OpenInode {
         let mut st = self.state();
         st.write_seq += 1;
         *self.attr.lock().unwrap() = None;
+        self.attrs.forget(self.space, self.ino);
         st.info_ticket = ticket();
         // Re-read at the next open, as after another mount's change.
         st.last_stamp = None;
