@@ -435,10 +435,10 @@ impl Filesystem for FuseFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         begin!("open", self, req, reply, ino);
+        // An open changes attributes only by a truncate or a create's
+        // commit, which end the attribute epoch themselves: the space
+        // server's opens of a log for each append keep what is cached.
         let r = self.fs.open(ino.0, flags.0, caller(req));
-        if flags.0 & (libc::O_ACCMODE | libc::O_TRUNC) != libc::O_RDONLY {
-            self.fs.attrs_changed();
-        }
         answer(r, reply, |reply, o| {
             reply.opened(FileHandle(o.fh), fopen_flags(o, self.direct_mmap))
         })

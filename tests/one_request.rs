@@ -274,4 +274,39 @@ fn what_a_commit_knows_is_not_asked_again(port: u16, s: &Path, s2: &Path) {
         assert_eq!(stat(&s.join(&name)), stat(&s2.join(&name)), "{name}");
     }
     assert_eq!(stat(&s.join("r")), stat(&s2.join("r")));
+
+    // Opening a file for writing changes no attributes (the space server
+    // opens its log for every append): what is kept stays.
+    let (f0, f1) = (s.join("r/f0"), s.join("r/f1"));
+    fresh_stat(&f0);
+    let asked = round_trips(port);
+    fresh_stat(&f0);
+    assert_eq!(round_trips(port), asked, "a fresh stat of a file kept");
+    drop(std::fs::OpenOptions::new().append(true).open(&f1).unwrap());
+    let asked = round_trips(port);
+    assert_eq!(fresh_stat(&f0), stat(&s2.join("r/f0")));
+    assert_eq!(
+        round_trips(port),
+        asked,
+        "a fresh stat after an open for writing"
+    );
+}
+
+/// [`stat`], after a `statx` that asks the filesystem whatever the kernel
+/// cached (`AT_STATX_FORCE_SYNC`, as the space server does).
+fn fresh_stat(p: &Path) -> [i64; 11] {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut x: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_BASIC_STATS,
+            &mut x,
+        )
+    };
+    assert_eq!(r, 0, "statx {}", p.display());
+    stat(p)
 }
