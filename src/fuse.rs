@@ -365,14 +365,12 @@ impl Filesystem for FuseFs {
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         begin!("unlink", self, req, reply, parent);
         let r = self.fs.unlink(parent.0, name.as_bytes(), false);
-        self.fs.attrs_changed();
         empty(r, reply)
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         begin!("rmdir", self, req, reply, parent);
         let r = self.fs.unlink(parent.0, name.as_bytes(), true);
-        self.fs.attrs_changed();
         empty(r, reply)
     }
 

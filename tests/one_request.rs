@@ -290,6 +290,21 @@ fn what_a_commit_knows_is_not_asked_again(port: u16, s: &Path, s2: &Path) {
         asked,
         "a fresh stat after an open for writing"
     );
+
+    // rm: the directory after a file's removal (`rm -rf` asks each time).
+    std::thread::sleep(Duration::from_millis(1100)); // read afresh below
+    fresh_stat(&s.join("r"));
+    std::fs::remove_file(s.join("r/f2")).unwrap();
+    let asked = round_trips(port);
+    let removed = stat(&s.join("r"));
+    assert_eq!(round_trips(port), asked, "a stat after a removal");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        removed,
+        stat(&s2.join("r")),
+        "the directory after a removal"
+    );
+    assert!(std::fs::symlink_metadata(s2.join("r/f2")).is_err());
 }
 
 /// [`stat`], after a `statx` that asks the filesystem whatever the kernel

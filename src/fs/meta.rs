@@ -112,7 +112,7 @@ pub fn unlink(
     name: &[u8],
     rmdir: bool,
     open_here: OpenHere<'_>,
-) -> FsResult<Attr> {
+) -> FsResult<(Attr, i64)> {
     check_len(name)?;
     Ok(namespace::unlink(
         shard, space, parent, name, rmdir, open_here,

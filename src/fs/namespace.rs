@@ -290,7 +290,6 @@ impl Fs {
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8], rmdir: bool) -> FsResult<()> {
-        let _changing = self.changing();
         match Node::from_ino(parent) {
             Node::Root => Err(Error::EPERM),
             Node::Snapshot(_) => Err(Error::EROFS),
@@ -298,20 +297,32 @@ impl Fs {
                 if !rmdir {
                     return Err(Error::EPERM);
                 }
+                let _changing = self.changing();
                 self.delete_space(parent, vol, name)
             }
             Node::Space(space, dir) => {
                 let shard = self.shard_rw_after_import(space)?;
                 self.commit_pending(space);
-                meta::unlink(
+                // Whatever happens, the unlink ends the attribute epoch; a
+                // file's keeps its directory's attributes, with its time
+                // (`rm -rf` asks for them after each file).
+                let before = self.attrs.epoch();
+                let r = meta::unlink(
                     &shard,
                     space,
                     dir,
                     name,
                     rmdir,
                     &self.mark_unlinked_if_open(space),
-                )
-                .map(|_| ())
+                );
+                match &r {
+                    Ok((a, t)) if !a.is_dir() => {
+                        self.attrs
+                            .changed_knowing(before, space, (&[dir], *t), None);
+                    }
+                    _ => self.attrs.changed(),
+                }
+                r.map(drop)
             }
         }
     }

@@ -358,7 +358,8 @@ pub fn reserve_ids(s: &impl Access, space: u32, n: u64) -> ShardResult<u64> {
 }
 
 /// Removes a name. `holder` is set when this mount still has the inode open:
-/// the inode then survives, unlinked, until the last close.
+/// the inode then survives, unlinked, until the last close. Returns what
+/// the name pointed to and the removal's time (the directory's new times).
 pub fn unlink(
     s: &impl Access,
     space: u32,
@@ -366,7 +367,7 @@ pub fn unlink(
     name: &[u8],
     rmdir: bool,
     open_here: OpenHere<'_>,
-) -> ShardResult<Attr> {
+) -> ShardResult<(Attr, i64)> {
     let now = now_ns();
     s.run("unlink", |tx| {
         let a = entry_attr(tx, space, parent, name)?.ok_or(ShardError::NotFound)?;
@@ -391,7 +392,7 @@ pub fn unlink(
         )?;
         drop_link(tx, space, &a, now, open_here(a.ino))?;
         touch_dir(tx, space, parent, if a.is_dir() { -1 } else { 0 }, now)?;
-        Ok(a)
+        Ok((a, now))
     })
 }
 
