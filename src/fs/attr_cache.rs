@@ -117,6 +117,11 @@ impl AttrCache {
         m.pop(&(space, ino));
     }
 
+    /// The kernel forgot an inode: its entry goes (nothing changed).
+    pub fn drop_entry(&self, space: u32, ino: u64) {
+        self.map.lock().unwrap().pop(&(space, ino));
+    }
+
     /// Drops the entries past the TTL or from before the last change.
     pub fn sweep(&self) {
         let epoch = self.epoch();
@@ -226,6 +231,11 @@ mod tests {
         c.forget(1, 9);
         c.put(1, 3, before, attr(3));
         assert!(c.get(1, 3).is_none());
+        // The kernel forgetting an inode changes nothing.
+        let before = c.stamp();
+        c.drop_entry(1, 9);
+        c.put(1, 3, before, attr(3));
+        assert!(c.get(1, 3).is_some());
         c.put(1, 4, c.stamp(), attr(4));
         std::thread::sleep(Duration::from_millis(60));
         assert!(c.get(1, 4).is_none());

@@ -25,7 +25,7 @@ impl Fs {
     pub fn forget(&self, ino: u64, nlookup: u64) {
         self.xattrs.forget(ino);
         match Node::from_ino(ino) {
-            Node::Space(space, i) => self.attrs.forget(space, i),
+            Node::Space(space, i) => self.attrs.drop_entry(space, i),
             Node::Snapshot(_) => self.forget_snapshot_node(ino, nlookup),
             _ => {}
         }

@@ -574,8 +574,14 @@ fn one_by_one(cache: &DataCache, appends: &[Arc<Append>]) {
             &a.data,
             now,
             MAX_FILE_SIZE,
-        )
-        .map_err(Error::from);
+        );
+        if let Err(ShardError::Tx { source, .. }) = &r
+            && !is_fenced(source)
+        {
+            // Perhaps a commit whose answer was lost, as in a batch.
+            a.node.lost_track();
+        }
+        let r = r.map_err(Error::from);
         if let Ok(off) = r {
             a.node.appended(cache, off, &a.data, now, a.behind);
         }
