@@ -134,15 +134,15 @@ impl AttrCache {
         });
     }
 
-    /// A lookup that started in `epoch` found `name` absent from `dir`.
-    pub fn put_absent(&self, space: u32, dir: u64, name: &[u8], epoch: u64) {
-        if self.ttl.is_zero() || self.epoch() != epoch {
+    /// A lookup that started at `stamp` found `name` absent from `dir`.
+    pub fn put_absent(&self, space: u32, dir: u64, name: &[u8], stamp: Stamp) {
+        if self.ttl.is_zero() || self.epoch() != stamp.epoch {
             return;
         }
         self.absent
             .lock()
             .unwrap()
-            .put((space, dir, name.to_vec()), (Instant::now(), epoch));
+            .put((space, dir, name.to_vec()), (Instant::now(), stamp.epoch));
     }
 
     /// The attributes of `dir`, kept, if a lookup found `name` absent from
@@ -290,8 +290,8 @@ mod tests {
     #[test]
     fn an_absent_name_answers_a_create_once_until_a_change() {
         let c = AttrCache::new(10, Duration::from_secs(5));
-        let e = c.epoch();
-        c.put(1, 2, c.stamp(), attr(2));
+        let e = c.stamp();
+        c.put(1, 2, e, attr(2));
         c.put_absent(1, 2, b"x", e);
         assert_eq!(c.take_absent(1, 2, b"x").map(|a| a.ino), Some(2));
         assert!(c.take_absent(1, 2, b"x").is_none());

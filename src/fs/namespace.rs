@@ -114,18 +114,17 @@ impl Fs {
                 self.commit_creates(space);
                 let asked = super::data::ticket();
                 let stamp = self.attrs.stamp();
-                let epoch = self.attrs.epoch();
                 let found = meta::lookup(&self.shard_after_import(space)?, space, dir, name);
                 if matches!(&found, Err(e) if *e == Error::ENOENT) {
-                    self.attrs.put_absent(space, dir, name, epoch);
+                    self.attrs.put_absent(space, dir, name, stamp);
                 }
                 let (a, has_xattrs) = found?;
                 // Kept as a getattr's answer is (a lookup after the entry's
                 // TTL refreshes the kernel's attributes with it).
-                let i = a.ino & 0xffff_ffff;
-                let quiet = self.pending.load(Ordering::Acquire) == 0
-                    && !self.open.lock().unwrap().contains_key(&(space, i));
-                if quiet {
+                if let Node::Space(_, i) = Node::from_ino(a.ino)
+                    && self.pending.load(Ordering::Acquire) == 0
+                    && !self.open.lock().unwrap().contains_key(&(space, i))
+                {
                     self.attrs.put(space, i, stamp, a);
                 }
                 if !has_xattrs {
