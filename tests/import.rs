@@ -780,14 +780,7 @@ fn a_node_lost_during_the_import_takes_its_trees_from_disk_again() {
     // The node of space 41 is lost, and rebuilt from the object store.
     let node = c.cluster().space(41).unwrap().unwrap().node_id;
     let (n, db) = c.dbs.lock().unwrap()[node as usize].clone();
-    // MariaDB refuses (1010, "Directory not empty") while a file of the
-    // database is still being written; the node is lost all the same.
-    let mut tries = 0;
-    while let Err(e) = common::root_conn(n).query_drop(format!("DROP DATABASE {db}")) {
-        tries += 1;
-        assert!(tries < 20, "dropping {db}: {e}");
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    common::lose_database(n, &db);
     let new = c.new_db(n, "restored");
     let out = c.ok(&[
         "restore-from-s3",

@@ -1139,9 +1139,7 @@ fn a_lost_storage_node_is_rebuilt_from_the_object_store() {
 
     // The node's database is lost.
     let (n, db) = c.dbs.lock().unwrap()[node as usize].clone();
-    root_conn(n)
-        .query_drop(format!("DROP DATABASE {db}"))
-        .unwrap();
+    common::lose_database(n, &db);
     let new = c.new_db(n, "restored");
     let conn = format!("{};database={new}", common::server(n));
     let err = c.fails(&["restore-from-s3", "99", &conn]);
