@@ -1,6 +1,6 @@
-//! A new file's first commit and the common rename are one request each
-//! (issue 14, part 2): rsync's close and rename no longer send a statement
-//! per row. The mount counts which way each went
+//! A new file's first commit, the common rename and a file's removal are
+//! one request each (issue 14, part 2): rsync's close and rename and rm's
+//! unlink no longer send a statement per row. The mount counts which way each went
 //! (`tshs_one_requests_total`); what another mount then sees shows the
 //! result is the one the statements gave. What the procedures refuse runs
 //! as before.
@@ -54,6 +54,7 @@ fn one_request_commits_and_what_they_leave_to_statements() {
     new_files_and_renames_go_as_one_request(port, &s, &s2);
     what_the_procedures_refuse_runs_as_before(port, &s, &s2);
     what_a_commit_knows_is_not_asked_again(port, &s, &s2);
+    removals_go_as_one_request(&c, port, &s, &s2);
 }
 
 fn new_files_and_renames_go_as_one_request(port: u16, s: &Path, s2: &Path) {
@@ -324,4 +325,105 @@ fn fresh_stat(p: &Path) -> [i64; 11] {
     };
     assert_eq!(r, 0, "statx {}", p.display());
     stat(p)
+}
+
+/// An inode's state and link count in its Storage Node (space 3).
+fn row(c: &TestCluster, ino: u64) -> Option<(u8, u32)> {
+    use mysql::prelude::Queryable;
+    let node = c.cluster().space(3).unwrap().unwrap().node_id;
+    let (n, db) = c.dbs.lock().unwrap()[node as usize].clone();
+    common::root_conn(n)
+        .query_first(format!(
+            "SELECT state, nlink FROM {db}.inodes WHERE space_id = 3 AND ino = {}",
+            ino & 0xffff_ffff
+        ))
+        .unwrap()
+}
+
+fn ino(p: &Path) -> u64 {
+    std::fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// `rm` of a file nothing holds open here goes as one request: the name,
+/// the file (deleted at its last name, one link less before) and the
+/// directory's times. A name another mount removed and a file open here
+/// (it lives on, unlinked, until its close) go by the statements, as
+/// before.
+fn removals_go_as_one_request(c: &TestCluster, port: u16, s: &Path, s2: &Path) {
+    let u = s.join("u");
+    std::fs::create_dir(&u).unwrap();
+    std::fs::write(u.join("a"), b"a").unwrap();
+    std::fs::write(u.join("b"), b"bb").unwrap();
+    std::fs::hard_link(u.join("b"), u.join("b2")).unwrap();
+    std::fs::create_dir(u.join("sub")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100)); // the other mount's TTL
+    let dir0 = stat(&s2.join("u"));
+    let (ino_a, ino_b) = (ino(&u.join("a")), ino(&u.join("b")));
+    assert_eq!((row(c, ino_a), row(c, ino_b)), (Some((0, 1)), Some((0, 2))));
+
+    // One round trip: the kernel knows the name (the stat just before).
+    stat(&u.join("a"));
+    let asked = round_trips(port);
+    let rm = || std::fs::remove_file(u.join("a")).unwrap();
+    assert_eq!(ways(port, "unlink", rm), (1, 0), "a file's removal");
+    assert_eq!(round_trips(port) - asked, 1, "round trips of a removal");
+    // One of two names: the file stays, with one link.
+    let rm = || std::fs::remove_file(u.join("b")).unwrap();
+    assert_eq!(ways(port, "unlink", rm), (1, 0), "one of two names");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(std::fs::symlink_metadata(s2.join("u/a")).is_err());
+    assert!(std::fs::symlink_metadata(s2.join("u/b")).is_err());
+    assert_eq!(std::fs::read(s2.join("u/b2")).unwrap(), b"bb");
+    assert_eq!(std::fs::metadata(s2.join("u/b2")).unwrap().nlink(), 1);
+    assert_eq!(row(c, ino_b), Some((0, 1)));
+    let dir1 = stat(&s2.join("u"));
+    assert_ne!(dir0, dir1, "the directory's times");
+    assert_eq!(dir1, stat(&u), "this mount's view of the directory");
+    // The last name: the file is marked deleted, for remove-deleted.
+    assert_eq!(row(c, ino_a), Some((2, 0)), "the removed file's row");
+
+    // What the procedure leaves to the statements.
+    let mut removed = Ok(());
+    let dir = || removed = std::fs::remove_file(u.join("sub"));
+    // (The kernel itself refuses a directory it knows.)
+    assert_eq!(ways(port, "unlink", dir), (0, 0), "a directory");
+    assert_eq!(errno(std::mem::replace(&mut removed, Ok(()))), libc::EISDIR);
+    std::fs::write(u.join("c"), b"c").unwrap();
+    std::fs::remove_file(s2.join("u/c")).unwrap();
+    let gone = || removed = std::fs::remove_file(u.join("c"));
+    assert_eq!(
+        ways(port, "unlink", gone),
+        (0, 1),
+        "a name removed elsewhere"
+    );
+    assert_eq!(errno(removed), libc::ENOENT);
+    std::fs::write(u.join("held"), b"held").unwrap();
+    let held = std::fs::File::open(u.join("held")).unwrap();
+    let ino_held = held.metadata().unwrap().ino();
+    let rm = || std::fs::remove_file(u.join("held")).unwrap();
+    // Not even tried: whether the file is the one open here is not known
+    // before its row is read.
+    assert_eq!(ways(port, "unlink", rm), (0, 0), "a file open here");
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut &held, &mut back).unwrap();
+    assert_eq!(back, b"held");
+    assert_eq!(row(c, ino_held), Some((1, 0)), "an open file's orphan");
+    drop(held);
+    // The kernel sends RELEASE after close() returned.
+    let t = std::time::Instant::now();
+    while row(c, ino_held) != Some((2, 0)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            row(c, ino_held)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut names: Vec<String> = std::fs::read_dir(s2.join("u"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["b2", "sub"]);
 }

@@ -678,6 +678,11 @@ impl Fs {
     /// The [`meta::OpenHere`] of `space` for unlink and rename: an inode
     /// open in this mount is marked unlinked (its last close releases its
     /// rows) and this mount is named as its holder.
+    /// Whether any inode of `space` is open here (a pending create too).
+    pub(super) fn any_open_in(&self, space: u32) -> bool {
+        self.open.lock().unwrap().keys().any(|&(s, _)| s == space)
+    }
+
     pub(super) fn mark_unlinked_if_open(&self, space: u32) -> impl Fn(u64) -> Option<u64> + '_ {
         move |ino| {
             let open = self.open.lock().unwrap();

@@ -111,8 +111,8 @@ pub fn unlink(
     parent: u64,
     name: &[u8],
     rmdir: bool,
-    open_here: OpenHere<'_>,
-) -> FsResult<(Attr, i64)> {
+    open_here: (OpenHere<'_>, bool),
+) -> FsResult<i64> {
     check_len(name)?;
     Ok(namespace::unlink(
         shard, space, parent, name, rmdir, open_here,

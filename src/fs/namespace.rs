@@ -312,10 +312,10 @@ impl Fs {
                     dir,
                     name,
                     rmdir,
-                    &self.mark_unlinked_if_open(space),
+                    (&self.mark_unlinked_if_open(space), !self.any_open_in(space)),
                 );
                 match &r {
-                    Ok((a, t)) if !a.is_dir() => {
+                    Ok(t) if !rmdir => {
                         self.attrs
                             .changed_knowing(before, space, (&[dir], *t), None);
                     }

@@ -357,18 +357,30 @@ pub fn reserve_ids(s: &impl Access, space: u32, n: u64) -> ShardResult<u64> {
     Ok(end - n)
 }
 
-/// Removes a name. `holder` is set when this mount still has the inode open:
-/// the inode then survives, unlinked, until the last close. Returns what
-/// the name pointed to and the removal's time (the directory's new times).
+/// Removes a name. `open_here` tells an inode this mount still has open:
+/// it then survives, unlinked, until the last close; `none_open` says no
+/// inode of the space is open here. Returns the removal's time (the
+/// directory's new times).
 pub fn unlink(
     s: &impl Access,
     space: u32,
     parent: u64,
     name: &[u8],
     rmdir: bool,
-    open_here: OpenHere<'_>,
-) -> ShardResult<(Attr, i64)> {
+    (open_here, none_open): (OpenHere<'_>, bool),
+) -> ShardResult<i64> {
     let now = now_ns();
+    if !rmdir && none_open {
+        let call = format!(
+            "CALL tshs_unlink_file({space}, {parent}, X'{}', {now})",
+            hex::encode(name)
+        );
+        match in_one_trip(s, "unlink", &call) {
+            OneTrip::Done => return Ok(now),
+            OneTrip::Lost(detail) => return Err(lost_answer(s, "unlink", detail)),
+            OneTrip::NotTaken => {}
+        }
+    }
     s.run("unlink", |tx| {
         let a = entry_attr(tx, space, parent, name)?.ok_or(ShardError::NotFound)?;
         let ino = local(a.ino);
@@ -392,7 +404,7 @@ pub fn unlink(
         )?;
         drop_link(tx, space, &a, now, open_here(a.ino))?;
         touch_dir(tx, space, parent, if a.is_dir() { -1 } else { 0 }, now)?;
-        Ok((a, now))
+        Ok(now)
     })
 }
 
@@ -489,14 +501,7 @@ pub fn rename(
         let names = ((parent, name), (newparent, newname));
         match rename_in_one_trip(s, space, names, changes, now) {
             OneTrip::Done => return Ok(Some(now)),
-            OneTrip::Lost(detail) => {
-                let server = format!("storage node {}", s.node());
-                return Err(ShardError::Tx {
-                    node: s.node(),
-                    what: "rename",
-                    source: Box::new(TxError::Commit(DbError::Other { server, detail })),
-                });
-            }
+            OneTrip::Lost(detail) => return Err(lost_answer(s, "rename", detail)),
             OneTrip::NotTaken => {}
         }
     }
@@ -590,7 +595,7 @@ pub fn rename(
 /// A name in a directory: (directory, name).
 type Entry<'a> = (u64, &'a [u8]);
 
-/// How a one-request rename went.
+/// How a one-request change went.
 enum OneTrip {
     Done,
     /// Not sent, or refused (nothing applied).
@@ -617,26 +622,39 @@ fn rename_in_one_trip(
     if changes.len() > RENAME_TRIP_CHANGES {
         return OneTrip::NotTaken;
     }
-    let op = crate::db::OpId::next();
-    let mut sql = format!("START TRANSACTION; {}; ", super::extents::record_op(&op));
+    let mut sql = String::new();
     if !changes.is_empty() {
         sql.push_str(&attrs::update_attrs_sql(space, changes));
         sql.push_str("; ");
     }
     let _ = write!(
         sql,
-        "CALL tshs_rename_file({space}, {parent}, X'{}', {newparent}, X'{}', {now}); COMMIT",
+        "CALL tshs_rename_file({space}, {parent}, X'{}', {newparent}, X'{}', {now})",
         hex::encode(name),
         hex::encode(newname)
     );
+    in_one_trip(s, "rename", &sql)
+}
+
+/// Statements `sql` (a procedure's call, with what rides along) as one
+/// transaction in one request that records itself in `applied_ops`, so a
+/// lost answer is told apart. A refusal (the procedure's 1643 for what it
+/// leaves to the statement way, a move's fence, a lock wait) changed
+/// nothing.
+fn in_one_trip(s: &impl Access, what: &'static str, sql: &str) -> OneTrip {
+    let op = crate::db::OpId::next();
+    let sql = format!(
+        "START TRANSACTION; {}; {sql}; COMMIT",
+        super::extents::record_op(&op)
+    );
     let sent = s.one_trip(|c, lost, node| {
-        if super::extents::lacks(node, "rename") {
+        if super::extents::lacks(node, what) {
             return None;
         }
         Some(match crate::db::run_statements(c, &sql) {
             Ok(()) => OneTrip::Done,
             Err(mysql::Error::MySqlError(e)) => {
-                super::extents::refused(node, "rename", &e);
+                super::extents::refused(node, what, &e);
                 super::extents::roll_back(c, lost);
                 OneTrip::NotTaken
             }
@@ -658,11 +676,21 @@ fn rename_in_one_trip(
     let Some(Some(r)) = sent else {
         return OneTrip::NotTaken;
     };
-    // Counted when sent and answered (an unknown outcome fails the rename).
+    // Counted when sent and answered (an unknown outcome fails the change).
     if !matches!(r, OneTrip::Lost(_)) {
-        crate::metrics::global().one_request("rename", matches!(r, OneTrip::Done));
+        crate::metrics::global().one_request(what, matches!(r, OneTrip::Done));
     }
     r
+}
+
+/// A one-request change whose outcome is unknown: it fails.
+fn lost_answer(s: &impl Access, what: &'static str, detail: String) -> ShardError {
+    let server = format!("storage node {}", s.node());
+    ShardError::Tx {
+        node: s.node(),
+        what,
+        source: Box::new(TxError::Commit(DbError::Other { server, detail })),
+    }
 }
 
 pub fn link(

@@ -124,7 +124,7 @@ pub const APPLIED_OPS: crate::db::OpLog = crate::db::OpLog {
 /// Lanes idle this long belong to processes gone (their retries long over).
 pub const APPLIED_OPS_KEEP_NS: i64 = 24 * 3600 * 1_000_000_000;
 
-/// The stored procedures migrations 2, 7, 10, 12, 13 and 14 create (dropped with the tables).
+/// The stored procedures migrations 2, 7, 10, 12, 13, 14 and 15 create (dropped with the tables).
 pub const ROUTINES: &[&str] = &[
     "tshs_check_fence",
     "tshs_append",
@@ -133,6 +133,7 @@ pub const ROUTINES: &[&str] = &[
     "tshs_append_files",
     "tshs_create_file",
     "tshs_rename_file",
+    "tshs_unlink_file",
 ];
 
 /// Set in `inodes.chg` by an update that only appends or joins pieces: the
@@ -623,6 +624,38 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
                WHERE space_id = s AND parent = dir AND name = nm;
              UPDATE inodes SET ctime = t WHERE space_id = s AND ino = src;
              UPDATE inodes SET mtime = t, ctime = t WHERE space_id = s AND ino IN (dir, new_dir);
+           END"],
+    ),
+    (
+        15,
+        // The removal of a file's name (not a directory's) by a mount that
+        // holds none of the space's inodes open (so the file is not left as
+        // its orphan): refused (1643, nothing done) for anything else, which
+        // the statement way tells apart. Rows are locked in the order the
+        // statement way locks them: the entry and its inode, then the
+        // directory. The last name of a file marks it deleted, for the
+        // reaper, as the statements do.
+        &["CREATE OR REPLACE PROCEDURE tshs_unlink_file(IN s INT UNSIGNED,
+                IN dir BIGINT UNSIGNED, IN nm VARBINARY(255), IN t BIGINT)
+           BEGIN
+             DECLARE src BIGINT UNSIGNED DEFAULT NULL;
+             DECLARE m, links INT UNSIGNED DEFAULT NULL;
+             DECLARE CONTINUE HANDLER FOR NOT FOUND BEGIN END;
+             SELECT i.ino, i.mode, i.nlink INTO src, m, links
+               FROM dentries d JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
+               WHERE d.space_id = s AND d.parent = dir AND d.name = nm AND i.state < 2 FOR UPDATE;
+             IF src IS NULL OR m & 61440 = 16384 THEN
+               SIGNAL SQLSTATE '45000'
+                 SET MESSAGE_TEXT = 'tshs: an unlink for the statement path', MYSQL_ERRNO = 1643;
+             END IF;
+             DELETE FROM dentries WHERE space_id = s AND parent = dir AND name = nm;
+             IF links > 1 THEN
+               UPDATE inodes SET nlink = nlink - 1, ctime = t WHERE space_id = s AND ino = src;
+             ELSE
+               UPDATE inodes SET nlink = 0, ctime = t, state = 2, deleted_at = t
+                 WHERE space_id = s AND ino = src;
+             END IF;
+             UPDATE inodes SET mtime = t, ctime = t WHERE space_id = s AND ino = dir;
            END"],
     ),
 ];
