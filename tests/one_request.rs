@@ -327,28 +327,38 @@ fn fresh_stat(p: &Path) -> [i64; 11] {
     stat(p)
 }
 
-/// An inode's state and link count in its Storage Node (space 3).
+/// An inode's state and link count in its Storage Node (space 3), and
+/// whether its time of deletion is set (only when it is deleted).
 fn row(c: &TestCluster, ino: u64) -> Option<(u8, u32)> {
     use mysql::prelude::Queryable;
     let node = c.cluster().space(3).unwrap().unwrap().node_id;
     let (n, db) = c.dbs.lock().unwrap()[node as usize].clone();
-    common::root_conn(n)
+    let r: Option<(u8, u32, bool)> = common::root_conn(n)
         .query_first(format!(
-            "SELECT state, nlink FROM {db}.inodes WHERE space_id = 3 AND ino = {}",
+            "SELECT state, nlink, deleted_at IS NOT NULL FROM {db}.inodes
+             WHERE space_id = 3 AND ino = {}",
             ino & 0xffff_ffff
         ))
-        .unwrap()
+        .unwrap();
+    r.map(|(state, links, deleted_at)| {
+        assert_eq!(
+            deleted_at,
+            state == 2,
+            "deleted_at of a row in state {state}"
+        );
+        (state, links)
+    })
 }
 
 fn ino(p: &Path) -> u64 {
     std::fs::symlink_metadata(p).unwrap().ino()
 }
 
-/// `rm` of a file nothing holds open here goes as one request: the name,
+/// `rm` of a file goes as one request: the name,
 /// the file (deleted at its last name, one link less before) and the
-/// directory's times. A name another mount removed and a file open here
-/// (it lives on, unlinked, until its close) go by the statements, as
-/// before.
+/// directory's times. A name another mount removed and the last name of
+/// a file open here (it lives on, unlinked, until its close) go by the
+/// statements, as before.
 fn removals_go_as_one_request(c: &TestCluster, port: u16, s: &Path, s2: &Path) {
     let u = s.join("u");
     std::fs::create_dir(&u).unwrap();
@@ -376,6 +386,7 @@ fn removals_go_as_one_request(c: &TestCluster, port: u16, s: &Path, s2: &Path) {
     assert_eq!(std::fs::read(s2.join("u/b2")).unwrap(), b"bb");
     assert_eq!(std::fs::metadata(s2.join("u/b2")).unwrap().nlink(), 1);
     assert_eq!(row(c, ino_b), Some((0, 1)));
+    assert_eq!(stat(&u.join("b2")), stat(&s2.join("u/b2")), "its ctime");
     let dir1 = stat(&s2.join("u"));
     assert_ne!(dir0, dir1, "the directory's times");
     assert_eq!(dir1, stat(&u), "this mount's view of the directory");
@@ -397,13 +408,21 @@ fn removals_go_as_one_request(c: &TestCluster, port: u16, s: &Path, s2: &Path) {
         "a name removed elsewhere"
     );
     assert_eq!(errno(removed), libc::ENOENT);
+    // A file open here: one of its two names goes as one request, its
+    // last one by the statements.
     std::fs::write(u.join("held"), b"held").unwrap();
+    std::fs::hard_link(u.join("held"), u.join("held2")).unwrap();
     let held = std::fs::File::open(u.join("held")).unwrap();
     let ino_held = held.metadata().unwrap().ino();
+    let rm = || std::fs::remove_file(u.join("held2")).unwrap();
+    assert_eq!(
+        ways(port, "unlink", rm),
+        (1, 0),
+        "a name of a file open here"
+    );
+    assert_eq!(row(c, ino_held), Some((0, 1)));
     let rm = || std::fs::remove_file(u.join("held")).unwrap();
-    // Not even tried: whether the file is the one open here is not known
-    // before its row is read.
-    assert_eq!(ways(port, "unlink", rm), (0, 0), "a file open here");
+    assert_eq!(ways(port, "unlink", rm), (0, 1), "a file open here");
     let mut back = Vec::new();
     std::io::Read::read_to_end(&mut &held, &mut back).unwrap();
     assert_eq!(back, b"held");

@@ -675,14 +675,26 @@ impl Fs {
         }
     }
 
+    /// The inodes of `space` open here (pending creates, and files whose
+    /// last close waits for its appends, too), by number within the space;
+    /// `None` when there are more than `most`.
+    pub(super) fn open_in(&self, space: u32, most: usize) -> Option<Vec<u64>> {
+        let open = self.open.lock().unwrap();
+        let mut inos = Vec::new();
+        for &(s, ino) in open.keys() {
+            if s == space {
+                if inos.len() == most {
+                    return None;
+                }
+                inos.push(ino);
+            }
+        }
+        Some(inos)
+    }
+
     /// The [`meta::OpenHere`] of `space` for unlink and rename: an inode
     /// open in this mount is marked unlinked (its last close releases its
     /// rows) and this mount is named as its holder.
-    /// Whether any inode of `space` is open here (a pending create too).
-    pub(super) fn any_open_in(&self, space: u32) -> bool {
-        self.open.lock().unwrap().keys().any(|&(s, _)| s == space)
-    }
-
     pub(super) fn mark_unlinked_if_open(&self, space: u32) -> impl Fn(u64) -> Option<u64> + '_ {
         move |ino| {
             let open = self.open.lock().unwrap();

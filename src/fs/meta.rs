@@ -9,7 +9,7 @@ use crate::shard::{attrs, namespace, xattrs};
 
 pub use crate::shard::attrs::{AttrChange, SetAttr, SetIdRule};
 pub use crate::shard::namespace::{
-    DirPage, NewInode, OpenHere, RENAME_EXCHANGE, RENAME_NOREPLACE, new_attr,
+    DirPage, NewInode, OpenHere, RENAME_EXCHANGE, RENAME_NOREPLACE, UNLINK_TRIP_HELD, new_attr,
 };
 pub use crate::shard::xattrs::{XATTR_CREATE, XATTR_REPLACE};
 
@@ -111,7 +111,7 @@ pub fn unlink(
     parent: u64,
     name: &[u8],
     rmdir: bool,
-    open_here: (OpenHere<'_>, bool),
+    open_here: (OpenHere<'_>, Option<Vec<u64>>),
 ) -> FsResult<i64> {
     check_len(name)?;
     Ok(namespace::unlink(

@@ -312,7 +312,10 @@ impl Fs {
                     dir,
                     name,
                     rmdir,
-                    (&self.mark_unlinked_if_open(space), !self.any_open_in(space)),
+                    (
+                        &self.mark_unlinked_if_open(space),
+                        self.open_in(space, meta::UNLINK_TRIP_HELD),
+                    ),
                 );
                 match &r {
                     Ok(t) if !rmdir => {

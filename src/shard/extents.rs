@@ -362,7 +362,7 @@ pub(super) fn roll_back(c: &mut mysql::PooledConn, lost: &dyn Fn(mysql::Error) -
 }
 
 /// (node, kind) of one-request commits whose procedure a node lacks (a
-/// node not upgraded to migration 14): those go by their statements
+/// node not upgraded to migration 14 or 15): those go by their statements
 /// without asking again, until the process restarts.
 static LACKING: std::sync::Mutex<Vec<(u32, &str)>> = std::sync::Mutex::new(Vec::new());
 

@@ -357,23 +357,31 @@ pub fn reserve_ids(s: &impl Access, space: u32, n: u64) -> ShardResult<u64> {
     Ok(end - n)
 }
 
+/// The most inodes of a space open here for which a file's removal goes
+/// as one request (their numbers ride in it).
+pub const UNLINK_TRIP_HELD: usize = 256;
+
 /// Removes a name. `open_here` tells an inode this mount still has open:
-/// it then survives, unlinked, until the last close; `none_open` says no
-/// inode of the space is open here. Returns the removal's time (the
-/// directory's new times).
+/// it then survives, unlinked, until the last close. `held` lists the
+/// space's inodes open here (by number within the space), if known.
+/// Returns the removal's time (the directory's new times).
 pub fn unlink(
     s: &impl Access,
     space: u32,
     parent: u64,
     name: &[u8],
     rmdir: bool,
-    (open_here, none_open): (OpenHere<'_>, bool),
+    (open_here, held): (OpenHere<'_>, Option<Vec<u64>>),
 ) -> ShardResult<i64> {
     let now = now_ns();
-    if !rmdir && none_open {
+    if !rmdir && let Some(held) = held {
+        // The procedure leaves the last name of a file open here to the
+        // statements, which keep it as this mount's orphan.
+        let held: Vec<String> = held.iter().map(u64::to_string).collect();
         let call = format!(
-            "CALL tshs_unlink_file({space}, {parent}, X'{}', {now})",
-            hex::encode(name)
+            "CALL tshs_unlink_file({space}, {parent}, X'{}', '{}', {now})",
+            hex::encode(name),
+            held.join(",")
         );
         match in_one_trip(s, "unlink", &call) {
             OneTrip::Done => return Ok(now),

@@ -94,6 +94,12 @@
 //! with the deferred attribute changes it carries and the COMMIT
 //! (`namespace::rename`): one round trip instead of seven. Both refuse
 //! anything else, which then runs as before.
+//!
+//! Migration 15: `tshs_unlink_file` is the removal of a file's name (the
+//! entry, the file's links or its deletion, the directory's times) in one
+//! call, sent with the COMMIT (`namespace::unlink`): one round trip
+//! instead of six. It refuses a directory and the last name of a file the
+//! mount holds open (an orphan until its close), which then run as before.
 
 pub const TABLES: &[&str] = &[
     "schema_migrations",
@@ -628,15 +634,16 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
     ),
     (
         15,
-        // The removal of a file's name (not a directory's) by a mount that
-        // holds none of the space's inodes open (so the file is not left as
-        // its orphan): refused (1643, nothing done) for anything else, which
-        // the statement way tells apart. Rows are locked in the order the
-        // statement way locks them: the entry and its inode, then the
-        // directory. The last name of a file marks it deleted, for the
-        // reaper, as the statements do.
+        // The removal of a file's name (not a directory's): refused (1643,
+        // nothing done) for anything else, which the statement way tells
+        // apart, and for the last name of a file the mount holds open
+        // (`held`, its numbers), which the statements keep as the mount's
+        // orphan. Rows are locked in the order the statement way locks
+        // them: the entry and its inode, then the directory. The last name
+        // of a file marks it deleted, for remove-deleted, as the statements
+        // do.
         &["CREATE OR REPLACE PROCEDURE tshs_unlink_file(IN s INT UNSIGNED,
-                IN dir BIGINT UNSIGNED, IN nm VARBINARY(255), IN t BIGINT)
+                IN dir BIGINT UNSIGNED, IN nm VARBINARY(255), IN held TEXT, IN t BIGINT)
            BEGIN
              DECLARE src BIGINT UNSIGNED DEFAULT NULL;
              DECLARE m, links INT UNSIGNED DEFAULT NULL;
@@ -644,7 +651,8 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
              SELECT i.ino, i.mode, i.nlink INTO src, m, links
                FROM dentries d JOIN inodes i ON i.space_id = d.space_id AND i.ino = d.ino
                WHERE d.space_id = s AND d.parent = dir AND d.name = nm AND i.state < 2 FOR UPDATE;
-             IF src IS NULL OR m & 61440 = 16384 THEN
+             IF src IS NULL OR m & 61440 = 16384
+                OR (links <= 1 AND FIND_IN_SET(src, held) > 0) THEN
                SIGNAL SQLSTATE '45000'
                  SET MESSAGE_TEXT = 'tshs: an unlink for the statement path', MYSQL_ERRNO = 1643;
              END IF;
