@@ -340,7 +340,6 @@ impl Filesystem for FuseFs {
             None,
             caller(req),
         );
-        self.fs.attrs_changed();
         self.entry(r, reply)
     }
 
@@ -358,7 +357,6 @@ impl Filesystem for FuseFs {
         let r = self
             .fs
             .mknod(parent.0, name.as_bytes(), mode, umask, 0, None, caller(req));
-        self.fs.attrs_changed();
         self.entry(r, reply)
     }
 
@@ -392,7 +390,6 @@ impl Filesystem for FuseFs {
             Some(target.as_os_str().as_bytes()),
             caller(req),
         );
-        self.fs.attrs_changed();
         self.entry(r, reply)
     }
 

@@ -55,6 +55,7 @@ fn one_request_commits_and_what_they_leave_to_statements() {
     what_the_procedures_refuse_runs_as_before(port, &s, &s2);
     what_a_commit_knows_is_not_asked_again(port, &s, &s2);
     removals_go_as_one_request(&c, port, &s, &s2);
+    missing_names_of_known_directories_cost_nothing(port, &s, &s2);
 }
 
 fn new_files_and_renames_go_as_one_request(port: u16, s: &Path, s2: &Path) {
@@ -248,10 +249,9 @@ fn what_a_commit_knows_is_not_asked_again(port: u16, s: &Path, s2: &Path) {
     );
     assert_ne!(dir, renamed);
 
-    // rsync of a tree: per file the kernel's lookups of the two names, the
-    // open rsync makes for its fchmod, the two commits and the directory
-    // after each rename: 6 round trips (12 before the mount kept what its
-    // commits know).
+    // rsync of a tree: per file the two commits and the open rsync makes
+    // for its fchmod: 3 round trips (12 before the mount kept what its
+    // commits know, 6 before it knew the names of a directory it made).
     let src = tempfile::tempdir().unwrap();
     let n = 30;
     for i in 0..n {
@@ -264,7 +264,7 @@ fn what_a_commit_knows_is_not_asked_again(port: u16, s: &Path, s2: &Path) {
         s.display()
     ));
     let trips = round_trips(port) - before;
-    assert!(trips <= 7 * n + 15, "{trips} round trips for {n} files");
+    assert!(trips <= 3 * n + 10, "{trips} round trips for {n} files");
     std::thread::sleep(Duration::from_millis(2200)); // rsync's directory times commit
     for i in 0..n {
         let name = format!("r/f{i}");
@@ -445,4 +445,65 @@ fn removals_go_as_one_request(c: &TestCluster, port: u16, s: &Path, s2: &Path) {
         .collect();
     names.sort();
     assert_eq!(names, ["b2", "sub"]);
+}
+
+/// Whether `p` is missing, asserted to be so.
+#[track_caller]
+fn missing(p: &Path) {
+    let e = std::fs::symlink_metadata(p).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{}", p.display());
+}
+
+/// A directory this mount made, or listed whole, is known for the entry
+/// TTL: a name not in it is missing without a query (rsync asks for each
+/// file's name and its temporary name first). Names this mount adds are
+/// there at once, names it removes gone at once; another mount's are seen
+/// once the TTL has passed, as the kernel's own cache of a missing name
+/// promises.
+fn missing_names_of_known_directories_cost_nothing(port: u16, s: &Path, s2: &Path) {
+    let k = s.join("k");
+    std::fs::create_dir(&k).unwrap();
+    let asked = round_trips(port);
+    for i in 0..20 {
+        missing(&k.join(format!("m{i}")));
+    }
+    assert_eq!(round_trips(port), asked, "missing names of a new directory");
+    // What this mount makes is there at once, whatever kind.
+    std::fs::write(k.join("f"), b"f").unwrap();
+    std::fs::hard_link(k.join("f"), k.join("l")).unwrap();
+    std::os::unix::fs::symlink("f", k.join("s")).unwrap();
+    std::fs::create_dir(k.join("d")).unwrap();
+    std::fs::write(k.join("t"), b"t").unwrap();
+    std::fs::rename(k.join("t"), k.join("r")).unwrap();
+    for n in ["f", "l", "s", "d", "r"] {
+        std::fs::symlink_metadata(k.join(n)).unwrap();
+    }
+    assert_eq!(std::fs::read(k.join("r")).unwrap(), b"t");
+    // A removal: gone at once.
+    std::fs::remove_file(k.join("l")).unwrap();
+    missing(&k.join("l"));
+    // Another mount's new name: seen once the TTL has passed.
+    std::fs::write(s2.join("k/theirs"), b"theirs").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(std::fs::read(k.join("theirs")).unwrap(), b"theirs");
+
+    // A directory listed whole: its missing names cost nothing either.
+    let listed = s.join("r");
+    std::thread::sleep(Duration::from_millis(1100)); // what `k` kept is gone
+    let n = std::fs::read_dir(&listed).unwrap().count();
+    assert_eq!(n, 29, "rsync's 30 files but the one removed");
+    let asked = round_trips(port);
+    for i in 0..20 {
+        missing(&listed.join(format!("x{i}")));
+    }
+    assert_eq!(
+        round_trips(port),
+        asked,
+        "missing names of a listed directory"
+    );
+    // Past the TTL, they are asked again.
+    std::thread::sleep(Duration::from_millis(1100));
+    let asked = round_trips(port);
+    missing(&listed.join("y"));
+    assert!(round_trips(port) > asked, "a missing name past the TTL");
 }

@@ -169,17 +169,18 @@ impl AttrCache {
 
     /// A change through this mount, begun in epoch `before`, whose
     /// outcome is known without asking: the directories `dirs` got the
-    /// times `t` and nothing else of theirs changed, and inode `new.0`
-    /// (a new file) has the attributes `new.1`. [`AttrCache::changed`],
-    /// and what is known is kept if nothing else changed meanwhile (which
-    /// could have changed it too): a directory only if it was kept before,
-    /// and as old as it was. Returns the epoch it is kept in.
+    /// times `t` and nothing else of theirs changed, and the inodes of
+    /// `known` (a new file, or rows the change read locked and wrote) have
+    /// those attributes now. [`AttrCache::changed`], and what is known is
+    /// kept if nothing else changed meanwhile (which could have changed it
+    /// too): a directory of `dirs` only if it was kept before, and as old
+    /// as it was. Returns the epoch it is kept in.
     pub fn changed_knowing(
         &self,
         before: u64,
         space: u32,
         (dirs, t): (&[u64], i64),
-        new: Option<(u64, Attr)>,
+        known: &[(u64, Attr)],
     ) -> Option<u64> {
         let mut m = self.map.lock().unwrap();
         let after = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
@@ -199,7 +200,7 @@ impl AttrCache {
                 m.put((space, dir), (at, after, d));
             }
         }
-        if let Some((ino, a)) = new {
+        for &(ino, a) in known {
             m.put((space, ino), (Instant::now(), after, a));
         }
         Some(after)
@@ -248,7 +249,7 @@ mod tests {
         c.put(1, 2, c.stamp(), attr(2));
         c.put(1, 8, c.stamp(), attr(8));
         assert_eq!(
-            c.changed_knowing(before, 1, (&[2], 77), Some((3, attr(3)))),
+            c.changed_knowing(before, 1, (&[2], 77), &[(3, attr(3))]),
             Some(before + 1)
         );
         assert_eq!(c.get(1, 3).map(|(a, _)| a.ino), Some(3));
@@ -259,13 +260,13 @@ mod tests {
         // A rename: both directories.
         let before = c.epoch();
         c.put(1, 8, c.stamp(), attr(8));
-        assert!(c.changed_knowing(before, 1, (&[2, 8], 80), None).is_some());
+        assert!(c.changed_knowing(before, 1, (&[2, 8], 80), &[]).is_some());
         assert_eq!(c.get(1, 2).map(|(a, _)| a.mtime), Some(80));
         assert_eq!(c.get(1, 8).map(|(a, _)| a.ctime), Some(80));
         // A directory not kept before is not made up.
         let before = c.epoch();
         assert!(
-            c.changed_knowing(before, 1, (&[9], 77), Some((4, attr(4))))
+            c.changed_knowing(before, 1, (&[9], 77), &[(4, attr(4))])
                 .is_some()
         );
         assert!(c.get(1, 9).is_none());
@@ -273,14 +274,14 @@ mod tests {
         let before = c.epoch();
         c.changed();
         assert_eq!(
-            c.changed_knowing(before, 1, (&[2], 78), Some((5, attr(5)))),
+            c.changed_knowing(before, 1, (&[2], 78), &[(5, attr(5))]),
             None
         );
         assert!(c.get(1, 5).is_none() && c.get(1, 2).is_none());
         // And one after it ends what was kept.
         let before = c.epoch();
         assert!(
-            c.changed_knowing(before, 1, (&[2], 79), Some((6, attr(6))))
+            c.changed_knowing(before, 1, (&[2], 79), &[(6, attr(6))])
                 .is_some()
         );
         c.changed();

@@ -243,6 +243,7 @@ impl Fs {
         let shard = self.shard_rw_after_import(space)?;
         // One pending create per space at a time keeps names unambiguous.
         self.commit_pending(space);
+        self.names.add(space, dir, name);
         let (mode, xattrs) = self.new_mode(parent, mode, umask)?;
         if flags & libc::O_APPEND != 0 || !xattrs.is_empty() {
             // Logs: several mounts may create `last.log` at the same moment
@@ -259,7 +260,7 @@ impl Fs {
                 target: None,
                 xattrs: &xattrs,
             };
-            let create = || meta::create(&shard, space, dir, name, &new);
+            let create = || meta::create(&shard, space, dir, name, &new).map(|(a, _)| a);
             return match self.create_or_open(parent, name, flags, caller, create)? {
                 Ok(a) => Ok((a, self.open(a.ino, flags & !libc::O_TRUNC, caller)?)),
                 Err(opened) => Ok(opened),

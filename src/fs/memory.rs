@@ -35,6 +35,7 @@ impl Fs {
     /// give back what a burst left.
     pub(super) fn trim(&self) {
         self.xattrs.sweep();
+        self.names.sweep();
         self.attrs.sweep();
         shrink(&mut self.open.lock().unwrap());
         self.handles.shrink();

@@ -91,7 +91,7 @@ pub fn create(
     parent: u64,
     name: &[u8],
     new: &NewInode<'_>,
-) -> FsResult<Attr> {
+) -> FsResult<(Attr, Option<Attr>)> {
     check_name(name)?;
     Ok(namespace::create(shard, space, parent, name, new)?)
 }

@@ -30,6 +30,7 @@ pub mod cache;
 pub mod caller;
 pub mod data;
 mod deferred;
+pub mod dir_names;
 pub mod error;
 mod handles;
 mod memory;
@@ -135,6 +136,8 @@ pub struct Fs {
     xattrs: xattr_cache::XattrCache,
     /// Attributes read lately (see [`attr_cache`]).
     attrs: Arc<attr_cache::AttrCache>,
+    /// Every name of small directories read lately (see [`dir_names`]).
+    names: dir_names::DirNames,
     /// The last statfs count and when it was taken.
     usage: Mutex<Option<(Instant, (u64, u64))>>,
     /// Hands files whose buffers passed the threshold to the flush workers.
@@ -237,6 +240,7 @@ impl Fs {
             importing: Mutex::default(),
             xattrs: xattr_cache::XattrCache::new(100_000, cfg.xattr_ttl),
             attrs: Arc::new(attr_cache::AttrCache::new(4096, cfg.xattr_ttl)),
+            names: dir_names::DirNames::new(cfg.xattr_ttl),
             usage: Mutex::default(),
             cache,
             cfg,

@@ -111,9 +111,13 @@ impl Fs {
             Node::Volume(vol) => self.lookup_space(vol, name),
             Node::Snapshot(n) => self.snapshot_lookup(n, name),
             Node::Space(space, dir) => {
+                let stamp = self.attrs.stamp();
+                if self.names.absent(space, dir, name) {
+                    self.attrs.put_absent(space, dir, name, stamp);
+                    return Err(Error::ENOENT);
+                }
                 self.commit_creates(space);
                 let asked = super::data::ticket();
-                let stamp = self.attrs.stamp();
                 let found = meta::lookup(&self.shard_after_import(space)?, space, dir, name);
                 if matches!(&found, Err(e) if *e == Error::ENOENT) {
                     self.attrs.put_absent(space, dir, name, stamp);
@@ -230,7 +234,6 @@ impl Fs {
         target: Option<&[u8]>,
         caller: Caller,
     ) -> FsResult<Attr> {
-        let _changing = self.changing();
         match Node::from_ino(parent) {
             Node::Root => {
                 log::warn!(
@@ -239,7 +242,10 @@ impl Fs {
                 );
                 Err(Error::EPERM)
             }
-            Node::Volume(vol) => self.create_space(vol, name, mode & !umask, caller),
+            Node::Volume(vol) => {
+                let _changing = self.changing();
+                self.create_space(vol, name, mode & !umask, caller)
+            }
             Node::Snapshot(_) => Err(Error::EROFS),
             Node::Space(space, dir) => {
                 self.commit_pending(space);
@@ -257,7 +263,30 @@ impl Fs {
                     target,
                     xattrs: &xattrs,
                 };
-                let a = meta::create(&self.shard_rw_after_import(space)?, space, dir, name, &new)?;
+                self.names.add(space, dir, name);
+                let began = self.names.began();
+                // The create keeps the new inode's attributes and its
+                // directory's (rsync's `chmod` and `utimes` of each new
+                // directory, the kernel's `stat` of its parent, ask next).
+                let before = self.attrs.epoch();
+                let made =
+                    meta::create(&self.shard_rw_after_import(space)?, space, dir, name, &new);
+                match &made {
+                    Ok((a, Some(p))) => {
+                        if let Node::Space(_, i) = Node::from_ino(a.ino) {
+                            let known = [(dir, *p), (i, *a)];
+                            self.attrs.changed_knowing(before, space, (&[], 0), &known);
+                        }
+                    }
+                    _ => self.attrs.changed(),
+                }
+                let (a, _) = made?;
+                if let Node::Space(_, new_dir) = Node::from_ino(a.ino)
+                    && a.is_dir()
+                {
+                    // Empty, and out of the kernel's reach until this reply.
+                    self.names.put_new(space, new_dir, began);
+                }
                 if xattrs.is_empty() {
                     // Known to have none: a create inside it asks (default ACL).
                     self.xattrs.put_empty(a.ino);
@@ -319,10 +348,12 @@ impl Fs {
                 );
                 match &r {
                     Ok(t) if !rmdir => {
-                        self.attrs
-                            .changed_knowing(before, space, (&[dir], *t), None);
+                        self.attrs.changed_knowing(before, space, (&[dir], *t), &[]);
                     }
                     _ => self.attrs.changed(),
+                }
+                if r.is_ok() {
+                    self.names.remove(space, dir, name);
                 }
                 r.map(drop)
             }
@@ -346,6 +377,9 @@ impl Fs {
                 }
                 let shard = self.shard_rw_after_import(s1)?;
                 self.commit_creates(s1);
+                // The old name stays among those kept: a rename between two
+                // names of one file leaves both.
+                self.names.add(s1, p2, newname);
                 // Deferred attribute changes ride in the rename's transaction
                 // (rsync: chmod, chown, utimes, then rename the temporary
                 // file). Whatever happens, the rename ends the attribute
@@ -356,7 +390,7 @@ impl Fs {
                     let dirs = [p1, p2];
                     match r {
                         Ok(Some(t)) if !carried.iter().any(|(i, _)| dirs.contains(i)) => {
-                            self.attrs.changed_knowing(before, s1, (&dirs, *t), None);
+                            self.attrs.changed_knowing(before, s1, (&dirs, *t), &[]);
                         }
                         _ => self.attrs.changed(),
                     }
@@ -395,6 +429,7 @@ impl Fs {
                     return Err(Error::EXDEV);
                 }
                 self.commit_pending(s1);
+                self.names.add(s1, p, newname);
                 meta::link(&self.shard_rw_after_import(s1)?, s1, i, p, newname)
             }
             (Node::Space(..), _) => Err(Error::EXDEV),
@@ -435,7 +470,12 @@ impl Fs {
                 let dots = offset < 2;
                 let after = offset.saturating_sub(2);
                 let asked = super::data::ticket();
+                let began = self.names.began();
                 let page = meta::readdir(&shard, space, dir, after, limit, dots && dir != 1)?;
+                if offset == 0 && page.entries.len() < limit {
+                    let names = page.entries.iter().map(|e| e.name.clone()).collect();
+                    self.names.put(space, dir, began, names);
+                }
                 let mut out = Vec::new();
                 if dots {
                     let parent = if dir == 1 {

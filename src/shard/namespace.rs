@@ -209,13 +209,15 @@ pub fn lookup(s: &impl Access, space: u32, parent: u64, name: &[u8]) -> ShardRes
 
 /// Creates a file, directory, FIFO, device or symlink. A directory with the
 /// set-group-ID bit passes its group (and, to directories, the bit) on.
+/// Returns the new inode's attributes and, when known, its directory's
+/// after the create (read locked, then changed by it).
 pub fn create(
     s: &impl Access,
     space: u32,
     parent: u64,
     name: &[u8],
     new: &NewInode<'_>,
-) -> ShardResult<Attr> {
+) -> ShardResult<(Attr, Option<Attr>)> {
     let now = now_ns();
     let done = s.run_once("create", |tx| {
         let p = get_attr(tx, space, parent, true)?.ok_or(ShardError::NotFound)?;
@@ -228,12 +230,19 @@ pub fn create(
                 (space, ino, n, v),
             )?;
         }
-        Ok(a)
+        // As `insert_new` left it.
+        let p = Attr {
+            nlink: p.nlink + u32::from(a.is_dir()),
+            mtime: a.ctime,
+            ctime: a.ctime,
+            ..p
+        };
+        Ok((a, Some(p)))
     })?;
     match done {
-        Once::Done(a) => Ok(a),
+        Once::Done(made) => Ok(made),
         // A run whose COMMIT got no answer made it: not EEXIST.
-        Once::AlreadyDone => lookup(s, space, parent, name).map(|(a, _)| a),
+        Once::AlreadyDone => lookup(s, space, parent, name).map(|(a, _)| (a, None)),
     }
 }
 

@@ -514,7 +514,7 @@ impl OpenInode {
                 before,
                 self.space,
                 (&[p.parent], p.attr.ctime),
-                Some((self.ino, a)),
+                &[(self.ino, a)],
             )
             .map(|epoch| (a, std::time::Instant::now(), epoch));
     }
