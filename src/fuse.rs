@@ -15,7 +15,7 @@ use fuser::{
 };
 
 use crate::fs::meta::SetAttr;
-use crate::fs::{Attr, Caller, Error, Fs, FsResult, Node, Opened, Written, now_ns};
+use crate::fs::{Attr, Caller, Error, Fs, FsResult, Looked, Opened, Written, now_ns};
 use crate::metrics;
 
 pub struct FuseFs {
@@ -258,17 +258,17 @@ impl Filesystem for FuseFs {
     /// removals are.
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         begin!("lookup", self, req, reply, parent);
-        match self.fs.lookup(parent.0, name.as_bytes()) {
-            Err(e)
-                if e == Error::ENOENT
-                    && !self.ttl.is_zero()
-                    && matches!(Node::from_ino(parent.0), Node::Space(..)) =>
-            {
+        match self.fs.lookup_aged(parent.0, name.as_bytes()) {
+            Ok(Looked::Found(a)) => self.entry(Ok(a), reply),
+            // A missing name the kernel keeps for what is left of the TTL
+            // since it was known missing.
+            Ok(Looked::Missing(age)) if self.ttl > age => {
                 metrics::global().error(metrics::current_op(), libc::ENOENT);
                 let none = Attr::synthetic_dir(0, 0, 0);
-                reply.entry(&self.ttl, &file_attr(&none), Generation(0))
+                reply.entry(&(self.ttl - age), &file_attr(&none), Generation(0))
             }
-            r => self.entry(r, reply),
+            Ok(Looked::Missing(_)) => reply.error(errno(Error::ENOENT)),
+            Err(e) => reply.error(errno(e)),
         }
     }
 

@@ -40,7 +40,7 @@ const ABSENT_NAMES: usize = 1024;
 /// right before its create, but keeps a missing name for the entry TTL
 /// and then sends the create alone, which must ask the database (another
 /// mount may have made the name meanwhile).
-const ABSENT_FOR: Duration = Duration::from_millis(50);
+pub const ABSENT_FOR: Duration = Duration::from_millis(50);
 
 pub struct AttrCache {
     map: Mutex<LruCache<(u32, u64), Entry>>,

@@ -27,6 +27,10 @@ pub const DIRS: usize = 256;
 /// A directory with more names than this is not kept.
 pub const NAMES: usize = 512;
 
+/// How many TTLs names stay after their read, to tell a lookup that the
+/// directory is worth reading again ([`Known::MissingBefore`]).
+pub const KEPT_FOR: u32 = 4;
+
 /// (when the read began, the names).
 type Names = (Instant, HashSet<Vec<u8>>);
 
@@ -36,6 +40,18 @@ pub struct DirNames {
     /// before one is not kept (it may lack the name).
     changes: AtomicU64,
     ttl: Duration,
+}
+
+/// What a directory's names kept say of one name.
+#[derive(Debug, PartialEq)]
+pub enum Known {
+    /// Not among them, read this long ago (within the TTL).
+    Missing(Duration),
+    /// Not among them, but read longer ago than the TTL: the directory is
+    /// small and busy, its names are worth reading again.
+    MissingBefore,
+    /// Among them, or no names kept: the database is asked.
+    Nothing,
 }
 
 /// When a read of a directory's names began (see [`DirNames::put`]).
@@ -62,12 +78,14 @@ impl DirNames {
         }
     }
 
-    /// True if `name` is known not to be in the directory.
-    pub fn absent(&self, space: u32, dir: u64, name: &[u8]) -> bool {
+    /// What is known of `name` in the directory.
+    pub fn known(&self, space: u32, dir: u64, name: &[u8]) -> Known {
         let mut m = self.map.lock().unwrap();
         match m.get(&(space, dir)) {
-            Some((at, names)) if at.elapsed() < self.ttl => !names.contains(name),
-            _ => false,
+            Some((_, names)) if names.contains(name) => Known::Nothing,
+            Some((at, _)) if at.elapsed() < self.ttl => Known::Missing(at.elapsed()),
+            Some(_) => Known::MissingBefore,
+            None => Known::Nothing,
         }
     }
 
@@ -116,12 +134,12 @@ impl DirNames {
         }
     }
 
-    /// Drops what was kept longer ago than the TTL.
+    /// Drops what was read longer ago than [`KEPT_FOR`] TTLs.
     pub fn sweep(&self) {
         let mut m = self.map.lock().unwrap();
         let old: Vec<(u32, u64)> = m
             .iter()
-            .filter(|(_, (at, _))| at.elapsed() >= self.ttl)
+            .filter(|(_, (at, _))| at.elapsed() >= self.ttl * KEPT_FOR)
             .map(|(k, _)| *k)
             .collect();
         for k in old {
@@ -133,6 +151,12 @@ impl DirNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl DirNames {
+        fn absent(&self, space: u32, dir: u64, name: &[u8]) -> bool {
+            matches!(self.known(space, dir, name), Known::Missing(_))
+        }
+    }
 
     fn set(names: &[&str]) -> HashSet<Vec<u8>> {
         names.iter().map(|n| n.as_bytes().to_vec()).collect()
@@ -148,7 +172,11 @@ mod tests {
         assert!(!d.absent(1, 3, b"b"), "another directory");
         assert!(!d.absent(2, 2, b"b"), "another space");
         std::thread::sleep(Duration::from_millis(120));
-        assert!(!d.absent(1, 2, b"b"), "past the TTL");
+        assert_eq!(d.known(1, 2, b"b"), Known::MissingBefore, "past the TTL");
+        assert_eq!(d.known(1, 2, b"a"), Known::Nothing);
+        d.sweep();
+        assert_eq!(d.map.lock().unwrap().len(), 1, "kept for a few TTLs");
+        std::thread::sleep(Duration::from_millis(300));
         d.sweep();
         assert_eq!(d.map.lock().unwrap().len(), 0);
     }

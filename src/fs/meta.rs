@@ -188,6 +188,10 @@ pub fn fallocate(
     )?)
 }
 
+pub fn names(shard: &Route, space: u32, dir: u64, most: usize) -> FsResult<Option<Vec<Vec<u8>>>> {
+    Ok(namespace::names(shard, space, dir, most)?)
+}
+
 pub fn readdir(
     shard: &Route,
     space: u32,

@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 
 pub use attr::{Attr, Node};
 pub use error::{Error, FsResult};
+pub use namespace::Looked;
 
 use crate::cluster::{Cluster, Router};
 use admin_view::{AdminView, admin_failed};

@@ -7,9 +7,18 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::attr_cache::ABSENT_FOR;
+use super::dir_names::{self, Known};
 use super::error::failed;
 use super::meta::{NewInode, SetAttr};
 use super::{Attr, Caller, Error, Fs, FsResult, Node, acl, meta, now_ns};
+
+/// What a lookup found (see [`Fs::lookup_aged`]).
+pub enum Looked {
+    Found(Attr),
+    /// No such name, known since this long ago.
+    Missing(Duration),
+}
 
 /// Directory entries: (offset of the next entry, name, attributes).
 pub(super) type Listing = Vec<(u64, Vec<u8>, Attr)>;
@@ -102,25 +111,45 @@ impl Fs {
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        match self.lookup_aged(parent, name)? {
+            Looked::Found(a) => Ok(a),
+            Looked::Missing(_) => Err(Error::ENOENT),
+        }
+    }
+
+    /// [`Fs::lookup`], telling how long ago a missing name in a space was
+    /// known missing: the kernel keeps that for what is left of the TTL.
+    pub fn lookup_aged(&self, parent: u64, name: &[u8]) -> FsResult<Looked> {
         if name.len() > meta::NAME_MAX {
             return Err(Error::ENAMETOOLONG);
         }
+        let found = |a| Ok(Looked::Found(a));
         match Node::from_ino(parent) {
-            Node::Root if name == SNAPSHOTS_DIR => self.lookup_snapshots_dir(),
-            Node::Root => self.lookup_volume(name),
-            Node::Volume(vol) => self.lookup_space(vol, name),
-            Node::Snapshot(n) => self.snapshot_lookup(n, name),
+            Node::Root if name == SNAPSHOTS_DIR => self.lookup_snapshots_dir().and_then(found),
+            Node::Root => self.lookup_volume(name).and_then(found),
+            Node::Volume(vol) => self.lookup_space(vol, name).and_then(found),
+            Node::Snapshot(n) => self.snapshot_lookup(n, name).and_then(found),
             Node::Space(space, dir) => {
                 let stamp = self.attrs.stamp();
-                if self.names.absent(space, dir, name) {
-                    self.attrs.put_absent(space, dir, name, stamp);
-                    return Err(Error::ENOENT);
+                let missing = match self.names.known(space, dir, name) {
+                    Known::Missing(age) => Some(age),
+                    Known::MissingBefore => self.read_names(space, dir, name)?,
+                    Known::Nothing => None,
+                };
+                if let Some(age) = missing {
+                    // The create right after may skip its own check only
+                    // on what is as fresh as a lookup's answer.
+                    if age < ABSENT_FOR {
+                        self.attrs.put_absent(space, dir, name, stamp);
+                    }
+                    return Ok(Looked::Missing(age));
                 }
                 self.commit_creates(space);
                 let asked = super::data::ticket();
                 let found = meta::lookup(&self.shard_after_import(space)?, space, dir, name);
                 if matches!(&found, Err(e) if *e == Error::ENOENT) {
                     self.attrs.put_absent(space, dir, name, stamp);
+                    return Ok(Looked::Missing(Duration::ZERO));
                 }
                 let (a, has_xattrs) = found?;
                 // Kept as a getattr's answer is (a lookup after the entry's
@@ -134,9 +163,26 @@ impl Fs {
                 if !has_xattrs {
                     self.xattrs.put_empty(a.ino);
                 }
-                Ok(self.with_changes(a, asked))
+                Ok(Looked::Found(self.with_changes(a, asked)))
             }
         }
+    }
+
+    /// Reads the names of a small, busy directory again, instead of asking
+    /// for one name its names kept lacked: `Some(ZERO)` if `name` is still
+    /// missing, `None` if the database is to be asked for it.
+    fn read_names(&self, space: u32, dir: u64, name: &[u8]) -> FsResult<Option<Duration>> {
+        // The names of files created here reach the database first.
+        self.commit_creates(space);
+        let began = self.names.began();
+        let shard = self.shard_after_import(space)?;
+        let Some(names) = meta::names(&shard, space, dir, dir_names::NAMES)? else {
+            return Ok(None);
+        };
+        let missing = !names.iter().any(|n| n == name);
+        self.names
+            .put(space, dir, began, names.into_iter().collect());
+        Ok(missing.then_some(Duration::ZERO))
     }
 
     /// Changes attributes. A change of mode, owner or times only is deferred:
@@ -280,9 +326,11 @@ impl Fs {
                     }
                     _ => self.attrs.changed(),
                 }
-                let (a, _) = made?;
+                // (Not if the create's answer was lost: found, not made.)
+                let (a, made_here) = made.map(|(a, p)| (a, p.is_some()))?;
                 if let Node::Space(_, new_dir) = Node::from_ino(a.ino)
                     && a.is_dir()
+                    && made_here
                 {
                     // Empty, and out of the kernel's reach until this reply.
                     self.names.put_new(space, new_dir, began);

@@ -207,6 +207,25 @@ pub fn lookup(s: &impl Access, space: u32, parent: u64, name: &[u8]) -> ShardRes
     Ok((inode::from_row(space, &row), has_xattrs))
 }
 
+/// The names in `dir`, if it has at most `most`.
+pub fn names(
+    s: &impl Access,
+    space: u32,
+    dir: u64,
+    most: usize,
+) -> ShardResult<Option<Vec<Vec<u8>>>> {
+    let names: Vec<Vec<u8>> = s.query("read", |conn| {
+        conn.exec(
+            format!(
+                "SELECT name FROM dentries WHERE space_id = ? AND parent = ? LIMIT {}",
+                most + 1
+            ),
+            (space, dir),
+        )
+    })?;
+    Ok((names.len() <= most).then_some(names))
+}
+
 /// Creates a file, directory, FIFO, device or symlink. A directory with the
 /// set-group-ID bit passes its group (and, to directories, the bit) on.
 /// Returns the new inode's attributes and, when known, its directory's
