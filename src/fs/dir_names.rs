@@ -16,7 +16,6 @@
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
@@ -29,17 +28,31 @@ pub const NAMES: usize = 512;
 
 /// How many TTLs names stay after their read, to tell a lookup that the
 /// directory is worth reading again ([`Known::MissingBefore`]).
-pub const KEPT_FOR: u32 = 4;
+pub const KEPT_FOR: u32 = 30;
 
 /// (when the read began, the names).
 type Names = (Instant, HashSet<Vec<u8>>);
 
+/// How many directories' last added names are remembered (see
+/// [`DirNames::put`]).
+const ADDS: usize = 4 * DIRS;
+
 pub struct DirNames {
-    map: Mutex<LruCache<(u32, u64), Names>>,
-    /// Moves on with every name added or set dropped: a read that began
-    /// before one is not kept (it may lack the name).
-    changes: AtomicU64,
+    kept: Mutex<Kept>,
     ttl: Duration,
+}
+
+struct Kept {
+    names: LruCache<(u32, u64), Names>,
+    /// Counts every name added through this mount.
+    adds: u64,
+    /// Per directory, the count at its last added name: a read of its
+    /// names that began before is not kept (it may lack the name). Names
+    /// added to other directories meanwhile do not matter.
+    last_add: LruCache<(u32, u64), u64>,
+    /// The largest count [`Kept::last_add`] forgot, taken for every
+    /// directory it no longer holds.
+    forgotten: u64,
 }
 
 /// What a directory's names kept say of one name.
@@ -58,30 +71,35 @@ pub enum Known {
 #[derive(Clone, Copy)]
 pub struct Began {
     at: Instant,
-    changes: u64,
+    adds: u64,
 }
 
 impl DirNames {
     pub fn new(ttl: Duration) -> DirNames {
         DirNames {
-            map: Mutex::new(LruCache::new(NonZeroUsize::new(DIRS).unwrap())),
-            changes: AtomicU64::new(0),
+            kept: Mutex::new(Kept {
+                names: LruCache::new(NonZeroUsize::new(DIRS).unwrap()),
+                adds: 0,
+                last_add: LruCache::new(NonZeroUsize::new(ADDS).unwrap()),
+                forgotten: 0,
+            }),
             ttl,
         }
     }
 
     /// Taken before a read of a directory's names.
     pub fn began(&self) -> Began {
+        let adds = self.kept.lock().unwrap().adds;
         Began {
             at: Instant::now(),
-            changes: self.changes.load(Ordering::Acquire),
+            adds,
         }
     }
 
     /// What is known of `name` in the directory.
     pub fn known(&self, space: u32, dir: u64, name: &[u8]) -> Known {
-        let mut m = self.map.lock().unwrap();
-        match m.get(&(space, dir)) {
+        let mut k = self.kept.lock().unwrap();
+        match k.names.get(&(space, dir)) {
             Some((_, names)) if names.contains(name) => Known::Nothing,
             Some((at, _)) if at.elapsed() < self.ttl => Known::Missing(at.elapsed()),
             Some(_) => Known::MissingBefore,
@@ -90,15 +108,16 @@ impl DirNames {
     }
 
     /// Keeps the names of a directory read whole since `began`, unless a
-    /// name was added meanwhile (the read may lack it) or there are too
-    /// many.
+    /// name was added to it meanwhile (the read may lack it) or there are
+    /// too many.
     pub fn put(&self, space: u32, dir: u64, began: Began, names: HashSet<Vec<u8>>) {
         if self.ttl.is_zero() || names.len() > NAMES {
             return;
         }
-        let mut m = self.map.lock().unwrap();
-        if self.changes.load(Ordering::Acquire) == began.changes {
-            m.put((space, dir), (began.at, names));
+        let mut k = self.kept.lock().unwrap();
+        let last = k.last_add.peek(&(space, dir)).copied();
+        if last.unwrap_or(k.forgotten) <= began.adds {
+            k.names.put((space, dir), (began.at, names));
         }
     }
 
@@ -107,43 +126,49 @@ impl DirNames {
     pub fn put_new(&self, space: u32, dir: u64, began: Began) {
         if !self.ttl.is_zero() {
             let names = HashSet::new();
-            self.map
-                .lock()
-                .unwrap()
-                .put((space, dir), (began.at, names));
+            let mut k = self.kept.lock().unwrap();
+            k.names.put((space, dir), (began.at, names));
         }
     }
 
     /// A change through this mount may give the directory `name`: called
     /// before it is sent.
     pub fn add(&self, space: u32, dir: u64, name: &[u8]) {
-        let mut m = self.map.lock().unwrap();
-        self.changes.fetch_add(1, Ordering::AcqRel);
-        if let Some((_, names)) = m.get_mut(&(space, dir)) {
+        let mut k = self.kept.lock().unwrap();
+        k.adds += 1;
+        let adds = k.adds;
+        if let Some((other, at)) = k.last_add.push((space, dir), adds)
+            && other != (space, dir)
+        {
+            k.forgotten = k.forgotten.max(at);
+        }
+        if let Some((_, names)) = k.names.get_mut(&(space, dir)) {
             names.insert(name.to_vec());
             if names.len() > NAMES {
-                m.pop(&(space, dir));
+                k.names.pop(&(space, dir));
             }
         }
     }
 
     /// A removal through this mount landed: the name is gone.
     pub fn remove(&self, space: u32, dir: u64, name: &[u8]) {
-        if let Some((_, names)) = self.map.lock().unwrap().get_mut(&(space, dir)) {
+        let mut k = self.kept.lock().unwrap();
+        if let Some((_, names)) = k.names.get_mut(&(space, dir)) {
             names.remove(name);
         }
     }
 
     /// Drops what was read longer ago than [`KEPT_FOR`] TTLs.
     pub fn sweep(&self) {
-        let mut m = self.map.lock().unwrap();
-        let old: Vec<(u32, u64)> = m
+        let mut k = self.kept.lock().unwrap();
+        let old: Vec<(u32, u64)> = k
+            .names
             .iter()
             .filter(|(_, (at, _))| at.elapsed() >= self.ttl * KEPT_FOR)
-            .map(|(k, _)| *k)
+            .map(|(key, _)| *key)
             .collect();
-        for k in old {
-            m.pop(&k);
+        for key in old {
+            k.names.pop(&key);
         }
     }
 }
@@ -164,21 +189,21 @@ mod tests {
 
     #[test]
     fn a_name_outside_a_fresh_set_is_absent() {
-        let d = DirNames::new(Duration::from_millis(100));
+        let d = DirNames::new(Duration::from_millis(50));
         assert!(!d.absent(1, 2, b"a"), "nothing known");
         d.put(1, 2, d.began(), set(&["a"]));
         assert!(!d.absent(1, 2, b"a"));
         assert!(d.absent(1, 2, b"b"));
         assert!(!d.absent(1, 3, b"b"), "another directory");
         assert!(!d.absent(2, 2, b"b"), "another space");
-        std::thread::sleep(Duration::from_millis(120));
+        std::thread::sleep(Duration::from_millis(60));
         assert_eq!(d.known(1, 2, b"b"), Known::MissingBefore, "past the TTL");
         assert_eq!(d.known(1, 2, b"a"), Known::Nothing);
         d.sweep();
-        assert_eq!(d.map.lock().unwrap().len(), 1, "kept for a few TTLs");
-        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(d.kept.lock().unwrap().names.len(), 1, "kept for a few TTLs");
+        std::thread::sleep(Duration::from_millis(50) * KEPT_FOR);
         d.sweep();
-        assert_eq!(d.map.lock().unwrap().len(), 0);
+        assert_eq!(d.kept.lock().unwrap().names.len(), 0);
     }
 
     #[test]
@@ -192,9 +217,32 @@ mod tests {
         // A read begun before a name was added may lack it: not kept.
         let began = d.began();
         d.add(1, 5, b"x");
+        d.add(1, 6, b"z");
         d.put(1, 5, began, set(&[]));
         assert!(!d.absent(1, 5, b"x"));
         assert!(!d.absent(1, 5, b"y"), "nothing kept");
+        // Names added to other directories meanwhile do not matter.
+        let began = d.began();
+        d.add(1, 6, b"w");
+        d.put(1, 5, began, set(&["x"]));
+        assert!(d.absent(1, 5, b"y"));
+        assert!(!d.absent(1, 5, b"x"));
+        // Nor does a directory's record forgotten before the read began;
+        // one forgotten after it counts for every directory.
+        let d = DirNames::new(Duration::from_secs(10));
+        d.add(1, 5, b"x");
+        for dir in 100..100 + ADDS as u64 {
+            d.add(1, dir, b"n");
+        }
+        d.put(1, 5, d.began(), set(&["x"]));
+        assert!(d.absent(1, 5, b"y"), "forgotten before the read");
+        let began = d.began();
+        d.add(1, 8, b"n");
+        for dir in 10_000..10_000 + ADDS as u64 {
+            d.add(1, dir, b"n");
+        }
+        d.put(1, 8, began, set(&[]));
+        assert!(!d.absent(1, 8, b"y"), "forgotten after the read began");
     }
 
     #[test]
