@@ -40,7 +40,7 @@ const ABSENT_NAMES: usize = 1024;
 /// right before its create, but keeps a missing name for the entry TTL
 /// and then sends the create alone, which must ask the database (another
 /// mount may have made the name meanwhile).
-pub const ABSENT_FOR: Duration = Duration::from_millis(50);
+const ABSENT_FOR: Duration = Duration::from_millis(50);
 
 pub struct AttrCache {
     map: Mutex<LruCache<(u32, u64), Entry>>,
@@ -134,15 +134,16 @@ impl AttrCache {
         });
     }
 
-    /// A lookup that started at `stamp` found `name` absent from `dir`.
-    pub fn put_absent(&self, space: u32, dir: u64, name: &[u8], stamp: Stamp) {
-        if self.ttl.is_zero() || self.epoch() != stamp.epoch {
+    /// A lookup that started at `stamp` found `name` absent from `dir`,
+    /// in what was read at `read`.
+    pub fn put_absent(&self, space: u32, dir: u64, name: &[u8], stamp: Stamp, read: Instant) {
+        if self.ttl.is_zero() || self.epoch() != stamp.epoch || read.elapsed() >= ABSENT_FOR {
             return;
         }
         self.absent
             .lock()
             .unwrap()
-            .put((space, dir, name.to_vec()), (Instant::now(), stamp.epoch));
+            .put((space, dir, name.to_vec()), (read, stamp.epoch));
     }
 
     /// The attributes of `dir`, kept, if a lookup found `name` absent from
@@ -293,18 +294,22 @@ mod tests {
         let c = AttrCache::new(10, Duration::from_secs(5));
         let e = c.stamp();
         c.put(1, 2, e, attr(2));
-        c.put_absent(1, 2, b"x", e);
+        c.put_absent(1, 2, b"x", e, Instant::now());
         assert_eq!(c.take_absent(1, 2, b"x").map(|a| a.ino), Some(2));
         assert!(c.take_absent(1, 2, b"x").is_none());
+        // Not on what was read longer ago.
+        let long_ago = Instant::now() - ABSENT_FOR;
+        c.put_absent(1, 2, b"w", e, long_ago);
+        assert!(c.take_absent(1, 2, b"w").is_none());
         // Not without the directory's attributes, nor after a change.
-        c.put_absent(1, 3, b"x", e);
+        c.put_absent(1, 3, b"x", e, Instant::now());
         assert!(c.take_absent(1, 3, b"x").is_none());
-        c.put_absent(1, 2, b"y", e);
+        c.put_absent(1, 2, b"y", e, Instant::now());
         c.changed();
         c.put(1, 2, c.stamp(), attr(2));
         assert!(c.take_absent(1, 2, b"y").is_none());
         // A lookup that began before a change is not kept.
-        c.put_absent(1, 2, b"z", e);
+        c.put_absent(1, 2, b"z", e, Instant::now());
         assert!(c.take_absent(1, 2, b"z").is_none());
     }
 

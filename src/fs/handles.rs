@@ -243,7 +243,9 @@ impl Fs {
         let shard = self.shard_rw_after_import(space)?;
         // One pending create per space at a time keeps names unambiguous.
         self.commit_pending(space);
-        self.names.add(space, dir, name);
+        // Until the file is registered as pending, which `pending_in`
+        // tells readers of names.
+        let _adding = self.names.add(space, dir, name);
         let (mode, xattrs) = self.new_mode(parent, mode, umask)?;
         if flags & libc::O_APPEND != 0 || !xattrs.is_empty() {
             // Logs: several mounts may create `last.log` at the same moment
@@ -674,6 +676,13 @@ impl Fs {
                 node.ino
             );
         }
+    }
+
+    /// Whether a file created here in `dir` is not committed yet.
+    pub(super) fn pending_in(&self, space: u32, dir: u64) -> bool {
+        let open = self.open.lock().unwrap();
+        open.values()
+            .any(|n| n.space == space && n.pending_parent() == Some(dir))
     }
 
     /// The inodes of `space` open here (pending creates, and files whose

@@ -5,9 +5,8 @@
 //! answers.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::attr_cache::ABSENT_FOR;
 use super::dir_names::{self, Known};
 use super::error::failed;
 use super::meta::{NewInode, SetAttr};
@@ -139,16 +138,16 @@ impl Fs {
                 if let Some(age) = missing {
                     // The create right after may skip its own check only
                     // on what is as fresh as a lookup's answer.
-                    if age < ABSENT_FOR {
-                        self.attrs.put_absent(space, dir, name, stamp);
-                    }
+                    let read = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                    self.attrs.put_absent(space, dir, name, stamp, read);
                     return Ok(Looked::Missing(age));
                 }
                 self.commit_creates(space);
                 let asked = super::data::ticket();
+                let read = Instant::now();
                 let found = meta::lookup(&self.shard_after_import(space)?, space, dir, name);
                 if matches!(&found, Err(e) if *e == Error::ENOENT) {
-                    self.attrs.put_absent(space, dir, name, stamp);
+                    self.attrs.put_absent(space, dir, name, stamp, read);
                     return Ok(Looked::Missing(Duration::ZERO));
                 }
                 let (a, has_xattrs) = found?;
@@ -177,11 +176,17 @@ impl Fs {
         let began = self.names.began();
         let shard = self.shard_after_import(space)?;
         let Some(names) = meta::names(&shard, space, dir, dir_names::NAMES)? else {
+            // Grown too large (other mounts' names): not worth reading again.
+            self.names.forget(space, dir);
             return Ok(None);
         };
         let missing = !names.iter().any(|n| n == name);
-        self.names
-            .put(space, dir, began, names.into_iter().collect());
+        // A create here whose commit failed is still to come (and, as
+        // after a lookup, is not found meanwhile).
+        if !self.pending_in(space, dir) {
+            self.names
+                .put(space, dir, began, names.into_iter().collect());
+        }
         Ok(missing.then_some(Duration::ZERO))
     }
 
@@ -309,7 +314,7 @@ impl Fs {
                     target,
                     xattrs: &xattrs,
                 };
-                self.names.add(space, dir, name);
+                let _adding = self.names.add(space, dir, name);
                 let began = self.names.began();
                 // The create keeps the new inode's attributes and its
                 // directory's (rsync's `chmod` and `utimes` of each new
@@ -427,7 +432,7 @@ impl Fs {
                 self.commit_creates(s1);
                 // The old name stays among those kept: a rename between two
                 // names of one file leaves both.
-                self.names.add(s1, p2, newname);
+                let _adding = self.names.add(s1, p2, newname);
                 // Deferred attribute changes ride in the rename's transaction
                 // (rsync: chmod, chown, utimes, then rename the temporary
                 // file). Whatever happens, the rename ends the attribute
@@ -477,7 +482,7 @@ impl Fs {
                     return Err(Error::EXDEV);
                 }
                 self.commit_pending(s1);
-                self.names.add(s1, p, newname);
+                let _adding = self.names.add(s1, p, newname);
                 meta::link(&self.shard_rw_after_import(s1)?, s1, i, p, newname)
             }
             (Node::Space(..), _) => Err(Error::EXDEV),
@@ -518,12 +523,7 @@ impl Fs {
                 let dots = offset < 2;
                 let after = offset.saturating_sub(2);
                 let asked = super::data::ticket();
-                let began = self.names.began();
                 let page = meta::readdir(&shard, space, dir, after, limit, dots && dir != 1)?;
-                if offset == 0 && page.entries.len() < limit {
-                    let names = page.entries.iter().map(|e| e.name.clone()).collect();
-                    self.names.put(space, dir, began, names);
-                }
                 let mut out = Vec::new();
                 if dots {
                     let parent = if dir == 1 {

@@ -545,6 +545,16 @@ impl OpenInode {
         self.pending_flag.load(Ordering::Acquire)
     }
 
+    /// The directory of a file whose create is not committed yet.
+    pub fn pending_parent(&self) -> Option<u64> {
+        let st = self.state();
+        let p = st
+            .pending
+            .as_ref()
+            .or_else(|| st.inflight.as_ref().and_then(|i| i.2.as_ref()))?;
+        Some(p.parent)
+    }
+
     /// The create was committed.
     fn created(&self) {
         self.pending_flag.store(false, Ordering::Release);
