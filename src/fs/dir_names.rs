@@ -116,6 +116,13 @@ pub struct Began {
     adds: u64,
 }
 
+impl Began {
+    /// How long ago the read began.
+    pub fn age(&self) -> Duration {
+        self.at.elapsed()
+    }
+}
+
 impl DirNames {
     pub fn new(ttl: Duration) -> DirNames {
         DirNames {
@@ -234,21 +241,33 @@ mod tests {
         names.iter().map(|n| n.as_bytes().to_vec()).collect()
     }
 
+    /// A read that began `ago`.
+    fn began_ago(d: &DirNames, ago: Duration) -> Began {
+        Began {
+            at: Instant::now() - ago,
+            ..d.began()
+        }
+    }
+
     #[test]
     fn a_name_outside_a_fresh_set_is_absent() {
-        let d = DirNames::new(Duration::from_millis(100));
+        let ttl = Duration::from_secs(10);
+        let d = DirNames::new(ttl);
         assert!(!d.absent(1, 2, b"a"), "nothing known");
         d.put(1, 2, d.began(), set(&["a"]));
         assert!(!d.absent(1, 2, b"a"));
         assert!(d.absent(1, 2, b"b"));
         assert!(!d.absent(1, 3, b"b"), "another directory");
         assert!(!d.absent(2, 2, b"b"), "another space");
-        std::thread::sleep(Duration::from_millis(110));
+        // Read long ago (a TTL of 1 s: the clock counts from boot).
+        let d = DirNames::new(Duration::from_secs(1));
+        let ttl = Duration::from_secs(1);
+        d.put(1, 2, began_ago(&d, ttl), set(&["a"]));
         assert_eq!(d.known(1, 2, b"b"), Known::MissingBefore, "past the TTL");
         assert_eq!(d.known(1, 2, b"a"), Known::Nothing);
         d.sweep();
         assert_eq!(d.kept.lock().unwrap().names.len(), 1, "kept for a few TTLs");
-        std::thread::sleep(Duration::from_millis(100) * KEPT_FOR);
+        d.put(1, 2, began_ago(&d, ttl * KEPT_FOR), set(&["a"]));
         d.sweep();
         assert_eq!(d.kept.lock().unwrap().names.len(), 0);
     }

@@ -680,9 +680,17 @@ impl Fs {
 
     /// Whether a file created here in `dir` is not committed yet.
     pub(super) fn pending_in(&self, space: u32, dir: u64) -> bool {
-        let open = self.open.lock().unwrap();
-        open.values()
-            .any(|n| n.space == space && n.pending_parent() == Some(dir))
+        // Each file's state lock may be held across a commit: not under
+        // the map's lock.
+        let nodes: Vec<Arc<OpenInode>> = self
+            .open
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|n| n.space == space && n.is_pending())
+            .cloned()
+            .collect();
+        nodes.iter().any(|n| n.pending_parent() == Some(dir))
     }
 
     /// The inodes of `space` open here (pending creates, and files whose

@@ -138,8 +138,9 @@ impl Fs {
                 if let Some(age) = missing {
                     // The create right after may skip its own check only
                     // on what is as fresh as a lookup's answer.
-                    let read = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-                    self.attrs.put_absent(space, dir, name, stamp, read);
+                    if let Some(read) = Instant::now().checked_sub(age) {
+                        self.attrs.put_absent(space, dir, name, stamp, read);
+                    }
                     return Ok(Looked::Missing(age));
                 }
                 self.commit_creates(space);
@@ -171,9 +172,15 @@ impl Fs {
     /// for one name its names kept lacked: `Some(ZERO)` if `name` is still
     /// missing, `None` if the database is to be asked for it.
     fn read_names(&self, space: u32, dir: u64, name: &[u8]) -> FsResult<Option<Duration>> {
-        // The names of files created here reach the database first.
+        // The names of files created here reach the database first. A
+        // create here whose commit failed is still to come (and, as after a
+        // lookup, is not found meanwhile): no names are kept while one is
+        // pending, asked after `began` (one registered before is seen; one
+        // registered later, by its directory's last add) and again after
+        // the read (one that landed meanwhile may be missing from it).
         self.commit_creates(space);
         let began = self.names.began();
+        let keep = !self.pending_in(space, dir);
         let shard = self.shard_after_import(space)?;
         let Some(names) = meta::names(&shard, space, dir, dir_names::NAMES)? else {
             // Grown too large (other mounts' names): not worth reading again.
@@ -181,13 +188,11 @@ impl Fs {
             return Ok(None);
         };
         let missing = !names.iter().any(|n| n == name);
-        // A create here whose commit failed is still to come (and, as
-        // after a lookup, is not found meanwhile).
-        if !self.pending_in(space, dir) {
+        if keep && !self.pending_in(space, dir) {
             self.names
                 .put(space, dir, began, names.into_iter().collect());
         }
-        Ok(missing.then_some(Duration::ZERO))
+        Ok(missing.then(|| began.age()))
     }
 
     /// Changes attributes. A change of mode, owner or times only is deferred:
