@@ -187,12 +187,7 @@ fn what_the_procedures_refuse_runs_as_before(port: u16, s: &Path, s2: &Path) {
     assert_eq!(ways(port, "rename", gone), (0, 1), "a removed name");
     assert_eq!(errno(renamed), libc::ENOENT);
     std::thread::sleep(Duration::from_millis(1100));
-    let mut names: Vec<String> = std::fs::read_dir(s2.join("t"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["b", "y"]);
+    assert_eq!(names_in(&s2.join("t")), ["b", "y"]);
     assert_eq!(std::fs::read(s2.join("t/b")).unwrap(), b"a");
     assert!(std::fs::metadata(s2.join("sub2")).unwrap().is_dir());
     assert_eq!(std::fs::metadata(s2.join("t")).unwrap().nlink(), 2);
@@ -202,6 +197,16 @@ fn what_the_procedures_refuse_runs_as_before(port: u16, s: &Path, s2: &Path) {
 /// How many FUSE requests of kind `op` the mount answered so far.
 fn went_to(port: u16, op: &str) -> u64 {
     counter(port, &format!("tshs_fs_ops_total{{op=\"{op}\"}}"))
+}
+
+/// The names in a directory, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
 }
 
 /// The mount's Storage Node round trips so far.
@@ -453,12 +458,7 @@ fn removals_go_as_one_request(c: &TestCluster, port: u16, s: &Path, s2: &Path) {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(1100));
-    let mut names: Vec<String> = std::fs::read_dir(s2.join("u"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["b2", "sub"]);
+    assert_eq!(names_in(&s2.join("u")), ["b2", "sub"]);
 }
 
 /// Whether `p` is missing, asserted to be so.

@@ -101,15 +101,7 @@ impl Fs {
         if self.pending.load(Ordering::Acquire) == 0 {
             return;
         }
-        let nodes: Vec<Arc<OpenInode>> = self
-            .open
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|n| n.space == space && n.is_pending())
-            .cloned()
-            .collect();
-        for n in nodes {
+        for n in self.pending_nodes(space) {
             // A commit moves the attribute epoch itself. (No append is
             // queued behind a pending create: the first append through an
             // open file commits it and waits for its own commit.)

@@ -682,15 +682,20 @@ impl Fs {
     pub(super) fn pending_in(&self, space: u32, dir: u64) -> bool {
         // Each file's state lock may be held across a commit: not under
         // the map's lock.
-        let nodes: Vec<Arc<OpenInode>> = self
-            .open
+        self.pending_nodes(space)
+            .iter()
+            .any(|n| n.pending_parent() == Some(dir))
+    }
+
+    /// The files of `space` created here whose create is not committed.
+    pub(super) fn pending_nodes(&self, space: u32) -> Vec<Arc<OpenInode>> {
+        self.open
             .lock()
             .unwrap()
             .values()
             .filter(|n| n.space == space && n.is_pending())
             .cloned()
-            .collect();
-        nodes.iter().any(|n| n.pending_parent() == Some(dir))
+            .collect()
     }
 
     /// The inodes of `space` open here (pending creates, and files whose

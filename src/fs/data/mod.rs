@@ -330,6 +330,14 @@ pub struct FileState {
 }
 
 impl FileState {
+    /// The create not committed yet, pending or in a commit under way.
+    fn pending_create(&self) -> Option<&PendingCreate> {
+        self.pending
+            .as_ref()
+            .or_else(|| self.inflight.as_ref().and_then(|i| i.2.as_ref()))
+            .map(Arc::as_ref)
+    }
+
     /// An append of `len` bytes queued behind its write landed or failed.
     fn behind_gone(&mut self, len: usize) {
         // Saturating: a panic between an append's landing and its answer
@@ -531,14 +539,8 @@ impl OpenInode {
     /// The attributes of a file whose create is not committed yet.
     pub fn pending_attr(&self) -> Option<Attr> {
         let st = self.state();
-        let p = st
-            .pending
-            .as_ref()
-            .or_else(|| st.inflight.as_ref().and_then(|i| i.2.as_ref()))?;
-        Some(Attr {
-            size: st.size,
-            ..p.attr
-        })
+        let size = st.size;
+        st.pending_create().map(|p| Attr { size, ..p.attr })
     }
 
     pub fn is_pending(&self) -> bool {
@@ -547,12 +549,7 @@ impl OpenInode {
 
     /// The directory of a file whose create is not committed yet.
     pub fn pending_parent(&self) -> Option<u64> {
-        let st = self.state();
-        let p = st
-            .pending
-            .as_ref()
-            .or_else(|| st.inflight.as_ref().and_then(|i| i.2.as_ref()))?;
-        Some(p.parent)
+        self.state().pending_create().map(|p| p.parent)
     }
 
     /// The create was committed.
