@@ -169,8 +169,9 @@ impl Fs {
     }
 
     /// Reads the names of a small, busy directory again, instead of asking
-    /// for one name its names kept lacked: `Some(ZERO)` if `name` is still
-    /// missing, `None` if the database is to be asked for it.
+    /// for one name its names kept lacked: `Some(how long ago the read
+    /// began)` if `name` is still missing, `None` if the database is to be
+    /// asked for it.
     fn read_names(&self, space: u32, dir: u64, name: &[u8]) -> FsResult<Option<Duration>> {
         // The names of files created here reach the database first. A
         // create here whose commit failed is still to come (and, as after a
