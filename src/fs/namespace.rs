@@ -402,7 +402,10 @@ impl Fs {
                     rmdir,
                     (
                         &self.mark_unlinked_if_open(space),
-                        self.open_in(space, meta::UNLINK_TRIP_HELD),
+                        // (A directory's removal goes by the statements.)
+                        (!rmdir)
+                            .then(|| self.open_in(space, meta::UNLINK_TRIP_HELD))
+                            .flatten(),
                     ),
                 );
                 match &r {

@@ -179,10 +179,10 @@ fn missing_rights(db: &Db) -> Result<(String, Vec<&'static str>), DbError> {
     Ok((user, missing))
 }
 
-/// Space IDs written into a statement as `1,2,3` (numbers: nothing to
-/// escape), for `IN (…)` lists longer than placeholders are worth.
-fn id_list(ids: &[u32]) -> String {
-    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+/// IDs written into a statement as `1,2,3` (numbers: nothing to escape),
+/// for `IN (…)` or `FIND_IN_SET` lists longer than placeholders are worth.
+fn id_list<T: ToString>(ids: &[T]) -> String {
+    ids.iter().map(T::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// A transaction's failure for a command: a move's fence becomes [`Fenced`]

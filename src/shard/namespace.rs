@@ -405,11 +405,10 @@ pub fn unlink(
     if !rmdir && let Some(held) = held {
         // The procedure leaves the last name of a file open here to the
         // statements, which keep it as this mount's orphan.
-        let held: Vec<String> = held.iter().map(u64::to_string).collect();
         let call = format!(
             "CALL tshs_unlink_file({space}, {parent}, X'{}', '{}', {now})",
             hex::encode(name),
-            held.join(",")
+            super::id_list(&held)
         );
         match in_one_trip(s, "unlink", &call) {
             OneTrip::Done => return Ok(now),
