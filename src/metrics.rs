@@ -60,6 +60,7 @@ pub struct Metrics {
     pub bytes_written: Counter,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    pub db_data_read: Counter,
     pub db_seconds: NodeLatency,
     pub db_errors: Family<NodeLabel, Counter>,
     pub one_requests: Family<WayLabel, Counter>,
@@ -80,6 +81,7 @@ impl Metrics {
             bytes_written: Counter::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
+            db_data_read: Counter::default(),
             db_seconds: Family::new_with_constructor(seconds),
             db_errors: Family::default(),
             one_requests: Family::default(),
@@ -104,6 +106,11 @@ impl Metrics {
             "fs_read_bytes",
             "Bytes read by applications",
             m.bytes_read.clone(),
+        );
+        r.register(
+            "db_data_read_bytes",
+            "Bytes of file data read from Storage Nodes",
+            m.db_data_read.clone(),
         );
         r.register(
             "fs_written_bytes",

@@ -64,6 +64,7 @@ fn one_request_commits_and_what_they_leave_to_statements() {
     what_a_commit_knows_is_not_asked_again(port, &s, &s2);
     removals_go_as_one_request(&c, port, &s, &s2);
     missing_names_of_known_directories_cost_nothing(port, &s, &s2);
+    opens_fetch_only_data_not_cached(port, &s, &s2);
 }
 
 fn new_files_and_renames_go_as_one_request(port: u16, s: &Path, s2: &Path) {
@@ -541,4 +542,68 @@ fn missing_names_of_known_directories_cost_nothing(port: u16, s: &Path, s2: &Pat
     missing(&listed.join("w"));
     assert_eq!(round_trips(port), asked + 1, "the names read again");
     assert_eq!(std::fs::read(listed.join("theirs")).unwrap(), b"theirs");
+}
+
+/// An open of a small file asks for its attributes and, in the same query,
+/// its data, but only data the mount does not have.
+fn opens_fetch_only_data_not_cached(port: u16, s: &Path, s2: &Path) {
+    use std::io::{Seek, Write};
+    let fetched = || counter(port, "tshs_db_data_read_bytes_total");
+    std::fs::create_dir(s2.join("heads")).unwrap();
+    let mut want: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(s2.join("heads/f"), &want).unwrap();
+    let f = s.join("heads/f");
+
+    // Made by the other mount: the first open fetches it whole.
+    let before = fetched();
+    assert_eq!(std::fs::read(&f).unwrap(), want);
+    assert_eq!(fetched() - before, want.len() as u64, "first open");
+
+    // Unchanged: each open asks (one round trip) and fetches nothing.
+    let (before, trips) = (fetched(), round_trips(port));
+    for _ in 0..20 {
+        assert_eq!(std::fs::read(&f).unwrap(), want);
+    }
+    assert_eq!(fetched(), before, "opens of an unchanged cached file");
+    let trips = round_trips(port) - trips;
+    assert!(
+        (20..=22).contains(&trips),
+        "{trips} round trips for 20 opens"
+    );
+
+    // Appended to by the other mount: the next open fetches it again.
+    let mut other = std::fs::OpenOptions::new()
+        .append(true)
+        .open(s2.join("heads/f"))
+        .unwrap();
+    other.write_all(b"appended elsewhere").unwrap();
+    drop(other);
+    want.extend_from_slice(b"appended elsewhere");
+    let before = fetched();
+    assert_eq!(std::fs::read(&f).unwrap(), want);
+    assert_eq!(
+        fetched() - before,
+        want.len() as u64,
+        "open after an append"
+    );
+
+    // Open here: new opens fetch no data (the open file's is kept).
+    let held = std::fs::File::open(&f).unwrap();
+    let before = fetched();
+    for _ in 0..5 {
+        assert_eq!(std::fs::read(&f).unwrap(), want);
+    }
+    assert_eq!(fetched(), before, "opens of a file open here");
+    drop(held);
+
+    // Rewritten in place by the other mount (same size): read anew.
+    let mut other = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s2.join("heads/f"))
+        .unwrap();
+    other.seek(std::io::SeekFrom::Start(10)).unwrap();
+    other.write_all(b"REWRITTEN").unwrap();
+    drop(other);
+    want[10..19].copy_from_slice(b"REWRITTEN");
+    assert_eq!(std::fs::read(&f).unwrap(), want);
 }

@@ -140,6 +140,20 @@ impl DataCache {
         (generation, false)
     }
 
+    /// The stamp and change counter of the file's first slot as cached, if
+    /// it is cached: an open of a file still at them need not fetch it.
+    pub fn head_version(&self, space: u32, ino: u64) -> Option<(Stamp, u64)> {
+        let mut g = self.inner.lock().unwrap();
+        match g.gens.get((space, ino)) {
+            Some((generation, stamp, Some(chg)))
+                if g.lru.contains(&(space, ino, generation, 0)) =>
+            {
+                Some((stamp, chg))
+            }
+            _ => None,
+        }
+    }
+
     /// Records that our own writes moved the file to `stamp` (cache still
     /// valid), and its change counter if known (an append's answer).
     pub fn restamp(

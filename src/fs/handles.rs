@@ -136,10 +136,18 @@ impl Fs {
         };
         self.commit_creates(space);
         // The attributes (close-to-open: has the file changed?), and for a
-        // small file read-only its data too, in one round trip.
+        // small file read-only its data too, in one round trip. Not the
+        // data this mount has: a file open here keeps its own (and would
+        // drop what came), and a cached one still at the stamp its data
+        // belongs to is unchanged (a log read again and again).
         let epoch = self.attrs.epoch();
         let asked = data::ticket();
-        let (a, chg, head) = meta::getattr_with_head(&shard, space, i, !writing)?;
+        let head = if writing || self.open.lock().unwrap().contains_key(&(space, i)) {
+            meta::Head::No
+        } else {
+            meta::Head::Unless(self.cache.head_version(space, i))
+        };
+        let (a, chg, head) = meta::getattr_with_head(&shard, space, i, head)?;
         if a.is_dir() {
             return Err(Error::EISDIR);
         }
@@ -183,7 +191,7 @@ impl Fs {
             ((a.mtime, a.ctime, a.size), chg),
             asked,
             || {
-                let (a, chg, _) = meta::getattr_with_head(&shard, space, i, false)?;
+                let (a, chg, _) = meta::getattr_with_head(&shard, space, i, meta::Head::No)?;
                 Ok(((a.mtime, a.ctime, a.size), chg))
             },
         );

@@ -9,7 +9,8 @@ use crate::shard::{attrs, namespace, xattrs};
 
 pub use crate::shard::attrs::{AttrChange, SetAttr, SetIdRule};
 pub use crate::shard::namespace::{
-    DirPage, NewInode, OpenHere, RENAME_EXCHANGE, RENAME_NOREPLACE, UNLINK_TRIP_HELD, new_attr,
+    DirPage, Head, NewInode, OpenHere, RENAME_EXCHANGE, RENAME_NOREPLACE, UNLINK_TRIP_HELD,
+    new_attr,
 };
 pub use crate::shard::xattrs::{XATTR_CREATE, XATTR_REPLACE};
 
@@ -75,9 +76,9 @@ pub fn getattr_with_head(
     shard: &Route,
     space: u32,
     ino: u64,
-    small: bool,
+    head: Head,
 ) -> FsResult<(Attr, u64, Option<Vec<u8>>)> {
-    Ok(namespace::getattr_with_head(shard, space, ino, small)?)
+    Ok(namespace::getattr_with_head(shard, space, ino, head)?)
 }
 
 pub fn lookup(shard: &Route, space: u32, parent: u64, name: &[u8]) -> FsResult<(Attr, bool)> {

@@ -78,7 +78,13 @@ pub fn span(s: &impl Access, space: u32, ino: u64, first: u64, last: u64) -> Sha
         .filter_map(|(o, d, ..)| o.map(|o| (o, d)))
         .collect();
     pieces.sort_unstable_by_key(|(o, _)| *o);
+    data_read(pieces.iter().map(|(_, d)| d.len()).sum());
     Ok(Span::Extents(assemble(pieces)))
+}
+
+/// Counts `bytes` of file data read from the Storage Node.
+pub fn data_read(bytes: usize) {
+    crate::metrics::global().db_data_read.inc_by(bytes as u64);
 }
 
 /// The extents of a run of rows sorted by offset: the rows of each slot

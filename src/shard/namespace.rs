@@ -143,35 +143,66 @@ pub fn getattr(s: &impl Access, space: u32, ino: u64) -> ShardResult<Attr> {
         .ok_or(ShardError::NotFound)
 }
 
+/// What an open wants with a file's attributes.
+#[derive(Clone, Copy, Debug)]
+pub enum Head {
+    /// Nothing more.
+    No,
+    /// The data of a small regular file (one slot), unless the file is
+    /// still at this `(mtime, ctime, size)` and change counter: the mount
+    /// has that data cached.
+    Unless(Option<((i64, i64, u64), u64)>),
+}
+
 /// The attributes, the change counter (`inodes.chg`: moved by every change
-/// but appends), and when `small` and the file fits in one slot, its data
-/// (empty for a hole or an empty file), from one query.
+/// but appends), and the data `head` asks for (empty for a hole or an empty
+/// file), from one query.
 pub fn getattr_with_head(
     s: &impl Access,
     space: u32,
     ino: u64,
-    small: bool,
+    head: Head,
 ) -> ShardResult<(Attr, u64, Option<Vec<u8>>)> {
-    // One row per row of data in the first slot (pieces after appends);
-    // one row only when the data is not wanted.
+    // One row per row of data in the first slot (pieces after appends) when
+    // the data is wanted; one row otherwise.
     let rows: Vec<Row> = s.query("read", |conn| {
-        if !small {
-            return conn.exec(
+        let wanted = format!(
+            "i.size <= {} AND i.mode & {} = {} AND i.s3_key IS NULL AND i.import_path IS NULL",
+            super::EXTENT_SIZE,
+            libc::S_IFMT,
+            libc::S_IFREG
+        );
+        let query = |wanted: &str| {
+            format!(
+                "SELECT {I_COLUMNS}, i.chg, IF({wanted}, COALESCE(e.data, ''), NULL), e.off
+                 FROM inodes i LEFT JOIN extents e ON e.space_id = i.space_id AND e.ino = i.ino
+                   AND e.off < {} AND {wanted}
+                 WHERE i.space_id = ? AND i.ino = ? AND i.state < {DELETED} ORDER BY e.off",
+                super::EXTENT_SIZE
+            )
+        };
+        match head {
+            Head::No => conn.exec(
                 format!(
                     "SELECT {I_COLUMNS}, i.chg, NULL, NULL FROM inodes i
                      WHERE i.space_id = ? AND i.ino = ? AND i.state < {DELETED}"
                 ),
                 (space, ino),
-            );
-        }
-        conn.exec(
-            format!(
-                "SELECT {I_COLUMNS}, i.chg, IF(i.size <= ? AND i.mode & ? = ? AND i.s3_key IS NULL AND i.import_path IS NULL, COALESCE(e.data, ''), NULL), e.off
-                 FROM inodes i LEFT JOIN extents e ON e.space_id = i.space_id AND e.ino = i.ino AND e.off < ?
-                 WHERE i.space_id = ? AND i.ino = ? AND i.state < {DELETED} ORDER BY e.off"
             ),
-            (super::EXTENT_SIZE, libc::S_IFMT, libc::S_IFREG, super::EXTENT_SIZE, space, ino),
-        )
+            Head::Unless(None) => conn.exec(query(&wanted), (space, ino)),
+            Head::Unless(Some(((mtime, ctime, size), chg))) => {
+                let changed =
+                    "NOT (i.mtime <=> ? AND i.ctime <=> ? AND i.size <=> ? AND i.chg <=> ?)";
+                let known = (mtime, ctime, size, chg);
+                conn.exec(
+                    query(&format!("{wanted} AND {changed}")),
+                    (
+                        known.0, known.1, known.2, known.3, known.0, known.1, known.2, known.3,
+                        space, ino,
+                    ),
+                )
+            }
+        }
     })?;
     let first = rows.first().ok_or(ShardError::NotFound)?;
     let attr = inode::from_row(space, first);
@@ -179,10 +210,14 @@ pub fn getattr_with_head(
     if first.get::<Option<Vec<u8>>, _>(13).flatten().is_none() {
         return Ok((attr, chg, None));
     }
-    let pieces = rows.into_iter().filter_map(|mut r| {
-        let off = r.take::<Option<u64>, _>(14).flatten()?;
-        Some((off, r.take::<Option<Vec<u8>>, _>(13).flatten()?))
-    });
+    let pieces: Vec<(u64, Vec<u8>)> = rows
+        .into_iter()
+        .filter_map(|mut r| {
+            let off = r.take::<Option<u64>, _>(14).flatten()?;
+            Some((off, r.take::<Option<Vec<u8>>, _>(13).flatten()?))
+        })
+        .collect();
+    super::extents::data_read(pieces.iter().map(|(_, d)| d.len()).sum());
     let head = super::extents::assemble(pieces)
         .pop()
         .map_or(Vec::new(), |e| e.1);
