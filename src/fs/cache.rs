@@ -140,18 +140,13 @@ impl DataCache {
         (generation, false)
     }
 
-    /// The stamp and change counter of the file's first slot as cached, if
-    /// it is cached: an open of a file still at them need not fetch it.
-    pub fn head_version(&self, space: u32, ino: u64) -> Option<(Stamp, u64)> {
+    /// The file's first slot as cached, if it is, with the stamp and change
+    /// counter it belongs to (see `namespace::Known`).
+    pub fn head(&self, space: u32, ino: u64) -> Option<(Stamp, u64, Arc<Vec<u8>>)> {
         let mut g = self.inner.lock().unwrap();
-        match g.gens.get((space, ino)) {
-            Some((generation, stamp, Some(chg)))
-                if g.lru.contains(&(space, ino, generation, 0)) =>
-            {
-                Some((stamp, chg))
-            }
-            _ => None,
-        }
+        let (generation, stamp, chg) = g.gens.get((space, ino))?;
+        let data = g.lru.peek(&(space, ino, generation, 0))?.clone();
+        Some((stamp, chg?, data))
     }
 
     /// Records that our own writes moved the file to `stamp` (cache still

@@ -142,10 +142,18 @@ impl Fs {
         // belongs to is unchanged (a log read again and again).
         let epoch = self.attrs.epoch();
         let asked = data::ticket();
-        let head = if writing || self.open.lock().unwrap().contains_key(&(space, i)) {
-            meta::Head::No
+        let cached = if writing || self.open.lock().unwrap().contains_key(&(space, i)) {
+            None
         } else {
-            meta::Head::Unless(self.cache.head_version(space, i))
+            Some(self.cache.head(space, i))
+        };
+        let head = match &cached {
+            None => meta::Head::No,
+            Some(c) => meta::Head::Unless(c.as_ref().map(|(stamp, chg, data)| meta::Known {
+                stamp: *stamp,
+                chg: *chg,
+                cached: &data[..data.len().min(stamp.2 as usize)],
+            })),
         };
         let (a, chg, head) = meta::getattr_with_head(&shard, space, i, head)?;
         if a.is_dir() {

@@ -9,7 +9,7 @@ use crate::shard::{attrs, namespace, xattrs};
 
 pub use crate::shard::attrs::{AttrChange, SetAttr, SetIdRule};
 pub use crate::shard::namespace::{
-    DirPage, Head, NewInode, OpenHere, RENAME_EXCHANGE, RENAME_NOREPLACE, UNLINK_TRIP_HELD,
+    DirPage, Head, Known, NewInode, OpenHere, RENAME_EXCHANGE, RENAME_NOREPLACE, UNLINK_TRIP_HELD,
     new_attr,
 };
 pub use crate::shard::xattrs::{XATTR_CREATE, XATTR_REPLACE};

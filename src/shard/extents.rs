@@ -110,6 +110,18 @@ pub fn assemble(rows: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Vec<(u64, Vec
     out
 }
 
+/// The first slot's bytes from its first ones (`prefix`) and its rows
+/// sorted by offset that end past them (the file only grew): each row laid
+/// at its offset over what is before it, gaps zero-filled.
+pub fn overlay(prefix: &[u8], rows: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Vec<u8> {
+    let mut buf = prefix.to_vec();
+    for (off, data) in rows {
+        buf.resize(off as usize, 0); // cuts what a row (joined pieces) holds anew
+        buf.extend_from_slice(&data);
+    }
+    buf
+}
+
 /// The S3 host and key of the object holding a live file's data, if it is
 /// in the object store.
 pub fn object_of(s: &impl Access, space: u32, ino: u64) -> ShardResult<Option<(u32, String)>> {
@@ -982,6 +994,23 @@ fn stored_bytes(tx: &mut Transaction<'_>, space: u32, ino: u64) -> Result<u64, m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlay_lays_rows_past_the_cached_bytes() {
+        // Pieces after the cached end, a gap (hole) between them.
+        assert_eq!(
+            overlay(&[1, 2, 3], vec![(3, vec![4]), (6, vec![7, 8])]),
+            vec![1, 2, 3, 4, 0, 0, 7, 8]
+        );
+        // A joined row starting inside the cached bytes replaces them from
+        // its offset; a row in the second slot is laid at its slot offset.
+        assert_eq!(
+            overlay(&[1, 2, 3], vec![(1, vec![2, 3, 4])]),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(overlay(&[9, 9], vec![(E + 2, vec![5])]), vec![9, 9, 5]);
+        assert_eq!(overlay(&[1, 2], vec![]), vec![1, 2]);
+    }
 
     #[test]
     fn assemble_lays_pieces_out_per_slot_with_zeroed_gaps() {

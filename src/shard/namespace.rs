@@ -145,26 +145,38 @@ pub fn getattr(s: &impl Access, space: u32, ino: u64) -> ShardResult<Attr> {
 
 /// What an open wants with a file's attributes.
 #[derive(Clone, Copy, Debug)]
-pub enum Head {
+pub enum Head<'a> {
     /// Nothing more.
     No,
-    /// The data of a small regular file (one slot), unless the file is
-    /// still at this `(mtime, ctime, size)` and change counter: the mount
-    /// has that data cached.
-    Unless(Option<((i64, i64, u64), u64)>),
+    /// The data of a small regular file (one slot), unless the mount has
+    /// it (`Known`).
+    Unless(Option<Known<'a>>),
+}
+
+/// What a mount has cached of a small file's data.
+#[derive(Clone, Copy, Debug)]
+pub struct Known<'a> {
+    /// The file's `(mtime, ctime, size)` and change counter the cached
+    /// bytes belong to: a file still at them sends no data.
+    pub stamp: (i64, i64, u64),
+    pub chg: u64,
+    /// Its first bytes, as cached (at most its size then): a file only
+    /// appended to since (same counter, at least this long) sends only its
+    /// rows that end past them.
+    pub cached: &'a [u8],
 }
 
 /// The attributes, the change counter (`inodes.chg`: moved by every change
-/// but appends), and the data `head` asks for (empty for a hole or an empty
-/// file), from one query.
+/// but appends), and the first slot's data if `head` asks for it (empty for
+/// a hole or an empty file), from one query.
 pub fn getattr_with_head(
     s: &impl Access,
     space: u32,
     ino: u64,
     head: Head,
 ) -> ShardResult<(Attr, u64, Option<Vec<u8>>)> {
-    // One row per row of data in the first slot (pieces after appends) when
-    // the data is wanted; one row otherwise.
+    // One row per row of data wanted (pieces after appends); one row when
+    // none is.
     let rows: Vec<Row> = s.query("read", |conn| {
         let wanted = format!(
             "i.size <= {} AND i.mode & {} = {} AND i.s3_key IS NULL AND i.import_path IS NULL",
@@ -172,11 +184,11 @@ pub fn getattr_with_head(
             libc::S_IFMT,
             libc::S_IFREG
         );
-        let query = |wanted: &str| {
+        let query = |wanted: &str, rows: &str| {
             format!(
                 "SELECT {I_COLUMNS}, i.chg, IF({wanted}, COALESCE(e.data, ''), NULL), e.off
                  FROM inodes i LEFT JOIN extents e ON e.space_id = i.space_id AND e.ino = i.ino
-                   AND e.off < {} AND {wanted}
+                   AND e.off < {} AND {wanted} AND {rows}
                  WHERE i.space_id = ? AND i.ino = ? AND i.state < {DELETED} ORDER BY e.off",
                 super::EXTENT_SIZE
             )
@@ -189,17 +201,23 @@ pub fn getattr_with_head(
                 ),
                 (space, ino),
             ),
-            Head::Unless(None) => conn.exec(query(&wanted), (space, ino)),
-            Head::Unless(Some(((mtime, ctime, size), chg))) => {
-                let changed =
-                    "NOT (i.mtime <=> ? AND i.ctime <=> ? AND i.size <=> ? AND i.chg <=> ?)";
-                let known = (mtime, ctime, size, chg);
+            Head::Unless(None) => conn.exec(query(&wanted, "TRUE"), (space, ino)),
+            Head::Unless(Some(k)) => {
+                let changed = format!(
+                    "{wanted} AND NOT (i.mtime <=> ? AND i.ctime <=> ? AND i.size <=> ? AND i.chg <=> ?)"
+                );
+                let rows = "(NOT (i.chg <=> ? AND i.size >= ?) OR e.off + LENGTH(e.data) > ?)";
+                let (mtime, ctime, size) = k.stamp;
+                let stamp = (mtime, ctime, size, k.chg);
+                let have = k.cached.len() as u64;
                 conn.exec(
-                    query(&format!("{wanted} AND {changed}")),
-                    (
-                        known.0, known.1, known.2, known.3, known.0, known.1, known.2, known.3,
-                        space, ino,
-                    ),
+                    query(&changed, rows),
+                    mysql::Params::Positional(vec![
+                        stamp.0.into(), stamp.1.into(), stamp.2.into(), stamp.3.into(),
+                        stamp.0.into(), stamp.1.into(), stamp.2.into(), stamp.3.into(),
+                        k.chg.into(), have.into(), have.into(),
+                        space.into(), ino.into(),
+                    ]),
                 )
             }
         }
@@ -218,10 +236,17 @@ pub fn getattr_with_head(
         })
         .collect();
     super::extents::data_read(pieces.iter().map(|(_, d)| d.len()).sum());
-    let head = super::extents::assemble(pieces)
+    // Only grown: the same test as the query's.
+    if let Head::Unless(Some(k)) = head
+        && chg == k.chg
+        && attr.size >= k.cached.len() as u64
+    {
+        return Ok((attr, chg, Some(super::extents::overlay(k.cached, pieces))));
+    }
+    let whole = super::extents::assemble(pieces)
         .pop()
         .map_or(Vec::new(), |e| e.1);
-    Ok((attr, chg, Some(head)))
+    Ok((attr, chg, Some(whole)))
 }
 
 /// The inode `name` points to, and whether it has any xattrs (so that
