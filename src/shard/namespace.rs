@@ -206,19 +206,22 @@ pub fn getattr_with_head(
                 let changed = format!(
                     "{wanted} AND NOT (i.mtime <=> ? AND i.ctime <=> ? AND i.size <=> ? AND i.chg <=> ?)"
                 );
-                let rows = "(NOT (i.chg <=> ? AND i.size >= ?) OR e.off + LENGTH(e.data) > ?)";
+                // Only grown: the rows that end past the bytes cached, from
+                // the last one that begins before their end on (a range of
+                // the key, not a scan of the slot).
+                let rows = "e.off >= IF(i.chg <=> ? AND i.size >= ?,
+                      COALESCE((SELECT MAX(x.off) FROM extents x
+                                WHERE x.space_id = ? AND x.ino = ? AND x.off < ?), 0), 0)
+                    AND (NOT (i.chg <=> ? AND i.size >= ?) OR e.off + e.len > ?)";
                 let (mtime, ctime, size) = k.stamp;
-                let stamp = (mtime, ctime, size, k.chg);
                 let have = k.cached.len() as u64;
-                conn.exec(
-                    query(&changed, rows),
-                    mysql::Params::Positional(vec![
-                        stamp.0.into(), stamp.1.into(), stamp.2.into(), stamp.3.into(),
-                        stamp.0.into(), stamp.1.into(), stamp.2.into(), stamp.3.into(),
-                        k.chg.into(), have.into(), have.into(),
-                        space.into(), ino.into(),
-                    ]),
-                )
+                let mut params: Vec<mysql::Value> = Vec::new();
+                for _ in 0..2 {
+                    params.extend([mtime.into(), ctime.into(), size.into(), k.chg.into()]);
+                }
+                params.extend([k.chg.into(), have.into(), space.into(), ino.into(), have.into()]);
+                params.extend([k.chg.into(), have.into(), have.into(), space.into(), ino.into()]);
+                conn.exec(query(&changed, rows), mysql::Params::Positional(params))
             }
         }
     })?;
