@@ -544,6 +544,26 @@ fn missing_names_of_known_directories_cost_nothing(port: u16, s: &Path, s2: &Pat
     assert_eq!(std::fs::read(listed.join("theirs")).unwrap(), b"theirs");
 }
 
+/// Waits until the kernel released every file the mount opened (it sends
+/// a release after `close` returns): an open then finds none open here.
+fn released(port: u16) {
+    let failed = |op: &str| -> u64 {
+        let prefix = format!("tshs_fs_errors_total{{op=\"{op}\",");
+        common::metrics(port)
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let opened =
+        || went_to(port, "open") + went_to(port, "create") - failed("open") - failed("create");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while went_to(port, "release") < opened() {
+        assert!(std::time::Instant::now() < deadline, "files still open");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// An open of a small file asks for its attributes and, in the same query,
 /// its data, but only data the mount does not have.
 fn opens_fetch_only_data_not_cached(port: u16, s: &Path, s2: &Path) {
@@ -581,6 +601,7 @@ fn opens_fetch_only_data_not_cached(port: u16, s: &Path, s2: &Path) {
         other.write_all(record).unwrap();
         drop(other);
         want.extend_from_slice(record);
+        released(port);
         let before = fetched();
         assert_eq!(std::fs::read(&f).unwrap(), want);
         assert_eq!(
@@ -608,6 +629,7 @@ fn opens_fetch_only_data_not_cached(port: u16, s: &Path, s2: &Path) {
     other.write_all(b"REWRITTEN").unwrap();
     drop(other);
     want[10..19].copy_from_slice(b"REWRITTEN");
+    released(port);
     let before = fetched();
     assert_eq!(std::fs::read(&f).unwrap(), want);
     assert_eq!(

@@ -145,7 +145,8 @@ impl DataCache {
     pub fn head(&self, space: u32, ino: u64) -> Option<(Stamp, u64, Arc<Vec<u8>>)> {
         let mut g = self.inner.lock().unwrap();
         let (generation, stamp, chg) = g.gens.get((space, ino))?;
-        let data = g.lru.peek(&(space, ino, generation, 0))?.clone();
+        // Used: kept in the cache as a read would keep it.
+        let data = g.lru.get(&(space, ino, generation, 0))?.clone();
         Some((stamp, chg?, data))
     }
 
