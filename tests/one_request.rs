@@ -618,6 +618,27 @@ fn opens_fetch_only_data_not_cached(port: u16, s: &Path, s2: &Path) {
         assert_eq!(std::fs::read(&f).unwrap(), want);
     }
     assert_eq!(fetched(), before, "opens of a file open here");
+    // Appended to by the other mount while open here: once a stat told
+    // the mount the new end, a read through the open handle fetches only
+    // the new bytes.
+    let mut other = std::fs::OpenOptions::new()
+        .append(true)
+        .open(s2.join("heads/f"))
+        .unwrap();
+    other.write_all(b"read through a held handle").unwrap();
+    drop(other);
+    want.extend_from_slice(b"read through a held handle");
+    std::thread::sleep(Duration::from_millis(1100)); // the attribute TTL
+    let before = fetched();
+    assert_eq!(fresh_stat(&f)[4], want.len() as i64);
+    let mut got = vec![0; want.len() + 10];
+    let n = std::os::unix::fs::FileExt::read_at(&held, &mut got, 0).unwrap();
+    assert_eq!(&got[..n], &want[..]);
+    assert_eq!(
+        fetched() - before,
+        b"read through a held handle".len() as u64,
+        "a read after another mount's append"
+    );
     drop(held);
 
     // Rewritten in place by the other mount (same size): read anew.

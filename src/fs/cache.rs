@@ -16,6 +16,10 @@ use crate::shard::EXTENT_SIZE as E;
 
 type Key = (u32, u64, u64, u64); // (space, ino, generation, extent offset)
 
+/// Marks a key's offset (a multiple of the extent size) as a partial
+/// extent's (see [`DataCache::partial`]).
+const PARTIAL: u64 = 1;
+
 /// What identifies a version of a file's data: (mtime, ctime, size). ctime
 /// is in it because tools restore mtime after rewriting a file (`cp -p`,
 /// tar, rsync), while ctime cannot be set.
@@ -140,13 +144,17 @@ impl DataCache {
         (generation, false)
     }
 
-    /// The file's first slot as cached, if it is, with the stamp and change
-    /// counter it belongs to (see `namespace::Known`).
+    /// The file's first slot as cached (or its first bytes, see
+    /// [`DataCache::partial`]), if it is, with the stamp and change counter
+    /// its generation stands for (see `namespace::Known`).
     pub fn head(&self, space: u32, ino: u64) -> Option<(Stamp, u64, Arc<Vec<u8>>)> {
         let mut g = self.inner.lock().unwrap();
         let (generation, stamp, chg) = g.gens.get((space, ino))?;
         // Used: kept in the cache as a read would keep it.
-        let data = g.lru.get(&(space, ino, generation, 0))?.clone();
+        let data = match g.lru.get(&(space, ino, generation, 0)) {
+            Some(d) => d.clone(),
+            None => g.lru.get(&(space, ino, generation, PARTIAL))?.clone(),
+        };
         Some((stamp, chg?, data))
     }
 
@@ -195,15 +203,32 @@ impl DataCache {
         true
     }
 
-    /// Drops the cached extents of a generation holding `[from, to)`.
+    /// Drops the cached extents of a generation holding `[from, to)`: the
+    /// file grew there by appends alone. What each held is still its first
+    /// bytes, kept apart as a partial extent (see [`DataCache::partial`]).
     fn drop_range(g: &mut Inner, (space, ino, generation): (u32, u64, u64), from: u64, to: u64) {
         let mut ext = from - from % E;
         while ext < to {
             if let Some(v) = g.lru.pop(&(space, ino, generation, ext)) {
-                g.bytes -= cost(&v);
+                // Replaces an older partial of it, if any.
+                if let Some(old) = g.lru.put((space, ino, generation, ext | PARTIAL), v) {
+                    g.bytes -= cost(&old);
+                }
             }
             ext += E;
         }
+    }
+
+    /// The first bytes of extent `off` of a file that grew past them by
+    /// appends alone since they were cached (`generation` unchanged): a
+    /// read asks only for the rows past them.
+    pub fn partial(&self, space: u32, ino: u64, generation: u64, off: u64) -> Option<Arc<Vec<u8>>> {
+        self.inner
+            .lock()
+            .unwrap()
+            .lru
+            .get(&(space, ino, generation, off | PARTIAL))
+            .cloned()
     }
 
     /// A fresh generation: everything cached of the inode is stale. `chg`:
@@ -237,6 +262,10 @@ impl DataCache {
         let mut g = self.inner.lock().unwrap();
         g.bytes += cost(&data);
         if let Some(old) = g.lru.put((space, ino, generation, off), data) {
+            g.bytes -= cost(&old);
+        }
+        // The whole extent supersedes what was kept of it.
+        if let Some(old) = g.lru.pop(&(space, ino, generation, off | PARTIAL)) {
             g.bytes -= cost(&old);
         }
         self.evict(&mut g);
@@ -286,11 +315,12 @@ impl DataCache {
         self.capacity
     }
 
-    pub fn remove(&self, space: u32, ino: u64, generation: u64, off: u64) {
+    /// Drops extent `off`, which lacks bytes appended since it was cached,
+    /// keeping what it holds as their first bytes (see
+    /// [`DataCache::partial`]).
+    pub fn grew(&self, space: u32, ino: u64, generation: u64, off: u64) {
         let mut g = self.inner.lock().unwrap();
-        if let Some(v) = g.lru.pop(&(space, ino, generation, off)) {
-            g.bytes -= cost(&v);
-        }
+        Self::drop_range(&mut g, (space, ino, generation), off, off + 1);
     }
 
     /// (bytes held, hits, misses)
@@ -338,18 +368,25 @@ mod tests {
         let held = c.get(1, 1, 1, 0).unwrap().capacity();
         assert!(held >= 5001);
         assert_eq!(c.stats().0, held + ENTRY_COST);
-        c.remove(1, 1, 1, 0);
-        assert_eq!(c.stats().0, 0);
+        // Grown past by appends: kept apart as its first bytes, until the
+        // whole extent is cached again.
+        c.grew(1, 1, 1, 0);
+        assert!(c.get(1, 1, 1, 0).is_none());
+        assert_eq!(c.partial(1, 1, 1, 0).unwrap().len(), 5001);
+        assert_eq!(c.stats().0, held + ENTRY_COST);
+        c.put(1, 1, 1, 0, Arc::new(Vec::new()));
+        assert!(c.partial(1, 1, 1, 0).is_none());
+        assert_eq!(c.stats().0, ENTRY_COST);
     }
 
     #[test]
     fn stays_within_capacity() {
         let c = DataCache::new(1000);
         for i in 0..100 {
-            c.put(1, 1, 1, i, buf(300));
+            c.put(1, 1, 1, i * E, buf(300));
             assert!(c.stats().0 <= 1000);
         }
-        assert!(c.get(1, 1, 1, 99).is_some());
+        assert!(c.get(1, 1, 1, 99 * E).is_some());
         assert!(c.get(1, 1, 1, 0).is_none());
     }
 
@@ -357,7 +394,7 @@ mod tests {
     fn bytes_being_fetched_count_against_the_capacity() {
         let c = DataCache::new(1000);
         for i in 0..3 {
-            c.put(1, 1, 1, i, buf(300));
+            c.put(1, 1, 1, i * E, buf(300));
         }
         let room = c.reserve(500);
         assert_eq!(
@@ -365,11 +402,11 @@ mod tests {
             300,
             "900 cached + 500 on the way: two had to go"
         );
-        c.put(1, 1, 1, 3, buf(300));
-        assert!(c.get(1, 1, 1, 3).is_some() && c.get(1, 1, 1, 2).is_none());
+        c.put(1, 1, 1, 3 * E, buf(300));
+        assert!(c.get(1, 1, 1, 3 * E).is_some() && c.get(1, 1, 1, 2 * E).is_none());
         drop(room);
-        c.put(1, 1, 1, 4, buf(300));
-        assert!(c.get(1, 1, 1, 3).is_some() && c.get(1, 1, 1, 4).is_some());
+        c.put(1, 1, 1, 4 * E, buf(300));
+        assert!(c.get(1, 1, 1, 3 * E).is_some() && c.get(1, 1, 1, 4 * E).is_some());
     }
 
     #[test]

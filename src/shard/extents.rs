@@ -45,17 +45,53 @@ pub enum Span {
 
 /// Where `[first, last)` of a file is, in one query: its extents, or the
 /// object or disk file that holds it (a move between two reads is seen at
-/// once).
-pub fn span(s: &impl Access, space: u32, ino: u64, first: u64, last: u64) -> ShardResult<Span> {
+/// once). With `known`, the span is one extent whose first bytes the mount
+/// has (the file grew past them by appends alone): only the rows that end
+/// past them are read, from the last one that begins before their end on
+/// (a range of the key).
+pub fn span(
+    s: &impl Access,
+    space: u32,
+    ino: u64,
+    (first, last): (u64, u64),
+    known: Option<&[u8]>,
+) -> ShardResult<Span> {
     type Row = (Option<u64>, Vec<u8>, Option<u32>, Option<u64>, Option<i64>);
-    let rows: Vec<Row> = s.query("read", |c| {
-        c.exec(
-            "SELECT off, data, NULL, NULL, NULL FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ?
-             UNION ALL
+    let where_moved = "UNION ALL
              SELECT NULL, COALESCE(s3_key, import_path), s3_host, size, import_mtime FROM inodes
-             WHERE space_id = ? AND ino = ? AND (s3_key IS NOT NULL OR import_path IS NOT NULL)",
+             WHERE space_id = ? AND ino = ? AND (s3_key IS NOT NULL OR import_path IS NOT NULL)";
+    let rows: Vec<Row> = s.query("read", |c| match known {
+        None => c.exec(
+            format!(
+                "SELECT off, data, NULL, NULL, NULL FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ?
+                 {where_moved}"
+            ),
             (space, ino, first, last, space, ino),
-        )
+        ),
+        Some(k) => {
+            let have = first + k.len() as u64;
+            c.exec(
+                format!(
+                    "SELECT off, data, NULL, NULL, NULL FROM extents WHERE space_id = ? AND ino = ?
+                       AND off >= GREATEST(?, COALESCE((SELECT MAX(x.off) FROM extents x
+                                     WHERE x.space_id = ? AND x.ino = ? AND x.off < ?), 0))
+                       AND off < ? AND off + len > ?
+                     {where_moved}"
+                ),
+                mysql::Params::Positional(vec![
+                    space.into(),
+                    ino.into(),
+                    first.into(),
+                    space.into(),
+                    ino.into(),
+                    have.into(),
+                    last.into(),
+                    have.into(),
+                    space.into(),
+                    ino.into(),
+                ]),
+            )
+        }
     })?;
     if let Some((_, path, _, Some(size), mtime)) =
         rows.iter().find(|r| r.0.is_none() && r.2.is_none())
@@ -79,7 +115,10 @@ pub fn span(s: &impl Access, space: u32, ino: u64, first: u64, last: u64) -> Sha
         .collect();
     pieces.sort_unstable_by_key(|(o, _)| *o);
     data_read(pieces.iter().map(|(_, d)| d.len()).sum());
-    Ok(Span::Extents(assemble(pieces)))
+    Ok(Span::Extents(match known {
+        None => assemble(pieces),
+        Some(k) => vec![(first, overlay(first, k, pieces))],
+    }))
 }
 
 /// Counts `bytes` of file data read from the Storage Node.
@@ -110,13 +149,17 @@ pub fn assemble(rows: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Vec<(u64, Vec
     out
 }
 
-/// The first slot's bytes from its first ones (`prefix`) and its rows
-/// sorted by offset that end past them (the file only grew): each row laid
-/// at its offset over what is before it, gaps zero-filled.
-pub fn overlay(prefix: &[u8], rows: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Vec<u8> {
+/// The bytes of the slot at `slot` from its first ones (`prefix`) and its
+/// rows sorted by offset that end past them (the file only grew): each row
+/// laid at its offset over what is before it, gaps zero-filled.
+pub fn overlay(
+    slot: u64,
+    prefix: &[u8],
+    rows: impl IntoIterator<Item = (u64, Vec<u8>)>,
+) -> Vec<u8> {
     let mut buf = prefix.to_vec();
     for (off, data) in rows {
-        buf.resize(off as usize, 0); // cuts what a row (joined pieces) holds anew
+        buf.resize((off - slot) as usize, 0); // cuts what a row (joined pieces) holds anew
         buf.extend_from_slice(&data);
     }
     buf
@@ -999,16 +1042,16 @@ mod tests {
     fn overlay_lays_rows_past_the_cached_bytes() {
         // Pieces after the cached end, a gap (hole) between them.
         assert_eq!(
-            overlay(&[1, 2, 3], vec![(3, vec![4]), (6, vec![7, 8])]),
+            overlay(E, &[1, 2, 3], vec![(E + 3, vec![4]), (E + 6, vec![7, 8])]),
             vec![1, 2, 3, 4, 0, 0, 7, 8]
         );
         // A joined row starting inside the cached bytes replaces them from
         // its offset.
         assert_eq!(
-            overlay(&[1, 2, 3], vec![(1, vec![2, 3, 4])]),
+            overlay(0, &[1, 2, 3], vec![(1, vec![2, 3, 4])]),
             vec![1, 2, 3, 4]
         );
-        assert_eq!(overlay(&[1, 2], vec![]), vec![1, 2]);
+        assert_eq!(overlay(0, &[1, 2], vec![]), vec![1, 2]);
     }
 
     #[test]

@@ -244,7 +244,11 @@ pub fn getattr_with_head(
         && chg == k.chg
         && attr.size >= k.cached.len() as u64
     {
-        return Ok((attr, chg, Some(super::extents::overlay(k.cached, pieces))));
+        return Ok((
+            attr,
+            chg,
+            Some(super::extents::overlay(0, k.cached, pieces)),
+        ));
     }
     let whole = super::extents::assemble(pieces)
         .pop()

@@ -1135,7 +1135,7 @@ impl OpenInode {
                     // Nothing was in this slot: the piece is all of it.
                     cache.put(key.0, key.1, key.2, slot, Arc::new(piece.to_vec()));
                 } else if !cache.extend(key, (at - slot) as usize, piece) {
-                    cache.remove(key.0, key.1, key.2, slot);
+                    cache.grew(key.0, key.1, key.2, slot);
                 }
                 at += piece.len() as u64;
             }
