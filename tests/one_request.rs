@@ -639,6 +639,32 @@ fn opens_fetch_only_data_not_cached(port: u16, s: &Path, s2: &Path) {
         b"read through a held handle".len() as u64,
         "a read after another mount's append"
     );
+    // Cut and grown again by the other mount (its counter moved): the
+    // read fetches the extent whole, none of the bytes kept of it.
+    let other = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s2.join("heads/f"))
+        .unwrap();
+    other.set_len(50_000).unwrap();
+    drop(other);
+    let mut other = std::fs::OpenOptions::new()
+        .append(true)
+        .open(s2.join("heads/f"))
+        .unwrap();
+    // Two rows: the second begins past the bytes kept, the first does not.
+    other.write_all(&[b'Z'; 50_000]).unwrap();
+    other.sync_all().unwrap();
+    other.write_all(&[b'Z'; 10_000]).unwrap();
+    drop(other);
+    want.truncate(50_000);
+    want.extend_from_slice(&[b'Z'; 60_000]);
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = fetched();
+    assert_eq!(fresh_stat(&f)[4], want.len() as i64);
+    let mut got = vec![0; want.len() + 10];
+    let n = std::os::unix::fs::FileExt::read_at(&held, &mut got, 0).unwrap();
+    assert!(got[..n] == want[..], "read after a cut and regrowth");
+    assert_eq!(fetched() - before, want.len() as u64, "the whole extent");
     drop(held);
 
     // Rewritten in place by the other mount (same size): read anew.

@@ -219,16 +219,24 @@ impl DataCache {
         }
     }
 
-    /// The first bytes of extent `off` of a file that grew past them by
-    /// appends alone since they were cached (`generation` unchanged): a
-    /// read asks only for the rows past them.
-    pub fn partial(&self, space: u32, ino: u64, generation: u64, off: u64) -> Option<Arc<Vec<u8>>> {
-        self.inner
-            .lock()
-            .unwrap()
-            .lru
-            .get(&(space, ino, generation, off | PARTIAL))
-            .cloned()
+    /// The first bytes of extent `off` of a file that grew past them since
+    /// they were cached (`generation` unchanged), with the change counter
+    /// the generation stands for: a read asks only for the rows past them
+    /// if the file is still at that counter (see `extents::extent_past`).
+    pub fn partial(
+        &self,
+        space: u32,
+        ino: u64,
+        generation: u64,
+        off: u64,
+    ) -> Option<(Arc<Vec<u8>>, u64)> {
+        let mut g = self.inner.lock().unwrap();
+        let (current, _, chg) = g.gens.get((space, ino))?;
+        if current != generation {
+            return None;
+        }
+        let data = g.lru.get(&(space, ino, generation, off | PARTIAL))?.clone();
+        Some((data, chg?))
     }
 
     /// A fresh generation: everything cached of the inode is stale. `chg`:
@@ -372,7 +380,14 @@ mod tests {
         // whole extent is cached again.
         c.grew(1, 1, 1, 0);
         assert!(c.get(1, 1, 1, 0).is_none());
-        assert_eq!(c.partial(1, 1, 1, 0).unwrap().len(), 5001);
+        assert!(c.partial(1, 1, 1, 0).is_none(), "no counter known");
+        c.inner
+            .lock()
+            .unwrap()
+            .gens
+            .insert((1, 1), (1, (0, 0, 0), Some(9)));
+        let (kept, chg) = c.partial(1, 1, 1, 0).unwrap();
+        assert_eq!((kept.len(), chg), (5001, 9));
         assert_eq!(c.stats().0, held + ENTRY_COST);
         c.put(1, 1, 1, 0, Arc::new(Vec::new()));
         assert!(c.partial(1, 1, 1, 0).is_none());

@@ -45,53 +45,17 @@ pub enum Span {
 
 /// Where `[first, last)` of a file is, in one query: its extents, or the
 /// object or disk file that holds it (a move between two reads is seen at
-/// once). With `known`, the span is one extent whose first bytes the mount
-/// has (the file grew past them by appends alone): only the rows that end
-/// past them are read, from the last one that begins before their end on
-/// (a range of the key).
-pub fn span(
-    s: &impl Access,
-    space: u32,
-    ino: u64,
-    (first, last): (u64, u64),
-    known: Option<&[u8]>,
-) -> ShardResult<Span> {
+/// once).
+pub fn span(s: &impl Access, space: u32, ino: u64, first: u64, last: u64) -> ShardResult<Span> {
     type Row = (Option<u64>, Vec<u8>, Option<u32>, Option<u64>, Option<i64>);
-    let where_moved = "UNION ALL
+    let rows: Vec<Row> = s.query("read", |c| {
+        c.exec(
+            "SELECT off, data, NULL, NULL, NULL FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ?
+             UNION ALL
              SELECT NULL, COALESCE(s3_key, import_path), s3_host, size, import_mtime FROM inodes
-             WHERE space_id = ? AND ino = ? AND (s3_key IS NOT NULL OR import_path IS NOT NULL)";
-    let rows: Vec<Row> = s.query("read", |c| match known {
-        None => c.exec(
-            format!(
-                "SELECT off, data, NULL, NULL, NULL FROM extents WHERE space_id = ? AND ino = ? AND off >= ? AND off < ?
-                 {where_moved}"
-            ),
+             WHERE space_id = ? AND ino = ? AND (s3_key IS NOT NULL OR import_path IS NOT NULL)",
             (space, ino, first, last, space, ino),
-        ),
-        Some(k) => {
-            let have = first + k.len() as u64;
-            c.exec(
-                format!(
-                    "SELECT off, data, NULL, NULL, NULL FROM extents WHERE space_id = ? AND ino = ?
-                       AND off >= GREATEST(?, COALESCE((SELECT MAX(x.off) FROM extents x
-                                     WHERE x.space_id = ? AND x.ino = ? AND x.off < ?), 0))
-                       AND off < ? AND off + len > ?
-                     {where_moved}"
-                ),
-                mysql::Params::Positional(vec![
-                    space.into(),
-                    ino.into(),
-                    first.into(),
-                    space.into(),
-                    ino.into(),
-                    have.into(),
-                    last.into(),
-                    have.into(),
-                    space.into(),
-                    ino.into(),
-                ]),
-            )
-        }
+        )
     })?;
     if let Some((_, path, _, Some(size), mtime)) =
         rows.iter().find(|r| r.0.is_none() && r.2.is_none())
@@ -115,10 +79,62 @@ pub fn span(
         .collect();
     pieces.sort_unstable_by_key(|(o, _)| *o);
     data_read(pieces.iter().map(|(_, d)| d.len()).sum());
-    Ok(Span::Extents(match known {
-        None => assemble(pieces),
-        Some(k) => vec![(first, overlay(first, k, pieces))],
-    }))
+    Ok(Span::Extents(assemble(pieces)))
+}
+
+/// The extent at `slot` whose first bytes the mount has (`known`, cached
+/// when the file was at change counter `chg`), in one query: if the file is
+/// still at `chg` (it only grew since), only the rows that end past them
+/// are read, from the last one that begins before their end on (a range of
+/// the key), and laid over them; else the whole extent. `None` if the
+/// file's data is not in the database (in the object store or on disk).
+pub fn extent_past(
+    s: &impl Access,
+    space: u32,
+    ino: u64,
+    slot: u64,
+    (known, chg): (&[u8], u64),
+) -> ShardResult<Option<Vec<u8>>> {
+    type Row = (u64, Option<u64>, Option<Vec<u8>>);
+    let have = slot + known.len() as u64;
+    let rows: Vec<Row> = s.query("read", |c| {
+        c.exec(
+            "SELECT i.chg, e.off, e.data FROM inodes i LEFT JOIN extents e
+               ON e.space_id = i.space_id AND e.ino = i.ino
+               AND e.off >= IF(i.chg <=> ?,
+                     GREATEST(?, COALESCE((SELECT MAX(x.off) FROM extents x
+                                           WHERE x.space_id = ? AND x.ino = ? AND x.off < ?), 0)),
+                     ?)
+               AND e.off < ? AND (NOT i.chg <=> ? OR e.off + e.len > ?)
+             WHERE i.space_id = ? AND i.ino = ? AND i.s3_key IS NULL AND i.import_path IS NULL
+             ORDER BY e.off",
+            mysql::Params::Positional(vec![
+                chg.into(),
+                slot.into(),
+                space.into(),
+                ino.into(),
+                have.into(),
+                slot.into(),
+                (slot + E).into(),
+                chg.into(),
+                have.into(),
+                space.into(),
+                ino.into(),
+            ]),
+        )
+    })?;
+    let Some(&(now, ..)) = rows.first() else {
+        return Ok(None);
+    };
+    let pieces: Vec<(u64, Vec<u8>)> = rows
+        .into_iter()
+        .filter_map(|(_, o, d)| Some((o?, d?)))
+        .collect();
+    data_read(pieces.iter().map(|(_, d)| d.len()).sum());
+    if now == chg {
+        return Ok(Some(overlay(slot, known, pieces)));
+    }
+    Ok(Some(assemble(pieces).pop().map_or(Vec::new(), |e| e.1)))
 }
 
 /// Counts `bytes` of file data read from the Storage Node.

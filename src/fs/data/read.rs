@@ -347,7 +347,7 @@ impl OpenInode {
     /// One extent as the file holds it (empty if none), for a partial
     /// overwrite. Called with the file's lock held: nothing here can change it.
     pub(super) fn load_extent(&self, ext: u64) -> FsResult<Vec<u8>> {
-        let rows = self.load_span(ext, ext + E, None)?;
+        let rows = self.load_span(ext, ext + E)?;
         Ok(rows
             .into_iter()
             .find(|(o, _)| *o == ext)
@@ -356,18 +356,11 @@ impl OpenInode {
     }
 
     /// The extents in `[first, last)` (holes missing), from the database
-    /// or, for a file in the object store, from its object. `known`: the
-    /// first bytes of the one extent asked for, which the database then
-    /// sends only the rest of (see `extents::span`).
-    fn load_span(
-        &self,
-        first: u64,
-        last: u64,
-        known: Option<&[u8]>,
-    ) -> FsResult<Vec<(u64, Vec<u8>)>> {
+    /// or, for a file in the object store, from its object.
+    fn load_span(&self, first: u64, last: u64) -> FsResult<Vec<(u64, Vec<u8>)>> {
         let mut attempt = 0;
         loop {
-            match extents::span(&self.shard, self.space, self.ino, (first, last), known)? {
+            match extents::span(&self.shard, self.space, self.ino, first, last)? {
                 Span::Extents(rows) => {
                     self.in_object.store(false, Ordering::Release);
                     return Ok(rows);
@@ -455,11 +448,24 @@ impl OpenInode {
         version: (u64, u64),
     ) -> FsResult<Vec<(u64, Arc<Vec<u8>>)>> {
         let _room = cache.reserve((last - first) as usize);
-        // One extent that only grew since it was cached: the rest of it.
+        // One extent that grew since it was cached: the rest of it, if
+        // only appends came since.
         let known = (last - first == E)
             .then(|| cache.partial(self.space, self.ino, version.0, first))
             .flatten();
-        let rows = self.load_span(first, last, known.as_deref().map(|k| &k[..]))?;
+        let past = match known {
+            Some((k, chg)) => {
+                extents::extent_past(&self.shard, self.space, self.ino, first, (&k, chg))?
+            }
+            None => None,
+        };
+        let rows = match past {
+            Some(extent) => {
+                self.in_object.store(false, Ordering::Release);
+                vec![(first, extent)]
+            }
+            None => self.load_span(first, last)?,
+        };
         let rows: Vec<(u64, Arc<Vec<u8>>)> =
             rows.into_iter().map(|(o, d)| (o, Arc::new(d))).collect();
         // Held while caching: a last close waits, so what is put here is
