@@ -127,8 +127,15 @@ impl DataCache {
         let mut g = self.inner.lock().unwrap();
         match g.gens.get((space, ino)) {
             // (A counter not known stays unknown: this mount's own writes
-            // left it so, and its cache is not known to match the new one.)
-            Some((generation, s, _)) if s == stamp => return (generation, true),
+            // left it so, and its cache is not known to match the new one.
+            // A known one moved with the stamp unchanged, by a change of no
+            // byte (the data moved to the object store), is taken.)
+            Some((generation, s, c)) if s == stamp => {
+                if c.is_some_and(|c| c != chg) {
+                    g.gens.insert((space, ino), (generation, stamp, Some(chg)));
+                }
+                return (generation, true);
+            }
             Some((generation, s, Some(c)))
                 if c == chg && stamp.2 > s.2 && stamp.2 - s.2 <= MAX_KEPT_GROWTH =>
             {
@@ -501,6 +508,10 @@ mod tests {
             c.get(1, 2, g, 2 * E).is_none(),
             "the old end's extent stays"
         );
+        assert_eq!(
+            c.partial(1, 2, g, 2 * E).map(|p| (p.0.len(), p.1)),
+            Some((10, 7))
+        );
         // Another counter (rewritten), or shorter: a new generation.
         assert_ne!(c.generation_for(1, 2, (7, 7, 4 * E), 8).0, g);
         let (g, _) = c.generation_for(1, 3, (5, 5, E + 5), 7);
@@ -537,5 +548,12 @@ mod tests {
         assert_ne!(c.generation_for(1, 5, (6, 6, far), 3).0, g);
         let (g, _) = c.generation_for(1, 6, (5, 5, 10), 3);
         assert!(!c.appended((1, 6, g), 3, (6, 6, far), Some((10, far))));
+
+        // The counter moved, the stamp did not (the data went to the
+        // object store): the cache stands, at the new counter.
+        let (g, _) = c.generation_for(1, 7, (5, 5, 10), 3);
+        c.put(1, 7, g, 0, Arc::new(vec![1; 10]));
+        assert_eq!(c.generation_for(1, 7, (5, 5, 10), 4), (g, true));
+        assert_eq!(c.head(1, 7).map(|h| h.1), Some(4));
     }
 }
