@@ -568,23 +568,53 @@ fn released(port: u16) {
 /// its data, but only data the mount does not have.
 fn opens_fetch_only_data_not_cached(port: u16, s: &Path, s2: &Path) {
     use std::io::{Seek, Write};
+    use std::os::unix::fs::FileExt;
     let fetched = || counter(port, "tshs_db_data_read_bytes_total");
     std::fs::create_dir(s2.join("heads")).unwrap();
+    let theirs = s2.join("heads/f");
     let mut want: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::write(s2.join("heads/f"), &want).unwrap();
+    std::fs::write(&theirs, &want).unwrap();
     let f = s.join("heads/f");
+    // The file read whole through a new open (all earlier ones released),
+    // checked; the bytes that cost.
+    let open_read = |want: &[u8]| {
+        released(port);
+        let before = fetched();
+        assert!(
+            std::fs::read(&f).unwrap() == want,
+            "read through a new open"
+        );
+        fetched() - before
+    };
+    // The same through a handle kept open, once a stat past the attribute
+    // TTL told the mount the file's size.
+    let held_read = |held: &std::fs::File, want: &[u8]| {
+        std::thread::sleep(Duration::from_millis(1100));
+        let before = fetched();
+        assert_eq!(fresh_stat(&f)[4], want.len() as i64);
+        let mut got = vec![0; want.len() + 10];
+        let n = held.read_at(&mut got, 0).unwrap();
+        assert!(got[..n] == *want, "read through a held handle");
+        fetched() - before
+    };
+    // Landed before it returns (a close may leave appends queued).
+    let append = |data: &[u8]| {
+        let mut other = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&theirs)
+            .unwrap();
+        other.write_all(data).unwrap();
+        other.sync_all().unwrap();
+    };
 
     // Made by the other mount: the first open fetches it whole.
-    let before = fetched();
-    assert_eq!(std::fs::read(&f).unwrap(), want);
-    assert_eq!(fetched() - before, want.len() as u64, "first open");
+    assert_eq!(open_read(&want), want.len() as u64, "first open");
 
     // Unchanged: each open asks (one round trip) and fetches nothing.
-    let (before, trips) = (fetched(), round_trips(port));
+    let trips = round_trips(port);
     for _ in 0..20 {
-        assert_eq!(std::fs::read(&f).unwrap(), want);
+        assert_eq!(open_read(&want), 0, "open of an unchanged cached file");
     }
-    assert_eq!(fetched(), before, "opens of an unchanged cached file");
     let trips = round_trips(port) - trips;
     assert!(
         (20..=22).contains(&trips),
@@ -594,18 +624,10 @@ fn opens_fetch_only_data_not_cached(port: u16, s: &Path, s2: &Path) {
     // Appended to by the other mount: the next open fetches only what
     // was added (twice over).
     for record in [&b"appended elsewhere"[..], b"and again"] {
-        let mut other = std::fs::OpenOptions::new()
-            .append(true)
-            .open(s2.join("heads/f"))
-            .unwrap();
-        other.write_all(record).unwrap();
-        drop(other);
+        append(record);
         want.extend_from_slice(record);
-        released(port);
-        let before = fetched();
-        assert_eq!(std::fs::read(&f).unwrap(), want);
         assert_eq!(
-            fetched() - before,
+            open_read(&want),
             record.len() as u64,
             "open after an append"
         );
@@ -618,70 +640,43 @@ fn opens_fetch_only_data_not_cached(port: u16, s: &Path, s2: &Path) {
         assert_eq!(std::fs::read(&f).unwrap(), want);
     }
     assert_eq!(fetched(), before, "opens of a file open here");
-    // Appended to by the other mount while open here: once a stat told
-    // the mount the new end, a read through the open handle fetches only
-    // the new bytes.
-    let mut other = std::fs::OpenOptions::new()
-        .append(true)
-        .open(s2.join("heads/f"))
-        .unwrap();
-    other.write_all(b"read through a held handle").unwrap();
-    drop(other);
+    // Appended to by the other mount while open here: a read through the
+    // open handle fetches only the new bytes.
+    append(b"read through a held handle");
     want.extend_from_slice(b"read through a held handle");
-    std::thread::sleep(Duration::from_millis(1100)); // the attribute TTL
-    let before = fetched();
-    assert_eq!(fresh_stat(&f)[4], want.len() as i64);
-    let mut got = vec![0; want.len() + 10];
-    let n = std::os::unix::fs::FileExt::read_at(&held, &mut got, 0).unwrap();
-    assert_eq!(&got[..n], &want[..]);
-    assert_eq!(
-        fetched() - before,
-        b"read through a held handle".len() as u64,
-        "a read after another mount's append"
-    );
+    assert_eq!(held_read(&held, &want), 26, "a read after an append");
     // Cut and grown again by the other mount (its counter moved): the
-    // read fetches the extent whole, none of the bytes kept of it.
-    let other = std::fs::OpenOptions::new()
+    // read fetches the extent whole, none of the bytes kept of it. Two
+    // rows: the first ends inside the bytes kept, the second ends past
+    // them (read alone, it would leave the first's range stale).
+    std::fs::OpenOptions::new()
         .write(true)
-        .open(s2.join("heads/f"))
+        .open(&theirs)
+        .unwrap()
+        .set_len(50_000)
         .unwrap();
-    other.set_len(50_000).unwrap();
-    drop(other);
     let mut other = std::fs::OpenOptions::new()
         .append(true)
-        .open(s2.join("heads/f"))
+        .open(&theirs)
         .unwrap();
-    // Two rows: the second begins past the bytes kept, the first does not.
     other.write_all(&[b'Z'; 50_000]).unwrap();
     other.sync_all().unwrap();
     other.write_all(&[b'Z'; 10_000]).unwrap();
+    other.sync_all().unwrap();
     drop(other);
     want.truncate(50_000);
     want.extend_from_slice(&[b'Z'; 60_000]);
-    std::thread::sleep(Duration::from_millis(1100));
-    let before = fetched();
-    assert_eq!(fresh_stat(&f)[4], want.len() as i64);
-    let mut got = vec![0; want.len() + 10];
-    let n = std::os::unix::fs::FileExt::read_at(&held, &mut got, 0).unwrap();
-    assert!(got[..n] == want[..], "read after a cut and regrowth");
-    assert_eq!(fetched() - before, want.len() as u64, "the whole extent");
+    assert_eq!(held_read(&held, &want), want.len() as u64, "after a cut");
     drop(held);
 
     // Rewritten in place by the other mount (same size): read anew.
     let mut other = std::fs::OpenOptions::new()
         .write(true)
-        .open(s2.join("heads/f"))
+        .open(&theirs)
         .unwrap();
     other.seek(std::io::SeekFrom::Start(10)).unwrap();
     other.write_all(b"REWRITTEN").unwrap();
     drop(other);
     want[10..19].copy_from_slice(b"REWRITTEN");
-    released(port);
-    let before = fetched();
-    assert_eq!(std::fs::read(&f).unwrap(), want);
-    assert_eq!(
-        fetched() - before,
-        want.len() as u64,
-        "open after a rewrite"
-    );
+    assert_eq!(open_read(&want), want.len() as u64, "open after a rewrite");
 }

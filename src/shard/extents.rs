@@ -100,15 +100,16 @@ pub fn extent_past(
     let rows: Vec<Row> = s.query("read", |c| {
         c.exec(
             "SELECT i.chg, e.off, e.data FROM inodes i LEFT JOIN extents e
-               ON e.space_id = i.space_id AND e.ino = i.ino
+               ON e.space_id = i.space_id AND e.ino = i.ino AND e.off >= ?
                AND e.off >= IF(i.chg <=> ?,
                      GREATEST(?, COALESCE((SELECT MAX(x.off) FROM extents x
                                            WHERE x.space_id = ? AND x.ino = ? AND x.off < ?), 0)),
                      ?)
-               AND e.off < ? AND (NOT i.chg <=> ? OR e.off + e.len > ?)
+               AND e.off < ? AND (NOT (i.chg <=> ?) OR e.off + e.len > ?)
              WHERE i.space_id = ? AND i.ino = ? AND i.s3_key IS NULL AND i.import_path IS NULL
              ORDER BY e.off",
             mysql::Params::Positional(vec![
+                slot.into(),
                 chg.into(),
                 slot.into(),
                 space.into(),
