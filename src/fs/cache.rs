@@ -211,8 +211,8 @@ impl DataCache {
     }
 
     /// Drops the cached extents of a generation holding `[from, to)`: the
-    /// file grew there by appends alone. What each held is still its first
-    /// bytes, kept apart as a partial extent (see [`DataCache::partial`]).
+    /// file grew there. What each held is kept apart as a partial extent,
+    /// its first bytes while only appends came (see [`DataCache::partial`]).
     fn drop_range(g: &mut Inner, (space, ino, generation): (u32, u64, u64), from: u64, to: u64) {
         let mut ext = from - from % E;
         while ext < to {

@@ -272,7 +272,7 @@ impl OpenInode {
     }
 
     /// Drops the cached extents holding `[from, to)`, where the file grew
-    /// by appends (their first bytes are kept apart: see `fetch`).
+    /// (what they held is kept apart: see `fetch`).
     pub(super) fn uncache(&self, cache: &DataCache, st: &FileState, from: u64, to: u64) {
         let mut ext = from - from % E;
         while ext < to {
