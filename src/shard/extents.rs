@@ -82,12 +82,55 @@ pub fn span(s: &impl Access, space: u32, ino: u64, first: u64, last: u64) -> Sha
     Ok(Span::Extents(assemble(pieces)))
 }
 
+/// What a mount has of a slot: its first bytes up to `have` (an offset in
+/// the file), cached when the file was at change counter `chg`. A file
+/// still at `chg` and at least `have` long only grew since: the mount lacks
+/// only the rows that end past `have`.
+pub struct Lacking {
+    pub space: u32,
+    pub ino: u64,
+    pub have: u64,
+    pub chg: u64,
+}
+
+impl Lacking {
+    /// The condition on a slot's rows `e`, joined to their inode `i`, that
+    /// keeps those the mount lacks: if the file only grew, the rows from the
+    /// last one that begins before `have` on (a range of the key, not a
+    /// scan of the slot) that end past it; else all of them. Its parameters
+    /// are [`Lacking::params`].
+    pub const ROWS: &'static str = "e.off >= IF(i.chg <=> ? AND i.size >= ?,
+          COALESCE((SELECT MAX(x.off) FROM extents x
+                    WHERE x.space_id = ? AND x.ino = ? AND x.off < ?), 0), 0)
+        AND (NOT (i.chg <=> ? AND i.size >= ?) OR e.off + e.len > ?)";
+
+    pub fn params(&self) -> [mysql::Value; 8] {
+        let (chg, have) = (self.chg, self.have);
+        [
+            chg,
+            have,
+            self.space.into(),
+            self.ino,
+            have,
+            chg,
+            have,
+            have,
+        ]
+        .map(Into::into)
+    }
+
+    /// Whether the file, now at `chg` and `size` bytes long, only grew: the
+    /// same test as [`Lacking::ROWS`]'.
+    pub fn only_grew(&self, chg: u64, size: u64) -> bool {
+        chg == self.chg && size >= self.have
+    }
+}
+
 /// The extent at `slot` whose first bytes the mount has (`known`, cached
-/// when the file was at change counter `chg`), in one query: if the file is
-/// still at `chg` (it only grew since), only the rows that end past them
-/// are read, from the last one that begins before their end on (a range of
-/// the key), and laid over them; else the whole extent. `None` if the
-/// file's data is not in the database (in the object store or on disk).
+/// when the file was at change counter `chg`), in one query: if the file
+/// only grew since, only the rows it lacks are read ([`Lacking`]) and laid
+/// over them; else the whole extent. `None` if the file's data is not in
+/// the database (in the object store or on disk).
 pub fn extent_past(
     s: &impl Access,
     space: u32,
@@ -95,44 +138,38 @@ pub fn extent_past(
     slot: u64,
     (known, chg): (&[u8], u64),
 ) -> ShardResult<Option<Vec<u8>>> {
-    type Row = (u64, Option<u64>, Option<Vec<u8>>);
-    let have = slot + known.len() as u64;
+    type Row = (u64, u64, Option<u64>, Option<Vec<u8>>);
+    let lacking = Lacking {
+        space,
+        ino,
+        have: slot + known.len() as u64,
+        chg,
+    };
     let rows: Vec<Row> = s.query("read", |c| {
+        let mut params: Vec<mysql::Value> = vec![slot.into(), (slot + E).into()];
+        params.extend(lacking.params());
+        params.extend([space.into(), ino.into()]);
         c.exec(
-            "SELECT i.chg, e.off, e.data FROM inodes i LEFT JOIN extents e
-               ON e.space_id = i.space_id AND e.ino = i.ino AND e.off >= ?
-               AND e.off >= IF(i.chg <=> ?,
-                     GREATEST(?, COALESCE((SELECT MAX(x.off) FROM extents x
-                                           WHERE x.space_id = ? AND x.ino = ? AND x.off < ?), 0)),
-                     ?)
-               AND e.off < ? AND (NOT (i.chg <=> ?) OR e.off + e.len > ?)
-             WHERE i.space_id = ? AND i.ino = ? AND i.s3_key IS NULL AND i.import_path IS NULL
-             ORDER BY e.off",
-            mysql::Params::Positional(vec![
-                slot.into(),
-                chg.into(),
-                slot.into(),
-                space.into(),
-                ino.into(),
-                have.into(),
-                slot.into(),
-                (slot + E).into(),
-                chg.into(),
-                have.into(),
-                space.into(),
-                ino.into(),
-            ]),
+            format!(
+                "SELECT i.chg, i.size, e.off, e.data FROM inodes i LEFT JOIN extents e
+                   ON e.space_id = i.space_id AND e.ino = i.ino AND e.off >= ? AND e.off < ?
+                   AND {}
+                 WHERE i.space_id = ? AND i.ino = ? AND i.s3_key IS NULL AND i.import_path IS NULL
+                 ORDER BY e.off",
+                Lacking::ROWS
+            ),
+            mysql::Params::Positional(params),
         )
     })?;
-    let Some(&(now, ..)) = rows.first() else {
+    let Some(&(now, size, ..)) = rows.first() else {
         return Ok(None);
     };
     let pieces: Vec<(u64, Vec<u8>)> = rows
         .into_iter()
-        .filter_map(|(_, o, d)| Some((o?, d?)))
+        .filter_map(|(_, _, o, d)| Some((o?, d?)))
         .collect();
     data_read(pieces.iter().map(|(_, d)| d.len()).sum());
-    if now == chg {
+    if lacking.only_grew(now, size) {
         return Ok(Some(overlay(slot, known, pieces)));
     }
     Ok(Some(assemble(pieces).pop().map_or(Vec::new(), |e| e.1)))

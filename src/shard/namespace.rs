@@ -11,6 +11,7 @@ use mysql::{Row, Transaction};
 use super::access::Access;
 use super::attrs::{self, AttrChange};
 use super::error::{ShardError, ShardResult};
+use super::extents::Lacking;
 use super::inode::{self, Attr, COLUMNS, DELETED, I_COLUMNS, Node, ORPHAN};
 use crate::clock::now_ns;
 use crate::db::{Body, DbError, Once, TxError};
@@ -166,6 +167,17 @@ pub struct Known<'a> {
     pub cached: &'a [u8],
 }
 
+impl Known<'_> {
+    fn lacking(&self, space: u32, ino: u64) -> Lacking {
+        Lacking {
+            space,
+            ino,
+            have: self.cached.len() as u64,
+            chg: self.chg,
+        }
+    }
+}
+
 /// The attributes, the change counter (`inodes.chg`: moved by every change
 /// but appends), and the first slot's data if `head` asks for it (empty for
 /// a hole or an empty file), from one query.
@@ -206,22 +218,17 @@ pub fn getattr_with_head(
                 let changed = format!(
                     "{wanted} AND NOT (i.mtime <=> ? AND i.ctime <=> ? AND i.size <=> ? AND i.chg <=> ?)"
                 );
-                // Only grown: the rows that end past the bytes cached, from
-                // the last one that begins before their end on (a range of
-                // the key, not a scan of the slot).
-                let rows = "e.off >= IF(i.chg <=> ? AND i.size >= ?,
-                      COALESCE((SELECT MAX(x.off) FROM extents x
-                                WHERE x.space_id = ? AND x.ino = ? AND x.off < ?), 0), 0)
-                    AND (NOT (i.chg <=> ? AND i.size >= ?) OR e.off + e.len > ?)";
                 let (mtime, ctime, size) = k.stamp;
-                let have = k.cached.len() as u64;
                 let mut params: Vec<mysql::Value> = Vec::new();
                 for _ in 0..2 {
                     params.extend([mtime.into(), ctime.into(), size.into(), k.chg.into()]);
                 }
-                params.extend([k.chg.into(), have.into(), space.into(), ino.into(), have.into()]);
-                params.extend([k.chg.into(), have.into(), have.into(), space.into(), ino.into()]);
-                conn.exec(query(&changed, rows), mysql::Params::Positional(params))
+                params.extend(k.lacking(space, ino).params());
+                params.extend([space.into(), ino.into()]);
+                conn.exec(
+                    query(&changed, Lacking::ROWS),
+                    mysql::Params::Positional(params),
+                )
             }
         }
     })?;
@@ -239,10 +246,8 @@ pub fn getattr_with_head(
         })
         .collect();
     super::extents::data_read(pieces.iter().map(|(_, d)| d.len()).sum());
-    // Only grown: the same test as the query's.
     if let Head::Unless(Some(k)) = head
-        && chg == k.chg
-        && attr.size >= k.cached.len() as u64
+        && k.lacking(space, ino).only_grew(chg, attr.size)
     {
         return Ok((
             attr,
