@@ -644,6 +644,20 @@ fn opens_fetch_only_data_not_cached(port: u16, s: &Path, s2: &Path) {
     // open handle fetches only the new bytes.
     append(b"read through a held handle");
     want.extend_from_slice(b"read through a held handle");
+    // Once a stat told the mount the file grew, a read below the end it
+    // knew needs no query (the bytes it had stay); one past it fetches
+    // only the new bytes.
+    std::thread::sleep(Duration::from_millis(1100)); // past the attribute TTL
+    assert_eq!(fresh_stat(&f)[4], want.len() as i64);
+    let (trips, before) = (round_trips(port), fetched());
+    let mut below = vec![0; 4096];
+    held.read_exact_at(&mut below, 1000).unwrap();
+    assert!(below == want[1000..5096], "a read below the old end");
+    assert_eq!(
+        (round_trips(port) - trips, fetched() - before),
+        (0, 0),
+        "a read below the old end"
+    );
     assert_eq!(held_read(&held, &want), 26, "a read after an append");
     // Cut and grown again by the other mount (its counter moved): the
     // read fetches the extent whole, none of the bytes kept of it. Two

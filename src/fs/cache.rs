@@ -211,8 +211,9 @@ impl DataCache {
     }
 
     /// Drops the cached extents of a generation holding `[from, to)`: the
-    /// file grew there. What each held is kept apart as a partial extent,
-    /// its first bytes while only appends came (see [`DataCache::partial`]).
+    /// file grew there. What each held is kept apart as a partial extent:
+    /// reads below its end use it ([`DataCache::get_upto`]), a read past it
+    /// fetches only the rest while only appends came ([`DataCache::partial`]).
     fn drop_range(g: &mut Inner, (space, ino, generation): (u32, u64, u64), from: u64, to: u64) {
         let mut ext = from - from % E;
         while ext < to {
@@ -260,6 +261,35 @@ impl DataCache {
     pub fn get(&self, space: u32, ino: u64, generation: u64, off: u64) -> Option<Arc<Vec<u8>>> {
         let mut g = self.inner.lock().unwrap();
         let v = g.lru.get(&(space, ino, generation, off)).cloned();
+        if v.is_some() {
+            g.hits += 1;
+            crate::metrics::global().cache_hits.inc();
+        } else {
+            g.misses += 1;
+            crate::metrics::global().cache_misses.inc();
+        }
+        v
+    }
+
+    /// The cached extent at `off`, or, of one the file grew past since it
+    /// was cached, its first bytes if they hold its first `upto` (they are
+    /// the generation's as much as a whole extent is: a read below the old
+    /// end needs nothing new).
+    pub fn get_upto(
+        &self,
+        (space, ino, generation): (u32, u64, u64),
+        off: u64,
+        upto: usize,
+    ) -> Option<Arc<Vec<u8>>> {
+        let mut g = self.inner.lock().unwrap();
+        let v = match g.lru.get(&(space, ino, generation, off)) {
+            Some(v) => Some(v.clone()),
+            None => g
+                .lru
+                .get(&(space, ino, generation, off | PARTIAL))
+                .filter(|p| p.len() >= upto)
+                .cloned(),
+        };
         if v.is_some() {
             g.hits += 1;
             crate::metrics::global().cache_hits.inc();

@@ -104,7 +104,10 @@ impl OpenInode {
             while ext < end {
                 let d = match Self::buffered(&st, ext) {
                     Some(b) => Some(Arc::new(b.data.clone())),
-                    None => cache.get(self.space, self.ino, st.generation, ext),
+                    None => {
+                        let upto = (end.min(ext + E) - ext) as usize;
+                        cache.get_upto((self.space, self.ino, st.generation), ext, upto)
+                    }
                 };
                 if d.is_none() {
                     match st.loading.iter().find(|l| l.covers(ext)) {
