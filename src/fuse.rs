@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::fs::meta::SetAttr;
@@ -140,6 +141,7 @@ impl_reply!(
     ReplyDirectoryPlus,
     ReplyEmpty,
     ReplyEntry,
+    ReplyIoctl,
     ReplyLseek,
     ReplyOpen,
     ReplyStatfs,
@@ -512,6 +514,38 @@ impl Filesystem for FuseFs {
     ) {
         begin!("release");
         empty(self.fs.release(fh.0), reply)
+    }
+
+    /// Only `protocol::APPEND_IOCTL`; any other is not ours (`ENOTTY`).
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        begin!("ioctl");
+        if cmd != crate::protocol::APPEND_IOCTL {
+            return reply.error(FErrno::ENOTTY);
+        }
+        let Some(data) = crate::protocol::append_ioctl_data(in_data) else {
+            return reply.error(FErrno::EINVAL);
+        };
+        let r = self.fs.append_durably(fh.0, data, caller(req));
+        answer(r, reply, |reply, (w, at)| {
+            metrics::global().bytes_written.inc_by(u64::from(w.len));
+            self.attrs_changed(ino, &w);
+            // The kernel learns the new size at its next stat (a write
+            // would have told it).
+            if let Some(n) = self.notifier.get() {
+                let _ = n.inval_inode(ino, -1, 0);
+            }
+            reply.ioctl(0, &at.unwrap_or(u64::MAX).to_ne_bytes())
+        })
     }
 
     fn fsync(

@@ -7,6 +7,8 @@
 //!   another mount appends at the same moment (the space server asks right
 //!   after its write, on the same thread). Threads are told apart by the
 //!   caller's thread id that FUSE passes with each request.
+//! - [`APPEND_IOCTL`] (an `ioctl`, not an attribute): a durable append
+//!   that tells where it landed, in one request.
 //! - [`S3_URL`]: for a regular file whose data is in the object store, a
 //!   presigned GET URL of its object, valid for the S3 host's
 //!   `RedirectTimeout` seconds (the space server's `--s3-redirect`).
@@ -23,6 +25,56 @@
 //! object: it is never logged.
 
 use std::ffi::CStr;
+
+/// `ioctl` [`APPEND_IOCTL`] on a file open `O_APPEND` for writing appends
+/// up to this many bytes, durable when the call returns.
+pub const APPEND_IOCTL_DATA: usize = 16368;
+
+/// The argument of [`APPEND_IOCTL`]: `len` bytes of `data` in, and on
+/// return the offset they landed at in the first 8 bytes of the argument
+/// (in the host's byte order, as `len`; `u64::MAX` if the mount does not know:
+/// its answer was lost).
+/// Unlike `write` + `fsync`, which the kernel runs one at a time per file,
+/// such appends to one file from many threads meet in one group commit.
+#[repr(C)]
+pub struct AppendArg {
+    pub len: u32,
+    pub reserved: u32,
+    pub data: [u8; APPEND_IOCTL_DATA],
+}
+
+/// `_IOWR(0xE5, 1, AppendArg)`: read and written by the kernel, 16,376
+/// bytes (the most an ioctl argument's size field holds is 16,383).
+pub const APPEND_IOCTL: u32 =
+    (3 << 30) | ((std::mem::size_of::<AppendArg>() as u32) << 16) | (0xE5 << 8) | 1;
+
+impl AppendArg {
+    /// An argument carrying `data` (at most [`APPEND_IOCTL_DATA`] bytes).
+    pub fn new(data: &[u8]) -> Box<AppendArg> {
+        let mut arg = Box::new(AppendArg {
+            len: data.len() as u32,
+            reserved: 0,
+            data: [0; APPEND_IOCTL_DATA],
+        });
+        arg.data[..data.len()].copy_from_slice(data);
+        arg
+    }
+
+    /// After the call: the offset the mount wrote over the first 8 bytes,
+    /// if it knew it.
+    pub fn landed(&self) -> Option<u64> {
+        let mut at = [0u8; 8];
+        at[..4].copy_from_slice(&self.len.to_ne_bytes());
+        at[4..].copy_from_slice(&self.reserved.to_ne_bytes());
+        Some(u64::from_ne_bytes(at)).filter(|&at| at != u64::MAX)
+    }
+}
+
+/// The data of an [`APPEND_IOCTL`] argument as the mount receives it.
+pub fn append_ioctl_data(arg: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_ne_bytes(arg.get(..4)?.try_into().ok()?) as usize;
+    (len <= APPEND_IOCTL_DATA).then(|| arg.get(8..8 + len))?
+}
 
 pub const APPEND_OFFSET: &CStr = c"user.tshs.append_offset";
 pub const S3_URL: &CStr = c"user.tshs.s3_url";
@@ -56,6 +108,19 @@ pub fn decode_space_ids(value: &[u8]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn append_ioctl_argument() {
+        assert_eq!(std::mem::size_of::<AppendArg>(), 16376);
+        assert_eq!(APPEND_IOCTL, 0xC000_0000 | (16376 << 16) | 0xE501);
+        let mut arg = vec![0u8; 16376];
+        arg[..4].copy_from_slice(&3u32.to_ne_bytes());
+        arg[8..11].copy_from_slice(b"abc");
+        assert_eq!(append_ioctl_data(&arg), Some(&b"abc"[..]));
+        arg[..4].copy_from_slice(&16369u32.to_ne_bytes());
+        assert_eq!(append_ioctl_data(&arg), None);
+        assert_eq!(append_ioctl_data(&arg[..2]), None);
+    }
 
     #[test]
     fn values_round_trip() {

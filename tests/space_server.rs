@@ -796,6 +796,103 @@ fn fsetxattr(f: &std::fs::File, name: &str, value: Option<&str>) -> Result<(), i
 
 /// The mount tells each thread where its own last `O_APPEND` write landed,
 /// also while another mount appends; the name is the mount's alone.
+/// The mount's append call (`tshs::protocol::APPEND_IOCTL`) with `len`
+/// as the length it claims and `data`: the offset it landed at, or errno.
+fn append_call(f: &std::fs::File, cmd: u32, len: u32, data: &[u8]) -> Result<u64, i32> {
+    use std::os::fd::AsRawFd;
+    let mut arg = tshs::protocol::AppendArg::new(data);
+    arg.len = len;
+    // SAFETY: the argument the command's size names, alive for the call.
+    let r = unsafe {
+        libc::ioctl(
+            f.as_raw_fd(),
+            cmd as libc::Ioctl,
+            &mut *arg as *mut tshs::protocol::AppendArg,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    Ok(arg.landed().expect("the mount knows where it landed"))
+}
+
+/// Appends through the call from many threads on one descriptor: each
+/// lands whole, once, where it says, committed when the call returns (the
+/// other mount reads it while the file is still open here). Refused on a
+/// descriptor not open `O_APPEND` for writing, with a wrong length, and
+/// any other command is not the mount's.
+#[test]
+fn the_append_call_is_durable_and_tells_where_it_landed() {
+    use tshs::protocol::{APPEND_IOCTL, APPEND_IOCTL_DATA};
+    let c = TestCluster::with_nodes();
+    let m1 = Mount::new(&c, &[]);
+    let m2 = Mount::new(&c, &[]);
+    let path = m1.space(3).join("calls.log");
+    let f = Arc::new(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .unwrap(),
+    );
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|k| {
+                        let record = format!("<{t}:{k}>").repeat(1 + k % 7).into_bytes();
+                        let at = append_call(&f, APPEND_IOCTL, record.len() as u32, &record)
+                            .expect("append call");
+                        (at, record)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let landed: Vec<(u64, Vec<u8>)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let seen = std::fs::read(m2.path().join("vol01/3/calls.log")).unwrap();
+    let total: usize = landed.iter().map(|(_, r)| r.len()).sum();
+    assert_eq!(seen.len(), total, "every append once, nothing else");
+    for (at, record) in &landed {
+        let at = *at as usize;
+        assert!(
+            seen.get(at..at + record.len()) == Some(&record[..]),
+            "a record at the offset the call told"
+        );
+    }
+    // Refused: a descriptor for reading only, one not open O_APPEND, a
+    // length past the most or past what was sent.
+    let read_only = std::fs::File::open(&path).unwrap();
+    assert_eq!(
+        append_call(&read_only, APPEND_IOCTL, 1, b"x"),
+        Err(libc::EBADF)
+    );
+    let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    assert_eq!(
+        append_call(&writer, APPEND_IOCTL, 1, b"x"),
+        Err(libc::EBADF)
+    );
+    let too_long = APPEND_IOCTL_DATA as u32 + 1;
+    assert_eq!(
+        append_call(&f, APPEND_IOCTL, too_long, b"x"),
+        Err(libc::EINVAL)
+    );
+    // Another command with the same argument size is not ours.
+    assert_eq!(
+        append_call(&f, APPEND_IOCTL + 1, 1, b"x"),
+        Err(libc::ENOTTY)
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        total as u64,
+        "nothing of the refused calls landed"
+    );
+}
+
 #[test]
 fn the_mount_tells_each_thread_where_its_append_landed() {
     let c = TestCluster::with_nodes();

@@ -95,6 +95,14 @@ impl Handles {
         Ok((h.node.clone(), h.append))
     }
 
+    /// Whether handle `fh` was opened for appending (`O_APPEND`, for
+    /// writing).
+    fn appends(&self, fh: u64) -> FsResult<bool> {
+        let h = self.table.lock().unwrap();
+        let h = h.get(&fh).ok_or(Error::EBADF)?;
+        Ok(h.append && h.writing_since.is_some())
+    }
+
     /// The file of handle `fh`, what the handle has reported of failed
     /// queued appends, and whether it was opened for writing.
     fn get_for_flush(&self, fh: u64) -> FsResult<(Arc<OpenInode>, Arc<AtomicU64>, bool)> {
@@ -427,6 +435,24 @@ impl Fs {
             len: data.len() as u32,
             mode_changed,
         })
+    }
+
+    /// A durable append through handle `fh`, open `O_APPEND` for writing
+    /// (else `EBADF`), and the offset it landed at if this mount knows it
+    /// (see `protocol::APPEND_IOCTL`): a `write` that commits before it
+    /// returns, as with `O_SYNC`.
+    pub fn append_durably(
+        &self,
+        fh: u64,
+        data: &[u8],
+        caller: Caller,
+    ) -> FsResult<(Written, Option<u64>)> {
+        if !self.handles.appends(fh)? {
+            return Err(Error::EBADF);
+        }
+        let w = self.write(fh, 0, data, caller, true, None)?;
+        let (node, _) = self.handles.get(fh)?;
+        Ok((w, node.last_append(caller.pid)))
     }
 
     /// A write (or fallocate) by `caller` clears set-user-ID and

@@ -45,7 +45,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -201,6 +201,9 @@ pub struct Tree {
     pub(super) rotate_size: u64,
     pub(super) appends: Mutex<HashMap<std::path::PathBuf, Arc<Mutex<()>>>>,
     pub(super) seq: AtomicU64,
+    /// Appends go through the mount's append call (until it refuses one:
+    /// not a tshs mount).
+    pub(super) append_calls: AtomicBool,
 }
 
 const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH.union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -219,6 +222,7 @@ impl Tree {
             rotate_size,
             appends: Mutex::default(),
             seq: AtomicU64::new(0),
+            append_calls: AtomicBool::new(true),
         })
     }
 

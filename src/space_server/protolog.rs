@@ -3,7 +3,8 @@
 //! a full log (the invariants are in [`super::files`]).
 
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -32,7 +33,7 @@ impl Tree {
             .entry(rel.to_path())
             .or_default()
             .clone();
-        let _serial = lock.lock().unwrap();
+        let mut serial = Some(lock.lock().unwrap());
         let protolog = rel.split_last().expect("depth 4").0;
         let deadline = Instant::now() + STALE_NAME_WAIT;
         let (fd, before, dir) = loop {
@@ -79,32 +80,72 @@ impl Tree {
             drop((fd, dir));
             std::thread::sleep(Duration::from_millis(50));
         };
-        let n = nix::unistd::write(&fd, data).map_err(sys("write"))?;
-        if n != data.len() {
-            // The mount takes a write of up to 1 MiB whole; this is a bug.
-            return Err(Error::OffsetUnknown(format!(
-                "short write: {n} of {} bytes",
-                data.len()
-            )));
-        }
-        fsync(fd.as_fd()).map_err(sys("fsync"))?;
-        // Same thread as the write: the mount tells where it landed.
-        let told = fgetxattr(fd.as_fd(), protocol::APPEND_OFFSET).map_err(sys("getxattr"))?;
+        // On a tshs mount, one call that is durable when it returns, made
+        // without the lock: the log's other appends through this server go
+        // on meanwhile and meet in the mount's group commit (`write` and
+        // `fsync` the kernel runs one at a time per file).
+        let called = if self.append_calls.load(Ordering::Relaxed)
+            && data.len() <= protocol::APPEND_IOCTL_DATA
+        {
+            drop(serial.take());
+            match append_call(fd.as_fd(), data) {
+                Ok(told) => Some(told),
+                Err(Errno::ENOTTY | Errno::ENOSYS | Errno::EINVAL) => {
+                    // Not a tshs mount (or an older one): not asked again.
+                    self.append_calls.store(false, Ordering::Relaxed);
+                    serial = Some(lock.lock().unwrap());
+                    None
+                }
+                Err(errno) => {
+                    return Err(Error::Sys {
+                        op: "append",
+                        errno,
+                    });
+                }
+            }
+        } else {
+            None
+        };
+        let told = match called {
+            Some(told) => told,
+            None => {
+                let n = nix::unistd::write(&fd, data).map_err(sys("write"))?;
+                if n != data.len() {
+                    // The mount takes a write of up to 1 MiB whole; this is a bug.
+                    return Err(Error::OffsetUnknown(format!(
+                        "short write: {n} of {} bytes",
+                        data.len()
+                    )));
+                }
+                fsync(fd.as_fd()).map_err(sys("fsync"))?;
+                // Same thread as the write: the mount tells where it landed.
+                match fgetxattr(fd.as_fd(), protocol::APPEND_OFFSET).map_err(sys("getxattr"))? {
+                    Some(v) => Some(protocol::decode_offset(&v).ok_or_else(|| {
+                        Error::OffsetUnknown(format!(
+                            "the mount's append offset {:?} is not a number",
+                            String::from_utf8_lossy(&v)
+                        ))
+                    })?),
+                    None => None,
+                }
+            }
+        };
         let after = fresh_fstat(fd.as_fd()).map_err(sys("stat"))?;
         let len = data.len() as u64;
         let offset = match told {
-            Some(v) => protocol::decode_offset(&v)
-                .filter(|o| o + len <= after.size)
-                .ok_or_else(|| {
-                    Error::OffsetUnknown(format!(
-                        "the mount's append offset {:?} does not fit the file's {} bytes",
-                        String::from_utf8_lossy(&v),
-                        after.size
-                    ))
-                })?,
-            None if after.size == before.size + len => before.size,
+            Some(o) if o + len <= after.size => o,
+            Some(o) => {
+                return Err(Error::OffsetUnknown(format!(
+                    "the mount's append offset {o} does not fit the file's {} bytes",
+                    after.size
+                )));
+            }
+            // Nothing else appended through this server meanwhile (it held
+            // the lock), so the size tells, if it moved by this append only.
+            None if serial.is_some() && after.size == before.size + len => before.size,
             None => find_once(&fd, before.size, after.size, data)?,
         };
+        let _serial = serial.unwrap_or_else(|| lock.lock().unwrap());
         let mut file = "last.log".to_string();
         if self.rotate_size > 0 && after.size >= self.rotate_size {
             match self.rotate(dir.as_fd(), after.ino) {
@@ -252,6 +293,24 @@ fn names_of(dir: BorrowedFd<'_>, ino: u64) -> Result<Vec<String>, Error> {
 
 /// The offset of `data` in `[from, to)` of the file, where it must occur
 /// exactly once.
+/// Appends `data` (at most `protocol::APPEND_IOCTL_DATA` bytes) through a
+/// tshs mount's append call: durable when it returns, with the offset it
+/// landed at if the mount knows it. `ENOTTY` elsewhere.
+fn append_call(fd: BorrowedFd<'_>, data: &[u8]) -> Result<Option<u64>, Errno> {
+    let mut arg = protocol::AppendArg::new(data);
+    // SAFETY: the argument is the `AppendArg` the command's size names,
+    // alive and exclusively borrowed for the call.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            protocol::APPEND_IOCTL as libc::Ioctl,
+            &mut *arg as *mut protocol::AppendArg,
+        )
+    };
+    Errno::result(r)?;
+    Ok(arg.landed())
+}
+
 fn find_once(fd: &OwnedFd, from: u64, to: u64, data: &[u8]) -> Result<u64, Error> {
     let span = read_span(fd, from, to)?;
     let mut hits = span
