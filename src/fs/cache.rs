@@ -316,6 +316,16 @@ impl DataCache {
         self.evict(&mut g);
     }
 
+    /// Drops what is cached of extent `off`, whole or its first bytes.
+    pub fn forget(&self, space: u32, ino: u64, generation: u64, off: u64) {
+        let mut g = self.inner.lock().unwrap();
+        for key in [off, off | PARTIAL] {
+            if let Some(old) = g.lru.pop(&(space, ino, generation, key)) {
+                g.bytes -= cost(&old);
+            }
+        }
+    }
+
     /// Adds `data` at the end of a cached extent that holds exactly `at`
     /// bytes (an append of this mount): in place unless a reader holds the
     /// extent. Returns false, changing nothing, if the extent is not cached

@@ -412,6 +412,21 @@ impl Fs {
         sync: bool,
         lock_owner: Option<u64>,
     ) -> FsResult<Written> {
+        self.write_landed(fh, offset, data, caller, sync, lock_owner)
+            .map(|(w, _)| w)
+    }
+
+    /// A write, and where an append that waited for its commit landed, if
+    /// this mount knows.
+    fn write_landed(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        caller: Caller,
+        sync: bool,
+        lock_owner: Option<u64>,
+    ) -> FsResult<(Written, Option<u64>)> {
         let (node, append) = self.handles.get(fh)?;
         // Only a write that clears set-id bits changes attributes here (a
         // flush of buffered data moves the epoch itself).
@@ -425,16 +440,18 @@ impl Fs {
         {
             return Err(Error::EROFS);
         }
+        let mut landed = None;
         if append {
-            node.append(&self.cache, &self.appends, data, (tid, lock_owner), !sync)?;
+            landed = node.append(&self.cache, &self.appends, data, (tid, lock_owner), !sync)?;
         } else if node.write(&self.cache, offset, data)? {
             // The workers live as long as the Fs: sending cannot fail.
             let _ = self.flusher.send(node);
         }
-        Ok(Written {
+        let written = Written {
             len: data.len() as u32,
             mode_changed,
-        })
+        };
+        Ok((written, landed))
     }
 
     /// A durable append through handle `fh`, open `O_APPEND` for writing
@@ -450,9 +467,9 @@ impl Fs {
         if !self.handles.appends(fh)? {
             return Err(Error::EBADF);
         }
-        let w = self.write(fh, 0, data, caller, true, None)?;
-        let (node, _) = self.handles.get(fh)?;
-        Ok((w, node.last_append(caller.pid)))
+        // Its own answer, not the thread's last append: callers FUSE
+        // cannot name (a pid namespace of their own) share thread id 0.
+        self.write_landed(fh, 0, data, caller, true, None)
     }
 
     /// A write (or fallocate) by `caller` clears set-user-ID and

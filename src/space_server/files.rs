@@ -10,20 +10,24 @@
 //!   a directory opened that way.
 //! - PUT never shows half a file: the data goes to a temporary name in the
 //!   same directory, is fsynced, and is renamed over the target.
-//! - POST appends the body to `protolog/last.log` with one `write(2)` on an
-//!   `O_APPEND` descriptor, so the mount appends it in one transaction at
-//!   the database's end of file (never interleaved with another mount's
-//!   append), and answers after `fsync`. The offset is what the mount says
-//!   it was: the xattr `user.tshs.append_offset`, read on the same thread
-//!   right after the write, names where this thread's last append landed,
-//!   whatever other mounts appended at the same moment. Elsewhere (a
-//!   local disk, another file system) it is found from the file's size
-//!   before and after, read fresh (`AT_STATX_FORCE_SYNC`): when they differ
-//!   by exactly the body's length nothing else landed in between and the
-//!   offset is the size before. Appends through this server are serialised
-//!   per file, so that is the rule; when another process appended
-//!   meanwhile, the span between the two sizes is read back and the body
-//!   must occur in it exactly once.
+//! - POST appends the body to `protolog/last.log` on an `O_APPEND`
+//!   descriptor, so the mount appends it in one transaction at the
+//!   database's end of file (never interleaved with another mount's
+//!   append), and answers once it is durable. On a tshs mount a body that
+//!   fits goes through the mount's append call (`protocol::APPEND_IOCTL`),
+//!   which answers where it landed; appends to one log through this
+//!   server then run at once and meet in the mount's group commit. Else it
+//!   is one `write(2)` and `fsync`, one append per log at a time, and the
+//!   offset is what the mount says it was: the xattr
+//!   `user.tshs.append_offset`, read on the same thread right after the
+//!   write, names where this thread's last append landed, whatever other
+//!   mounts appended at the same moment. Elsewhere (a local disk, another
+//!   file system) it is found from the file's size before and after, read
+//!   fresh (`AT_STATX_FORCE_SYNC`): a log grows by appends only, so when
+//!   they differ by exactly the body's length nothing else landed in
+//!   between and the offset is the size before; when another process
+//!   appended meanwhile, the span between the two sizes is read back and
+//!   the body must occur in it exactly once.
 //! - GET of a file whose data is in S3 may answer with the presigned URL
 //!   the mount offers as `user.tshs.s3_url` (`--s3-redirect`).
 //! - Rotation renames a full `last.log` to the next free `<n>.log` without
@@ -33,9 +37,10 @@
 //!   opens a full file checks (reading the directory) that it is still
 //!   named `last.log` before writing. Another mount's kernel keeps the old
 //!   name for up to its entry TTL after a rotation; the append waits until
-//!   it sees the new `last.log`. Only an append that opened `last.log` in
-//!   the milliseconds before its rotation lands in the rotated log, and
-//!   its answer names that file.
+//!   it sees the new `last.log`. A rotation waits for the appends in
+//!   flight through this server; only an append through another server
+//!   that opened `last.log` before the rotation (and was still in flight)
+//!   lands in the rotated log, and its answer names that file.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
@@ -46,7 +51,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -199,7 +204,7 @@ pub struct Tree {
     pub(super) root: OwnedFd,
     /// `last.log` is rotated once it reaches this size; 0: never.
     pub(super) rotate_size: u64,
-    pub(super) appends: Mutex<HashMap<std::path::PathBuf, Arc<Mutex<()>>>>,
+    pub(super) appends: Mutex<HashMap<std::path::PathBuf, Arc<RwLock<()>>>>,
     pub(super) seq: AtomicU64,
     /// Appends go through the mount's append call (until it refuses one:
     /// not a tshs mount).

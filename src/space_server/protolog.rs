@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -33,7 +34,13 @@ impl Tree {
             .entry(rel.to_path())
             .or_default()
             .clone();
-        let mut serial = Some(lock.lock().unwrap());
+        // Appends by the mount's append call share the log: they meet in
+        // its group commit. A rotation holds it alone (no append of this
+        // server is then in flight), and so does an append by `write` and
+        // `fsync` (the kernel runs those one at a time per file anyway).
+        let by_call =
+            self.append_calls.load(Ordering::Relaxed) && data.len() <= protocol::APPEND_IOCTL_DATA;
+        let mut turn = Turn::take(&lock, by_call);
         let protolog = rel.split_last().expect("depth 4").0;
         let deadline = Instant::now() + STALE_NAME_WAIT;
         let (fd, before, dir) = loop {
@@ -56,7 +63,9 @@ impl Tree {
                 .iter()
                 .any(|n| n == "last.log")
             {
-                match self.rotate(dir.as_fd(), before.ino) {
+                let rotated;
+                (turn, rotated) = turn.alone(&lock, || self.rotate(dir.as_fd(), before.ino));
+                match rotated {
                     Ok(Some(_)) => continue,
                     Ok(None) if late => {
                         log::warn!(
@@ -80,21 +89,16 @@ impl Tree {
             drop((fd, dir));
             std::thread::sleep(Duration::from_millis(50));
         };
-        // On a tshs mount, one call that is durable when it returns, made
-        // without the lock: the log's other appends through this server go
-        // on meanwhile and meet in the mount's group commit (`write` and
-        // `fsync` the kernel runs one at a time per file).
-        let called = if self.append_calls.load(Ordering::Relaxed)
-            && data.len() <= protocol::APPEND_IOCTL_DATA
-        {
-            drop(serial.take());
+        // On a tshs mount, one call that is durable when it returns.
+        let called = if by_call {
             match append_call(fd.as_fd(), data) {
                 Ok(told) => Some(told),
                 Err(Errno::ENOTTY | Errno::ENOSYS | Errno::EINVAL) => {
-                    // Not a tshs mount (or an older one): not asked again.
+                    // Not a tshs mount (or an older one): not asked again;
+                    // this append goes the `write` and `fsync` way.
                     self.append_calls.store(false, Ordering::Relaxed);
-                    serial = Some(lock.lock().unwrap());
-                    None
+                    drop((turn, fd, dir));
+                    return self.append(rel, data);
                 }
                 Err(errno) => {
                     return Err(Error::Sys {
@@ -140,15 +144,17 @@ impl Tree {
                     after.size
                 )));
             }
-            // Nothing else appended through this server meanwhile (it held
-            // the lock), so the size tells, if it moved by this append only.
-            None if serial.is_some() && after.size == before.size + len => before.size,
+            // A log grows by appends only: a size that moved by this
+            // append's length moved by it alone.
+            None if after.size == before.size + len => before.size,
             None => find_once(&fd, before.size, after.size, data)?,
         };
-        let _serial = serial.unwrap_or_else(|| lock.lock().unwrap());
         let mut file = "last.log".to_string();
         if self.rotate_size > 0 && after.size >= self.rotate_size {
-            match self.rotate(dir.as_fd(), after.ino) {
+            let rotated;
+            (turn, rotated) = turn.alone(&lock, || self.rotate(dir.as_fd(), after.ino));
+            drop(turn);
+            match rotated {
                 Ok(Some(name)) => file = name,
                 Ok(None) => {}
                 // The append is done and durable: a failed rotation is
@@ -291,8 +297,41 @@ fn names_of(dir: BorrowedFd<'_>, ino: u64) -> Result<Vec<String>, Error> {
     Ok(names)
 }
 
-/// The offset of `data` in `[from, to)` of the file, where it must occur
-/// exactly once.
+/// This server's turn on one log (see [`Tree::append`]).
+enum Turn<'a> {
+    Shared(RwLockReadGuard<'a, ()>),
+    Alone(RwLockWriteGuard<'a, ()>),
+}
+
+impl<'a> Turn<'a> {
+    fn take(lock: &'a RwLock<()>, shared: bool) -> Turn<'a> {
+        if shared {
+            Turn::Shared(lock.read().unwrap())
+        } else {
+            Turn::Alone(lock.write().unwrap())
+        }
+    }
+
+    /// Runs `f` holding the log alone (after the appends in flight through
+    /// this server landed), then takes the turn back as it was.
+    fn alone<T>(self, lock: &'a RwLock<()>, f: impl FnOnce() -> T) -> (Turn<'a>, T) {
+        match self {
+            Turn::Alone(g) => {
+                let t = f();
+                (Turn::Alone(g), t)
+            }
+            Turn::Shared(g) => {
+                drop(g);
+                let t = {
+                    let _alone = lock.write().unwrap();
+                    f()
+                };
+                (Turn::Shared(lock.read().unwrap()), t)
+            }
+        }
+    }
+}
+
 /// Appends `data` (at most `protocol::APPEND_IOCTL_DATA` bytes) through a
 /// tshs mount's append call: durable when it returns, with the offset it
 /// landed at if the mount knows it. `ENOTTY` elsewhere.
@@ -311,6 +350,8 @@ fn append_call(fd: BorrowedFd<'_>, data: &[u8]) -> Result<Option<u64>, Errno> {
     Ok(arg.landed())
 }
 
+/// The offset of `data` in `[from, to)` of the file, where it must occur
+/// exactly once.
 fn find_once(fd: &OwnedFd, from: u64, to: u64, data: &[u8]) -> Result<u64, Error> {
     let span = read_span(fd, from, to)?;
     let mut hits = span

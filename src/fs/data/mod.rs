@@ -859,6 +859,10 @@ impl OpenInode {
         for (off, b) in bufs {
             if !st.dirty.contains_key(&off) {
                 cache.put(self.space, self.ino, generation, off, Arc::new(b.data));
+            } else {
+                // Written again meanwhile: what is cached of it is older
+                // than this commit (should the newer buffer be lost).
+                cache.forget(self.space, self.ino, generation, off);
             }
         }
         st.db_size = st.db_size.max(size);
@@ -877,6 +881,9 @@ impl OpenInode {
     /// that thread ([`OpenInode::last_append`]), unless the answer saying
     /// where was lost (the append landed, once: see `group`).
     ///
+    /// Returns where it landed if it waited for its commit and this mount
+    /// knows.
+    ///
     /// `behind`: returns once the append is queued, behind those queued
     /// before it (see [`OpenInode::settle`]), once one append through the
     /// open file landed; else once it is committed, after those queued.
@@ -893,7 +900,7 @@ impl OpenInode {
         data: &[u8],
         (tid, owner): (u32, Option<u64>),
         behind: bool,
-    ) -> FsResult<()> {
+    ) -> FsResult<Option<u64>> {
         let _turn = self.data_turn.read().unwrap();
         let st = self.flush_locked(cache, self.state())?;
         // One that may pass the largest size waits for its `EFBIG`.
@@ -918,19 +925,20 @@ impl OpenInode {
                 drop(b);
                 self.settle();
             }
-            return Ok(());
+            return Ok(None);
         }
         self.settle();
         self.appending.fetch_add(1, Ordering::AcqRel);
         let eof = queues.append(self, data);
         self.appending.fetch_sub(1, Ordering::AcqRel);
         let mut offsets = self.appended.lock().unwrap();
-        match eof? {
+        let eof = eof?;
+        match eof {
             Some(eof) => offsets.record(tid, eof),
             None => offsets.forget(tid),
         }
         self.took_append.store(true, Ordering::Release);
-        Ok(())
+        Ok(eof)
     }
 
     fn queue_behind(
@@ -1230,7 +1238,16 @@ impl OpenInode {
         let mut st = self.flush_locked(cache, self.state())?;
         let a = apply();
         self.data_changed();
-        let a = a?;
+        let a = match a {
+            Ok(a) => a,
+            Err(e) => {
+                // It may have landed (its answer lost): what is cached may
+                // be stale.
+                st.write_seq += 1;
+                st.generation = cache.invalidate(self.space, self.ino, None);
+                return Err(e);
+            }
+        };
         st.write_seq += 1;
         st.size = a.size;
         st.db_size = a.size;
