@@ -483,7 +483,7 @@ impl Filesystem for FuseFs {
         // for its own process's appends.
         let owner = lock_owner.map(|o| o.0);
         let r = self.fs.write(fh.0, offset, data, caller(req), sync, owner);
-        answer(r, reply, |reply, w| {
+        answer(r, reply, |reply, (w, _)| {
             metrics::global().bytes_written.inc_by(u64::from(w.len));
             self.attrs_changed(ino, &w);
             reply.written(w.len)

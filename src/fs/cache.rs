@@ -258,17 +258,9 @@ impl DataCache {
         generation
     }
 
+    /// The cached extent at `off`, whole.
     pub fn get(&self, space: u32, ino: u64, generation: u64, off: u64) -> Option<Arc<Vec<u8>>> {
-        let mut g = self.inner.lock().unwrap();
-        let v = g.lru.get(&(space, ino, generation, off)).cloned();
-        if v.is_some() {
-            g.hits += 1;
-            crate::metrics::global().cache_hits.inc();
-        } else {
-            g.misses += 1;
-            crate::metrics::global().cache_misses.inc();
-        }
-        v
+        self.get_upto((space, ino, generation), off, usize::MAX)
     }
 
     /// The cached extent at `off`, or, of one the file grew past since it

@@ -403,22 +403,10 @@ impl Fs {
     /// clears set-user-ID and set-group-ID, as on a local disk, on every
     /// path: the kernel leaves it to us for direct I/O, and its own rule
     /// for cached writes keeps set-group-ID that Linux clears.
-    pub fn write(
-        &self,
-        fh: u64,
-        offset: u64,
-        data: &[u8],
-        caller: Caller,
-        sync: bool,
-        lock_owner: Option<u64>,
-    ) -> FsResult<Written> {
-        self.write_landed(fh, offset, data, caller, sync, lock_owner)
-            .map(|(w, _)| w)
-    }
-
-    /// A write, and where an append that waited for its commit landed, if
+    ///
+    /// Also returns where an append that waited for its commit landed, if
     /// this mount knows.
-    fn write_landed(
+    pub fn write(
         &self,
         fh: u64,
         offset: u64,
@@ -469,7 +457,7 @@ impl Fs {
         }
         // Its own answer, not the thread's last append: callers FUSE
         // cannot name (a pid namespace of their own) share thread id 0.
-        self.write_landed(fh, 0, data, caller, true, None)
+        self.write(fh, 0, data, caller, true, None)
     }
 
     /// A write (or fallocate) by `caller` clears set-user-ID and
