@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -65,8 +65,14 @@ impl Tree {
             {
                 let rotated;
                 (turn, rotated) = turn.alone(&lock, || self.rotate(dir.as_fd(), before.ino));
+                let renamed = || {
+                    fresh_stat_at(dir.as_fd(), "last.log").map(|s| s.ino).ok() != Some(before.ino)
+                };
                 match rotated {
+                    // By this append, or by another of this server between
+                    // its turns: open the new last.log.
                     Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) if renamed() => continue,
                     Ok(None) if late => {
                         log::warn!(
                             "{}: last.log is full but cannot be rotated (it has {} names: if ls -i shows it also as the highest <n>.log, a rotation was interrupted: remove last.log)",
@@ -305,10 +311,11 @@ enum Turn<'a> {
 
 impl<'a> Turn<'a> {
     fn take(lock: &'a RwLock<()>, shared: bool) -> Turn<'a> {
+        // It guards no data: a panic while it was held leaves it usable.
         if shared {
-            Turn::Shared(lock.read().unwrap())
+            Turn::Shared(lock.read().unwrap_or_else(PoisonError::into_inner))
         } else {
-            Turn::Alone(lock.write().unwrap())
+            Turn::Alone(lock.write().unwrap_or_else(PoisonError::into_inner))
         }
     }
 
@@ -323,10 +330,10 @@ impl<'a> Turn<'a> {
             Turn::Shared(g) => {
                 drop(g);
                 let t = {
-                    let _alone = lock.write().unwrap();
+                    let _alone = lock.write().unwrap_or_else(PoisonError::into_inner);
                     f()
                 };
-                (Turn::Shared(lock.read().unwrap()), t)
+                (Turn::take(lock, true), t)
             }
         }
     }
