@@ -52,6 +52,12 @@ impl Gate {
         std::fs::write(self.0.path(), b"lose").unwrap();
     }
 
+    /// A truncate of an open file that lands is taken as one whose answer
+    /// was lost.
+    fn lose_rewrites(&self) {
+        std::fs::write(self.0.path(), b"lose rewrite").unwrap();
+    }
+
     /// Holds batches after their commit, before the mount records it.
     fn hold_landed(&self) {
         std::fs::write(self.0.path(), b"landed").unwrap();
@@ -187,6 +193,59 @@ fn a_write_after_an_append_whose_answer_was_lost_keeps_its_bytes() {
             got.len(),
             want.len()
         );
+    }
+}
+
+/// A truncate whose answer was lost landed: the mount takes the
+/// database's end again, so neither a read nor the next write here gives
+/// the cut bytes back (as zeros), here or elsewhere.
+#[test]
+fn a_truncate_whose_answer_was_lost_is_not_undone() {
+    let (c, _db) = TestCluster::with_one_node();
+    let gate = Gate::new();
+    let m1 = gate.mount(&c, &[]);
+    let m2 = Mount::new(&c, &[]);
+    gate.release();
+    let path = m1.space(3).join("data");
+    let old = pattern(6, 300_000);
+    std::fs::write(&path, &old).unwrap();
+    for (round, after) in [("write", false), ("read", true)] {
+        std::fs::write(&path, &old).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut b = vec![0; 10];
+        f.read_exact_at(&mut b, 0).unwrap();
+        gate.lose_rewrites();
+        let err = f.set_len(1_000).unwrap_err();
+        gate.release();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{round}: {err}");
+        let mut want = old[..1_000].to_vec();
+        if after {
+            // Below the end the mount knew, past the database's.
+            let mut b = vec![0; 4_096];
+            let n = f.read_at(&mut b, 200_000).unwrap();
+            assert_eq!(n, 0, "{round}: a read past the cut");
+        } else {
+            f.write_all_at(b"0123456789", 0).unwrap();
+            f.sync_all().unwrap();
+            want[..10].copy_from_slice(b"0123456789");
+        }
+        drop(f);
+        for (what, p) in [
+            ("here", path.clone()),
+            ("elsewhere", m2.space(3).join("data")),
+        ] {
+            let got = std::fs::read(&p).unwrap();
+            assert!(
+                got == want,
+                "{round}, {what}: {} bytes (want {})",
+                got.len(),
+                want.len()
+            );
+        }
     }
 }
 

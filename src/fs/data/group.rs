@@ -51,11 +51,12 @@ const BATCH_BYTES: usize = 1 << 20;
 /// can finish a move between an append's queueing and its batch. Empty, it
 /// holds them before they run; holding `landed`, after their commit and
 /// before this mount records it; holding `lose`, a batch that landed is
-/// taken as one whose answer was lost.
+/// taken as one whose answer was lost; holding `lose rewrite`, so is a
+/// truncate or fallocate of an open file that landed.
 const HOLD_ENV: &str = "TSHS_TEST_APPEND_HOLD";
 
 /// What the test hook's file holds, if there is one.
-fn test_hook() -> Option<Vec<u8>> {
+pub(super) fn test_hook() -> Option<Vec<u8>> {
     static HOLD: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
     let hold = HOLD.get_or_init(|| std::env::var_os(HOLD_ENV).map(Into::into));
     hold.as_ref().and_then(|p| std::fs::read(p).ok())

@@ -327,6 +327,12 @@ pub struct FileState {
     /// was lost): `size` and `db_size` may be short of the database's end
     /// until it is read again (see [`OpenInode::find_end`]).
     end_lost: bool,
+    /// A truncate or fallocate of ours may have landed though its answer
+    /// was lost (set with `end_lost`): `size` and `db_size` may be past
+    /// the database's end, so the end read next is taken even if smaller.
+    /// Else the next write here would commit the old size back, and the
+    /// file would grow again with zeros.
+    size_lost: bool,
 }
 
 impl FileState {
@@ -448,6 +454,7 @@ impl OpenInode {
                 info_ticket: 0,
                 last_stamp: None,
                 end_lost: false,
+                size_lost: false,
                 told: size,
                 told_seq: 0,
                 behind: 0,
@@ -1056,8 +1063,8 @@ impl OpenInode {
         self.state().behind_gone(len);
     }
 
-    /// An append's outcome is unknown: what this mount cached of the file
-    /// and its attributes may be behind the database.
+    /// An append's or a truncate's outcome is unknown: what this mount
+    /// cached of the file and its attributes may differ from the database.
     fn lost_track(&self) {
         let mut st = self.state();
         st.write_seq += 1;
@@ -1236,15 +1243,20 @@ impl OpenInode {
         let _turn = self.data_turn.write().unwrap();
         self.settle();
         let mut st = self.flush_locked(cache, self.state())?;
-        let a = apply();
+        let a = apply().and_then(|a| match group::test_hook() {
+            Some(h) if h == b"lose rewrite" => Err(Error::EIO),
+            _ => Ok(a),
+        });
         self.data_changed();
         let a = match a {
             Ok(a) => a,
             Err(e) => {
                 // It may have landed (its answer lost): what is cached may
-                // be stale.
-                st.write_seq += 1;
+                // be stale, and the size is the database's to tell again.
                 st.generation = cache.invalidate(self.space, self.ino, None);
+                st.size_lost = true;
+                drop(st);
+                self.lost_track();
                 return Err(e);
             }
         };

@@ -56,11 +56,14 @@ impl OpenInode {
             // read early, and the part of it inside that size would be
             // cached as zeros. Answer up to the database's end, unless a change
             // of this mount landed while it was asked (then once more).
+            // After a truncate of ours whose answer was lost, the end may
+            // be below `size`: asked wherever the read is.
             let past_end = |st: &FileState| {
-                off + u64::from(len) > st.size
-                    && ((off < st.told && st.told > st.size)
-                        || st.end_lost
-                        || self.appending.load(Ordering::Acquire) > 0)
+                st.size_lost
+                    || off + u64::from(len) > st.size
+                        && ((off < st.told && st.told > st.size)
+                            || st.end_lost
+                            || self.appending.load(Ordering::Acquire) > 0)
             };
             for _ in 0..2 {
                 if !past_end(&st) {
@@ -260,6 +263,18 @@ impl OpenInode {
         }
         // The database's end is known again.
         st.end_lost = false;
+        if std::mem::take(&mut st.size_lost) && size < st.size {
+            // A truncate of ours landed, its answer lost: the cache
+            // generation is new since, and the end is this one.
+            st.write_seq += 1;
+            st.size = size;
+            st.db_size = if st.behind > 0 {
+                st.db_size.min(size)
+            } else {
+                size
+            };
+            return;
+        }
         if size <= st.size {
             return;
         }
