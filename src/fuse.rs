@@ -529,6 +529,10 @@ impl Filesystem for FuseFs {
         reply: ReplyIoctl,
     ) {
         begin!("ioctl");
+        if cmd == crate::protocol::LANDED_IOCTL {
+            let r = self.fs.landed(fh.0);
+            return answer(r, reply, |reply, at| reply.ioctl(0, &at.to_ne_bytes()));
+        }
         if cmd != crate::protocol::APPEND_IOCTL {
             return reply.error(FErrno::ENOTTY);
         }

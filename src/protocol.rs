@@ -1,5 +1,6 @@
-//! The `user.tshs.*` extended attributes: what a mount answers
-//! ([`crate::fs::own_xattrs`]) and the space server asks, written once.
+//! The `user.tshs.*` extended attributes and the `ioctl`s: what a mount
+//! answers ([`crate::fs::own_xattrs`], `fuse::ioctl`) and the space server
+//! asks, written once.
 //!
 //! - [`APPEND_OFFSET`]: the offset, in decimal, at which the calling
 //!   thread's last `O_APPEND` write to this file landed, while the file is
@@ -7,8 +8,14 @@
 //!   another mount appends at the same moment (the space server asks right
 //!   after its write, on the same thread). Threads are told apart by the
 //!   caller's thread id that FUSE passes with each request.
+//!   FUSE gives thread id 0 to every caller in a pid namespace the mount
+//!   cannot see into, so such callers share one offset: they use
+//!   [`LANDED_IOCTL`].
 //! - [`APPEND_IOCTL`] (an `ioctl`, not an attribute): a durable append
 //!   that tells where it landed, in one request.
+//! - [`LANDED_IOCTL`] (an `ioctl`): where the last synchronous append
+//!   through this open file landed (`O_SYNC` or `O_DSYNC` `write`, or
+//!   [`APPEND_IOCTL`]), for appends too large for the call.
 //! - [`S3_URL`]: for a regular file whose data is in the object store, a
 //!   presigned GET URL of its object, valid for the S3 host's
 //!   `RedirectTimeout` seconds (the space server's `--s3-redirect`).
@@ -70,6 +77,14 @@ impl AppendArg {
     }
 }
 
+/// `_IOR(0xE5, 2, u64)`: on a file open `O_APPEND` for writing, the offset
+/// at which the last append through this open file description landed,
+/// in the host's byte order, if it waited for its commit (`O_SYNC` or
+/// `O_DSYNC`, or [`APPEND_IOCTL`]) and the mount knows; else `ENODATA`.
+/// Per descriptor, not per thread: exact however many callers share a
+/// thread id.
+pub const LANDED_IOCTL: u32 = (2 << 30) | (8 << 16) | (0xE5 << 8) | 2;
+
 /// The data of an [`APPEND_IOCTL`] argument as the mount receives it.
 pub fn append_ioctl_data(arg: &[u8]) -> Option<&[u8]> {
     let len = u32::from_ne_bytes(arg.get(..4)?.try_into().ok()?) as usize;
@@ -113,6 +128,7 @@ mod tests {
     fn append_ioctl_argument() {
         assert_eq!(std::mem::size_of::<AppendArg>(), 16376);
         assert_eq!(APPEND_IOCTL, 0xC000_0000 | (16376 << 16) | 0xE501);
+        assert_eq!(LANDED_IOCTL, 0x8008_E502);
         let mut arg = vec![0u8; 16376];
         arg[..4].copy_from_slice(&3u32.to_ne_bytes());
         arg[8..11].copy_from_slice(b"abc");

@@ -958,6 +958,114 @@ fn the_mount_tells_each_thread_where_its_append_landed() {
     assert_eq!(fgetxattr(&f, OFF), Err(libc::ENODATA));
 }
 
+/// Where the last append through a descriptor landed
+/// (`LANDED_IOCTL`): per descriptor, so two descriptors of one thread (or
+/// callers FUSE gives one thread id) each learn their own; known for
+/// appends that waited for their commit (`O_SYNC`, the append call), not
+/// for one queued behind its write; refused on a descriptor that does not
+/// append.
+#[test]
+fn the_mount_tells_each_descriptor_where_its_append_landed() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    use tshs::protocol::{APPEND_IOCTL, LANDED_IOCTL};
+    let c = TestCluster::with_nodes();
+    let m1 = Mount::new(&c, &[]);
+    let m2 = Mount::new(&c, &[]);
+    let path = m1.space(3).join("last.log");
+    let open = |p: &Path, sync: bool| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .custom_flags(if sync { libc::O_SYNC } else { 0 })
+            .open(p)
+            .unwrap()
+    };
+    let landed = |f: &std::fs::File| {
+        let mut at = 0u64;
+        // SAFETY: the `u64` the command's size names, alive for the call.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), LANDED_IOCTL as libc::Ioctl, &mut at) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+        }
+        Ok(at)
+    };
+    let (a, b) = (open(&path, true), open(&path, true));
+    assert_eq!(landed(&a), Err(libc::ENODATA), "nothing appended yet");
+    (&a).write_all(b"aaa").unwrap();
+    (&b).write_all(b"bbbb").unwrap();
+    assert_eq!((landed(&a), landed(&b)), (Ok(0), Ok(3)));
+    // The thread's offset is the last one of either descriptor.
+    assert_eq!(fgetxattr(&a, "user.tshs.append_offset").as_deref(), Ok("3"));
+    // Another mount appends; ours lands after it.
+    (&open(&m2.path().join("vol01/3/last.log"), false))
+        .write_all(b"cc")
+        .unwrap();
+    (&a).write_all(b"dd").unwrap();
+    assert_eq!((landed(&a), landed(&b)), (Ok(9), Ok(3)));
+    // Queued behind its write: not known, not the older offset.
+    let q = open(&path, false);
+    (&q).write_all(b"e").unwrap();
+    (&q).write_all(b"f").unwrap();
+    assert_eq!(landed(&q), Err(libc::ENODATA));
+    q.sync_all().unwrap();
+    // The append call tells it too.
+    assert_eq!(append_call(&q, APPEND_IOCTL, 3, b"ggg"), Ok(13));
+    assert_eq!(landed(&q), Ok(13));
+    (&a).write_all(b"\n").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"aaabbbbccddefggg\n");
+    // Only a descriptor that appends.
+    let ro = std::fs::File::open(&path).unwrap();
+    let rw = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    assert_eq!(
+        (landed(&ro), landed(&rw)),
+        (Err(libc::EBADF), Err(libc::EBADF))
+    );
+}
+
+/// Bodies too large for the append call go by `write` on an `O_SYNC`
+/// descriptor, and the mount tells each where it landed: two servers on
+/// two mounts, appending to one log at once, acknowledge each at its
+/// offset, once.
+#[test]
+fn large_appends_through_two_servers_return_their_offsets() {
+    let c = TestCluster::with_nodes();
+    let (m, s1) = start(&c, &[]);
+    let (_m2, s2) = start(&c, &[]);
+    m.space(3);
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = [Arc::new(s1), Arc::new(s2)]
+        .into_iter()
+        .flat_map(|s| (0..3).map(move |t| (s.clone(), t)))
+        .enumerate()
+        .map(|(n, (s, t))| {
+            let acks = acks.clone();
+            std::thread::spawn(move || {
+                let mut conn = s.conn();
+                for i in 0..8 {
+                    let body = format!("<big {n}/{t}/{i} {}>\n", "y".repeat(17_000 + 997 * i))
+                        .into_bytes();
+                    let r = conn.req("POST", "/vol01/3/protolog/last.log", &[], &body, true);
+                    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                    let j = r.json();
+                    acks.lock().unwrap().push((
+                        j["ino"].as_u64().unwrap(),
+                        j["offset"].as_u64().unwrap(),
+                        j["end"].as_u64().unwrap(),
+                        body,
+                    ));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (by_ino, _) = logs(&m.path().join("vol01/3/protolog"));
+    verify(&acks.lock().unwrap(), &by_ino);
+    assert_eq!(acks.lock().unwrap().len(), 48);
+}
+
 /// `curl` of a URL: (status, body, or the first bytes of an error document).
 fn curl(url: &str, range: Option<&str>) -> (u16, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();

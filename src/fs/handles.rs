@@ -46,6 +46,10 @@ struct Handle {
     /// The file's failed queued appends this handle has reported (or that
     /// came before its open): see [`OpenInode::flush`].
     failures_seen: Arc<AtomicU64>,
+    /// Where the last append through this handle landed, if it waited for
+    /// its commit and this mount knows (else `u64::MAX`): see
+    /// `protocol::LANDED_IOCTL`.
+    landed: Arc<AtomicU64>,
 }
 
 /// This mount's open file handles, by number (from 1).
@@ -70,6 +74,7 @@ impl Handles {
             node,
             append: flags & libc::O_APPEND != 0,
             writing_since: (flags & libc::O_ACCMODE != libc::O_RDONLY).then(Instant::now),
+            landed: Arc::new(AtomicU64::new(u64::MAX)),
         };
         self.table.lock().unwrap().insert(fh, h);
         fh
@@ -93,6 +98,26 @@ impl Handles {
         let h = self.table.lock().unwrap();
         let h = h.get(&fh).ok_or(Error::EBADF)?;
         Ok((h.node.clone(), h.append))
+    }
+
+    /// The file of handle `fh`, and if it is `O_APPEND`, where it records
+    /// the offset its appends landed at.
+    fn get_for_write(&self, fh: u64) -> FsResult<(Arc<OpenInode>, Option<Arc<AtomicU64>>)> {
+        let h = self.table.lock().unwrap();
+        let h = h.get(&fh).ok_or(Error::EBADF)?;
+        Ok((h.node.clone(), h.append.then(|| h.landed.clone())))
+    }
+
+    /// Where the last append through handle `fh` (open `O_APPEND` for
+    /// writing, else `EBADF`) landed, if it waited for its commit and this
+    /// mount knows.
+    fn landed(&self, fh: u64) -> FsResult<Option<u64>> {
+        let h = self.table.lock().unwrap();
+        let h = h.get(&fh).ok_or(Error::EBADF)?;
+        if !h.append || h.writing_since.is_none() {
+            return Err(Error::EBADF);
+        }
+        Ok(Some(h.landed.load(Ordering::Acquire)).filter(|&at| at != u64::MAX))
     }
 
     /// Whether handle `fh` was opened for appending (`O_APPEND`, for
@@ -415,7 +440,7 @@ impl Fs {
         sync: bool,
         lock_owner: Option<u64>,
     ) -> FsResult<(Written, Option<u64>)> {
-        let (node, append) = self.handles.get(fh)?;
+        let (node, landed_at) = self.handles.get_for_write(fh)?;
         // Only a write that clears set-id bits changes attributes here (a
         // flush of buffered data moves the epoch itself).
         let _changing =
@@ -429,8 +454,11 @@ impl Fs {
             return Err(Error::EROFS);
         }
         let mut landed = None;
-        if append {
+        if let Some(at) = landed_at {
+            // Unknown until it lands (a failure or a queued append too).
+            at.store(u64::MAX, Ordering::Release);
             landed = node.append(&self.cache, &self.appends, data, (tid, lock_owner), !sync)?;
+            at.store(landed.unwrap_or(u64::MAX), Ordering::Release);
         } else if node.write(&self.cache, offset, data)? {
             // The workers live as long as the Fs: sending cannot fail.
             let _ = self.flusher.send(node);
@@ -458,6 +486,13 @@ impl Fs {
         // Its own answer, not the thread's last append: callers FUSE
         // cannot name (a pid namespace of their own) share thread id 0.
         self.write(fh, 0, data, caller, true, None)
+    }
+
+    /// Where the last append through handle `fh` landed; `ENODATA` unless
+    /// it waited for its commit and this mount knows (see
+    /// `protocol::LANDED_IOCTL`).
+    pub fn landed(&self, fh: u64) -> FsResult<u64> {
+        self.handles.landed(fh)?.ok_or(Error::ENODATA)
     }
 
     /// A write (or fallocate) by `caller` clears set-user-ID and

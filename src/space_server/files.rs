@@ -17,11 +17,11 @@
 //!   fits goes through the mount's append call (`protocol::APPEND_IOCTL`),
 //!   which answers where it landed; appends to one log through this
 //!   server then run at once and meet in the mount's group commit. Else it
-//!   is one `write(2)` and `fsync`, one append per log at a time, and the
-//!   offset is what the mount says it was: the xattr
-//!   `user.tshs.append_offset`, read on the same thread right after the
-//!   write, names where this thread's last append landed, whatever other
-//!   mounts appended at the same moment. Elsewhere (a local disk, another
+//!   is one `write(2)` on a descriptor open `O_SYNC` (durable when it
+//!   returns), one append per log at a time, and the offset is what the
+//!   mount says it was: `protocol::LANDED_IOCTL` on the same descriptor
+//!   names where its last append landed, whatever other mounts or
+//!   processes appended at the same moment. Elsewhere (a local disk, another
 //!   file system) it is found from the file's size before and after, read
 //!   fresh (`AT_STATX_FORCE_SYNC`): a log grows by appends only, so when
 //!   they differ by exactly the body's length nothing else landed in

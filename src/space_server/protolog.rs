@@ -119,6 +119,7 @@ impl Tree {
         let told = match called {
             Some(told) => told,
             None => {
+                // Durable when it returns (`O_SYNC`).
                 let n = nix::unistd::write(&fd, data).map_err(sys("write"))?;
                 if n != data.len() {
                     // The mount takes a write of up to 1 MiB whole; this is a bug.
@@ -127,16 +128,11 @@ impl Tree {
                         data.len()
                     )));
                 }
-                fsync(fd.as_fd()).map_err(sys("fsync"))?;
-                // Same thread as the write: the mount tells where it landed.
-                match fgetxattr(fd.as_fd(), protocol::APPEND_OFFSET).map_err(sys("getxattr"))? {
-                    Some(v) => Some(protocol::decode_offset(&v).ok_or_else(|| {
-                        Error::OffsetUnknown(format!(
-                            "the mount's append offset {:?} is not a number",
-                            String::from_utf8_lossy(&v)
-                        ))
-                    })?),
-                    None => None,
+                // The mount tells where this descriptor's append landed.
+                match landed(fd.as_fd()) {
+                    Ok(at) => at,
+                    Err(Errno::ENOTTY | Errno::ENOSYS | Errno::EINVAL) => None,
+                    Err(errno) => return Err(Error::Sys { op: "ioctl", errno }),
                 }
             }
         };
@@ -186,7 +182,9 @@ impl Tree {
 
     /// Opens `last.log` for appending, creating it (and `protolog/`) if missing.
     fn open_log(&self, rel: &RelPath) -> Result<OwnedFd, Error> {
-        let flags = OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT;
+        // O_SYNC: an append by `write` is durable when it returns, and the
+        // mount can tell where it landed.
+        let flags = OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_SYNC;
         let mode = Mode::from_bits_truncate(0o644);
         match self.open_at(rel, flags, mode) {
             Err(Error::Sys {
@@ -355,6 +353,26 @@ fn append_call(fd: BorrowedFd<'_>, data: &[u8]) -> Result<Option<u64>, Errno> {
     };
     Errno::result(r)?;
     Ok(arg.landed())
+}
+
+/// Where the last append through `fd` landed, as the mount tells
+/// (`protocol::LANDED_IOCTL`); `None` if it does not know.
+fn landed(fd: BorrowedFd<'_>) -> Result<Option<u64>, Errno> {
+    let mut at = 0u64;
+    // SAFETY: the argument is the `u64` the command's size names, alive
+    // and exclusively borrowed for the call.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            protocol::LANDED_IOCTL as libc::Ioctl,
+            &mut at as *mut u64,
+        )
+    };
+    match Errno::result(r) {
+        Ok(_) => Ok(Some(at)),
+        Err(Errno::ENODATA) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The offset of `data` in `[from, to)` of the file, where it must occur
