@@ -516,7 +516,8 @@ impl Filesystem for FuseFs {
         empty(self.fs.release(fh.0), reply)
     }
 
-    /// Only `protocol::APPEND_IOCTL`; any other is not ours (`ENOTTY`).
+    /// `protocol::APPEND_IOCTL` and `protocol::LANDED_IOCTL`; any other is
+    /// not ours (`ENOTTY`).
     fn ioctl(
         &self,
         req: &Request,

@@ -5,9 +5,9 @@
 //! - [`APPEND_OFFSET`]: the offset, in decimal, at which the calling
 //!   thread's last `O_APPEND` write to this file landed, while the file is
 //!   open in this mount. With it an appender learns its offset even when
-//!   another mount appends at the same moment (the space server asks right
-//!   after its write, on the same thread). Threads are told apart by the
-//!   caller's thread id that FUSE passes with each request.
+//!   another mount appends at the same moment (asked right after the
+//!   write, on the same thread). Threads are told apart by the caller's
+//!   thread id that FUSE passes with each request.
 //!   FUSE gives thread id 0 to every caller in a pid namespace the mount
 //!   cannot see into, so such callers share one offset: they use
 //!   [`LANDED_IOCTL`].
@@ -81,8 +81,9 @@ impl AppendArg {
 /// at which the last append through this open file description landed,
 /// in the host's byte order, if it waited for its commit (`O_SYNC` or
 /// `O_DSYNC`, or [`APPEND_IOCTL`]) and the mount knows; else `ENODATA`.
-/// Per descriptor, not per thread: exact however many callers share a
-/// thread id.
+/// Per open file description, not per thread: exact however many callers
+/// share a thread id, as long as no other append goes through the same
+/// description meanwhile (a `dup` or a `fork` shares it).
 pub const LANDED_IOCTL: u32 = (2 << 30) | (8 << 16) | (0xE5 << 8) | 2;
 
 /// The data of an [`APPEND_IOCTL`] argument as the mount receives it.

@@ -958,6 +958,24 @@ fn the_mount_tells_each_thread_where_its_append_landed() {
     assert_eq!(fgetxattr(&f, OFF), Err(libc::ENODATA));
 }
 
+/// `LANDED_IOCTL` of a descriptor, or the errno.
+fn landed(f: &std::fs::File) -> Result<u64, i32> {
+    use std::os::fd::AsRawFd;
+    let mut at = 0u64;
+    // SAFETY: the `u64` the command's size names, alive for the call.
+    let r = unsafe {
+        libc::ioctl(
+            f.as_raw_fd(),
+            tshs::protocol::LANDED_IOCTL as libc::Ioctl,
+            &mut at,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    Ok(at)
+}
+
 /// Where the last append through a descriptor landed
 /// (`LANDED_IOCTL`): per descriptor, so two descriptors of one thread (or
 /// callers FUSE gives one thread id) each learn their own; known for
@@ -966,9 +984,8 @@ fn the_mount_tells_each_thread_where_its_append_landed() {
 /// append.
 #[test]
 fn the_mount_tells_each_descriptor_where_its_append_landed() {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    use tshs::protocol::{APPEND_IOCTL, LANDED_IOCTL};
+    use tshs::protocol::APPEND_IOCTL;
     let c = TestCluster::with_nodes();
     let m1 = Mount::new(&c, &[]);
     let m2 = Mount::new(&c, &[]);
@@ -980,15 +997,6 @@ fn the_mount_tells_each_descriptor_where_its_append_landed() {
             .custom_flags(if sync { libc::O_SYNC } else { 0 })
             .open(p)
             .unwrap()
-    };
-    let landed = |f: &std::fs::File| {
-        let mut at = 0u64;
-        // SAFETY: the `u64` the command's size names, alive for the call.
-        let r = unsafe { libc::ioctl(f.as_raw_fd(), LANDED_IOCTL as libc::Ioctl, &mut at) };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
-        }
-        Ok(at)
     };
     let (a, b) = (open(&path, true), open(&path, true));
     assert_eq!(landed(&a), Err(libc::ENODATA), "nothing appended yet");
@@ -1003,7 +1011,7 @@ fn the_mount_tells_each_descriptor_where_its_append_landed() {
         .unwrap();
     (&a).write_all(b"dd").unwrap();
     assert_eq!((landed(&a), landed(&b)), (Ok(9), Ok(3)));
-    // Queued behind its write: not known, not the older offset.
+    // Queued behind its write: not known.
     let q = open(&path, false);
     (&q).write_all(b"e").unwrap();
     (&q).write_all(b"f").unwrap();
@@ -1012,8 +1020,11 @@ fn the_mount_tells_each_descriptor_where_its_append_landed() {
     // The append call tells it too.
     assert_eq!(append_call(&q, APPEND_IOCTL, 3, b"ggg"), Ok(13));
     assert_eq!(landed(&q), Ok(13));
+    // A queued append after it: not known, not the call's offset.
+    (&q).write_all(b"h").unwrap();
+    assert_eq!(landed(&q), Err(libc::ENODATA));
     (&a).write_all(b"\n").unwrap();
-    assert_eq!(std::fs::read(&path).unwrap(), b"aaabbbbccddefggg\n");
+    assert_eq!(std::fs::read(&path).unwrap(), b"aaabbbbccddefgggh\n");
     // Only a descriptor that appends.
     let ro = std::fs::File::open(&path).unwrap();
     let rw = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
@@ -1024,17 +1035,47 @@ fn the_mount_tells_each_descriptor_where_its_append_landed() {
 }
 
 /// Bodies too large for the append call go by `write` on an `O_SYNC`
-/// descriptor, and the mount tells each where it landed: two servers on
-/// two mounts, appending to one log at once, acknowledge each at its
-/// offset, once.
+/// descriptor, and the mount tells each where it landed: three servers,
+/// two of them on a mount whose daemon sees all their threads as thread
+/// id 0 (its own pid namespace), the third on another mount, appending to
+/// one log at once, acknowledge each at its offset, once.
 #[test]
-fn large_appends_through_two_servers_return_their_offsets() {
+fn large_appends_through_three_servers_return_their_offsets() {
     let c = TestCluster::with_nodes();
-    let (m, s1) = start(&c, &[]);
-    let (_m2, s2) = start(&c, &[]);
-    m.space(3);
+    let m = Mount::in_own_pid_namespace(&c);
+    // Two threads here are one to that daemon: the per-thread xattr mixes
+    // their appends up, each descriptor's answer does not.
+    let log = m.space(3).join("threads.log");
+    let open = || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .custom_flags(libc::O_SYNC)
+            .open(&log)
+            .unwrap()
+    };
+    let mine = open();
+    (&mine).write_all(b"aaa").unwrap();
+    let theirs = std::thread::scope(|t| {
+        t.spawn(|| {
+            let f = open();
+            (&f).write_all(b"bbbb").unwrap();
+            landed(&f)
+        })
+        .join()
+        .unwrap()
+    });
+    assert_eq!((landed(&mine), theirs), (Ok(0), Ok(3)));
+    assert_eq!(
+        fgetxattr(&mine, "user.tshs.append_offset").as_deref(),
+        Ok("3"),
+        "the other thread's, as thread id 0"
+    );
+    let (s1, s2) = (Server::start(m.path(), &[]), Server::start(m.path(), &[]));
+    let (_m2, s3) = start(&c, &[]);
     let acks = Arc::new(Mutex::new(Vec::new()));
-    let threads: Vec<_> = [Arc::new(s1), Arc::new(s2)]
+    let threads: Vec<_> = [Arc::new(s1), Arc::new(s2), Arc::new(s3)]
         .into_iter()
         .flat_map(|s| (0..3).map(move |t| (s.clone(), t)))
         .enumerate()
@@ -1063,7 +1104,7 @@ fn large_appends_through_two_servers_return_their_offsets() {
     }
     let (by_ino, _) = logs(&m.path().join("vol01/3/protolog"));
     verify(&acks.lock().unwrap(), &by_ino);
-    assert_eq!(acks.lock().unwrap().len(), 48);
+    assert_eq!(acks.lock().unwrap().len(), 72);
 }
 
 /// `curl` of a URL: (status, body, or the first bytes of an error document).

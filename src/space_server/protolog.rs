@@ -36,8 +36,8 @@ impl Tree {
             .clone();
         // Appends by the mount's append call share the log: they meet in
         // its group commit. A rotation holds it alone (no append of this
-        // server is then in flight), and so does an append by `write` and
-        // `fsync` (the kernel runs those one at a time per file anyway).
+        // server is then in flight), and so does an append by an `O_SYNC`
+        // `write` (the kernel runs those one at a time per file anyway).
         let by_call =
             self.append_calls.load(Ordering::Relaxed) && data.len() <= protocol::APPEND_IOCTL_DATA;
         let mut turn = Turn::take(&lock, by_call);
@@ -101,7 +101,7 @@ impl Tree {
                 Ok(told) => Some(told),
                 Err(Errno::ENOTTY | Errno::ENOSYS | Errno::EINVAL) => {
                     // Not a tshs mount (or an older one): not asked again;
-                    // this append goes the `write` and `fsync` way.
+                    // this append goes the `O_SYNC` `write` way.
                     self.append_calls.store(false, Ordering::Relaxed);
                     drop((turn, fd, dir));
                     return self.append(rel, data);
@@ -129,11 +129,11 @@ impl Tree {
                     )));
                 }
                 // The mount tells where this descriptor's append landed.
-                match landed(fd.as_fd()) {
-                    Ok(at) => at,
-                    Err(Errno::ENOTTY | Errno::ENOSYS | Errno::EINVAL) => None,
-                    Err(errno) => return Err(Error::Sys { op: "ioctl", errno }),
-                }
+                // Any refusal (not a tshs mount, an older one, a security
+                // module): the append is durable already, so it is found
+                // from the sizes instead, never failed (a retry would
+                // append it twice).
+                landed(fd.as_fd()).ok().flatten()
             }
         };
         let after = fresh_fstat(fd.as_fd()).map_err(sys("stat"))?;

@@ -294,8 +294,24 @@ impl Mount {
 
     /// A mount whose daemon runs with `env` set (test hooks).
     pub fn with_env(c: &TestCluster, opts: &[&str], env: &[(&str, &str)]) -> Mount {
+        Mount::spawn(Command::new(env!("CARGO_BIN_EXE_tshs")), c, opts, env)
+    }
+
+    /// A mount whose daemon runs in a pid namespace of its own: FUSE gives
+    /// every caller from outside it thread id 0.
+    pub fn in_own_pid_namespace(c: &TestCluster) -> Mount {
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--pid",
+            "--fork",
+            "--kill-child",
+            env!("CARGO_BIN_EXE_tshs"),
+        ]);
+        Mount::spawn(cmd, c, &[], &[])
+    }
+
+    fn spawn(mut cmd: Command, c: &TestCluster, opts: &[&str], env: &[(&str, &str)]) -> Mount {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tshs"));
         cmd.arg("--mysql-cfg-file")
             .arg(&c.mycnf)
             .arg("mount")

@@ -1076,9 +1076,11 @@ impl OpenInode {
         st.end_lost = true;
     }
 
-    /// Reads the file's end from the database if an append's answer was
-    /// lost since: a write past the end this mount knew would otherwise
-    /// take a slot holding the landed bytes for a new one (and zero them).
+    /// Reads the file's end from the database if an append's or a
+    /// truncate's answer was lost since: a write past the end this mount
+    /// knew would otherwise take a slot holding the landed bytes for a new
+    /// one (and zero them), and a write after a lost truncate would commit
+    /// the old size back.
     /// Called after `settle`, under `data_turn` held for writing; the
     /// query runs without the file's state lock, which is handed back.
     fn find_end<'a>(
@@ -1086,7 +1088,7 @@ impl OpenInode {
         cache: &DataCache,
         st: MutexGuard<'a, FileState>,
     ) -> FsResult<MutexGuard<'a, FileState>> {
-        if !st.end_lost {
+        if !st.end_lost && !st.size_lost {
             return Ok(st);
         }
         drop(st);
@@ -1155,8 +1157,14 @@ impl OpenInode {
                 at += piece.len() as u64;
             }
         }
-        st.size = st.size.max(end);
-        st.db_size = st.db_size.max(end);
+        if std::mem::take(&mut st.size_lost) {
+            // After a truncate of ours whose answer was lost: the
+            // database's end was `eof`, whatever this mount thought.
+            (st.size, st.db_size) = (end, end);
+        } else {
+            st.size = st.size.max(end);
+            st.db_size = st.db_size.max(end);
+        }
         // Landed at the database's end: past any append of ours whose
         // answer was lost.
         st.end_lost = false;
@@ -1219,6 +1227,7 @@ impl OpenInode {
         if !valid || generation != st.generation {
             st.generation = generation;
             st.size = stamp.2;
+            st.size_lost = false;
             // With appends of ours queued, the stamp may hold some of them
             // committed and not yet recorded here, which count once, in
             // `behind` (see `OpenInode::grown`).
@@ -1264,6 +1273,7 @@ impl OpenInode {
         st.size = a.size;
         st.db_size = a.size;
         st.end_lost = false;
+        st.size_lost = false;
         st.told = a.size;
         st.info_ticket = ticket();
         st.generation = cache.invalidate(self.space, self.ino, None);
