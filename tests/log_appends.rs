@@ -68,16 +68,22 @@ impl Gate {
     }
 }
 
+/// Two mounts of `c` with `opts`, the first made with a gate, left open.
+fn gated_pair(c: &TestCluster, opts: &[&str]) -> (Gate, Mount, Mount) {
+    let gate = Gate::new();
+    let m1 = gate.mount(c, opts);
+    let m2 = Mount::new(c, opts);
+    gate.release();
+    (gate, m1, m2)
+}
+
 /// A log, a gate, two mounts and a descriptor: what the gated tests share.
 type GatedLog = (Gate, Mount, Mount, std::path::PathBuf, std::fs::File);
 
 /// Two mounts of `c` (`ttl=0`), the first made with a gate; through it,
 /// `last.log` of space 3 with "first\n" landed, the gate open.
 fn landed_log(c: &TestCluster) -> GatedLog {
-    let gate = Gate::new();
-    let m1 = gate.mount(c, &["ttl=0"]);
-    let m2 = Mount::new(c, &["ttl=0"]);
-    gate.release();
+    let (gate, m1, m2) = gated_pair(c, &["ttl=0"]);
     let log = m1.space(3).join("last.log");
     let mut f = OpenOptions::new()
         .append(true)
@@ -150,10 +156,7 @@ fn a_stat_while_an_append_is_recorded_reads_up_to_its_size() {
 #[test]
 fn a_write_after_an_append_whose_answer_was_lost_keeps_its_bytes() {
     let (c, _db) = TestCluster::with_one_node();
-    let gate = Gate::new();
-    let m1 = gate.mount(&c, &[]);
-    let m2 = Mount::new(&c, &[]);
-    gate.release();
+    let (gate, m1, m2) = gated_pair(&c, &[]);
     let path = m1.space(3).join("data");
     let mut want = pattern(4, 262_000);
     std::fs::write(&path, &want).unwrap();
@@ -197,15 +200,13 @@ fn a_write_after_an_append_whose_answer_was_lost_keeps_its_bytes() {
 }
 
 /// A truncate whose answer was lost landed: the mount takes the
-/// database's end again, so neither a read nor the next write here gives
-/// the cut bytes back (as zeros), here or elsewhere.
+/// database's end again, so neither a read, nor the next write, nor an
+/// append and then a write give the cut bytes back (as zeros), here or
+/// elsewhere.
 #[test]
 fn a_truncate_whose_answer_was_lost_is_not_undone() {
     let (c, _db) = TestCluster::with_one_node();
-    let gate = Gate::new();
-    let m1 = gate.mount(&c, &[]);
-    let m2 = Mount::new(&c, &[]);
-    gate.release();
+    let (gate, m1, m2) = gated_pair(&c, &[]);
     let path = m1.space(3).join("data");
     let old = pattern(6, 300_000);
     std::fs::write(&path, &old).unwrap();
