@@ -210,13 +210,15 @@ fn a_truncate_whose_answer_was_lost_is_not_undone() {
     let path = m1.space(3).join("data");
     let old = pattern(6, 300_000);
     std::fs::write(&path, &old).unwrap();
-    for (round, after) in [("write", false), ("read", true)] {
+    for round in ["write", "read", "append"] {
         std::fs::write(&path, &old).unwrap();
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
             .unwrap();
+        // Opened before the cut: its appends go to the mount's own end.
+        let mut a = OpenOptions::new().append(true).open(&path).unwrap();
         let mut b = vec![0; 10];
         f.read_exact_at(&mut b, 0).unwrap();
         gate.lose_rewrites();
@@ -224,17 +226,23 @@ fn a_truncate_whose_answer_was_lost_is_not_undone() {
         gate.release();
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{round}: {err}");
         let mut want = old[..1_000].to_vec();
-        if after {
+        if round == "read" {
             // Below the end the mount knew, past the database's.
             let mut b = vec![0; 4_096];
             let n = f.read_at(&mut b, 200_000).unwrap();
             assert_eq!(n, 0, "{round}: a read past the cut");
         } else {
+            if round == "append" {
+                // Lands at the database's end; then a write in place.
+                a.write_all(b"appended").unwrap();
+                a.sync_all().unwrap();
+                want.extend_from_slice(b"appended");
+            }
             f.write_all_at(b"0123456789", 0).unwrap();
             f.sync_all().unwrap();
             want[..10].copy_from_slice(b"0123456789");
         }
-        drop(f);
+        drop((f, a));
         for (what, p) in [
             ("here", path.clone()),
             ("elsewhere", m2.space(3).join("data")),

@@ -298,7 +298,8 @@ impl Mount {
     }
 
     /// A mount whose daemon runs in a pid namespace of its own: FUSE gives
-    /// every caller from outside it thread id 0.
+    /// every caller from outside it thread id 0. Its [`Mount::pid`] is
+    /// `unshare`'s, not the daemon's.
     pub fn in_own_pid_namespace(c: &TestCluster) -> Mount {
         let mut cmd = Command::new("unshare");
         cmd.args([
