@@ -52,6 +52,13 @@ struct Handle {
     landed: Arc<AtomicU64>,
 }
 
+impl Handle {
+    /// Open `O_APPEND` for writing.
+    fn appends(&self) -> bool {
+        self.append && self.writing_since.is_some()
+    }
+}
+
 /// This mount's open file handles, by number (from 1).
 pub(super) struct Handles {
     table: Mutex<HashMap<u64, Handle>>,
@@ -114,7 +121,7 @@ impl Handles {
     fn landed(&self, fh: u64) -> FsResult<Option<u64>> {
         let h = self.table.lock().unwrap();
         let h = h.get(&fh).ok_or(Error::EBADF)?;
-        if !h.append || h.writing_since.is_none() {
+        if !h.appends() {
             return Err(Error::EBADF);
         }
         Ok(Some(h.landed.load(Ordering::Acquire)).filter(|&at| at != u64::MAX))
@@ -124,8 +131,7 @@ impl Handles {
     /// writing).
     fn appends(&self, fh: u64) -> FsResult<bool> {
         let h = self.table.lock().unwrap();
-        let h = h.get(&fh).ok_or(Error::EBADF)?;
-        Ok(h.append && h.writing_since.is_some())
+        Ok(h.get(&fh).ok_or(Error::EBADF)?.appends())
     }
 
     /// The file of handle `fh`, what the handle has reported of failed
@@ -455,10 +461,11 @@ impl Fs {
         }
         let mut landed = None;
         if let Some(at) = landed_at {
-            // Unknown until it lands (a failure or a queued append too).
-            at.store(u64::MAX, Ordering::Release);
-            landed = node.append(&self.cache, &self.appends, data, (tid, lock_owner), !sync)?;
-            at.store(landed.unwrap_or(u64::MAX), Ordering::Release);
+            let r = node.append(&self.cache, &self.appends, data, (tid, lock_owner), !sync);
+            // Unknown after a failure or a queued append.
+            let told = r.as_ref().ok().copied().flatten();
+            at.store(told.unwrap_or(u64::MAX), Ordering::Release);
+            landed = r?;
         } else if node.write(&self.cache, offset, data)? {
             // The workers live as long as the Fs: sending cannot fail.
             let _ = self.flusher.send(node);
