@@ -17,6 +17,7 @@ use fuser::{
 
 use crate::fs::meta::SetAttr;
 use crate::fs::{Attr, Caller, Error, Fs, FsResult, Looked, Opened, Written, now_ns};
+use crate::kernel_pages::{KernelPages, ShortEnd};
 use crate::metrics;
 
 pub struct FuseFs {
@@ -26,6 +27,11 @@ pub struct FuseFs {
     /// The kernel maps files opened for direct I/O (Linux 6.6 on), so
     /// files that may be growing can be opened that way (see `fopen_flags`).
     pub direct_mmap: bool,
+    /// The kernel leaves its pages alone when a size changes, and this
+    /// mount keeps [`KernelPages`]' rule: files that grow are read through
+    /// the page cache (see `fopen_flags`).
+    pub guarded: bool,
+    pub kernel_pages: KernelPages,
     /// Ask the kernel to enforce POSIX ACLs (mount option `acl`, the default).
     pub acl: bool,
     /// Tells the kernel of attribute changes it did not ask for (set once
@@ -87,17 +93,19 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-/// A file that changed lately is read past the kernel's page cache: while
-/// it grows (a log appended to, here or through another mount), a page
-/// read at its old end and cached there would read as zeros past that end
-/// once the kernel learns the new size (a reply that crosses a stat's or an
-/// append's). This mount caches its data anyway.
-fn fopen_flags(o: Opened, direct_mmap: bool) -> FopenFlags {
+/// Appends go past the kernel's page cache (each reaches us whole, and
+/// lands where the database's end is, which the kernel may not know).
+/// Reads use it, also of a file that grows, under [`KernelPages`]' rule; a
+/// file that only grew keeps its pages. Without that rule (a kernel that
+/// drops a file's pages whenever it learns a new size, after taking it), a
+/// file that changed lately is read past the page cache: a page read at its
+/// old end would read as zeros past it meanwhile.
+fn fopen_flags(o: Opened, direct_mmap: bool, guarded: bool) -> FopenFlags {
     let mut f = FopenFlags::empty();
-    if o.keep_cache {
+    if o.keep_cache || (guarded && o.grown) {
         f |= FopenFlags::FOPEN_KEEP_CACHE;
     }
-    if o.direct || (o.changing && direct_mmap) {
+    if o.direct || (!guarded && o.changing && direct_mmap) {
         f |= FopenFlags::FOPEN_DIRECT_IO;
     }
     f
@@ -210,6 +218,7 @@ impl FuseFs {
 
     fn entry(&self, r: FsResult<Attr>, reply: ReplyEntry) {
         answer(r, reply, |reply, a| {
+            self.telling(&a);
             reply.entry(&self.ttl, &file_attr(&a), Generation(0))
         })
     }
@@ -218,8 +227,41 @@ impl FuseFs {
     /// kernel for the rest of the TTL only.
     fn attr(&self, r: FsResult<(Attr, Duration)>, reply: ReplyAttr) {
         answer(r, reply, |reply, (a, age)| {
+            self.telling(&a);
             reply.attr(&self.ttl.saturating_sub(age), &file_attr(&a))
         })
+    }
+
+    /// Before a reply that tells the kernel a regular file's attributes.
+    fn telling(&self, a: &Attr) {
+        if a.mode & libc::S_IFMT == libc::S_IFREG {
+            self.telling_size(a.ino, a.size);
+        }
+    }
+
+    /// Before a reply that tells the kernel `size` (see [`KernelPages`]).
+    /// Never called with a shard held, nor for a request whose pages the
+    /// kernel holds locked (a write from its page cache): the drop waits
+    /// for locked pages.
+    fn telling_size(&self, ino: u64, size: u64) {
+        if self.guarded
+            && let Some(e) = self.kernel_pages.before_telling(ino, size)
+        {
+            self.drop_pages(e);
+        }
+    }
+
+    /// Drops the kernel's pages from a short reply's end on.
+    fn drop_pages(&self, e: ShortEnd) {
+        let Some(n) = self.notifier.get() else {
+            return;
+        };
+        match n.inval_inode(INodeNo(e.ino), e.page_start() as i64, 0) {
+            Ok(()) => self.kernel_pages.dropped(e),
+            // The kernel holds no such inode, nor its pages.
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => self.kernel_pages.dropped(e),
+            Err(err) => log::warn!("cannot drop the kernel's pages of inode {}: {err}", e.ino),
+        }
     }
 }
 
@@ -243,7 +285,10 @@ impl Filesystem for FuseFs {
         self.direct_mmap = config
             .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
             .is_ok();
-        if !self.direct_mmap {
+        self.guarded = config
+            .add_capabilities(InitFlags::FUSE_EXPLICIT_INVAL_DATA)
+            .is_ok();
+        if !self.direct_mmap && !self.guarded {
             log::warn!(
                 "the kernel cannot map files opened for direct I/O (Linux < 6.6): files being appended to are read through its page cache, where a reader may briefly see zeros at their end"
             );
@@ -278,6 +323,8 @@ impl Filesystem for FuseFs {
     /// a snapshot node's number once the kernel holds no lookup of it
     /// (fuser's `batch_forget` calls this for each inode).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        // Sent when the kernel evicts the inode, with its pages.
+        self.kernel_pages.forget(ino.0);
         self.fs.forget(ino.0, nlookup);
     }
 
@@ -437,14 +484,19 @@ impl Filesystem for FuseFs {
         // server's opens of a log for each append keep what is cached.
         let r = self.fs.open(ino.0, flags.0, caller(req));
         answer(r, reply, |reply, o| {
-            reply.opened(FileHandle(o.fh), fopen_flags(o, self.direct_mmap))
+            reply.opened(
+                FileHandle(o.fh),
+                fopen_flags(o, self.direct_mmap, self.guarded),
+            )
         })
     }
 
+    /// Held in its shard from before the data is taken until the reply is
+    /// sent; a short reply is recorded (see [`KernelPages`]).
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -453,10 +505,19 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         begin!("read");
+        let reading = self.guarded.then(|| self.kernel_pages.reading(ino.0));
+        let mut full = None;
         answer(self.fs.read(fh.0, offset, size), reply, |reply, d| {
             metrics::global().bytes_read.inc_by(d.len() as u64);
-            reply.data(&d)
-        })
+            reply.data(&d);
+            if reading.is_some() {
+                full = self.kernel_pages.replied(ino.0, offset, size, d.len());
+            }
+        });
+        drop(reading);
+        if let Some(e) = full {
+            self.drop_pages(e);
+        }
     }
 
     fn write(
@@ -466,7 +527,7 @@ impl Filesystem for FuseFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         flags: OpenFlags,
         lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -486,6 +547,12 @@ impl Filesystem for FuseFs {
         answer(r, reply, |reply, (w, _)| {
             metrics::global().bytes_written.inc_by(u64::from(w.len));
             self.attrs_changed(ino, &w);
+            // The kernel takes `offset + len` as the least size after a
+            // direct write. A write from its page cache holds its pages
+            // locked, and put its bytes in them before it takes the size.
+            if !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
+                self.telling_size(ino.0, offset + u64::from(w.len));
+            }
             reply.written(w.len)
         })
     }
@@ -603,6 +670,7 @@ impl Filesystem for FuseFs {
             |mut reply, entries| {
                 let mut entries = entries.into_iter();
                 for (off, name, a) in entries.by_ref() {
+                    self.telling(&a);
                     if reply.add(
                         INodeNo(a.ino),
                         off,
@@ -710,6 +778,11 @@ impl Filesystem for FuseFs {
         self.fs.attrs_changed();
         answer(r, reply, |reply, w| {
             self.attrs_changed(ino, &w);
+            // Unless it keeps the size, the kernel takes its end as the
+            // least size.
+            if mode & (libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) == 0 {
+                self.telling_size(ino.0, offset + length);
+            }
             reply.ok()
         })
     }
@@ -755,12 +828,13 @@ impl Filesystem for FuseFs {
             .fs
             .create(parent.0, name.as_bytes(), mode, umask, flags, caller(req));
         answer(r, reply, |reply, (a, o)| {
+            self.telling(&a);
             reply.created(
                 &self.ttl,
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(o.fh),
-                fopen_flags(o, self.direct_mmap),
+                fopen_flags(o, self.direct_mmap, self.guarded),
             )
         })
     }

@@ -380,6 +380,8 @@ fn serve(
         fs: fs.clone(),
         ttl: opts.ttl,
         direct_mmap: false,
+        guarded: false,
+        kernel_pages: Default::default(),
         acl: opts.acl,
         notifier: Arc::default(),
     };

@@ -321,6 +321,60 @@ fn concurrent_appends_from_two_mounts_land_once_and_whole() {
     }
 }
 
+/// A reader's page cache holds a log's last page read short (zero-filled
+/// past the end). The log then grows: through this mount, through another
+/// (learned from a stat), and while no one here has it open (kept pages).
+/// Every read after that is the log's bytes, never those zeros (see
+/// `tshs::kernel_pages`).
+#[test]
+fn a_page_read_at_a_logs_end_never_reads_as_zeros_once_it_grows() {
+    let (c, _db) = TestCluster::with_one_node();
+    // ttl=0: each stat asks, so the other mount's growth is learned at once.
+    let m1 = Mount::new(&c, &["ttl=0"]);
+    let m2 = Mount::new(&c, &[]);
+    let (p1, p2) = (m1.space(3).join("grow.log"), m2.space(3).join("grow.log"));
+    let want = pattern(41, 11_000);
+    std::fs::write(&p1, &want[..5000]).unwrap();
+    let append = |path: &std::path::Path, bytes: &[u8]| {
+        let mut f = OpenOptions::new().append(true).open(path).unwrap();
+        assert_eq!(f.write(bytes).unwrap(), bytes.len());
+        f.sync_all().unwrap();
+    };
+    let check = |f: &std::fs::File, at: usize, len: usize, end: usize, when: &str| {
+        let mut buf = vec![0xEEu8; len];
+        let n = f.read_at(&mut buf, at as u64).unwrap();
+        assert_eq!(n, end.min(at + len) - at, "{when}: bytes read at {at}");
+        assert!(
+            buf[..n] == want[at..at + n],
+            "{when}: the log's bytes at {at}"
+        );
+    };
+    let r = std::fs::File::open(&p1).unwrap();
+    check(&r, 0, 8192, 5000, "first read, short at the end");
+    append(&p1, &want[5000..8000]);
+    check(&r, 4096, 8192, 8000, "after an append here");
+    append(&p2, &want[8000..10_000]);
+    assert_eq!(
+        r.metadata().unwrap().len(),
+        10_000,
+        "the other mount's append"
+    );
+    check(
+        &r,
+        4096,
+        8192,
+        10_000,
+        "after an append through another mount",
+    );
+    drop(r);
+    append(&p2, &want[10_000..]);
+    let r = std::fs::File::open(&p1).unwrap();
+    check(&r, 0, 16_384, 11_000, "opened again after it grew");
+    let mut all = Vec::new();
+    (&r).read_to_end(&mut all).unwrap();
+    assert!(all == want, "the whole log, read through");
+}
+
 #[test]
 fn pieces_read_cut_punch_and_seek_like_one_file_then_join() {
     let (c, db) = TestCluster::with_one_node();

@@ -538,6 +538,7 @@ impl Fs {
         Ok(Opened {
             fh,
             keep_cache: true,
+            grown: false,
             direct: false,
             changing: false,
         })
