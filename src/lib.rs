@@ -18,7 +18,6 @@ pub mod disk_tier;
 pub mod fs;
 pub mod fuse;
 pub mod import;
-pub mod kernel_pages;
 pub mod logging;
 pub mod metrics;
 pub mod mount;

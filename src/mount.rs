@@ -382,6 +382,8 @@ fn serve(
         direct_mmap: false,
         guarded: false,
         kernel_pages: Default::default(),
+        dropper: None,
+        direct_fhs: Default::default(),
         acl: opts.acl,
         notifier: Arc::default(),
     };

@@ -375,6 +375,72 @@ fn a_page_read_at_a_logs_end_never_reads_as_zeros_once_it_grows() {
     assert!(all == want, "the whole log, read through");
 }
 
+/// A size told smaller than what a reader's page cache holds (another mount
+/// cut the file) zeroes those pages past it; the file then grows back. And
+/// a file read to its end is written again through the page cache (`echo >
+/// file`): the write's last page is held locked while it is answered.
+#[test]
+fn pages_cut_by_a_smaller_size_never_read_as_zeros_and_a_rewrite_goes_through() {
+    let (c, _db) = TestCluster::with_one_node();
+    let m1 = Mount::new(&c, &["ttl=0"]);
+    let m2 = Mount::new(&c, &[]);
+    let (p1, p2) = (m1.space(3).join("cut.log"), m2.space(3).join("cut.log"));
+    let old = pattern(43, 10_000);
+    let new = pattern(44, 9000);
+    std::fs::write(&p1, &old).unwrap();
+    let r = std::fs::File::open(&p1).unwrap();
+    let mut buf = vec![0u8; 16_384];
+    assert_eq!(r.read_at(&mut buf, 0).unwrap(), 10_000);
+    assert!(buf[..10_000] == old[..], "read whole, cached");
+    // Another mount cuts it to 5,000 and writes it back up to 9,000.
+    let w = OpenOptions::new().write(true).open(&p2).unwrap();
+    w.set_len(5000).unwrap();
+    drop(w);
+    assert_eq!(r.metadata().unwrap().len(), 5000, "the cut, learned here");
+    let w = OpenOptions::new().write(true).open(&p2).unwrap();
+    w.write_all_at(&new[5000..], 5000).unwrap();
+    w.sync_all().unwrap();
+    drop(w);
+    assert_eq!(
+        r.metadata().unwrap().len(),
+        9000,
+        "the growth, learned here"
+    );
+    let n = r.read_at(&mut buf, 4096).unwrap();
+    assert_eq!(n, 9000 - 4096);
+    // Open since before the cut, the handle may read the old bytes
+    // (close-to-open), and the new ones: never the zeros the cut left in
+    // its pages.
+    assert!(buf[..904] == old[4096..5000], "below the cut");
+    for (i, &b) in buf[904..n].iter().enumerate() {
+        let at = 5000 + i;
+        assert!(
+            b == old[at] || b == new[at],
+            "byte {at}: {b}, neither old nor new"
+        );
+    }
+    drop(r);
+    let mut want = old[..5000].to_vec();
+    want.extend_from_slice(&new[5000..]);
+    assert!(
+        std::fs::read(&p1).unwrap() == want,
+        "opened again: the new bytes"
+    );
+
+    // A small file read to its end, then written longer from the start.
+    let small = m1.space(3).join("small.txt");
+    std::fs::write(&small, b"short").unwrap();
+    assert_eq!(std::fs::read(&small).unwrap(), b"short");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = small.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::write(&path, vec![b'x'; 200]).map_err(|e| e.to_string()));
+    });
+    let wrote = rx.recv_timeout(Duration::from_secs(30));
+    assert_eq!(wrote, Ok(Ok(())), "the write is answered");
+    assert_eq!(std::fs::read(&small).unwrap(), vec![b'x'; 200]);
+}
+
 #[test]
 fn pieces_read_cut_punch_and_seek_like_one_file_then_join() {
     let (c, db) = TestCluster::with_one_node();

@@ -151,14 +151,6 @@ impl DataCache {
         (generation, false)
     }
 
-    /// The generation recorded for the file, if any.
-    pub fn known_generation(&self, space: u32, ino: u64) -> Option<u64> {
-        let mut g = self.inner.lock().unwrap();
-        g.gens
-            .get((space, ino))
-            .map(|(generation, _, _)| generation)
-    }
-
     /// The file's first slot as cached (or its first bytes, see
     /// [`DataCache::partial`]), if it is, with the stamp and change counter
     /// its generation stands for (see `namespace::Known`).

@@ -198,18 +198,16 @@ impl Fs {
         if a.is_dir() {
             return Err(Error::EISDIR);
         }
-        let (mut keep, mut grown) = (false, false);
+        let mut keep = false;
         let node = {
             let mut open = self.open.lock().unwrap();
             let node = open
                 .entry((space, i))
                 .or_insert_with(|| {
-                    let before = self.cache.known_generation(space, i);
                     let (generation, valid) =
                         self.cache
                             .generation_for(space, i, (a.mtime, a.ctime, a.size), chg);
                     keep = valid;
-                    grown = !valid && before == Some(generation);
                     if let Some(data) = head {
                         self.cache.put(space, i, generation, 0, Arc::new(data));
                     }
@@ -269,13 +267,11 @@ impl Fs {
                 return Err(e);
             }
             keep = false;
-            grown = false;
         }
         let fh = self.handles.insert(node, flags);
         Ok(Opened {
             fh,
             keep_cache: keep,
-            grown,
             direct: flags & libc::O_APPEND != 0,
             changing: now_ns() - a.mtime < CHANGING_NS,
         })
@@ -375,7 +371,6 @@ impl Fs {
             Opened {
                 fh,
                 keep_cache: false,
-                grown: false,
                 direct: append,
                 // Its writer's own handle: its cached pages are its writes.
                 changing: false,

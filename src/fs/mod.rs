@@ -108,9 +108,6 @@ pub struct Opened {
     pub fh: u64,
     /// The file is unchanged since this mount last cached it.
     pub keep_cache: bool,
-    /// The file only grew by appends since this mount last cached it: what
-    /// it cached below the old end holds (see `crate::kernel_pages`).
-    pub grown: bool,
     /// Direct I/O: each write(2) reaches us whole, not split at page
     /// boundaries, so one append is one transaction and never interleaves.
     pub direct: bool,

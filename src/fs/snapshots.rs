@@ -538,7 +538,6 @@ impl Fs {
         Ok(Opened {
             fh,
             keep_cache: true,
-            grown: false,
             direct: false,
             changing: false,
         })

@@ -1,10 +1,14 @@
 //! The fuser adapter: each kernel request becomes one call into [`Fs`] and
 //! one reply. No filesystem logic lives here.
 
+mod kernel_pages;
+
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -17,8 +21,9 @@ use fuser::{
 
 use crate::fs::meta::SetAttr;
 use crate::fs::{Attr, Caller, Error, Fs, FsResult, Looked, Opened, Written, now_ns};
-use crate::kernel_pages::{KernelPages, ShortEnd};
 use crate::metrics;
+pub use kernel_pages::KernelPages;
+use kernel_pages::PageDrop;
 
 pub struct FuseFs {
     pub fs: Arc<Fs>,
@@ -31,12 +36,46 @@ pub struct FuseFs {
     /// mount keeps [`KernelPages`]' rule: files that grow are read through
     /// the page cache (see `fopen_flags`).
     pub guarded: bool,
-    pub kernel_pages: KernelPages,
+    pub kernel_pages: Arc<KernelPages>,
+    /// Where page drops go, with the replies that wait for them (see
+    /// `FuseFs::after_drops`); set at init.
+    pub dropper: Option<Sender<DropJob>>,
+    /// Handles opened for direct I/O: their writes hold no page locked.
+    pub direct_fhs: Mutex<HashSet<u64>>,
     /// Ask the kernel to enforce POSIX ACLs (mount option `acl`, the default).
     pub acl: bool,
     /// Tells the kernel of attribute changes it did not ask for (set once
     /// the session exists).
     pub notifier: Arc<OnceLock<fuser::Notifier>>,
+}
+
+/// Page drops, each followed by the reply that waited for it, if any.
+pub type DropJob = (Vec<PageDrop>, Option<Box<dyn FnOnce() + Send>>);
+
+/// The thread that sends page drops to the kernel (see `FuseFs::after_drops`).
+fn spawn_dropper(
+    pages: Arc<KernelPages>,
+    notifier: Arc<OnceLock<fuser::Notifier>>,
+) -> std::io::Result<Sender<DropJob>> {
+    let (tx, rx) = channel::<DropJob>();
+    std::thread::Builder::new()
+        .name("tshs-page-drops".into())
+        .spawn(move || {
+            for (drops, reply) in rx {
+                for d in drops {
+                    let Some(n) = notifier.get() else { break };
+                    match n.inval_inode(INodeNo(d.ino), d.from as i64, 0) {
+                        Ok(()) => pages.dropped(d),
+                        // The session is ending.
+                        Err(e) => log::warn!("cannot drop pages of inode {}: {e}", d.ino),
+                    }
+                }
+                if let Some(reply) = reply {
+                    reply();
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 /// The core's error as the kernel's, counted under the current op: the one
@@ -95,14 +134,14 @@ fn file_attr(a: &Attr) -> FileAttr {
 
 /// Appends go past the kernel's page cache (each reaches us whole, and
 /// lands where the database's end is, which the kernel may not know).
-/// Reads use it, also of a file that grows, under [`KernelPages`]' rule; a
-/// file that only grew keeps its pages. Without that rule (a kernel that
-/// drops a file's pages whenever it learns a new size, after taking it), a
-/// file that changed lately is read past the page cache: a page read at its
-/// old end would read as zeros past it meanwhile.
+/// Reads use it, also of a file that grows, under [`KernelPages`]' rule.
+/// Without that rule (a kernel that drops a file's pages whenever it learns
+/// a new size, after taking it), a file that changed lately is read past
+/// the page cache: a page read at its old end would read as zeros past it
+/// meanwhile.
 fn fopen_flags(o: Opened, direct_mmap: bool, guarded: bool) -> FopenFlags {
     let mut f = FopenFlags::empty();
-    if o.keep_cache || (guarded && o.grown) {
+    if o.keep_cache {
         f |= FopenFlags::FOPEN_KEEP_CACHE;
     }
     if o.direct || (!guarded && o.changing && direct_mmap) {
@@ -218,49 +257,74 @@ impl FuseFs {
 
     fn entry(&self, r: FsResult<Attr>, reply: ReplyEntry) {
         answer(r, reply, |reply, a| {
-            self.telling(&a);
-            reply.entry(&self.ttl, &file_attr(&a), Generation(0))
+            let (ttl, fa) = (self.ttl, file_attr(&a));
+            let drops = self.drops_telling(&a).into_iter().collect();
+            self.after_drops(drops, move || reply.entry(&ttl, &fa, Generation(0)))
         })
     }
 
     /// Attributes read `age` ago (see `Fs::getattr_aged`) are kept by the
-    /// kernel for the rest of the TTL only.
-    fn attr(&self, r: FsResult<(Attr, Duration)>, reply: ReplyAttr) {
+    /// kernel for the rest of the TTL only. `tell`: the size is told under
+    /// [`KernelPages`]' rule (not by a truncate, whose reply the kernel
+    /// waits for with writes of its pages held back: it drops them itself).
+    fn attr(&self, r: FsResult<(Attr, Duration)>, reply: ReplyAttr, tell: bool) {
         answer(r, reply, |reply, (a, age)| {
-            self.telling(&a);
-            reply.attr(&self.ttl.saturating_sub(age), &file_attr(&a))
+            let (ttl, fa) = (self.ttl.saturating_sub(age), file_attr(&a));
+            let drops = match tell {
+                true => self.drops_telling(&a).into_iter().collect(),
+                false => Vec::new(),
+            };
+            self.after_drops(drops, move || reply.attr(&ttl, &fa))
         })
     }
 
-    /// Before a reply that tells the kernel a regular file's attributes.
-    fn telling(&self, a: &Attr) {
-        if a.mode & libc::S_IFMT == libc::S_IFREG {
-            self.telling_size(a.ino, a.size);
+    /// How the kernel is to use a handle; one for direct I/O is noted.
+    fn open_flags(&self, o: Opened) -> FopenFlags {
+        let f = fopen_flags(o, self.direct_mmap, self.guarded);
+        if f.contains(FopenFlags::FOPEN_DIRECT_IO) {
+            self.direct_fhs.lock().unwrap().insert(o.fh);
+        }
+        f
+    }
+
+    fn is_direct(&self, fh: FileHandle) -> bool {
+        self.direct_fhs.lock().unwrap().contains(&fh.0)
+    }
+
+    /// The kernel's pages to drop before a reply that tells it a regular
+    /// file's attributes.
+    fn drops_telling(&self, a: &Attr) -> Option<PageDrop> {
+        if a.mode & libc::S_IFMT != libc::S_IFREG {
+            return None;
+        }
+        self.drops_telling_size(a.ino, a.size)
+    }
+
+    /// The kernel's pages to drop before a reply that tells it `size` (see
+    /// [`KernelPages`]).
+    fn drops_telling_size(&self, ino: u64, size: u64) -> Option<PageDrop> {
+        match self.guarded {
+            true => self.kernel_pages.before_telling(ino, size),
+            false => None,
         }
     }
 
-    /// Before a reply that tells the kernel `size` (see [`KernelPages`]).
-    /// Never called with a shard held, nor for a request whose pages the
-    /// kernel holds locked (a write from its page cache): the drop waits
-    /// for locked pages.
-    fn telling_size(&self, ino: u64, size: u64) {
-        if self.guarded
-            && let Some(e) = self.kernel_pages.before_telling(ino, size)
-        {
-            self.drop_pages(e);
+    /// Sends `reply` once `drops` are done. A drop waits for the pages that
+    /// reads in flight hold locked, and a read needs a worker to be
+    /// answered: so drops, and the replies that wait for them, go to a
+    /// thread of their own, leaving every worker free.
+    fn after_drops(&self, drops: Vec<PageDrop>, reply: impl FnOnce() + Send + 'static) {
+        if drops.is_empty() {
+            return reply();
         }
-    }
-
-    /// Drops the kernel's pages from a short reply's end on.
-    fn drop_pages(&self, e: ShortEnd) {
-        let Some(n) = self.notifier.get() else {
-            return;
+        let Some(dropper) = &self.dropper else {
+            return reply();
         };
-        match n.inval_inode(INodeNo(e.ino), e.page_start() as i64, 0) {
-            Ok(()) => self.kernel_pages.dropped(e),
-            // The kernel holds no such inode, nor its pages.
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => self.kernel_pages.dropped(e),
-            Err(err) => log::warn!("cannot drop the kernel's pages of inode {}: {err}", e.ino),
+        if let Err(job) = dropper.send((drops, Some(Box::new(reply)))) {
+            // The thread is gone (the session ends): answer anyway.
+            if let Some(reply) = job.0.1 {
+                reply()
+            }
         }
     }
 }
@@ -288,6 +352,12 @@ impl Filesystem for FuseFs {
         self.guarded = config
             .add_capabilities(InitFlags::FUSE_EXPLICIT_INVAL_DATA)
             .is_ok();
+        if self.guarded {
+            self.dropper = Some(spawn_dropper(
+                self.kernel_pages.clone(),
+                self.notifier.clone(),
+            )?);
+        }
         if !self.direct_mmap && !self.guarded {
             log::warn!(
                 "the kernel cannot map files opened for direct I/O (Linux < 6.6): files being appended to are read through its page cache, where a reader may briefly see zeros at their end"
@@ -323,14 +393,12 @@ impl Filesystem for FuseFs {
     /// a snapshot node's number once the kernel holds no lookup of it
     /// (fuser's `batch_forget` calls this for each inode).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        // Sent when the kernel evicts the inode, with its pages.
-        self.kernel_pages.forget(ino.0);
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         begin!("getattr", self, req, reply, ino);
-        self.attr(self.fs.getattr_aged(ino.0), reply)
+        self.attr(self.fs.getattr_aged(ino.0), reply, true)
     }
 
     fn setattr(
@@ -361,7 +429,11 @@ impl Filesystem for FuseFs {
             mtime: tn(mtime),
             ctime: ctime.map(ns),
         };
-        self.attr(self.fs.setattr_aged(ino.0, &s, caller(req)), reply)
+        self.attr(
+            self.fs.setattr_aged(ino.0, &s, caller(req)),
+            reply,
+            size.is_none(),
+        )
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -484,15 +556,12 @@ impl Filesystem for FuseFs {
         // server's opens of a log for each append keep what is cached.
         let r = self.fs.open(ino.0, flags.0, caller(req));
         answer(r, reply, |reply, o| {
-            reply.opened(
-                FileHandle(o.fh),
-                fopen_flags(o, self.direct_mmap, self.guarded),
-            )
+            reply.opened(FileHandle(o.fh), self.open_flags(o))
         })
     }
 
-    /// Held in its shard from before the data is taken until the reply is
-    /// sent; a short reply is recorded (see [`KernelPages`]).
+    /// Through the page cache: held in its shard from before the data is
+    /// taken until the reply is sent, and recorded (see [`KernelPages`]).
     fn read(
         &self,
         _req: &Request,
@@ -505,7 +574,8 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         begin!("read");
-        let reading = self.guarded.then(|| self.kernel_pages.reading(ino.0));
+        let cached = self.guarded && !self.is_direct(fh);
+        let reading = cached.then(|| self.kernel_pages.reading(ino.0));
         let mut full = None;
         answer(self.fs.read(fh.0, offset, size), reply, |reply, d| {
             metrics::global().bytes_read.inc_by(d.len() as u64);
@@ -515,8 +585,8 @@ impl Filesystem for FuseFs {
             }
         });
         drop(reading);
-        if let Some(e) = full {
-            self.drop_pages(e);
+        if let Some(d) = full {
+            self.after_drops(vec![d], || ());
         }
     }
 
@@ -527,7 +597,7 @@ impl Filesystem for FuseFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        write_flags: WriteFlags,
+        _write_flags: WriteFlags,
         flags: OpenFlags,
         lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -547,13 +617,19 @@ impl Filesystem for FuseFs {
         answer(r, reply, |reply, (w, _)| {
             metrics::global().bytes_written.inc_by(u64::from(w.len));
             self.attrs_changed(ino, &w);
-            // The kernel takes `offset + len` as the least size after a
-            // direct write. A write from its page cache holds its pages
-            // locked, and put its bytes in them before it takes the size.
-            if !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
-                self.telling_size(ino.0, offset + u64::from(w.len));
+            let end = offset + u64::from(w.len);
+            // The kernel takes `end` as the least size after a write. A
+            // write through a handle open for direct I/O holds no page; any
+            // other may come from the page cache (with its pages locked and
+            // its bytes put in them before the size is taken).
+            if !self.is_direct(fh) {
+                if self.guarded {
+                    self.kernel_pages.cached_write(ino.0, end);
+                }
+                return reply.written(w.len);
             }
-            reply.written(w.len)
+            let drops = self.drops_telling_size(ino.0, end).into_iter().collect();
+            self.after_drops(drops, move || reply.written(w.len))
         })
     }
 
@@ -580,6 +656,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         begin!("release");
+        self.direct_fhs.lock().unwrap().remove(&fh.0);
         empty(self.fs.release(fh.0), reply)
     }
 
@@ -669,8 +746,9 @@ impl Filesystem for FuseFs {
             reply,
             |mut reply, entries| {
                 let mut entries = entries.into_iter();
+                let mut drops = Vec::new();
                 for (off, name, a) in entries.by_ref() {
-                    self.telling(&a);
+                    drops.extend(self.drops_telling(&a));
                     if reply.add(
                         INodeNo(a.ino),
                         off,
@@ -691,7 +769,7 @@ impl Filesystem for FuseFs {
                         self.fs.not_sent(a.ino);
                     }
                 }
-                reply.ok()
+                self.after_drops(drops, move || reply.ok())
             },
         )
     }
@@ -780,10 +858,11 @@ impl Filesystem for FuseFs {
             self.attrs_changed(ino, &w);
             // Unless it keeps the size, the kernel takes its end as the
             // least size.
-            if mode & (libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) == 0 {
-                self.telling_size(ino.0, offset + length);
-            }
-            reply.ok()
+            let drops = match mode & (libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) {
+                0 => self.drops_telling_size(ino.0, offset + length),
+                _ => None,
+            };
+            self.after_drops(drops.into_iter().collect(), move || reply.ok())
         })
     }
 
@@ -828,14 +907,11 @@ impl Filesystem for FuseFs {
             .fs
             .create(parent.0, name.as_bytes(), mode, umask, flags, caller(req));
         answer(r, reply, |reply, (a, o)| {
-            self.telling(&a);
-            reply.created(
-                &self.ttl,
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(o.fh),
-                fopen_flags(o, self.direct_mmap, self.guarded),
-            )
+            let (ttl, fa, flags) = (self.ttl, file_attr(&a), self.open_flags(o));
+            let drops = self.drops_telling(&a).into_iter().collect();
+            self.after_drops(drops, move || {
+                reply.created(&ttl, &fa, Generation(0), FileHandle(o.fh), flags)
+            })
         })
     }
 }
