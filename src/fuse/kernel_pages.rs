@@ -4,28 +4,31 @@
 //! Zeros come two ways:
 //! - a read answered short (the file ends inside what was asked) leaves a
 //!   page zero-filled past that end, and maybe whole pages of zeros after;
-//! - a size told smaller than bytes the kernel holds (another mount cut the
-//!   file, or attributes kept a while) zeroes its pages from that size on.
+//! - a size told smaller than bytes the kernel holds zeroes its pages from
+//!   that size on: another mount cut the file, attributes were kept a
+//!   while, or the file grew between the size's query and a read answered
+//!   before the kernel took the size.
 //!
 //! Were the kernel then told a larger size (the file grew: an append here
 //! or through another mount), a reader would read those zeros as the file's
 //! bytes. The mount asks the kernel to leave its pages alone when a size
 //! changes (`FUSE_EXPLICIT_INVAL_DATA`) and keeps this rule itself:
 //! - a read holds its inode's shard (shared) from before it takes its data
-//!   until its reply is sent, and records how far the kernel now holds
-//!   bytes, and where a short reply ended;
+//!   until its reply is sent, and records how far the kernel now holds the
+//!   file's bytes, where a short reply ended, and a size told lately that
+//!   is smaller than its end (the kernel may take it after the read);
 //! - before any reply that tells the kernel a size (attributes, a direct
 //!   write), the teller passes the shard (waits for the reads in flight:
 //!   each read that took its data before the size was known has then
-//!   replied and recorded). A size below what the kernel holds is recorded
-//!   as an end. If an end lies below the size told, the kernel's pages from
-//!   that end's page on are dropped before the reply goes.
+//!   replied and recorded) and records the size as told. A size below what
+//!   the kernel holds is recorded as an end of its bytes. If an end lies
+//!   below the size told, the kernel's pages from that end's page on are
+//!   dropped before the reply goes.
 //!
-//! A read that takes its data after the size was known sees at least that
-//! size (unless the file was cut since), so the page it leaves holds the
-//! file's bytes up to it. The kernel ignores a reply whose request was sent
-//! before a drop (or any other change of the inode's attributes), so a
-//! teller's reply after a drop only invalidates what the kernel had.
+//! A drop changes the inode's attributes, so the kernel ignores every
+//! attribute reply whose request was sent before it: the sizes told before
+//! a drop are forgotten with it. (Replies to writes and fallocate only ever
+//! raise the size.)
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
@@ -35,6 +38,9 @@ const SHARDS: usize = 4096;
 /// of it are dropped, so that the record stays bounded on a mount that
 /// reads many files.
 const MAX_FILES: usize = 65_536;
+/// Sizes told are remembered in two generations of this many files each:
+/// far longer than the kernel takes to apply a reply.
+const TOLD_GENERATION: usize = 32_768;
 const PAGE: u64 = 4096;
 
 /// What the kernel may hold of one file.
@@ -42,9 +48,10 @@ const PAGE: u64 = 4096;
 struct Held {
     /// How far it may hold the file's bytes.
     upto: u64,
-    /// The lowest end past which it may hold zeros.
+    /// The lowest offset past which it may hold zeros.
     zeros_from: Option<u64>,
-    /// Records made: a drop clears only what it saw.
+    /// The record's count when this last changed: a drop clears only what
+    /// it saw.
     seen: u64,
 }
 
@@ -58,14 +65,58 @@ pub struct PageDrop {
 
 pub struct KernelPages {
     shards: Box<[RwLock<()>]>,
-    files: Mutex<HashMap<u64, Held>>,
+    record: Mutex<Record>,
+}
+
+#[derive(Default)]
+struct Record {
+    files: HashMap<u64, Held>,
+    /// The lowest size told each file since its last drop, in two
+    /// generations, the newer first.
+    told: [HashMap<u64, u64>; 2],
+    /// Counts changes, for [`Held::seen`].
+    seq: u64,
+}
+
+impl Record {
+    fn told(&self, ino: u64) -> Option<u64> {
+        let (a, b) = (self.told[0].get(&ino), self.told[1].get(&ino));
+        a.into_iter().chain(b).copied().min()
+    }
+
+    /// The kernel now holds the file's bytes up to `end`, and zeros past
+    /// `zeros`. Returns a file to forget when the record is full.
+    fn hold(&mut self, ino: u64, end: u64, zeros: Option<u64>) -> Option<PageDrop> {
+        // A size told lately and smaller may be taken after this.
+        let zeros = match self.told(ino) {
+            Some(t) if t < end => Some(zeros.map_or(t, |z| z.min(t))),
+            _ => zeros,
+        };
+        self.seq += 1;
+        let seq = self.seq;
+        let h = self.files.entry(ino).or_default();
+        h.upto = h.upto.max(end);
+        if let Some(z) = zeros {
+            h.zeros_from = Some(h.zeros_from.map_or(z, |old| old.min(z)));
+        }
+        h.seen = seq;
+        if self.files.len() <= MAX_FILES {
+            return None;
+        }
+        let (&ino, h) = self.files.iter().find(|(i, _)| **i != ino)?;
+        Some(PageDrop {
+            ino,
+            from: 0,
+            seen: h.seen,
+        })
+    }
 }
 
 impl Default for KernelPages {
     fn default() -> Self {
         KernelPages {
             shards: (0..SHARDS).map(|_| RwLock::new(())).collect(),
-            files: Mutex::default(),
+            record: Mutex::default(),
         }
     }
 }
@@ -85,32 +136,14 @@ impl KernelPages {
     /// is full: its pages are to be dropped first.
     pub fn replied(&self, ino: u64, offset: u64, asked: u32, got: usize) -> Option<PageDrop> {
         let end = offset + got as u64;
-        let mut files = self.files.lock().unwrap();
-        let h = files.entry(ino).or_default();
-        h.upto = h.upto.max(end);
-        if got < asked as usize {
-            h.zeros_from = Some(h.zeros_from.map_or(end, |z| z.min(end)));
-        }
-        h.seen += 1;
-        if files.len() <= MAX_FILES {
-            return None;
-        }
-        files
-            .iter()
-            .find(|(i, _)| **i != ino)
-            .map(|(&ino, h)| PageDrop {
-                ino,
-                from: 0,
-                seen: h.seen,
-            })
+        let short = (got < asked as usize).then_some(end);
+        self.record.lock().unwrap().hold(ino, end, short)
     }
 
-    /// A write from the kernel's page cache put bytes up to `end` in it.
-    pub fn cached_write(&self, ino: u64, end: u64) {
-        let mut files = self.files.lock().unwrap();
-        let h = files.entry(ino).or_default();
-        h.upto = h.upto.max(end);
-        h.seen += 1;
+    /// A write that may come from the kernel's page cache put bytes up to
+    /// `end` in it. Returns a file to forget, as [`KernelPages::replied`].
+    pub fn cached_write(&self, ino: u64, end: u64) -> Option<PageDrop> {
+        self.record.lock().unwrap().hold(ino, end, None)
     }
 
     /// Before a reply that tells the kernel `size`: the pages to drop first
@@ -119,12 +152,19 @@ impl KernelPages {
         // The barrier: every read that took its data before `size` was
         // known has recorded by now.
         drop(self.shard(ino).write().unwrap_or_else(|e| e.into_inner()));
-        let mut files = self.files.lock().unwrap();
-        let h = files.get_mut(&ino)?;
+        let mut r = self.record.lock().unwrap();
+        if r.told[0].len() >= TOLD_GENERATION {
+            r.told[1] = std::mem::take(&mut r.told[0]);
+        }
+        let told = r.told[0].entry(ino).or_insert(size);
+        *told = (*told).min(size);
+        r.seq += 1;
+        let seq = r.seq;
+        let h = r.files.get_mut(&ino)?;
         if size < h.upto {
             // The kernel zeroes what it holds past `size` once told.
             h.zeros_from = Some(h.zeros_from.map_or(size, |z| z.min(size)));
-            h.seen += 1;
+            h.seen = seq;
         }
         match h.zeros_from {
             Some(z) if z < size => Some(PageDrop {
@@ -136,18 +176,21 @@ impl KernelPages {
         }
     }
 
-    /// The kernel's pages from `d.from` on are gone. What was recorded
-    /// since stays (its pages may have come back).
+    /// The kernel's pages from `d.from` on are gone, and the sizes told
+    /// before with them. What was recorded since stays (its pages may have
+    /// come back).
     pub fn dropped(&self, d: PageDrop) {
-        let mut files = self.files.lock().unwrap();
-        let Some(h) = files.get_mut(&d.ino) else {
+        let mut r = self.record.lock().unwrap();
+        r.told[0].remove(&d.ino);
+        r.told[1].remove(&d.ino);
+        let Some(h) = r.files.get_mut(&d.ino) else {
             return;
         };
         if h.seen != d.seen {
             return;
         }
         if d.from == 0 {
-            files.remove(&d.ino);
+            r.files.remove(&d.ino);
         } else {
             h.upto = h.upto.min(d.from);
             h.zeros_from = None;
@@ -155,7 +198,7 @@ impl KernelPages {
     }
 
     pub fn files(&self) -> usize {
-        self.files.lock().unwrap().len()
+        self.record.lock().unwrap().files.len()
     }
 }
 
@@ -205,10 +248,26 @@ mod tests {
         assert_eq!(d.from, 4096);
         k.dropped(d);
         assert_eq!(k.before_telling(4, 9000), None);
-        // Bytes a cached write put past a size told smaller count too.
+        // A write past a size told lately: that size may still be taken.
         k.cached_write(4, 20_000);
-        assert_eq!(k.before_telling(4, 12_000), None);
+        assert_eq!(k.before_telling(4, 12_000).map(|d| d.from), Some(8192));
+        k.dropped(k.before_telling(4, 12_000).unwrap());
+        // Bytes held past a size told smaller count too.
+        k.cached_write(4, 20_000);
+        assert_eq!(k.before_telling(4, 10_000), None);
         assert_eq!(k.before_telling(4, 20_000).map(|d| d.from), Some(8192));
+    }
+
+    #[test]
+    fn a_read_past_a_size_told_lately_leaves_zeros_there() {
+        let k = KernelPages::default();
+        // A stat took 5,500; the file grew to 6,000 before a read of its
+        // last page was answered, and the kernel took 5,500 after that.
+        assert_eq!(k.before_telling(5, 5500), None);
+        assert_eq!(k.replied(5, 0, 4096, 4096), None);
+        assert_eq!(k.before_telling(5, 5500), None);
+        k.replied(5, 4096, 4096, 1904);
+        assert_eq!(k.before_telling(5, 6000).map(|d| d.from), Some(4096));
     }
 
     #[test]

@@ -574,8 +574,9 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         begin!("read");
-        let cached = self.guarded && !self.is_direct(fh);
-        let reading = cached.then(|| self.kernel_pages.reading(ino.0));
+        // Also through a handle for direct I/O: a mapping of it reads
+        // through the page cache.
+        let reading = self.guarded.then(|| self.kernel_pages.reading(ino.0));
         let mut full = None;
         answer(self.fs.read(fh.0, offset, size), reply, |reply, d| {
             metrics::global().bytes_read.inc_by(d.len() as u64);
@@ -597,7 +598,7 @@ impl Filesystem for FuseFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         flags: OpenFlags,
         lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -620,11 +621,14 @@ impl Filesystem for FuseFs {
             let end = offset + u64::from(w.len);
             // The kernel takes `end` as the least size after a write. A
             // write through a handle open for direct I/O holds no page; any
-            // other may come from the page cache (with its pages locked and
-            // its bytes put in them before the size is taken).
-            if !self.is_direct(fh) {
+            // other, and a mapping's write-back through any handle, may come
+            // from the page cache (its pages locked, its bytes put in them
+            // before the size is taken).
+            let cached = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+            if cached || !self.is_direct(fh) {
                 if self.guarded {
-                    self.kernel_pages.cached_write(ino.0, end);
+                    let full = self.kernel_pages.cached_write(ino.0, end);
+                    self.after_drops(full.into_iter().collect(), || ());
                 }
                 return reply.written(w.len);
             }
