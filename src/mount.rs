@@ -380,10 +380,6 @@ fn serve(
         fs: fs.clone(),
         ttl: opts.ttl,
         direct_mmap: false,
-        guarded: false,
-        kernel_pages: Default::default(),
-        dropper: None,
-        direct_fhs: Default::default(),
         acl: opts.acl,
         notifier: Arc::default(),
     };

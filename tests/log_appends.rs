@@ -321,11 +321,11 @@ fn concurrent_appends_from_two_mounts_land_once_and_whole() {
     }
 }
 
-/// A reader's page cache holds a log's last page read short (zero-filled
-/// past the end). The log then grows: through this mount, through another
-/// (learned from a stat), and while no one here has it open (kept pages).
-/// Every read after that is the log's bytes, never those zeros (see
-/// `tshs::kernel_pages`).
+/// A log read to its end, then grown: through this mount, through another
+/// (learned from a stat), and while no one here has it open. Every read
+/// after that is the log's bytes: never zeros where the kernel's page cache
+/// would hold its old last page zero-filled past the old end (why files
+/// that changed lately are read past it, see `fuse::fopen_flags`).
 #[test]
 fn a_page_read_at_a_logs_end_never_reads_as_zeros_once_it_grows() {
     let (c, _db) = TestCluster::with_one_node();
@@ -375,10 +375,11 @@ fn a_page_read_at_a_logs_end_never_reads_as_zeros_once_it_grows() {
     assert!(all == want, "the whole log, read through");
 }
 
-/// A size told smaller than what a reader's page cache holds (another mount
-/// cut the file) zeroes those pages past it; the file then grows back. And
-/// a file read to its end is written again through the page cache (`echo >
-/// file`): the write's last page is held locked while it is answered.
+/// A log read whole, then cut by another mount (the smaller size learned
+/// here) and written back longer: a handle open since reads, past the cut,
+/// the bytes written there or the old ones (close-to-open), never zeros,
+/// and a new open reads the new ones. Then a file read to its end is
+/// written again from its start (`echo > file`), which must be answered.
 #[test]
 fn pages_cut_by_a_smaller_size_never_read_as_zeros_and_a_rewrite_goes_through() {
     let (c, _db) = TestCluster::with_one_node();
@@ -407,15 +408,16 @@ fn pages_cut_by_a_smaller_size_never_read_as_zeros_and_a_rewrite_goes_through() 
         "the growth, learned here"
     );
     let n = r.read_at(&mut buf, 4096).unwrap();
-    assert_eq!(n, 9000 - 4096);
-    // Open since before the cut, the handle may read the old bytes
-    // (close-to-open), and the new ones: never the zeros the cut left in
-    // its pages.
+    assert!(n >= 9000 - 4096, "{n} bytes read at 4096");
+    // Open since before the cut, the handle may read the old bytes, up to
+    // the old end (close-to-open), and the new ones: never zeros that are
+    // neither.
     assert!(buf[..904] == old[4096..5000], "below the cut");
     for (i, &b) in buf[904..n].iter().enumerate() {
         let at = 5000 + i;
+        let was = |v: &[u8]| v.get(at) == Some(&b);
         assert!(
-            b == old[at] || b == new[at],
+            was(&old) || was(&new),
             "byte {at}: {b}, neither old nor new"
         );
     }

@@ -1,14 +1,10 @@
 //! The fuser adapter: each kernel request becomes one call into [`Fs`] and
 //! one reply. No filesystem logic lives here.
 
-mod kernel_pages;
-
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -22,8 +18,6 @@ use fuser::{
 use crate::fs::meta::SetAttr;
 use crate::fs::{Attr, Caller, Error, Fs, FsResult, Looked, Opened, Written, now_ns};
 use crate::metrics;
-pub use kernel_pages::KernelPages;
-use kernel_pages::PageDrop;
 
 pub struct FuseFs {
     pub fs: Arc<Fs>,
@@ -32,50 +26,11 @@ pub struct FuseFs {
     /// The kernel maps files opened for direct I/O (Linux 6.6 on), so
     /// files that may be growing can be opened that way (see `fopen_flags`).
     pub direct_mmap: bool,
-    /// The kernel leaves its pages alone when a size changes, and this
-    /// mount keeps [`KernelPages`]' rule: files that grow are read through
-    /// the page cache (see `fopen_flags`).
-    pub guarded: bool,
-    pub kernel_pages: Arc<KernelPages>,
-    /// Where page drops go, with the replies that wait for them (see
-    /// `FuseFs::after_drops`); set at init.
-    pub dropper: Option<Sender<DropJob>>,
-    /// Handles opened for direct I/O: their writes hold no page locked.
-    pub direct_fhs: Mutex<HashSet<u64>>,
     /// Ask the kernel to enforce POSIX ACLs (mount option `acl`, the default).
     pub acl: bool,
     /// Tells the kernel of attribute changes it did not ask for (set once
     /// the session exists).
     pub notifier: Arc<OnceLock<fuser::Notifier>>,
-}
-
-/// Page drops, each followed by the reply that waited for it, if any.
-pub type DropJob = (Vec<PageDrop>, Option<Box<dyn FnOnce() + Send>>);
-
-/// The thread that sends page drops to the kernel (see `FuseFs::after_drops`).
-fn spawn_dropper(
-    pages: Arc<KernelPages>,
-    notifier: Arc<OnceLock<fuser::Notifier>>,
-) -> std::io::Result<Sender<DropJob>> {
-    let (tx, rx) = channel::<DropJob>();
-    std::thread::Builder::new()
-        .name("tshs-page-drops".into())
-        .spawn(move || {
-            for (drops, reply) in rx {
-                for d in drops {
-                    let Some(n) = notifier.get() else { break };
-                    match n.inval_inode(INodeNo(d.ino), d.from as i64, 0) {
-                        Ok(()) => pages.dropped(d),
-                        // The session is ending.
-                        Err(e) => log::warn!("cannot drop pages of inode {}: {e}", d.ino),
-                    }
-                }
-                if let Some(reply) = reply {
-                    reply();
-                }
-            }
-        })?;
-    Ok(tx)
 }
 
 /// The core's error as the kernel's, counted under the current op: the one
@@ -132,19 +87,17 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-/// Appends go past the kernel's page cache (each reaches us whole, and
-/// lands where the database's end is, which the kernel may not know).
-/// Reads use it, also of a file that grows, under [`KernelPages`]' rule.
-/// Without that rule (a kernel that drops a file's pages whenever it learns
-/// a new size, after taking it), a file that changed lately is read past
-/// the page cache: a page read at its old end would read as zeros past it
-/// meanwhile.
-fn fopen_flags(o: Opened, direct_mmap: bool, guarded: bool) -> FopenFlags {
+/// A file that changed lately is read past the kernel's page cache: while
+/// it grows (a log appended to, here or through another mount), a page
+/// read at its old end and cached there would read as zeros past that end
+/// once the kernel learns the new size (a reply that crosses a stat's or an
+/// append's). This mount caches its data anyway.
+fn fopen_flags(o: Opened, direct_mmap: bool) -> FopenFlags {
     let mut f = FopenFlags::empty();
     if o.keep_cache {
         f |= FopenFlags::FOPEN_KEEP_CACHE;
     }
-    if o.direct || (!guarded && o.changing && direct_mmap) {
+    if o.direct || (o.changing && direct_mmap) {
         f |= FopenFlags::FOPEN_DIRECT_IO;
     }
     f
@@ -257,75 +210,16 @@ impl FuseFs {
 
     fn entry(&self, r: FsResult<Attr>, reply: ReplyEntry) {
         answer(r, reply, |reply, a| {
-            let (ttl, fa) = (self.ttl, file_attr(&a));
-            let drops = self.drops_telling(&a).into_iter().collect();
-            self.after_drops(drops, move || reply.entry(&ttl, &fa, Generation(0)))
+            reply.entry(&self.ttl, &file_attr(&a), Generation(0))
         })
     }
 
     /// Attributes read `age` ago (see `Fs::getattr_aged`) are kept by the
-    /// kernel for the rest of the TTL only. `tell`: the size is told under
-    /// [`KernelPages`]' rule (not by a truncate, whose reply the kernel
-    /// waits for with writes of its pages held back: it drops them itself).
-    fn attr(&self, r: FsResult<(Attr, Duration)>, reply: ReplyAttr, tell: bool) {
+    /// kernel for the rest of the TTL only.
+    fn attr(&self, r: FsResult<(Attr, Duration)>, reply: ReplyAttr) {
         answer(r, reply, |reply, (a, age)| {
-            let (ttl, fa) = (self.ttl.saturating_sub(age), file_attr(&a));
-            let drops = match tell {
-                true => self.drops_telling(&a).into_iter().collect(),
-                false => Vec::new(),
-            };
-            self.after_drops(drops, move || reply.attr(&ttl, &fa))
+            reply.attr(&self.ttl.saturating_sub(age), &file_attr(&a))
         })
-    }
-
-    /// How the kernel is to use a handle; one for direct I/O is noted.
-    fn open_flags(&self, o: Opened) -> FopenFlags {
-        let f = fopen_flags(o, self.direct_mmap, self.guarded);
-        if f.contains(FopenFlags::FOPEN_DIRECT_IO) {
-            self.direct_fhs.lock().unwrap().insert(o.fh);
-        }
-        f
-    }
-
-    fn is_direct(&self, fh: FileHandle) -> bool {
-        self.direct_fhs.lock().unwrap().contains(&fh.0)
-    }
-
-    /// The kernel's pages to drop before a reply that tells it a regular
-    /// file's attributes.
-    fn drops_telling(&self, a: &Attr) -> Option<PageDrop> {
-        if a.mode & libc::S_IFMT != libc::S_IFREG {
-            return None;
-        }
-        self.drops_telling_size(a.ino, a.size)
-    }
-
-    /// The kernel's pages to drop before a reply that tells it `size` (see
-    /// [`KernelPages`]).
-    fn drops_telling_size(&self, ino: u64, size: u64) -> Option<PageDrop> {
-        match self.guarded {
-            true => self.kernel_pages.before_telling(ino, size),
-            false => None,
-        }
-    }
-
-    /// Sends `reply` once `drops` are done. A drop waits for the pages that
-    /// reads in flight hold locked, and a read needs a worker to be
-    /// answered: so drops, and the replies that wait for them, go to a
-    /// thread of their own, leaving every worker free.
-    fn after_drops(&self, drops: Vec<PageDrop>, reply: impl FnOnce() + Send + 'static) {
-        if drops.is_empty() {
-            return reply();
-        }
-        let Some(dropper) = &self.dropper else {
-            return reply();
-        };
-        if let Err(job) = dropper.send((drops, Some(Box::new(reply)))) {
-            // The thread is gone (the session ends): answer anyway.
-            if let Some(reply) = job.0.1 {
-                reply()
-            }
-        }
     }
 }
 
@@ -349,16 +243,7 @@ impl Filesystem for FuseFs {
         self.direct_mmap = config
             .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
             .is_ok();
-        self.guarded = config
-            .add_capabilities(InitFlags::FUSE_EXPLICIT_INVAL_DATA)
-            .is_ok();
-        if self.guarded {
-            self.dropper = Some(spawn_dropper(
-                self.kernel_pages.clone(),
-                self.notifier.clone(),
-            )?);
-        }
-        if !self.direct_mmap && !self.guarded {
+        if !self.direct_mmap {
             log::warn!(
                 "the kernel cannot map files opened for direct I/O (Linux < 6.6): files being appended to are read through its page cache, where a reader may briefly see zeros at their end"
             );
@@ -398,7 +283,7 @@ impl Filesystem for FuseFs {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         begin!("getattr", self, req, reply, ino);
-        self.attr(self.fs.getattr_aged(ino.0), reply, true)
+        self.attr(self.fs.getattr_aged(ino.0), reply)
     }
 
     fn setattr(
@@ -429,11 +314,7 @@ impl Filesystem for FuseFs {
             mtime: tn(mtime),
             ctime: ctime.map(ns),
         };
-        self.attr(
-            self.fs.setattr_aged(ino.0, &s, caller(req)),
-            reply,
-            size.is_none(),
-        )
+        self.attr(self.fs.setattr_aged(ino.0, &s, caller(req)), reply)
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -556,16 +437,14 @@ impl Filesystem for FuseFs {
         // server's opens of a log for each append keep what is cached.
         let r = self.fs.open(ino.0, flags.0, caller(req));
         answer(r, reply, |reply, o| {
-            reply.opened(FileHandle(o.fh), self.open_flags(o))
+            reply.opened(FileHandle(o.fh), fopen_flags(o, self.direct_mmap))
         })
     }
 
-    /// Through the page cache: held in its shard from before the data is
-    /// taken until the reply is sent, and recorded (see [`KernelPages`]).
     fn read(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -574,21 +453,10 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         begin!("read");
-        // Also through a handle for direct I/O: a mapping of it reads
-        // through the page cache.
-        let reading = self.guarded.then(|| self.kernel_pages.reading(ino.0));
-        let mut full = None;
         answer(self.fs.read(fh.0, offset, size), reply, |reply, d| {
             metrics::global().bytes_read.inc_by(d.len() as u64);
-            reply.data(&d);
-            if reading.is_some() {
-                full = self.kernel_pages.replied(ino.0, offset, size, d.len());
-            }
-        });
-        drop(reading);
-        if let Some(d) = full {
-            self.after_drops(vec![d], || ());
-        }
+            reply.data(&d)
+        })
     }
 
     fn write(
@@ -598,7 +466,7 @@ impl Filesystem for FuseFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        write_flags: WriteFlags,
+        _write_flags: WriteFlags,
         flags: OpenFlags,
         lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -618,22 +486,7 @@ impl Filesystem for FuseFs {
         answer(r, reply, |reply, (w, _)| {
             metrics::global().bytes_written.inc_by(u64::from(w.len));
             self.attrs_changed(ino, &w);
-            let end = offset + u64::from(w.len);
-            // The kernel takes `end` as the least size after a write. A
-            // write through a handle open for direct I/O holds no page; any
-            // other, and a mapping's write-back through any handle, may come
-            // from the page cache (its pages locked, its bytes put in them
-            // before the size is taken).
-            let cached = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
-            if cached || !self.is_direct(fh) {
-                if self.guarded {
-                    let full = self.kernel_pages.cached_write(ino.0, end);
-                    self.after_drops(full.into_iter().collect(), || ());
-                }
-                return reply.written(w.len);
-            }
-            let drops = self.drops_telling_size(ino.0, end).into_iter().collect();
-            self.after_drops(drops, move || reply.written(w.len))
+            reply.written(w.len)
         })
     }
 
@@ -660,7 +513,6 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         begin!("release");
-        self.direct_fhs.lock().unwrap().remove(&fh.0);
         empty(self.fs.release(fh.0), reply)
     }
 
@@ -750,9 +602,7 @@ impl Filesystem for FuseFs {
             reply,
             |mut reply, entries| {
                 let mut entries = entries.into_iter();
-                let mut drops = Vec::new();
                 for (off, name, a) in entries.by_ref() {
-                    drops.extend(self.drops_telling(&a));
                     if reply.add(
                         INodeNo(a.ino),
                         off,
@@ -773,7 +623,7 @@ impl Filesystem for FuseFs {
                         self.fs.not_sent(a.ino);
                     }
                 }
-                self.after_drops(drops, move || reply.ok())
+                reply.ok()
             },
         )
     }
@@ -860,13 +710,7 @@ impl Filesystem for FuseFs {
         self.fs.attrs_changed();
         answer(r, reply, |reply, w| {
             self.attrs_changed(ino, &w);
-            // Unless it keeps the size, the kernel takes its end as the
-            // least size.
-            let drops = match mode & (libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) {
-                0 => self.drops_telling_size(ino.0, offset + length),
-                _ => None,
-            };
-            self.after_drops(drops.into_iter().collect(), move || reply.ok())
+            reply.ok()
         })
     }
 
@@ -911,11 +755,13 @@ impl Filesystem for FuseFs {
             .fs
             .create(parent.0, name.as_bytes(), mode, umask, flags, caller(req));
         answer(r, reply, |reply, (a, o)| {
-            let (ttl, fa, flags) = (self.ttl, file_attr(&a), self.open_flags(o));
-            let drops = self.drops_telling(&a).into_iter().collect();
-            self.after_drops(drops, move || {
-                reply.created(&ttl, &fa, Generation(0), FileHandle(o.fh), flags)
-            })
+            reply.created(
+                &self.ttl,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(o.fh),
+                fopen_flags(o, self.direct_mmap),
+            )
         })
     }
 }
