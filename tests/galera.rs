@@ -99,12 +99,29 @@ fn pid_of(member: usize) -> i32 {
 struct GaleraDbs(Vec<String>);
 
 impl GaleraDbs {
+    /// Created through the first member, and waited for on every member
+    /// that answers: another applies it a moment later, and a check made
+    /// through it (`update-storage-node`) must find it.
     fn create(&mut self, tag: &str) -> String {
         let db = unique(tag);
         member_conn(0)
             .query_drop(format!("CREATE DATABASE {db}"))
             .unwrap();
         self.0.push(db.clone());
+        for i in 0..3 {
+            let Ok(mut c) = mysql::Conn::new(members().members()[i].to_mysql()) else {
+                continue;
+            };
+            // Reads wait until this member applied what the cluster did.
+            c.query_drop("SET SESSION wsrep_sync_wait = 1").unwrap();
+            let found: Option<String> = c
+                .exec_first(
+                    "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+                    (&db,),
+                )
+                .unwrap();
+            assert_eq!(found.as_deref(), Some(&*db), "member {i} has {db}");
+        }
         db
     }
 }
